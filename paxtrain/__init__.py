@@ -1,0 +1,61 @@
+"""paxtrain: a training framework for JAX built on immutable PAX-style modules.
+
+`import paxtrain as pax` gives the module core:
+
+    >>> import jax.numpy as jnp, paxtrain as pax
+    >>> class Counter(pax.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.register_state("count", jnp.array(0))
+    ...     def __call__(self, x):
+    ...         self.count = self.count + 1
+    ...         return x
+    >>> counter, _ = pax.purecall(Counter(), 1.0)
+    >>> int(counter.count)
+    1
+"""
+
+from paxtrain.core.mixed_precision import MpPolicy, apply_mp_policy, unwrap_mp_policy
+from paxtrain.core.module import Module, ModuleInfo
+from paxtrain.core.partition import (
+    enable_eval_mode,
+    enable_train_mode,
+    freeze_parameters,
+    select_parameters,
+    select_states,
+    unfreeze_parameters,
+    update_parameters,
+    update_states,
+)
+from paxtrain.core.pure import module_and_value, pure, purecall
+from paxtrain.core.rng import RngSeq, next_rng_key, seed_rng_key
+from paxtrain.core.structure import assert_structure_equal
+from paxtrain.core.transforms import grad, scan, value_and_grad
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Module",
+    "ModuleInfo",
+    "MpPolicy",
+    "RngSeq",
+    "apply_mp_policy",
+    "assert_structure_equal",
+    "enable_eval_mode",
+    "enable_train_mode",
+    "freeze_parameters",
+    "grad",
+    "module_and_value",
+    "next_rng_key",
+    "pure",
+    "purecall",
+    "scan",
+    "seed_rng_key",
+    "select_parameters",
+    "select_states",
+    "unfreeze_parameters",
+    "unwrap_mp_policy",
+    "update_parameters",
+    "update_states",
+    "value_and_grad",
+]

@@ -1,0 +1,131 @@
+"""Mixed precision: a policy stored on a module as data, applied when the module is called.
+
+Parameters are kept in `param_dtype`; a call casts floating parameters and inputs to
+`compute_dtype`, runs, casts floating outputs to `output_dtype`, and (inside `pure`) writes
+changed states back in their original dtypes. Because the policy is data of the module, not a
+generated subclass, it survives copying, `replace`, freezing, pickling and transformations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from paxtrain.core import errors
+from paxtrain.core.module import Module, rebuild
+from paxtrain.core.mutability import current_token, mutation_error
+from paxtrain.core.partition import map_array_fields
+from paxtrain.core.pure import mutable_copies
+
+M = TypeVar("M", bound=Module)
+
+
+def _cast_floating(tree: Any, dtype: Any) -> Any:
+    def cast(x: Any) -> Any:
+        if isinstance(x, (jax.Array, np.ndarray)) and jnp.issubdtype(x.dtype, jnp.floating):
+            return x.astype(dtype)
+        return x
+
+    return jax.tree_util.tree_map(cast, tree)
+
+
+@dataclasses.dataclass(frozen=True)
+class MpPolicy:
+    """Dtypes for parameters, computation and outputs.
+
+    Example:
+        >>> policy = pax.MpPolicy.from_string("params=float32,compute=bfloat16,output=float32")
+        >>> policy.compute_dtype
+        dtype(bfloat16)
+    """
+
+    param_dtype: Any = jnp.float32
+    compute_dtype: Any = jnp.bfloat16
+    output_dtype: Any = jnp.float32
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            object.__setattr__(self, field.name, jnp.dtype(getattr(self, field.name)))
+
+    @classmethod
+    def from_string(cls, spec: str) -> MpPolicy:
+        """Parses `"params=float32,compute=bfloat16,output=float32"` (any order, any subset)."""
+        names = {"params": "param_dtype", "compute": "compute_dtype", "output": "output_dtype"}
+        kwargs = {}
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            key, _, value = part.partition("=")
+            if key.strip() not in names:
+                raise ValueError(f"Unknown policy field {key!r} in {spec!r}; use {sorted(names)}.")
+            kwargs[names[key.strip()]] = value.strip()
+        return cls(**kwargs)
+
+    def __str__(self) -> str:
+        return (
+            f"params={self.param_dtype.name},compute={self.compute_dtype.name},"
+            f"output={self.output_dtype.name}"
+        )
+
+    def call(self, module: Module, method: Callable, args: tuple, kwargs: dict) -> Any:
+        """Runs `method(module, *args, **kwargs)` under this policy (used by `Module.__call__`)."""
+        compute = _cast_floating(rebuild(module, {}), self.compute_dtype)
+        compute._pax_set_info(mp_policy=None)
+        args, kwargs = _cast_floating((args, kwargs), self.compute_dtype)
+        if mutation_error(module.__dict__["_pax_token"]) is not None:
+            return _cast_floating(method(compute, *args, **kwargs), self.output_dtype)
+
+        token = current_token()
+        compute = mutable_copies(compute, token, [])
+        out = method(compute, *args, **kwargs)
+        restored = map_array_fields(
+            lambda node, kind, new, old: jax.tree_util.tree_map(
+                lambda n, o: n.astype(o.dtype) if hasattr(o, "dtype") else n, new, old
+            ),
+            compute,
+            module,
+        )
+        restored = mutable_copies(restored, token, [])
+        for name, value in restored.__dict__.items():
+            if name not in ("_pax_info", "_pax_token", "_pax_flat"):
+                module.__dict__[name] = value
+        module.__dict__["_pax_flat"] = None
+        return _cast_floating(out, self.output_dtype)
+
+
+def _cast_parameters(module: M, dtype: Any) -> M:
+    return map_array_fields(
+        lambda node, kind, v: _cast_floating(v, dtype) if kind == "parameter" else v, module
+    )
+
+
+def apply_mp_policy(module: M, policy: MpPolicy | str) -> M:
+    """A copy of `module` that runs under a mixed-precision policy.
+
+    Floating parameters are cast to the policy's `param_dtype` now.
+
+    Example:
+        >>> net = pax.apply_mp_policy(net, "params=float32,compute=bfloat16,output=float32")
+    """
+    if isinstance(policy, str):
+        policy = MpPolicy.from_string(policy)
+    current = module.__dict__["_pax_info"].mp_policy
+    if current is not None:
+        raise ValueError(
+            errors.MP_ALREADY_APPLIED_MSG.format(cls=type(module).__name__, policy=current)
+        )
+    return _cast_parameters(module, policy.param_dtype)._pax_with_info(mp_policy=policy)
+
+
+def unwrap_mp_policy(module: M) -> M:
+    """A copy of `module` without its mixed-precision policy (parameters keep their dtype).
+
+    Example:
+        >>> net = pax.unwrap_mp_policy(net)
+    """
+    if module.__dict__["_pax_info"].mp_policy is None:
+        raise ValueError(f"`{type(module).__name__}` has no mixed-precision policy to remove.")
+    return module._pax_with_info(mp_policy=None)

@@ -1,0 +1,136 @@
+"""`pure`, `module_and_value` and `purecall`: the only ways to change a module.
+
+`pure(f)` calls `f` on copies of the modules among its arguments, with mutation allowed on those
+copies only and only at the current JAX trace level, then makes everything immutable again. The
+caller's modules are never touched; changes come back only through `f`'s return value.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import jax
+
+from paxtrain.core.module import MODULE, Module, _is_module, child_fields, iter_modules, rebuild
+from paxtrain.core.mutability import MutationToken, mutable_context
+
+M = TypeVar("M", bound=Module)
+F = TypeVar("F", bound=Callable)
+
+
+def _mutable_copy(module: Module, token: MutationToken, copies: list[Module]) -> Module:
+    fields = {
+        name: jax.tree_util.tree_map(
+            lambda m: _mutable_copy(m, token, copies) if _is_module(m) else m,
+            child,
+            is_leaf=_is_module,
+        )
+        for name, kind, child in child_fields(module)
+        if kind == MODULE
+    }
+    new = rebuild(module, fields)
+    new.__dict__["_pax_token"] = token
+    copies.append(new)
+    return new
+
+
+def mutable_copies(tree: Any, token: MutationToken, copies: list[Module]) -> Any:
+    """`tree` with every module replaced by a copy that `token`'s context may mutate.
+
+    The copies are appended to `copies`, so the caller can make them immutable again.
+
+    Example:
+        >>> with mutable_context("pure") as token:  # doctest: +SKIP
+        ...     net = mutable_copies(net, token, copies := [])
+    """
+    return jax.tree_util.tree_map(
+        lambda x: _mutable_copy(x, token, copies) if _is_module(x) else x, tree, is_leaf=_is_module
+    )
+
+
+def pure(func: F) -> F:
+    """Makes `func` pure: it runs on mutable copies of its module arguments.
+
+    Inputs are never modified; modules in the result are immutable. Mutating a module that is not
+    an argument (a closed-over one) raises, as does mutating inside a JAX transformation that
+    started within `func` without passing the module in.
+
+    Example:
+        >>> @pax.pure  # doctest: +SKIP
+        ... def step(counter, x):
+        ...     y = counter(x)         # may mutate `counter`: it is a copy
+        ...     return counter, y
+        >>> counter, y = step(counter, x)  # doctest: +SKIP
+    """
+
+    @functools.wraps(func)
+    def pure_func(*args: Any, **kwargs: Any) -> Any:
+        copies: list[Module] = []
+        with mutable_context("pax.pure") as token:
+            try:
+                args, kwargs = mutable_copies((args, kwargs), token, copies)
+                out = func(*args, **kwargs)
+            finally:
+                for module in copies:
+                    module.__dict__["_pax_token"] = None
+        for module in iter_modules(out):
+            if module.__dict__["_pax_token"] is token:
+                module.__dict__["_pax_token"] = None
+        return out
+
+    return pure_func
+
+
+def _call_and_return_module(method: Callable, module: Module, *args: Any, **kwargs: Any):
+    value = method(module, *args, **kwargs)
+    return module, value
+
+
+_pure_call_and_return_module = pure(_call_and_return_module)
+
+
+def module_and_value(module_or_method: Any) -> Callable[..., tuple[Any, Any]]:
+    """Calls a module (or one of its methods) on a mutable copy; returns `(new_module, value)`.
+
+    Also a method decorator: the decorated method returns `(new_self, value)`.
+
+    Example:
+        >>> counter, y = pax.module_and_value(counter)(x)             # doctest: +SKIP
+        >>> rng, key = pax.module_and_value(rng.next_rng_key)()       # doctest: +SKIP
+        >>> class Net(pax.Module):                                    # doctest: +SKIP
+        ...     @pax.module_and_value
+        ...     def step(self, x): ...
+        >>> net, y = net.step(x)                                      # doctest: +SKIP
+    """
+    if isinstance(module_or_method, Module):
+        return functools.partial(
+            _pure_call_and_return_module, type(module_or_method).__call__, module_or_method
+        )
+    if inspect.ismethod(module_or_method) and isinstance(module_or_method.__self__, Module):
+        return functools.partial(
+            _pure_call_and_return_module, module_or_method.__func__, module_or_method.__self__
+        )
+    if callable(module_or_method):
+        method = module_or_method
+
+        @functools.wraps(method)
+        def method_returning_module(self: Module, *args: Any, **kwargs: Any):
+            return _pure_call_and_return_module(method, self, *args, **kwargs)
+
+        return method_returning_module
+    raise TypeError(
+        f"module_and_value expects a module, a bound method of a module or a method to decorate; "
+        f"got {type(module_or_method).__name__}."
+    )
+
+
+def purecall(module_or_method: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """`pax.module_and_value(module)(*args, **kwargs)` in one call.
+
+    Example:
+        >>> counter, y = pax.purecall(counter, x)  # doctest: +SKIP
+    """
+    return module_and_value(module_or_method)(*args, **kwargs)
