@@ -278,7 +278,9 @@ class Module(metaclass=_ModuleMeta):
         old = info.kind_of(name)
         if old is not None and old != kind:
             raise ValueError(
-                errors.KIND_CONFLICT_MSG.format(cls=type(self).__name__, attr=name, new=kind, old=old)
+                errors.KIND_CONFLICT_MSG.format(
+                    cls=type(self).__name__, attr=name, new=kind, old=old
+                )
             )
         if kind == PARAMETER:
             self._pax_set_info(parameter_names=info.parameter_names | {name})
@@ -462,7 +464,9 @@ class Module(metaclass=_ModuleMeta):
             if not _is_module(x):
                 return x
             fields = {
-                name: jax.tree_util.tree_map(swap, child, is_leaf=lambda y: y is node or _is_module(y))
+                name: jax.tree_util.tree_map(
+                    swap, child, is_leaf=lambda y: y is node or _is_module(y)
+                )
                 for name, _, child in child_fields(x)
             }
             return rebuild(x, fields)
@@ -644,7 +648,7 @@ def child_fields(module: Module) -> list[tuple[str, str, Any]]:
 
 def _walk_with_paths(module: Module, prefix: str) -> Iterator[tuple[str, Any]]:
     """(path, node) for every submodule and array leaf below `module`."""
-    for name, kind, child in child_fields(module):
+    for name, _, child in child_fields(module):
         leaves = jax.tree_util.tree_flatten_with_path(child, is_leaf=_is_module)[0]
         for key_path, leaf in leaves:
             path = f"{prefix}.{name}{jax.tree_util.keystr(key_path)}"
@@ -693,7 +697,9 @@ def _summary_lines(module: Module, label: str, first: str, rest: str) -> Iterato
     subs = []
     for name, kind, child in child_fields(module):
         if kind == MODULE:
-            for key_path, leaf in jax.tree_util.tree_flatten_with_path(child, is_leaf=_is_module)[0]:
+            for key_path, leaf in jax.tree_util.tree_flatten_with_path(child, is_leaf=_is_module)[
+                0
+            ]:
                 subs.append((f"{name}{jax.tree_util.keystr(key_path)}", leaf))
         else:
             for key_path, leaf in jax.tree_util.tree_flatten_with_path(child)[0]:

@@ -92,6 +92,16 @@ def _call_and_return_module(method: Callable, module: Module, *args: Any, **kwar
 _pure_call_and_return_module = pure(_call_and_return_module)
 
 
+def _call_method(module: Module) -> Callable:
+    for klass in type(module).__mro__:
+        if "__call__" in klass.__dict__:
+            return klass.__dict__["__call__"]
+    raise TypeError(
+        f"`{type(module).__name__}` defines no `__call__`; pass the method to call instead: "
+        f"`pax.module_and_value(module.method)(...)`."
+    )
+
+
 def module_and_value(module_or_method: Any) -> Callable[..., tuple[Any, Any]]:
     """Calls a module (or one of its methods) on a mutable copy; returns `(new_module, value)`.
 
@@ -107,7 +117,7 @@ def module_and_value(module_or_method: Any) -> Callable[..., tuple[Any, Any]]:
     """
     if isinstance(module_or_method, Module):
         return functools.partial(
-            _pure_call_and_return_module, type(module_or_method).__call__, module_or_method
+            _pure_call_and_return_module, _call_method(module_or_method), module_or_method
         )
     if inspect.ismethod(module_or_method) and isinstance(module_or_method.__self__, Module):
         return functools.partial(
