@@ -6,14 +6,14 @@ activation functions, the training flag) is static data of the tree definition.
 
 Flattening is cached on the instance: a module can only change inside a mutable context, and every
 assignment drops the cache. Static data is interned, so two modules of the same structure share one
-`_Structure` object and `jax.jit` compares tree definitions by identity.
+`_Structure` object, which `jax.jit` hashes and compares as a plain int.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import weakref
+import itertools
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -72,42 +72,43 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-class _Structure:
-    """The static part of a flattened module: class, child names, static attributes, info."""
+class _Structure(int):
+    """The static part of a flattened module: class, child names, static attributes, info.
 
-    __slots__ = ("cls", "tree_names", "keys", "static_dict", "info", "_key", "_hash", "__weakref__")
+    Structures are interned, one live object per distinct content, and each is an `int` holding
+    a unique id: JAX hashes and compares the static data of every module node on every jitted
+    call, and int hashing and comparison run in C, with no Python frame per node.
+    """
 
-    def __init__(self, cls: type, tree_names: tuple, static_items: tuple, info: ModuleInfo, key):
-        self.cls = cls
-        self.tree_names = tree_names
-        self.keys = tuple(jax.tree_util.GetAttrKey(n) for n in tree_names)
-        self.static_dict = dict(static_items)
-        self.info = info
-        self._key = key
-        self._hash = hash(key)
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        if self is other:
-            return True
-        if not isinstance(other, _Structure):
-            return NotImplemented
-        return self._hash == other._hash and self._key == other._key
+    cls: type
+    tree_names: tuple[str, ...]
+    keys: tuple[jax.tree_util.GetAttrKey, ...]
+    static_dict: dict[str, Any]
+    info: ModuleInfo
 
     def __repr__(self) -> str:
         return f"{self.cls.__name__}{list(self.tree_names)}"
 
+    def __reduce__(self):
+        return _intern_structure, (self.cls, self.tree_names, tuple(self.static_dict.items()), self.info)
 
-_interned: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+# Kept for the life of the process (ints cannot be weakly referenced); a program has a few
+# distinct module structures, each created once.
+_interned: dict[tuple, _Structure] = {}
+_structure_ids = itertools.count()
 
 
 def _intern_structure(cls: type, tree_names: tuple, static_items: tuple, info) -> _Structure:
     key = (cls, tree_names, tuple((k, _hashable(v)) for k, v in static_items), info)
     structure = _interned.get(key)
     if structure is None:
-        structure = _Structure(cls, tree_names, static_items, info, key)
+        structure = _Structure(next(_structure_ids))
+        structure.cls = cls
+        structure.tree_names = tree_names
+        structure.keys = tuple(jax.tree_util.GetAttrKey(n) for n in tree_names)
+        structure.static_dict = dict(static_items)
+        structure.info = info
         _interned[key] = structure
     return structure
 

@@ -1,0 +1,116 @@
+"""Host overhead of passing modules through `jax.jit`, against the same arrays as a dict.
+
+Run: `python benchmarks/overhead.py` (add `--quick` for a smoke run). Measures, interleaved in one
+process, the host time per call of a jitted forward pass taking (a) a 3-layer MLP and (b) a stack
+of 100 layers, as a paxtrain module and as a plain dict of the same arrays; and the time of one
+`tree_flatten` + `tree_unflatten` of each. Writes a section of `benchmarks/RESULTS.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+from report import machine_line, write_section
+
+import paxtrain as pax
+
+
+class Dense(pax.Module):
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.register_parameter("weight", jax.random.normal(pax.next_rng_key(), (in_dim, out_dim)))
+        self.register_parameter("bias", jnp.zeros((out_dim,)))
+
+
+class Stack(pax.Module):
+    def __init__(self, sizes: list[int]):
+        super().__init__()
+        self.layers = [Dense(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+
+
+def forward(layers, x):
+    for layer in layers:
+        x = jnp.tanh(x @ layer["weight"] + layer["bias"])
+    return x
+
+
+@jax.jit
+def module_forward(stack: Stack, x):
+    return forward([{"weight": l.weight, "bias": l.bias} for l in stack.layers], x)
+
+
+@jax.jit
+def dict_forward(params: dict, x):
+    return forward([params[k] for k in sorted(params, key=int)], x)
+
+
+def as_dict(stack: Stack) -> dict:
+    return {
+        str(i): {"weight": layer.weight, "bias": layer.bias} for i, layer in enumerate(stack.layers)
+    }
+
+
+def per_call_us(fn, args, calls: int) -> float:
+    fn(*args).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(calls):
+        out = fn(*args)
+    out.block_until_ready()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def flatten_unflatten_us(tree, calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        jax.tree_util.tree_unflatten(treedef, leaves)
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="few calls, no RESULTS.md update")
+    args = parser.parse_args()
+    rounds, calls = (3, 200) if args.quick else (15, 2000)
+
+    cases = {"3-layer MLP": [64, 64, 64, 10], "100-layer stack": [8] * 101}
+    rows = []
+    for label, sizes in cases.items():
+        stack = Stack(sizes)
+        params = as_dict(stack)
+        x = jnp.ones((4, sizes[0]))
+        samples: dict[str, list[float]] = {k: [] for k in ("module", "dict", "fu_mod", "fu_dict")}
+        for _ in range(rounds):  # interleaved, so drift affects both sides alike
+            samples["module"].append(per_call_us(module_forward, (stack, x), calls))
+            samples["dict"].append(per_call_us(dict_forward, (params, x), calls))
+            samples["fu_mod"].append(flatten_unflatten_us(stack, calls))
+            samples["fu_dict"].append(flatten_unflatten_us(params, calls))
+        med = {k: statistics.median(v) for k, v in samples.items()}
+        rows.append(
+            f"| {label} | {med['module']:.1f} | {med['dict']:.1f} | "
+            f"{med['module'] / med['dict']:.3f} | {med['fu_mod']:.1f} | {med['fu_dict']:.1f} |"
+        )
+    table = "\n".join(
+        [
+            "| case | jit call, module (µs) | jit call, dict (µs) | ratio | "
+            "flatten+unflatten, module (µs) | flatten+unflatten, dict (µs) |",
+            "|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+    print(table)
+    if not args.quick:
+        body = (
+            f"Command: `python benchmarks/overhead.py` ({rounds} interleaved rounds of {calls} "
+            f"calls, medians). Target: ratio <= 1.10.\n\nMachine: {machine_line()}\n\n{table}"
+        )
+        write_section(f"Module overhead through jax.jit ({jax.devices()[0].platform})", body)
+
+
+if __name__ == "__main__":
+    main()
