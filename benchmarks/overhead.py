@@ -41,7 +41,7 @@ def forward(layers, x):
 
 @jax.jit
 def module_forward(stack: Stack, x):
-    return forward([{"weight": l.weight, "bias": l.bias} for l in stack.layers], x)
+    return forward([{"weight": d.weight, "bias": d.bias} for d in stack.layers], x)
 
 
 @jax.jit
