@@ -1,12 +1,101 @@
-"""The `paxtrain` command line."""
+"""The `paxtrain` command line: `fit`, `env`, `plot`.
+
+    paxtrain fit configs/char_rnn.yaml trainer.max_steps=500 optimizer.lr=3e-4
+    paxtrain fit configs/char_rnn.yaml -m optimizer.lr=1e-3,3e-4     # one run per value
+    paxtrain fit configs/char_rnn.yaml --cfg job                     # print the resolved config
+    paxtrain env
+    paxtrain plot runs/char_rnn-20260101-120000
+
+Config problems end with one message naming the key and exit code 2.
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
+from collections.abc import Sequence
+
+from paxtrain.config import ConfigError
+
+EXIT_CONFIG_ERROR = 2
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `paxtrain` console script."""
-    argv = sys.argv[1:] if argv is None else argv
-    print("paxtrain: no commands yet", file=sys.stderr)
-    return 2
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="paxtrain", description="Train JAX models with paxtrain.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    fit = commands.add_parser("fit", help="train from a YAML config with Hydra overrides")
+    fit.add_argument("config", help="path to a YAML config, e.g. configs/char_rnn.yaml")
+    fit.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.max_steps=500")
+    fit.add_argument("-m", "--multirun", action="store_true", help="one run per swept value")
+    fit.add_argument("--cfg", choices=["job"], help="print the resolved config and exit")
+
+    commands.add_parser("env", help="print versions and the devices JAX sees")
+
+    plot = commands.add_parser("plot", help="write curves.png for a run directory")
+    plot.add_argument("run_dir")
+    plot.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
+    return parser
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from paxtrain.config import compose
+    from paxtrain.run import fit_from_config, sweep_overrides
+
+    # `_target_` objects may live in the user's project, importable from where they run paxtrain.
+    sys.path.insert(0, os.getcwd())
+    jobs = sweep_overrides(args.overrides) if args.multirun else [list(args.overrides)]
+    configs = [compose(args.config, overrides) for overrides in jobs]
+    if args.cfg == "job":
+        for cfg in configs:
+            print(OmegaConf.to_yaml(cfg), end="")
+        return 0
+    if args.multirun:
+        from paxtrain.run import assign_sweep_dirs
+
+        configs = assign_sweep_dirs(configs, jobs, args.config)
+    for cfg in configs:
+        fit_from_config(cfg, config_path=args.config)
+    return 0
+
+
+def _env() -> int:
+    from paxtrain.run import environment_report
+
+    print(environment_report())
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from paxtrain.train.plot import plot_run
+
+    print(plot_run(args.run_dir, args.out))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `paxtrain` console script.
+
+    Example:
+        >>> main(["env"])  # doctest: +SKIP
+    """
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "fit":
+            return _fit(args)
+        if args.command == "env":
+            return _env()
+        return _plot(args)
+    except ConfigError as error:
+        print(f"paxtrain: config error: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    except FileNotFoundError as error:
+        print(f"paxtrain: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import itertools
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -90,7 +91,12 @@ class _Structure(int):
         return f"{self.cls.__name__}{list(self.tree_names)}"
 
     def __reduce__(self):
-        return _intern_structure, (self.cls, self.tree_names, tuple(self.static_dict.items()), self.info)
+        return _intern_structure, (
+            self.cls,
+            self.tree_names,
+            tuple(self.static_dict.items()),
+            self.info,
+        )
 
 
 # Kept for the life of the process (ints cannot be weakly referenced); a program has a few
@@ -229,6 +235,12 @@ class Module(metaclass=_ModuleMeta):
         super().__init_subclass__(**kwargs)
         if "__call__" in cls.__dict__:
             cls.__call__ = _with_mp_policy(cls.__dict__["__call__"])
+        # `_ModuleMeta.__call__(*args, **kwargs)` would otherwise hide the constructor's
+        # signature from `inspect`, and so from config validation and IDEs.
+        init_signature = inspect.signature(cls.__init__)
+        cls.__signature__ = init_signature.replace(
+            parameters=list(init_signature.parameters.values())[1:]
+        )
         _register_pytree(cls)
 
     # ----------------------------------------------------------------- mutation and declaration

@@ -1,0 +1,234 @@
+"""Run configuration: structured schemas, composition with Hydra, validation with clear errors.
+
+A run config is a YAML file (plus Hydra overrides) checked against `FitConfig`. The `model`,
+`data` and `callbacks` sections name Python objects with `_target_`; their keys are checked
+against the target's signature before anything is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import inspect
+import pathlib
+import re
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config problem, reported to the user as one message (exit code 2 on the CLI)."""
+
+
+@dataclasses.dataclass
+class EarlyStoppingConfig:
+    monitor: str | None = None  # a logged metric, e.g. "eval/loss"; None disables
+    mode: str = "min"  # "min" or "max"
+    patience: int = 3  # evaluations without improvement before stopping
+    min_delta: float = 0.0
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    name: str = "adamw"  # adamw | adam | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    momentum: float = 0.9  # sgd only
+    schedule: str = "constant"  # constant | cosine | warmup_cosine
+    warmup_steps: int = 0
+    clip_grad_norm: float | None = 1.0
+
+
+@dataclasses.dataclass
+class TrainerConfig:
+    max_steps: int = 1000
+    eval_every: int | None = 250  # None: evaluate only at the end
+    log_every: int = 50
+    steps_per_call: int = 1
+    grad_accum_steps: int = 1
+    precision: str = "float32"  # float32 | bfloat16
+    ema_decay: float | None = None
+    nonfinite_guard: bool = True
+    progress: str = "auto"  # auto | bar | log | off
+    plot: bool = True  # write curves.png at the end
+    early_stopping: EarlyStoppingConfig = dataclasses.field(default_factory=EarlyStoppingConfig)
+
+
+@dataclasses.dataclass
+class FitConfig:
+    name: str = "run"
+    run_dir: str | None = None  # None: runs/<name>-<timestamp>
+    seed: int = 0
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    model: Any = None
+    data: Any = None
+    callbacks: list[Any] = dataclasses.field(default_factory=list)
+
+
+_CHOICES = {
+    "trainer.precision": ("float32", "bfloat16"),
+    "trainer.progress": ("auto", "bar", "log", "off"),
+    "trainer.early_stopping.mode": ("min", "max"),
+    "optimizer.name": ("adamw", "adam", "sgd"),
+    "optimizer.schedule": ("constant", "cosine", "warmup_cosine"),
+}
+
+UNKNOWN_KEY_MSG = "Unknown config key `{key}`.{hint}"
+WRONG_TYPE_MSG = "Config key `{key}`: {detail}"
+MISSING_VALUE_MSG = "Config key `{key}` is required but has no value: set it with `{key}=...`."
+BAD_CHOICE_MSG = "Config key `{key}` is {value!r}; choose one of {choices}."
+NO_TARGET_MSG = "Config section `{key}` needs a `_target_` naming the class or function to build."
+BAD_TARGET_MSG = "`{key}._target_`: cannot import {target!r} ({reason})."
+UNKNOWN_ARG_MSG = "`{key}.{arg}` is not a parameter of {target}.{hint}"
+MISSING_ARG_MSG = "`{key}` is missing required parameter(s) {args} of {target}."
+
+
+def _hint(key: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
+    return (
+        f" Did you mean {', '.join(f'`{c}`' for c in close)}?"
+        if close
+        else (f" Valid keys here: {', '.join(sorted(candidates))}." if candidates else "")
+    )
+
+
+def _keys_at(node: Any, prefix: str) -> list[str]:
+    if not isinstance(node, (DictConfig, dict)):
+        return []
+    return [f"{prefix}{k}" for k in node]
+
+
+def _sibling_keys(full_key: str, *configs: Any) -> list[str]:
+    """Full keys beside `full_key` in the schema and in `configs`."""
+    parent = full_key.rpartition(".")[0]
+    keys: set[str] = set()
+    for node in (OmegaConf.structured(FitConfig), *configs):
+        for part in filter(None, parent.split(".")):
+            node = node.get(part) if isinstance(node, (DictConfig, dict)) else None
+        keys.update(_keys_at(node, f"{parent}." if parent else ""))
+    return sorted(keys)
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Checks `cfg` against `FitConfig`; returns the merged, typed config.
+
+    Raises ConfigError naming the key, with the closest valid names for an unknown key.
+
+    Example:
+        >>> validate(OmegaConf.create({"trainer": {"max_steps": 10}})).trainer.max_steps
+        10
+    """
+    schema = OmegaConf.structured(FitConfig)
+    try:
+        merged = OmegaConf.merge(schema, cfg)
+    except ConfigKeyError as error:
+        key = str(error.full_key)
+        raise ConfigError(
+            UNKNOWN_KEY_MSG.format(key=key, hint=_hint(key, _sibling_keys(key)))
+        ) from None
+    except ValidationError as error:
+        detail = str(error).splitlines()[0]
+        raise ConfigError(WRONG_TYPE_MSG.format(key=error.full_key, detail=detail)) from None
+    missing = sorted(OmegaConf.missing_keys(merged))
+    if missing:
+        raise ConfigError(MISSING_VALUE_MSG.format(key=missing[0]))
+    for key, choices in _CHOICES.items():
+        value = OmegaConf.select(merged, key)
+        if value not in choices:
+            raise ConfigError(BAD_CHOICE_MSG.format(key=key, value=value, choices=choices))
+    check_target(merged.data, "data")
+    check_target(merged.model, "model", provided=None)  # some arguments come from the data
+    for i, callback in enumerate(merged.callbacks):
+        check_target(callback, f"callbacks[{i}]")
+    return merged
+
+
+def locate(target: str, key: str) -> Any:
+    """Imports `package.module.name` (the current directory is importable, for user code).
+
+    Example:
+        >>> locate("paxtrain.data.CharCorpus", "data").__name__
+        'CharCorpus'
+    """
+    module_name, _, attr = target.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attr)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ConfigError(BAD_TARGET_MSG.format(key=key, target=target, reason=error)) from None
+
+
+def check_target(node: Any, key: str, provided: tuple[str, ...] | None = ()) -> None:
+    """Checks that a `_target_` section's keys match the target's parameters.
+
+    `provided` names parameters the caller will pass itself (e.g. `vocab_size` from the data);
+    None skips the check for missing required parameters, when those are not known yet.
+
+    Example:
+        >>> check_target({"_target_": "paxtrain.data.CharCorpus", "seq_len": 8}, "data")
+    """
+    if node is None:
+        raise ConfigError(NO_TARGET_MSG.format(key=key))
+    if not isinstance(node, (DictConfig, dict)) or "_target_" not in node:
+        raise ConfigError(NO_TARGET_MSG.format(key=key))
+    target = locate(str(node["_target_"]), key)
+    signature = inspect.signature(target)
+    params = signature.parameters
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    names = [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    given = [k for k in node if not str(k).startswith("_")]
+    if not takes_kwargs:
+        for arg in given:
+            if arg not in params:
+                raise ConfigError(
+                    UNKNOWN_ARG_MSG.format(
+                        key=key, arg=arg, target=node["_target_"], hint=_hint(arg, names)
+                    )
+                )
+    required = [
+        n
+        for n, p in params.items()
+        if p.default is p.empty
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        and n not in given
+        and n not in (provided or ())
+    ]
+    if required and provided is not None:
+        raise ConfigError(MISSING_ARG_MSG.format(key=key, args=required, target=node["_target_"]))
+
+
+_OVERRIDE_KEY = re.compile(r"Could not override '([^']+)'")
+
+
+def compose(config_path: str | pathlib.Path, overrides: list[str]) -> DictConfig:
+    """Loads a YAML config with Hydra (config groups, defaults lists, overrides) and validates it.
+
+    Example:
+        >>> cfg = compose("configs/char_rnn.yaml", ["trainer.max_steps=5"])  # doctest: +SKIP
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    path = pathlib.Path(config_path).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"Config file not found: {config_path}")
+    try:
+        with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
+            cfg = hydra_compose(config_name=path.stem, overrides=list(overrides))
+    except HydraException as error:
+        message = str(error)
+        match = _OVERRIDE_KEY.search(message)
+        if match:
+            key = match.group(1)
+            hint = _hint(key, _sibling_keys(key, OmegaConf.load(path)))
+            raise ConfigError(UNKNOWN_KEY_MSG.format(key=key, hint=hint)) from None
+        raise ConfigError(message.splitlines()[0]) from None
+    OmegaConf.set_struct(cfg, False)
+    return validate(cfg)

@@ -1,0 +1,184 @@
+"""Hooks: everything optional in the training loop.
+
+A hook overrides any of `on_train_start`, `on_step`, `on_log`, `on_eval_end`, `on_train_end`.
+`on_step` runs after every jitted call, so it must stay cheap: metrics are device arrays, and
+syncing them with the host is the business of the hooks that run every N steps.
+
+Example:
+    >>> trainer.add_hook(lambda trainer, metrics: print(trainer.step), every=100)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import jax
+import numpy as np
+
+if TYPE_CHECKING:
+    from paxtrain.train.trainer import Trainer
+
+
+def crossed(step: int, steps_done: int, every: int | None) -> bool:
+    """Whether a multiple of `every` lies in (step - steps_done, step].
+
+    Example:
+        >>> crossed(12, 4, 10), crossed(8, 4, 10)
+        (True, False)
+    """
+    return bool(every) and step // every > (step - steps_done) // every
+
+
+class Hook:
+    """Base class of hooks; every method is optional."""
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        """Before the first step (after a resume, too)."""
+
+    def on_step(self, trainer: Trainer, metrics: dict[str, jax.Array]) -> None:
+        """After each jitted step call; `metrics` are on device (stacked if steps_per_call > 1)."""
+
+    def on_log(self, trainer: Trainer, scalars: dict[str, float]) -> None:
+        """After scalars were recorded for `trainer.step`."""
+
+    def on_eval_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        """After an evaluation, with its averaged metrics (keys without the `eval/` prefix)."""
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        """After the last step, also when stopped early."""
+
+
+class EveryN(Hook):
+    """Runs `fn(trainer, metrics)` whenever the step count crosses a multiple of `every`.
+
+    Example:
+        >>> trainer.add_hook(EveryN(lambda tr, m: print(tr.step), every=50))  # doctest: +SKIP
+    """
+
+    def __init__(self, fn: Callable[[Trainer, dict[str, jax.Array]], Any], every: int):
+        self.fn, self.every = fn, every
+
+    def on_step(self, trainer: Trainer, metrics: dict[str, jax.Array]) -> None:
+        if crossed(trainer.step, trainer.steps_per_call, self.every):
+            self.fn(trainer, metrics)
+
+
+class TrainMetrics(Hook):
+    """Logs the mean of each training metric over the last `every` steps, as `train/<name>`.
+
+    Metrics stay on device between log steps; one host transfer per log.
+    """
+
+    def __init__(self, every: int):
+        self.every = every
+        self._pending: list[dict[str, jax.Array]] = []
+
+    def on_step(self, trainer: Trainer, metrics: dict[str, jax.Array]) -> None:
+        self._pending.append(metrics)
+        if (
+            crossed(trainer.step, trainer.steps_per_call, self.every)
+            or trainer.step >= trainer.max_steps
+        ):
+            host = jax.device_get(self._pending)
+            self._pending = []
+            trainer.log({f"train/{k}": float(np.mean([m[k] for m in host])) for k in host[0]})
+
+
+class Throughput(Hook):
+    """Logs steps/s, examples/s, tokens/s and the share of time spent waiting for data."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self._start, self._steps, self._wait = time.perf_counter(), 0, 0.0
+
+    def on_step(self, trainer: Trainer, metrics: dict[str, jax.Array]) -> None:
+        self._steps += trainer.steps_per_call
+        self._wait += trainer.last_data_wait
+        if not (
+            crossed(trainer.step, trainer.steps_per_call, self.every)
+            or trainer.step >= trainer.max_steps
+        ):
+            return
+        jax.block_until_ready(metrics)
+        elapsed = time.perf_counter() - self._start
+        steps_per_s = self._steps / elapsed
+        scalars = {
+            "perf/steps_per_s": steps_per_s,
+            "perf/examples_per_s": steps_per_s * trainer.examples_per_step,
+            "perf/data_wait_frac": self._wait / elapsed,
+        }
+        if trainer.tokens_per_step:
+            scalars["perf/tokens_per_s"] = steps_per_s * trainer.tokens_per_step
+        trainer.log(scalars)
+        self._start, self._steps, self._wait = time.perf_counter(), 0, 0.0
+
+
+class Evaluation(Hook):
+    """Evaluates every `every` steps and at the end of training."""
+
+    def __init__(self, every: int | None):
+        self.every = every
+
+    def on_step(self, trainer: Trainer, metrics: dict[str, jax.Array]) -> None:
+        if (
+            crossed(trainer.step, trainer.steps_per_call, self.every)
+            and trainer.step < trainer.max_steps
+        ):
+            trainer.evaluate()
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        if trainer.last_eval_step != trainer.step:
+            trainer.evaluate()
+
+
+class EarlyStopping(Hook):
+    """Stops training when a monitored eval metric stops improving.
+
+    Args:
+      monitor: eval metric name, with or without the `eval/` prefix (e.g. "loss").
+      mode: "min" or "max".
+      patience: evaluations without improvement tolerated.
+      min_delta: smallest change that counts as improvement.
+
+    Example:
+        >>> trainer.add_hook(EarlyStopping("eval/loss", patience=2))  # doctest: +SKIP
+    """
+
+    def __init__(self, monitor: str, mode: str = "min", patience: int = 3, min_delta: float = 0.0):
+        if mode not in ("min", "max"):
+            raise ValueError(f"EarlyStopping mode must be 'min' or 'max', got {mode!r}")
+        self.monitor = monitor.removeprefix("eval/")
+        self.sign = 1.0 if mode == "min" else -1.0
+        self.patience, self.min_delta = patience, min_delta
+        self.best: float | None = None
+        self.bad_evals = 0
+
+    def on_eval_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        if self.monitor not in metrics:
+            raise KeyError(
+                f"EarlyStopping monitors `eval/{self.monitor}`, but evaluation reports "
+                f"{sorted('eval/' + k for k in metrics)}."
+            )
+        value = self.sign * metrics[self.monitor]
+        if self.best is None or value < self.best - self.min_delta:
+            self.best, self.bad_evals = value, 0
+            return
+        self.bad_evals += 1
+        if self.bad_evals >= self.patience:
+            trainer.stop(
+                f"early stopping: eval/{self.monitor} has not improved for {self.patience} evaluations"
+            )
+
+
+class PlotCurves(Hook):
+    """Writes `curves.png` (loss and eval curves) into the run directory at the end."""
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        from paxtrain.train.plot import plot_run
+
+        trainer.logger.flush()
+        plot_run(trainer.run_dir)

@@ -1,0 +1,76 @@
+"""Progress display: a live bar on a terminal, plain periodic lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from paxtrain.train.hooks import Hook
+
+if TYPE_CHECKING:
+    from paxtrain.train.trainer import Trainer
+
+
+def _eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
+
+
+def _summary(scalars: dict[str, float]) -> str:
+    shown = []
+    for key in ("train/loss", "eval/loss", "perf/steps_per_s", "perf/tokens_per_s"):
+        if key in scalars:
+            shown.append(f"{key.split('/')[1]} {scalars[key]:.4g}")
+    return " | ".join(shown)
+
+
+class Progress(Hook):
+    """Shows progress with ETA, loss and throughput.
+
+    Args:
+      mode: "bar" (tqdm), "log" (one line per log step), "off", or "auto": a bar when stdout is
+        a terminal, lines otherwise.
+
+    Example:
+        >>> trainer.add_hook(Progress("log"))  # doctest: +SKIP
+    """
+
+    def __init__(self, mode: str = "auto"):
+        if mode == "auto":
+            mode = "bar" if sys.stdout.isatty() else "log"
+        self.mode = mode
+        self._bar: Any = None
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self._start_time, self._start_step = time.perf_counter(), trainer.step
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=trainer.max_steps, initial=trainer.step, unit="step", dynamic_ncols=True
+            )
+
+    def on_step(self, trainer: Trainer, metrics: Any) -> None:
+        if self._bar is not None:
+            self._bar.update(trainer.step - self._bar.n)
+
+    def on_log(self, trainer: Trainer, scalars: dict[str, float]) -> None:
+        text = _summary(scalars)
+        if not text:
+            return
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=False)
+        elif self.mode == "log":
+            done = trainer.step - self._start_step
+            elapsed = time.perf_counter() - self._start_time
+            eta = elapsed / done * (trainer.max_steps - trainer.step) if done else 0.0
+            print(f"step {trainer.step}/{trainer.max_steps} | {text} | eta {_eta(eta)}", flush=True)
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        if self._bar is not None:
+            self._bar.close()

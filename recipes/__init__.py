@@ -1,0 +1,1 @@
+"""Recipes: real models on data that needs no download, each with a config in `configs/`."""

@@ -1,0 +1,62 @@
+"""Config composition and validation: every mistake is one message naming the key."""
+
+import pathlib
+
+import pytest
+from omegaconf import OmegaConf
+
+from paxtrain.config import ConfigError, compose, validate
+
+CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
+
+
+def test_char_rnn_config_composes_with_overrides():
+    cfg = compose(CONFIGS / "char_rnn.yaml", ["trainer.max_steps=7", "optimizer.lr=0.01"])
+    assert cfg.trainer.max_steps == 7 and cfg.optimizer.lr == 0.01
+    assert cfg.model._target_ == "recipes.char_rnn.CharLSTM"
+    assert cfg.trainer.log_every == 50  # from the file
+    assert cfg.trainer.grad_accum_steps == 1  # from the schema default
+
+
+def test_unknown_override_key_names_the_closest_valid_key():
+    with pytest.raises(ConfigError) as info:
+        compose(CONFIGS / "char_rnn.yaml", ["trainer.max_stesp=5"])
+    assert "Unknown config key `trainer.max_stesp`" in str(info.value)
+    assert "`trainer.max_steps`" in str(info.value)
+
+
+def test_unknown_key_in_a_file_is_reported(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "data: {_target_: paxtrain.data.CharCorpus}\n"
+        "model: {_target_: recipes.char_rnn.CharLSTM}\n"
+        "optimizer: {learning_rate: 0.1}\n"
+    )
+    with pytest.raises(ConfigError, match=r"`optimizer.learning_rate`"):
+        compose(path, [])
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigError, match=r"`trainer.max_steps`"):
+        compose(CONFIGS / "char_rnn.yaml", ["trainer.max_steps=lots"])
+
+
+def test_bad_choice_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"`optimizer.name` is 'adamx'; choose one of"):
+        compose(CONFIGS / "char_rnn.yaml", ["optimizer.name=adamx"])
+
+
+def test_target_arguments_are_checked_against_the_signature():
+    with pytest.raises(ConfigError) as info:
+        compose(CONFIGS / "char_rnn.yaml", ["+model.hiden_dim=3"])
+    assert "`model.hiden_dim` is not a parameter of recipes.char_rnn.CharLSTM" in str(info.value)
+    assert "`hidden_dim`" in str(info.value)
+    with pytest.raises(ConfigError, match="cannot import 'recipes.nope.Model'"):
+        compose(CONFIGS / "char_rnn.yaml", ["model._target_=recipes.nope.Model"])
+
+
+def test_missing_sections_and_files():
+    with pytest.raises(ConfigError, match="`data` needs a `_target_`"):
+        validate(OmegaConf.create({"model": {"_target_": "recipes.char_rnn.CharLSTM"}}))
+    with pytest.raises(ConfigError, match="Config file not found"):
+        compose("configs/nope.yaml", [])
