@@ -689,8 +689,11 @@ def _short_repr(value: Any) -> str | None:
         return repr(value)
     if isinstance(value, np.dtype) or (isinstance(value, type) and issubclass(value, np.generic)):
         return np.dtype(value).name
-    if isinstance(value, tuple) and all(isinstance(v, (bool, int, float, str)) for v in value):
-        return repr(value)
+    if isinstance(value, tuple):
+        parts = [_short_repr(v) for v in value]
+        if all(p is not None for p in parts):
+            return f"({', '.join(parts)}{',' if len(parts) == 1 else ''})"
+        return None
     if callable(value) and hasattr(value, "__name__"):
         return value.__name__
     return None

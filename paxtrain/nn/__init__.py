@@ -1,0 +1,68 @@
+"""Layers for paxtrain: each one a `pax.Module` with sizes in its repr.
+
+    >>> import jax.numpy as jnp, paxtrain as pax, paxtrain.nn as nn
+    >>> model = nn.Linear(2, 8) >> nn.LayerNorm(8) >> nn.Dropout(0.1) >> nn.Linear(8, 1)
+    >>> model, y = pax.purecall(model, jnp.ones((4, 2)))  # Dropout advances its key
+    >>> y.shape
+    (4, 1)
+
+Layers that update states in training mode (`BatchNorm`, `Dropout`, `EMA`) are called through
+`pax.purecall` / `pax.module_and_value`; everything else can also be called directly.
+"""
+
+from paxtrain.nn import initializers
+from paxtrain.nn.attention import MultiHeadAttention, causal_mask
+from paxtrain.nn.batch_norm import BatchNorm, BatchNorm1D, BatchNorm2D
+from paxtrain.nn.conv import Conv1D, Conv1DTranspose, Conv2D, Conv2DTranspose
+from paxtrain.nn.dropout import Dropout
+from paxtrain.nn.ema import EMA
+from paxtrain.nn.embed import Embed
+from paxtrain.nn.group_norm import GroupNorm
+from paxtrain.nn.layer_norm import LayerNorm, RMSNorm
+from paxtrain.nn.linear import Linear
+from paxtrain.nn.normalization import normalize
+from paxtrain.nn.pool import avg_pool, max_pool
+from paxtrain.nn.recurrent import (
+    GRU,
+    LSTM,
+    GRUState,
+    LSTMState,
+    VanillaRNN,
+    VanillaRNNState,
+    unroll,
+)
+from paxtrain.nn.sequential import Chainable, Identity, Lambda, Sequential
+
+__all__ = [
+    "EMA",
+    "GRU",
+    "LSTM",
+    "BatchNorm",
+    "BatchNorm1D",
+    "BatchNorm2D",
+    "Chainable",
+    "Conv1D",
+    "Conv1DTranspose",
+    "Conv2D",
+    "Conv2DTranspose",
+    "Dropout",
+    "Embed",
+    "GRUState",
+    "GroupNorm",
+    "Identity",
+    "LSTMState",
+    "Lambda",
+    "LayerNorm",
+    "Linear",
+    "MultiHeadAttention",
+    "RMSNorm",
+    "Sequential",
+    "VanillaRNN",
+    "VanillaRNNState",
+    "avg_pool",
+    "causal_mask",
+    "initializers",
+    "max_pool",
+    "normalize",
+    "unroll",
+]

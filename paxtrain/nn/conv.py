@@ -1,0 +1,258 @@
+"""Convolutions: one N-d implementation on `jax.lax.conv_general_dilated`.
+
+`Conv1D`, `Conv2D`, `Conv1DTranspose` and `Conv2DTranspose` only fix the number of spatial
+dimensions and the direction. A transposed convolution is the same call with the stride moved to
+the input (`lhs_dilation`, a fractionally strided convolution) and the padding converted, as
+`jax.lax.conv_transpose` does; doing it here keeps `feature_group_count` available to both.
+
+The kernel is `[*kernel_shape, in_features // feature_group_count, out_features]` in both
+directions and is not flipped, matching `jax.lax.conv_transpose(..., transpose_kernel=False)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import paxtrain as pax
+from paxtrain.nn.initializers import Initializer, lecun_normal, split_rng_key, zeros
+from paxtrain.nn.normalization import along_axis
+from paxtrain.nn.sequential import Chainable
+
+Padding = str | int | Sequence[int] | Sequence[tuple[int, int]]
+
+_SPATIAL_LETTERS = {1: "W", 2: "HW", 3: "DHW"}
+
+GROUPS_MSG = """\
+{cls}: in_features ({in_features}) and out_features ({out_features}) must both be divisible by \
+feature_group_count ({groups}); each group maps in_features/groups inputs to out_features/groups \
+outputs."""
+
+DATA_FORMAT_MSG = """\
+{cls}: data_format must be {channels_last!r} (channels last, the default) or \
+{channels_first!r} (channels first); got {data_format!r}."""
+
+PADDING_MSG = """\
+{cls}: padding must be "SAME", "VALID", an int (the same on both sides of every spatial \
+dimension), {n} ints (one per spatial dimension) or {n} (low, high) pairs; got {padding!r}."""
+
+INPUT_MSG = """\
+{cls} expects a batched input of rank {rank} in {data_format} layout with {in_features} \
+channels; got shape {shape}. Add a batch axis with `x[None]` for a single example."""
+
+
+def _tuple_of(value: int | Sequence[int], n: int) -> tuple[int, ...]:
+    return (value,) * n if isinstance(value, int) else tuple(value)
+
+
+def _normalize_padding(padding: Padding, n: int, cls: str) -> str | tuple[tuple[int, int], ...]:
+    if isinstance(padding, str) and padding.upper() in ("SAME", "VALID"):
+        return padding.upper()
+    if isinstance(padding, int):
+        return ((padding, padding),) * n
+    if isinstance(padding, Sequence) and not isinstance(padding, str) and len(padding) == n:
+        if all(isinstance(p, int) for p in padding):
+            return tuple((p, p) for p in padding)
+        if all(isinstance(p, Sequence) and len(p) == 2 for p in padding):
+            return tuple((int(lo), int(hi)) for lo, hi in padding)
+    raise ValueError(PADDING_MSG.format(cls=cls, n=n, padding=padding))
+
+
+def _transpose_padding(
+    kernel_size: int, stride: int, rate: int, padding: str | tuple[int, int]
+) -> tuple[int, int]:
+    """Padding of the dilated input that makes the convolution the transpose of a forward one.
+
+    `padding` is that of the forward convolution being transposed, whether a string or a pair
+    (like `jax.lax.conv_transpose(..., use_consistent_padding=True)` and PyTorch).
+    """
+    k = (kernel_size - 1) * rate + 1  # the dilated kernel's extent
+    if padding == "SAME":
+        total = k + stride - 2
+        low = k - 1 if stride > k - 1 else int(np.ceil(total / 2))
+        return low, total - low
+    if padding == "VALID":
+        return k - 1, stride - 1 + max(k - stride, 0)
+    low, high = padding
+    return k - 1 - low, k - 1 - high
+
+
+class _ConvND(Chainable, pax.Module):
+    """An N-d convolution; subclasses set `num_spatial_dims` and `transpose`.
+
+    Args:
+      in_features: input channels.
+      out_features: output channels.
+      kernel_shape: kernel size, an int for every spatial dimension or one per dimension.
+      stride: step of the kernel (int or per dimension); for a transposed convolution, the
+        factor by which the output is larger.
+      rate: kernel dilation (atrous rate), int or per dimension.
+      padding: "SAME", "VALID", an int (both sides of every spatial dimension), one int per
+        dimension, or one (low, high) pair per dimension. For a transposed convolution it is
+        the padding of the forward convolution being transposed.
+      feature_group_count: splits the channels into this many independent groups
+        (`in_features` for a depthwise convolution).
+      with_bias: whether to add a learned bias per output channel.
+      w_init, b_init: initializers of the kernel and the bias.
+      data_format: channels last ("NWC", "NHWC", the default) or channels first ("NCW",
+        "NCHW").
+      rng_key: key for the initializers; defaults to `pax.next_rng_key()`.
+      name: optional module name.
+    """
+
+    num_spatial_dims: int
+    transpose: bool
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_shape: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        rate: int | Sequence[int] = 1,
+        padding: Padding = "SAME",
+        feature_group_count: int = 1,
+        with_bias: bool = True,
+        w_init: Initializer | None = None,
+        b_init: Initializer | None = None,
+        data_format: str | None = None,
+        *,
+        rng_key: jax.Array | None = None,
+        name: str | None = None,
+    ):
+        super().__init__(name=name)
+        n, cls = self.num_spatial_dims, type(self).__name__
+        spatial = _SPATIAL_LETTERS[n]
+        channels_last, channels_first = f"N{spatial}C", f"NC{spatial}"
+        data_format = data_format or channels_last
+        if data_format not in (channels_last, channels_first):
+            raise ValueError(
+                DATA_FORMAT_MSG.format(
+                    cls=cls,
+                    channels_last=channels_last,
+                    channels_first=channels_first,
+                    data_format=data_format,
+                )
+            )
+        if in_features % feature_group_count or out_features % feature_group_count:
+            raise ValueError(
+                GROUPS_MSG.format(
+                    cls=cls,
+                    in_features=in_features,
+                    out_features=out_features,
+                    groups=feature_group_count,
+                )
+            )
+        self.in_features, self.out_features = in_features, out_features
+        self.kernel_shape = _tuple_of(kernel_shape, n)
+        self.stride = _tuple_of(stride, n)
+        self.rate = _tuple_of(rate, n)
+        self.padding = _normalize_padding(padding, n, cls)
+        self.feature_group_count = feature_group_count
+        self.with_bias = with_bias
+        self.data_format = data_format
+
+        w_key, b_key = split_rng_key(rng_key, 2)
+        w_shape = (*self.kernel_shape, in_features // feature_group_count, out_features)
+        self.register_parameter("weight", (w_init or lecun_normal)(w_key, w_shape, jnp.float32))
+        bias = (b_init or zeros)(b_key, (out_features,), jnp.float32) if with_bias else None
+        self.register_parameter("bias", bias)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n = self.num_spatial_dims
+        channel_axis = self.data_format.index("C")
+        if x.ndim != n + 2 or x.shape[channel_axis] != self.in_features:
+            raise ValueError(
+                INPUT_MSG.format(
+                    cls=type(self).__name__,
+                    rank=n + 2,
+                    data_format=self.data_format,
+                    in_features=self.in_features,
+                    shape=x.shape,
+                )
+            )
+        if self.transpose:
+            # Fractionally strided: the stride spreads the input apart instead of skipping.
+            paddings = (self.padding,) * n if isinstance(self.padding, str) else self.padding
+            padding = tuple(
+                map(_transpose_padding, self.kernel_shape, self.stride, self.rate, paddings)
+            )
+            strides, lhs_dilation = (1,) * n, self.stride
+        else:
+            strides, lhs_dilation, padding = self.stride, (1,) * n, self.padding
+        kernel_format = _SPATIAL_LETTERS[n] + "IO"
+        y = jax.lax.conv_general_dilated(
+            x,
+            self.weight,
+            window_strides=strides,
+            padding=padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=self.rate,
+            dimension_numbers=(self.data_format, kernel_format, self.data_format),
+            feature_group_count=self.feature_group_count,
+        )
+        return y if self.bias is None else y + along_axis(self.bias, y.ndim, channel_axis)
+
+
+class Conv1D(_ConvND):
+    """1-d convolution over inputs [batch, width, channels] ("NWC", or "NCW" channels first).
+
+    The arguments are described on `_ConvND`.
+
+    Example:
+        >>> conv = nn.Conv1D(3, 8, kernel_shape=3, stride=2)
+        >>> conv(jnp.ones((1, 10, 3))).shape
+        (1, 5, 8)
+    """
+
+    num_spatial_dims = 1
+    transpose = False
+
+
+class Conv2D(_ConvND):
+    """2-d convolution over inputs [batch, height, width, channels] ("NHWC", or "NCHW").
+
+    The arguments are described on `_ConvND`; per-dimension tuples have length 2.
+
+    Example:
+        >>> conv = nn.Conv2D(3, 8, kernel_shape=(3, 3), padding="VALID")
+        >>> conv
+        Conv2D(in_features=3, out_features=8, kernel_shape=(3, 3), stride=(1, 1), rate=(1, 1), \
+padding='VALID', feature_group_count=1, with_bias=True, data_format='NHWC')
+        >>> conv(jnp.ones((1, 5, 5, 3))).shape
+        (1, 3, 3, 8)
+    """
+
+    num_spatial_dims = 2
+    transpose = False
+
+
+class Conv1DTranspose(_ConvND):
+    """Transposed 1-d convolution: the transpose of `Conv1D` with the same stride and padding.
+
+    With "SAME" padding the output is `stride` times longer than the input.
+
+    Example:
+        >>> conv = nn.Conv1DTranspose(3, 8, kernel_shape=3, stride=2)
+        >>> conv(jnp.ones((1, 5, 3))).shape
+        (1, 10, 8)
+    """
+
+    num_spatial_dims = 1
+    transpose = True
+
+
+class Conv2DTranspose(_ConvND):
+    """Transposed 2-d convolution: the transpose of `Conv2D` with the same stride and padding.
+
+    Example:
+        >>> conv = nn.Conv2DTranspose(3, 8, kernel_shape=3, stride=2)
+        >>> conv(jnp.ones((1, 4, 4, 3))).shape
+        (1, 8, 8, 8)
+    """
+
+    num_spatial_dims = 2
+    transpose = True

@@ -1,0 +1,47 @@
+"""Weight initializers: functions `(rng_key, shape, dtype) -> array`, as in `jax.nn.initializers`.
+
+Any `jax.nn.initializers` function can be passed as a layer's `w_init` / `b_init`. This file names
+the defaults the layers use and turns a layer's optional `rng_key` into one key per parameter.
+Layers call their initializers once in `__init__` and do not keep them: a stored closure would
+make two identically configured layers differ in their pytree structure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+import paxtrain as pax
+
+Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
+
+zeros: Initializer = jax.nn.initializers.zeros
+ones: Initializer = jax.nn.initializers.ones
+# Default for weights: variance 1/fan_in keeps the scale of activations roughly constant with
+# depth; truncation avoids rare large weights. The fan-in of a conv kernel [*k, in, out] counts
+# the receptive field too.
+lecun_normal: Initializer = jax.nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+
+def truncated_normal(stddev: float = 1.0) -> Initializer:
+    """Samples a normal with `stddev`, truncated to two standard deviations.
+
+    Example:
+        >>> init = truncated_normal(0.02)
+        >>> init(jax.random.PRNGKey(0), (2, 3), jnp.float32).shape
+        (2, 3)
+    """
+    return jax.nn.initializers.truncated_normal(stddev)
+
+
+def split_rng_key(rng_key: jax.Array | None, num: int) -> list[jax.Array]:
+    """`num` independent keys from `rng_key`, or from `pax.next_rng_key()` when it is None.
+
+    Example:
+        >>> w_key, b_key = split_rng_key(None, 2)
+    """
+    if rng_key is None:
+        rng_key = pax.next_rng_key()
+    return list(jax.random.split(rng_key, num))

@@ -1,0 +1,45 @@
+"""`Linear`: an affine map of the last axis."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+import paxtrain as pax
+from paxtrain.nn.initializers import Initializer, lecun_normal, split_rng_key, zeros
+from paxtrain.nn.sequential import Chainable
+
+
+class Linear(Chainable, pax.Module):
+    """`y = x @ weight + bias` over the last axis of `x`; `weight` is [in_dim, out_dim].
+
+    Example:
+        >>> layer = nn.Linear(3, 4)
+        >>> layer
+        Linear(in_dim=3, out_dim=4, with_bias=True)
+        >>> layer(jnp.ones((2, 3))).shape
+        (2, 4)
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        with_bias: bool = True,
+        w_init: Initializer | None = None,
+        b_init: Initializer | None = None,
+        *,
+        rng_key: jax.Array | None = None,
+        name: str | None = None,
+    ):
+        super().__init__(name=name)
+        self.in_dim, self.out_dim, self.with_bias = in_dim, out_dim, with_bias
+        w_key, b_key = split_rng_key(rng_key, 2)
+        w_init = w_init or lecun_normal
+        self.register_parameter("weight", w_init(w_key, (in_dim, out_dim), jnp.float32))
+        bias = (b_init or zeros)(b_key, (out_dim,), jnp.float32) if with_bias else None
+        self.register_parameter("bias", bias)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = x @ self.weight
+        return y if self.bias is None else y + self.bias

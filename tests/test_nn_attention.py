@@ -1,0 +1,79 @@
+"""MultiHeadAttention against a NumPy reference; causal and explicit masks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import paxtrain.nn as nn
+
+RNG = np.random.default_rng(0)
+
+
+def _randn(*shape):
+    return RNG.normal(size=shape).astype(np.float32)
+
+
+def _numpy_attention(mha, query, key, mask=None):
+    def project(linear, x, size):
+        y = x @ np.asarray(linear.weight) + np.asarray(linear.bias)
+        return y.reshape(*x.shape[:-1], mha.num_heads, size)
+
+    q = project(mha.query_proj, query, mha.key_size)
+    k = project(mha.key_proj, key, mha.key_size)
+    v = project(mha.value_proj, key, mha.value_size)
+    logits = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(mha.key_size)
+    if mask is not None:
+        logits = np.where(mask, logits, -1e30)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    out = np.einsum("bhts,bshd->bthd", weights, v).reshape(*query.shape[:-1], -1)
+    return out @ np.asarray(mha.output_proj.weight) + np.asarray(mha.output_proj.bias)
+
+
+def _mha(**kwargs):
+    mha = nn.MultiHeadAttention(num_heads=2, key_size=3, model_dim=4, value_size=5, **kwargs)
+    # Nonzero biases, so that a wrong bias placement shows up.
+    return jax.tree_util.tree_map(lambda p: p + 0.1 * jnp.asarray(_randn(*p.shape)), mha)
+
+
+def test_self_attention_matches_numpy_under_jit():
+    mha = _mha()
+    x = _randn(2, 6, 4)
+    np.testing.assert_allclose(
+        jax.jit(lambda m, x: m(x))(mha, x), _numpy_attention(mha, x, x), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_cross_attention_with_an_explicit_mask():
+    mha = _mha()
+    query, memory = _randn(2, 3, 4), _randn(2, 5, 4)
+    mask = RNG.random((2, 1, 3, 5)) > 0.3
+    mask[..., 0] = True  # every query sees at least one key
+    np.testing.assert_allclose(
+        mha(query, memory, mask=mask),
+        _numpy_attention(mha, query, memory, mask),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_causal_output_does_not_depend_on_future_tokens():
+    mha = _mha(causal=True)
+    x = _randn(1, 6, 4)
+    y = mha(x)
+    causal = np.tril(np.ones((6, 6), bool))
+    np.testing.assert_allclose(y, _numpy_attention(mha, x, x, causal), rtol=1e-4, atol=1e-5)
+    for t in range(5):
+        perturbed = x.copy()
+        perturbed[:, t + 1 :] += 10 * _randn(1, 5 - t, 4)
+        y_perturbed = mha(perturbed)
+        np.testing.assert_allclose(y_perturbed[:, : t + 1], y[:, : t + 1], rtol=1e-5, atol=1e-6)
+        assert not np.allclose(y_perturbed[:, t + 1 :], y[:, t + 1 :])
+
+
+def test_causal_combines_with_an_explicit_mask():
+    mha = _mha(causal=True)
+    x = _randn(1, 4, 4)
+    padding = np.array([True, True, False, True])  # hide key 2 from every query
+    expected = _numpy_attention(mha, x, x, np.tril(np.ones((4, 4), bool)) & padding)
+    np.testing.assert_allclose(mha(x, mask=jnp.asarray(padding)), expected, rtol=1e-4, atol=1e-5)
