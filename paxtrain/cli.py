@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import sys
 from collections.abc import Sequence
 
@@ -45,8 +46,9 @@ def _fit(args: argparse.Namespace) -> int:
     from paxtrain.config import compose
     from paxtrain.run import fit_from_config, sweep_overrides
 
-    # `_target_` objects may live in the user's project, importable from where they run paxtrain.
-    sys.path.insert(0, os.getcwd())
+    # `_target_` objects may live in the user's project: importable from where paxtrain runs,
+    # and from the project root of the config file (the parent of its `configs/` folder).
+    sys.path[:0] = [os.getcwd(), str(pathlib.Path(args.config).resolve().parent.parent)]
     jobs = sweep_overrides(args.overrides) if args.multirun else [list(args.overrides)]
     configs = [compose(args.config, overrides) for overrides in jobs]
     if args.cfg == "job":

@@ -86,6 +86,10 @@ BAD_CHOICE_MSG = "Config key `{key}` is {value!r}; choose one of {choices}."
 NO_TARGET_MSG = "Config section `{key}` needs a `_target_` naming the class or function to build."
 BAD_TARGET_MSG = "`{key}._target_`: cannot import {target!r} ({reason})."
 UNKNOWN_ARG_MSG = "`{key}.{arg}` is not a parameter of {target}.{hint}"
+WARMUP_MSG = (
+    "`optimizer.warmup_steps` ({warmup}) must be smaller than `trainer.max_steps` ({steps}); "
+    "lower it, e.g. `optimizer.warmup_steps=0`, or use `optimizer.schedule=constant`."
+)
 MISSING_ARG_MSG = "`{key}` is missing required parameter(s) {args} of {target}."
 
 
@@ -142,6 +146,17 @@ def validate(cfg: DictConfig) -> DictConfig:
         value = OmegaConf.select(merged, key)
         if value not in choices:
             raise ConfigError(BAD_CHOICE_MSG.format(key=key, value=value, choices=choices))
+    if merged.optimizer.schedule == "warmup_cosine" and (
+        merged.optimizer.warmup_steps >= merged.trainer.max_steps
+    ):
+        raise ConfigError(
+            WARMUP_MSG.format(warmup=merged.optimizer.warmup_steps, steps=merged.trainer.max_steps)
+        )
+    if merged.trainer.max_steps % merged.trainer.steps_per_call:
+        raise ConfigError(
+            f"`trainer.max_steps` ({merged.trainer.max_steps}) must be a multiple of "
+            f"`trainer.steps_per_call` ({merged.trainer.steps_per_call})."
+        )
     check_target(merged.data, "data")
     check_target(merged.model, "model", provided=None)  # some arguments come from the data
     for i, callback in enumerate(merged.callbacks):
@@ -203,6 +218,17 @@ def check_target(node: Any, key: str, provided: tuple[str, ...] | None = ()) -> 
         raise ConfigError(MISSING_ARG_MSG.format(key=key, args=required, target=node["_target_"]))
 
 
+def _add_schema_key(override: str, base: DictConfig) -> str:
+    """Lets `key=value` set a schema key that the YAML file leaves out (`++key=value`)."""
+    key, sep, _ = override.partition("=")
+    if not sep or key.startswith(("+", "~")) or OmegaConf.select(base, key) is not None:
+        return override
+    schema = OmegaConf.structured(FitConfig)
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(schema, parent) if parent else schema
+    return f"++{override}" if isinstance(node, DictConfig) and leaf in node else override
+
+
 _OVERRIDE_KEY = re.compile(r"Could not override '([^']+)'")
 
 
@@ -221,7 +247,9 @@ def compose(config_path: str | pathlib.Path, overrides: list[str]) -> DictConfig
         raise ConfigError(f"Config file not found: {config_path}")
     try:
         with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
-            cfg = hydra_compose(config_name=path.stem, overrides=list(overrides))
+            base = hydra_compose(config_name=path.stem)
+            overrides = [_add_schema_key(o, base) for o in overrides]
+            cfg = hydra_compose(config_name=path.stem, overrides=overrides)
     except HydraException as error:
         message = str(error)
         match = _OVERRIDE_KEY.search(message)

@@ -22,11 +22,15 @@ def _eta(seconds: float) -> str:
 
 
 def _summary(scalars: dict[str, float]) -> str:
-    shown = []
-    for key in ("train/loss", "eval/loss", "perf/steps_per_s", "perf/tokens_per_s"):
-        if key in scalars:
-            shown.append(f"{key.split('/')[1]} {scalars[key]:.4g}")
-    return " | ".join(shown)
+    labels = {
+        "train/loss": "loss",
+        "eval/loss": "eval loss",
+        "perf/steps_per_s": "steps/s",
+        "perf/tokens_per_s": "tokens/s",
+    }
+    return " | ".join(
+        f"{label} {scalars[key]:.4g}" for key, label in labels.items() if key in scalars
+    )
 
 
 class Progress(Hook):

@@ -1,0 +1,241 @@
+"""`Trainer`: the training loop. Everything optional is a hook (see `hooks.py`)."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import numpy as np
+
+import paxtrain as pax
+from paxtrain.data.source import DataSource, Prefetcher
+from paxtrain.train.hooks import (
+    EarlyStopping,
+    Evaluation,
+    EveryN,
+    Hook,
+    PlotCurves,
+    Throughput,
+    TrainMetrics,
+)
+from paxtrain.train.logger import MetricsLogger
+from paxtrain.train.progress import Progress
+
+NO_LOSS_MSG = """\
+{cls} has no `loss(batch)` method, and no `loss_fn` was given to `fit`.
+Define `def loss(self, batch) -> (loss, metrics_dict)` on the model, or pass
+`loss_fn(model, batch) -> (loss, (model, metrics_dict))`."""
+
+STEPS_PER_CALL_MSG = "max_steps ({max_steps}) must be a multiple of steps_per_call ({spc})."
+
+
+def model_loss(model: pax.Module, batch: Any) -> tuple[jax.Array, tuple[pax.Module, dict]]:
+    """The default `loss_fn`: calls `model.loss(batch)` through `module_and_value`.
+
+    `model.loss` may update states (BatchNorm statistics, dropout keys); they are kept.
+
+    Example:
+        >>> loss, (model, metrics) = model_loss(model, batch)  # doctest: +SKIP
+    """
+    model, (loss, metrics) = pax.purecall(model.loss, batch)
+    return loss, (model, metrics)
+
+
+def model_eval(model: pax.Module, batch: Any) -> dict[str, jax.Array]:
+    """The default `eval_fn`: `model.evaluate(batch)` if defined, else `model.loss(batch)`'s
+    metrics plus the loss. The model is already in eval mode; state changes are dropped.
+
+    Example:
+        >>> metrics = model_eval(model.eval(), batch)  # doctest: +SKIP
+    """
+    if hasattr(model, "evaluate"):
+        return pax.purecall(model.evaluate, batch)[1]
+    _, (loss, metrics) = pax.purecall(model.loss, batch)
+    return {**metrics, "loss": loss}
+
+
+def _leading_dim(batch: Any) -> int:
+    leaves = jax.tree_util.tree_leaves(batch)
+    return int(np.shape(leaves[0])[0]) if leaves else 0
+
+
+class Trainer:
+    """Trains a module on a `DataSource` with an optimizer; hooks do everything optional.
+
+    Args:
+      max_steps: number of optimizer steps.
+      run_dir: where metrics, event files and plots go (created if missing).
+      log_every: steps between logged training metrics.
+      eval_every: steps between evaluations (None: only at the end).
+      steps_per_call: steps run per jitted call (a `lax.scan` over stacked batches).
+      grad_accum_steps: micro-batches per step.
+      precision: "float32", or "bfloat16" for bf16 compute with f32 parameters.
+      ema_decay: keep an EMA of the parameters when set.
+      nonfinite_guard: skip (and count) steps whose loss or gradients are not finite.
+      progress: "auto", "bar", "log" or "off".
+      plot: write `curves.png` at the end.
+      early_stopping: an `EarlyStopping` hook, or None.
+      hooks: more hooks.
+      seed: seed of the training RNG (dropout keys...).
+      tensorboard: write TensorBoard event files.
+
+    Example:
+        >>> trainer = pax.Trainer(max_steps=1000, run_dir="runs/demo", eval_every=200)  # doctest: +SKIP
+        >>> state = trainer.fit(model, data, optax.adamw(1e-3))
+    """
+
+    def __init__(
+        self,
+        max_steps: int,
+        *,
+        run_dir: str | pathlib.Path = "runs/default",
+        log_every: int = 50,
+        eval_every: int | None = None,
+        steps_per_call: int = 1,
+        grad_accum_steps: int = 1,
+        precision: str = "float32",
+        ema_decay: float | None = None,
+        nonfinite_guard: bool = True,
+        progress: str = "auto",
+        plot: bool = True,
+        early_stopping: EarlyStopping | None = None,
+        hooks: Iterable[Hook] = (),
+        seed: int = 0,
+        tensorboard: bool = True,
+    ):
+        if max_steps % steps_per_call:
+            raise ValueError(STEPS_PER_CALL_MSG.format(max_steps=max_steps, spc=steps_per_call))
+        self.max_steps, self.steps_per_call = max_steps, steps_per_call
+        self.run_dir = pathlib.Path(run_dir)
+        self.step_options = {
+            "steps_per_call": steps_per_call,
+            "grad_accum_steps": grad_accum_steps,
+            "nonfinite_guard": nonfinite_guard,
+            "ema_decay": ema_decay,
+        }
+        self.precision, self.seed, self.tensorboard = precision, seed, tensorboard
+        self.hooks: list[Hook] = [
+            TrainMetrics(log_every),
+            Throughput(log_every),
+            Evaluation(eval_every),
+            *([early_stopping] if early_stopping else []),
+            Progress(progress),
+            *([PlotCurves()] if plot else []),
+            *hooks,
+        ]
+        self.step = 0
+        self.should_stop = False
+        self.stop_reason: str | None = None
+        self.last_data_wait = 0.0
+        self.last_eval_step: int | None = None
+        self.eval_history: list[tuple[int, dict[str, float]]] = []
+        self._scalars: dict[str, float] = {}
+
+    # ----------------------------------------------------------------------- for hooks
+    def add_hook(
+        self, hook: Hook | Callable[[Trainer, Any], Any], every: int | None = None
+    ) -> None:
+        """Adds a hook, or a function `fn(trainer, metrics)` run every `every` steps.
+
+        Example:
+            >>> trainer.add_hook(lambda tr, metrics: print(tr.step), every=100)  # doctest: +SKIP
+        """
+        if isinstance(hook, Hook):
+            self.hooks.append(hook)
+        elif every is None:
+            raise ValueError("add_hook(fn, every=N): a function hook needs `every`.")
+        else:
+            self.hooks.append(EveryN(hook, every))
+
+    def log(self, scalars: dict[str, float]) -> None:
+        """Records scalars for the current step; written once all hooks of the step ran."""
+        self._scalars.update(scalars)
+
+    def stop(self, reason: str) -> None:
+        """Asks the loop to stop after the current step."""
+        self.should_stop, self.stop_reason = True, reason
+
+    def evaluate(self) -> dict[str, float]:
+        """Runs the eval step over `data.eval_batches()`; logs and returns the mean metrics.
+
+        Example:
+            >>> trainer.evaluate()["loss"]  # doctest: +SKIP
+        """
+        totals: dict[str, list] = {}
+        for batch in self.data.eval_batches():
+            for key, value in self._eval_step(self.state, batch).items():
+                totals.setdefault(key, []).append(value)
+        metrics = {k: float(np.mean(jax.device_get(v))) for k, v in totals.items()}
+        self.last_eval_step = self.step
+        self.eval_history.append((self.step, metrics))
+        self.log({f"eval/{k}": v for k, v in metrics.items()})
+        for hook in self.hooks:
+            hook.on_eval_end(self, metrics)
+        self._write_scalars()
+        return metrics
+
+    # ----------------------------------------------------------------------------- loop
+    def fit(
+        self,
+        model: pax.Module,
+        data: DataSource,
+        optimizer: Any,
+        loss_fn: Callable | None = None,
+        eval_fn: Callable | None = None,
+    ) -> Any:
+        """Trains `model` on `data`; returns the final `TrainState`.
+
+        Args:
+          model: a module with `loss(batch) -> (loss, metrics)`, or any module with `loss_fn`.
+          data: a `DataSource` (step-indexed `train_batch(step)`, `eval_batches()`).
+          optimizer: an optax `GradientTransformation` or a `paxtrain.optim.Optimizer`.
+          loss_fn: `loss_fn(model, batch) -> (loss, (model, metrics))`; default `model_loss`.
+          eval_fn: `eval_fn(model, batch) -> metrics`; default `model_eval`.
+        """
+        from paxtrain.train.state import TrainState
+        from paxtrain.train.step import make_eval_step, make_train_step
+
+        if loss_fn is None and not hasattr(model, "loss"):
+            raise TypeError(NO_LOSS_MSG.format(cls=type(model).__name__))
+        if self.precision == "bfloat16":
+            model = pax.apply_mp_policy(model, "params=float32,compute=bfloat16,output=float32")
+        self.data = data
+        self.state = TrainState.create(model, optimizer, seed=self.seed)
+        self.step = int(self.state.step)
+        self._train_step = make_train_step(loss_fn or model_loss, **self.step_options)
+        self._eval_step = make_eval_step(eval_fn or model_eval)
+        first = data.train_batch(0)
+        self.examples_per_step = _leading_dim(first)
+        self.tokens_per_step = data.info.get("tokens_per_batch", 0)
+
+        self.logger = MetricsLogger(self.run_dir, tensorboard=self.tensorboard)
+        try:
+            self._run_hooks("on_train_start")
+            group = self.steps_per_call if self.steps_per_call > 1 else None
+            with Prefetcher(data, self.step, group=group, put=jax.device_put) as batches:
+                while self.step < self.max_steps and not self.should_stop:
+                    started = time.perf_counter()
+                    batch = next(batches)
+                    self.last_data_wait = time.perf_counter() - started
+                    self.state, metrics = self._train_step(self.state, batch)
+                    self.step += self.steps_per_call
+                    self._run_hooks("on_step", metrics)
+            self._run_hooks("on_train_end")
+        finally:
+            self.logger.close()
+        return self.state
+
+    def _run_hooks(self, event: str, *args: Any) -> None:
+        for hook in self.hooks:
+            getattr(hook, event)(self, *args)
+        self._write_scalars()
+
+    def _write_scalars(self) -> None:
+        if self._scalars:
+            scalars, self._scalars = self._scalars, {}
+            self.logger.write(self.step, scalars)
+            for hook in self.hooks:
+                hook.on_log(self, scalars)
