@@ -134,7 +134,7 @@ def update_step(grad_fn: GradFn) -> StepFn:
         rng, key = pax.purecall(state.rng.next_rng_key)
         loss, model, metrics, grads = grad_fn(state, batch, key)
         model, optimizer = state.optimizer.step(grads, model)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
         if optimizer.learning_rate is not None:
             metrics["learning_rate"] = optimizer.learning_rate
         new = state.replace(model=model, optimizer=optimizer, rng=rng, step=state.step + 1)
@@ -244,7 +244,11 @@ def ema_of_parameters(decay: float) -> StepOption:
 
         return with_ema
 
-    return StepOption("ema", lambda state: {"ema": pax.select_parameters(state.model)}, wrap)
+    def init(state: TrainState) -> dict[str, Any]:
+        # A copy: sharing buffers with the model would donate them twice.
+        return {"ema": jax.tree_util.tree_map(jnp.copy, pax.select_parameters(state.model))}
+
+    return StepOption("ema", init, wrap)
 
 
 def scan_steps(step: StepFn, steps: int) -> StepFn:
