@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     fit = commands.add_parser("fit", help="train from a YAML config with Hydra overrides")
     fit.add_argument("config", help="path to a YAML config, e.g. configs/char_rnn.yaml")
     fit.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.max_steps=500")
+    fit.set_defaults(accepts_overrides=True)
     fit.add_argument("-m", "--multirun", action="store_true", help="one run per swept value")
     fit.add_argument("--cfg", choices=["job"], help="print the resolved config and exit")
 
@@ -84,7 +85,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     Example:
         >>> main(["env"])  # doctest: +SKIP
     """
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # Overrides may come before or after the flags (`fit cfg.yaml -m a=1,2 b=3`): argparse
+    # leaves those after a flag unparsed, so they are collected here.
+    args, rest = parser.parse_known_args(argv)
+    unknown_flags = [a for a in rest if a.startswith("-")]
+    if unknown_flags or (rest and not getattr(args, "accepts_overrides", False)):
+        parser.error(f"unrecognized arguments: {' '.join(unknown_flags or rest)}")
+    if rest:
+        args.overrides = [*args.overrides, *rest]
     try:
         if args.command == "fit":
             return _fit(args)

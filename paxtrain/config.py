@@ -218,15 +218,25 @@ def check_target(node: Any, key: str, provided: tuple[str, ...] | None = ()) -> 
         raise ConfigError(MISSING_ARG_MSG.format(key=key, args=required, target=node["_target_"]))
 
 
-def _add_schema_key(override: str, base: DictConfig) -> str:
-    """Lets `key=value` set a schema key that the YAML file leaves out (`++key=value`)."""
+def _add_known_key(override: str, base: DictConfig) -> str:
+    """Lets `key=value` set a key the YAML file leaves out when the schema or the section's
+    `_target_` signature defines it (rewritten to Hydra's `++key=value`)."""
     key, sep, _ = override.partition("=")
     if not sep or key.startswith(("+", "~")) or OmegaConf.select(base, key) is not None:
         return override
-    schema = OmegaConf.structured(FitConfig)
     parent, _, leaf = key.rpartition(".")
-    node = OmegaConf.select(schema, parent) if parent else schema
-    return f"++{override}" if isinstance(node, DictConfig) and leaf in node else override
+    schema = OmegaConf.structured(FitConfig)
+    schema_node = OmegaConf.select(schema, parent) if parent else schema
+    known = isinstance(schema_node, DictConfig) and leaf in schema_node
+    section = OmegaConf.select(base, parent) if parent else None
+    if isinstance(section, DictConfig) and "_target_" in section:
+        try:
+            known = (
+                known or leaf in inspect.signature(locate(str(section._target_), parent)).parameters
+            )
+        except (ConfigError, TypeError, ValueError):
+            pass  # reported by validation with the right message
+    return f"++{override}" if known else override
 
 
 _OVERRIDE_KEY = re.compile(r"Could not override '([^']+)'")
@@ -248,7 +258,7 @@ def compose(config_path: str | pathlib.Path, overrides: list[str]) -> DictConfig
     try:
         with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
             base = hydra_compose(config_name=path.stem)
-            overrides = [_add_schema_key(o, base) for o in overrides]
+            overrides = [_add_known_key(o, base) for o in overrides]
             cfg = hydra_compose(config_name=path.stem, overrides=overrides)
     except HydraException as error:
         message = str(error)

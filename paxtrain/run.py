@@ -84,10 +84,11 @@ def assign_sweep_dirs(
         'runs/char_rnn-multirun-20260101-120000/0_optimizer.lr=1e-3'
     """
     base = pathlib.Path("runs") / f"{pathlib.Path(config_path).stem}-multirun-{_timestamp()}"
+    shared = set.intersection(*(set(job) for job in jobs)) if jobs else set()
     out = []
     for i, (cfg, overrides) in enumerate(zip(configs, jobs)):
         cfg = cfg.copy()
-        swept = ",".join(o for o in overrides if "/" not in o)[:80]
+        swept = ",".join(o for o in overrides if o not in shared and "/" not in o)[:80]
         cfg.run_dir = str(base / f"{i}_{swept}" if swept else base / str(i))
         out.append(cfg)
     return out

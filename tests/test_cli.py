@@ -88,14 +88,14 @@ def test_unknown_key_exits_2_naming_it():
 
 
 def test_cfg_job_prints_the_resolved_config():
-    result = paxtrain("fit", "configs/char_rnn.yaml", "trainer.max_steps=9", "--cfg", "job")
+    result = paxtrain("fit", "configs/char_rnn.yaml", "trainer.max_steps=900", "--cfg", "job")
     assert result.returncode == 0, result.stderr
-    assert yaml.safe_load(result.stdout)["trainer"]["max_steps"] == 9
+    assert yaml.safe_load(result.stdout)["trainer"]["max_steps"] == 900
 
 
 def test_multirun_makes_one_directory_per_value(tmp_path):
     result = paxtrain(
-        "fit", str(ROOT / "configs/char_rnn.yaml"), "-m", *TINY[1:], "trainer.max_steps=2",
+        "fit", str(ROOT / "configs/char_rnn.yaml"), "-m", *TINY[1:], "trainer.max_steps=3",
         "trainer.plot=false", "optimizer.lr=0.01,0.02", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
