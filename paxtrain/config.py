@@ -7,6 +7,7 @@ against the target's signature before anything is built.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib
@@ -230,12 +231,10 @@ def _add_known_key(override: str, base: DictConfig) -> str:
     known = isinstance(schema_node, DictConfig) and leaf in schema_node
     section = OmegaConf.select(base, parent) if parent else None
     if isinstance(section, DictConfig) and "_target_" in section:
-        try:
-            known = (
-                known or leaf in inspect.signature(locate(str(section._target_), parent)).parameters
-            )
-        except (ConfigError, TypeError, ValueError):
-            pass  # reported by validation with the right message
+        # A bad target is reported by validation, with the right message.
+        with contextlib.suppress(ConfigError, TypeError, ValueError):
+            target = locate(str(section._target_), parent)
+            known = known or leaf in inspect.signature(target).parameters
     return f"++{override}" if known else override
 
 
