@@ -1,0 +1,138 @@
+"""The Trainer's Python API: the loop, hooks, evaluation, early stopping, logging."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import paxtrain as pax
+import paxtrain.nn as nn
+from paxtrain.train import EarlyStopping, Hook, Trainer
+
+
+class Regression(pax.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 1)
+
+    def loss(self, batch):
+        loss = jnp.mean((self.fc(batch["x"]) - batch["y"]) ** 2)
+        return loss, {"abs_err": jnp.sqrt(loss)}
+
+
+class RegressionData:
+    """y = x @ w, step-indexed; eval is a fixed set."""
+
+    info = {"tokens_per_batch": 0}
+
+    def __init__(self, noise=0.0):
+        self.noise = noise
+
+    def _batch(self, seed):
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(16, 3)).astype(np.float32)
+        y = x @ np.array([[1.0], [-1.0], [2.0]], np.float32) + self.noise * rng.normal(size=(16, 1))
+        return {"x": x, "y": y.astype(np.float32)}
+
+    def train_batch(self, step):
+        return self._batch(step)
+
+    def eval_batches(self):
+        return (self._batch(10_000 + i) for i in range(2))
+
+
+class Recorder(Hook):
+    def __init__(self):
+        self.events = []
+
+    def on_train_start(self, trainer):
+        self.events.append(("start", trainer.step))
+
+    def on_eval_end(self, trainer, metrics):
+        self.events.append(("eval", trainer.step, round(metrics["loss"], 6)))
+
+    def on_train_end(self, trainer):
+        self.events.append(("end", trainer.step))
+
+
+def read_jsonl(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_fit_trains_evaluates_logs_and_calls_hooks(tmp_path):
+    pax.seed_rng_key(0)
+    recorder, every_5 = Recorder(), []
+    trainer = Trainer(
+        max_steps=20, run_dir=tmp_path, log_every=5, eval_every=10, progress="off",
+        plot=False, hooks=[recorder], tensorboard=False,
+    )  # fmt: skip
+    trainer.add_hook(lambda tr, metrics: every_5.append((tr.step, float(metrics["loss"]))), every=5)
+    state = trainer.fit(Regression(), RegressionData(), optax.adam(0.1))
+
+    assert int(state.step) == 20 and trainer.step == 20
+    assert [s for s, _ in every_5] == [5, 10, 15, 20]
+    assert every_5[-1][1] < every_5[0][1]
+    kinds = [e[0] for e in recorder.events]
+    assert kinds == ["start", "eval", "eval", "end"]
+    assert [e[1] for e in recorder.events if e[0] == "eval"] == [10, 20]
+    records = read_jsonl(tmp_path)
+    assert [r["step"] for r in records if "train/loss" in r] == [5, 10, 15, 20]
+    assert [r["step"] for r in records if "eval/abs_err" in r] == [10, 20]
+    assert all("perf/examples_per_s" in r for r in records if "train/loss" in r)
+    eval_losses = [r["eval/loss"] for r in records if "eval/loss" in r]
+    assert eval_losses[1] < eval_losses[0]
+
+
+def test_steps_per_call_gives_the_same_model(tmp_path):
+    states = []
+    for spc in (1, 5):
+        pax.seed_rng_key(0)
+        trainer = Trainer(
+            max_steps=10, run_dir=tmp_path / str(spc), log_every=5, steps_per_call=spc,
+            progress="off", plot=False, tensorboard=False,
+        )  # fmt: skip
+        states.append(trainer.fit(Regression(), RegressionData(), optax.adam(0.1)))
+    np.testing.assert_allclose(states[0].model.fc.weight, states[1].model.fc.weight, rtol=1e-5)
+    with pytest.raises(ValueError, match="multiple of steps_per_call"):
+        Trainer(max_steps=10, steps_per_call=3)
+
+
+def test_early_stopping_stops_when_eval_stops_improving(tmp_path):
+    pax.seed_rng_key(0)
+    stopper = EarlyStopping("eval/loss", mode="min", patience=2, min_delta=10.0)
+    trainer = Trainer(
+        max_steps=100, run_dir=tmp_path, log_every=5, eval_every=5, progress="off",
+        plot=False, early_stopping=stopper, tensorboard=False,
+    )  # fmt: skip
+    state = trainer.fit(Regression(), RegressionData(), optax.adam(0.1))
+    # A min_delta of 10 means no evaluation after the first counts as an improvement.
+    assert trainer.step == 15 and int(state.step) == 15
+    assert "early stopping" in trainer.stop_reason
+    with pytest.raises(ValueError, match="'min' or 'max'"):
+        EarlyStopping("loss", mode="lowest")
+
+
+def test_early_stopping_names_available_metrics(tmp_path):
+    trainer = Trainer(
+        max_steps=10, run_dir=tmp_path, eval_every=5, progress="off", plot=False,
+        early_stopping=EarlyStopping("eval/accuracy"), tensorboard=False,
+    )  # fmt: skip
+    with pytest.raises(KeyError, match=r"eval/abs_err"):
+        trainer.fit(Regression(), RegressionData(), optax.adam(0.1))
+
+
+def test_a_model_without_loss_is_explained(tmp_path):
+    trainer = Trainer(max_steps=2, run_dir=tmp_path, progress="off", plot=False)
+    with pytest.raises(TypeError, match=r"def loss\(self, batch\)"):
+        trainer.fit(nn.Linear(3, 1), RegressionData(), optax.adam(0.1))
+
+
+def test_progress_log_lines_and_plot(tmp_path, capsys):
+    pax.seed_rng_key(0)
+    trainer = Trainer(max_steps=4, run_dir=tmp_path, log_every=2, progress="log", plot=True)
+    trainer.fit(Regression(), RegressionData(), optax.adam(0.1))
+    out = capsys.readouterr().out
+    assert "step 2/4 | loss" in out and "step 4/4" in out and "eta" in out
+    assert (tmp_path / "curves.png").stat().st_size > 1000
