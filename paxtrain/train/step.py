@@ -26,8 +26,8 @@ from paxtrain.train.state import TrainState
 Batch = Any
 Metrics = dict[str, jax.Array]
 StepFn = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
-# (state, batch, key) -> (loss, new model, metrics, grads); the loss as differentiated.
-GradFn = Callable[[TrainState, Batch, jax.Array], tuple[jax.Array, pax.Module, Metrics, Any]]
+# (state, batch, key or None) -> (loss, new model, metrics, grads).
+GradFn = Callable[[TrainState, Batch, jax.Array | None], tuple[jax.Array, pax.Module, Metrics, Any]]
 
 ACCUM_SPLIT_MSG = """\
 grad_accum_steps={k} does not divide the batch's leading dimension {n} (at {path}).
@@ -38,12 +38,17 @@ loss_fn must return (loss, (model, metrics)); got {got}.
 Return the model too, as `pax.module_and_value` gives it: it carries updated states."""
 
 
-def _call_loss(loss_fn: Callable) -> Callable[[pax.Module, Batch, jax.Array], Any]:
-    """`loss_fn(model, batch)`, or `loss_fn(model, batch, key)` when it takes a `key`."""
-    takes_key = "key" in inspect.signature(loss_fn).parameters
+def takes_key(loss_fn: Callable) -> bool:
+    """Whether `loss_fn` wants a PRNG key (has a `key` parameter)."""
+    return "key" in inspect.signature(loss_fn).parameters
 
-    def call(model: pax.Module, batch: Batch, key: jax.Array):
-        out = loss_fn(model, batch, key=key) if takes_key else loss_fn(model, batch)
+
+def _call_loss(loss_fn: Callable) -> Callable[[pax.Module, Batch, jax.Array | None], Any]:
+    """`loss_fn(model, batch)`, or `loss_fn(model, batch, key)` when it takes a `key`."""
+    with_key = takes_key(loss_fn)
+
+    def call(model: pax.Module, batch: Batch, key: jax.Array | None):
+        out = loss_fn(model, batch, key=key) if with_key else loss_fn(model, batch)
         if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], tuple)):
             raise TypeError(LOSS_FN_MSG.format(got=type(out).__name__))
         return out
@@ -62,7 +67,7 @@ def loss_and_grads(loss_fn: Callable) -> GradFn:
     """
     call = _call_loss(loss_fn)
 
-    def grad_fn(state: TrainState, batch: Batch, key: jax.Array):
+    def grad_fn(state: TrainState, batch: Batch, key: jax.Array | None):
         scale = state.extras.get("loss_scale")
 
         def scaled(model):
@@ -94,7 +99,7 @@ def accumulate_gradients(grad_fn: GradFn, steps: int) -> GradFn:
             )
         return x.reshape(steps, x.shape[0] // steps, *x.shape[1:])
 
-    def accumulated(state: TrainState, batch: Batch, key: jax.Array):
+    def accumulated(state: TrainState, batch: Batch, key: jax.Array | None):
         micro = jax.tree_util.tree_map_with_path(split, batch)
 
         def body(carry, inputs):
@@ -111,7 +116,7 @@ def accumulate_gradients(grad_fn: GradFn, steps: int) -> GradFn:
             jax.eval_shape(lambda: grad_fn(state, _first(micro), key)),
         )
         init = (state.model, (zeros[0], zeros[2], zeros[3]))
-        keys = jax.random.split(key, steps)
+        keys = None if key is None else jax.random.split(key, steps)
         (model, totals), _ = jax.lax.scan(body, init, (micro, keys))
         loss, metrics, grads = jax.tree_util.tree_map(lambda t: t / steps, totals)
         return loss, model, metrics, grads
@@ -123,15 +128,18 @@ def _first(stacked: Any) -> Any:
     return jax.tree_util.tree_map(lambda x: x[0], stacked)
 
 
-def update_step(grad_fn: GradFn) -> StepFn:
+def update_step(grad_fn: GradFn, with_key: bool = False) -> StepFn:
     """One optimizer step: gradients, update, metrics (loss, grad_norm, learning_rate).
+
+    With `with_key`, a key split from `state.rng` is passed to `grad_fn`; otherwise None, and
+    no RNG work is compiled into the step.
 
     Example:
         >>> state, metrics = update_step(loss_and_grads(loss_fn))(state, batch)  # doctest: +SKIP
     """
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        rng, key = pax.purecall(state.rng.next_rng_key)
+        rng, key = pax.purecall(state.rng.next_rng_key) if with_key else (state.rng, None)
         loss, model, metrics, grads = grad_fn(state, batch, key)
         model, optimizer = state.optimizer.step(grads, model)
         metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
@@ -337,7 +345,7 @@ def make_train_step(
     if ema_decay is not None:
         chosen.append(ema_of_parameters(ema_decay))
     chosen.extend(options)
-    step = update_step(grad_fn)
+    step = update_step(grad_fn, with_key=takes_key(loss_fn))
     for option in chosen:
         step = option.wrap(step)
     if steps_per_call > 1:
