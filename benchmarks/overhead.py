@@ -14,7 +14,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-from report import machine_line, write_section
+from report import machine_line, section_title, write_section
 
 import paxtrain as pax
 
@@ -109,7 +109,7 @@ def main() -> None:
             f"Command: `python benchmarks/overhead.py` ({rounds} interleaved rounds of {calls} "
             f"calls, medians). Target: ratio <= 1.10.\n\nMachine: {machine_line()}\n\n{table}"
         )
-        write_section(f"Module overhead through jax.jit ({jax.devices()[0].platform})", body)
+        write_section(section_title("Module overhead through jax.jit"), body)
 
 
 if __name__ == "__main__":

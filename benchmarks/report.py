@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import platform
 import re
@@ -20,14 +21,25 @@ def machine_line() -> str:
         >>> print(machine_line())  # doctest: +SKIP
         Linux x86_64, 2 CPU cores, cpu:TFRT_CPU_0; Python 3.11.7, jax 0.10.2, jaxlib 0.10.2
     """
-    import os
-
     device = jax.devices()[0]
     return (
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, "
         f"{device.platform}:{device.device_kind}; Python {platform.python_version()}, "
         f"jax {jax.__version__}, jaxlib {jaxlib.__version__}"
     )
+
+
+def section_title(title: str) -> str:
+    """`title` tagged with the device it ran on, so results from different machines coexist.
+
+    Example:
+        >>> section_title("Train step")  # doctest: +SKIP
+        'Train step (cpu, 2 cores)'
+    """
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return f"{title} (cpu, {os.cpu_count()} cores)"
+    return f"{title} ({device.platform}, {device.device_kind})"
 
 
 def write_section(name: str, body: str) -> None:

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from report import machine_line, write_section
+from report import machine_line, section_title, write_section
 
 import paxtrain as pax
 import paxtrain.nn as nn
@@ -319,7 +319,7 @@ def main() -> None:
             f"steps_per_call=10 >= 2x faster per step than 1 on CPU; LSTM tokens/s >= 0.97x "
             f"raw JAX.\n\nMachine: {machine_line()}\n\n{table}"
         )
-        write_section(f"Train step ({jax.devices()[0].platform})", body)
+        write_section(section_title("Train step"), body)
 
 
 if __name__ == "__main__":
