@@ -1,13 +1,23 @@
 """Optimizers as modules: an optax `GradientTransformation` and its state, stepped purely.
 
-    >>> import jax.numpy as jnp, optax, paxtrain as pax, paxtrain.nn as nn
+    >>> import jax.numpy as jnp, optax, paxtrain as pax
     >>> from paxtrain.optim import Optimizer
-    >>> model = nn.Linear(2, 1)
+    >>> class Scale(pax.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.register_parameter("w", jnp.ones(2))
+    ...     def __call__(self, x):
+    ...         return self.w * x
+    >>> model = Scale()
     >>> opt = Optimizer(model, optax.sgd(0.1))
-    >>> grads = pax.grad(lambda m: m(jnp.ones((1, 2))).sum())(model)
+    >>> grads = pax.grad(lambda m: m(jnp.ones(2)).sum())(model)
     >>> model, opt = opt.step(grads, model)
+    >>> model.w.tolist()
+    [0.8999999761581421, 0.8999999761581421]
 
 Only trainable parameters are updated: frozen parameters and states are left bitwise unchanged.
+The learning rate is readable (for logging) when the transformation is built with
+`optax.inject_hyperparams`, as `make_transformation` and the `sgd` / `adam` / `adamw` factories do.
 """
 
 from __future__ import annotations
@@ -24,8 +34,23 @@ M = TypeVar("M", bound=pax.Module)
 Schedule = float | optax.Schedule
 
 NOT_A_TRANSFORMATION_MSG = """\
-Optimizer expects an optax GradientTransformation (e.g. `optax.adamw(1e-3)`), got {kind}.
-Build one with optax, or with `paxtrain.optim.make_transformation(name, learning_rate, ...)`."""
+Optimizer expects an optax GradientTransformation, got {kind}.
+    wrong: Optimizer(model, optax.adamw)          # the factory, not a transformation
+    right: Optimizer(model, optax.adamw(1e-3))
+or use `paxtrain.optim.adamw(model, 1e-3)`, which also makes the learning rate loggable."""
+
+STRUCTURE_CHANGED_MSG = """\
+The model's trainable parameters no longer have the structure this Optimizer was built for.
+Freezing or unfreezing parameters, switching train/eval mode, applying a mixed-precision policy or
+adding layers changes that structure; do it before building the optimizer:
+    wrong: opt = Optimizer(model, tx); model = pax.freeze_parameters(model)
+    right: model = pax.freeze_parameters(model); opt = Optimizer(model, tx)
+Expected {expected}
+got      {got}"""
+
+UNKNOWN_OPTIMIZER_MSG = "Unknown optimizer {name!r}; choose one of {choices}."
+
+UNKNOWN_SCHEDULE_MSG = "Unknown schedule {kind!r}; choose constant, cosine or warmup_cosine."
 
 _FACTORIES = {"adamw": optax.adamw, "adam": optax.adam, "sgd": optax.sgd}
 
@@ -33,9 +58,11 @@ _FACTORIES = {"adamw": optax.adamw, "adam": optax.adam, "sgd": optax.sgd}
 class Optimizer(pax.Module):
     """An optax transformation (static) with its state (a module state).
 
+    The state is built from `pax.select_parameters(model)`, so frozen parameters and states get
+    no optimizer state and are never updated.
+
     Args:
-      model: the module whose trainable parameters are optimized (its structure is what the
-        optimizer state is built on).
+      model: the module whose trainable parameters are optimized.
       transformation: an optax `GradientTransformation`.
 
     Example:
@@ -47,25 +74,54 @@ class Optimizer(pax.Module):
         super().__init__()
         if not isinstance(transformation, optax.GradientTransformation):
             raise TypeError(NOT_A_TRANSFORMATION_MSG.format(kind=type(transformation).__name__))
+        params = pax.select_parameters(model)
         self.transformation = transformation
-        self.register_state("opt_state", transformation.init(pax.select_parameters(model)))
+        # Checked on each step: a structure change otherwise surfaces as an opaque optax error.
+        self.parameter_structure = jax.tree_util.tree_structure(params)
+        self.register_state("opt_state", transformation.init(params))
 
     def step(self, grads: M, model: M) -> tuple[M, Optimizer]:
         """Applies one update; returns the new model and the new optimizer (inputs untouched).
 
-        `grads` is shaped like `pax.select_parameters(model)`, as `pax.grad` returns it.
+        Args:
+          grads: shaped like `pax.select_parameters(model)`, as `pax.grad` returns them.
+          model: the model to update.
+
+        Returns:
+          `(new_model, new_optimizer)`.
+
+        Example:
+            >>> model, opt = opt.step(grads, model)  # doctest: +SKIP
         """
         params = pax.select_parameters(model)
+        structure = jax.tree_util.tree_structure(params)
+        if structure != self.parameter_structure:
+            raise ValueError(
+                STRUCTURE_CHANGED_MSG.format(expected=self.parameter_structure, got=structure)
+            )
         updates, opt_state = self.transformation.update(grads, self.opt_state, params)
         new_params = optax.apply_updates(params, updates)
         return pax.update_parameters(model, new_params), self.replace(opt_state=opt_state)
 
     @property
     def learning_rate(self) -> jax.Array | None:
-        """The learning rate of the last update, when the transformation exposes it
-        (built with `optax.inject_hyperparams`, as `make_transformation` does); else None."""
-        hyperparams = optax.tree_utils.tree_get(self.opt_state, "hyperparams", None)
-        return None if hyperparams is None else hyperparams.get("learning_rate")
+        """The learning rate of the last update (of step 0 before any), or None if unknown.
+
+        Known when exactly one part of the transformation was built with
+        `optax.inject_hyperparams` and has a `learning_rate` hyperparameter, as
+        `make_transformation` does; the value then lives in the optimizer state, so it is
+        correct inside `jit` and after a checkpoint restore.
+
+        Example:
+            >>> float(sgd(model, 0.1).learning_rate)  # doctest: +SKIP
+            0.1
+        """
+        found = [
+            hyperparams["learning_rate"]
+            for _, hyperparams in optax.tree.get_all_with_path(self.opt_state, "hyperparams")
+            if "learning_rate" in hyperparams
+        ]
+        return found[0] if len(found) == 1 else None
 
 
 def make_transformation(
@@ -75,19 +131,22 @@ def make_transformation(
     clip_grad_norm: float | None = None,
     **kwargs: Any,
 ) -> optax.GradientTransformation:
-    """`optax.<name>` with an injectable (so loggable) learning rate, optionally clipped first.
+    """`optax.<name>` with an injected (so loggable) learning rate, optionally clipped first.
 
     Args:
       name: "adamw", "adam" or "sgd".
-      learning_rate: a float or an optax schedule.
+      learning_rate: a float or an optax schedule (a function of the update count).
       clip_grad_norm: clip gradients to this global norm before the update.
       **kwargs: passed to the optax factory (b1, b2, weight_decay, momentum...).
+
+    Returns:
+      An optax `GradientTransformation`.
 
     Example:
         >>> tx = make_transformation("adamw", 3e-4, clip_grad_norm=1.0, weight_decay=0.01)
     """
     if name not in _FACTORIES:
-        raise ValueError(f"Unknown optimizer {name!r}; choose one of {sorted(_FACTORIES)}.")
+        raise ValueError(UNKNOWN_OPTIMIZER_MSG.format(name=name, choices=sorted(_FACTORIES)))
     transformation = optax.inject_hyperparams(_FACTORIES[name])(
         learning_rate=learning_rate, **kwargs
     )
@@ -96,8 +155,56 @@ def make_transformation(
     return transformation
 
 
+def sgd(
+    model: pax.Module, learning_rate: Schedule, *, clip_grad_norm: float | None = None, **kwargs
+) -> Optimizer:
+    """An `Optimizer` running `optax.sgd` (see `make_transformation` for the arguments).
+
+    Example:
+        >>> opt = sgd(model, 0.1, momentum=0.9, clip_grad_norm=1.0)  # doctest: +SKIP
+    """
+    return Optimizer(
+        model, make_transformation("sgd", learning_rate, clip_grad_norm=clip_grad_norm, **kwargs)
+    )
+
+
+def adam(
+    model: pax.Module, learning_rate: Schedule, *, clip_grad_norm: float | None = None, **kwargs
+) -> Optimizer:
+    """An `Optimizer` running `optax.adam` (see `make_transformation` for the arguments).
+
+    Example:
+        >>> opt = adam(model, 1e-3)  # doctest: +SKIP
+    """
+    return Optimizer(
+        model, make_transformation("adam", learning_rate, clip_grad_norm=clip_grad_norm, **kwargs)
+    )
+
+
+def adamw(
+    model: pax.Module, learning_rate: Schedule, *, clip_grad_norm: float | None = None, **kwargs
+) -> Optimizer:
+    """An `Optimizer` running `optax.adamw` (see `make_transformation` for the arguments).
+
+    Example:
+        >>> opt = adamw(model, 3e-4, weight_decay=0.01, clip_grad_norm=1.0)  # doctest: +SKIP
+    """
+    return Optimizer(
+        model, make_transformation("adamw", learning_rate, clip_grad_norm=clip_grad_norm, **kwargs)
+    )
+
+
 def make_schedule(kind: str, peak: float, total_steps: int, warmup_steps: int = 0) -> Schedule:
     """A learning-rate schedule: "constant", "cosine" (decay to 0) or "warmup_cosine".
+
+    Args:
+      kind: the schedule's shape.
+      peak: the largest learning rate.
+      total_steps: steps until the cosine reaches 0.
+      warmup_steps: steps of linear warmup from 0 ("warmup_cosine" only).
+
+    Returns:
+      A float (constant) or an optax schedule.
 
     Example:
         >>> float(make_schedule("warmup_cosine", 1.0, 100, warmup_steps=10)(10))
@@ -111,4 +218,4 @@ def make_schedule(kind: str, peak: float, total_steps: int, warmup_steps: int = 
         return optax.warmup_cosine_decay_schedule(
             0.0, peak, warmup_steps=warmup_steps, decay_steps=total_steps
         )
-    raise ValueError(f"Unknown schedule {kind!r}; choose constant, cosine or warmup_cosine.")
+    raise ValueError(UNKNOWN_SCHEDULE_MSG.format(kind=kind))

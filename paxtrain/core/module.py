@@ -85,6 +85,8 @@ class _Structure(int):
     tree_names: tuple[str, ...]
     keys: tuple[jax.tree_util.GetAttrKey, ...]
     static_dict: dict[str, Any]
+    # The static attributes plus the internal ones of a fresh immutable instance.
+    instance_template: dict[str, Any]
     info: ModuleInfo
 
     def __repr__(self) -> str:
@@ -114,6 +116,11 @@ def _intern_structure(cls: type, tree_names: tuple, static_items: tuple, info) -
         structure.tree_names = tree_names
         structure.keys = tuple(jax.tree_util.GetAttrKey(n) for n in tree_names)
         structure.static_dict = dict(static_items)
+        structure.instance_template = {
+            **structure.static_dict,
+            "_pax_info": info,
+            "_pax_token": None,
+        }
         structure.info = info
         _interned[key] = structure
     return structure
@@ -148,12 +155,10 @@ def _flatten_with_keys(module: Module):
 
 def _unflatten(structure: _Structure, children) -> Module:
     module = object.__new__(structure.cls)
-    d = module.__dict__
-    d.update(structure.static_dict)
     children = tuple(children)
+    d = module.__dict__
+    d.update(structure.instance_template)
     d.update(zip(structure.tree_names, children))
-    d["_pax_info"] = structure.info
-    d["_pax_token"] = None
     d["_pax_flat"] = (children, structure)
     return module
 

@@ -1,16 +1,14 @@
 """Training: the state, the jitted step and its options, the `Trainer` loop and its hooks."""
 
 from paxtrain.train.hooks import EarlyStopping, EveryN, Hook
-from paxtrain.train.state import TrainState
-from paxtrain.train.step import (
+from paxtrain.train.options import (
     StepOption,
-    TrainStep,
     dynamic_loss_scale,
     ema_of_parameters,
-    make_eval_step,
-    make_train_step,
     skip_nonfinite,
 )
+from paxtrain.train.state import TrainState
+from paxtrain.train.step import TrainStep, make_eval_step, make_train_step
 from paxtrain.train.trainer import Trainer
 
 __all__ = [

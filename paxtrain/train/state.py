@@ -10,16 +10,21 @@ import optax
 import paxtrain as pax
 from paxtrain.optim import Optimizer
 
+NO_EMA_MSG = """\
+This state keeps no EMA of the parameters: build the step with `make_train_step(..., ema_decay=0.999)`
+and call it at least once."""
+
 
 class TrainState(pax.Module):
     """The model, its optimizer, a training RNG, the step count, and the extras of step options.
 
-    `extras` holds what composable step options keep between steps (an EMA of the parameters,
-    a loss scale, a count of skipped steps), keyed by option name.
+    `step` (int32) counts train-step calls, skipped non-finite steps included; the optimizer's
+    own count, which drives learning-rate schedules, counts applied updates only. `extras`
+    holds what step options keep between steps (`"ema"`, `"loss_scale"`, `"skipped_steps"`...).
 
     Example:
         >>> state = TrainState.create(model, optax.adam(1e-3), seed=0)  # doctest: +SKIP
-        >>> int(state.step)
+        >>> int(state.step)  # doctest: +SKIP
         0
     """
 
@@ -61,7 +66,11 @@ class TrainState(pax.Module):
 
     @property
     def ema_model(self) -> pax.Module:
-        """The model with its EMA parameters (requires the `ema_decay` step option)."""
+        """The model with its EMA parameters (requires the `ema_decay` step option).
+
+        Example:
+            >>> ema_model = state.ema_model  # doctest: +SKIP
+        """
         if "ema" not in self.extras:
-            raise KeyError("This state keeps no EMA: build the step with `ema_decay=...`.")
+            raise KeyError(NO_EMA_MSG)
         return pax.update_parameters(self.model, self.extras["ema"])

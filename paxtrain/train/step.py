@@ -2,137 +2,59 @@
 
 `make_train_step(loss_fn, ...)` composes, inside one `jax.jit` with the state donated:
 
-    steps_per_call scan( ema( dynamic_loss_scale( skip_nonfinite( update( grads ))))))
+    scan_steps( options( dynamic_loss_scale( skip_nonfinite( ema( update_step( grad_fn ))))))
 
-where `grads` may accumulate over micro-batches. Each option is a `StepOption`: the extras it
-keeps in `TrainState.extras` and a wrapper around the inner step function. Options of your own
-compose the same way: `make_train_step(loss_fn, options=[my_option])`.
+where `grad_fn` is `loss_and_grads(loss_fn)`, possibly wrapped by `accumulate_gradients`, and
+each optional layer is a `StepOption` (see `paxtrain.train.options`). A skipped non-finite step
+therefore also leaves the EMA alone, while the loss scale still reacts to it; options of your own
+(`options=[...]`) go outside the built-in ones.
+
+Mixed precision is a property of the model, not of the step: build it with
+`pax.apply_mp_policy(model, "params=float32,compute=bfloat16,output=float32")` before the
+`TrainState`, and the step differentiates and updates the float32 parameters.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 
 import paxtrain as pax
+from paxtrain.train.gradients import (
+    Batch,
+    GradFn,
+    Metrics,
+    accumulate_gradients,
+    loss_and_grads,
+    takes_key,
+)
+from paxtrain.train.options import (
+    StepFn,
+    StepOption,
+    dynamic_loss_scale,
+    ema_of_parameters,
+    skip_nonfinite,
+)
 from paxtrain.train.state import TrainState
 
-Batch = Any
-Metrics = dict[str, jax.Array]
-StepFn = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
-# (state, batch, key or None) -> (loss, new model, metrics, grads).
-GradFn = Callable[[TrainState, Batch, jax.Array | None], tuple[jax.Array, pax.Module, Metrics, Any]]
+LOSS_SCALE_MSG = """\
+loss_scale must be None, "dynamic" or a `dynamic_loss_scale(...)` option; got {got!r}."""
 
-ACCUM_SPLIT_MSG = """\
-grad_accum_steps={k} does not divide the batch's leading dimension {n} (at {path}).
-Use a batch size that is a multiple of grad_accum_steps."""
-
-LOSS_FN_MSG = """\
-loss_fn must return (loss, (model, metrics)); got {got}.
-Return the model too, as `pax.module_and_value` gives it: it carries updated states."""
-
-
-def takes_key(loss_fn: Callable) -> bool:
-    """Whether `loss_fn` wants a PRNG key (has a `key` parameter)."""
-    return "key" in inspect.signature(loss_fn).parameters
-
-
-def _call_loss(loss_fn: Callable) -> Callable[[pax.Module, Batch, jax.Array | None], Any]:
-    """`loss_fn(model, batch)`, or `loss_fn(model, batch, key)` when it takes a `key`."""
-    with_key = takes_key(loss_fn)
-
-    def call(model: pax.Module, batch: Batch, key: jax.Array | None):
-        out = loss_fn(model, batch, key=key) if with_key else loss_fn(model, batch)
-        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], tuple)):
-            raise TypeError(LOSS_FN_MSG.format(got=type(out).__name__))
-        return out
-
-    return call
-
-
-def loss_and_grads(loss_fn: Callable) -> GradFn:
-    """Gradients of `loss_fn` w.r.t. the model's trainable parameters.
-
-    Multiplies the loss by `state.extras["loss_scale"]` when present (dynamic loss scaling) and
-    divides the gradients by it, so options compose without knowing each other's internals.
-
-    Example:
-        >>> loss, model, metrics, grads = loss_and_grads(loss_fn)(state, batch, key)  # doctest: +SKIP
-    """
-    call = _call_loss(loss_fn)
-
-    def grad_fn(state: TrainState, batch: Batch, key: jax.Array | None):
-        scale = state.extras.get("loss_scale")
-
-        def scaled(model):
-            loss, (model, metrics) = call(model, batch, key)
-            return (loss if scale is None else loss * scale), (loss, model, metrics)
-
-        (_, (loss, model, metrics)), grads = pax.value_and_grad(scaled, has_aux=True)(state.model)
-        if scale is not None:
-            grads = jax.tree_util.tree_map(lambda g: g / scale, grads)
-        return loss, model, metrics, grads
-
-    return grad_fn
-
-
-def accumulate_gradients(grad_fn: GradFn, steps: int) -> GradFn:
-    """Splits the batch into `steps` micro-batches, scans `grad_fn` over them, averages.
-
-    The model is threaded through the micro-batches, so states (BatchNorm statistics) see them
-    in order. With a mean loss and equal micro-batches, the result equals the full batch's.
-
-    Example:
-        >>> grad_fn = accumulate_gradients(loss_and_grads(loss_fn), 4)  # doctest: +SKIP
-    """
-
-    def split(path, x):
-        if x.shape[0] % steps:
-            raise ValueError(
-                ACCUM_SPLIT_MSG.format(k=steps, n=x.shape[0], path=jax.tree_util.keystr(path))
-            )
-        return x.reshape(steps, x.shape[0] // steps, *x.shape[1:])
-
-    def accumulated(state: TrainState, batch: Batch, key: jax.Array | None):
-        micro = jax.tree_util.tree_map_with_path(split, batch)
-
-        def body(carry, inputs):
-            model, totals = carry
-            micro_batch, micro_key = inputs
-            loss, model, metrics, grads = grad_fn(
-                state.replace(model=model), micro_batch, micro_key
-            )
-            totals = jax.tree_util.tree_map(jnp.add, totals, (loss, metrics, grads))
-            return (model, totals), None
-
-        zeros = jax.tree_util.tree_map(
-            lambda s: jnp.zeros(s.shape, s.dtype),
-            jax.eval_shape(lambda: grad_fn(state, _first(micro), key)),
-        )
-        init = (state.model, (zeros[0], zeros[2], zeros[3]))
-        keys = None if key is None else jax.random.split(key, steps)
-        (model, totals), _ = jax.lax.scan(body, init, (micro, keys))
-        loss, metrics, grads = jax.tree_util.tree_map(lambda t: t / steps, totals)
-        return loss, model, metrics, grads
-
-    return accumulated
-
-
-def _first(stacked: Any) -> Any:
-    return jax.tree_util.tree_map(lambda x: x[0], stacked)
+DUPLICATE_OPTION_MSG = """\
+Two step options are named {name!r}; each keeps its extras under its name, so they would collide.
+Built-in options come from the flags: pass `ema_decay=...`, `nonfinite_guard=...` or
+`loss_scale=...` instead of adding the same option to `options`."""
 
 
 def update_step(grad_fn: GradFn, with_key: bool = False) -> StepFn:
     """One optimizer step: gradients, update, metrics (loss, grad_norm, learning_rate).
 
-    With `with_key`, a key split from `state.rng` is passed to `grad_fn`; otherwise None, and
-    no RNG work is compiled into the step.
+    `grad_norm` is the global norm of the gradients before any clipping; `learning_rate` is
+    reported when the optimizer exposes it (see `Optimizer.learning_rate`). With `with_key`, a
+    key split from `state.rng` is passed to `grad_fn`; otherwise None, and no RNG work is
+    compiled into the step.
 
     Example:
         >>> state, metrics = update_step(loss_and_grads(loss_fn))(state, batch)  # doctest: +SKIP
@@ -151,118 +73,11 @@ def update_step(grad_fn: GradFn, with_key: bool = False) -> StepFn:
     return step
 
 
-@dataclasses.dataclass(frozen=True)
-class StepOption:
-    """A composable step feature: the extras it keeps and how it wraps the step.
-
-    Example:
-        >>> option = StepOption("my_option", init=lambda state: {}, wrap=lambda step: step)
-    """
-
-    name: str
-    init: Callable[[TrainState], dict[str, Any]]
-    wrap: Callable[[StepFn], StepFn]
-
-
-def _select(keep_new: jax.Array, new: Any, old: Any) -> Any:
-    return jax.tree_util.tree_map(lambda n, o: jnp.where(keep_new, n, o), new, old)
-
-
-def skip_nonfinite() -> StepOption:
-    """Steps whose loss or gradient norm is NaN/Inf leave the model and optimizer unchanged.
-
-    The decision is made on device (no host sync); skipped steps are counted in
-    `extras["skipped_steps"]` and reported as the metric `skipped_steps`.
-
-    Example:
-        >>> step = make_train_step(loss_fn, options=[skip_nonfinite()])  # doctest: +SKIP
-    """
-
-    def wrap(step: StepFn) -> StepFn:
-        def guarded(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-            new, metrics = step(state, batch)
-            finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
-            kept = _select(finite, new.replace(extras=state.extras), state)
-            skipped = state.extras["skipped_steps"] + (~finite).astype(jnp.int32)
-            kept = kept.replace(
-                step=new.step, rng=new.rng, extras={**new.extras, "skipped_steps": skipped}
-            )
-            return kept, {**metrics, "skipped_steps": skipped}
-
-        return guarded
-
-    return StepOption(
-        "skip_nonfinite", lambda state: {"skipped_steps": jnp.array(0, jnp.int32)}, wrap
-    )
-
-
-def dynamic_loss_scale(
-    initial: float = 2.0**15, period: int = 2000, factor: float = 2.0
-) -> StepOption:
-    """Dynamic loss scaling for float16: halve the scale on a non-finite step (which is skipped),
-    multiply it by `factor` after `period` finite steps in a row.
-
-    Requires `skip_nonfinite` inside it (`make_train_step(loss_scale="dynamic")` adds both).
-
-    Example:
-        >>> step = make_train_step(loss_fn, loss_scale="dynamic")  # doctest: +SKIP
-    """
-
-    def init(state: TrainState) -> dict[str, Any]:
-        return {
-            "loss_scale": jnp.array(initial, jnp.float32),
-            "good_steps": jnp.array(0, jnp.int32),
-        }
-
-    def wrap(step: StepFn) -> StepFn:
-        def scaled(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-            new, metrics = step(state, batch)
-            finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
-            scale, good = state.extras["loss_scale"], state.extras["good_steps"] + 1
-            grow = finite & (good >= period)
-            scale = jnp.where(
-                finite, jnp.where(grow, scale * factor, scale), jnp.maximum(scale / factor, 1.0)
-            )
-            good = jnp.where(finite & ~grow, good, 0)
-            new = new.with_extras(loss_scale=scale, good_steps=good)
-            return new, {**metrics, "loss_scale": scale}
-
-        return scaled
-
-    return StepOption("dynamic_loss_scale", init, wrap)
-
-
-def ema_of_parameters(decay: float) -> StepOption:
-    """Keeps `extras["ema"] = decay * ema + (1 - decay) * params` after every step.
-
-    Example:
-        >>> step = make_train_step(loss_fn, ema_decay=0.999)  # doctest: +SKIP
-        >>> ema_model = state.ema_model                          # doctest: +SKIP
-    """
-
-    def wrap(step: StepFn) -> StepFn:
-        def with_ema(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-            new, metrics = step(state, batch)
-            ema = jax.tree_util.tree_map(
-                lambda e, p: decay * e + (1.0 - decay) * p,
-                state.extras["ema"],
-                pax.select_parameters(new.model),
-            )
-            return new.with_extras(ema=ema), metrics
-
-        return with_ema
-
-    def init(state: TrainState) -> dict[str, Any]:
-        # A copy: sharing buffers with the model would donate them twice.
-        return {"ema": jax.tree_util.tree_map(jnp.copy, pax.select_parameters(state.model))}
-
-    return StepOption("ema", init, wrap)
-
-
 def scan_steps(step: StepFn, steps: int) -> StepFn:
     """Runs `steps` steps in one call with `lax.scan` over batches stacked on a leading axis.
 
-    Metrics come back stacked, on device.
+    The result equals `steps` separate calls; metrics come back stacked, on device, so small
+    models are not bound by the host's dispatch time.
 
     Example:
         >>> state, metrics = scan_steps(step, 10)(state, stacked_batches)  # doctest: +SKIP
@@ -277,7 +92,11 @@ def scan_steps(step: StepFn, steps: int) -> StepFn:
 class TrainStep:
     """A jitted `train_step(state, batch) -> (state, metrics)`; see `make_train_step`.
 
-    Missing extras of its options are added to the state on the first call.
+    Extras that its options need and the state lacks are added on the first call (or by
+    `init`), outside `jit`.
+
+    Example:
+        >>> state, metrics = make_train_step(loss_fn)(state, batch)  # doctest: +SKIP
     """
 
     def __init__(self, step: StepFn, options: Sequence[StepOption], donate: bool):
@@ -286,7 +105,11 @@ class TrainStep:
         self._required: frozenset[str] | None = None
 
     def init(self, state: TrainState) -> TrainState:
-        """`state` with the extras of every option that it lacks."""
+        """`state` with the extras of every option that it lacks.
+
+        Example:
+            >>> state = train_step.init(state)  # doctest: +SKIP
+        """
         extras = {}
         for option in self.options:
             extras.update({k: v for k, v in option.init(state).items() if k not in state.extras})
@@ -299,6 +122,27 @@ class TrainStep:
         return self._jitted(state, batch)
 
 
+def _builtin_options(
+    nonfinite_guard: bool, ema_decay: float | None, loss_scale: str | StepOption | None
+) -> list[StepOption]:
+    """The options the flags ask for, innermost first."""
+    if loss_scale == "dynamic":
+        loss_scale = dynamic_loss_scale()
+    elif loss_scale is not None and not (
+        isinstance(loss_scale, StepOption) and loss_scale.name == "dynamic_loss_scale"
+    ):
+        raise ValueError(LOSS_SCALE_MSG.format(got=loss_scale))
+    chosen = []
+    if ema_decay is not None:
+        chosen.append(ema_of_parameters(ema_decay))
+    # The loss scale must see non-finite steps skipped, so it implies the guard.
+    if nonfinite_guard or loss_scale is not None:
+        chosen.append(skip_nonfinite())
+    if loss_scale is not None:
+        chosen.append(loss_scale)
+    return chosen
+
+
 def make_train_step(
     loss_fn: Callable,
     *,
@@ -306,23 +150,28 @@ def make_train_step(
     steps_per_call: int = 1,
     nonfinite_guard: bool = True,
     ema_decay: float | None = None,
-    loss_scale: str | None = None,
+    loss_scale: str | StepOption | None = None,
     options: Sequence[StepOption] = (),
     donate: bool = True,
 ) -> TrainStep:
-    """Builds the jitted training step.
+    """Builds the jitted training step `train_step(state, batch) -> (state, metrics)`.
 
     Args:
       loss_fn: `loss_fn(model, batch[, key]) -> (loss, (model, metrics))`; it may update the
         model's states through `pax.module_and_value`. With a `key` parameter it receives a
-        fresh PRNG key each step.
+        fresh PRNG key each step, split from `state.rng`.
       grad_accum_steps: micro-batches per step (the batch's leading axis is split).
-      steps_per_call: steps per call; the batch then has a leading axis of that size.
-      nonfinite_guard: skip and count steps with a non-finite loss or gradient.
+      steps_per_call: steps per call; every batch leaf then has a leading axis of that size,
+        and the metrics come back stacked along it.
+      nonfinite_guard: skip (and count) steps whose loss or gradients are not finite.
       ema_decay: keep an EMA of the parameters (`state.ema_model`).
-      loss_scale: "dynamic" for float16 training; None otherwise.
-      options: more `StepOption`s, applied innermost first after the built-in ones.
-      donate: donate the state's buffers to the step.
+      loss_scale: "dynamic" (or a `dynamic_loss_scale(...)` option) for float16 compute.
+      options: more `StepOption`s, applied outside the built-in ones, in order.
+      donate: donate the input state's buffers (do not use that state after the call).
+
+    Returns:
+      A `TrainStep`. Metrics hold `loss`, `grad_norm`, `learning_rate` (when the optimizer
+      exposes it), the loss function's own metrics, and those of the options.
 
     Example:
         >>> def loss_fn(model, batch):
@@ -332,19 +181,14 @@ def make_train_step(
         >>> train_step = make_train_step(loss_fn, grad_accum_steps=2)  # doctest: +SKIP
         >>> state, metrics = train_step(state, batch)                   # doctest: +SKIP
     """
+    chosen = [*_builtin_options(nonfinite_guard, ema_decay, loss_scale), *options]
+    names = [option.name for option in chosen]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(DUPLICATE_OPTION_MSG.format(name=name))
     grad_fn = loss_and_grads(loss_fn)
     if grad_accum_steps > 1:
         grad_fn = accumulate_gradients(grad_fn, grad_accum_steps)
-    chosen = []
-    if nonfinite_guard or loss_scale == "dynamic":
-        chosen.append(skip_nonfinite())
-    if loss_scale == "dynamic":
-        chosen.append(dynamic_loss_scale())
-    elif loss_scale is not None:
-        raise ValueError(f"loss_scale must be 'dynamic' or None, got {loss_scale!r}")
-    if ema_decay is not None:
-        chosen.append(ema_of_parameters(ema_decay))
-    chosen.extend(options)
     step = update_step(grad_fn, with_key=takes_key(loss_fn))
     for option in chosen:
         step = option.wrap(step)
@@ -358,12 +202,16 @@ def make_eval_step(
 ) -> Callable[[TrainState, Batch], Metrics]:
     """A jitted `eval_step(state, batch) -> metrics` running the model in eval mode.
 
+    The state is neither donated nor changed: state updates `eval_fn` makes (it may call the
+    model through `pax.purecall`) are dropped.
+
     Args:
-      eval_fn: `eval_fn(model, batch) -> metrics`; state changes it makes are dropped.
-      use_ema: evaluate the EMA parameters.
+      eval_fn: `eval_fn(model, batch) -> metrics`.
+      use_ema: evaluate the EMA parameters (needs a step built with `ema_decay`).
 
     Example:
         >>> eval_step = make_eval_step(lambda model, batch: {"loss": ...})  # doctest: +SKIP
+        >>> metrics = eval_step(state, batch)                               # doctest: +SKIP
     """
 
     @jax.jit
