@@ -1,0 +1,153 @@
+"""Composable train-step options: each wraps a step function and keeps its own extras.
+
+A `StepOption` is a name, the extras it adds to `TrainState.extras` (an EMA, a loss scale, a
+counter) and a `wrap(step) -> step` function. `make_train_step` applies its options from the
+inside out; an option sees every state change made by the options inside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+import paxtrain as pax
+from paxtrain.train.gradients import Batch, Metrics
+from paxtrain.train.state import TrainState
+
+StepFn = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOption:
+    """A composable step feature: the extras it keeps and how it wraps the step.
+
+    Args:
+      name: a unique name (two options of one step may not share it).
+      init: `init(state) -> dict` of the extras the option needs, added on the first call.
+      wrap: `wrap(step) -> step`, the step with the feature.
+
+    Example:
+        >>> def count_calls(step):
+        ...     def counted(state, batch):
+        ...         state, metrics = step(state, batch)
+        ...         return state.with_extras(calls=state.extras["calls"] + 1), metrics
+        ...     return counted
+        >>> option = StepOption("calls", lambda state: {"calls": jnp.array(0)}, count_calls)
+    """
+
+    name: str
+    init: Callable[[TrainState], dict[str, Any]]
+    wrap: Callable[[StepFn], StepFn]
+
+
+def _finite(metrics: Metrics) -> jax.Array:
+    return jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+
+
+def skip_nonfinite() -> StepOption:
+    """Steps whose loss or gradient norm is NaN/Inf leave the state as it was.
+
+    On such a step the model (its states included), the optimizer and the extras of the options
+    inside this one (e.g. the EMA) are kept; only `state.step` and `state.rng` advance. The
+    choice is made on device with `jnp.where` (no host sync). Skipped steps are counted in
+    `extras["skipped_steps"]`, also reported as the metric `skipped_steps`.
+
+    Example:
+        >>> step = make_train_step(loss_fn, nonfinite_guard=True)  # doctest: +SKIP
+    """
+
+    def wrap(step: StepFn) -> StepFn:
+        def guarded(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+            new, metrics = step(state, batch)
+            finite = _finite(metrics)
+            kept = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, state)
+            skipped = state.extras["skipped_steps"] + (~finite).astype(jnp.int32)
+            kept = kept.replace(step=new.step, rng=new.rng).with_extras(skipped_steps=skipped)
+            return kept, {**metrics, "skipped_steps": skipped}
+
+        return guarded
+
+    return StepOption(
+        "skip_nonfinite", lambda state: {"skipped_steps": jnp.array(0, jnp.int32)}, wrap
+    )
+
+
+def dynamic_loss_scale(
+    initial: float = 2.0**15, period: int = 2000, factor: float = 2.0
+) -> StepOption:
+    """Dynamic loss scaling for float16 compute.
+
+    The loss is multiplied by `extras["loss_scale"]` before differentiation (see
+    `loss_and_grads`). A non-finite step divides the scale by `factor` (not below 1); `period`
+    finite steps in a row multiply it by `factor`. It must wrap `skip_nonfinite`, so the
+    overflowing step is also skipped: `make_train_step(loss_scale=...)` arranges both.
+
+    Args:
+      initial: the starting scale.
+      period: finite steps in a row before the scale grows.
+      factor: the growth and shrink factor.
+
+    Example:
+        >>> step = make_train_step(loss_fn, loss_scale="dynamic")  # doctest: +SKIP
+        >>> step = make_train_step(loss_fn, loss_scale=dynamic_loss_scale(period=500))  # doctest: +SKIP
+    """
+
+    def init(state: TrainState) -> dict[str, Any]:
+        return {
+            "loss_scale": jnp.array(initial, jnp.float32),
+            "good_steps": jnp.array(0, jnp.int32),
+        }
+
+    def wrap(step: StepFn) -> StepFn:
+        def scaled(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+            new, metrics = step(state, batch)
+            finite = _finite(metrics)
+            scale, good = state.extras["loss_scale"], state.extras["good_steps"] + 1
+            grow = finite & (good >= period)
+            scale = jnp.where(
+                finite, jnp.where(grow, scale * factor, scale), jnp.maximum(scale / factor, 1.0)
+            )
+            good = jnp.where(finite & ~grow, good, 0)
+            new = new.with_extras(loss_scale=scale, good_steps=good)
+            return new, {**metrics, "loss_scale": scale}
+
+        return scaled
+
+    return StepOption("dynamic_loss_scale", init, wrap)
+
+
+def ema_of_parameters(decay: float) -> StepOption:
+    """Keeps `extras["ema"] = decay * ema + (1 - decay) * params` after every step.
+
+    The EMA starts at the parameters of the first step's input state. `state.ema_model` is the
+    model with the EMA parameters; `make_eval_step(eval_fn, use_ema=True)` evaluates it.
+
+    Args:
+      decay: the weight of the old average.
+
+    Example:
+        >>> step = make_train_step(loss_fn, ema_decay=0.999)  # doctest: +SKIP
+        >>> ema_model = state.ema_model                          # doctest: +SKIP
+    """
+
+    def wrap(step: StepFn) -> StepFn:
+        def with_ema(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+            new, metrics = step(state, batch)
+            ema = jax.tree_util.tree_map(
+                lambda e, p: decay * e + (1.0 - decay) * p,
+                state.extras["ema"],
+                pax.select_parameters(new.model),
+            )
+            return new.with_extras(ema=ema), metrics
+
+        return with_ema
+
+    def init(state: TrainState) -> dict[str, Any]:
+        # A copy: sharing buffers with the model would donate them twice.
+        return {"ema": jax.tree_util.tree_map(jnp.copy, pax.select_parameters(state.model))}
+
+    return StepOption("ema", init, wrap)
