@@ -11,8 +11,8 @@ CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 
 
 def test_char_rnn_config_composes_with_overrides():
-    cfg = compose(CONFIGS / "char_rnn.yaml", ["trainer.max_steps=7", "optimizer.lr=0.01"])
-    assert cfg.trainer.max_steps == 7 and cfg.optimizer.lr == 0.01
+    cfg = compose(CONFIGS / "char_rnn.yaml", ["trainer.max_steps=700", "optimizer.lr=0.01"])
+    assert cfg.trainer.max_steps == 700 and cfg.optimizer.lr == 0.01
     assert cfg.model._target_ == "recipes.char_rnn.CharLSTM"
     assert cfg.trainer.log_every == 50  # from the file
     assert cfg.trainer.grad_accum_steps == 1  # from the schema default
