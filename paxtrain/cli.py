@@ -3,10 +3,13 @@
     paxtrain fit configs/char_rnn.yaml trainer.max_steps=500 optimizer.lr=3e-4
     paxtrain fit configs/char_rnn.yaml -m optimizer.lr=1e-3,3e-4     # one run per value
     paxtrain fit configs/char_rnn.yaml --cfg job                     # print the resolved config
+    paxtrain resume runs/char_rnn-20260101-120000 trainer.max_steps=3000
+    paxtrain eval runs/char_rnn-20260101-120000 --step best
     paxtrain env
     paxtrain plot runs/char_rnn-20260101-120000
 
-Config problems end with one message naming the key and exit code 2.
+Exit codes: 0 done; 2 a config, file or checkpoint problem (one message, no traceback);
+75 stopped by a preemption signal after saving a checkpoint: run the same command again.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
+from paxtrain.checkpoint import CheckpointError
 from paxtrain.config import ConfigError
+from paxtrain.train.preemption import PREEMPTED_EXIT_CODE
 
 EXIT_CONFIG_ERROR = 2
 
@@ -32,6 +37,15 @@ def _parser() -> argparse.ArgumentParser:
     fit.set_defaults(accepts_overrides=True)
     fit.add_argument("-m", "--multirun", action="store_true", help="one run per swept value")
     fit.add_argument("--cfg", choices=["job"], help="print the resolved config and exit")
+
+    resume = commands.add_parser("resume", help="continue a run from its newest checkpoint")
+    resume.add_argument("run_dir", help="a run directory written by `paxtrain fit`")
+    resume.add_argument("overrides", nargs="*", help="overrides, e.g. trainer.max_steps=3000")
+    resume.set_defaults(accepts_overrides=True)
+
+    evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint on its eval data")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--step", default="latest", help="latest (default), best, or a step")
 
     commands.add_parser("env", help="print versions and the devices JAX sees")
 
@@ -61,7 +75,25 @@ def _fit(args: argparse.Namespace) -> int:
 
         configs = assign_sweep_dirs(configs, jobs, args.config)
     for cfg in configs:
-        fit_from_config(cfg, config_path=args.config)
+        if fit_from_config(cfg, config_path=args.config).preempted:
+            return PREEMPTED_EXIT_CODE
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from paxtrain.run import fit_from_config, load_run_config
+
+    sys.path[:0] = [os.getcwd()]
+    cfg = load_run_config(args.run_dir, list(args.overrides))
+    return PREEMPTED_EXIT_CODE if fit_from_config(cfg).preempted else 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from paxtrain.run import evaluate_run
+
+    sys.path[:0] = [os.getcwd()]
+    metrics = evaluate_run(args.run_dir, args.step)
+    print(" ".join(f"eval/{k}={v:.6g}" for k, v in metrics.items()))
     return 0
 
 
@@ -94,16 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown_flags or rest)}")
     if rest:
         args.overrides = [*args.overrides, *rest]
+    commands = {"fit": _fit, "resume": _resume, "eval": _eval, "plot": _plot}
     try:
-        if args.command == "fit":
-            return _fit(args)
-        if args.command == "env":
-            return _env()
-        return _plot(args)
+        return _env() if args.command == "env" else commands[args.command](args)
     except ConfigError as error:
         print(f"paxtrain: config error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    except FileNotFoundError as error:
+    except (FileNotFoundError, CheckpointError) as error:
         print(f"paxtrain: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
 

@@ -46,6 +46,18 @@ class OptimizerConfig:
 
 
 @dataclasses.dataclass
+class CheckpointConfig:
+    every_steps: int | None = 500  # None: only at the end
+    every_seconds: float | None = None
+    keep_last: int = 3
+    keep_best: int = 0  # also keep the best N by `monitor`
+    monitor: str | None = None  # e.g. "eval/loss"
+    mode: str = "min"
+    async_save: bool = True
+    enabled: bool = True
+
+
+@dataclasses.dataclass
 class TrainerConfig:
     max_steps: int = 1000
     eval_every: int | None = 250  # None: evaluate only at the end
@@ -58,6 +70,10 @@ class TrainerConfig:
     progress: str = "auto"  # auto | bar | log | off
     plot: bool = True  # write curves.png at the end
     early_stopping: EarlyStoppingConfig = dataclasses.field(default_factory=EarlyStoppingConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    preemption_signals: list[str] = dataclasses.field(
+        default_factory=lambda: ["SIGTERM", "SIGINT", "SIGUSR1"]
+    )
 
 
 @dataclasses.dataclass
@@ -76,6 +92,7 @@ _CHOICES = {
     "trainer.precision": ("float32", "bfloat16"),
     "trainer.progress": ("auto", "bar", "log", "off"),
     "trainer.early_stopping.mode": ("min", "max"),
+    "trainer.checkpoint.mode": ("min", "max"),
     "optimizer.name": ("adamw", "adam", "sgd"),
     "optimizer.schedule": ("constant", "cosine", "warmup_cosine"),
 }

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import importlib.metadata
 import inspect
+import json
 import pathlib
 import platform
 import subprocess
@@ -15,7 +17,7 @@ import jax
 import optax
 from omegaconf import DictConfig, OmegaConf
 
-from paxtrain.config import check_target, locate
+from paxtrain.config import ConfigError, check_target, locate
 from paxtrain.optim import make_schedule, make_transformation
 from paxtrain.train.hooks import EarlyStopping
 
@@ -124,34 +126,47 @@ def instantiate(node: DictConfig, key: str, **provided: Any) -> Any:
     return target(**kwargs, **extra)
 
 
-def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
-    """Runs `paxtrain fit` for one validated config; returns the trainer after training.
+RUN_INFO_FILE = "run.json"
+CONFIG_FILE = "config.yaml"
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A short hash of the resolved config, recorded with each checkpoint.
 
     Example:
-        >>> trainer = fit_from_config(compose("configs/char_rnn.yaml", []))  # doctest: +SKIP
+        >>> len(config_hash(OmegaConf.create({"a": 1})))
+        12
     """
-    import paxtrain as pax
-    from paxtrain.train.trainer import Trainer
+    text = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
-    name = cfg.name
-    run_dir = pathlib.Path(cfg.run_dir or f"runs/{name}-{_timestamp()}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    meta = {
+
+def _run_info(cfg: DictConfig, config_path: str | None) -> dict[str, Any]:
+    return {
         "paxtrain": importlib.metadata.version("paxtrain"),
         "jax": jax.__version__,
         "jaxlib": importlib.metadata.version("jaxlib"),
         "git_sha": _git_sha(),
         "config_path": str(config_path) if config_path else None,
+        "config_hash": config_hash(cfg),
     }
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml({**resolved, "_meta": meta}))
+
+
+def build_trainer(cfg: DictConfig, run_dir: pathlib.Path, meta: dict[str, Any] | None = None):
+    """The data, model, optimizer and `Trainer` a validated config describes.
+
+    Example:
+        >>> trainer, model, data, optimizer = build_trainer(cfg, pathlib.Path("runs/x"))  # doctest: +SKIP
+    """
+    import paxtrain as pax
+    from paxtrain.train.checkpointing import Checkpointing
+    from paxtrain.train.trainer import Trainer
 
     data = instantiate(cfg.data, "data")
     pax.seed_rng_key(cfg.seed)
     model = instantiate(cfg.model, "model", **data.info)
     callbacks = [instantiate(c, f"callbacks[{i}]") for i, c in enumerate(cfg.callbacks)]
-    t = cfg.trainer
-    es = t.early_stopping
+    t, es, ck = cfg.trainer, cfg.trainer.early_stopping, cfg.trainer.checkpoint
     trainer = Trainer(
         t.max_steps,
         run_dir=run_dir,
@@ -164,20 +179,94 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
         nonfinite_guard=t.nonfinite_guard,
         progress=t.progress,
         plot=t.plot,
-        early_stopping=EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta)
-        if es.monitor
-        else None,
+        early_stopping=(
+            EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta) if es.monitor else None
+        ),
+        checkpointing=(
+            Checkpointing(
+                every_steps=ck.every_steps,
+                every_seconds=ck.every_seconds,
+                keep_last=ck.keep_last,
+                keep_best=ck.keep_best,
+                monitor=ck.monitor,
+                mode=ck.mode,
+                async_save=ck.async_save,
+                meta=meta,
+            )
+            if ck.enabled
+            else None
+        ),
         hooks=callbacks,
         seed=cfg.seed,
+        preemption_signals=list(t.preemption_signals),
     )
+    return trainer, model, data, build_optimizer(cfg.optimizer, t.max_steps)
+
+
+def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
+    """Runs `paxtrain fit` for one validated config; returns the trainer after training.
+
+    A run directory that already holds checkpoints is resumed from the newest complete one.
+
+    Example:
+        >>> trainer = fit_from_config(compose("configs/char_rnn.yaml", []))  # doctest: +SKIP
+    """
+    run_dir = pathlib.Path(cfg.run_dir or f"runs/{cfg.name}-{_timestamp()}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = cfg.copy()
+    cfg.run_dir = str(run_dir)
+    info = _run_info(cfg, config_path)
+    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (run_dir / RUN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+    trainer, model, data, optimizer = build_trainer(cfg, run_dir, meta=info)
     print(f"paxtrain: run directory {run_dir}")
     print(model.summary() if hasattr(model, "summary") else model)
     started = time.perf_counter()
-    trainer.fit(model, data, optimizer=build_optimizer(cfg.optimizer, t.max_steps))
+    trainer.fit(model, data, optimizer=optimizer)
     elapsed = time.perf_counter() - started
     final = trainer.eval_history[-1][1] if trainer.eval_history else {}
     shown = ", ".join(f"eval/{k}={v:.4f}" for k, v in final.items())
-    print(f"paxtrain: finished {trainer.step} steps in {elapsed:.0f}s; {shown}")
+    print(f"paxtrain: finished at step {trainer.step} in {elapsed:.0f}s; {shown}")
     if trainer.stop_reason:
         print(f"paxtrain: {trainer.stop_reason}")
     return trainer
+
+
+def load_run_config(run_dir: str | pathlib.Path, overrides: list[str]) -> DictConfig:
+    """The saved config of a run directory with `overrides` applied, pointed at that directory.
+
+    Example:
+        >>> cfg = load_run_config("runs/char_rnn-20260101-120000", ["trainer.max_steps=3000"])  # doctest: +SKIP
+    """
+    from paxtrain.config import compose
+
+    path = pathlib.Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} has no {CONFIG_FILE}: is it a paxtrain run directory?")
+    cfg = compose(path, overrides)
+    cfg.run_dir = str(pathlib.Path(run_dir))
+    return cfg
+
+
+def evaluate_run(run_dir: str | pathlib.Path, step: str = "latest") -> dict[str, float]:
+    """Evaluates a run's checkpoint ("latest", "best" or a step number) on its eval data.
+
+    Example:
+        >>> evaluate_run("runs/char_rnn-20260101-120000", step="best")  # doctest: +SKIP
+        {'loss': 1.43, 'bits_per_char': 2.07}
+    """
+    from paxtrain.checkpoint import CheckpointManager
+    from paxtrain.train.checkpointing import CHECKPOINT_DIR
+
+    cfg = load_run_config(run_dir, [])
+    ck = cfg.trainer.checkpoint
+    trainer, model, data, optimizer = build_trainer(cfg, pathlib.Path(run_dir))
+    trainer.prepare(model, data, optimizer)
+    manager = CheckpointManager(
+        pathlib.Path(run_dir) / CHECKPOINT_DIR, monitor=ck.monitor, mode=ck.mode, async_save=False
+    )
+    trainer.state, meta = manager.restore(trainer.state, step=step)
+    trainer.step = int(trainer.state.step)
+    manager.close()
+    return trainer.eval_metrics()

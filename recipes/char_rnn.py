@@ -93,6 +93,8 @@ class PrintSample(Hook):
         self.temperature, self.seed = temperature, seed
 
     def on_train_end(self, trainer: Any) -> None:
+        if trainer.preempted:  # no time to spare: the job is being stopped
+            return
         vocab = trainer.data.vocab
         model = trainer.state.model.eval()
         generate = jax.jit(type(model).generate, static_argnums=(2, 4))

@@ -51,11 +51,12 @@ def char_rnn_run(tmp_path_factory):
 def test_fit_writes_the_run_directory(char_rnn_run):
     run_dir, result = char_rnn_run
     names = {p.name for p in run_dir.iterdir()}
-    assert {"config.yaml", "metrics.jsonl", "curves.png", "sample.txt"} <= names
+    assert {"config.yaml", "run.json", "metrics.jsonl", "curves.png", "sample.txt"} <= names
     assert any(n.startswith("events.out.tfevents") for n in names)
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["trainer"]["max_steps"] == 6 and saved["optimizer"]["lr"] == 0.02
-    assert saved["_meta"]["jax"] and saved["_meta"]["paxtrain"]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["jax"] and info["paxtrain"] and len(info["config_hash"]) == 12
     assert "--- sample" in result.stdout and "step 6/6" in result.stdout
 
 

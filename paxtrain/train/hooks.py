@@ -131,7 +131,7 @@ class Evaluation(Hook):
             trainer.evaluate()
 
     def on_train_end(self, trainer: Trainer) -> None:
-        if trainer.last_eval_step != trainer.step:
+        if trainer.last_eval_step != trainer.step and not trainer.preempted:
             trainer.evaluate()
 
 

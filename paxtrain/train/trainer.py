@@ -12,6 +12,7 @@ import numpy as np
 
 import paxtrain as pax
 from paxtrain.data.source import DataSource, Prefetcher
+from paxtrain.train.checkpointing import Checkpointing
 from paxtrain.train.hooks import (
     EarlyStopping,
     Evaluation,
@@ -22,6 +23,7 @@ from paxtrain.train.hooks import (
     TrainMetrics,
 )
 from paxtrain.train.logger import MetricsLogger
+from paxtrain.train.preemption import DEFAULT_PREEMPTION_SIGNALS, stop_on_signals
 from paxtrain.train.progress import Progress
 
 NO_LOSS_MSG = """\
@@ -78,9 +80,11 @@ class Trainer:
       progress: "auto", "bar", "log" or "off".
       plot: write `curves.png` at the end.
       early_stopping: an `EarlyStopping` hook, or None.
+      checkpointing: a `Checkpointing` hook (saves, resumes), or None.
       hooks: more hooks.
       seed: seed of the training RNG (dropout keys...).
       tensorboard: write TensorBoard event files.
+      preemption_signals: signal names that stop training gracefully.
 
     Example:
         >>> trainer = pax.Trainer(max_steps=1000, run_dir="runs/demo", eval_every=200)  # doctest: +SKIP
@@ -102,9 +106,11 @@ class Trainer:
         progress: str = "auto",
         plot: bool = True,
         early_stopping: EarlyStopping | None = None,
+        checkpointing: Checkpointing | None = None,
         hooks: Iterable[Hook] = (),
         seed: int = 0,
         tensorboard: bool = True,
+        preemption_signals: Iterable[str] = DEFAULT_PREEMPTION_SIGNALS,
     ):
         if max_steps % steps_per_call:
             raise ValueError(STEPS_PER_CALL_MSG.format(max_steps=max_steps, spc=steps_per_call))
@@ -117,6 +123,7 @@ class Trainer:
             "ema_decay": ema_decay,
         }
         self.precision, self.seed, self.tensorboard = precision, seed, tensorboard
+        self.checkpointing = checkpointing
         self.hooks: list[Hook] = [
             TrainMetrics(log_every),
             Throughput(log_every),
@@ -125,10 +132,14 @@ class Trainer:
             Progress(progress),
             *([PlotCurves()] if plot else []),
             *hooks,
+            # Last: a checkpoint records what the other hooks did at its step (its eval metrics).
+            *([checkpointing] if checkpointing else []),
         ]
+        self.preemption_signals = tuple(preemption_signals)
         self.step = 0
         self.should_stop = False
         self.stop_reason: str | None = None
+        self.preempted: str | None = None
         self.last_data_wait = 0.0
         self.last_eval_step: int | None = None
         self.eval_history: list[tuple[int, dict[str, float]]] = []
@@ -158,17 +169,30 @@ class Trainer:
         """Asks the loop to stop after the current step."""
         self.should_stop, self.stop_reason = True, reason
 
+    def eval_metrics(self) -> dict[str, float]:
+        """The mean eval metrics of the current state over `data.eval_batches()`, or {} when
+        a preemption interrupts them. Logs nothing.
+
+        Example:
+            >>> trainer.eval_metrics()["loss"]  # doctest: +SKIP
+        """
+        totals: dict[str, list] = {}
+        for batch in self.data.eval_batches():
+            if self.preempted:
+                return {}
+            for key, value in self._eval_step(self.state, batch).items():
+                totals.setdefault(key, []).append(value)
+        return {k: float(np.mean(jax.device_get(v))) for k, v in totals.items()}
+
     def evaluate(self) -> dict[str, float]:
-        """Runs the eval step over `data.eval_batches()`; logs and returns the mean metrics.
+        """Evaluates (`eval_metrics`), logs the metrics as `eval/*` and runs `on_eval_end` hooks.
 
         Example:
             >>> trainer.evaluate()["loss"]  # doctest: +SKIP
         """
-        totals: dict[str, list] = {}
-        for batch in self.data.eval_batches():
-            for key, value in self._eval_step(self.state, batch).items():
-                totals.setdefault(key, []).append(value)
-        metrics = {k: float(np.mean(jax.device_get(v))) for k, v in totals.items()}
+        metrics = self.eval_metrics()
+        if not metrics:
+            return metrics
         self.last_eval_step = self.step
         self.eval_history.append((self.step, metrics))
         self.log({f"eval/{k}": v for k, v in metrics.items()})
@@ -178,6 +202,34 @@ class Trainer:
         return metrics
 
     # ----------------------------------------------------------------------------- loop
+    def prepare(
+        self,
+        model: pax.Module,
+        data: DataSource,
+        optimizer: Any,
+        loss_fn: Callable | None = None,
+        eval_fn: Callable | None = None,
+    ) -> None:
+        """Builds the state and the compiled steps without training (`fit` calls it).
+
+        Useful on its own to evaluate a checkpoint: `prepare(...)`, `restore(...)`, `evaluate()`.
+        """
+        from paxtrain.train.state import TrainState
+        from paxtrain.train.step import make_eval_step, make_train_step
+
+        if loss_fn is None and not hasattr(model, "loss"):
+            raise TypeError(NO_LOSS_MSG.format(cls=type(model).__name__))
+        if self.precision == "bfloat16":
+            model = pax.apply_mp_policy(model, "params=float32,compute=bfloat16,output=float32")
+        self.data = data
+        self._train_step = make_train_step(loss_fn or model_loss, **self.step_options)
+        self._eval_step = make_eval_step(eval_fn or model_eval)
+        # With the options' extras, so the state has the structure that checkpoints record.
+        self.state = self._train_step.init(TrainState.create(model, optimizer, seed=self.seed))
+        self.step = int(self.state.step)
+        self.examples_per_step = _leading_dim(data.train_batch(0))
+        self.tokens_per_step = data.info.get("tokens_per_batch", 0)
+
     def fit(
         self,
         model: pax.Module,
@@ -188,6 +240,10 @@ class Trainer:
     ) -> Any:
         """Trains `model` on `data`; returns the final `TrainState`.
 
+        Preemption signals (SIGTERM, SIGINT, SIGUSR1 by default) stop the loop after the
+        current step; the end-of-training hooks still run (a checkpoint is saved when
+        checkpointing is on) and `trainer.preempted` names the signal.
+
         Args:
           model: a module with `loss(batch) -> (loss, metrics)`, or any module with `loss_fn`.
           data: a `DataSource` (step-indexed `train_batch(step)`, `eval_batches()`).
@@ -195,38 +251,29 @@ class Trainer:
           loss_fn: `loss_fn(model, batch) -> (loss, (model, metrics))`; default `model_loss`.
           eval_fn: `eval_fn(model, batch) -> metrics`; default `model_eval`.
         """
-        from paxtrain.train.state import TrainState
-        from paxtrain.train.step import make_eval_step, make_train_step
-
-        if loss_fn is None and not hasattr(model, "loss"):
-            raise TypeError(NO_LOSS_MSG.format(cls=type(model).__name__))
-        if self.precision == "bfloat16":
-            model = pax.apply_mp_policy(model, "params=float32,compute=bfloat16,output=float32")
-        self.data = data
-        self.state = TrainState.create(model, optimizer, seed=self.seed)
-        self.step = int(self.state.step)
-        self._train_step = make_train_step(loss_fn or model_loss, **self.step_options)
-        self._eval_step = make_eval_step(eval_fn or model_eval)
-        first = data.train_batch(0)
-        self.examples_per_step = _leading_dim(first)
-        self.tokens_per_step = data.info.get("tokens_per_batch", 0)
-
+        self.prepare(model, data, optimizer, loss_fn, eval_fn)
         self.logger = MetricsLogger(self.run_dir, tensorboard=self.tensorboard)
         try:
-            self._run_hooks("on_train_start")
-            group = self.steps_per_call if self.steps_per_call > 1 else None
-            with Prefetcher(data, self.step, group=group, put=jax.device_put) as batches:
-                while self.step < self.max_steps and not self.should_stop:
-                    started = time.perf_counter()
-                    batch = next(batches)
-                    self.last_data_wait = time.perf_counter() - started
-                    self.state, metrics = self._train_step(self.state, batch)
-                    self.step += self.steps_per_call
-                    self._run_hooks("on_step", metrics)
-            self._run_hooks("on_train_end")
+            with stop_on_signals(self, self.preemption_signals):
+                if self.checkpointing is not None:
+                    self.checkpointing.resume_into(self)
+                self._run_hooks("on_train_start")
+                self._loop()
+                self._run_hooks("on_train_end")
         finally:
             self.logger.close()
         return self.state
+
+    def _loop(self) -> None:
+        group = self.steps_per_call if self.steps_per_call > 1 else None
+        with Prefetcher(self.data, self.step, group=group, put=jax.device_put) as batches:
+            while self.step < self.max_steps and not self.should_stop:
+                started = time.perf_counter()
+                batch = next(batches)
+                self.last_data_wait = time.perf_counter() - started
+                self.state, metrics = self._train_step(self.state, batch)
+                self.step += self.steps_per_call
+                self._run_hooks("on_step", metrics)
 
     def _run_hooks(self, event: str, *args: Any) -> None:
         for hook in self.hooks:

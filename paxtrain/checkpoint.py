@@ -1,0 +1,280 @@
+"""Checkpoints of a `TrainState` on Orbax's `CheckpointManager`.
+
+One checkpoint is a step directory with two items: `state`, every array of the state keyed by
+its path (`model.layers[0].weight`), and `meta`, a JSON record (step, data position, config
+hash, versions). Saving is asynchronous by default: training goes on while Orbax writes to a
+temporary directory, which it renames only when complete, so a process killed mid-save leaves
+the previous checkpoints intact. Restoring checks every path, shape and dtype against the state
+it restores into before reading anything, and falls back to an older checkpoint when the newest
+one cannot be read.
+
+Example:
+    >>> manager = CheckpointManager("runs/demo/checkpoints", keep_last=2)  # doctest: +SKIP
+    >>> manager.save(state, meta={"config_hash": "..."})
+    >>> state, meta = manager.restore(state)
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import warnings
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
+
+log = logging.getLogger(__name__)
+
+MISMATCH_MSG = """\
+Checkpoint step {step} in {directory} does not fit the state being restored: at `{path}` the \
+checkpoint has {saved} and the state has {current}.
+The model or optimizer was built from a different config. Restore with the run's own config \
+(`paxtrain resume RUN_DIR`), or start a new run directory."""
+
+MISSING_PATH_MSG = """\
+Checkpoint step {step} in {directory} does not fit the state being restored: `{path}` is \
+{where}.
+The model or optimizer was built from a different config. Restore with the run's own config \
+(`paxtrain resume RUN_DIR`), or start a new run directory."""
+
+UNREADABLE_MSG = (
+    "Checkpoint step {step} in {directory} is unreadable ({reason}); trying step {fallback}."
+)
+
+NO_CHECKPOINT_MSG = "No readable checkpoint in {directory}{detail}."
+
+SAVE_FAILED_MSG = """\
+Saving checkpoint step {step} to {directory} failed: {reason}
+Training stops here; the last complete checkpoint ({last}) is intact. Free disk space or fix the \
+directory's permissions, then resume."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be saved or restored; the message says which and what to do."""
+
+
+def flatten_state(state: Any) -> dict[str, jax.Array]:
+    """The arrays of a pytree keyed by their paths, e.g. `model.layers[0].weight`.
+
+    Example:
+        >>> list(flatten_state({"a": [1, 2]}))
+        ['a[0]', 'a[1]']
+    """
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    return {jax.tree_util.keystr(path, simple=True, separator="."): leaf for path, leaf in leaves}
+
+
+def _describe(shape: tuple, dtype: Any) -> str:
+    return f"shape {tuple(shape)} {np.dtype(dtype).name}"
+
+
+class CheckpointManager:
+    """Saves and restores `TrainState`s in one directory of step checkpoints.
+
+    Args:
+      directory: where step directories go (created if missing).
+      keep_last: how many of the newest checkpoints to keep.
+      keep_best: also keep this many best checkpoints by `monitor` (0: none).
+      monitor: the metric that ranks checkpoints (passed to `save(..., metrics=)`).
+      mode: "min" or "max" for `monitor`.
+      async_save: write in the background; `wait()`, the next save and `close()` wait for it.
+
+    Example:
+        >>> manager = CheckpointManager(run_dir / "checkpoints", keep_last=3)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        directory: str | pathlib.Path,
+        *,
+        keep_last: int = 3,
+        keep_best: int = 0,
+        monitor: str | None = None,
+        mode: str = "min",
+        async_save: bool = True,
+    ):
+        if keep_best and not monitor:
+            raise ValueError("keep_best needs `monitor`, the metric that ranks checkpoints.")
+        self.directory = pathlib.Path(directory).absolute()
+        self.monitor = monitor
+        policies: list[Any] = [preservation.LatestN(n=keep_last)]
+        if keep_best:
+            policies.append(
+                preservation.BestN(
+                    get_metric_fn=lambda metrics: metrics[monitor],
+                    reverse=mode == "min",  # Orbax's convention: reverse means lower is better
+                    n=keep_best,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            # best_fn only makes Orbax record each step's metrics; the policy below decides.
+            best_fn=(lambda metrics: metrics[monitor]) if keep_best else None,
+            best_mode=mode,
+            enable_async_checkpointing=async_save,
+            preservation_policy=preservation.AnyPreservationPolicy(policies),
+            cleanup_tmp_directories=True,
+            create=True,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "meta": ocp.JsonCheckpointHandler(),
+            },
+        )
+        self._sign = -1.0 if mode == "max" else 1.0
+
+    def steps(self) -> list[int]:
+        """Steps of the complete checkpoints, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def best_step(self) -> int | None:
+        """The step whose saved `monitor` metric is best, or None if none was recorded."""
+        scored = []
+        for step in self.steps():
+            metrics = self._manager.metrics(step) or {}
+            if self.monitor in metrics:
+                scored.append((self._sign * metrics[self.monitor], step))
+        return min(scored)[1] if scored else None
+
+    def save(
+        self,
+        state: Any,
+        *,
+        metrics: dict[str, float] | None = None,
+        meta: dict[str, Any] | None = None,
+        wait: bool = False,
+    ) -> None:
+        """Saves `state` at its step (`state.step`); `wait` makes it synchronous.
+
+        Raises CheckpointError (naming the last good checkpoint) if the write fails.
+        """
+        step = int(state.step)
+        record = {"step": step, "data_position": step, **(meta or {})}
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(flatten_state(state)), meta=ocp.args.JsonSave(record)
+        )
+        try:
+            self._manager.save(step, args=args, metrics=metrics, force=True)
+            if wait:
+                self._manager.wait_until_finished()
+        except Exception as error:  # Orbax raises OSError, ValueError...: report them all alike
+            raise CheckpointError(
+                SAVE_FAILED_MSG.format(
+                    step=step, directory=self.directory, reason=error, last=self._last_good(step)
+                )
+            ) from error
+
+    def _last_good(self, failed_step: int) -> str:
+        good = [s for s in self.steps() if s != failed_step]
+        return f"step {good[-1]}" if good else "none yet"
+
+    def check_compatible(self, step: int, template: Any) -> None:
+        """Raises CheckpointError naming the first path whose shape or dtype differs."""
+        saved = self._manager.item_metadata(step)["state"]
+        saved = getattr(saved, "tree", saved)
+        current = flatten_state(template)
+        for path, leaf in current.items():
+            if path not in saved:
+                raise CheckpointError(
+                    MISSING_PATH_MSG.format(
+                        step=step, directory=self.directory, path=path,
+                        where="in the state but not in the checkpoint",
+                    )
+                )  # fmt: skip
+            meta = saved[path]
+            if tuple(meta.shape) != tuple(np.shape(leaf)) or np.dtype(meta.dtype) != np.dtype(
+                leaf.dtype
+            ):
+                raise CheckpointError(
+                    MISMATCH_MSG.format(
+                        step=step, directory=self.directory, path=path,
+                        saved=_describe(meta.shape, meta.dtype),
+                        current=_describe(np.shape(leaf), leaf.dtype),
+                    )
+                )  # fmt: skip
+        for path in saved:
+            if path not in current:
+                raise CheckpointError(
+                    MISSING_PATH_MSG.format(
+                        step=step, directory=self.directory, path=path,
+                        where="in the checkpoint but not in the state",
+                    )
+                )  # fmt: skip
+
+    def _restore_step(self, step: int, template: Any) -> tuple[Any, dict[str, Any]]:
+        self.check_compatible(step, template)
+        flat = flatten_state(template)
+        abstract = {
+            path: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None))
+            for path, x in flat.items()
+        }
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+            ),
+        )
+        leaves = [restored.state[path] for path in flat]
+        state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)
+        return state, dict(restored.meta)
+
+    def restore(self, template: Any, step: int | str = "latest") -> tuple[Any, dict[str, Any]]:
+        """Restores into the structure of `template`; returns `(state, meta)`.
+
+        Args:
+          template: a state of the same structure (e.g. freshly built from the config); its
+            arrays' shardings are used for the restored arrays.
+          step: "latest" (falling back to older checkpoints when the newest is unreadable),
+            "best", or a step number.
+
+        Example:
+            >>> state, meta = manager.restore(state, step="best")  # doctest: +SKIP
+        """
+        if step == "best":
+            best = self.best_step()
+            if best is None:
+                raise CheckpointError(NO_CHECKPOINT_MSG.format(
+                    directory=self.directory, detail=f" with a recorded `{self.monitor}`"
+                ))  # fmt: skip
+            return self._restore_step(best, template)
+        if step != "latest":
+            if int(step) not in self.steps():
+                raise CheckpointError(NO_CHECKPOINT_MSG.format(
+                    directory=self.directory, detail=f" for step {step} (have {self.steps()})"
+                ))  # fmt: skip
+            return self._restore_step(int(step), template)
+        candidates = self.steps()[::-1]
+        for i, candidate in enumerate(candidates):
+            try:
+                return self._restore_step(candidate, template)
+            except CheckpointError:
+                raise
+            except Exception as error:  # a corrupt or truncated checkpoint: try an older one
+                fallback = candidates[i + 1] if i + 1 < len(candidates) else "none"
+                warnings.warn(
+                    UNREADABLE_MSG.format(
+                        step=candidate, directory=self.directory,
+                        reason=f"{type(error).__name__}: {str(error).splitlines()[0][:200]}",
+                        fallback=fallback,
+                    ),
+                    stacklevel=2,
+                )  # fmt: skip
+        raise CheckpointError(NO_CHECKPOINT_MSG.format(directory=self.directory, detail=""))
+
+    def wait(self) -> None:
+        """Blocks until a background save has finished."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases Orbax's resources."""
+        self._manager.close()

@@ -1,0 +1,100 @@
+"""The checkpointing hook: periodic saves, best-by-metric, resume at start, a final save."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+
+from paxtrain.checkpoint import CheckpointManager
+from paxtrain.train.hooks import Hook, crossed
+
+if TYPE_CHECKING:
+    from paxtrain.train.trainer import Trainer
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class Checkpointing(Hook):
+    """Saves the `TrainState` every N steps and/or seconds, and at the end; resumes from the
+    newest complete checkpoint of the run directory at the start.
+
+    Args:
+      every_steps: save when the step count crosses a multiple of this.
+      every_seconds: save when this much time passed since the last save.
+      keep_last: number of newest checkpoints kept.
+      keep_best: number of best checkpoints (by `monitor`) kept besides.
+      monitor: eval metric ranking checkpoints, e.g. "eval/loss".
+      mode: "min" or "max".
+      async_save: write in the background while training goes on.
+      resume: restore the newest checkpoint found at the start of `fit`.
+      directory: defaults to `RUN_DIR/checkpoints`.
+      meta: JSON-serializable facts saved with each checkpoint (config hash, versions).
+
+    Example:
+        >>> trainer = pax.Trainer(1000, checkpointing=Checkpointing(every_steps=100))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        every_steps: int | None = None,
+        every_seconds: float | None = None,
+        keep_last: int = 3,
+        keep_best: int = 0,
+        monitor: str | None = None,
+        mode: str = "min",
+        async_save: bool = True,
+        resume: bool = True,
+        directory: str | pathlib.Path | None = None,
+        meta: dict[str, Any] | None = None,
+    ):
+        self.every_steps, self.every_seconds = every_steps, every_seconds
+        self.manager_options = {
+            "keep_last": keep_last,
+            "keep_best": keep_best,
+            "monitor": monitor,
+            "mode": mode,
+            "async_save": async_save,
+        }
+        self.resume, self.directory, self.meta = resume, directory, meta or {}
+        self.manager: CheckpointManager | None = None
+        self.resumed_from: int | None = None
+        self._last_eval: dict[str, float] = {}
+
+    def resume_into(self, trainer: Trainer) -> None:
+        """Opens the checkpoint directory and, with `resume`, restores the newest checkpoint
+        into `trainer.state`. The trainer calls this before any hook's `on_train_start`."""
+        directory = self.directory or trainer.run_dir / CHECKPOINT_DIR
+        self.manager = CheckpointManager(directory, **self.manager_options)
+        if self.resume and self.manager.latest_step() is not None:
+            trainer.state, _ = self.manager.restore(trainer.state)
+            trainer.step = self.resumed_from = int(trainer.state.step)
+            print(f"paxtrain: resumed from {directory} at step {trainer.step}", flush=True)
+        self._last_save_time, self._last_saved_step = time.monotonic(), trainer.step
+
+    def on_step(self, trainer: Trainer, metrics: dict[str, jax.Array]) -> None:
+        due = crossed(trainer.step, trainer.steps_per_call, self.every_steps) or (
+            self.every_seconds is not None
+            and time.monotonic() - self._last_save_time >= self.every_seconds
+        )
+        if due:
+            self.save(trainer)
+
+    def on_eval_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self._last_eval = {f"eval/{k}": v for k, v in metrics.items()}
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        if trainer.step != self._last_saved_step:
+            self.save(trainer, wait=True)
+        self.manager.close()
+
+    def save(self, trainer: Trainer, wait: bool = False) -> None:
+        """Saves the trainer's state now (synchronously with `wait`)."""
+        # A private copy: the next step donates the state's buffers while Orbax may still be
+        # reading them in the background.
+        state = jax.tree_util.tree_map(jnp.copy, trainer.state)
+        self.manager.save(state, metrics=self._last_eval or None, meta=self.meta, wait=wait)
+        self._last_save_time, self._last_saved_step = time.monotonic(), trainer.step
