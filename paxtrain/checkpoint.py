@@ -1,7 +1,7 @@
 """Checkpoints of a `TrainState` on Orbax's `CheckpointManager`.
 
 One checkpoint is a step directory with two items: `state`, every array of the state keyed by
-its path (`model.layers[0].weight`), and `meta`, a JSON record (step, data position, config
+its path (`model.layers.0.weight`), and `meta`, a JSON record (step, data position, config
 hash, versions). Saving is asynchronous by default: training goes on while Orbax writes to a
 temporary directory, which it renames only when complete, so a process killed mid-save leaves
 the previous checkpoints intact. Restoring checks every path, shape and dtype against the state
@@ -57,11 +57,11 @@ class CheckpointError(RuntimeError):
 
 
 def flatten_state(state: Any) -> dict[str, jax.Array]:
-    """The arrays of a pytree keyed by their paths, e.g. `model.layers[0].weight`.
+    """The arrays of a pytree keyed by their paths, e.g. `model.layers.0.weight`.
 
     Example:
         >>> list(flatten_state({"a": [1, 2]}))
-        ['a[0]', 'a[1]']
+        ['a.0', 'a.1']
     """
     leaves = jax.tree_util.tree_flatten_with_path(state)[0]
     return {jax.tree_util.keystr(path, simple=True, separator="."): leaf for path, leaf in leaves}

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from paxtrain.config import ConfigError, check_target, locate
 from paxtrain.optim import make_schedule, make_transformation
-from paxtrain.train.hooks import EarlyStopping
+from paxtrain.train.hooks import EarlyStopping, Hook
 
 
 def environment_report() -> str:
@@ -152,6 +152,19 @@ def _run_info(cfg: DictConfig, config_path: str | None) -> dict[str, Any]:
     }
 
 
+class RunFiles(Hook):
+    """Writes `config.yaml` and `run.json` once training starts, i.e. after a resume has
+    succeeded: a resume that fails (say, with a mismatching override) leaves the run's files
+    as they were."""
+
+    def __init__(self, cfg: DictConfig, info: dict[str, Any]):
+        self.cfg, self.info = cfg, info
+
+    def on_train_start(self, trainer: Any) -> None:
+        (trainer.run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
+        (trainer.run_dir / RUN_INFO_FILE).write_text(json.dumps(self.info, indent=2) + "\n")
+
+
 def build_trainer(cfg: DictConfig, run_dir: pathlib.Path, meta: dict[str, Any] | None = None):
     """The data, model, optimizer and `Trainer` a validated config describes.
 
@@ -216,10 +229,8 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
     cfg = cfg.copy()
     cfg.run_dir = str(run_dir)
     info = _run_info(cfg, config_path)
-    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    (run_dir / RUN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-
     trainer, model, data, optimizer = build_trainer(cfg, run_dir, meta=info)
+    trainer.add_hook(RunFiles(cfg, info))
     print(f"paxtrain: run directory {run_dir}")
     print(model.summary() if hasattr(model, "summary") else model)
     started = time.perf_counter()

@@ -1,0 +1,168 @@
+"""CheckpointManager: round trips, policies, mismatches, corruption, failing saves."""
+
+import os
+import pathlib
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import paxtrain as pax
+import paxtrain.nn as nn
+from paxtrain.checkpoint import CheckpointError, CheckpointManager, flatten_state
+from paxtrain.train import TrainState
+
+
+def make_state(width=4, step=0):
+    pax.seed_rng_key(0)
+    state = TrainState.create(nn.Linear(3, width) >> nn.Linear(width, 1), optax.adam(1e-3))
+    return state.replace(step=jnp.asarray(step, jnp.int32))
+
+
+def perturbed(state, amount):
+    return jax.tree_util.tree_map(lambda x: x + amount if x.dtype == jnp.float32 else x, state)
+
+
+def assert_trees_equal(a, b):
+    # Paths and values: each make_state() builds its own optax closure, which is static data.
+    flat_a, flat_b = flatten_state(a), flatten_state(b)
+    assert flat_a.keys() == flat_b.keys()
+    for path in flat_a:
+        np.testing.assert_array_equal(flat_a[path], flat_b[path], err_msg=path)
+
+
+def test_round_trip_is_exact_and_meta_is_kept(tmp_path):
+    state = perturbed(make_state(step=7), 0.5)
+    manager = CheckpointManager(tmp_path, async_save=True)
+    manager.save(state, meta={"config_hash": "abc"})
+    manager.wait()
+    restored, meta = manager.restore(make_state())
+    assert_trees_equal(restored, state)
+    assert meta == {"step": 7, "data_position": 7, "config_hash": "abc"}
+    assert type(restored.model[0]) is nn.Linear
+    manager.close()
+
+
+def test_keep_last_and_keep_best(tmp_path):
+    manager = CheckpointManager(
+        tmp_path, keep_last=2, keep_best=1, monitor="eval/loss", async_save=False
+    )
+    for step, loss in [(1, 0.5), (2, 0.1), (3, 0.7), (4, 0.9), (5, 0.8)]:
+        manager.save(make_state(step=step), metrics={"eval/loss": loss})
+    assert manager.steps() == [2, 4, 5]
+    assert manager.best_step() == 2
+    restored, _ = manager.restore(make_state(), step="best")
+    assert int(restored.step) == 2
+    restored, _ = manager.restore(make_state(), step=4)
+    assert int(restored.step) == 4
+    with pytest.raises(CheckpointError, match=r"for step 3 \(have \[2, 4, 5\]\)"):
+        manager.restore(make_state(), step=3)
+    manager.close()
+
+
+def test_keep_best_in_max_mode(tmp_path):
+    manager = CheckpointManager(
+        tmp_path, keep_last=1, keep_best=1, monitor="eval/acc", mode="max", async_save=False
+    )
+    for step, acc in [(1, 0.5), (2, 0.9), (3, 0.7)]:
+        manager.save(make_state(step=step), metrics={"eval/acc": acc})
+    assert manager.steps() == [2, 3] and manager.best_step() == 2
+    manager.close()
+
+
+def test_shape_mismatch_names_the_path_and_both_shapes(tmp_path):
+    manager = CheckpointManager(tmp_path, async_save=False)
+    manager.save(make_state(width=4))
+    with pytest.raises(CheckpointError) as info:
+        manager.restore(make_state(width=5))
+    message = str(info.value)
+    assert "at `model.layers.0.weight`" in message
+    assert "checkpoint has shape (3, 4) float32 and the state has shape (3, 5) float32" in message
+    manager.close()
+
+
+def test_structure_mismatch_names_the_missing_path(tmp_path):
+    manager = CheckpointManager(tmp_path, async_save=False)
+    manager.save(make_state())
+    other = make_state().with_extras(skipped_steps=jnp.array(0))
+    with pytest.raises(
+        CheckpointError, match=r"`extras.skipped_steps` is in the state but not in the checkpoint"
+    ):
+        manager.restore(other)
+    manager.close()
+
+
+def _damage_newest(directory: pathlib.Path, step: int) -> None:
+    """Truncates every data file of a step's state item."""
+    for path in (directory / str(step) / "state").rglob("*"):
+        if path.is_file() and path.stat().st_size > 0 and "metadata" not in path.name:
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+
+
+def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path):
+    manager = CheckpointManager(tmp_path, async_save=False)
+    manager.save(perturbed(make_state(step=1), 1.0))
+    manager.save(perturbed(make_state(step=2), 2.0))
+    manager.close()
+    _damage_newest(tmp_path, 2)
+    manager = CheckpointManager(tmp_path, async_save=False)
+    with pytest.warns(UserWarning, match=r"step 2 .* is unreadable .*trying step 1"):
+        restored, _ = manager.restore(make_state())
+    assert int(restored.step) == 1
+    assert_trees_equal(restored, perturbed(make_state(step=1), 1.0))
+    manager.close()
+
+
+def test_incomplete_save_is_ignored(tmp_path):
+    manager = CheckpointManager(tmp_path, async_save=False)
+    manager.save(make_state(step=1))
+    manager.close()
+    # What a process killed in the middle of a save leaves: a temporary step directory.
+    shutil.copytree(tmp_path / "1", tmp_path / "2.orbax-checkpoint-tmp-1234")
+    manager = CheckpointManager(tmp_path, async_save=False)
+    assert manager.steps() == [1]
+    restored, _ = manager.restore(make_state())
+    assert int(restored.step) == 1
+    manager.close()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_failing_save_is_reported_and_keeps_the_last_good_checkpoint(tmp_path):
+    manager = CheckpointManager(tmp_path, async_save=False)
+    manager.save(make_state(step=1))
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(
+            CheckpointError, match=r"the last complete checkpoint \(step 1\) is intact"
+        ):
+            manager.save(make_state(step=2))
+    finally:
+        tmp_path.chmod(0o700)
+    assert manager.steps() == [1]
+
+
+def test_failing_save_is_reported(tmp_path, monkeypatch):
+    manager = CheckpointManager(tmp_path, async_save=False)
+    manager.save(make_state(step=1))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(manager._manager, "save", disk_full)
+    with pytest.raises(CheckpointError) as info:
+        manager.save(make_state(step=2))
+    assert "No space left on device" in str(info.value)
+    assert "the last complete checkpoint (step 1) is intact" in str(info.value)
+    monkeypatch.undo()
+    restored, _ = manager.restore(make_state())
+    assert int(restored.step) == 1
+    manager.close()
+
+
+def test_flatten_state_paths():
+    paths = list(flatten_state(make_state()))
+    assert "model.layers.0.weight" in paths and "step" in paths
+    assert any(p.startswith("optimizer.opt_state") for p in paths)
