@@ -66,7 +66,8 @@ class TrainerConfig:
     grad_accum_steps: int = 1
     precision: str = "float32"  # float32 | bfloat16
     ema_decay: float | None = None
-    nonfinite_guard: bool = True
+    on_nonfinite: str = "skip"  # skip | stop | rollback | none
+    rollback_lr_factor: float = 0.5
     progress: str = "auto"  # auto | bar | log | off
     plot: bool = True  # write curves.png at the end
     early_stopping: EarlyStoppingConfig = dataclasses.field(default_factory=EarlyStoppingConfig)
@@ -91,6 +92,7 @@ class FitConfig:
 _CHOICES = {
     "trainer.precision": ("float32", "bfloat16"),
     "trainer.progress": ("auto", "bar", "log", "off"),
+    "trainer.on_nonfinite": ("skip", "stop", "rollback", "none"),
     "trainer.early_stopping.mode": ("min", "max"),
     "trainer.checkpoint.mode": ("min", "max"),
     "optimizer.name": ("adamw", "adam", "sgd"),

@@ -189,7 +189,8 @@ def build_trainer(cfg: DictConfig, run_dir: pathlib.Path, meta: dict[str, Any] |
         grad_accum_steps=t.grad_accum_steps,
         precision=t.precision,
         ema_decay=t.ema_decay,
-        nonfinite_guard=t.nonfinite_guard,
+        on_nonfinite=t.on_nonfinite,
+        rollback_lr_factor=t.rollback_lr_factor,
         progress=t.progress,
         plot=t.plot,
         early_stopping=(

@@ -136,3 +136,64 @@ def test_progress_log_lines_and_plot(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "step 2/4 | loss" in out and "step 4/4" in out and "eta" in out
     assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+class PoisonedData(RegressionData):
+    """NaN targets in the batches of the given steps."""
+
+    def __init__(self, bad_steps):
+        super().__init__()
+        self.bad_steps = set(bad_steps)
+
+    def train_batch(self, step):
+        batch = self._batch(step)
+        if step in self.bad_steps:
+            batch["y"] = batch["y"] * np.nan
+        return batch
+
+
+def test_on_nonfinite_stop(tmp_path):
+    pax.seed_rng_key(0)
+    trainer = Trainer(
+        max_steps=20, run_dir=tmp_path, log_every=2, progress="off", plot=False,
+        on_nonfinite="stop", tensorboard=False,
+    )  # fmt: skip
+    state = trainer.fit(Regression(), PoisonedData({5}), optax.adam(0.1))
+    assert trainer.step == 6 and "non-finite" in trainer.stop_reason
+    assert np.isfinite(np.asarray(state.model.fc.weight)).all()
+
+
+def test_on_nonfinite_rollback_restores_skips_batches_and_lowers_the_lr(tmp_path):
+    from paxtrain.train.checkpointing import Checkpointing
+
+    pax.seed_rng_key(0)
+    seen = []
+
+    class Recording(PoisonedData):
+        def train_batch(self, step):
+            seen.append(step)
+            return super().train_batch(step)
+
+    trainer = Trainer(
+        max_steps=12, run_dir=tmp_path, log_every=2, progress="off", plot=False,
+        on_nonfinite="rollback", rollback_lr_factor=0.25, tensorboard=False,
+        checkpointing=Checkpointing(every_steps=4, async_save=False),
+    )  # fmt: skip
+    state = trainer.fit(Regression(), Recording({5}), optax.adam(0.1))
+    # Bad batch 5 is seen at step 6 (a log step): back to checkpoint 4, batches 4-5 skipped,
+    # so steps 5..12 read batches 7..14.
+    assert int(state.step) == 12 and float(state.extras["update_scale"]) == 0.25
+    assert int(state.extras["data_offset"]) == 2
+    assert 5 not in seen[seen.index(5) + 1 :] and max(seen) >= 13
+    records = read_jsonl(tmp_path)
+    assert any(r.get("rollback/to_step") == 4 for r in records)
+    assert np.isfinite(np.asarray(state.model.fc.weight)).all()
+
+
+def test_rollback_without_checkpoints_is_explained(tmp_path):
+    trainer = Trainer(
+        max_steps=8, run_dir=tmp_path, log_every=2, progress="off", plot=False,
+        on_nonfinite="rollback", tensorboard=False,
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match="needs checkpoints to roll back to"):
+        trainer.fit(Regression(), PoisonedData({1}), optax.adam(0.1))

@@ -80,7 +80,8 @@ class Checkpointing(Hook):
             self.every_seconds is not None
             and time.monotonic() - self._last_save_time >= self.every_seconds
         )
-        if due:
+        # After a rollback the step may already have its checkpoint: the state it was restored from.
+        if due and trainer.step not in self.manager.steps():
             self.save(trainer)
 
     def on_eval_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:

@@ -174,6 +174,49 @@ class EarlyStopping(Hook):
             )
 
 
+class NonFinitePolicy(Hook):
+    """Acts on steps the non-finite guard skipped: "stop" training, or "rollback" (see
+    `Trainer.rollback`). Checks every `every` steps, one host transfer each time.
+
+    Example:
+        >>> trainer.add_hook(NonFinitePolicy("stop", every=50))  # doctest: +SKIP
+    """
+
+    def __init__(self, action: str, every: int, lr_factor: float = 0.5):
+        if action not in ("stop", "rollback"):
+            raise ValueError(f"NonFinitePolicy action must be 'stop' or 'rollback', got {action!r}")
+        self.action, self.every, self.lr_factor = action, every, lr_factor
+        self._seen = 0
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self._seen = int(trainer.state.extras.get("skipped_steps", 0))
+
+    def on_step(self, trainer: Trainer, metrics: dict[str, jax.Array]) -> None:
+        if not (
+            crossed(trainer.step, trainer.steps_per_call, self.every)
+            or trainer.step >= trainer.max_steps
+        ):
+            return
+        skipped = int(np.max(jax.device_get(metrics["skipped_steps"])))
+        if skipped <= self._seen:
+            return
+        if self.action == "stop":
+            trainer.stop(
+                f"non-finite loss or gradients: {skipped - self._seen} step(s) skipped before step {trainer.step}"
+            )
+            return
+        bad_step = trainer.step
+        step = trainer.rollback(self.lr_factor)
+        self._seen = int(trainer.state.extras["skipped_steps"])
+        scale = float(trainer.state.extras["update_scale"])
+        trainer.log({"rollback/to_step": step, "rollback/update_scale": scale})
+        print(
+            f"paxtrain: non-finite steps before step {bad_step}: rolled back to step {step}, "
+            f"skipping batches up to {bad_step}, learning rate x{scale:g}",
+            flush=True,
+        )
+
+
 class PlotCurves(Hook):
     """Writes `curves.png` (loss and eval curves) into the run directory at the end."""
 

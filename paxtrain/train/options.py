@@ -151,3 +151,35 @@ def ema_of_parameters(decay: float) -> StepOption:
         return {"ema": jax.tree_util.tree_map(jnp.copy, pax.select_parameters(state.model))}
 
     return StepOption("ema", init, wrap)
+
+
+def rollback_support() -> StepOption:
+    """Keeps what a rollback after non-finite steps changes: `extras["update_scale"]`, a factor
+    on every parameter update (lowering it lowers the learning rate of any optimizer whose last
+    transformation scales by the learning rate), and `extras["data_offset"]`, how many batches
+    of the stream were skipped, which the trainer adds to the step to pick batches.
+
+    Example:
+        >>> step = make_train_step(loss_fn, options=[rollback_support()])  # doctest: +SKIP
+    """
+
+    def wrap(step: StepFn) -> StepFn:
+        def scaled(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+            new, metrics = step(state, batch)
+            scale = state.extras["update_scale"]
+            params = jax.tree_util.tree_map(
+                lambda old, updated: old + scale * (updated - old),
+                pax.select_parameters(state.model),
+                pax.select_parameters(new.model),
+            )
+            return new.replace(model=pax.update_parameters(new.model, params)), metrics
+
+        return scaled
+
+    def init(state: TrainState) -> dict[str, Any]:
+        return {
+            "update_scale": jnp.array(1.0, jnp.float32),
+            "data_offset": jnp.array(0, jnp.int32),
+        }
+
+    return StepOption("rollback", init, wrap)

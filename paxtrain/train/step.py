@@ -35,6 +35,7 @@ from paxtrain.train.options import (
     StepOption,
     dynamic_loss_scale,
     ema_of_parameters,
+    rollback_support,
     skip_nonfinite,
 )
 from paxtrain.train.state import TrainState
@@ -123,7 +124,10 @@ class TrainStep:
 
 
 def _builtin_options(
-    nonfinite_guard: bool, ema_decay: float | None, loss_scale: str | StepOption | None
+    nonfinite_guard: bool,
+    ema_decay: float | None,
+    loss_scale: str | StepOption | None,
+    rollback: bool,
 ) -> list[StepOption]:
     """The options the flags ask for, innermost first."""
     if loss_scale == "dynamic":
@@ -132,7 +136,7 @@ def _builtin_options(
         isinstance(loss_scale, StepOption) and loss_scale.name == "dynamic_loss_scale"
     ):
         raise ValueError(LOSS_SCALE_MSG.format(got=loss_scale))
-    chosen = []
+    chosen = [rollback_support()] if rollback else []
     if ema_decay is not None:
         chosen.append(ema_of_parameters(ema_decay))
     # The loss scale must see non-finite steps skipped, so it implies the guard.
@@ -151,6 +155,7 @@ def make_train_step(
     nonfinite_guard: bool = True,
     ema_decay: float | None = None,
     loss_scale: str | StepOption | None = None,
+    rollback: bool = False,
     options: Sequence[StepOption] = (),
     donate: bool = True,
 ) -> TrainStep:
@@ -166,6 +171,7 @@ def make_train_step(
       nonfinite_guard: skip (and count) steps whose loss or gradients are not finite.
       ema_decay: keep an EMA of the parameters (`state.ema_model`).
       loss_scale: "dynamic" (or a `dynamic_loss_scale(...)` option) for float16 compute.
+      rollback: keep the extras a rollback after non-finite steps adjusts (`rollback_support`).
       options: more `StepOption`s, applied outside the built-in ones, in order.
       donate: donate the input state's buffers (do not use that state after the call).
 
@@ -181,7 +187,7 @@ def make_train_step(
         >>> train_step = make_train_step(loss_fn, grad_accum_steps=2)  # doctest: +SKIP
         >>> state, metrics = train_step(state, batch)                   # doctest: +SKIP
     """
-    chosen = [*_builtin_options(nonfinite_guard, ema_decay, loss_scale), *options]
+    chosen = [*_builtin_options(nonfinite_guard, ema_decay, loss_scale, rollback), *options]
     names = [option.name for option in chosen]
     for name in names:
         if names.count(name) > 1:

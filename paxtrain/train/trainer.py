@@ -18,6 +18,7 @@ from paxtrain.train.hooks import (
     Evaluation,
     EveryN,
     Hook,
+    NonFinitePolicy,
     PlotCurves,
     Throughput,
     TrainMetrics,
@@ -30,6 +31,10 @@ NO_LOSS_MSG = """\
 {cls} has no `loss(batch)` method, and no `loss_fn` was given to `fit`.
 Define `def loss(self, batch) -> (loss, metrics_dict)` on the model, or pass
 `loss_fn(model, batch) -> (loss, (model, metrics_dict))`."""
+
+NO_ROLLBACK_CHECKPOINTS_MSG = """\
+on_nonfinite="rollback" needs checkpoints to roll back to: pass `checkpointing=Checkpointing(...)`
+(or keep `trainer.checkpoint.enabled=true`), or use on_nonfinite="skip" or "stop"."""
 
 STEPS_PER_CALL_MSG = "max_steps ({max_steps}) must be a multiple of steps_per_call ({spc})."
 
@@ -76,7 +81,11 @@ class Trainer:
       grad_accum_steps: micro-batches per step.
       precision: "float32", or "bfloat16" for bf16 compute with f32 parameters.
       ema_decay: keep an EMA of the parameters when set.
-      nonfinite_guard: skip (and count) steps whose loss or gradients are not finite.
+      on_nonfinite: what a step with a NaN/Inf loss or gradient does: "skip" it (counted in
+        `train/skipped_steps`), "stop" training, or "rollback" to the newest checkpoint,
+        skipping the batches since then and scaling the learning rate by `rollback_lr_factor`.
+        Detected at log steps, so within `log_every` steps. "none" turns the guard off.
+      rollback_lr_factor: learning-rate factor applied at each rollback.
       progress: "auto", "bar", "log" or "off".
       plot: write `curves.png` at the end.
       early_stopping: an `EarlyStopping` hook, or None.
@@ -102,7 +111,8 @@ class Trainer:
         grad_accum_steps: int = 1,
         precision: str = "float32",
         ema_decay: float | None = None,
-        nonfinite_guard: bool = True,
+        on_nonfinite: str = "skip",
+        rollback_lr_factor: float = 0.5,
         progress: str = "auto",
         plot: bool = True,
         early_stopping: EarlyStopping | None = None,
@@ -119,7 +129,8 @@ class Trainer:
         self.step_options = {
             "steps_per_call": steps_per_call,
             "grad_accum_steps": grad_accum_steps,
-            "nonfinite_guard": nonfinite_guard,
+            "nonfinite_guard": on_nonfinite != "none",
+            "rollback": on_nonfinite == "rollback",
             "ema_decay": ema_decay,
         }
         self.precision, self.seed, self.tensorboard = precision, seed, tensorboard
@@ -129,6 +140,11 @@ class Trainer:
             Throughput(log_every),
             Evaluation(eval_every),
             *([early_stopping] if early_stopping else []),
+            *(
+                [NonFinitePolicy(on_nonfinite, log_every, rollback_lr_factor)]
+                if on_nonfinite in ("stop", "rollback")
+                else []
+            ),
             Progress(progress),
             *([PlotCurves()] if plot else []),
             *hooks,
@@ -144,6 +160,7 @@ class Trainer:
         self.last_eval_step: int | None = None
         self.eval_history: list[tuple[int, dict[str, float]]] = []
         self._scalars: dict[str, float] = {}
+        self._restart = False
 
     # ----------------------------------------------------------------------- for hooks
     def add_hook(
@@ -266,14 +283,38 @@ class Trainer:
 
     def _loop(self) -> None:
         group = self.steps_per_call if self.steps_per_call > 1 else None
-        with Prefetcher(self.data, self.step, group=group, put=jax.device_put) as batches:
-            while self.step < self.max_steps and not self.should_stop:
-                started = time.perf_counter()
-                batch = next(batches)
-                self.last_data_wait = time.perf_counter() - started
-                self.state, metrics = self._train_step(self.state, batch)
-                self.step += self.steps_per_call
-                self._run_hooks("on_step", metrics)
+        while self.step < self.max_steps and not self.should_stop:
+            self._restart = False
+            # Batches are indexed by step plus the batches a rollback skipped.
+            first = self.step + int(self.state.extras.get("data_offset", 0))
+            with Prefetcher(self.data, first, group=group, put=jax.device_put) as batches:
+                while self.step < self.max_steps and not (self.should_stop or self._restart):
+                    started = time.perf_counter()
+                    batch = next(batches)
+                    self.last_data_wait = time.perf_counter() - started
+                    self.state, metrics = self._train_step(self.state, batch)
+                    self.step += self.steps_per_call
+                    self._run_hooks("on_step", metrics)
+
+    def rollback(self, lr_factor: float) -> int:
+        """Restores the newest checkpoint, skips the batches since then, scales the updates
+        (the learning rate) by `lr_factor`; returns the step trained from again.
+
+        Needs checkpointing and a step built with `rollback=True` (`on_nonfinite="rollback"`).
+        """
+        if self.checkpointing is None or self.checkpointing.manager is None:
+            raise RuntimeError(NO_ROLLBACK_CHECKPOINTS_MSG)
+        self.checkpointing.manager.wait()
+        bad_step = self.step
+        restored, _ = self.checkpointing.manager.restore(self.state)
+        extras = restored.extras
+        self.state = restored.with_extras(
+            data_offset=extras["data_offset"] + (bad_step - int(restored.step)),
+            update_scale=extras["update_scale"] * lr_factor,
+        )
+        self.step = int(restored.step)
+        self._restart = True
+        return self.step
 
     def _run_hooks(self, event: str, *args: Any) -> None:
         for hook in self.hooks:
