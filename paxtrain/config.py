@@ -87,6 +87,9 @@ class FitConfig:
     model: Any = None
     data: Any = None
     callbacks: list[Any] = dataclasses.field(default_factory=list)
+    init_from: str | None = None  # fine-tuning: a run dir or checkpoint to load parameters from
+    init_from_include: list[str] = dataclasses.field(default_factory=list)  # regexes on paths
+    freeze: list[str] = dataclasses.field(default_factory=list)  # regexes on submodule paths
 
 
 _CHOICES = {

@@ -172,12 +172,17 @@ def build_trainer(cfg: DictConfig, run_dir: pathlib.Path, meta: dict[str, Any] |
         >>> trainer, model, data, optimizer = build_trainer(cfg, pathlib.Path("runs/x"))  # doctest: +SKIP
     """
     import paxtrain as pax
+    from paxtrain.finetune import freeze_by_path, load_parameters
     from paxtrain.train.checkpointing import Checkpointing
     from paxtrain.train.trainer import Trainer
 
     data = instantiate(cfg.data, "data")
     pax.seed_rng_key(cfg.seed)
     model = instantiate(cfg.model, "model", **data.info)
+    if cfg.init_from:
+        model = load_parameters(model, cfg.init_from, include=list(cfg.init_from_include))
+    if cfg.freeze:
+        model = freeze_by_path(model, list(cfg.freeze))
     callbacks = [instantiate(c, f"callbacks[{i}]") for i, c in enumerate(cfg.callbacks)]
     t, es, ck = cfg.trainer, cfg.trainer.early_stopping, cfg.trainer.checkpoint
     trainer = Trainer(

@@ -180,3 +180,19 @@ def test_eval_command_reports_checkpoint_metrics(workdir):
     final_eval = [r["eval/loss"] for r in logged if "eval/loss" in r][-1]
     reported = float(result.stdout.split("eval/loss=")[1].split()[0])
     assert reported == pytest.approx(final_eval, rel=1e-5)
+
+
+def test_fine_tune_from_a_run_with_a_frozen_embedding(workdir):
+    source = workdir / "A"
+    if not (source / "checkpoints").exists():
+        assert fit(workdir, source, "trainer.max_steps=8").returncode == 0
+    run = workdir / "finetune"
+    result = fit(
+        workdir, run, "trainer.max_steps=4", f"init_from={source}", "freeze=['^embed$']",
+        "trainer.checkpoint.every_steps=4",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "embed: Embed(vocab_size=98, embed_dim=8) [frozen]" in result.stdout
+    before, after = checkpoint_arrays(source, 8), checkpoint_arrays(run, 4)
+    np.testing.assert_array_equal(after["model.embed.weight"], before["model.embed.weight"])
+    assert not np.array_equal(after["model.head.weight"], before["model.head.weight"])

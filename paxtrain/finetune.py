@@ -1,0 +1,151 @@
+"""Fine-tuning: load parameters from another run's checkpoint, freeze parts by path.
+
+    >>> model = load_parameters(model, "runs/pretrain", include=[r"encoder\\."])  # doctest: +SKIP
+    >>> model = freeze_by_path(model, [r"^encoder"])                            # doctest: +SKIP
+
+Paths are those of `paxtrain.checkpoint.flatten_state` on the model (`encoder.layers.0.weight`);
+patterns are regular expressions searched in them.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import jax
+import numpy as np
+
+import paxtrain as pax
+from paxtrain.checkpoint import CheckpointError, flatten_state
+from paxtrain.core.module import MODULE, child_fields, rebuild
+
+M = TypeVar("M", bound=pax.Module)
+
+NO_SOURCE_MSG = """\
+init_from={source!r} is not a run directory, a checkpoints directory or a step checkpoint.
+Point it at `runs/NAME`, `runs/NAME/checkpoints` or `runs/NAME/checkpoints/STEP`."""
+
+NOTHING_LOADED_MSG = """\
+init_from={source!r} loaded no parameter: none of the model's parameter paths{filtered} is in \
+the checkpoint. Model paths look like {example}; the checkpoint's look like {saved}."""
+
+SHAPE_MSG = """\
+init_from={source!r}: `{path}` has shape {saved} in the checkpoint and {current} in the model. \
+Leave it out with `init_from.include` patterns that do not match it."""
+
+NO_MATCH_MSG = "freeze pattern {pattern!r} matches no submodule path; paths are {paths}."
+
+
+def _step_dir(source: pathlib.Path) -> pathlib.Path:
+    """The step directory `source` designates: itself, or the newest step inside."""
+    if (source / "state").is_dir():
+        return source
+    for root in (source / "checkpoints", source):
+        steps = sorted((int(p.name), p) for p in root.glob("*") if p.name.isdigit())
+        if steps:
+            return steps[-1][1]
+    raise CheckpointError(NO_SOURCE_MSG.format(source=str(source)))
+
+
+def load_parameters(model: M, source: str | pathlib.Path, include: Sequence[str] = ()) -> M:
+    """`model` with its trainable parameters taken from a checkpoint's model.
+
+    Args:
+      model: the model to initialize; its structure decides what is looked up.
+      source: a run directory, its `checkpoints` directory, or one step checkpoint.
+      include: regular expressions; only parameter paths matching one are loaded (all if
+        empty). Parameters not loaded keep their fresh initialization.
+
+    Example:
+        >>> model = load_parameters(model, "runs/pretrain")  # doctest: +SKIP
+    """
+    import orbax.checkpoint as ocp
+
+    step_dir = _step_dir(pathlib.Path(source))
+    saved = ocp.StandardCheckpointer().restore(step_dir.absolute() / "state")
+    params = flatten_state(pax.select_parameters(model))
+    wanted = [p for p in params if not include or any(re.search(rx, p) for rx in include)]
+    loaded = {}
+    for path in wanted:
+        key = f"model.{path}"
+        if key not in saved:
+            continue
+        if np.shape(saved[key]) != np.shape(params[path]):
+            raise CheckpointError(
+                SHAPE_MSG.format(
+                    source=str(source), path=path,
+                    saved=np.shape(saved[key]), current=np.shape(params[path]),
+                )
+            )  # fmt: skip
+        loaded[path] = np.asarray(saved[key]).astype(params[path].dtype)
+    if not loaded:
+        raise CheckpointError(
+            NOTHING_LOADED_MSG.format(
+                source=str(source),
+                filtered=" matching `include`" if include else "",
+                example=next(iter(params), "?"),
+                saved=next((k for k in saved if k.startswith("model.")), "?"),
+            )
+        )
+    leaves, treedef = jax.tree_util.tree_flatten(pax.select_parameters(model))
+    new_leaves = [jax.numpy.asarray(loaded.get(path, leaf)) for path, leaf in zip(params, leaves)]
+    return pax.update_parameters(model, jax.tree_util.tree_unflatten(treedef, new_leaves))
+
+
+def _submodule_paths(module: pax.Module, prefix: str = "") -> list[str]:
+    paths = []
+    for name, kind, child in child_fields(module):
+        if kind != MODULE:
+            continue
+        for key_path, sub in jax.tree_util.tree_flatten_with_path(child, is_leaf=_is_module)[0]:
+            if isinstance(sub, pax.Module):
+                path = prefix + name + "".join(f".{_key(k)}" for k in key_path)
+                paths.append(path)
+                paths.extend(_submodule_paths(sub, path + "."))
+    return paths
+
+
+def _is_module(x: Any) -> bool:
+    return isinstance(x, pax.Module)
+
+
+def _key(k: Any) -> str:
+    return str(getattr(k, "idx", getattr(k, "key", getattr(k, "name", k))))
+
+
+def freeze_by_path(model: M, patterns: Sequence[str]) -> M:
+    """`model` with the submodules whose path matches a pattern frozen (their children too).
+
+    Example:
+        >>> model = freeze_by_path(model, [r"^embed$", r"^layers\\.[01]$"])  # doctest: +SKIP
+    """
+    all_paths = _submodule_paths(model)
+    for pattern in patterns:
+        if not any(re.search(pattern, p) for p in all_paths):
+            raise ValueError(NO_MATCH_MSG.format(pattern=pattern, paths=all_paths))
+
+    def visit(module: pax.Module, path: str) -> pax.Module:
+        if path and any(re.search(rx, path) for rx in patterns):
+            return pax.freeze_parameters(module)
+        fields = {}
+        for name, kind, child in child_fields(module):
+            if kind == MODULE:
+                fields[name] = jax.tree_util.tree_map_with_path(
+                    lambda key_path, sub, name=name: (
+                        visit(
+                            sub,
+                            (f"{path}." if path else "")
+                            + name
+                            + "".join(f".{_key(k)}" for k in key_path),
+                        )
+                        if isinstance(sub, pax.Module)
+                        else sub
+                    ),
+                    child,
+                    is_leaf=_is_module,
+                )
+        return rebuild(module, fields)
+
+    return visit(model, "")
