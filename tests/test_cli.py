@@ -1,48 +1,29 @@
 """`paxtrain fit` end to end, in subprocesses, with tiny settings."""
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 import yaml
+from cli_support import CHAR_RNN, ROOT, TINY_CHAR_RNN, run_paxtrain
 
-ROOT = pathlib.Path(__file__).parents[1]
 TINY = [
-    "trainer.max_steps=6",
+    *TINY_CHAR_RNN,
     "trainer.log_every=2",
     "trainer.eval_every=3",
-    "trainer.progress=log",
-    "data.seq_len=16",
-    "data.batch_size=4",
-    "data.eval_batches=2",
-    "data.max_chars=20000",
-    "model.embed_dim=8",
-    "model.hidden_dim=16",
-    "optimizer.warmup_steps=2",
     "callbacks.0.num_chars=20",
 ]
 
 
-def paxtrain(*args: str, cwd: pathlib.Path = ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
-    return subprocess.run(
-        [sys.executable, "-m", "paxtrain", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def paxtrain(*args: str, cwd: pathlib.Path = ROOT):
+    return run_paxtrain(*args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
 def char_rnn_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "char"
     result = paxtrain(
-        "fit", "configs/char_rnn.yaml", *TINY, f"run_dir={run_dir}", "optimizer.lr=0.02"
+        "fit", CHAR_RNN, *TINY, "trainer.max_steps=6", f"run_dir={run_dir}", "optimizer.lr=0.02"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir, result
@@ -96,7 +77,7 @@ def test_cfg_job_prints_the_resolved_config():
 
 def test_multirun_makes_one_directory_per_value(tmp_path):
     result = paxtrain(
-        "fit", str(ROOT / "configs/char_rnn.yaml"), "-m", *TINY[1:], "trainer.max_steps=3",
+        "fit", CHAR_RNN, "-m", *TINY, "trainer.max_steps=3",
         "trainer.plot=false", "optimizer.lr=0.01,0.02", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

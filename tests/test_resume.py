@@ -1,31 +1,20 @@
 """Exact resume, preemption and faults, end to end through `paxtrain` in subprocesses."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from cli_support import CHAR_RNN, TINY_CHAR_RNN, run_paxtrain
 
-ROOT = pathlib.Path(__file__).parents[1]
 PREEMPTED = 75
 TINY = [
+    *TINY_CHAR_RNN,
     "trainer.log_every=2",
     "trainer.eval_every=4",
-    "trainer.progress=log",
     "trainer.plot=false",
     "trainer.checkpoint.every_steps=4",
-    "data.seq_len=16",
-    "data.batch_size=4",
-    "data.eval_batches=2",
-    "data.max_chars=20000",
-    "model.embed_dim=8",
-    "model.hidden_dim=16",
-    "optimizer.warmup_steps=2",
     "callbacks=[]",
 ]
 
@@ -76,17 +65,11 @@ def workdir(tmp_path_factory):
 
 
 def paxtrain(workdir, *args):
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{workdir}", "JAX_PLATFORMS": "cpu"}
-    return subprocess.run(
-        [sys.executable, "-m", "paxtrain", *args], cwd=workdir, env=env,
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    return run_paxtrain(*args, cwd=workdir, pythonpath=(workdir,))
 
 
 def fit(workdir, run_dir, *overrides):
-    return paxtrain(
-        workdir, "fit", str(ROOT / "configs/char_rnn.yaml"), *TINY, f"run_dir={run_dir}", *overrides
-    )
+    return paxtrain(workdir, "fit", CHAR_RNN, *TINY, f"run_dir={run_dir}", *overrides)
 
 
 def checkpoint_arrays(run_dir, step):

@@ -1,0 +1,36 @@
+"""Running `paxtrain` in a subprocess with a tiny char_rnn, for the end-to-end tests."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).parents[1]
+CHAR_RNN = str(ROOT / "configs" / "char_rnn.yaml")
+
+# A char_rnn that trains in seconds.
+TINY_CHAR_RNN = [
+    "trainer.progress=log",
+    "data.seq_len=16",
+    "data.batch_size=4",
+    "data.eval_batches=2",
+    "data.max_chars=20000",
+    "model.embed_dim=8",
+    "model.hidden_dim=16",
+    "optimizer.warmup_steps=2",
+]
+
+
+def run_paxtrain(
+    *args: str, cwd: pathlib.Path = ROOT, pythonpath: tuple = ()
+) -> subprocess.CompletedProcess:
+    """`python -m paxtrain ARGS` on the CPU, with the project (and `pythonpath`) importable."""
+    path = os.pathsep.join([str(ROOT), *map(str, pythonpath)])
+    return subprocess.run(
+        [sys.executable, "-m", "paxtrain", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": path, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
