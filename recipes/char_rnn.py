@@ -1,5 +1,7 @@
 """Character-level LSTM language model whose time loop is a `scan` threading the LSTM module.
 
+`model=gru` (a config group) swaps the cell for a GRU.
+
     paxtrain fit configs/char_rnn.yaml
 
 Trains on the Python standard library's source by default (or `data.path=any.txt`), reports
@@ -19,39 +21,45 @@ import paxtrain as pax
 import paxtrain.nn as nn
 from paxtrain.train.hooks import Hook
 
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.VanillaRNN}
 
-class CharLSTM(pax.Module):
-    """Embedding, one LSTM layer run with `pax.scan`, and a linear read-out.
+
+class CharRNN(pax.Module):
+    """Embedding, one recurrent layer (LSTM by default) run with `pax.scan`, a linear read-out.
 
     Example:
-        >>> model = CharLSTM(vocab_size=98, embed_dim=8, hidden_dim=16)
+        >>> model = CharRNN(vocab_size=98, embed_dim=8, hidden_dim=16)
         >>> model(jnp.zeros((2, 5), jnp.int32)).shape
         (2, 5, 98)
     """
 
-    def __init__(self, vocab_size: int, embed_dim: int = 64, hidden_dim: int = 256):
+    def __init__(
+        self, vocab_size: int, embed_dim: int = 64, hidden_dim: int = 256, cell: str = "lstm"
+    ):
         super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
         self.vocab_size = vocab_size
         self.embed = nn.Embed(vocab_size, embed_dim)
-        self.lstm = nn.LSTM(embed_dim, hidden_dim)
+        self.cell = CELLS[cell](embed_dim, hidden_dim)
         self.head = nn.Linear(hidden_dim, vocab_size)
 
-    def run_lstm(self, state: nn.LSTMState, xs: jax.Array) -> tuple[nn.LSTMState, jax.Array]:
-        """Runs the LSTM over xs [batch, time, embed]; returns the last state and the outputs."""
+    def run_cell(self, state: Any, xs: jax.Array) -> tuple[Any, jax.Array]:
+        """Runs the cell over xs [batch, time, embed]; returns the last state and the outputs."""
 
         def step(carry, x):
             # The seed tutorial's pattern: the module is part of the carry and is called
             # through module_and_value, so a cell with states (e.g. dropout keys) works as well.
-            lstm, state = carry
-            lstm, (state, hidden) = pax.module_and_value(lstm)(state, x)
-            return (lstm, state), hidden
+            cell, state = carry
+            cell, (state, hidden) = pax.module_and_value(cell)(state, x)
+            return (cell, state), hidden
 
-        (_, state), hiddens = pax.scan(step, (self.lstm, state), xs, time_major=False)
+        (_, state), hiddens = pax.scan(step, (self.cell, state), xs, time_major=False)
         return state, hiddens
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        state = self.lstm.initial_state(ids.shape[0])
-        _, hiddens = self.run_lstm(state, self.embed(ids))
+        state = self.cell.initial_state(ids.shape[0])
+        _, hiddens = self.run_cell(state, self.embed(ids))
         return self.head(hiddens)
 
     def loss(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -66,13 +74,13 @@ class CharLSTM(pax.Module):
         Example:
             >>> ids = model.generate(jnp.array([1, 2]), 10, jax.random.PRNGKey(0))  # doctest: +SKIP
         """
-        state, hiddens = self.run_lstm(self.lstm.initial_state(1), self.embed(prompt[None]))
+        state, hiddens = self.run_cell(self.cell.initial_state(1), self.embed(prompt[None]))
         logits = self.head(hiddens[:, -1])
 
         def sample(carry, key):
             state, logits = carry
             char = jax.random.categorical(key, logits / temperature)
-            state, hidden = self.lstm(state, self.embed(char))
+            state, hidden = self.cell(state, self.embed(char))
             return (state, self.head(hidden)), char[0]
 
         _, chars = jax.lax.scan(sample, (state, logits), jax.random.split(key, num_chars))

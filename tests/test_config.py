@@ -13,7 +13,7 @@ CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 def test_char_rnn_config_composes_with_overrides():
     cfg = compose(CONFIGS / "char_rnn.yaml", ["trainer.max_steps=700", "optimizer.lr=0.01"])
     assert cfg.trainer.max_steps == 700 and cfg.optimizer.lr == 0.01
-    assert cfg.model._target_ == "recipes.char_rnn.CharLSTM"
+    assert cfg.model._target_ == "recipes.char_rnn.CharRNN"
     assert cfg.trainer.log_every == 50  # from the file
     assert cfg.trainer.grad_accum_steps == 1  # from the schema default
 
@@ -29,7 +29,7 @@ def test_unknown_key_in_a_file_is_reported(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(
         "data: {_target_: paxtrain.data.CharCorpus}\n"
-        "model: {_target_: recipes.char_rnn.CharLSTM}\n"
+        "model: {_target_: recipes.char_rnn.CharRNN}\n"
         "optimizer: {learning_rate: 0.1}\n"
     )
     with pytest.raises(ConfigError, match=r"`optimizer.learning_rate`"):
@@ -49,7 +49,7 @@ def test_bad_choice_lists_the_valid_ones():
 def test_target_arguments_are_checked_against_the_signature():
     with pytest.raises(ConfigError) as info:
         compose(CONFIGS / "char_rnn.yaml", ["+model.hiden_dim=3"])
-    assert "`model.hiden_dim` is not a parameter of recipes.char_rnn.CharLSTM" in str(info.value)
+    assert "`model.hiden_dim` is not a parameter of recipes.char_rnn.CharRNN" in str(info.value)
     assert "`hidden_dim`" in str(info.value)
     with pytest.raises(ConfigError, match="cannot import 'recipes.nope.Model'"):
         compose(CONFIGS / "char_rnn.yaml", ["model._target_=recipes.nope.Model"])
@@ -57,6 +57,12 @@ def test_target_arguments_are_checked_against_the_signature():
 
 def test_missing_sections_and_files():
     with pytest.raises(ConfigError, match="`data` needs a `_target_`"):
-        validate(OmegaConf.create({"model": {"_target_": "recipes.char_rnn.CharLSTM"}}))
+        validate(OmegaConf.create({"model": {"_target_": "recipes.char_rnn.CharRNN"}}))
     with pytest.raises(ConfigError, match="Config file not found"):
         compose("configs/nope.yaml", [])
+
+
+def test_config_group_swaps_the_model():
+    cfg = compose(CONFIGS / "char_rnn.yaml", ["model=gru", "model.hidden_dim=32"])
+    assert cfg.model.cell == "gru" and cfg.model.hidden_dim == 32
+    assert compose(CONFIGS / "char_rnn.yaml", []).model.cell == "lstm"
