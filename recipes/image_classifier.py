@@ -45,9 +45,10 @@ class ImageClassifier(pax.Module):
 
     Example:
         >>> model = ImageClassifier(num_classes=10, image_shape=(8, 8, 1), channels=(4, 8))
-        >>> model(jnp.zeros((2, 8, 8, 1))).shape
-        (2, 10)
-        >>> batch = {"images": jnp.zeros((2, 8, 8, 1)), "labels": jnp.array([0, 1])}
+        >>> images = jnp.zeros((8, 8, 8, 1))  # 8 images of 8x8 pixels
+        >>> model.eval()(images).shape  # in eval mode nothing changes
+        (8, 10)
+        >>> batch = {"images": images, "labels": jnp.arange(8)}
         >>> model, (loss, metrics) = pax.purecall(model.loss, batch)
         >>> sorted(metrics)
         ['accuracy']
@@ -62,6 +63,7 @@ class ImageClassifier(pax.Module):
         kernel_size: int = 3,
     ):
         super().__init__()
+        self.num_classes, self.image_shape = num_classes, tuple(image_shape)
         height, width, in_channels = image_shape
         blocks = []
         for out_channels in channels:

@@ -264,3 +264,12 @@ def test_max_pool_of_integers_and_bad_window():
     np.testing.assert_array_equal(nn.max_pool(x, 2, padding="SAME")[0, :, 0], [1, 3, 5, 7])
     with pytest.raises(ValueError, match="window_shape must be an int or 1 ints"):
         nn.max_pool(x, (2, 2))
+
+
+@pytest.mark.parametrize("pool", [nn.max_pool, nn.avg_pool])
+def test_pools_differentiate_under_jit(pool):
+    x = jnp.arange(32.0).reshape(1, 4, 4, 2)
+    grad = jax.jit(jax.grad(lambda x: pool(x, 2).sum()))(x)
+    assert grad.shape == x.shape
+    # Each of the 8 outputs spreads a total gradient of 1 over its window.
+    np.testing.assert_allclose(grad.sum(), 8.0, rtol=1e-6)

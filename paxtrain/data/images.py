@@ -48,6 +48,10 @@ BAD_MAGIC_MSG = """\
 bytes, a type code in {codes} and the number of dimensions.
 Is it an HTML page saved by a failed download? Fetch the file again."""
 
+SHORT_HEADER_MSG = """\
+{path} is truncated: its header announces {ndim} dimensions but the file ends after {size} \
+bytes. Fetch the file again."""
+
 TRUNCATED_MSG = """\
 {path} is truncated or corrupt: its header promises shape {shape} ({expected} bytes of data) but \
 {found} bytes follow it. Fetch the file again."""
@@ -104,6 +108,8 @@ def read_idx(path: str | pathlib.Path) -> np.ndarray:
         )
     dtype, ndim = IDX_DTYPES[raw[2]], raw[3]
     header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(SHORT_HEADER_MSG.format(path=path, ndim=ndim, size=len(raw)))
     shape = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">u4"))
     expected = math.prod(shape) * dtype.itemsize
     if len(raw) - header != expected:

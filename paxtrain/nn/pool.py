@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 WINDOW_MSG = """\
 Pooling a rank-{ndim} input with channel_axis={channel_axis} pools over its {n} spatial axes \
@@ -75,9 +76,9 @@ def max_pool(
         [[5.0, 7.0], [13.0, 15.0]]
     """
     if jnp.issubdtype(x.dtype, jnp.floating):
-        init = jnp.array(-jnp.inf, x.dtype)
+        init = np.array(-np.inf, x.dtype)
     else:
-        init = jnp.array(jnp.iinfo(x.dtype).min, x.dtype)
+        init = np.array(np.iinfo(x.dtype).min, x.dtype)
     return _pool(x, init, jax.lax.max, window_shape, strides, padding, channel_axis)
 
 
@@ -101,7 +102,7 @@ def avg_pool(
         >>> nn.avg_pool(x, 2)[0, :, :, 0].tolist()
         [[2.5, 4.5], [10.5, 12.5]]
     """
-    zero = jnp.array(0, x.dtype)
+    zero = np.array(0, x.dtype)
     sums = _pool(x, zero, jax.lax.add, window_shape, strides, padding, channel_axis)
     if padding == "VALID":
         count = 1

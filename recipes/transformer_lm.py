@@ -1,0 +1,178 @@
+"""A GPT-style character language model: a decoder-only transformer with pre-LayerNorm blocks.
+
+    paxtrain fit configs/transformer_lm.yaml
+
+Trains on the Python standard library's source by default (or `data.path=any.txt`), reports
+bits per character on held-out text, and prints a sample at the end (`PrintSample` of the
+char_rnn recipe works for any model with the same `generate`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import paxtrain as pax
+import paxtrain.nn as nn
+
+# GPT-2's initialization: embeddings and weights N(0, 0.02), and the projections that write into
+# the residual stream scaled down by sqrt(2 * num_layers) so that its variance stays constant
+# with depth (two residual additions per block).
+INIT_STDDEV = 0.02
+
+HEADS_MSG = """\
+model_dim ({model_dim}) must be divisible by num_heads ({num_heads}): each head attends over \
+model_dim / num_heads dimensions. Change `model.model_dim` or `model.num_heads`."""
+
+TOO_LONG_MSG = """\
+The input has {length} positions but the model has position embeddings for seq_len={seq_len}. \
+Feed at most seq_len tokens, or build the model with a larger `seq_len`."""
+
+
+class TransformerBlock(nn.Chainable, pax.Module):
+    """`x + attention(norm(x))`, then `x + mlp(norm(x))`: causal self-attention and a GELU MLP.
+
+    Args:
+      model_dim: width of the residual stream.
+      num_heads: attention heads, each of size `model_dim // num_heads`.
+      mlp_ratio: hidden width of the MLP as a multiple of `model_dim`.
+      dropout: dropout rate on the output of the attention and of the MLP.
+      num_layers: depth of the whole model; scales the initial residual projections.
+
+    Example:
+        >>> block = TransformerBlock(model_dim=16, num_heads=2)
+        >>> block(jnp.ones((8, 16, 16))).shape
+        (8, 16, 16)
+    """
+
+    def __init__(
+        self,
+        model_dim: int,
+        num_heads: int,
+        mlp_ratio: int = 4,
+        dropout: float = 0.0,
+        num_layers: int = 1,
+    ):
+        super().__init__()
+        if model_dim % num_heads:
+            raise ValueError(HEADS_MSG.format(model_dim=model_dim, num_heads=num_heads))
+        self.model_dim, self.num_heads = model_dim, num_heads
+        init = nn.initializers.truncated_normal(INIT_STDDEV)
+        residual_init = nn.initializers.truncated_normal(INIT_STDDEV / math.sqrt(2 * num_layers))
+        hidden = mlp_ratio * model_dim
+        self.attention_norm = nn.LayerNorm(model_dim)
+        attention = nn.MultiHeadAttention(
+            num_heads, model_dim // num_heads, model_dim, causal=True, w_init=init
+        )
+        # Its output projection writes into the residual stream: it gets the scaled init.
+        self.attention = attention.replace(
+            output_proj=nn.Linear(model_dim, model_dim, w_init=residual_init)
+        )
+        self.attention_dropout = nn.Dropout(dropout)
+        self.mlp_norm = nn.LayerNorm(model_dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(model_dim, hidden, w_init=init),
+            jax.nn.gelu,
+            nn.Linear(hidden, model_dim, w_init=residual_init),
+            nn.Dropout(dropout),
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x + self.attention_dropout(self.attention(self.attention_norm(x)))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class TransformerLM(pax.Module):
+    """Token and learned position embeddings, `num_layers` pre-LayerNorm `TransformerBlock`s,
+    a final LayerNorm and a linear head to next-token logits.
+
+    Args:
+      vocab_size: number of token ids (given by the data's `info`).
+      seq_len: longest input, the number of position embeddings (given by the data's `info`).
+      num_layers: number of blocks.
+      num_heads: attention heads per block.
+      model_dim: width of the residual stream.
+      mlp_ratio: MLP width as a multiple of `model_dim`.
+      dropout: dropout rate on the embeddings and inside each block.
+
+    GPT-2 small is `num_layers=12, num_heads=12, model_dim=768, seq_len=1024`.
+
+    Example:
+        >>> model = TransformerLM(vocab_size=98, seq_len=16, num_heads=2, model_dim=16)
+        >>> model(jnp.zeros((8, 16), jnp.int32)).shape
+        (8, 16, 98)
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        seq_len: int,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        model_dim: int = 128,
+        mlp_ratio: int = 4,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.vocab_size, self.seq_len = vocab_size, seq_len
+        self.num_layers, self.model_dim = num_layers, model_dim
+        init = nn.initializers.truncated_normal(INIT_STDDEV)
+        self.token_embed = nn.Embed(vocab_size, model_dim, w_init=init)
+        self.position_embed = nn.Embed(seq_len, model_dim, w_init=init)
+        self.embed_dropout = nn.Dropout(dropout)
+        self.blocks = nn.Sequential(
+            *(
+                TransformerBlock(model_dim, num_heads, mlp_ratio, dropout, num_layers)
+                for _ in range(num_layers)
+            )
+        )
+        self.final_norm = nn.LayerNorm(model_dim)
+        self.head = nn.Linear(model_dim, vocab_size, w_init=init)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        """Logits [batch, time, vocab_size] of ids [batch, time], time <= seq_len; the logits
+        at position t depend only on ids up to t."""
+        length = ids.shape[-1]
+        if length > self.seq_len:
+            raise ValueError(TOO_LONG_MSG.format(length=length, seq_len=self.seq_len))
+        x = self.token_embed(ids) + self.position_embed(jnp.arange(length))
+        x = self.blocks(self.embed_dropout(x))
+        return self.head(self.final_norm(x))
+
+    def loss(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Mean cross-entropy of the next character; also reported in bits per character."""
+        logits = self(batch["inputs"])
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
+        return loss, {"bits_per_char": loss / math.log(2)}
+
+    def generate(
+        self, prompt: jax.Array, num_chars: int, key: jax.Array, temperature: float = 0.8
+    ) -> jax.Array:
+        """Samples `num_chars` ids after the 1-d `prompt` ids (at least one).
+
+        Each new id is drawn from the logits of a `seq_len` window ending at the last id. The
+        window is a static slice of a buffer whose unfilled tail holds zeros; causality makes
+        those later positions invisible to the logits that are read.
+
+        Example:
+            >>> model = TransformerLM(vocab_size=98, seq_len=16, num_heads=2, model_dim=16)
+            >>> model.generate(jnp.array([1, 2]), 6, jax.random.PRNGKey(0)).shape
+            (6,)
+        """
+        start, total = prompt.shape[0], prompt.shape[0] + num_chars
+        buffer = jnp.zeros(max(total, self.seq_len), jnp.int32).at[:start].set(prompt)
+
+        def sample(buffer, inputs):
+            position, key = inputs  # the position to fill
+            first = jnp.maximum(position - self.seq_len, 0)
+            window = jax.lax.dynamic_slice(buffer, (first,), (self.seq_len,))
+            logits = self(window[None])[0, position - 1 - first]
+            token = jax.random.categorical(key, logits / temperature)
+            return buffer.at[position].set(token), None
+
+        positions = jnp.arange(start, total)
+        buffer, _ = jax.lax.scan(sample, buffer, (positions, jax.random.split(key, num_chars)))
+        return buffer[start:total]
