@@ -92,7 +92,7 @@ class MpPolicy:
         for name, value in restored.__dict__.items():
             if name not in ("_pax_info", "_pax_token", "_pax_flat"):
                 module.__dict__[name] = value
-        module.__dict__["_pax_flat"] = None
+        module.__dict__.pop("_pax_flat", None)
         return _cast_floating(out, self.output_dtype)
 
 

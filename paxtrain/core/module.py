@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import inspect
 import itertools
+import operator
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -144,8 +145,20 @@ def _compute_flat(module: Module) -> tuple[tuple, _Structure]:
     return flat
 
 
-def _flatten(module: Module) -> tuple[tuple, _Structure]:
-    return module.__dict__["_pax_flat"] or _compute_flat(module)
+class _FlatCache:
+    """`module._pax_flat`: the instance's cached flattened form, computed on first access.
+
+    A non-data descriptor, so a cached value in the instance `__dict__` wins, and dropping it
+    (`__dict__.pop("_pax_flat")`) makes the next access recompute it.
+    """
+
+    def __get__(self, module: Module | None, owner: type) -> Any:
+        return self if module is None else _compute_flat(module)
+
+
+# Called by JAX for every module node of every jitted call: an attribute read in C, with no
+# Python frame, when the cache is warm.
+_flatten = operator.attrgetter("_pax_flat")
 
 
 def _flatten_with_keys(module: Module):
@@ -200,7 +213,6 @@ class _ModuleMeta(type):
         module = cls.__new__(cls)
         d = module.__dict__
         d["_pax_info"] = ModuleInfo()
-        d["_pax_flat"] = None
         with mutable_context("init") as token:
             d["_pax_token"] = token
             try:
@@ -265,7 +277,7 @@ class Module(metaclass=_ModuleMeta):
             else:
                 _check_undeclared_value(self, name, value)
         d[name] = value
-        d["_pax_flat"] = None
+        d.pop("_pax_flat", None)
 
     def __delattr__(self, name: str) -> None:
         self._pax_check_mutable(name)
@@ -276,7 +288,7 @@ class Module(metaclass=_ModuleMeta):
                 state_names=info.state_names - {name},
             )
         del self.__dict__[name]
-        self.__dict__["_pax_flat"] = None
+        self.__dict__.pop("_pax_flat", None)
 
     def _pax_check_mutable(self, attr: str) -> None:
         token = self.__dict__["_pax_token"]
@@ -287,7 +299,7 @@ class Module(metaclass=_ModuleMeta):
     def _pax_set_info(self, **changes: Any) -> None:
         d = self.__dict__
         d["_pax_info"] = dataclasses.replace(d["_pax_info"], **changes)
-        d["_pax_flat"] = None
+        d.pop("_pax_flat", None)
 
     def _pax_declare(self, name: str, kind: str) -> None:
         if kind not in _KINDS:
@@ -586,9 +598,9 @@ class Module(metaclass=_ModuleMeta):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.__dict__["_pax_token"] = None
-        self.__dict__["_pax_flat"] = None
 
 
+Module._pax_flat = _FlatCache()
 _register_pytree(Module)
 
 _MANAGED_ATTRS = {
@@ -645,7 +657,7 @@ def rebuild(module: T, fields: dict[str, Any]) -> T:
     d.update(fields)
     d["_pax_token"] = None
     if fields:
-        d["_pax_flat"] = None
+        d.pop("_pax_flat", None)
     return new
 
 
