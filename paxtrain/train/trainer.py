@@ -171,12 +171,13 @@ class Trainer:
         Example:
             >>> trainer.add_hook(lambda tr, metrics: print(tr.step), every=100)  # doctest: +SKIP
         """
-        if isinstance(hook, Hook):
-            self.hooks.append(hook)
-        elif every is None:
-            raise ValueError("add_hook(fn, every=N): a function hook needs `every`.")
-        else:
-            self.hooks.append(EveryN(hook, every))
+        if not isinstance(hook, Hook):
+            if every is None:
+                raise ValueError("add_hook(fn, every=N): a function hook needs `every`.")
+            hook = EveryN(hook, every)
+        # Before the checkpointing hook, which stays last.
+        position = len(self.hooks) - (self.checkpointing is not None)
+        self.hooks.insert(position, hook)
 
     def log(self, scalars: dict[str, float]) -> None:
         """Records scalars for the current step; written once all hooks of the step ran."""
