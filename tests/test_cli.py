@@ -50,6 +50,7 @@ def test_metrics_jsonl_and_tensorboard_agree(char_rnn_run):
     evals = {r["step"]: r["eval/bits_per_char"] for r in records if "eval/bits_per_char" in r}
     assert sorted(train) == [2, 4, 6] and sorted(evals) == [3, 6]
     assert all(0 < v < 10 for v in train.values())
+    assert train[6] < train[2]  # it learns
     assert any("perf/tokens_per_s" in r for r in records)
     assert any("train/learning_rate" in r for r in records)
 
