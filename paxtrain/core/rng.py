@@ -20,7 +20,9 @@ _DEFAULT_SEED = 42
 
 class _GlobalKey(threading.local):
     def __init__(self) -> None:
-        self.key = jax.random.PRNGKey(_DEFAULT_SEED)
+        # Made on first use, not at import: creating an array starts JAX's backends, which a
+        # multi-process run must leave to `jax.distributed.initialize` (paxtrain.parallel).
+        self.key: jax.Array | None = None
 
 
 _global = _GlobalKey()
@@ -44,6 +46,8 @@ def next_rng_key() -> jax.Array:
     Example:
         >>> weight = jax.random.normal(pax.next_rng_key(), (3, 4))
     """
+    if _global.key is None:
+        _global.key = jax.random.PRNGKey(_DEFAULT_SEED)
     key, subkey = jax.random.split(_global.key)
     if isinstance(key, jax.core.Tracer):
         raise RuntimeError(errors.RNG_INSIDE_TRANSFORM_MSG)

@@ -9,6 +9,10 @@ each optional layer is a `StepOption` (see `paxtrain.train.options`). A skipped 
 therefore also leaves the EMA alone, while the loss scale still reacts to it; options of your own
 (`options=[...]`) go outside the built-in ones.
 
+On several devices, `in_shardings` / `out_shardings` lay the state and the batch out on a mesh
+(`jax.jit` partitions the step), or `pmap_axis_name` runs it under `jax.pmap` with gradients
+averaged over devices; `paxtrain.parallel.setup` computes either set of arguments.
+
 Mixed precision is a property of the model, not of the step: build it with
 `pax.apply_mp_policy(model, "params=float32,compute=bfloat16,output=float32")` before the
 `TrainState`, and the step differentiates and updates the float32 parameters.
@@ -17,6 +21,7 @@ Mixed precision is a property of the model, not of the step: build it with
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import optax
@@ -27,6 +32,7 @@ from paxtrain.train.gradients import (
     GradFn,
     Metrics,
     accumulate_gradients,
+    average_over_devices,
     loss_and_grads,
     takes_key,
 )
@@ -42,6 +48,10 @@ from paxtrain.train.state import TrainState
 
 LOSS_SCALE_MSG = """\
 loss_scale must be None, "dynamic" or a `dynamic_loss_scale(...)` option; got {got!r}."""
+
+PMAP_AND_SHARDINGS_MSG = """\
+make_train_step got both `pmap_axis_name` and `in_shardings`/`out_shardings`: choose one strategy.
+`pmap_axis_name` runs the step under `jax.pmap`; shardings run it under `jax.jit` on a mesh."""
 
 DUPLICATE_OPTION_MSG = """\
 Two step options are named {name!r}; each keeps its extras under its name, so they would collide.
@@ -100,9 +110,9 @@ class TrainStep:
         >>> state, metrics = make_train_step(loss_fn)(state, batch)  # doctest: +SKIP
     """
 
-    def __init__(self, step: StepFn, options: Sequence[StepOption], donate: bool):
+    def __init__(self, compiled: StepFn, options: Sequence[StepOption]):
         self.options = tuple(options)
-        self._jitted = jax.jit(step, donate_argnums=(0,) if donate else ())
+        self._jitted = compiled
         self._required: frozenset[str] | None = None
 
     def init(self, state: TrainState) -> TrainState:
@@ -158,6 +168,9 @@ def make_train_step(
     rollback: bool = False,
     options: Sequence[StepOption] = (),
     donate: bool = True,
+    in_shardings: Any = None,
+    out_shardings: Any = None,
+    pmap_axis_name: str | None = None,
 ) -> TrainStep:
     """Builds the jitted training step `train_step(state, batch) -> (state, metrics)`.
 
@@ -174,6 +187,14 @@ def make_train_step(
       rollback: keep the extras a rollback after non-finite steps adjusts (`rollback_support`).
       options: more `StepOption`s, applied outside the built-in ones, in order.
       donate: donate the input state's buffers (do not use that state after the call).
+      in_shardings: `jax.jit`'s, for `(state, batch)`: the step is partitioned over their mesh.
+      out_shardings: `jax.jit`'s, for `(state, metrics)`; give the state the same shardings as
+        in `in_shardings`, so each step's output is the next one's input without a copy or a
+        recompilation.
+      pmap_axis_name: run the step under `jax.pmap` with this axis name: the state then has a
+        leading device axis, the batch one slice per device, and the loss, the floating-point
+        metrics and the gradients are averaged over devices (`average_over_devices`). Metrics
+        come back once, without the device axis (integer ones from the first device).
 
     Returns:
       A `TrainStep`. Metrics hold `loss`, `grad_norm`, `learning_rate` (when the optimizer
@@ -192,15 +213,28 @@ def make_train_step(
     for name in names:
         if names.count(name) > 1:
             raise ValueError(DUPLICATE_OPTION_MSG.format(name=name))
+    if pmap_axis_name is not None and (in_shardings is not None or out_shardings is not None):
+        raise ValueError(PMAP_AND_SHARDINGS_MSG)
     grad_fn = loss_and_grads(loss_fn)
     if grad_accum_steps > 1:
         grad_fn = accumulate_gradients(grad_fn, grad_accum_steps)
+    if pmap_axis_name is not None:
+        grad_fn = average_over_devices(grad_fn, pmap_axis_name)
     step = update_step(grad_fn, with_key=takes_key(loss_fn))
     for option in chosen:
         step = option.wrap(step)
     if steps_per_call > 1:
         step = scan_steps(step, steps_per_call)
-    return TrainStep(step, chosen, donate)
+    donate_argnums = (0,) if donate else ()
+    if pmap_axis_name is not None:
+        # One copy of the metrics: the float ones are averaged, so equal on every device.
+        compiled = jax.pmap(step, pmap_axis_name, donate_argnums=donate_argnums, out_axes=(0, None))
+    else:
+        shardings = {"in_shardings": in_shardings, "out_shardings": out_shardings}
+        # Only those given: jax.jit's defaults are sentinels that None does not stand for.
+        shardings = {k: v for k, v in shardings.items() if v is not None}
+        compiled = jax.jit(step, donate_argnums=donate_argnums, **shardings)
+    return TrainStep(compiled, chosen)
 
 
 def make_eval_step(

@@ -1,0 +1,89 @@
+"""Training on several devices and several processes.
+
+    >>> from paxtrain import parallel
+    >>> mesh = parallel.make_mesh(data=-1, fsdp=1, tensor=1)
+    >>> mesh.shape["data"] == jax.device_count()
+    True
+
+One plan covers the state, the batches and the compiled step (see `setup`):
+
+    state = train_step.init(TrainState.create(model, optimizer))
+    plan = parallel.setup(state, "jit", parallel.make_mesh(data=2, fsdp=2, tensor=2))
+    train_step = make_train_step(loss_fn, **plan.step_kwargs)
+    state = plan.place(state)
+    state, metrics = train_step(state, plan.put_batch(batch))
+
+| file | idea |
+|---|---|
+| `mesh.py` | `make_mesh`: the ("data", "fsdp", "tensor") device mesh |
+| `sharding.py` | the state's layout: replicated, FSDP, tensor-parallel rules |
+| `batch.py` | batches split over the data axes; each process's rows |
+| `pmap.py` | the `jax.pmap` strategy: replicated state, per-device batch slices |
+| `plan.py` | `setup`: one `ParallelPlan` for the state, the batches and the step |
+| `distributed.py` | `initialize_distributed`, `is_main_process` |
+"""
+
+from paxtrain.parallel.batch import (
+    batch_sharding,
+    check_batch_divisible,
+    process_batch_slice,
+    shard_batch,
+)
+from paxtrain.parallel.distributed import (
+    DistributedSettings,
+    detect_distributed,
+    initialize_distributed,
+    is_main_process,
+)
+from paxtrain.parallel.mesh import (
+    AXES,
+    BATCH_AXES,
+    DATA,
+    FSDP,
+    TENSOR,
+    data_parallel_size,
+    make_mesh,
+)
+from paxtrain.parallel.plan import STRATEGIES, ParallelPlan, setup
+from paxtrain.parallel.pmap import PMAP_AXIS, replicate, shard_over_devices, unreplicate
+from paxtrain.parallel.sharding import (
+    DEFAULT_FSDP_MIN_SIZE,
+    DEFAULT_TENSOR_RULES,
+    Rule,
+    column_parallel,
+    partition_spec,
+    row_parallel,
+    state_shardings,
+)
+
+__all__ = [
+    "AXES",
+    "BATCH_AXES",
+    "DATA",
+    "DEFAULT_FSDP_MIN_SIZE",
+    "DEFAULT_TENSOR_RULES",
+    "FSDP",
+    "PMAP_AXIS",
+    "STRATEGIES",
+    "TENSOR",
+    "DistributedSettings",
+    "ParallelPlan",
+    "Rule",
+    "batch_sharding",
+    "check_batch_divisible",
+    "column_parallel",
+    "data_parallel_size",
+    "detect_distributed",
+    "initialize_distributed",
+    "is_main_process",
+    "make_mesh",
+    "partition_spec",
+    "process_batch_slice",
+    "replicate",
+    "row_parallel",
+    "setup",
+    "shard_batch",
+    "shard_over_devices",
+    "state_shardings",
+    "unreplicate",
+]

@@ -1,0 +1,82 @@
+"""`make_mesh`: the device mesh with a data, an fsdp and a tensor axis."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+from jax.sharding import AxisType, Mesh
+
+DATA, FSDP, TENSOR = "data", "fsdp", "tensor"
+AXES = (DATA, FSDP, TENSOR)
+# The batch is split over both: FSDP is data parallelism whose parameters are also split.
+BATCH_AXES = (DATA, FSDP)
+
+MESH_SIZE_MSG = """\
+The mesh data={data} x fsdp={fsdp} x tensor={tensor} needs {needed} devices, but {available} are \
+available ({platform}). Make the product equal {available}, or set one axis to -1 to take the \
+remaining devices, e.g. `make_mesh(data=-1, fsdp={fsdp}, tensor={tensor})`."""
+
+MESH_AXIS_MSG = """\
+Mesh axis sizes must be positive integers, with at most one -1 (all remaining devices); \
+got data={data}, fsdp={fsdp}, tensor={tensor}."""
+
+
+def make_mesh(
+    data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
+    """A mesh of axes ("data", "fsdp", "tensor") over all devices (of every process).
+
+    The batch is split over `data` and `fsdp`; large parameters over `fsdp`; the parameters that
+    tensor-parallel rules name over `tensor` (see `state_shardings`). The axes are `Auto`: the
+    compiler inserts the collectives.
+
+    Args:
+      data: data-parallel size; -1 takes the devices the other axes leave.
+      fsdp: fully-sharded data-parallel size (-1 allowed likewise).
+      tensor: tensor-parallel size (-1 allowed likewise).
+      devices: the devices to use; default `jax.devices()`.
+
+    Returns:
+      A `jax.sharding.Mesh`.
+
+    Example:
+        >>> mesh = make_mesh(data=-1)
+        >>> mesh.axis_names
+        ('data', 'fsdp', 'tensor')
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = {DATA: data, FSDP: fsdp, TENSOR: tensor}
+    unknown = [name for name, size in sizes.items() if size == -1]
+    if len(unknown) > 1 or any(
+        not isinstance(size, int) or (size != -1 and size < 1) for size in sizes.values()
+    ):
+        raise ValueError(MESH_AXIS_MSG.format(**sizes))
+    known = math.prod(size for size in sizes.values() if size != -1)
+    fits = len(devices) % known == 0 if unknown else known == len(devices)
+    if not fits:
+        raise ValueError(
+            MESH_SIZE_MSG.format(
+                data=data,
+                fsdp=fsdp,
+                tensor=tensor,
+                needed=f"a multiple of {known}" if unknown else known,
+                available=len(devices),
+                platform=devices[0].platform,
+            )
+        )
+    if unknown:
+        sizes[unknown[0]] = len(devices) // known
+    shape = tuple(sizes[axis] for axis in AXES)
+    return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    """How many ways the batch is split: the product of the mesh's data and fsdp axes.
+
+    Example:
+        >>> data_parallel_size(make_mesh(data=-1)) == jax.device_count()
+        True
+    """
+    return math.prod(mesh.shape.get(axis, 1) for axis in BATCH_AXES)

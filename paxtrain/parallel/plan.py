@@ -1,0 +1,135 @@
+"""`setup`: one call that decides where the state and the batches live and how the step compiles."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from paxtrain.parallel.batch import batch_sharding, shard_batch
+from paxtrain.parallel.mesh import DATA, FSDP, TENSOR, make_mesh
+from paxtrain.parallel.pmap import PMAP_AXIS, replicate, shard_over_devices, unreplicate
+from paxtrain.parallel.sharding import (
+    DEFAULT_FSDP_MIN_SIZE,
+    DEFAULT_TENSOR_RULES,
+    Rule,
+    state_shardings,
+)
+
+STRATEGIES = ("jit", "pmap")
+
+UNKNOWN_STRATEGY_MSG = """\
+Unknown parallel strategy {strategy!r}; choose "jit" (jax.jit on a mesh: data parallel, FSDP and \
+tensor parallel) or "pmap" (jax.pmap: data parallel over the local devices)."""
+
+PMAP_MESH_MSG = """\
+The "pmap" strategy is data parallel only, but the mesh asks for {layout}. Use strategy="jit" for \
+FSDP and tensor parallelism, or a mesh with fsdp=1 and tensor=1."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelPlan:
+    """Where the state and the batches live, and the arguments that compile the step for it.
+
+    Made by `setup`. `step_kwargs` go to `make_train_step`, `put_batch` places each batch (a
+    `Prefetcher`'s `put`), `place` lays out a state (a fresh or a restored one), and
+    `unreplicate` gives a state without the "pmap" strategy's device axis for evaluation and
+    checkpoints (the "jit" strategy's sharded state needs no such step: it is returned as is).
+
+    Example:
+        >>> plan = setup(train_step.init(state), "jit", make_mesh(data=-1))  # doctest: +SKIP
+        >>> train_step = make_train_step(loss_fn, **plan.step_kwargs)         # doctest: +SKIP
+        >>> state, metrics = train_step(plan.place(state), plan.put_batch(batch))  # doctest: +SKIP
+    """
+
+    strategy: str
+    mesh: Mesh
+    state_shardings: Any
+    batch_axis: int = 0
+
+    @property
+    def step_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `make_train_step` for this plan.
+
+        Example:
+            >>> train_step = make_train_step(loss_fn, **plan.step_kwargs)  # doctest: +SKIP
+        """
+        if self.strategy == "pmap":
+            return {"pmap_axis_name": PMAP_AXIS}
+        # Metrics replicated: every process can read them (only the main one logs them).
+        metrics = NamedSharding(self.mesh, PartitionSpec())
+        return {
+            "in_shardings": (self.state_shardings, batch_sharding(self.mesh, self.batch_axis)),
+            "out_shardings": (self.state_shardings, metrics),
+        }
+
+    def place(self, state: Any) -> Any:
+        """`state` laid out for the step: sharded on the mesh, or replicated for "pmap".
+
+        Example:
+            >>> state = plan.place(state)  # doctest: +SKIP
+        """
+        if self.strategy == "pmap":
+            return replicate(state)
+        return jax.device_put(state, self.state_shardings)
+
+    def put_batch(self, batch: Any) -> Any:
+        """Places one global batch (the same on every process) for the step.
+
+        Example:
+            >>> batch = plan.put_batch(data.train_batch(step))  # doctest: +SKIP
+        """
+        if self.strategy == "pmap":
+            return shard_over_devices(batch, self.batch_axis)
+        return shard_batch(batch, self.mesh, self.batch_axis)
+
+    def unreplicate(self, state: Any) -> Any:
+        """`state` without the "pmap" device axis; the "jit" strategy's state unchanged.
+
+        Example:
+            >>> eval_metrics = eval_step(plan.unreplicate(state), batch)  # doctest: +SKIP
+        """
+        return unreplicate(state) if self.strategy == "pmap" else state
+
+
+def setup(
+    state: Any,
+    strategy: str = "jit",
+    mesh: Mesh | None = None,
+    *,
+    batch_axis: int = 0,
+    tensor_rules: Sequence[Rule] = DEFAULT_TENSOR_RULES,
+    fsdp_min_size: int = DEFAULT_FSDP_MIN_SIZE,
+) -> ParallelPlan:
+    """Plans the parallel layout of a training run for `state`.
+
+    Args:
+      state: the `TrainState` with the extras of its step options
+        (`train_step.init(state)`), whose structure the compiled step will see.
+      strategy: "jit" (any mesh: data parallel, FSDP, tensor parallel, see `state_shardings`)
+        or "pmap" (data parallel with a replicated state).
+      mesh: from `make_mesh`; default all devices on the data axis.
+      batch_axis: 0, or 1 when batches are stacked for `steps_per_call`.
+      tensor_rules: the tensor-parallel rules (see `partition_spec`).
+      fsdp_min_size: leaves smaller than this stay replicated over "fsdp".
+
+    Returns:
+      A `ParallelPlan`.
+
+    Example:
+        >>> plan = setup(state, "jit", make_mesh(data=2, fsdp=2, tensor=2))  # doctest: +SKIP
+        >>> state = plan.place(state)                                         # doctest: +SKIP
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(UNKNOWN_STRATEGY_MSG.format(strategy=strategy))
+    mesh = make_mesh() if mesh is None else mesh
+    if strategy == "pmap":
+        if mesh.shape[FSDP] > 1 or mesh.shape[TENSOR] > 1:
+            layout = ", ".join(f"{axis}={mesh.shape[axis]}" for axis in (DATA, FSDP, TENSOR))
+            raise ValueError(PMAP_MESH_MSG.format(layout=layout))
+        return ParallelPlan(strategy, mesh, None, batch_axis)
+    shardings = state_shardings(state, mesh, tensor_rules, fsdp_min_size)
+    return ParallelPlan(strategy, mesh, shardings, batch_axis)

@@ -1,0 +1,84 @@
+"""The `jax.pmap` strategy: a copy of the state on every local device, batches split over them.
+
+The state carries a leading device axis (`replicate`), each device runs the step on its slice of
+the batch (`shard_over_devices`), and `average_over_devices` (in `paxtrain.train.gradients`)
+averages the gradients with `lax.pmean`, so every copy takes the same update.
+
+In this JAX version `jax.pmap` is implemented with `jax.jit` and `jax.shard_map`, and its arrays
+are ordinary `jax.Array`s sharded along the device axis; the `jit` strategy with
+`make_mesh(data=-1)` does the same work and is the one to prefer. `pmap` stays for code that
+relies on the per-device view.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from paxtrain.parallel.batch import check_batch_divisible
+
+# The name `lax.pmean` reduces over; it is also the axis name of the device mesh below.
+PMAP_AXIS = "devices"
+
+
+def _device_sharding() -> NamedSharding:
+    # The sharding `jax.pmap` itself gives its outputs, so inputs placed with it are not moved.
+    mesh = Mesh(np.array(jax.local_devices()), (PMAP_AXIS,))
+    return NamedSharding(mesh, PartitionSpec(PMAP_AXIS))
+
+
+def replicate(tree: Any) -> Any:
+    """`tree` with a leading axis of `jax.local_device_count()` copies, one on each device.
+
+    Example:
+        >>> replicate({"w": np.ones(3)})["w"].shape == (jax.local_device_count(), 3)
+        True
+    """
+    count = jax.local_device_count()
+    sharding = _device_sharding()
+    return jax.tree_util.tree_map(
+        lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (count, *np.shape(x))), sharding),
+        tree,
+    )
+
+
+def unreplicate(tree: Any) -> Any:
+    """The first device's copy of a replicated tree: no device axis.
+
+    Example:
+        >>> unreplicate(replicate({"w": np.ones(3)}))["w"].shape
+        (3,)
+    """
+    return jax.tree_util.tree_map(lambda x: x[0], tree)
+
+
+def shard_over_devices(batch: Any, batch_axis: int = 0) -> Any:
+    """Splits a batch into `jax.local_device_count()` slices along a new leading device axis.
+
+    On several processes each passes the same global batch and keeps its own block of rows.
+
+    Args:
+      batch: a pytree of arrays.
+      batch_axis: 0, or 1 when batches are stacked for `steps_per_call`.
+
+    Example:
+        >>> x = shard_over_devices({"x": np.zeros((64, 3))})["x"]
+        >>> x.shape == (jax.local_device_count(), 64 // jax.local_device_count(), 3)
+        True
+    """
+    local, processes = jax.local_device_count(), jax.process_count()
+    check_batch_divisible(
+        batch, local * processes, batch_axis, f"pmap over {local * processes} devices"
+    )
+
+    def split(x):
+        x = np.asarray(x)
+        rows = x.shape[batch_axis] // processes
+        x = np.take(x, np.arange(rows) + jax.process_index() * rows, axis=batch_axis)
+        shape = (*x.shape[:batch_axis], local, rows // local, *x.shape[batch_axis + 1 :])
+        return np.moveaxis(x.reshape(shape), batch_axis, 0)
+
+    return jax.device_put(jax.tree_util.tree_map(split, batch), _device_sharding())

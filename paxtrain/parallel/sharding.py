@@ -1,0 +1,202 @@
+"""How the `TrainState` is laid out on a mesh: replicated, fully sharded, tensor parallel.
+
+The layout follows the mesh's axis sizes, one rule per leaf of the state:
+
+1. tensor parallelism: the first `(regex, PartitionSpec)` rule whose regex is found in the leaf's
+   path (`jax.tree_util.keystr`, e.g. `.model.blocks.layers[0].attention.query_proj.weight`)
+   gives its spec over the "tensor" axis;
+2. FSDP: when the mesh's "fsdp" axis is larger than 1, a leaf of at least `fsdp_min_size`
+   elements is also split over "fsdp" along its largest axis that divides evenly and that no
+   rule took;
+3. everything else is replicated.
+
+So a mesh with `fsdp=1, tensor=1` is plain data parallelism. A leaf's spec depends only on the end
+of its path and on its shape, and the optimizer's moments and the EMA repeat the parameters'
+paths below their own prefix (`.optimizer.opt_state[0].mu.blocks...query_proj.weight`) with the
+same shapes: they are sharded exactly like the parameters they mirror.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from paxtrain.parallel.mesh import FSDP, TENSOR
+
+Rule = tuple[str, PartitionSpec]
+
+# 64 KiB of float32: smaller leaves cost more in gather latency than they save in memory.
+DEFAULT_FSDP_MIN_SIZE = 2**14
+
+RULE_RANK_MSG = """\
+The tensor-parallel rule {pattern!r} gives {spec} ({rank} axes) to {path} of shape {shape} \
+({ndim} axes). Make the rule's regex match only leaves of that rank, e.g. end it with `\\.weight$`."""
+
+RULE_DIVISIBLE_MSG = """\
+The tensor-parallel rule {pattern!r} splits axis {axis} of {path} (shape {shape}) over mesh axis \
+{names!r} of size {size}, which does not divide {dim}. Use a tensor size that divides {dim}, \
+change the layer's size, or pass `tensor_rules=` without this rule."""
+
+RULE_AXIS_MSG = """\
+The tensor-parallel rule {pattern!r} names mesh axes {unknown} that the mesh lacks; its axes are \
+{axes}. Use "tensor" (or "fsdp", "data") in the rule's PartitionSpec."""
+
+
+def column_parallel(module: str) -> tuple[Rule, Rule]:
+    """Rules for a `Linear` (weight [in, out]) whose outputs are split over "tensor".
+
+    Each device computes a slice of the output features, from the whole input: no communication
+    until a `row_parallel` layer consumes them.
+
+    Args:
+      module: a regex for the layer's path, e.g. `r"mlp\\.layers\\[0\\]"`.
+
+    Example:
+        >>> weight_rule, bias_rule = column_parallel("query_proj")
+        >>> weight_rule[1], bias_rule[1]
+        (P(None, 'tensor'), P('tensor',))
+    """
+    weight = (rf"{module}\.weight$", PartitionSpec(None, TENSOR))
+    bias = (rf"{module}\.bias$", PartitionSpec(TENSOR))
+    return weight, bias
+
+
+def row_parallel(module: str) -> tuple[Rule, Rule]:
+    """Rules for a `Linear` whose inputs are split over "tensor" (the weight's rows).
+
+    Each device multiplies its slice of the features; the partial outputs are summed (one
+    all-reduce), and the bias, added once after the sum, is replicated.
+
+    Args:
+      module: a regex for the layer's path, e.g. `r"output_proj"`.
+
+    Example:
+        >>> weight_rule, bias_rule = row_parallel("output_proj")
+        >>> weight_rule[1], bias_rule[1]
+        (P('tensor', None), P())
+    """
+    weight = (rf"{module}\.weight$", PartitionSpec(TENSOR, None))
+    bias = (rf"{module}\.bias$", PartitionSpec())
+    return weight, bias
+
+
+# Megatron-LM's layout: attention heads split over "tensor" (the query, key and value projections
+# column parallel, the output projection row parallel), and likewise the first and the later
+# layers of a transformer block's `mlp` Sequential (as in recipes/transformer_lm.py). Each
+# attention or MLP block then needs one all-reduce forward and one backward.
+DEFAULT_TENSOR_RULES: tuple[Rule, ...] = (
+    *column_parallel(r"(query_proj|key_proj|value_proj)"),
+    *row_parallel(r"output_proj"),
+    *column_parallel(r"mlp\.layers\[0\]"),
+    *row_parallel(r"mlp\.layers\[\d+\]"),
+)
+
+
+def _tensor_spec(path: str, shape: tuple[int, ...], mesh: Mesh, rules: Sequence[Rule]) -> list:
+    """The first matching rule's spec, one entry per axis of the leaf. Entries over mesh axes of
+    size 1 become None, which leaves those axes free for FSDP."""
+    for pattern, spec in rules:
+        if not re.search(pattern, path):
+            continue
+        if len(spec) > len(shape):
+            raise ValueError(
+                RULE_RANK_MSG.format(
+                    pattern=pattern, spec=spec, rank=len(spec), path=path, shape=shape,
+                    ndim=len(shape),
+                )
+            )  # fmt: skip
+        entries = []
+        for axis, (entry, dim) in enumerate(zip(spec, shape)):
+            names = (entry,) if isinstance(entry, str) else tuple(entry or ())
+            unknown = [name for name in names if name not in mesh.shape]
+            if unknown:
+                raise ValueError(
+                    RULE_AXIS_MSG.format(pattern=pattern, unknown=unknown, axes=tuple(mesh.shape))
+                )
+            size = math.prod(mesh.shape[name] for name in names)
+            if dim % size:
+                raise ValueError(
+                    RULE_DIVISIBLE_MSG.format(
+                        pattern=pattern, axis=axis, path=path, shape=shape, names=entry,
+                        size=size, dim=dim,
+                    )
+                )  # fmt: skip
+            entries.append(entry if size > 1 else None)
+        return [*entries, *[None] * (len(shape) - len(spec))]
+    return [None] * len(shape)
+
+
+def partition_spec(
+    path: str,
+    shape: tuple[int, ...],
+    mesh: Mesh,
+    tensor_rules: Sequence[Rule] = DEFAULT_TENSOR_RULES,
+    fsdp_min_size: int = DEFAULT_FSDP_MIN_SIZE,
+) -> PartitionSpec:
+    """The spec of one leaf of the state: its tensor rule, then FSDP (see the module docstring).
+
+    Args:
+      path: the leaf's `jax.tree_util.keystr` path.
+      shape: the leaf's shape.
+      mesh: a mesh from `make_mesh`.
+      tensor_rules: `(regex, PartitionSpec)` pairs; the first whose regex is found in `path`
+        applies.
+      fsdp_min_size: leaves with fewer elements stay replicated over "fsdp".
+
+    Returns:
+      A `PartitionSpec` with one entry per axis of the leaf.
+
+    Example:
+        >>> mesh = jax.sharding.AbstractMesh((1, 4, 1), ("data", "fsdp", "tensor"))
+        >>> partition_spec(".model.fc.weight", (1024, 4096), mesh)
+        P(None, 'fsdp')
+    """
+    spec = _tensor_spec(path, shape, mesh, tensor_rules)
+    fsdp = mesh.shape.get(FSDP, 1)
+    if fsdp > 1 and int(np.prod(shape)) >= fsdp_min_size:
+        free = [a for a, dim in enumerate(shape) if spec[a] is None and dim % fsdp == 0]
+        if free:
+            # The largest axis leaves the largest slices: fewer, bigger transfers to gather.
+            spec[max(free, key=lambda a: shape[a])] = FSDP
+    return PartitionSpec(*spec)
+
+
+def state_shardings(
+    state: Any,
+    mesh: Mesh,
+    tensor_rules: Sequence[Rule] = DEFAULT_TENSOR_RULES,
+    fsdp_min_size: int = DEFAULT_FSDP_MIN_SIZE,
+) -> Any:
+    """A `NamedSharding` for every leaf of `state` (a `TrainState` or any pytree of arrays).
+
+    Args:
+      state: the tree to lay out; with the extras of its step options already added
+        (`train_step.init(state)`), so that they are laid out too.
+      mesh: a mesh from `make_mesh`.
+      tensor_rules: see `partition_spec`; `()` turns tensor parallelism off.
+      fsdp_min_size: see `partition_spec`.
+
+    Returns:
+      A tree of `NamedSharding`s with the structure of `state`, for `jax.device_put` and the
+      `in_shardings` / `out_shardings` of the step.
+
+    Example:
+        >>> shardings = state_shardings({"w": np.zeros((1024, 64))}, make_mesh())
+        >>> shardings["w"].spec
+        P(None, None)
+        >>> state = jax.device_put(state, state_shardings(state, mesh))  # doctest: +SKIP
+    """
+
+    def sharding(path, leaf):
+        spec = partition_spec(
+            jax.tree_util.keystr(path), np.shape(leaf), mesh, tensor_rules, fsdp_min_size
+        )
+        return NamedSharding(mesh, spec)
+
+    return jax.tree_util.tree_map_with_path(sharding, state)

@@ -1,0 +1,337 @@
+"""paxtrain.parallel: meshes, layouts, the pmap strategy and multi-process training.
+
+The main pytest process has one CPU device, so the multi-device checks run in subprocesses:
+`parallel_scripts/eight_devices.py` on 8 virtual CPU devices, and `two_processes.py` twice, as two
+processes of 2 devices each joined over 127.0.0.1. Both print JSON that the tests below compare
+with one device trained here, in the main process, on the same toy model and batches.
+"""
+
+import doctest
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import AbstractMesh, PartitionSpec
+from parallel_scripts import toy
+
+from paxtrain import parallel
+from paxtrain.parallel import batch, distributed, mesh, plan, pmap, sharding
+from paxtrain.train import make_train_step
+from paxtrain.train.step import PMAP_AND_SHARDINGS_MSG
+
+SCRIPTS = os.path.join(os.path.dirname(__file__), "parallel_scripts")
+SCAN_ACCUM = {"steps_per_call": 2, "grad_accum_steps": 2}
+JIT_CASES = ["data_parallel", "fsdp", "tensor", "data_fsdp_tensor", "fsdp_scan_accum"]
+
+
+def cpu_env(devices: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
+    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    return {**env, **extra}
+
+
+def last_json_line(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def one_device():
+    """Losses and final model of the toy trained on this process's single device."""
+    results = {}
+    for name, options in {"default": None, "scan_accum": SCAN_ACCUM}.items():
+        losses, state, _, _ = toy.train(step_options=options)
+        results[name] = (losses, toy.leaves_by_path(toy.host(state.model)))
+    return results
+
+
+@pytest.fixture(scope="module")
+def eight_devices():
+    done = subprocess.run(
+        [sys.executable, os.path.join(SCRIPTS, "eight_devices.py")],
+        env=cpu_env(8),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return last_json_line(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def two_processes():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, os.path.join(SCRIPTS, "two_processes.py")],
+            env=cpu_env(
+                2,
+                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                JAX_NUM_PROCESSES="2",
+                JAX_PROCESS_ID=str(i),
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    for proc, (_, stderr) in zip(procs, outputs):
+        assert proc.returncode == 0, stderr[-3000:]
+    return [last_json_line(stdout) for stdout, _ in outputs]
+
+
+def assert_matches(losses, model, expected):
+    expected_losses, expected_model = expected
+    np.testing.assert_allclose(losses, expected_losses, rtol=1e-5)
+    assert model.keys() == expected_model.keys()
+    for path, value in model.items():
+        np.testing.assert_allclose(value, expected_model[path], rtol=1e-5, atol=1e-6, err_msg=path)
+
+
+# ---------------------------------------------------------------- 8 devices, every strategy
+@pytest.mark.parametrize("case", [*JIT_CASES, "pmap"])
+def test_every_strategy_trains_like_one_device(eight_devices, one_device, case):
+    assert eight_devices["device_count"] == 8
+    result = eight_devices["cases"][case]
+    expected = one_device["scan_accum" if case == "fsdp_scan_accum" else "default"]
+    assert len(result["losses"]) == toy.STEPS
+    assert_matches(result["losses"], result["model"], expected)
+
+
+def test_parameters_are_split_over_the_mesh(eight_devices):
+    fsdp, tensor = eight_devices["cases"]["fsdp"], eight_devices["cases"]["tensor"]
+    # FSDP (fsdp=4): a [16, 32] weight is split along its largest axis; tiny leaves are not.
+    assert fsdp["specs"][".model.mlp.layers[0].weight"] == [None, "fsdp"]
+    assert fsdp["shard_shapes"][".model.mlp.layers[0].weight"] == [16, 8]
+    assert fsdp["specs"][".model.head.bias"] == [None]
+    assert fsdp["specs"][".step"] == []
+    # Tensor parallel (tensor=4): column-parallel projections, row-parallel output.
+    assert tensor["shard_shapes"][".model.attention.query_proj.weight"] == [16, 4]
+    assert tensor["shard_shapes"][".model.attention.query_proj.bias"] == [4]
+    assert tensor["shard_shapes"][".model.attention.output_proj.weight"] == [4, 16]
+    assert tensor["specs"][".model.attention.output_proj.bias"] == [None]
+    assert tensor["shard_shapes"][".model.mlp.layers[2].weight"] == [8, 16]
+    # Both at once: each weight split over both axes.
+    both = eight_devices["cases"]["data_fsdp_tensor"]
+    assert both["specs"][".model.attention.query_proj.weight"] == ["fsdp", "tensor"]
+    assert both["shard_shapes"][".model.attention.query_proj.weight"] == [8, 8]
+
+
+@pytest.mark.parametrize("case", JIT_CASES)
+def test_optimizer_moments_are_sharded_like_their_parameters(eight_devices, case):
+    specs = eight_devices["cases"][case]["specs"]
+    params = [p for p in specs if p.startswith(".model.") and p != ".model.input_mean"]
+    assert params
+    for path in params:
+        for moment in ("mu", "nu"):
+            mirror = path.replace(".model.", f".optimizer.opt_state[0].{moment}.", 1)
+            assert specs[mirror] == specs[path], mirror
+
+
+@pytest.mark.parametrize("case", JIT_CASES)
+def test_steps_keep_the_state_layout_and_compile_once(eight_devices, case):
+    result = eight_devices["cases"][case]
+    assert result["shardings_kept"]
+    assert result["cache_size"] == 1
+
+
+def test_batches_are_split_over_data_and_fsdp(eight_devices):
+    cases = eight_devices["cases"]
+    assert cases["data_parallel"]["batch_shard_shape"] == [2, toy.TIME, toy.DIM]  # 16 / 8
+    assert cases["tensor"]["batch_shard_shape"] == [8, toy.TIME, toy.DIM]  # 16 / data=2
+    assert cases["fsdp"]["batch_shard_shape"] == [2, toy.TIME, toy.DIM]  # 16 / (2 x 4)
+    assert cases["fsdp_scan_accum"]["batch_shard_shape"] == [2, 2, toy.TIME, toy.DIM]
+    assert eight_devices["process_batch_slice"] == str(slice(0, 16))
+
+
+def test_pmap_state_has_a_device_axis(eight_devices):
+    assert eight_devices["cases"]["pmap"]["step_shape"] == [8]
+
+
+def test_multi_device_errors_name_the_problem_and_the_fix(eight_devices):
+    errors = eight_devices["errors"]
+    assert errors["batch_not_divisible"] == batch.BATCH_DIVISIBLE_MSG.format(
+        size=12,
+        where="axis 0 of batch['x']",
+        parts=8,
+        layout="mesh data=8 x fsdp=1",
+        suggestion="8 or 16",
+    )
+    assert errors["pmap_batch_not_divisible"] == batch.BATCH_DIVISIBLE_MSG.format(
+        size=12, where="axis 0 of batch['x']", parts=8, layout="pmap over 8 devices",
+        suggestion="8 or 16",
+    )  # fmt: skip
+    assert errors["rule_not_divisible"] == sharding.RULE_DIVISIBLE_MSG.format(
+        pattern=r"head\.weight$", axis=1, path=".model.head.weight", shape=(16, 1),
+        names="tensor", size=8, dim=1,
+    )  # fmt: skip
+    assert errors["pmap_with_fsdp"] == plan.PMAP_MESH_MSG.format(layout="data=4, fsdp=2, tensor=1")
+    assert errors["mesh_size"] == mesh.MESH_SIZE_MSG.format(
+        data=3, fsdp=1, tensor=1, needed=3, available=8, platform="cpu"
+    )
+    assert "needs a multiple of 3 devices, but 8 are available" in errors["mesh_remaining"]
+
+
+# ------------------------------------------------------------------ two processes, one job
+def test_two_processes_train_like_one_device(two_processes, one_device):
+    main, other = sorted(two_processes, key=lambda r: r["process_index"])
+    for result in (main, other):
+        assert result["source"] == "explicit" and result["process_count"] == 2
+        assert result["device_count"] == 4
+        # The weight spans both processes; each holds its half.
+        assert not result["weight_fully_addressable"]
+        assert result["weight_shard_shape"] == [16, 16]
+        np.testing.assert_allclose(result["losses"], one_device["default"][0], rtol=1e-5)
+        np.testing.assert_allclose(result["pmap_losses"], one_device["default"][0], rtol=1e-5)
+    assert main["is_main"] and not other["is_main"]
+    assert (main["batch_slice"], other["batch_slice"]) == (str(slice(0, 8)), str(slice(8, 16)))
+    assert_matches(main["losses"], main["models"]["jit"], one_device["default"])
+    assert_matches(main["pmap_losses"], main["models"]["pmap"], one_device["default"])
+
+
+# ------------------------------------------------------------- in this process: pure logic
+def abstract_mesh(data=1, fsdp=1, tensor=1) -> AbstractMesh:
+    return AbstractMesh((data, fsdp, tensor), parallel.AXES)
+
+
+def test_fsdp_splits_the_largest_divisible_axis_of_large_leaves():
+    fsdp4 = abstract_mesh(fsdp=4)
+    spec = parallel.partition_spec
+    assert spec(".w", (6, 4096, 1024), fsdp4) == PartitionSpec(None, "fsdp", None)
+    assert spec(".w", (4098, 1024), fsdp4) == PartitionSpec(None, "fsdp")  # 4098 % 4 != 0
+    assert spec(".w", (3, 5), fsdp4, fsdp_min_size=1) == PartitionSpec(None, None)
+    assert spec(".w", (64, 64), fsdp4) == PartitionSpec(None, None)  # below the default size
+    assert spec(".w", (64, 64), fsdp4, fsdp_min_size=64) == PartitionSpec("fsdp", None)
+    assert spec(".step", (), fsdp4) == PartitionSpec()
+    # No fsdp axis larger than 1: nothing is split.
+    assert spec(".w", (4096, 4096), abstract_mesh(data=8)) == PartitionSpec(None, None)
+
+
+def test_tensor_rules_come_first_and_fsdp_takes_a_free_axis():
+    mesh3d = abstract_mesh(data=2, fsdp=2, tensor=2)
+    spec = parallel.partition_spec
+    query = ".model.blocks.layers[3].attention.query_proj.weight"
+    assert spec(query, (512, 2048), mesh3d) == PartitionSpec("fsdp", "tensor")
+    mirror = ".optimizer.opt_state[0].mu.blocks.layers[3].attention.query_proj.weight"
+    assert spec(mirror, (512, 2048), mesh3d) == spec(query, (512, 2048), mesh3d)
+    assert spec(".model.attention.output_proj.bias", (512,), mesh3d) == PartitionSpec(None)
+    # With tensor=1 the rules step aside, and FSDP may take the largest axis.
+    fsdp2 = abstract_mesh(fsdp=2)
+    assert spec(query, (512, 2048), fsdp2) == PartitionSpec(None, "fsdp")
+    # Custom rules: regexes on the path, first match wins.
+    rules = [(r"embed\.weight$", PartitionSpec("tensor", None)), *parallel.DEFAULT_TENSOR_RULES]
+    got = spec(".model.embed.weight", (50000, 64), abstract_mesh(tensor=2), rules)
+    assert got == PartitionSpec("tensor", None)
+
+
+def test_tensor_rule_errors_name_the_rule_and_the_fix():
+    rule = [(r"bias$", PartitionSpec(None, "tensor"))]
+    with pytest.raises(ValueError) as error:
+        parallel.partition_spec(".fc.bias", (8,), abstract_mesh(tensor=2), rule)
+    assert str(error.value) == sharding.RULE_RANK_MSG.format(
+        pattern="bias$", spec=rule[0][1], rank=2, path=".fc.bias", shape=(8,), ndim=1
+    )
+    typo = [(r"weight$", PartitionSpec(None, "tensr"))]
+    with pytest.raises(ValueError, match="names mesh axes \\['tensr'\\] that the mesh lacks"):
+        parallel.partition_spec(".fc.weight", (8, 8), abstract_mesh(tensor=2), typo)
+
+
+def test_make_mesh_on_one_device_and_its_errors():
+    assert parallel.make_mesh().shape == {"data": 1, "fsdp": 1, "tensor": 1}
+    assert parallel.make_mesh(data=1, fsdp=-1).shape["fsdp"] == 1
+    with pytest.raises(ValueError) as error:
+        parallel.make_mesh(data=2)
+    assert str(error.value) == mesh.MESH_SIZE_MSG.format(
+        data=2, fsdp=1, tensor=1, needed=2, available=1, platform="cpu"
+    )
+    for sizes in ({"data": -1, "fsdp": -1}, {"tensor": 0}, {"data": 1.5}):
+        with pytest.raises(ValueError, match="positive integers, with at most one -1"):
+            parallel.make_mesh(**sizes)
+
+
+def test_batch_divisibility_check_runs_on_the_host():
+    parallel.check_batch_divisible({"x": np.zeros((12, 3))}, 4)
+    with pytest.raises(ValueError, match=r"global batch size 6 \(axis 1 of batch\['x'\]\)"):
+        parallel.check_batch_divisible({"x": np.zeros((2, 6))}, 4, batch_axis=1)
+    with pytest.raises(ValueError, match="has shape \\(\\), with no batch axis 0"):
+        parallel.check_batch_divisible({"lr": np.float32(0.1)}, 1)
+
+
+def test_one_device_plan_places_state_and_batches():
+    losses, state, train_step, plan_ = toy.train("jit", steps=2)
+    assert plan_.unreplicate(state) is state
+    assert set(plan_.step_kwargs) == {"in_shardings", "out_shardings"}
+    assert train_step._jitted._cache_size() == 1
+    with pytest.raises(ValueError, match="Unknown parallel strategy 'dp'"):
+        parallel.setup(state, "dp")
+
+
+def test_pmap_and_shardings_are_exclusive():
+    with pytest.raises(ValueError) as error:
+        make_train_step(toy.loss_fn, pmap_axis_name="devices", in_shardings=())
+    assert str(error.value) == PMAP_AND_SHARDINGS_MSG
+
+
+# --------------------------------------------------------------- multi-process detection
+SLURM = {
+    "SLURM_JOB_ID": "17",
+    "SLURM_STEP_NODELIST": "node[001-002]",
+    "SLURM_NTASKS": "4",
+    "SLURM_PROCID": "1",
+    "SLURM_LOCALID": "1",
+}
+
+
+def test_distributed_settings_come_from_arguments_or_the_environment():
+    detect = parallel.detect_distributed
+    assert detect(environ={}) is None
+    assert detect(num_processes=1, environ={}) is None
+    assert detect("10.0.0.1:1234", 2, 1, environ={}) == parallel.DistributedSettings(
+        "explicit", "10.0.0.1:1234", 2, 1
+    )
+    env = {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
+    assert detect(environ=env) == parallel.DistributedSettings("explicit", "h:1", 4, 3)
+    assert detect(environ=SLURM).source == "slurm"
+    assert detect(environ={**SLURM, "SLURM_NTASKS": "1"}) is None
+    assert detect(environ={"TPU_WORKER_HOSTNAMES": "t0,t1,t2,t3"}).source == "tpu"
+    assert detect(environ={"TPU_WORKER_HOSTNAMES": "localhost"}) is None
+    assert detect(environ={"OMPI_COMM_WORLD_SIZE": "8"}).source == "mpi"
+
+
+def test_distributed_errors_name_what_is_missing():
+    detect = parallel.detect_distributed
+    with pytest.raises(ValueError) as error:
+        detect(num_processes=2, environ={})
+    assert str(error.value) == distributed.MISSING_SETTINGS_MSG.format(
+        missing="coordinator_address and process_id", verb="are"
+    )
+    with pytest.raises(ValueError, match=r"process_id must be in \[0, num_processes=2\); got 2"):
+        detect("h:1", 2, 2, environ={})
+    with pytest.raises(ValueError, match="num_processes must be an integer, got 'two'"):
+        detect(environ={"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "two"})
+    sbatch_without_srun = {k: v for k, v in SLURM.items() if k != "SLURM_STEP_NODELIST"}
+    with pytest.raises(RuntimeError) as error:
+        detect(environ=sbatch_without_srun)
+    assert str(error.value) == distributed.SLURM_INCOMPLETE_MSG.format(
+        ntasks=4, missing="SLURM_STEP_NODELIST", verb="is"
+    )
+
+
+def test_single_process_needs_no_initialization():
+    assert parallel.initialize_distributed() is None
+    assert parallel.is_main_process()
+
+
+@pytest.mark.parametrize("module", [mesh, sharding, batch, pmap, plan, distributed, parallel])
+def test_docstring_examples_run(module):
+    globs = {"jax": jax, "np": np, "parallel": parallel, "make_mesh": parallel.make_mesh}
+    result = doctest.testmod(module, extraglobs=globs, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
