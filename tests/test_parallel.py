@@ -152,6 +152,14 @@ def test_batches_are_split_over_data_and_fsdp(eight_devices):
     assert eight_devices["process_batch_slice"] == str(slice(0, 16))
 
 
+def test_a_restored_checkpoint_keeps_values_and_layout(eight_devices):
+    assert eight_devices["checkpoint"] == {
+        "values_equal": True,
+        "shardings_kept": True,
+        "cache_size": 1,
+    }
+
+
 def test_pmap_state_has_a_device_axis(eight_devices):
     assert eight_devices["cases"]["pmap"]["step_shape"] == [8]
 

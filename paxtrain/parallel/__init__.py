@@ -34,6 +34,7 @@ from paxtrain.parallel.distributed import (
     detect_distributed,
     initialize_distributed,
     is_main_process,
+    on_cloud_tpu_vm,
 )
 from paxtrain.parallel.mesh import (
     AXES,
@@ -77,6 +78,7 @@ __all__ = [
     "initialize_distributed",
     "is_main_process",
     "make_mesh",
+    "on_cloud_tpu_vm",
     "partition_spec",
     "process_batch_slice",
     "replicate",

@@ -35,9 +35,11 @@ class ParallelPlan:
     """Where the state and the batches live, and the arguments that compile the step for it.
 
     Made by `setup`. `step_kwargs` go to `make_train_step`, `put_batch` places each batch (a
-    `Prefetcher`'s `put`), `place` lays out a state (a fresh or a restored one), and
-    `unreplicate` gives a state without the "pmap" strategy's device axis for evaluation and
-    checkpoints (the "jit" strategy's sharded state needs no such step: it is returned as is).
+    `Prefetcher`'s `put`), `place` lays out a state: a fresh one, and one changed outside the
+    step with new arrays (a rollback's extras), which laid out otherwise would make the step
+    compile again. `unreplicate` gives the state without the "pmap" strategy's device axis, for
+    evaluation and checkpoints; the "jit" strategy's sharded state serves both as it is (a
+    checkpoint restored into it keeps its layout).
 
     Example:
         >>> plan = setup(train_step.init(state), "jit", make_mesh(data=-1))  # doctest: +SKIP

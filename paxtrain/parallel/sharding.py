@@ -25,7 +25,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 from paxtrain.parallel.mesh import FSDP, TENSOR
 
@@ -98,7 +98,9 @@ DEFAULT_TENSOR_RULES: tuple[Rule, ...] = (
 )
 
 
-def _tensor_spec(path: str, shape: tuple[int, ...], mesh: Mesh, rules: Sequence[Rule]) -> list:
+def _tensor_spec(
+    path: str, shape: tuple[int, ...], mesh: Mesh | AbstractMesh, rules: Sequence[Rule]
+) -> list:
     """The first matching rule's spec, one entry per axis of the leaf. Entries over mesh axes of
     size 1 become None, which leaves those axes free for FSDP."""
     for pattern, spec in rules:
@@ -135,7 +137,7 @@ def _tensor_spec(path: str, shape: tuple[int, ...], mesh: Mesh, rules: Sequence[
 def partition_spec(
     path: str,
     shape: tuple[int, ...],
-    mesh: Mesh,
+    mesh: Mesh | AbstractMesh,
     tensor_rules: Sequence[Rule] = DEFAULT_TENSOR_RULES,
     fsdp_min_size: int = DEFAULT_FSDP_MIN_SIZE,
 ) -> PartitionSpec:
@@ -144,7 +146,8 @@ def partition_spec(
     Args:
       path: the leaf's `jax.tree_util.keystr` path.
       shape: the leaf's shape.
-      mesh: a mesh from `make_mesh`.
+      mesh: a mesh from `make_mesh` (or an `AbstractMesh` of the same axes: only the sizes
+        matter).
       tensor_rules: `(regex, PartitionSpec)` pairs; the first whose regex is found in `path`
         applies.
       fsdp_min_size: leaves with fewer elements stay replicated over "fsdp".

@@ -6,12 +6,15 @@ Run with XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu (t
 from __future__ import annotations
 
 import json
+import tempfile
 
 import jax
+import numpy as np
 import toy
 from jax.sharding import PartitionSpec
 
 from paxtrain import parallel
+from paxtrain.checkpoint import CheckpointManager
 
 SMALL = {"fsdp_min_size": 64}  # the toy's leaves are small; shard them anyway
 CASES = {
@@ -34,7 +37,8 @@ def spec_json(spec: PartitionSpec) -> list:
     return [list(e) if isinstance(e, tuple) else e for e in spec]
 
 
-def run_case(strategy, mesh_sizes, setup_kwargs, step_options) -> dict:
+def run_case(strategy, mesh_sizes, setup_kwargs, step_options) -> tuple[dict, tuple]:
+    """The case's results, and its trained (state, train_step, plan)."""
     mesh = parallel.make_mesh(**mesh_sizes) if mesh_sizes else None
     losses, state, train_step, plan = toy.train(
         strategy, mesh, step_options=step_options, **setup_kwargs
@@ -46,7 +50,7 @@ def run_case(strategy, mesh_sizes, setup_kwargs, step_options) -> dict:
     }
     if strategy == "pmap":
         case["step_shape"] = list(state.step.shape)
-        return case
+        return case, (state, train_step, plan)
     leaves = toy.leaves_by_path(state)
     shardings = toy.leaves_by_path(plan.state_shardings)
     case["cache_size"] = train_step._jitted._cache_size()
@@ -56,7 +60,26 @@ def run_case(strategy, mesh_sizes, setup_kwargs, step_options) -> dict:
     spc = step_options.get("steps_per_call", 1)
     batch = plan.put_batch(toy.stacked_batches(0, spc) if spc > 1 else toy.batch_of(0))
     case["batch_shard_shape"] = list(batch["x"].addressable_shards[0].data.shape)
-    return case
+    return case, (state, train_step, plan)
+
+
+def checkpoint_round_trip(state, train_step, plan) -> dict:
+    """A trained FSDP state saved and restored by `CheckpointManager`: the same values and
+    layout, and the step goes on from it without compiling again."""
+    with tempfile.TemporaryDirectory() as directory:
+        manager = CheckpointManager(directory, async_save=False)
+        manager.save(state, wait=True)
+        restored, _ = manager.restore(state)
+        manager.close()
+    saved, loaded = toy.leaves_by_path(state), toy.leaves_by_path(restored)
+    shardings = toy.leaves_by_path(plan.state_shardings)
+    result = {
+        "values_equal": all(np.array_equal(saved[k], loaded[k]) for k in saved),
+        "shardings_kept": all(loaded[k].sharding == shardings[k] for k in loaded),
+    }
+    train_step(restored, plan.put_batch(toy.batch_of(toy.STEPS)))
+    result["cache_size"] = train_step._jitted._cache_size()
+    return result
 
 
 def error_of(fn) -> str:
@@ -89,10 +112,14 @@ def errors() -> dict[str, str]:
 
 
 def main() -> None:
+    cases, trained = {}, {}
+    for name, args in CASES.items():
+        cases[name], trained[name] = run_case(*args)
     results = {
         "device_count": jax.device_count(),
-        "cases": {name: run_case(*args) for name, args in CASES.items()},
+        "cases": cases,
         "errors": errors(),
+        "checkpoint": checkpoint_round_trip(*trained["fsdp"]),
         "process_batch_slice": str(parallel.process_batch_slice(16, parallel.make_mesh())),
     }
     print(json.dumps(results))
