@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 import jax
@@ -28,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from report import machine_line, section_title, write_section
+from timing import interleaved
 
 import paxtrain as pax
 import paxtrain.nn as nn
@@ -85,23 +84,6 @@ def runner(strategy: str | None, mesh_sizes: dict | None = None) -> Callable[[],
         return metrics["loss"]
 
     return run
-
-
-def time_per_call(run: Callable[[], jax.Array], calls: int) -> float:
-    run().block_until_ready()
-    start = time.perf_counter()
-    for _ in range(calls):
-        out = run()
-    out.block_until_ready()
-    return (time.perf_counter() - start) / calls
-
-
-def interleaved(runners: dict[str, Callable], rounds: int, calls: int) -> dict[str, float]:
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):  # interleaved, so drift affects every runner alike
-        for name, run in runners.items():
-            samples[name].append(time_per_call(run, calls))
-    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def eight_device_times(rounds: int, calls: int) -> dict[str, float]:

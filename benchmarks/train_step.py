@@ -13,9 +13,7 @@ Writes a section of `benchmarks/RESULTS.md`.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import jax
@@ -23,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from report import machine_line, section_title, write_section
+from timing import interleaved
 
 import paxtrain as pax
 import paxtrain.nn as nn
@@ -246,26 +245,6 @@ def raw_lstm_runner(vocab, embed, hidden, seq, batch) -> Callable[[], None]:
         return loss
 
     return run
-
-
-# --------------------------------------------------------------------------------- timing
-def time_per_call(run: Callable[[], jax.Array], calls: int) -> float:
-    run().block_until_ready()
-    start = time.perf_counter()
-    for _ in range(calls):
-        out = run()
-    out.block_until_ready()
-    return (time.perf_counter() - start) / calls
-
-
-def interleaved(
-    runners: dict[str, Callable], rounds: int, calls: dict[str, int]
-) -> dict[str, float]:
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
-            samples[name].append(time_per_call(run, calls.get(name, calls["default"])))
-    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def main() -> None:
