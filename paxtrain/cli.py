@@ -8,8 +8,9 @@
     paxtrain env
     paxtrain plot runs/char_rnn-20260101-120000
 
-Exit codes: 0 done; 2 a config, file or checkpoint problem (one message, no traceback);
-75 stopped by a preemption signal after saving a checkpoint: run the same command again.
+Exit codes: 0 done; 2 a config, file, device layout or checkpoint problem (one message, no
+traceback); 75 stopped by a preemption signal after saving a checkpoint: run the same command
+again.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 
 from paxtrain.checkpoint import CheckpointError
 from paxtrain.config import ConfigError
+from paxtrain.parallel import LayoutError
 from paxtrain.train.preemption import PREEMPTED_EXIT_CODE
 
 EXIT_CONFIG_ERROR = 2
@@ -132,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"paxtrain: config error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    except (FileNotFoundError, CheckpointError) as error:
+    except (FileNotFoundError, CheckpointError, LayoutError) as error:
         print(f"paxtrain: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
 

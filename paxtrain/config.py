@@ -78,6 +78,21 @@ class TrainerConfig:
 
 
 @dataclasses.dataclass
+class MeshConfig:
+    """Device layout (`paxtrain.parallel.make_mesh`); -1 takes the devices the others leave."""
+
+    data: int = -1  # data parallel
+    fsdp: int = 1  # batch and large parameters split
+    tensor: int = 1  # parameters split by the tensor-parallel rules
+
+
+@dataclasses.dataclass
+class ParallelConfig:
+    strategy: str = "jit"  # jit (mesh: data, FSDP, tensor) | pmap (data parallel only)
+    distributed: bool = True  # join a multi-process run when the environment describes one
+
+
+@dataclasses.dataclass
 class FitConfig:
     name: str = "run"
     run_dir: str | None = None  # None: runs/<name>-<timestamp>
@@ -90,6 +105,8 @@ class FitConfig:
     init_from: str | None = None  # fine-tuning: a run dir or checkpoint to load parameters from
     init_from_include: list[str] = dataclasses.field(default_factory=list)  # regexes on paths
     freeze: list[str] = dataclasses.field(default_factory=list)  # regexes on submodule paths
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
 
 
 _CHOICES = {
@@ -100,6 +117,7 @@ _CHOICES = {
     "trainer.checkpoint.mode": ("min", "max"),
     "optimizer.name": ("adamw", "adam", "sgd"),
     "optimizer.schedule": ("constant", "cosine", "warmup_cosine"),
+    "parallel.strategy": ("jit", "pmap"),
 }
 
 UNKNOWN_KEY_MSG = "Unknown config key `{key}`.{hint}"

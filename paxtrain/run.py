@@ -157,12 +157,29 @@ class RunFiles(Hook):
     succeeded: a resume that fails (say, with a mismatching override) leaves the run's files
     as they were."""
 
+    main_process_only = True
+
     def __init__(self, cfg: DictConfig, info: dict[str, Any]):
         self.cfg, self.info = cfg, info
 
     def on_train_start(self, trainer: Any) -> None:
         (trainer.run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
         (trainer.run_dir / RUN_INFO_FILE).write_text(json.dumps(self.info, indent=2) + "\n")
+
+
+def join_processes() -> None:
+    """Joins a multi-process run when the environment describes one (Slurm, a TPU pod,
+    JAX_COORDINATOR_ADDRESS...); an incomplete description is a `ConfigError`.
+
+    Example:
+        >>> join_processes()  # a single process: nothing to do
+    """
+    from paxtrain import parallel
+
+    try:
+        parallel.initialize_distributed()
+    except (ValueError, RuntimeError) as error:
+        raise ConfigError(f"{error} (Or set `parallel.distributed=false` to run alone.)") from None
 
 
 def build_trainer(cfg: DictConfig, run_dir: pathlib.Path, meta: dict[str, Any] | None = None):
@@ -176,6 +193,8 @@ def build_trainer(cfg: DictConfig, run_dir: pathlib.Path, meta: dict[str, Any] |
     from paxtrain.train.checkpointing import Checkpointing
     from paxtrain.train.trainer import Trainer
 
+    if cfg.parallel.distributed:
+        join_processes()
     data = instantiate(cfg.data, "data")
     pax.seed_rng_key(cfg.seed)
     model = instantiate(cfg.model, "model", **data.info)
@@ -218,6 +237,8 @@ def build_trainer(cfg: DictConfig, run_dir: pathlib.Path, meta: dict[str, Any] |
         hooks=callbacks,
         seed=cfg.seed,
         preemption_signals=list(t.preemption_signals),
+        mesh=dict(cfg.mesh),
+        strategy=cfg.parallel.strategy,
     )
     return trainer, model, data, build_optimizer(cfg.optimizer, t.max_steps)
 

@@ -111,5 +111,7 @@ class PrintSample(Hook):
             jax.random.PRNGKey(self.seed), self.temperature,
         )  # fmt: skip
         text = self.prompt + vocab.decode(ids)
+        if not trainer.is_main_process:  # every process generates: the model may span them all
+            return
         (trainer.run_dir / "sample.txt").write_text(text)
         print(f"--- sample (temperature {self.temperature}) ---\n{text}\n---")

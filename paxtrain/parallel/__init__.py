@@ -42,6 +42,7 @@ from paxtrain.parallel.mesh import (
     DATA,
     FSDP,
     TENSOR,
+    LayoutError,
     data_parallel_size,
     make_mesh,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "STRATEGIES",
     "TENSOR",
     "DistributedSettings",
+    "LayoutError",
     "ParallelPlan",
     "Rule",
     "batch_sharding",

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from paxtrain.parallel.mesh import BATCH_AXES, data_parallel_size
+from paxtrain.parallel.mesh import BATCH_AXES, LayoutError, data_parallel_size
 
 BATCH_DIVISIBLE_MSG = """\
 The global batch size {size} ({where}) is not divisible by the data-parallel size \
@@ -62,7 +62,7 @@ def check_batch_divisible(batch: Any, parts: int, batch_axis: int = 0, layout: s
     def check(path, x):
         shape = np.shape(x)
         if len(shape) <= batch_axis:
-            raise ValueError(
+            raise LayoutError(
                 BATCH_RANK_MSG.format(path=jax.tree_util.keystr(path), shape=shape, axis=batch_axis)
             )
         where = f"axis {batch_axis} of batch{jax.tree_util.keystr(path)}"
@@ -74,7 +74,7 @@ def check_batch_divisible(batch: Any, parts: int, batch_axis: int = 0, layout: s
 def _check_size(size: int, parts: int, layout: str, where: str) -> None:
     if size % parts:
         lower = size // parts * parts
-        raise ValueError(
+        raise LayoutError(
             BATCH_DIVISIBLE_MSG.format(
                 size=size, where=where, parts=parts, layout=layout or f"{parts} devices",
                 suggestion=" or ".join(str(n) for n in (lower, lower + parts) if n > 0),
@@ -106,7 +106,7 @@ def process_batch_slice(global_batch_size: int, mesh: Mesh) -> slice:
         {(index[0].start or 0, index[0].stop or global_batch_size) for index in indices.values()}
     )
     if any(stop != start for (_, stop), (start, _) in zip(rows, rows[1:])):
-        raise ValueError(PROCESS_ROWS_MSG.format(process=jax.process_index(), rows=rows))
+        raise LayoutError(PROCESS_ROWS_MSG.format(process=jax.process_index(), rows=rows))
     return slice(rows[0][0], rows[-1][1])
 
 

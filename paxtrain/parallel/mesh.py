@@ -8,6 +8,14 @@ from collections.abc import Sequence
 import jax
 from jax.sharding import AxisType, Mesh
 
+
+class LayoutError(ValueError):
+    """A device layout that cannot work: a mesh, a batch or a sharding rule that does not fit.
+
+    Its message names the fix; the `paxtrain` command line reports it without a traceback.
+    """
+
+
 DATA, FSDP, TENSOR = "data", "fsdp", "tensor"
 AXES = (DATA, FSDP, TENSOR)
 # The batch is split over both: FSDP is data parallelism whose parameters are also split.
@@ -52,11 +60,11 @@ def make_mesh(
     if len(unknown) > 1 or any(
         not isinstance(size, int) or (size != -1 and size < 1) for size in sizes.values()
     ):
-        raise ValueError(MESH_AXIS_MSG.format(**sizes))
+        raise LayoutError(MESH_AXIS_MSG.format(**sizes))
     known = math.prod(size for size in sizes.values() if size != -1)
     fits = len(devices) % known == 0 if unknown else known == len(devices)
     if not fits:
-        raise ValueError(
+        raise LayoutError(
             MESH_SIZE_MSG.format(
                 data=data,
                 fsdp=fsdp,

@@ -9,8 +9,15 @@ from typing import Any
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from paxtrain.parallel.batch import batch_sharding, shard_batch
-from paxtrain.parallel.mesh import DATA, FSDP, TENSOR, make_mesh
+from paxtrain.parallel.batch import batch_sharding, check_batch_divisible, shard_batch
+from paxtrain.parallel.mesh import (
+    DATA,
+    FSDP,
+    TENSOR,
+    LayoutError,
+    data_parallel_size,
+    make_mesh,
+)
 from paxtrain.parallel.pmap import PMAP_AXIS, replicate, shard_over_devices, unreplicate
 from paxtrain.parallel.sharding import (
     DEFAULT_FSDP_MIN_SIZE,
@@ -78,6 +85,16 @@ class ParallelPlan:
             return replicate(state)
         return jax.device_put(state, self.state_shardings)
 
+    def check_batch(self, batch: Any) -> None:
+        """Raises a `LayoutError` unless one batch (batch axis 0) splits evenly over the
+        data-parallel devices; before training, so a bad batch size fails at once.
+
+        Example:
+            >>> plan.check_batch(data.train_batch(0))  # doctest: +SKIP
+        """
+        parts = data_parallel_size(self.mesh)
+        check_batch_divisible(batch, parts, 0, f"{self.strategy} over {parts} devices")
+
     def put_batch(self, batch: Any) -> Any:
         """Places one global batch (the same on every process) for the step.
 
@@ -87,6 +104,17 @@ class ParallelPlan:
         if self.strategy == "pmap":
             return shard_over_devices(batch, self.batch_axis)
         return shard_batch(batch, self.mesh, self.batch_axis)
+
+    def put_eval_batch(self, batch: Any) -> Any:
+        """Places one evaluation batch (batch axis 0) for an eval step on `unreplicate(state)`:
+        split over the mesh for "jit", left to the step's one device for "pmap".
+
+        Example:
+            >>> metrics = eval_step(state, plan.put_eval_batch(batch))  # doctest: +SKIP
+        """
+        if self.strategy == "pmap":
+            return batch
+        return shard_batch(batch, self.mesh, 0)
 
     def unreplicate(self, state: Any) -> Any:
         """`state` without the "pmap" device axis; the "jit" strategy's state unchanged.
@@ -126,12 +154,12 @@ def setup(
         >>> state = plan.place(state)                                         # doctest: +SKIP
     """
     if strategy not in STRATEGIES:
-        raise ValueError(UNKNOWN_STRATEGY_MSG.format(strategy=strategy))
+        raise LayoutError(UNKNOWN_STRATEGY_MSG.format(strategy=strategy))
     mesh = make_mesh() if mesh is None else mesh
     if strategy == "pmap":
         if mesh.shape[FSDP] > 1 or mesh.shape[TENSOR] > 1:
             layout = ", ".join(f"{axis}={mesh.shape[axis]}" for axis in (DATA, FSDP, TENSOR))
-            raise ValueError(PMAP_MESH_MSG.format(layout=layout))
+            raise LayoutError(PMAP_MESH_MSG.format(layout=layout))
         return ParallelPlan(strategy, mesh, None, batch_axis)
     shardings = state_shardings(state, mesh, tensor_rules, fsdp_min_size)
     return ParallelPlan(strategy, mesh, shardings, batch_axis)

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
-from paxtrain.parallel.mesh import FSDP, TENSOR
+from paxtrain.parallel.mesh import FSDP, TENSOR, LayoutError
 
 Rule = tuple[str, PartitionSpec]
 
@@ -107,7 +107,7 @@ def _tensor_spec(
         if not re.search(pattern, path):
             continue
         if len(spec) > len(shape):
-            raise ValueError(
+            raise LayoutError(
                 RULE_RANK_MSG.format(
                     pattern=pattern, spec=spec, rank=len(spec), path=path, shape=shape,
                     ndim=len(shape),
@@ -118,12 +118,12 @@ def _tensor_spec(
             names = (entry,) if isinstance(entry, str) else tuple(entry or ())
             unknown = [name for name in names if name not in mesh.shape]
             if unknown:
-                raise ValueError(
+                raise LayoutError(
                     RULE_AXIS_MSG.format(pattern=pattern, unknown=unknown, axes=tuple(mesh.shape))
                 )
             size = math.prod(mesh.shape[name] for name in names)
             if dim % size:
-                raise ValueError(
+                raise LayoutError(
                     RULE_DIVISIBLE_MSG.format(
                         pattern=pattern, axis=axis, path=path, shape=shape, names=entry,
                         size=size, dim=dim,

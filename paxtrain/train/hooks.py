@@ -32,7 +32,14 @@ def crossed(step: int, steps_done: int, every: int | None) -> bool:
 
 
 class Hook:
-    """Base class of hooks; every method is optional."""
+    """Base class of hooks; every method is optional.
+
+    In a multi-process run every process runs the hooks (evaluation and checkpoints are
+    collective), except those with `main_process_only`, which only process 0 runs: hooks that
+    print or write files.
+    """
+
+    main_process_only: bool = False
 
     def on_train_start(self, trainer: Trainer) -> None:
         """Before the first step (after a resume, too)."""
@@ -219,6 +226,8 @@ class NonFinitePolicy(Hook):
 
 class PlotCurves(Hook):
     """Writes `curves.png` (loss and eval curves) into the run directory at the end."""
+
+    main_process_only = True
 
     def on_train_end(self, trainer: Trainer) -> None:
         from paxtrain.train.plot import plot_run

@@ -16,17 +16,21 @@ class MetricsLogger:
     Args:
       run_dir: directory for `metrics.jsonl` and the `events.out.tfevents.*` files.
       tensorboard: also write TensorBoard event files.
+      enabled: False makes every method a no-op (the other processes of a multi-process run).
 
     Example:
         >>> with MetricsLogger("runs/demo") as logger:   # doctest: +SKIP
         ...     logger.write(10, {"train/loss": 2.5})
     """
 
-    def __init__(self, run_dir: str | pathlib.Path, tensorboard: bool = True):
+    def __init__(self, run_dir: str | pathlib.Path, tensorboard: bool = True, enabled: bool = True):
         self.run_dir = pathlib.Path(run_dir)
+        self._jsonl: Any = None
+        self._tb = None
+        if not enabled:
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.run_dir / METRICS_FILE, "a", buffering=1)  # noqa: SIM115
-        self._tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -34,6 +38,8 @@ class MetricsLogger:
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         """Records `scalars` at `step` in both sinks."""
+        if self._jsonl is None:
+            return
         record: dict[str, Any] = {"step": step}
         for key, value in scalars.items():
             value = float(value)
@@ -43,11 +49,15 @@ class MetricsLogger:
         self._jsonl.write(json.dumps(record) + "\n")
 
     def flush(self) -> None:
+        if self._jsonl is None:
+            return
         self._jsonl.flush()
         if self._tb is not None:
             self._tb.flush()
 
     def close(self) -> None:
+        if self._jsonl is None:
+            return
         self._jsonl.close()
         if self._tb is not None:
             self._tb.close()

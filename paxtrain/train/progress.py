@@ -44,6 +44,8 @@ class Progress(Hook):
         >>> trainer.add_hook(Progress("log"))  # doctest: +SKIP
     """
 
+    main_process_only = True
+
     def __init__(self, mode: str = "auto"):
         if mode == "auto":
             mode = "bar" if sys.stdout.isatty() else "log"

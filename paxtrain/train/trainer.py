@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pathlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
 import paxtrain as pax
+from paxtrain import parallel
 from paxtrain.data.source import DataSource, Prefetcher
 from paxtrain.train.checkpointing import Checkpointing
 from paxtrain.train.hooks import (
@@ -94,6 +96,12 @@ class Trainer:
       seed: seed of the training RNG (dropout keys...).
       tensorboard: write TensorBoard event files.
       preemption_signals: signal names that stop training gracefully.
+      mesh: the devices and their layout: a `jax.sharding.Mesh`, or the sizes of
+        `parallel.make_mesh` (`{"data": -1, "fsdp": 1, "tensor": 1}`); None puts every device
+        on the data axis.
+      strategy: "jit" (the state laid out on the mesh: data parallel, FSDP, tensor parallel)
+        or "pmap" (data parallel with a replicated state); see `parallel.setup`.
+      tensor_rules: the tensor-parallel rules of the "jit" strategy (`parallel.partition_spec`).
 
     Example:
         >>> trainer = pax.Trainer(max_steps=1000, run_dir="runs/demo", eval_every=200)  # doctest: +SKIP
@@ -121,6 +129,9 @@ class Trainer:
         seed: int = 0,
         tensorboard: bool = True,
         preemption_signals: Iterable[str] = DEFAULT_PREEMPTION_SIGNALS,
+        mesh: Mesh | Mapping[str, int] | None = None,
+        strategy: str = "jit",
+        tensor_rules: Sequence[parallel.Rule] = parallel.DEFAULT_TENSOR_RULES,
     ):
         if max_steps % steps_per_call:
             raise ValueError(STEPS_PER_CALL_MSG.format(max_steps=max_steps, spc=steps_per_call))
@@ -152,6 +163,8 @@ class Trainer:
             *([checkpointing] if checkpointing else []),
         ]
         self.preemption_signals = tuple(preemption_signals)
+        self.mesh, self.strategy, self.tensor_rules = mesh, strategy, tuple(tensor_rules)
+        self.is_main_process = parallel.is_main_process()
         self.step = 0
         self.should_stop = False
         self.stop_reason: str | None = None
@@ -163,6 +176,21 @@ class Trainer:
         self._restart = False
 
     # ----------------------------------------------------------------------- for hooks
+    @property
+    def state(self) -> Any:
+        """The `TrainState`: laid out on the mesh, or one copy of it for the "pmap" strategy.
+
+        Assigning a state (a restored checkpoint, new extras) lays it out for the step.
+
+        Example:
+            >>> params = trainer.state.model.parameters()  # doctest: +SKIP
+        """
+        return self.plan.unreplicate(self._state)
+
+    @state.setter
+    def state(self, state: Any) -> None:
+        self._state = self.plan.place(state)
+
     def add_hook(
         self, hook: Hook | Callable[[Trainer, Any], Any], every: int | None = None
     ) -> None:
@@ -195,10 +223,11 @@ class Trainer:
             >>> trainer.eval_metrics()["loss"]  # doctest: +SKIP
         """
         totals: dict[str, list] = {}
+        state = self.state
         for batch in self.data.eval_batches():
             if self.preempted:
                 return {}
-            for key, value in self._eval_step(self.state, batch).items():
+            for key, value in self._eval_step(state, self.plan.put_eval_batch(batch)).items():
                 totals.setdefault(key, []).append(value)
         return {k: float(np.mean(jax.device_get(v))) for k, v in totals.items()}
 
@@ -214,9 +243,7 @@ class Trainer:
         self.last_eval_step = self.step
         self.eval_history.append((self.step, metrics))
         self.log({f"eval/{k}": v for k, v in metrics.items()})
-        for hook in self.hooks:
-            hook.on_eval_end(self, metrics)
-        self._write_scalars()
+        self._run_hooks("on_eval_end", metrics)
         return metrics
 
     # ----------------------------------------------------------------------------- loop
@@ -240,12 +267,26 @@ class Trainer:
         if self.precision == "bfloat16":
             model = pax.apply_mp_policy(model, "params=float32,compute=bfloat16,output=float32")
         self.data = data
-        self._train_step = make_train_step(loss_fn or model_loss, **self.step_options)
-        self._eval_step = make_eval_step(eval_fn or model_eval)
+        loss_fn = loss_fn or model_loss
         # With the options' extras, so the state has the structure that checkpoints record.
-        self.state = self._train_step.init(TrainState.create(model, optimizer, seed=self.seed))
-        self.step = int(self.state.step)
-        self.examples_per_step = _leading_dim(data.train_batch(0))
+        state = make_train_step(loss_fn, **self.step_options).init(
+            TrainState.create(model, optimizer, seed=self.seed)
+        )
+        mesh = self.mesh if isinstance(self.mesh, Mesh) else parallel.make_mesh(**(self.mesh or {}))
+        self.plan = parallel.setup(
+            state,
+            self.strategy,
+            mesh,
+            batch_axis=int(self.steps_per_call > 1),
+            tensor_rules=self.tensor_rules,
+        )
+        self._train_step = make_train_step(loss_fn, **self.step_options, **self.plan.step_kwargs)
+        self._eval_step = make_eval_step(eval_fn or model_eval)
+        self.state = state
+        self.step = int(state.step)
+        first_batch = data.train_batch(0)
+        self.plan.check_batch(first_batch)
+        self.examples_per_step = _leading_dim(first_batch)
         self.tokens_per_step = data.info.get("tokens_per_batch", 0)
 
     def fit(
@@ -270,7 +311,10 @@ class Trainer:
           eval_fn: `eval_fn(model, batch) -> metrics`; default `model_eval`.
         """
         self.prepare(model, data, optimizer, loss_fn, eval_fn)
-        self.logger = MetricsLogger(self.run_dir, tensorboard=self.tensorboard)
+        # Only the main process writes; the others run the same loop and the collective saves.
+        self.logger = MetricsLogger(
+            self.run_dir, tensorboard=self.tensorboard, enabled=self.is_main_process
+        )
         try:
             with stop_on_signals(self, self.preemption_signals):
                 if self.checkpointing is not None:
@@ -288,12 +332,12 @@ class Trainer:
             self._restart = False
             # Batches are indexed by step plus the batches a rollback skipped.
             first = self.step + int(self.state.extras.get("data_offset", 0))
-            with Prefetcher(self.data, first, group=group, put=jax.device_put) as batches:
+            with Prefetcher(self.data, first, group=group, put=self.plan.put_batch) as batches:
                 while self.step < self.max_steps and not (self.should_stop or self._restart):
                     started = time.perf_counter()
                     batch = next(batches)
                     self.last_data_wait = time.perf_counter() - started
-                    self.state, metrics = self._train_step(self.state, batch)
+                    self._state, metrics = self._train_step(self._state, batch)
                     self.step += self.steps_per_call
                     self._run_hooks("on_step", metrics)
 
@@ -318,13 +362,16 @@ class Trainer:
         return self.step
 
     def _run_hooks(self, event: str, *args: Any) -> None:
-        for hook in self.hooks:
-            getattr(hook, event)(self, *args)
+        self._dispatch(event, *args)
         self._write_scalars()
+
+    def _dispatch(self, event: str, *args: Any) -> None:
+        for hook in self.hooks:
+            if self.is_main_process or not hook.main_process_only:
+                getattr(hook, event)(self, *args)
 
     def _write_scalars(self) -> None:
         if self._scalars:
             scalars, self._scalars = self._scalars, {}
             self.logger.write(self.step, scalars)
-            for hook in self.hooks:
-                hook.on_log(self, scalars)
+            self._dispatch("on_log", scalars)

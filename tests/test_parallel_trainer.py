@@ -1,0 +1,158 @@
+"""The parallel layouts through the config, the CLI and checkpoints.
+
+Every run is a subprocess with its own number of virtual CPU devices: `paxtrain fit ... mesh.*`
+on 8 devices against one device, and checkpoints saved on one layout and resumed on another
+(`parallel_scripts/topology.py`: 8 -> 1, 8 -> 4, 1 -> 8).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from cli_support import CHAR_RNN, ROOT, TINY_CHAR_RNN
+from test_parallel import SCRIPTS, cpu_env, last_json_line
+
+from paxtrain.train.logger import read_metrics
+
+STEPS, MORE_STEPS = 4, 6
+# Batch and eval batch divisible by 8 devices; no sample at the end, to keep it short.
+CLI_RUN = [*TINY_CHAR_RNN, "data.batch_size=8", "callbacks=[]", "trainer.plot=false"]
+CLI_RUN += [f"trainer.max_steps={STEPS}", "trainer.log_every=1", "trainer.eval_every=2"]
+
+
+def run(args: list[str], devices: int) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=cpu_env(devices, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def topology(mode: str, run_dir, steps: int, devices: int, *overrides: str) -> dict:
+    script = os.path.join(SCRIPTS, "topology.py")
+    return last_json_line(run([script, mode, str(run_dir), str(steps), *overrides], devices).stdout)
+
+
+def fit(run_dir, devices: int, *overrides: str) -> list[dict]:
+    run(["-m", "paxtrain", "fit", CHAR_RNN, *CLI_RUN, f"run_dir={run_dir}", *overrides], devices)
+    return read_metrics(run_dir)
+
+
+def series(records: list[dict], key: str) -> list[float]:
+    return [r[key] for r in records if key in r]
+
+
+# ------------------------------------------------------------------ paxtrain fit with a mesh
+@pytest.fixture(scope="module")
+def one_device_fit(tmp_path_factory):
+    return fit(tmp_path_factory.mktemp("one") / "run", 1)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [["mesh.data=8"], ["mesh.data=2", "mesh.fsdp=4"], ["parallel.strategy=pmap"]],
+    ids=["data8", "data2_fsdp4", "pmap"],
+)
+def test_fit_on_8_devices_matches_one_device(tmp_path, one_device_fit, layout):
+    records = fit(tmp_path / "run", 8, *layout)
+    for key in ("train/loss", "eval/loss"):
+        np.testing.assert_allclose(series(records, key), series(one_device_fit, key), rtol=2e-5)
+    assert len(series(records, "train/loss")) == STEPS
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config_hash"]
+
+
+def test_batch_not_divisible_by_the_mesh_is_one_clear_error(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "paxtrain", "fit", CHAR_RNN, *CLI_RUN, "data.batch_size=6"]
+        + [f"run_dir={tmp_path / 'run'}", "mesh.data=4"],
+        cwd=ROOT,
+        env=cpu_env(4, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2
+    assert "not divisible by the data-parallel size 4" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_mesh_that_does_not_fit_the_devices_is_one_clear_error(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "paxtrain", "fit", CHAR_RNN, *CLI_RUN]
+        + [f"run_dir={tmp_path / 'run'}", "mesh.data=3"],
+        cwd=ROOT,
+        env=cpu_env(4, PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2
+    assert "needs 3 devices, but 4 are available" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# ------------------------------------------------------- checkpoints across device layouts
+@pytest.fixture(scope="module")
+def saved_on_8(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("saved8") / "run"
+    return run_dir, topology("save", run_dir, STEPS, 8, "mesh.data=1", "mesh.fsdp=8")
+
+
+@pytest.fixture(scope="module")
+def saved_on_1(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("saved1") / "run"
+    return run_dir, topology("save", run_dir, STEPS, 1)
+
+
+def resume_copy(saved, tmp_path, devices: int, *overrides: str) -> dict:
+    run_dir = tmp_path / "run"
+    shutil.copytree(saved[0], run_dir)
+    return topology("restore", run_dir, MORE_STEPS, devices, *overrides)
+
+
+def test_saved_state_really_was_split_over_8_devices(saved_on_8):
+    layout = saved_on_8[1]["layout"]
+    assert layout == {"devices": 8, "shard_shape": [64, 32], "shape": [64, 256]}
+
+
+@pytest.mark.parametrize(
+    ("source", "devices", "overrides", "shard_shape"),
+    [
+        ("saved_on_8", 1, [], [64, 256]),
+        ("saved_on_8", 4, ["mesh.data=2", "mesh.fsdp=2"], [64, 128]),
+        ("saved_on_1", 8, ["mesh.data=2", "mesh.fsdp=4"], [64, 64]),
+    ],
+    ids=["8to1", "8to4", "1to8"],
+)
+def test_checkpoint_restores_on_another_layout_and_training_goes_on(
+    request, tmp_path, source, devices, overrides, shard_shape
+):
+    saved = request.getfixturevalue(source)
+    result = resume_copy(saved, tmp_path, devices, *overrides)
+    assert result["restored_equal"]  # every array of the state, bitwise
+    assert result["layout"]["devices"] == devices
+    assert result["layout"]["shard_shape"] == shard_shape
+    assert result["step"] == MORE_STEPS
+    losses = result["losses"]
+    assert [int(s) for s in losses] == list(range(1, MORE_STEPS + 1))
+    # The steps before the save are the saved run's; the ones after continue from it.
+    assert [losses[str(s)] for s in range(1, STEPS + 1)] == list(saved[1]["losses"].values())
+    assert all(np.isfinite(losses[str(s)]) for s in range(STEPS + 1, MORE_STEPS + 1))
+
+
+def test_resumed_runs_continue_alike_on_every_layout(saved_on_8, tmp_path):
+    on_1 = resume_copy(saved_on_8, tmp_path / "a", 1)
+    on_8 = resume_copy(saved_on_8, tmp_path / "b", 8, "mesh.data=8")
+    after = [str(s) for s in range(STEPS + 1, MORE_STEPS + 1)]
+    np.testing.assert_allclose(
+        [on_8["losses"][s] for s in after], [on_1["losses"][s] for s in after], rtol=2e-5
+    )
