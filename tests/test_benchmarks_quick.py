@@ -1,0 +1,32 @@
+"""The benchmarks' `--quick` modes run to the end and print their tables (they write nothing)."""
+
+import math
+import pathlib
+import re
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).parents[1]
+
+
+def run_quick(script: str) -> str:
+    """Runs `benchmarks/<script> --quick` as a user would; returns its output."""
+    result = subprocess.run(
+        [sys.executable, f"benchmarks/{script}", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_transformer_mfu_quick():
+    out = run_quick("transformer_mfu.py")
+    for name in ("raw JAX", "paxtrain"):
+        # | implementation | ms/step | tokens/s | MFU | throughput vs raw JAX |
+        row = re.search(rf"^\| {re.escape(name)} \| [\d.]+ \| ([\d,.]+) \|", out, re.M)
+        assert row is not None, out
+        tokens_per_second = float(row.group(1).replace(",", ""))
+        assert math.isfinite(tokens_per_second) and tokens_per_second > 0, out
