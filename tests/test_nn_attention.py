@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import paxtrain as pax
 import paxtrain.nn as nn
 
 RNG = np.random.default_rng(0)
@@ -77,3 +78,25 @@ def test_causal_combines_with_an_explicit_mask():
     padding = np.array([True, True, False, True])  # hide key 2 from every query
     expected = _numpy_attention(mha, x, x, np.tril(np.ones((4, 4), bool)) & padding)
     np.testing.assert_allclose(mha(x, mask=jnp.asarray(padding)), expected, rtol=1e-4, atol=1e-5)
+
+
+def _dot_output_dtypes(jaxpr) -> list[str]:
+    """Output dtypes of every matmul in `jaxpr`, sub-jaxprs (pjit, custom_jvp...) included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(str(eqn.outvars[0].aval.dtype))
+        for param in eqn.params.values():
+            inner = getattr(param, "jaxpr", param)
+            if hasattr(inner, "eqns"):
+                found.extend(_dot_output_dtypes(inner))
+    return found
+
+
+def test_bfloat16_compute_stays_bfloat16_in_every_matmul():
+    mha = nn.MultiHeadAttention(2, 4, 8, causal=True, rng_key=jax.random.PRNGKey(0))
+    mha = pax.apply_mp_policy(mha, "params=float32,compute=bfloat16,output=float32")
+    closed = jax.make_jaxpr(lambda m, x: m(x))(mha, jnp.ones((1, 5, 8)))
+    dtypes = _dot_output_dtypes(closed.jaxpr)
+    assert len(dtypes) == 6  # q, k, v, output projections and the two attention products
+    assert set(dtypes) == {"bfloat16"}

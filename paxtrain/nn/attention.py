@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,7 +78,8 @@ class MultiHeadAttention(Chainable, pax.Module):
         q = self.query_proj(query).reshape(*query.shape[:-1], heads, self.key_size)
         k = self.key_proj(key).reshape(*key.shape[:-1], heads, self.key_size)
         v = self.value_proj(value).reshape(*value.shape[:-1], heads, self.value_size)
-        logits = jnp.einsum("...thd,...shd->...hts", q, k) / np.sqrt(self.key_size)
+        # A Python float is weakly typed: the logits keep the compute dtype (bf16 stays bf16).
+        logits = jnp.einsum("...thd,...shd->...hts", q, k) / math.sqrt(self.key_size)
         if self.causal:
             causal = causal_mask(query.shape[-2], key.shape[-2])
             mask = causal if mask is None else jnp.logical_and(mask, causal)
