@@ -5,6 +5,7 @@
     paxtrain fit configs/char_rnn.yaml --cfg job                     # print the resolved config
     paxtrain resume runs/char_rnn-20260101-120000 trainer.max_steps=3000
     paxtrain eval runs/char_rnn-20260101-120000 --step best
+    paxtrain eval runs/char_rnn-20260101-120000 mesh.data=-1 mesh.fsdp=1   # on other devices
     paxtrain env
     paxtrain plot runs/char_rnn-20260101-120000
 
@@ -47,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint on its eval data")
     evaluate.add_argument("run_dir")
+    evaluate.add_argument("overrides", nargs="*", help="overrides, e.g. mesh.data=-1 mesh.fsdp=1")
+    evaluate.set_defaults(accepts_overrides=True)
     evaluate.add_argument("--step", default="latest", help="latest (default), best, or a step")
 
     commands.add_parser("env", help="print versions and the devices JAX sees")
@@ -94,7 +97,7 @@ def _eval(args: argparse.Namespace) -> int:
     from paxtrain.run import evaluate_run
 
     sys.path[:0] = [os.getcwd()]
-    metrics = evaluate_run(args.run_dir, args.step)
+    metrics = evaluate_run(args.run_dir, args.step, list(args.overrides))
     print(" ".join(f"eval/{k}={v:.6g}" for k, v in metrics.items()))
     return 0
 

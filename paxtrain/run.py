@@ -258,16 +258,18 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
     info = _run_info(cfg, config_path)
     trainer, model, data, optimizer = build_trainer(cfg, run_dir, meta=info)
     trainer.add_hook(RunFiles(cfg, info))
-    print(f"paxtrain: run directory {run_dir}")
-    print(model.summary() if hasattr(model, "summary") else model)
+    # One process speaks for a multi-process run.
+    say = print if trainer.is_main_process else lambda *_: None
+    say(f"paxtrain: run directory {run_dir}")
+    say(model.summary() if hasattr(model, "summary") else model)
     started = time.perf_counter()
     trainer.fit(model, data, optimizer=optimizer)
     elapsed = time.perf_counter() - started
     final = trainer.eval_history[-1][1] if trainer.eval_history else {}
     shown = ", ".join(f"eval/{k}={v:.4f}" for k, v in final.items())
-    print(f"paxtrain: finished at step {trainer.step} in {elapsed:.0f}s; {shown}")
+    say(f"paxtrain: finished at step {trainer.step} in {elapsed:.0f}s; {shown}")
     if trainer.stop_reason:
-        print(f"paxtrain: {trainer.stop_reason}")
+        say(f"paxtrain: {trainer.stop_reason}")
     return trainer
 
 
@@ -287,8 +289,12 @@ def load_run_config(run_dir: str | pathlib.Path, overrides: list[str]) -> DictCo
     return cfg
 
 
-def evaluate_run(run_dir: str | pathlib.Path, step: str = "latest") -> dict[str, float]:
+def evaluate_run(
+    run_dir: str | pathlib.Path, step: str = "latest", overrides: list[str] | None = None
+) -> dict[str, float]:
     """Evaluates a run's checkpoint ("latest", "best" or a step number) on its eval data.
+
+    `overrides` change the saved config, e.g. the `mesh` on other devices than the run's.
 
     Example:
         >>> evaluate_run("runs/char_rnn-20260101-120000", step="best")  # doctest: +SKIP
@@ -297,7 +303,7 @@ def evaluate_run(run_dir: str | pathlib.Path, step: str = "latest") -> dict[str,
     from paxtrain.checkpoint import CheckpointManager
     from paxtrain.train.checkpointing import CHECKPOINT_DIR
 
-    cfg = load_run_config(run_dir, [])
+    cfg = load_run_config(run_dir, overrides or [])
     ck = cfg.trainer.checkpoint
     trainer, model, data, optimizer = build_trainer(cfg, pathlib.Path(run_dir))
     trainer.prepare(model, data, optimizer)

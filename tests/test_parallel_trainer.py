@@ -1,13 +1,15 @@
 """The parallel layouts through the config, the CLI and checkpoints.
 
 Every run is a subprocess with its own number of virtual CPU devices: `paxtrain fit ... mesh.*`
-on 8 devices against one device, and checkpoints saved on one layout and resumed on another
-(`parallel_scripts/topology.py`: 8 -> 1, 8 -> 4, 1 -> 8).
+on 8 devices against one device, two `paxtrain fit` processes joined over localhost, and
+checkpoints saved on one layout and resumed on another (`parallel_scripts/topology.py`:
+8 -> 1, 8 -> 4, 1 -> 8).
 """
 
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -98,6 +100,46 @@ def test_mesh_that_does_not_fit_the_devices_is_one_clear_error(tmp_path):
     assert done.returncode == 2
     assert "needs 3 devices, but 4 are available" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_two_processes_train_like_one_device_and_only_process_0_writes(tmp_path, one_device_fit):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "paxtrain", "fit", CHAR_RNN, *CLI_RUN, f"run_dir={run_dir}"]
+    command += ["mesh.data=2", "mesh.fsdp=2", "trainer.checkpoint.every_steps=2"]
+    procs = [
+        subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=cpu_env(
+                2,
+                PYTHONPATH=str(ROOT),
+                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                JAX_NUM_PROCESSES="2",
+                JAX_PROCESS_ID=str(i),
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    for proc, (_, stderr) in zip(procs, outputs):
+        assert proc.returncode == 0, stderr[-3000:]
+    assert "paxtrain: finished at step 4" in outputs[0][0]
+    assert "paxtrain:" not in outputs[1][0]  # process 1 prints nothing of its own
+    records = read_metrics(run_dir)  # one writer: each step once
+    assert [r["step"] for r in records if "train/loss" in r] == list(range(1, STEPS + 1))
+    for key in ("train/loss", "eval/loss"):
+        np.testing.assert_allclose(series(records, key), series(one_device_fit, key), rtol=2e-5)
+    # Written collectively, read back by a single process on one device.
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["2", "4"]
+    done = run(["-m", "paxtrain", "eval", str(run_dir), "mesh.data=1", "mesh.fsdp=1"], 1)
+    final_eval = series(records, "eval/loss")[-1]
+    assert f"eval/loss={final_eval:.6g}" in done.stdout
 
 
 # ------------------------------------------------------- checkpoints across device layouts

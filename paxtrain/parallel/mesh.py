@@ -24,7 +24,7 @@ BATCH_AXES = (DATA, FSDP)
 MESH_SIZE_MSG = """\
 The mesh data={data} x fsdp={fsdp} x tensor={tensor} needs {needed} devices, but {available} are \
 available ({platform}). Make the product equal {available}, or set one axis to -1 to take the \
-remaining devices, e.g. `make_mesh(data=-1, fsdp={fsdp}, tensor={tensor})`."""
+remaining devices, e.g. `make_mesh(data=-1, fsdp={fsdp}, tensor={tensor})` (in a config: `mesh.data=-1`)."""
 
 MESH_AXIS_MSG = """\
 Mesh axis sizes must be positive integers, with at most one -1 (all remaining devices); \

@@ -72,7 +72,8 @@ class Checkpointing(Hook):
         if self.resume and self.manager.latest_step() is not None:
             trainer.state, _ = self.manager.restore(trainer.state)
             trainer.step = self.resumed_from = int(trainer.state.step)
-            print(f"paxtrain: resumed from {directory} at step {trainer.step}", flush=True)
+            if trainer.is_main_process:
+                print(f"paxtrain: resumed from {directory} at step {trainer.step}", flush=True)
         self._last_save_time, self._last_saved_step = time.monotonic(), trainer.step
 
     def on_step(self, trainer: Trainer, metrics: dict[str, jax.Array]) -> None:
