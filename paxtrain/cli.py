@@ -2,6 +2,9 @@
 
     paxtrain fit configs/char_rnn.yaml trainer.max_steps=500 optimizer.lr=3e-4
     paxtrain fit configs/char_rnn.yaml -m optimizer.lr=1e-3,3e-4     # one run per value
+    paxtrain fit configs/char_rnn.yaml -m optimizer.lr=1e-3,3e-4 --launcher slurm  # a job each
+    paxtrain fit configs/char_rnn.yaml -m optimizer.lr=1e-3,3e-4 --launcher slurm \
+        --launcher-config configs/launcher/slurm.yaml                # nodes, GPUs, partition...
     paxtrain fit configs/char_rnn.yaml --cfg job                     # print the resolved config
     paxtrain resume runs/char_rnn-20260101-120000 trainer.max_steps=3000
     paxtrain eval runs/char_rnn-20260101-120000 --step best
@@ -9,9 +12,9 @@
     paxtrain env
     paxtrain plot runs/char_rnn-20260101-120000
 
-Exit codes: 0 done; 2 a config, file, device layout or checkpoint problem (one message, no
-traceback); 75 stopped by a preemption signal after saving a checkpoint: run the same command
-again.
+Exit codes: 0 done; 1 a job run with `--launcher local` failed (the message names its log); 2 a
+config, file, device layout or checkpoint problem (one message, no traceback); 75 stopped by a
+preemption signal after saving a checkpoint: run the same command again.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Sequence
 
 from paxtrain.checkpoint import CheckpointError
 from paxtrain.config import ConfigError
+from paxtrain.launch import LaunchError
 from paxtrain.parallel import LayoutError
 from paxtrain.train.preemption import PREEMPTED_EXIT_CODE
 
@@ -40,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.set_defaults(accepts_overrides=True)
     fit.add_argument("-m", "--multirun", action="store_true", help="one run per swept value")
     fit.add_argument("--cfg", choices=["job"], help="print the resolved config and exit")
+    fit.add_argument("--launcher", choices=["local", "slurm"], help="with -m: submit via submitit")
+    fit.add_argument("--launcher-config", help="YAML of launcher options (configs/launcher/)")
 
     resume = commands.add_parser("resume", help="continue a run from its newest checkpoint")
     resume.add_argument("run_dir", help="a run directory written by `paxtrain fit`")
@@ -75,10 +81,22 @@ def _fit(args: argparse.Namespace) -> int:
         for cfg in configs:
             print(OmegaConf.to_yaml(cfg), end="")
         return 0
+    if args.launcher_config and not args.launcher:
+        raise ConfigError("--launcher-config needs --launcher local or --launcher slurm")
+    if args.launcher and not args.multirun:
+        raise ConfigError("--launcher submits the jobs of a sweep: use it with -m")
     if args.multirun:
         from paxtrain.run import assign_sweep_dirs
 
         configs = assign_sweep_dirs(configs, jobs, args.config)
+    if args.launcher:
+        from paxtrain.launch import launcher_options, submit_sweep
+
+        options = launcher_options(args.launcher, args.launcher_config)
+        # The jobs import `_target_`s from the same two project paths put in front above.
+        jobs = submit_sweep(configs, args.config, args.launcher, options, sys_path=sys.path[:2])
+        preempted = args.launcher == "local" and any(job.result()["preempted"] for job in jobs)
+        return PREEMPTED_EXIT_CODE if preempted else 0
     for cfg in configs:
         if fit_from_config(cfg, config_path=args.config).preempted:
             return PREEMPTED_EXIT_CODE
@@ -140,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, CheckpointError, LayoutError) as error:
         print(f"paxtrain: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    except LaunchError as error:
+        print(f"paxtrain: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,262 @@
+"""Submitting the jobs of a sweep through submitit: one Slurm job, or one local subprocess, each.
+
+`paxtrain fit CONFIG -m a=1,2 --launcher slurm` composes one config per sweep point, as the
+in-process sweep does, and hands them to `submit_sweep`. Each job runs `fit_from_config` on its
+config; on Slurm a job has `tasks_per_node` processes per node, started by `srun`, which
+`paxtrain.parallel.initialize_distributed` joins into one run through the `SLURM_*` variables.
+
+submitit is optional: `pip install -e ".[launch]"`.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from paxtrain.config import ConfigError
+
+LAUNCHERS = ("local", "slurm")
+
+# Launcher option -> submitit parameter. Options without a Slurm prefix apply to both executors;
+# submitit's local executor ignores the `slurm_` ones, so one file can serve both.
+EXECUTOR_PARAMETERS = {
+    "timeout_min": "timeout_min",
+    "nodes": "nodes",
+    "tasks_per_node": "tasks_per_node",
+    "gpus_per_node": "gpus_per_node",
+    "cpus_per_task": "cpus_per_task",
+    "mem_gb": "mem_gb",
+    "signal_delay_s": "slurm_signal_delay_s",
+    "partition": "slurm_partition",
+    "account": "slurm_account",
+    "qos": "slurm_qos",
+    "constraint": "slurm_constraint",
+    "setup": "slurm_setup",
+    "additional_parameters": "slurm_additional_parameters",
+}
+# A constructor argument in submitit, not an `update_parameters` one.
+CONSTRUCTOR_PARAMETERS = {"max_num_timeout": "slurm_max_num_timeout"}
+LAUNCHER_OPTIONS = (*EXECUTOR_PARAMETERS, *CONSTRUCTOR_PARAMETERS)
+
+# Used where no launcher config is given; a `--launcher-config` file overrides them key by key.
+# Slurm: one node of 8 GPUs, one process per GPU (see configs/launcher/slurm.yaml).
+LAUNCHER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "local": {"timeout_min": 60, "nodes": 1, "tasks_per_node": 1},
+    "slurm": {
+        "timeout_min": 1440,
+        "nodes": 1,
+        "tasks_per_node": 8,
+        "gpus_per_node": 8,
+        "cpus_per_task": 12,
+        "signal_delay_s": 120,
+        "max_num_timeout": 3,
+    },
+}
+
+NO_SUBMITIT_MSG = """\
+--launcher needs submitit, which is not installed: pip install -e ".[launch]" \
+(or pip install "submitit>=1.5,<2")."""
+NO_SLURM_MSG = "--launcher slurm submits with sbatch from a Slurm login node: {error}"
+UNKNOWN_LAUNCHER_MSG = "unknown launcher {launcher!r}; choose one of: {valid}."
+UNKNOWN_OPTION_MSG = """\
+unknown launcher option{s} {unknown} in {source}; valid options: {valid}."""
+NOT_A_MAPPING_MSG = "{source} must be a YAML mapping of launcher options, e.g. `timeout_min: 60`."
+JOB_FAILED_MSG = """\
+sweep job {index} (submitit job {job_id}, run directory {run_dir}) failed; its log: {log}
+{error}"""
+
+
+class LaunchError(RuntimeError):
+    """Submitted jobs failed; the message names each one and its log file."""
+
+
+def _submitit() -> Any:
+    try:
+        import submitit
+    except ImportError as error:
+        raise ConfigError(NO_SUBMITIT_MSG) from error
+    return submitit
+
+
+def launcher_options(launcher: str, config_path: str | pathlib.Path | None = None) -> dict:
+    """The launcher options of `launcher`: its defaults, updated by a launcher YAML file if given.
+
+    Args:
+      launcher: "local" or "slurm".
+      config_path: a YAML mapping of options (see `LAUNCHER_OPTIONS`), or None.
+
+    Returns:
+      A dict of launcher options; raises ConfigError naming the valid options for an unknown one.
+
+    Example:
+        >>> launcher_options("local")["tasks_per_node"]
+        1
+    """
+    if launcher not in LAUNCHERS:
+        raise ConfigError(
+            UNKNOWN_LAUNCHER_MSG.format(launcher=launcher, valid=", ".join(LAUNCHERS))
+        )
+    options = dict(LAUNCHER_DEFAULTS[launcher])
+    if config_path is not None:
+        path = pathlib.Path(config_path)
+        if not path.is_file():
+            raise ConfigError(f"launcher config {path} does not exist")
+        loaded = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        if not isinstance(loaded, dict):
+            raise ConfigError(NOT_A_MAPPING_MSG.format(source=path))
+        options.update(check_options(loaded, source=str(path)))
+    return options
+
+
+def check_options(options: Mapping[str, Any], source: str = "the launcher options") -> dict:
+    """`options` as a dict, or a ConfigError that names the unknown keys and the valid ones.
+
+    Example:
+        >>> check_options({"timeout_min": 10})
+        {'timeout_min': 10}
+    """
+    unknown = sorted(set(options) - set(LAUNCHER_OPTIONS))
+    if unknown:
+        raise ConfigError(
+            UNKNOWN_OPTION_MSG.format(
+                s="s" if len(unknown) > 1 else "",
+                unknown=", ".join(map(repr, unknown)),
+                source=source,
+                valid=", ".join(LAUNCHER_OPTIONS),
+            )
+        )
+    return dict(options)
+
+
+class FitJob:
+    """One sweep point as a picklable callable: the config travels as YAML, rebuilt in the job.
+
+    submitit calls `checkpoint` when Slurm is about to stop the job (the timeout's signal or a
+    preemption); it requeues the same job, and `fit_from_config` resumes from the newest
+    checkpoint in the run directory (paxtrain saves one on the SIGTERM that comes with requeue).
+
+    Example:
+        >>> job = FitJob(OmegaConf.to_yaml(cfg), "configs/char_rnn.yaml", os.getcwd(), [])  # doctest: +SKIP
+        >>> job()["run_dir"]  # doctest: +SKIP
+        'runs/char_rnn-multirun-20260101-120000/0_optimizer.lr=1e-3'
+    """
+
+    def __init__(self, config_yaml: str, config_path: str, workdir: str, sys_path: list[str]):
+        self.config_yaml = config_yaml
+        self.config_path = config_path
+        self.workdir = workdir
+        self.sys_path = sys_path
+
+    def __call__(self) -> dict[str, Any]:
+        from paxtrain.config import validate
+        from paxtrain.run import fit_from_config
+
+        # As in the submitting process: relative paths in the config and `_target_` imports
+        # resolve against the directory and the paths `paxtrain fit` was started with.
+        os.chdir(self.workdir)
+        sys.path[:0] = [p for p in self.sys_path if p not in sys.path]
+        cfg = validate(OmegaConf.create(self.config_yaml))
+        trainer = fit_from_config(cfg, config_path=self.config_path)
+        return {"run_dir": cfg.run_dir, "step": trainer.step, "preempted": trainer.preempted}
+
+    def checkpoint(self) -> Any:
+        return _submitit().helpers.DelayedSubmission(self)
+
+
+def submit_sweep(
+    configs: Sequence[DictConfig],
+    config_path: str,
+    launcher: str,
+    options: Mapping[str, Any] | None = None,
+    sys_path: Sequence[str] = (),
+) -> list[Any]:
+    """Submits one job per config through submitit; for `local`, waits for them all.
+
+    Each config must have its `run_dir` set (`paxtrain.run.assign_sweep_dirs`); submitit's
+    files and logs go to `submitit/<job id>/` in the sweep directory, the parent of the run
+    directories. Job ids are printed as they are submitted.
+
+    Args:
+      configs: the composed, validated config of each sweep point.
+      config_path: the YAML file they were composed from, recorded in each run's run.json.
+      launcher: "local" (subprocesses on this machine) or "slurm".
+      options: launcher options (`launcher_options`); None for the launcher's defaults.
+      sys_path: entries each job puts in front of `sys.path`, for the config's `_target_`s.
+
+    Returns:
+      The submitit jobs, in the order of `configs`. With `local`, all have finished; failures
+      raise LaunchError naming each failed job and its log file.
+
+    Example:
+        >>> jobs = submit_sweep(configs, "configs/char_rnn.yaml", "slurm")  # doctest: +SKIP
+        paxtrain: submitted sweep job 0 as submitit job 4242 (slurm): runs/.../0_optimizer.lr=1e-3
+    """
+    if launcher not in LAUNCHERS:
+        raise ConfigError(
+            UNKNOWN_LAUNCHER_MSG.format(launcher=launcher, valid=", ".join(LAUNCHERS))
+        )
+    submitit = _submitit()
+    options = check_options(LAUNCHER_DEFAULTS[launcher] if options is None else options)
+    workdir = os.getcwd()
+    # Absolute, so that the jobs find them whatever directory they start in.
+    configs = [cfg.copy() for cfg in configs]
+    for cfg in configs:
+        cfg.run_dir = str(pathlib.Path(cfg.run_dir).resolve())
+    sweep_dir = pathlib.Path(configs[0].run_dir).parent if configs else pathlib.Path(workdir)
+    constructor = {
+        CONSTRUCTOR_PARAMETERS[k]: v for k, v in options.items() if k in CONSTRUCTOR_PARAMETERS
+    }
+    try:
+        executor = submitit.AutoExecutor(
+            folder=sweep_dir / "submitit" / "%j", cluster=launcher, **constructor
+        )
+    except RuntimeError as error:  # submitit's "Could not detect srun" off a Slurm cluster
+        raise ConfigError(NO_SLURM_MSG.format(error=error)) from None
+    parameters = {EXECUTOR_PARAMETERS[k]: v for k, v in options.items() if k in EXECUTOR_PARAMETERS}
+    executor.update_parameters(**{k: v for k, v in parameters.items() if v is not None})
+
+    jobs = []
+    for index, cfg in enumerate(configs):
+        executor.update_parameters(name=f"paxtrain-{cfg.name}-{index}")
+        job = executor.submit(
+            FitJob(
+                OmegaConf.to_yaml(cfg),
+                str(pathlib.Path(config_path).resolve()),
+                workdir,
+                list(sys_path),
+            )
+        )
+        print(
+            f"paxtrain: submitted sweep job {index} as submitit job {job.job_id} ({launcher}): {cfg.run_dir}"
+        )
+        jobs.append(job)
+    if launcher == "local":
+        # The jobs run at once, so one failing leaves the others running: all are waited for,
+        # then every failure is reported with its log.
+        failures = []
+        for index, (job, cfg) in enumerate(zip(jobs, configs)):
+            try:
+                job.result()
+            except Exception as error:
+                log, cause = job.paths.stderr, _cause(str(error))
+                failures.append(
+                    JOB_FAILED_MSG.format(
+                        index=index, job_id=job.job_id, run_dir=cfg.run_dir, log=log, error=cause
+                    )
+                )
+        if failures:
+            raise LaunchError("\n".join(failures))
+    return jobs
+
+
+def _cause(text: str, count: int = 3) -> str:
+    # submitit's error is "... with trace:", the job's traceback between two dashed lines, then
+    # where its logs are (named above already): the traceback's last lines name the cause.
+    parts = text.split("-" * 22)
+    trace = parts[1] if len(parts) >= 3 else text
+    return "\n".join(trace.strip().splitlines()[-count:])

@@ -1,0 +1,68 @@
+"""`paxtrain fit -m --launcher`: sweeps submitted through submitit (its local executor here)."""
+
+import pytest
+import yaml
+from cli_support import CHAR_RNN, TINY_CHAR_RNN, run_paxtrain
+
+pytest.importorskip("submitit")
+
+FAST = [
+    "trainer.max_steps=2",
+    "optimizer.warmup_steps=0",
+    "trainer.eval_every=null",
+    "callbacks=[]",
+    "trainer.plot=false",
+]
+
+
+def test_local_launcher_runs_one_job_per_sweep_point(tmp_path):
+    result = run_paxtrain(
+        "fit", CHAR_RNN, "-m", *TINY_CHAR_RNN, *FAST, "optimizer.lr=1e-3,3e-3",
+        "--launcher", "local", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("paxtrain: submitted sweep job") == 2
+    (sweep,) = (tmp_path / "runs").iterdir()
+    runs = sorted(p for p in sweep.iterdir() if p.name != "submitit")
+    assert [p.name for p in runs] == ["0_optimizer.lr=0.001", "1_optimizer.lr=0.003"]
+    for run, lr in zip(runs, (1e-3, 3e-3)):
+        assert (run / "metrics.jsonl").read_text().strip()
+        assert any((run / "checkpoints").iterdir())
+        assert yaml.safe_load((run / "config.yaml").read_text())["optimizer"]["lr"] == lr
+    assert len(list(sweep.glob("submitit/*/*_log.out"))) == 2  # one log per job
+
+
+def test_unknown_launcher_option_is_one_clear_error(tmp_path):
+    options = tmp_path / "launcher.yaml"
+    options.write_text("timeout_min: 5\ngpus: 2\n")
+    result = run_paxtrain(
+        "fit", CHAR_RNN, "-m", "optimizer.lr=1e-3,3e-3",
+        "--launcher", "local", "--launcher-config", str(options), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "unknown launcher option 'gpus'" in result.stderr
+    assert "gpus_per_node" in result.stderr  # the valid options are listed
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()  # nothing submitted
+
+
+def test_launcher_without_sweep_is_a_config_error(tmp_path):
+    result = run_paxtrain("fit", CHAR_RNN, "--launcher", "local", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "use it with -m" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_failed_local_job_names_its_log(tmp_path):
+    too_short = [*FAST, "data.seq_len=16", "data.max_chars=10"]  # fails as the data loads
+    result = run_paxtrain(
+        "fit", CHAR_RNN, "-m", *too_short, "optimizer.lr=1e-3,3e-3", "--launcher", "local",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert (
+        "sweep job 0 (submitit job" in result.stderr and "too few for seq_len=16" in result.stderr
+    )
+    (sweep,) = (tmp_path / "runs").iterdir()
+    for log in sweep.glob("submitit/*/*_log.err"):
+        assert str(log) in result.stderr
+    assert "Traceback" not in result.stderr
