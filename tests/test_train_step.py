@@ -210,6 +210,23 @@ def test_state_counter_counts_every_step():
     assert state.model.calls.dtype == jnp.int32
 
 
+def test_grad_norm_is_the_global_norm_and_can_be_left_out():
+    batch = regression_batch()
+    state = fresh_state()
+    params = pax.select_parameters(state.model)
+    grads = jax.grad(lambda p: mse_loss(pax.update_parameters(state.model, p), batch)[0])(params)
+    with_norm = make_train_step(mse_loss, nonfinite_guard=False)
+    _, metrics = with_norm(fresh_state(), batch)
+    np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(grads), rtol=1e-6)
+    # Left out, the step is otherwise the same; the guard needs the norm, so it keeps it.
+    without = make_train_step(mse_loss, nonfinite_guard=False, grad_norm=False)
+    new_state, metrics_without = without(fresh_state(), batch)
+    assert "grad_norm" not in metrics_without
+    np.testing.assert_allclose(metrics_without["loss"], metrics["loss"], rtol=0)
+    guarded = make_train_step(mse_loss, grad_norm=False)
+    assert "grad_norm" in guarded(fresh_state(), batch)[1]
+
+
 def test_nonfinite_guard_skips_counts_and_leaves_everything_unchanged():
     state = fresh_state(optax.adam(0.1))
     step = make_train_step(mse_loss, ema_decay=0.9)
