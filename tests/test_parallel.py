@@ -62,19 +62,21 @@ def eight_devices():
     return last_json_line(done.stdout)
 
 
-@pytest.fixture(scope="module")
-def two_processes():
+def run_two_processes(command: list[str], **env: str) -> list[str]:
+    """Runs `command` as two processes of 2 CPU devices each, joined over 127.0.0.1; returns
+    their stdouts once both succeeded."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     procs = [
         subprocess.Popen(
-            [sys.executable, os.path.join(SCRIPTS, "two_processes.py")],
+            command,
             env=cpu_env(
                 2,
                 JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                 JAX_NUM_PROCESSES="2",
                 JAX_PROCESS_ID=str(i),
+                **env,
             ),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -85,7 +87,13 @@ def two_processes():
     outputs = [proc.communicate(timeout=300) for proc in procs]
     for proc, (_, stderr) in zip(procs, outputs):
         assert proc.returncode == 0, stderr[-3000:]
-    return [last_json_line(stdout) for stdout, _ in outputs]
+    return [stdout for stdout, _ in outputs]
+
+
+@pytest.fixture(scope="module")
+def two_processes():
+    stdouts = run_two_processes([sys.executable, os.path.join(SCRIPTS, "two_processes.py")])
+    return [last_json_line(stdout) for stdout in stdouts]
 
 
 def assert_matches(losses, model, expected):

@@ -9,14 +9,13 @@ checkpoints saved on one layout and resumed on another (`parallel_scripts/topolo
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 from cli_support import CHAR_RNN, ROOT, TINY_CHAR_RNN
-from test_parallel import SCRIPTS, cpu_env, last_json_line
+from test_parallel import SCRIPTS, cpu_env, last_json_line, run_two_processes
 
 from paxtrain.cli import main
 from paxtrain.train.logger import read_metrics
@@ -95,34 +94,13 @@ def test_mesh_that_does_not_fit_the_devices_is_one_clear_error(tmp_path, capsys)
 
 
 def test_two_processes_train_like_one_device_and_only_process_0_writes(tmp_path, one_device_fit):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "paxtrain", "fit", CHAR_RNN, *CLI_RUN, f"run_dir={run_dir}"]
     command += ["mesh.data=2", "mesh.fsdp=2", "trainer.checkpoint.every_steps=2"]
-    procs = [
-        subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=cpu_env(
-                2,
-                PYTHONPATH=str(ROOT),
-                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                JAX_NUM_PROCESSES="2",
-                JAX_PROCESS_ID=str(i),
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outputs = [proc.communicate(timeout=300) for proc in procs]
-    for proc, (_, stderr) in zip(procs, outputs):
-        assert proc.returncode == 0, stderr[-3000:]
-    assert "paxtrain: finished at step 4" in outputs[0][0]
-    assert "paxtrain:" not in outputs[1][0]  # process 1 prints nothing of its own
+    # The recipes importable wherever pytest runs.
+    outputs = run_two_processes(command, PYTHONPATH=str(ROOT))
+    assert "paxtrain: finished at step 4" in outputs[0]
+    assert "paxtrain:" not in outputs[1]  # process 1 prints nothing of its own
     records = read_metrics(run_dir)  # one writer: each step once
     assert [r["step"] for r in records if "train/loss" in r] == list(range(1, STEPS + 1))
     for key in ("train/loss", "eval/loss"):
