@@ -268,7 +268,9 @@ class Trainer:
             model = pax.apply_mp_policy(model, "params=float32,compute=bfloat16,output=float32")
         self.data = data
         loss_fn = loss_fn or model_loss
-        # With the options' extras, so the state has the structure that checkpoints record.
+        # With the options' extras, so the state has the structure that checkpoints record. The
+        # layout depends on that structure and the compiled step on the layout, so an uncompiled
+        # step adds the extras first.
         state = make_train_step(loss_fn, **self.step_options).init(
             TrainState.create(model, optimizer, seed=self.seed)
         )
