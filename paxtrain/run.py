@@ -11,6 +11,7 @@ import pathlib
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -167,6 +168,26 @@ class RunFiles(Hook):
         (trainer.run_dir / RUN_INFO_FILE).write_text(json.dumps(self.info, indent=2) + "\n")
 
 
+def arguments_for(target: Callable, section: DictConfig) -> dict[str, Any]:
+    """The keys of a config section that `target` takes as parameters, with their values.
+
+    The schemas in `paxtrain.config` name their keys after the parameters they set, so a key
+    added to both reaches the object without more code here. Sub-sections (`early_stopping`)
+    and keys that are no parameter (`enabled`) are left to the caller.
+
+    Example:
+        >>> arguments_for(EarlyStopping, OmegaConf.create({"monitor": "eval/loss", "x": 1}))
+        {'monitor': 'eval/loss'}
+    """
+    parameters = inspect.signature(target).parameters
+    values = OmegaConf.to_container(section, resolve=True)
+    return {
+        key: value
+        for key, value in values.items()
+        if key in parameters and not isinstance(value, dict)  # sub-sections build objects
+    }
+
+
 def join_processes() -> None:
     """Joins a multi-process run when the environment describes one (Slurm, a TPU pod,
     JAX_COORDINATOR_ADDRESS...); an incomplete description is a `ConfigError`.
@@ -205,38 +226,14 @@ def build_trainer(cfg: DictConfig, run_dir: pathlib.Path, meta: dict[str, Any] |
     callbacks = [instantiate(c, f"callbacks[{i}]") for i, c in enumerate(cfg.callbacks)]
     t, es, ck = cfg.trainer, cfg.trainer.early_stopping, cfg.trainer.checkpoint
     trainer = Trainer(
-        t.max_steps,
+        **arguments_for(Trainer, t),
         run_dir=run_dir,
-        log_every=t.log_every,
-        eval_every=t.eval_every,
-        steps_per_call=t.steps_per_call,
-        grad_accum_steps=t.grad_accum_steps,
-        precision=t.precision,
-        ema_decay=t.ema_decay,
-        on_nonfinite=t.on_nonfinite,
-        rollback_lr_factor=t.rollback_lr_factor,
-        progress=t.progress,
-        plot=t.plot,
-        early_stopping=(
-            EarlyStopping(es.monitor, es.mode, es.patience, es.min_delta) if es.monitor else None
-        ),
-        checkpointing=(
-            Checkpointing(
-                every_steps=ck.every_steps,
-                every_seconds=ck.every_seconds,
-                keep_last=ck.keep_last,
-                keep_best=ck.keep_best,
-                monitor=ck.monitor,
-                mode=ck.mode,
-                async_save=ck.async_save,
-                meta=meta,
-            )
-            if ck.enabled
-            else None
-        ),
+        early_stopping=EarlyStopping(**arguments_for(EarlyStopping, es)) if es.monitor else None,
+        checkpointing=Checkpointing(**arguments_for(Checkpointing, ck), meta=meta)
+        if ck.enabled
+        else None,
         hooks=callbacks,
         seed=cfg.seed,
-        preemption_signals=list(t.preemption_signals),
         mesh=dict(cfg.mesh),
         strategy=cfg.parallel.strategy,
     )

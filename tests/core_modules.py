@@ -27,6 +27,19 @@ class Linear(pax.Module):
         return x @ self.weight + self.bias
 
 
+class SeededLinear(pax.Module):
+    """A linear layer whose scaled-normal weight comes from its own seed, not the global key."""
+
+    def __init__(self, in_dim: int, out_dim: int, seed: int = 0):
+        super().__init__()
+        weight = jax.random.normal(jax.random.PRNGKey(seed), (in_dim, out_dim)) / in_dim**0.5
+        self.register_parameter("weight", weight)
+        self.register_parameter("bias", jnp.zeros(out_dim))
+
+    def __call__(self, x):
+        return x @ self.weight + self.bias
+
+
 class MLP(pax.Module):
     """Linear layers in a list plus a call counter: parameters, an int state, submodules."""
 

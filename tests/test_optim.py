@@ -7,21 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from core_modules import SeededLinear
 
 import paxtrain as pax
 import paxtrain.optim
 from paxtrain.optim import Optimizer, adam, adamw, make_schedule, make_transformation, sgd
-
-
-class Linear(pax.Module):
-    def __init__(self, in_dim: int, out_dim: int, seed: int = 0):
-        super().__init__()
-        weight = jax.random.normal(jax.random.PRNGKey(seed), (in_dim, out_dim)) / in_dim**0.5
-        self.register_parameter("weight", weight)
-        self.register_parameter("bias", jnp.zeros(out_dim))
-
-    def __call__(self, x):
-        return x @ self.weight + self.bias
 
 
 class Net(pax.Module):
@@ -29,8 +19,8 @@ class Net(pax.Module):
 
     def __init__(self):
         super().__init__()
-        self.first = Linear(3, 4, seed=0)
-        self.second = Linear(4, 1, seed=1)
+        self.first = SeededLinear(3, 4, seed=0)
+        self.second = SeededLinear(4, 1, seed=1)
         self.register_state("calls", jnp.array(0))
 
     def __call__(self, x):

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from core_modules import SeededLinear
 
 import paxtrain as pax
 from paxtrain.optim import Optimizer, make_transformation
@@ -25,23 +26,12 @@ COEFFICIENTS = np.array([[1.5], [-2.0], [0.5]], np.float32)
 INTERCEPT = 0.25
 
 
-class Linear(pax.Module):
-    def __init__(self, in_dim: int, out_dim: int, seed: int = 0):
-        super().__init__()
-        weight = jax.random.normal(jax.random.PRNGKey(seed), (in_dim, out_dim)) / in_dim**0.5
-        self.register_parameter("weight", weight)
-        self.register_parameter("bias", jnp.zeros(out_dim))
-
-    def __call__(self, x):
-        return x @ self.weight + self.bias
-
-
 class Regression(pax.Module):
     """A linear model that counts its calls in an int32 state."""
 
     def __init__(self):
         super().__init__()
-        self.fc = Linear(3, 1)
+        self.fc = SeededLinear(3, 1)
         self.register_state("calls", jnp.array(0, jnp.int32))
 
     def __call__(self, x):
@@ -68,7 +58,7 @@ class MLP(pax.Module):
     def __init__(self, sizes: tuple[int, ...], center: bool = False):
         super().__init__()
         self.center = Center(sizes[0]) if center else None
-        self.layers = [Linear(a, b, seed=i) for i, (a, b) in enumerate(zip(sizes, sizes[1:]))]
+        self.layers = [SeededLinear(a, b, seed=i) for i, (a, b) in enumerate(zip(sizes, sizes[1:]))]
 
     def __call__(self, x):
         if self.center is not None:
