@@ -183,14 +183,15 @@ class CheckpointManager:
         saved = self._manager.item_metadata(step)["state"]
         saved = getattr(saved, "tree", saved)
         current = flatten_state(template)
+
+        def only_in(path: str, where: str) -> CheckpointError:
+            return CheckpointError(
+                MISSING_PATH_MSG.format(step=step, directory=self.directory, path=path, where=where)
+            )
+
         for path, leaf in current.items():
             if path not in saved:
-                raise CheckpointError(
-                    MISSING_PATH_MSG.format(
-                        step=step, directory=self.directory, path=path,
-                        where="in the state but not in the checkpoint",
-                    )
-                )  # fmt: skip
+                raise only_in(path, "in the state but not in the checkpoint")
             meta = saved[path]
             if tuple(meta.shape) != tuple(np.shape(leaf)) or np.dtype(meta.dtype) != np.dtype(
                 leaf.dtype
@@ -204,12 +205,7 @@ class CheckpointManager:
                 )  # fmt: skip
         for path in saved:
             if path not in current:
-                raise CheckpointError(
-                    MISSING_PATH_MSG.format(
-                        step=step, directory=self.directory, path=path,
-                        where="in the checkpoint but not in the state",
-                    )
-                )  # fmt: skip
+                raise only_in(path, "in the checkpoint but not in the state")
 
     def _restore_step(self, step: int, template: Any) -> tuple[Any, dict[str, Any]]:
         self.check_compatible(step, template)

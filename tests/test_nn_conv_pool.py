@@ -74,10 +74,10 @@ def _bias_along_channels(conv, ndim):
     return np.asarray(conv.bias).reshape(shape)
 
 
-@pytest.mark.parametrize("case", CONV2D_CASES)
-def test_conv2d_matches_lax_conv_general_dilated(case):
-    conv = _with_random_bias(
-        nn.Conv2D(
+def _conv2d_for(cls, case):
+    """A 4 -> 8 channel, (3, 2) kernel layer of `cls` with the settings of a CONV2D_CASES case."""
+    return _with_random_bias(
+        cls(
             4,
             8,
             (3, 2),
@@ -88,6 +88,11 @@ def test_conv2d_matches_lax_conv_general_dilated(case):
             data_format=case["data_format"],
         )
     )
+
+
+@pytest.mark.parametrize("case", CONV2D_CASES)
+def test_conv2d_matches_lax_conv_general_dilated(case):
+    conv = _conv2d_for(nn.Conv2D, case)
     x = _input(case["data_format"])
     expected = jax.lax.conv_general_dilated(
         x,
@@ -126,18 +131,7 @@ def _lax_conv_transpose(conv, x):
 
 @pytest.mark.parametrize("case", CONV2D_CASES)
 def test_conv2d_transpose_matches_lax_conv_transpose(case):
-    conv = _with_random_bias(
-        nn.Conv2DTranspose(
-            4,
-            8,
-            (3, 2),
-            stride=case["stride"],
-            rate=case["rate"],
-            padding=case["padding"],
-            feature_group_count=case["groups"],
-            data_format=case["data_format"],
-        )
-    )
+    conv = _conv2d_for(nn.Conv2DTranspose, case)
     x = _input(case["data_format"])
     np.testing.assert_allclose(conv(x), _lax_conv_transpose(conv, x), rtol=1e-5, atol=1e-5)
 
