@@ -23,6 +23,8 @@ from paxtrain.parallel.sharding import (
     DEFAULT_FSDP_MIN_SIZE,
     DEFAULT_TENSOR_RULES,
     Rule,
+    as_rules,
+    check_tensor_axis_used,
     state_shardings,
 )
 
@@ -85,15 +87,22 @@ class ParallelPlan:
             return replicate(state)
         return jax.device_put(state, self.state_shardings)
 
-    def check_batch(self, batch: Any) -> None:
+    def check_batch(self, batch: Any, name: str = "batch") -> None:
         """Raises a `LayoutError` unless one batch (batch axis 0) splits evenly over the
         data-parallel devices; before training, so a bad batch size fails at once.
+
+        Args:
+          batch: a training batch, or with `name="eval batch"` an evaluation batch (which
+            "pmap" evaluates on one device, so any size fits).
+          name: what `batch` is, for the message.
 
         Example:
             >>> plan.check_batch(data.train_batch(0))  # doctest: +SKIP
         """
+        if self.strategy == "pmap" and name != "batch":
+            return
         parts = data_parallel_size(self.mesh)
-        check_batch_divisible(batch, parts, 0, f"{self.strategy} over {parts} devices")
+        check_batch_divisible(batch, parts, 0, f"{self.strategy} over {parts} devices", name)
 
     def put_batch(self, batch: Any) -> Any:
         """Places one global batch (the same on every process) for the step.
@@ -143,7 +152,9 @@ def setup(
         or "pmap" (data parallel with a replicated state).
       mesh: from `make_mesh`; default all devices on the data axis.
       batch_axis: 0, or 1 when batches are stacked for `steps_per_call`.
-      tensor_rules: the tensor-parallel rules (see `partition_spec`).
+      tensor_rules: the tensor-parallel rules (see `partition_spec`); a spec may be a list, as
+        a config writes it (see `as_rules`). A mesh whose "tensor" axis no rule uses is an
+        error: its devices would repeat each other's work.
       fsdp_min_size: leaves smaller than this stay replicated over "fsdp".
 
     Returns:
@@ -161,5 +172,6 @@ def setup(
             layout = ", ".join(f"{axis}={mesh.shape[axis]}" for axis in (DATA, FSDP, TENSOR))
             raise LayoutError(PMAP_MESH_MSG.format(layout=layout))
         return ParallelPlan(strategy, mesh, None, batch_axis)
-    shardings = state_shardings(state, mesh, tensor_rules, fsdp_min_size)
+    shardings = state_shardings(state, mesh, as_rules(tensor_rules), fsdp_min_size)
+    check_tensor_axis_used(shardings, mesh)
     return ParallelPlan(strategy, mesh, shardings, batch_axis)

@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec
 
 from paxtrain import parallel
 from paxtrain.checkpoint import CheckpointManager
+from paxtrain.train import Trainer
 
 SMALL = {"fsdp_min_size": 64}  # the toy's leaves are small; shard them anyway
 CASES = {
@@ -90,6 +91,27 @@ def error_of(fn) -> str:
     return "no error"
 
 
+class OddEvalBatches:
+    """The toy's batches, with evaluation batches of 12 examples: not divisible by 8."""
+
+    info: dict = {}
+
+    def train_batch(self, step):
+        return toy.batch_of(step)
+
+    def eval_batches(self):
+        yield toy.batch_of(0, size=12)
+
+
+def eval_batch_error() -> str:
+    import optax
+
+    trainer = Trainer(2, run_dir=tempfile.mkdtemp(), mesh={"data": 8})
+    return error_of(
+        lambda: trainer.prepare(toy.Block(), OddEvalBatches(), optax.sgd(0.1), toy.loss_fn)
+    )
+
+
 def errors() -> dict[str, str]:
     state = toy.fresh_state(toy.make_train_step(toy.loss_fn))
     jit_plan = parallel.setup(state, "jit", parallel.make_mesh(data=-1))
@@ -106,6 +128,12 @@ def errors() -> dict[str, str]:
         "pmap_with_fsdp": error_of(
             lambda: parallel.setup(state, "pmap", parallel.make_mesh(data=4, fsdp=2))
         ),
+        "tensor_axis_unused": error_of(
+            lambda: parallel.setup(
+                state, "jit", parallel.make_mesh(data=4, tensor=2), tensor_rules=()
+            )
+        ),
+        "eval_batch_not_divisible": eval_batch_error(),
         "mesh_size": error_of(lambda: parallel.make_mesh(data=3)),
         "mesh_remaining": error_of(lambda: parallel.make_mesh(data=-1, tensor=3)),
     }
