@@ -200,10 +200,9 @@ def test_multi_device_errors_name_the_problem_and_the_fix(eight_devices):
         size=2, path=".model.attention.query_proj.weight", example=r"query_proj\.weight$"
     )
     # Evaluation batches are checked when training starts, not at the first evaluation.
-    assert errors["eval_batch_not_divisible"] == batch.BATCH_DIVISIBLE_MSG.format(
-        size=12, where="axis 0 of eval batch['x']", parts=8, layout="jit over 8 devices",
-        suggestion="8 or 16",
-    )  # fmt: skip
+    assert errors["eval_batch_without_batch_axis"] == batch.BATCH_RANK_MSG.format(
+        path="['weight']", shape=(), axis=0
+    )
     assert errors["mesh_size"] == mesh.MESH_SIZE_MSG.format(
         data=3, fsdp=1, tensor=1, needed=3, available=8, platform="cpu"
     )

@@ -88,22 +88,26 @@ class ParallelPlan:
             return replicate(state)
         return jax.device_put(state, self.state_shardings)
 
-    def check_batch(self, batch: Any, name: str = "batch") -> None:
+    def check_batch(self, batch: Any) -> None:
         """Raises a `LayoutError` unless one batch (batch axis 0) splits evenly over the
         data-parallel devices; before training, so a bad batch size fails at once.
-
-        Args:
-          batch: a training batch, or with `name="eval batch"` an evaluation batch (which
-            "pmap" evaluates on one device, so any size fits).
-          name: what `batch` is, for the message.
 
         Example:
             >>> plan.check_batch(data.train_batch(0))  # doctest: +SKIP
         """
-        if self.strategy == "pmap" and name != "batch":
-            return
         parts = data_parallel_size(self.mesh)
-        check_batch_divisible(batch, parts, 0, f"{self.strategy} over {parts} devices", name)
+        check_batch_divisible(batch, parts, 0, f"{self.strategy} over {parts} devices")
+
+    def check_eval_batch(self, batch: Any) -> None:
+        """Raises a `LayoutError` unless `put_eval_batch` can place `batch`: every leaf needs a
+        batch axis (any size: one that does not split is evaluated replicated). Before
+        training, so it fails at once rather than at the first evaluation.
+
+        Example:
+            >>> plan.check_eval_batch(next(data.eval_batches()))  # doctest: +SKIP
+        """
+        if self.strategy != "pmap":  # "pmap" evaluates on one device: any batch fits
+            check_batch_divisible(batch, 1, 0, name="eval batch")
 
     def put_batch(self, batch: Any) -> Any:
         """Places one global batch (the same on every process) for the step.

@@ -101,8 +101,8 @@ def error_of(fn) -> str:
     return "no error"
 
 
-class OddEvalBatches:
-    """The toy's batches, with evaluation batches of 12 examples: not divisible by 8."""
+class ScalarInEvalBatches:
+    """The toy's batches, with a scalar in the evaluation batches: no batch axis to split."""
 
     info: dict = {}
 
@@ -110,7 +110,7 @@ class OddEvalBatches:
         return toy.batch_of(step)
 
     def eval_batches(self):
-        yield toy.batch_of(0, size=12)
+        yield {**toy.batch_of(0), "weight": np.float32(1.0)}
 
 
 def eval_batch_error() -> str:
@@ -118,7 +118,7 @@ def eval_batch_error() -> str:
 
     trainer = Trainer(2, run_dir=tempfile.mkdtemp(), mesh={"data": 8})
     return error_of(
-        lambda: trainer.prepare(toy.Block(), OddEvalBatches(), optax.sgd(0.1), toy.loss_fn)
+        lambda: trainer.prepare(toy.Block(), ScalarInEvalBatches(), optax.sgd(0.1), toy.loss_fn)
     )
 
 
@@ -143,7 +143,7 @@ def errors() -> dict[str, str]:
                 state, "jit", parallel.make_mesh(data=4, tensor=2), tensor_rules=()
             )
         ),
-        "eval_batch_not_divisible": eval_batch_error(),
+        "eval_batch_without_batch_axis": eval_batch_error(),
         "mesh_size": error_of(lambda: parallel.make_mesh(data=3)),
         "mesh_remaining": error_of(lambda: parallel.make_mesh(data=-1, tensor=3)),
     }
