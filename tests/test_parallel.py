@@ -168,6 +168,11 @@ def test_a_restored_checkpoint_keeps_values_and_layout(eight_devices):
     }
 
 
+def test_a_ragged_eval_batch_evaluates_like_on_one_device(eight_devices):
+    ragged = eight_devices["ragged_eval"]
+    np.testing.assert_allclose(ragged["mesh"], ragged["one_device"], rtol=1e-5)
+
+
 def test_pmap_state_has_a_device_axis(eight_devices):
     assert eight_devices["cases"]["pmap"]["step_shape"] == [8]
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from paxtrain.parallel.batch import batch_sharding, check_batch_divisible, shard_batch
@@ -107,13 +108,21 @@ class ParallelPlan:
 
     def put_eval_batch(self, batch: Any) -> Any:
         """Places one evaluation batch (batch axis 0) for an eval step on `unreplicate(state)`:
-        split over the mesh for "jit", left to the step's one device for "pmap".
+        split over the mesh for "jit" (replicated when its size does not split evenly, as a
+        ragged last batch), left to the step's one device for "pmap".
 
         Example:
             >>> metrics = eval_step(state, plan.put_eval_batch(batch))  # doctest: +SKIP
         """
         if self.strategy == "pmap":
             return batch
+        size = np.shape(jax.tree_util.tree_leaves(batch)[0])[0]
+        if size % data_parallel_size(self.mesh):
+            # A ragged last eval batch does not split evenly: every device evaluates it whole.
+            replicated = NamedSharding(self.mesh, PartitionSpec())
+            return jax.tree_util.tree_map(
+                lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x)), batch
+            )
         return shard_batch(batch, self.mesh, 0)
 
     def unreplicate(self, state: Any) -> Any:

@@ -71,6 +71,26 @@ def _leading_dim(batch: Any) -> int:
     return int(np.shape(leaves[0])[0]) if leaves else 0
 
 
+def weighted_mean(per_batch: Sequence[tuple[int, Mapping[str, Any]]]) -> dict[str, float]:
+    """The mean of each metric over examples, from `(examples, metrics)` of each batch.
+
+    A batch's metrics are means over its examples, so they are weighted by its example count:
+    the result equals the metric computed over all examples at once, whatever the batch sizes.
+
+    Example:
+        >>> weighted_mean([(4, {"accuracy": 1.0}), (1, {"accuracy": 0.0})])
+        {'accuracy': 0.8}
+    """
+    total = sum(count for count, _ in per_batch)
+    if not total:
+        return {}
+    keys = per_batch[0][1].keys()
+    return {
+        key: float(sum(count * np.mean(m[key], dtype=np.float64) for count, m in per_batch) / total)
+        for key in keys
+    }
+
+
 class Trainer:
     """Trains a module on a `DataSource` with an optimizer; hooks do everything optional.
 
@@ -217,20 +237,23 @@ class Trainer:
         self.should_stop, self.stop_reason = True, reason
 
     def eval_metrics(self) -> dict[str, float]:
-        """The mean eval metrics of the current state over `data.eval_batches()`, or {} when
-        a preemption interrupts them. Logs nothing.
+        """The eval metrics of the current state over `data.eval_batches()`, or {} when a
+        preemption interrupts them. Logs nothing.
+
+        Each batch's metrics count in proportion to its examples (`weighted_mean`), so a
+        ragged last batch counts exactly: the result is the metric over all eval examples.
 
         Example:
             >>> trainer.eval_metrics()["loss"]  # doctest: +SKIP
         """
-        totals: dict[str, list] = {}
+        per_batch = []
         state = self.state
         for batch in self.data.eval_batches():
             if self.preempted:
                 return {}
-            for key, value in self._eval_step(state, self.plan.put_eval_batch(batch)).items():
-                totals.setdefault(key, []).append(value)
-        return {k: float(np.mean(jax.device_get(v))) for k, v in totals.items()}
+            metrics = self._eval_step(state, self.plan.put_eval_batch(batch))
+            per_batch.append((_leading_dim(batch), metrics))
+        return weighted_mean(jax.device_get(per_batch))
 
     def evaluate(self) -> dict[str, float]:
         """Evaluates (`eval_metrics`), logs the metrics as `eval/*` and runs `on_eval_end` hooks.

@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec
 
 from paxtrain import parallel
 from paxtrain.checkpoint import CheckpointManager
+from paxtrain.train import make_eval_step
 
 SMALL = {"fsdp_min_size": 64}  # the toy's leaves are small; shard them anyway
 CASES = {
@@ -82,6 +83,16 @@ def checkpoint_round_trip(state, train_step, plan) -> dict:
     return result
 
 
+def ragged_eval(state, plan) -> dict:
+    """An eval batch of 13 rows, which 8 devices cannot split: placed by `put_eval_batch`, its
+    metrics equal those of the same state and batch on one device."""
+    eval_step = make_eval_step(lambda model, batch: toy.loss_fn(model, batch)[1][1])
+    batch = toy.batch_of(0, size=13)
+    on_mesh = eval_step(state, plan.put_eval_batch(batch))["mean_prediction"]
+    on_one = eval_step(toy.host(state), batch)["mean_prediction"]
+    return {"mesh": float(on_mesh), "one_device": float(on_one)}
+
+
 def error_of(fn) -> str:
     try:
         fn()
@@ -120,6 +131,7 @@ def main() -> None:
         "cases": cases,
         "errors": errors(),
         "checkpoint": checkpoint_round_trip(*trained["fsdp"]),
+        "ragged_eval": ragged_eval(trained["fsdp"][0], trained["fsdp"][2]),
         "process_batch_slice": str(parallel.process_batch_slice(16, parallel.make_mesh())),
     }
     print(json.dumps(results))
