@@ -40,6 +40,7 @@ def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
       batch_axis: 0, or 1 when batches are stacked for `steps_per_call`.
 
     Example:
+        >>> from paxtrain.parallel import make_mesh
         >>> batch_sharding(make_mesh()).spec
         P(('data', 'fsdp'),)
     """
@@ -100,6 +101,7 @@ def process_batch_slice(global_batch_size: int, mesh: Mesh) -> slice:
       A `slice` of the batch axis; all of it on a single process.
 
     Example:
+        >>> from paxtrain.parallel import make_mesh
         >>> process_batch_slice(256, make_mesh())  # one process holds every row
         slice(0, 256, None)
     """
@@ -126,6 +128,7 @@ def shard_batch(batch: Any, mesh: Mesh, batch_axis: int = 0) -> Any:
       multiple of the data-parallel size.
 
     Example:
+        >>> from paxtrain.parallel import make_mesh
         >>> batch = shard_batch({"x": np.zeros((64, 3))}, make_mesh())
         >>> batch["x"].sharding.spec
         P(('data', 'fsdp'),)

@@ -257,6 +257,7 @@ def state_shardings(
       `in_shardings` / `out_shardings` of the step.
 
     Example:
+        >>> from paxtrain.parallel import make_mesh
         >>> shardings = state_shardings({"w": np.zeros((1024, 64))}, make_mesh())
         >>> shardings["w"].spec
         P(None, None)

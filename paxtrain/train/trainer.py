@@ -124,8 +124,9 @@ class Trainer:
       tensor_rules: the tensor-parallel rules of the "jit" strategy (`parallel.partition_spec`).
 
     Example:
-        >>> trainer = pax.Trainer(max_steps=1000, run_dir="runs/demo", eval_every=200)  # doctest: +SKIP
-        >>> state = trainer.fit(model, data, optax.adamw(1e-3))
+        >>> from paxtrain.train import Trainer
+        >>> trainer = Trainer(max_steps=1000, run_dir="runs/demo", eval_every=200)
+        >>> state = trainer.fit(model, data, optax.adamw(1e-3))  # doctest: +SKIP
     """
 
     def __init__(
