@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from paxtrain.data.source import DataError
+
 # A fixed list, so the default corpus is the same on every machine with the same Python version.
 STDLIB_FILES = (
     "argparse.py", "ast.py", "bisect.py", "calendar.py", "collections/__init__.py",
@@ -81,6 +83,29 @@ class CharVocab:
         return "".join(self.chars[int(i)] for i in np.asarray(ids).reshape(-1))
 
 
+class ByteVocab:
+    """The 256 byte values of UTF-8 text: any text, any language, no unknown id.
+
+    Example:
+        >>> vocab = ByteVocab()
+        >>> vocab.encode("hé").tolist(), vocab.decode(vocab.encode("hé"))
+        ([104, 195, 169], 'hé')
+    """
+
+    def __len__(self) -> int:
+        return 256
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
+
+    def decode(self, ids) -> str:
+        data = np.asarray(ids).reshape(-1).astype(np.uint8).tobytes()
+        return data.decode("utf-8", errors="replace")
+
+
+VOCABS = {"bytes": ByteVocab, "chars": CharVocab}
+
+
 class CharCorpus:
     """Random windows of a text for language modelling, indexed by step.
 
@@ -124,7 +149,7 @@ class CharCorpus:
         ids = self.vocab.encode(text)
         split = int(len(ids) * (1 - eval_fraction))
         if min(split, len(ids) - split) <= seq_len + 1:
-            raise ValueError(TOO_SHORT_MSG.format(n=len(ids), seq_len=seq_len, frac=eval_fraction))
+            raise DataError(TOO_SHORT_MSG.format(n=len(ids), seq_len=seq_len, frac=eval_fraction))
         self.train_ids, self.eval_ids = ids[:split], ids[split:]
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.num_eval_batches = eval_batches
