@@ -124,8 +124,9 @@ class Trainer:
       tensor_rules: the tensor-parallel rules of the "jit" strategy (`parallel.partition_spec`).
 
     Example:
-        >>> trainer = pax.Trainer(max_steps=1000, run_dir="runs/demo", eval_every=200)  # doctest: +SKIP
-        >>> state = trainer.fit(model, data, optax.adamw(1e-3))
+        >>> from paxtrain.train import Trainer
+        >>> trainer = Trainer(max_steps=1000, run_dir="runs/demo", eval_every=200)
+        >>> state = trainer.fit(model, data, optax.adamw(1e-3))  # doctest: +SKIP
     """
 
     def __init__(
@@ -311,6 +312,10 @@ class Trainer:
         self.step = int(state.step)
         first_batch = data.train_batch(0)
         self.plan.check_batch(first_batch)
+        # Now, not at the first evaluation hours later.
+        first_eval = next(iter(data.eval_batches()), None)
+        if first_eval is not None:
+            self.plan.check_eval_batch(first_eval)
         self.examples_per_step = _leading_dim(first_batch)
         self.tokens_per_step = data.info.get("tokens_per_batch", 0)
 
