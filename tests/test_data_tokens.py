@@ -65,15 +65,6 @@ def test_windows_are_slices_of_the_file_at_seeded_starts(token_file):
     assert all_starts.min() == 0 and all_starts.max() == split - 17
 
 
-def test_rows_are_the_rows_of_the_full_batch(token_file):
-    data = TokenFile(token_file, seq_len=16, batch_size=8, vocab_size=VOCAB)
-    full = data.train_batch(7)
-    for rows in (slice(0, 4), slice(4, 8), slice(2, 3)):
-        part = data.train_batch(7, rows=rows)
-        for key in full:
-            np.testing.assert_array_equal(part[key], full[key][rows])
-
-
 def test_eval_reads_the_held_out_tail_or_its_own_file(token_file, tmp_path):
     tokens = np.fromfile(token_file, dtype=np.uint16)
     data = TokenFile(token_file, seq_len=16, batch_size=4, vocab_size=VOCAB, eval_batches=3)

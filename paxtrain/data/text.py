@@ -164,10 +164,18 @@ class CharCorpus:
         windows = ids[offsets]
         return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
 
-    def train_batch(self, step: int) -> dict[str, np.ndarray]:
+    def train_batch(self, step: int, rows: slice | None = None) -> dict[str, np.ndarray]:
+        """The batch of `step`, a pure function of (seed, step); only its rows `rows` if given.
+
+        Example:
+            >>> data = CharCorpus(seq_len=8, batch_size=4, max_chars=5000)
+            >>> part = data.train_batch(3, rows=slice(2, 4))["inputs"]
+            >>> bool((part == data.train_batch(3)["inputs"][2:4]).all())
+            True
+        """
         rng = np.random.default_rng((self.seed, step))
         starts = rng.integers(0, len(self.train_ids) - self.seq_len - 1, size=self.batch_size)
-        return self._windows(self.train_ids, starts)
+        return self._windows(self.train_ids, starts[rows or slice(None)])
 
     def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
         count = self.num_eval_batches * self.batch_size
