@@ -11,6 +11,7 @@
     paxtrain eval runs/char_rnn-20260101-120000 mesh.data=-1 mesh.fsdp=1   # on other devices
     paxtrain env
     paxtrain plot runs/char_rnn-20260101-120000
+    paxtrain data tokenize book.txt book.bin --vocab bytes            # a token file for TokenFile
 
 Exit codes: 0 done; 1 a job run with `--launcher local` failed (the message names its log); 2 a
 config, file, device layout or checkpoint problem (one message, no traceback); 3 stopped on
@@ -28,6 +29,7 @@ from collections.abc import Sequence
 
 from paxtrain.checkpoint import CheckpointError
 from paxtrain.config import ConfigError
+from paxtrain.data.source import DataError
 from paxtrain.launch import LaunchError
 from paxtrain.parallel import LayoutError
 from paxtrain.train.preemption import PREEMPTED_EXIT_CODE, PreemptedBeforeTraining, before_training
@@ -114,6 +116,13 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("env", help="print versions and the devices JAX sees")
 
+    data = commands.add_parser("data", help="prepare data files")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    tokenize = data_commands.add_parser("tokenize", help="text files -> a token file (TokenFile)")
+    tokenize.add_argument("inputs", nargs="+", metavar="INPUT", help="UTF-8 text files")
+    tokenize.add_argument("out", metavar="OUT", help="the token file to write, e.g. train.bin")
+    tokenize.add_argument("--vocab", choices=["bytes", "chars"], default="bytes")
+
     plot = commands.add_parser("plot", help="write curves.png for a run directory")
     plot.add_argument("run_dir")
     plot.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
@@ -184,6 +193,14 @@ def _env() -> int:
     return 0
 
 
+def _data(args: argparse.Namespace) -> int:
+    from paxtrain.data.tokenize import tokenize_files
+
+    meta = tokenize_files(args.inputs, args.out, args.vocab)
+    print(f"paxtrain: wrote {meta['num_tokens']} tokens ({args.vocab}) to {args.out}")
+    return 0
+
+
 def _plot(args: argparse.Namespace) -> int:
     from paxtrain.train.plot import plot_run
 
@@ -212,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown_flags or rest)}")
     if rest:
         args.overrides = [*args.overrides, *rest]
-    commands = {"fit": _fit, "resume": _resume, "eval": _eval, "plot": _plot}
+    commands = {"fit": _fit, "resume": _resume, "eval": _eval, "plot": _plot, "data": _data}
     try:
         # A preemption signal while data and model are built: nothing to save, exit 75.
         with before_training():
@@ -222,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return PREEMPTED_EXIT_CODE
     except ConfigError as error:
         return _report(f"config error: {error}", EXIT_CONFIG_ERROR)
-    except (FileNotFoundError, CheckpointError, LayoutError) as error:
+    except (FileNotFoundError, CheckpointError, LayoutError, DataError) as error:
         return _report(str(error), EXIT_CONFIG_ERROR)
     except LaunchError as error:
         return _report(str(error), 1)

@@ -225,3 +225,28 @@ def test_skipped_steps_is_logged_as_a_count(tmp_path):
         if "train/skipped_steps" in r
     }
     assert logged == {4: 2.0, 8: 3.0}  # steps 2, 3 and 6 read the poisoned batches 1, 2, 5
+
+
+class RaggedEvalData(RegressionData):
+    """Eval batches of 16, 16 and 5 examples."""
+
+    def eval_batches(self):
+        batches = [self._batch(10_000 + i) for i in range(3)]
+        batches[-1] = {k: v[:5] for k, v in batches[-1].items()}
+        return iter(batches)
+
+
+def test_eval_weights_each_batch_by_its_examples(tmp_path):
+    pax.seed_rng_key(0)
+    trainer = Trainer(max_steps=3, run_dir=tmp_path, progress="off", plot=False, tensorboard=False)
+    data = RaggedEvalData()
+    state = trainer.fit(Regression(), data, optax.adam(0.1))
+    examples = list(data.eval_batches())
+    x = np.concatenate([b["x"] for b in examples]).astype(np.float64)
+    y = np.concatenate([b["y"] for b in examples]).astype(np.float64)
+    fc = state.model.fc
+    expected = np.mean((x @ np.asarray(fc.weight) + np.asarray(fc.bias) - y) ** 2)
+    assert len(x) == 37
+    np.testing.assert_allclose(trainer.eval_metrics()["loss"], expected, rtol=1e-5)
+    per_batch_mean = np.mean([trainer._eval_step(state, b)["loss"] for b in examples])
+    assert abs(per_batch_mean - expected) > 1e-3 * expected  # the unweighted mean is wrong
