@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import logging
 import pathlib
 import warnings
@@ -61,8 +62,26 @@ NO_CHECKPOINT_MSG = "No readable checkpoint in {directory}{detail}."
 
 SAVE_FAILED_MSG = """\
 Saving checkpoint step {step} to {directory} failed: {reason}
-Training stops here; the last complete checkpoint ({last}) is intact. Free disk space or fix the \
-directory's permissions, then resume."""
+Training stops here; the last complete checkpoint ({last}) is intact. {advice}"""
+
+# What to do about a failed save, by the error's errno; anything else: Orbax's reason says.
+SAVE_ADVICE = {
+    errno.ENOSPC: "Free disk space there, then resume.",
+    errno.EDQUOT: "Free disk space there (the disk quota is full), then resume.",
+    errno.EACCES: "Fix the directory's permissions, then resume.",
+    errno.EPERM: "Fix the directory's permissions, then resume.",
+    errno.EROFS: "Point the run directory at a writable filesystem, then resume.",
+}
+SAVE_ADVICE_OTHER = "Fix what the reason above names, then resume."
+
+
+def _save_failure(error: BaseException) -> tuple[str, str]:
+    """Orbax's reason for a failed save, quoted, and the advice that fits it."""
+    cause = error
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    advice = SAVE_ADVICE.get(getattr(cause, "errno", None), SAVE_ADVICE_OTHER)
+    return f"{type(error).__name__}: {error}", advice
 
 
 class CheckpointError(RuntimeError):
@@ -196,11 +215,13 @@ class CheckpointManager:
             if wait:
                 self._manager.wait_until_finished()
         except Exception as error:  # Orbax raises OSError, ValueError...: report them all alike
+            reason, advice = _save_failure(error)
             raise CheckpointError(
                 SAVE_FAILED_MSG.format(
-                    step=step, directory=self.directory, reason=error, last=self._last_good(step)
+                    step=step, directory=self.directory, reason=reason,
+                    last=self._last_good(step), advice=advice,
                 )
-            ) from error
+            ) from error  # fmt: skip
 
     def _last_good(self, failed_step: int) -> str:
         good = [s for s in self.steps() if s != failed_step]

@@ -1,5 +1,6 @@
 """CheckpointManager: round trips, policies, mismatches, corruption, failing saves."""
 
+import errno
 import os
 import pathlib
 import shutil
@@ -12,6 +13,7 @@ import pytest
 
 import paxtrain as pax
 import paxtrain.nn as nn
+from paxtrain import checkpoint
 from paxtrain.checkpoint import CheckpointError, CheckpointManager, flatten_state
 from paxtrain.train import TrainState
 
@@ -166,3 +168,36 @@ def test_flatten_state_paths():
     paths = list(flatten_state(make_state()))
     assert "model.layers.0.weight" in paths and "step" in paths
     assert any(p.startswith("optimizer.opt_state") for p in paths)
+
+
+class Unsavable:
+    """A state with a leaf Orbax cannot write: its save fails for a reason that is neither
+    disk space nor permissions."""
+
+    def __init__(self):
+        self.step = jnp.int32(3)
+
+
+jax.tree_util.register_pytree_node(
+    Unsavable, lambda s: ((s.step, object()), None), lambda _, children: Unsavable()
+)
+
+
+def test_a_failed_save_quotes_orbax_and_advises_by_the_cause(tmp_path, monkeypatch):
+    manager = CheckpointManager(tmp_path / "ck", async_save=False)
+    with pytest.raises(CheckpointError) as error:
+        manager.save(Unsavable(), wait=True)
+    message = str(error.value)
+    assert "failed: ValueError: Unsupported type: <class 'object'>" in message
+    assert message.endswith(checkpoint.SAVE_ADVICE_OTHER)
+    assert "disk space" not in message and "permissions" not in message
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(manager._manager, "save", disk_full)
+    with pytest.raises(CheckpointError) as error:
+        manager.save(make_state(), wait=True)
+    assert "failed: OSError: [Errno 28] No space left on device" in str(error.value)
+    assert str(error.value).endswith(checkpoint.SAVE_ADVICE[errno.ENOSPC])
+    manager.close()
