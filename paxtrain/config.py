@@ -33,19 +33,6 @@ class EarlyStoppingConfig:
 
 
 @dataclasses.dataclass
-class OptimizerConfig:
-    name: str = "adamw"  # adamw | adam | sgd
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.999
-    momentum: float = 0.9  # sgd only
-    schedule: str = "constant"  # constant | cosine | warmup_cosine
-    warmup_steps: int = 0
-    clip_grad_norm: float | None = 1.0
-
-
-@dataclasses.dataclass
 class CheckpointConfig:
     every_steps: int | None = 500  # None: only at the end
     every_seconds: float | None = None
@@ -98,7 +85,7 @@ class FitConfig:
     run_dir: str | None = None  # None: runs/<name>-<timestamp>
     seed: int = 0
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
-    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    optimizer: Any = None  # a `_target_` section over optax (`paxtrain.optax_config`)
     model: Any = None
     data: Any = None
     callbacks: list[Any] = dataclasses.field(default_factory=list)
@@ -115,8 +102,6 @@ _CHOICES = {
     "trainer.on_nonfinite": ("skip", "stop", "rollback", "none"),
     "trainer.early_stopping.mode": ("min", "max"),
     "trainer.checkpoint.mode": ("min", "max"),
-    "optimizer.name": ("adamw", "adam", "sgd"),
-    "optimizer.schedule": ("constant", "cosine", "warmup_cosine"),
     "parallel.strategy": ("jit", "pmap"),
 }
 
@@ -127,10 +112,6 @@ BAD_CHOICE_MSG = "Config key `{key}` is {value!r}; choose one of {choices}."
 NO_TARGET_MSG = "Config section `{key}` needs a `_target_` naming the class or function to build."
 BAD_TARGET_MSG = "`{key}._target_`: cannot import {target!r} ({reason})."
 UNKNOWN_ARG_MSG = "`{key}.{arg}` is not a parameter of {target}.{hint}"
-WARMUP_MSG = (
-    "`optimizer.warmup_steps` ({warmup}) must be smaller than `trainer.max_steps` ({steps}); "
-    "lower it, e.g. `optimizer.warmup_steps=0`, or use `optimizer.schedule=constant`."
-)
 MISSING_ARG_MSG = "`{key}` is missing required parameter(s) {args} of {target}."
 
 
@@ -195,12 +176,11 @@ def validate(cfg: DictConfig) -> DictConfig:
         value = OmegaConf.select(merged, key)
         if value not in choices:
             raise ConfigError(BAD_CHOICE_MSG.format(key=key, value=value, choices=choices))
-    if merged.optimizer.schedule == "warmup_cosine" and (
-        merged.optimizer.warmup_steps >= merged.trainer.max_steps
-    ):
-        raise ConfigError(
-            WARMUP_MSG.format(warmup=merged.optimizer.warmup_steps, steps=merged.trainer.max_steps)
-        )
+    from paxtrain.optax_config import DEFAULT_OPTIMIZER, build_optimizer
+
+    if merged.optimizer is None:
+        merged.optimizer = DEFAULT_OPTIMIZER
+    build_optimizer(merged.optimizer)  # cheap (no arrays): bad targets and values fail here
     if merged.trainer.max_steps % merged.trainer.steps_per_call:
         raise ConfigError(
             f"`trainer.max_steps` ({merged.trainer.max_steps}) must be a multiple of "

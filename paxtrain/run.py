@@ -15,11 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import optax
 from omegaconf import DictConfig, OmegaConf
 
 from paxtrain.config import ConfigError, check_target, locate
-from paxtrain.optim import make_schedule, make_transformation
+from paxtrain.optax_config import build_optimizer
 from paxtrain.train.hooks import EarlyStopping, Hook
 
 
@@ -96,21 +95,6 @@ def assign_sweep_dirs(
         cfg.run_dir = str(base / f"{i}_{swept}" if swept else base / str(i))
         out.append(cfg)
     return out
-
-
-def build_optimizer(cfg: DictConfig, max_steps: int) -> optax.GradientTransformation:
-    """The optax transformation an `OptimizerConfig` describes, schedule and clipping included.
-
-    Example:
-        >>> tx = build_optimizer(OmegaConf.structured(OptimizerConfig()), max_steps=100)  # doctest: +SKIP
-    """
-    schedule = make_schedule(cfg.schedule, cfg.lr, max_steps, cfg.warmup_steps)
-    kwargs: dict[str, Any] = {"sgd": {"momentum": cfg.momentum}}.get(
-        cfg.name, {"b1": cfg.b1, "b2": cfg.b2}
-    )
-    if cfg.name == "adamw":
-        kwargs["weight_decay"] = cfg.weight_decay
-    return make_transformation(cfg.name, schedule, clip_grad_norm=cfg.clip_grad_norm, **kwargs)
 
 
 def instantiate(node: DictConfig, key: str, **provided: Any) -> Any:
@@ -238,7 +222,7 @@ def build_trainer(cfg: DictConfig, run_dir: pathlib.Path, meta: dict[str, Any] |
         mesh=dict(cfg.mesh),
         strategy=cfg.parallel.strategy,
     )
-    return trainer, model, data, build_optimizer(cfg.optimizer, t.max_steps)
+    return trainer, model, data, build_optimizer(cfg.optimizer)
 
 
 def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
