@@ -77,6 +77,8 @@ class MeshConfig:
 class ParallelConfig:
     strategy: str = "jit"  # jit (mesh: data, FSDP, tensor) | pmap (data parallel only)
     distributed: bool = True  # join a multi-process run when the environment describes one
+    # [[regex, [entry per axis]], ...] (see `paxtrain.parallel.as_rules`); None: the defaults
+    tensor_rules: list[Any] | None = None
 
 
 @dataclasses.dataclass

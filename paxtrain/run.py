@@ -210,6 +210,7 @@ def build_trainer(cfg: DictConfig, run_dir: pathlib.Path, meta: dict[str, Any] |
         model = freeze_by_path(model, list(cfg.freeze))
     callbacks = [instantiate(c, f"callbacks[{i}]") for i, c in enumerate(cfg.callbacks)]
     t, es, ck = cfg.trainer, cfg.trainer.early_stopping, cfg.trainer.checkpoint
+    rules = cfg.parallel.tensor_rules  # None: the default rules
     trainer = Trainer(
         **arguments_for(Trainer, t),
         run_dir=run_dir,
@@ -221,6 +222,7 @@ def build_trainer(cfg: DictConfig, run_dir: pathlib.Path, meta: dict[str, Any] |
         seed=cfg.seed,
         mesh=dict(cfg.mesh),
         strategy=cfg.parallel.strategy,
+        **({} if rules is None else {"tensor_rules": OmegaConf.to_container(rules)}),
     )
     return trainer, model, data, build_optimizer(cfg.optimizer)
 

@@ -303,15 +303,19 @@ class LabeledImages:
             self._permutation = (epoch, permutation)
         return permutation[position * self.batch_size : (position + 1) * self.batch_size]
 
-    def train_batch(self, step: int) -> dict[str, np.ndarray]:
-        """The normalized training batch of `step`, a pure function of (seed, step).
+    def train_batch(self, step: int, rows: slice | None = None) -> dict[str, np.ndarray]:
+        """The normalized training batch of `step`, a pure function of (seed, step); only its
+        rows `rows` (read and normalized alone) if given.
 
         Example:
             >>> data = LabeledImages("digits", batch_size=4)
             >>> (data.train_batch(7)["labels"] == data.train_batch(7)["labels"]).all()
             np.True_
+            >>> part = data.train_batch(7, rows=slice(1, 3))["labels"]
+            >>> (part == data.train_batch(7)["labels"][1:3]).all()
+            np.True_
         """
-        indices = self.batch_indices(step)
+        indices = self.batch_indices(step)[rows or slice(None)]
         return {
             "images": self.normalize(self.splits.train_images[indices]),
             "labels": self.splits.train_labels[indices],

@@ -47,7 +47,9 @@ def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(*[None] * batch_axis, BATCH_AXES))
 
 
-def check_batch_divisible(batch: Any, parts: int, batch_axis: int = 0, layout: str = "") -> None:
+def check_batch_divisible(
+    batch: Any, parts: int, batch_axis: int = 0, layout: str = "", name: str = "batch"
+) -> None:
     """Raises a clear error unless every leaf's `batch_axis` splits into `parts` equal slices.
 
     Args:
@@ -55,6 +57,7 @@ def check_batch_divisible(batch: Any, parts: int, batch_axis: int = 0, layout: s
       parts: the data-parallel size.
       batch_axis: the axis to split.
       layout: how the devices are arranged, for the message (e.g. "mesh data=4 x fsdp=2").
+      name: what `batch` is, for the message ("batch", "eval batch").
 
     Example:
         >>> check_batch_divisible({"x": np.zeros((12, 3))}, 4)
@@ -66,7 +69,7 @@ def check_batch_divisible(batch: Any, parts: int, batch_axis: int = 0, layout: s
             raise LayoutError(
                 BATCH_RANK_MSG.format(path=jax.tree_util.keystr(path), shape=shape, axis=batch_axis)
             )
-        where = f"axis {batch_axis} of batch{jax.tree_util.keystr(path)}"
+        where = f"axis {batch_axis} of {name}{jax.tree_util.keystr(path)}"
         _check_size(shape[batch_axis], parts, layout, where)
 
     jax.tree_util.tree_map_with_path(check, batch)

@@ -312,6 +312,10 @@ class Trainer:
         self.step = int(state.step)
         first_batch = data.train_batch(0)
         self.plan.check_batch(first_batch)
+        # Now, not at the first evaluation hours later.
+        first_eval = next(iter(data.eval_batches()), None)
+        if first_eval is not None:
+            self.plan.check_eval_batch(first_eval)
         self.examples_per_step = _leading_dim(first_batch)
         self.tokens_per_step = data.info.get("tokens_per_batch", 0)
 

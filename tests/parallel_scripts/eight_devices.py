@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec
 
 from paxtrain import parallel
 from paxtrain.checkpoint import CheckpointManager
-from paxtrain.train import make_eval_step
+from paxtrain.train import Trainer, make_eval_step
 
 SMALL = {"fsdp_min_size": 64}  # the toy's leaves are small; shard them anyway
 CASES = {
@@ -101,6 +101,27 @@ def error_of(fn) -> str:
     return "no error"
 
 
+class ScalarInEvalBatches:
+    """The toy's batches, with a scalar in the evaluation batches: no batch axis to split."""
+
+    info: dict = {}
+
+    def train_batch(self, step):
+        return toy.batch_of(step)
+
+    def eval_batches(self):
+        yield {**toy.batch_of(0), "weight": np.float32(1.0)}
+
+
+def eval_batch_error() -> str:
+    import optax
+
+    trainer = Trainer(2, run_dir=tempfile.mkdtemp(), mesh={"data": 8})
+    return error_of(
+        lambda: trainer.prepare(toy.Block(), ScalarInEvalBatches(), optax.sgd(0.1), toy.loss_fn)
+    )
+
+
 def errors() -> dict[str, str]:
     state = toy.fresh_state(toy.make_train_step(toy.loss_fn))
     jit_plan = parallel.setup(state, "jit", parallel.make_mesh(data=-1))
@@ -117,6 +138,12 @@ def errors() -> dict[str, str]:
         "pmap_with_fsdp": error_of(
             lambda: parallel.setup(state, "pmap", parallel.make_mesh(data=4, fsdp=2))
         ),
+        "tensor_axis_unused": error_of(
+            lambda: parallel.setup(
+                state, "jit", parallel.make_mesh(data=4, tensor=2), tensor_rules=()
+            )
+        ),
+        "eval_batch_without_batch_axis": eval_batch_error(),
         "mesh_size": error_of(lambda: parallel.make_mesh(data=3)),
         "mesh_remaining": error_of(lambda: parallel.make_mesh(data=-1, tensor=3)),
     }
