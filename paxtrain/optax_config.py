@@ -7,13 +7,19 @@
         init_value: 0.0
         peak_value: 3.0e-3
         warmup_steps: 100
-        decay_steps: ${trainer.max_steps}
-      clip_grad_norm: 1.0                   # paxtrain's one key: optax.clip_by_global_norm first
+        decay_steps: ${optimizer.horizon}
+      clip_grad_norm: 1.0                   # paxtrain: optax.clip_by_global_norm first
+      horizon: null                         # paxtrain: steps the schedule spans (see below)
 
 `optimizer._target_=optax.lion`, `optax.contrib.muon`, an `optax.chain` (`_args_: [...]`) or
 `optax.join_schedules` need no code. Every factory with a `learning_rate` parameter is wrapped in
 `optax.inject_hyperparams` (the learning rate only), so the rate lives in the optimizer state and
 is logged as `train/learning_rate`; its other arguments stay static.
+
+Two keys are paxtrain's own. `clip_grad_norm` chains `optax.clip_by_global_norm` in front.
+`horizon` is what `${optimizer.horizon}` resolves to: `trainer.max_steps` when null, and on a
+resume the horizon the run's checkpoint recorded (`paxtrain.run.schedule_horizon`), so a longer
+resumed run keeps its schedule instead of jumping to another learning rate.
 
     >>> from omegaconf import OmegaConf
     >>> section = OmegaConf.create({"_target_": "lion", "learning_rate": 0.5})
@@ -26,12 +32,14 @@ is logged as `train/learning_rate`; its other arguments stay static.
 from __future__ import annotations
 
 import inspect
+import math
+import warnings
 from typing import Any
 
 import optax
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from paxtrain.config import NO_TARGET_MSG, ConfigError, check_target, locate
+from paxtrain.config import NO_TARGET_MSG, NOT_FINITE_MSG, ConfigError, check_target, locate
 
 # Short names of the common targets: the same `_target_` mechanism, spelled shorter.
 ALIASES = {
@@ -47,6 +55,7 @@ ALIASES = {
 }
 
 CLIP_KEY = "clip_grad_norm"
+HORIZON_KEY = "horizon"
 
 DEFAULT_OPTIMIZER = {
     "_target_": "optax.adamw",
@@ -55,7 +64,49 @@ DEFAULT_OPTIMIZER = {
     CLIP_KEY: 1.0,
 }
 
+# Keys whose number is a learning rate, in optax's factories and schedules.
+_RATE_KEYS = ("learning_rate", "peak_value", "init_value", "end_value", "value")
+
 BUILD_FAILED_MSG = "Config section `{key}` could not be built: {reason}"
+NEGATIVE_LR_MSG = (
+    "`{key}` is {value}: a negative learning rate climbs the loss instead of descending it. "
+    "Is the sign a typo (`{key}={positive}`)?"
+)
+
+
+def validate_optimizer(cfg: DictConfig) -> None:
+    """Checks (and completes) the `optimizer` section of a merged config, in place: the default
+    section when there is none, finite numbers, a warning for a negative learning rate, and a
+    trial build (cheap: no arrays), so bad targets and values fail before anything compiles.
+
+    Example:
+        >>> cfg = OmegaConf.create({"trainer": {"max_steps": 10}, "optimizer": None})
+        >>> validate_optimizer(cfg)
+        >>> cfg.optimizer._target_, cfg.optimizer.horizon
+        ('optax.adamw', None)
+    """
+    if cfg.optimizer is None:
+        cfg.optimizer = DEFAULT_OPTIMIZER
+    if HORIZON_KEY not in cfg.optimizer:
+        cfg.optimizer[HORIZON_KEY] = None
+    trial = cfg.copy()
+    if trial.optimizer[HORIZON_KEY] is None:
+        trial.optimizer[HORIZON_KEY] = cfg.trainer.max_steps
+    _check_numbers(OmegaConf.to_container(trial.optimizer, resolve=True), "optimizer")
+    build_optimizer(trial.optimizer)
+
+
+def _check_numbers(node: Any, key: str) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _check_numbers(v, f"{key}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_numbers(v, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(NOT_FINITE_MSG.format(key=key, value=node, example=1e-3))
+    elif isinstance(node, (int, float)) and node < 0 and key.rpartition(".")[2] in _RATE_KEYS:
+        warnings.warn(NEGATIVE_LR_MSG.format(key=key, value=node, positive=-node), stacklevel=4)
 
 
 def _target_path(name: str) -> str:
@@ -117,6 +168,7 @@ def build_optimizer(
     if "_target_" not in spec:
         raise ConfigError(NO_TARGET_MSG.format(key=key))
     clip = spec.pop(CLIP_KEY, None)
+    spec.pop(HORIZON_KEY, None)
     resolved = _resolved(spec, key)
     try:
         transformation = instantiate(resolved, _convert_="all")
