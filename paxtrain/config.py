@@ -204,6 +204,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     except ValidationError as error:
         detail = str(error).splitlines()[0]
         raise ConfigError(WRONG_TYPE_MSG.format(key=error.full_key, detail=detail)) from None
+    from paxtrain.optax_config import complete_optimizer, validate_optimizer
+
+    complete_optimizer(merged)
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         raise ConfigError(MISSING_VALUE_MSG.format(key=missing[0]))
@@ -211,10 +214,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         value = OmegaConf.select(merged, key)
         if value not in choices:
             raise ConfigError(BAD_CHOICE_MSG.format(key=key, value=value, choices=choices))
-    from paxtrain.optax_config import validate_optimizer
-
-    validate_optimizer(merged)
     _check_numbers(merged)
+    validate_optimizer(merged)
     if merged.trainer.max_steps % merged.trainer.steps_per_call:
         raise ConfigError(
             f"`trainer.max_steps` ({merged.trainer.max_steps}) must be a multiple of "

@@ -75,8 +75,8 @@ NEGATIVE_LR_MSG = (
 
 
 def validate_optimizer(cfg: DictConfig) -> None:
-    """Checks (and completes) the `optimizer` section of a merged config, in place: the default
-    section when there is none, finite numbers, a warning for a negative learning rate, and a
+    """Checks (and completes, see `complete_optimizer`) the `optimizer` section of a merged
+    config, in place: finite numbers, a warning for a negative learning rate, and a
     trial build (cheap: no arrays), so bad targets and values fail before anything compiles.
 
     Example:
@@ -85,15 +85,28 @@ def validate_optimizer(cfg: DictConfig) -> None:
         >>> cfg.optimizer._target_, cfg.optimizer.horizon
         ('optax.adamw', None)
     """
-    if cfg.optimizer is None:
-        cfg.optimizer = DEFAULT_OPTIMIZER
-    if HORIZON_KEY not in cfg.optimizer:
-        cfg.optimizer[HORIZON_KEY] = None
+    complete_optimizer(cfg)
     trial = cfg.copy()
     if trial.optimizer[HORIZON_KEY] is None:
         trial.optimizer[HORIZON_KEY] = cfg.trainer.max_steps
     _check_numbers(OmegaConf.to_container(trial.optimizer, resolve=True), "optimizer")
     build_optimizer(trial.optimizer)
+
+
+def complete_optimizer(cfg: DictConfig) -> None:
+    """Gives a merged config the default `optimizer` section if it has none, and the
+    `horizon` key that schedules may interpolate (`${optimizer.horizon}`).
+
+    Example:
+        >>> cfg = OmegaConf.create({"optimizer": {"_target_": "lion", "learning_rate": 1e-4}})
+        >>> complete_optimizer(cfg)
+        >>> cfg.optimizer.horizon is None
+        True
+    """
+    if cfg.optimizer is None:
+        cfg.optimizer = DEFAULT_OPTIMIZER
+    if isinstance(cfg.optimizer, DictConfig) and HORIZON_KEY not in cfg.optimizer:
+        cfg.optimizer[HORIZON_KEY] = None
 
 
 def _check_numbers(node: Any, key: str) -> None:

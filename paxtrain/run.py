@@ -19,7 +19,7 @@ import jax
 from omegaconf import DictConfig, OmegaConf
 
 from paxtrain.config import ConfigError, check_target, locate
-from paxtrain.optax_config import build_optimizer
+from paxtrain.optax_config import ALIASES, build_optimizer
 from paxtrain.train.hooks import EarlyStopping, Hook
 
 
@@ -385,7 +385,8 @@ NOT_A_RUN_MSG = "{run_dir} has no {file}: is it a paxtrain run directory?"
 
 # Modules whose `_target_`s a run directory's config may name; a run directory is data, and
 # anything else must be allowed by the user (`--allow-target`, or this environment variable).
-ALLOWED_TARGET_MODULES = ("paxtrain", "recipes")
+# optax's factories build optimizers and schedules, nothing else; `ALIASES` name optax targets.
+ALLOWED_TARGET_MODULES = ("paxtrain", "recipes", "optax")
 ALLOW_TARGETS_ENV = "PAXTRAIN_ALLOW_TARGETS"
 
 REFUSED_TARGET_MSG = (
@@ -434,8 +435,10 @@ def check_run_targets(
         return
     for key, target in _targets(saved):
         module = target.rpartition(".")[0]
-        if _overridden(key, overrides) or any(
-            module == m or module.startswith(f"{m}.") for m in allowed
+        if (
+            _overridden(key, overrides)
+            or target in ALIASES
+            or any(module == m or module.startswith(f"{m}.") for m in allowed)
         ):
             continue
         raise ConfigError(
