@@ -10,8 +10,8 @@ one cannot be read.
 
 Example:
     >>> manager = CheckpointManager("runs/demo/checkpoints", keep_last=2)  # doctest: +SKIP
-    >>> manager.save(state, meta={"config_hash": "..."})
-    >>> state, meta = manager.restore(state)
+    >>> manager.save(state, meta={"config_hash": "..."})  # doctest: +SKIP
+    >>> state, meta = manager.restore(state)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@
     paxtrain eval runs/char_rnn-20260101-120000 mesh.data=-1 mesh.fsdp=1   # on other devices
     paxtrain env
     paxtrain plot runs/char_rnn-20260101-120000
+    paxtrain data tokenize book.txt book.bin --vocab bytes            # a token file for TokenFile
 
 Exit codes: 0 done; 1 a job run with `--launcher local` failed (the message names its log); 2 a
 config, file, device layout or checkpoint problem (one message, no traceback); 75 stopped by a
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 
 from paxtrain.checkpoint import CheckpointError
 from paxtrain.config import ConfigError
+from paxtrain.data.source import DataError
 from paxtrain.launch import LaunchError
 from paxtrain.parallel import LayoutError
 from paxtrain.train.preemption import PREEMPTED_EXIT_CODE
@@ -59,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--step", default="latest", help="latest (default), best, or a step")
 
     commands.add_parser("env", help="print versions and the devices JAX sees")
+
+    data = commands.add_parser("data", help="prepare data files")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    tokenize = data_commands.add_parser("tokenize", help="text files -> a token file (TokenFile)")
+    tokenize.add_argument("inputs", nargs="+", metavar="INPUT", help="UTF-8 text files")
+    tokenize.add_argument("out", metavar="OUT", help="the token file to write, e.g. train.bin")
+    tokenize.add_argument("--vocab", choices=["bytes", "chars"], default="bytes")
 
     plot = commands.add_parser("plot", help="write curves.png for a run directory")
     plot.add_argument("run_dir")
@@ -127,6 +136,14 @@ def _env() -> int:
     return 0
 
 
+def _data(args: argparse.Namespace) -> int:
+    from paxtrain.data.tokenize import tokenize_files
+
+    meta = tokenize_files(args.inputs, args.out, args.vocab)
+    print(f"paxtrain: wrote {meta['num_tokens']} tokens ({args.vocab}) to {args.out}")
+    return 0
+
+
 def _plot(args: argparse.Namespace) -> int:
     from paxtrain.train.plot import plot_run
 
@@ -149,13 +166,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown_flags or rest)}")
     if rest:
         args.overrides = [*args.overrides, *rest]
-    commands = {"fit": _fit, "resume": _resume, "eval": _eval, "plot": _plot}
+    commands = {"fit": _fit, "resume": _resume, "eval": _eval, "plot": _plot, "data": _data}
     try:
         return _env() if args.command == "env" else commands[args.command](args)
     except ConfigError as error:
         print(f"paxtrain: config error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    except (FileNotFoundError, CheckpointError, LayoutError) as error:
+    except (FileNotFoundError, CheckpointError, LayoutError, DataError) as error:
         print(f"paxtrain: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     except LaunchError as error:

@@ -90,6 +90,8 @@ class MeshConfig:
 class ParallelConfig:
     strategy: str = "jit"  # jit (mesh: data, FSDP, tensor) | pmap (data parallel only)
     distributed: bool = True  # join a multi-process run when the environment describes one
+    # [[regex, [entry per axis]], ...] (see `paxtrain.parallel.as_rules`); None: the defaults
+    tensor_rules: list[Any] | None = None
 
 
 @dataclasses.dataclass
@@ -166,8 +168,16 @@ def validate(cfg: DictConfig) -> DictConfig:
     Raises ConfigError naming the key, with the closest valid names for an unknown key.
 
     Example:
-        >>> validate(OmegaConf.create({"trainer": {"max_steps": 10}})).trainer.max_steps
-        10
+        >>> cfg = OmegaConf.create({
+        ...     "data": {"_target_": "paxtrain.data.CharCorpus", "seq_len": 16},
+        ...     "model": {"_target_": "recipes.char_rnn.CharRNN", "hidden_dim": 32},
+        ...     "trainer": {"max_steps": 10},
+        ... })
+        >>> validate(cfg).trainer.log_every  # the schema's default
+        50
+        >>> validate(OmegaConf.merge(cfg, {"trainer": {"max_step": 10}}))
+        Traceback (most recent call last):
+        paxtrain.config.ConfigError: Unknown config key `trainer.max_step`. Did you mean `trainer.max_steps`...?
     """
     schema = OmegaConf.structured(FitConfig)
     try:

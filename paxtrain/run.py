@@ -66,8 +66,8 @@ def sweep_overrides(overrides: list[str]) -> list[list[str]]:
     """Expands Hydra sweep overrides (`a=1,2 b=x`) into one override list per job.
 
     Example:
-        >>> sweep_overrides(["optimizer.lr=1e-3,3e-4", "trainer.max_steps=5"])
-        [['optimizer.lr=1e-3', 'trainer.max_steps=5'], ['optimizer.lr=3e-4', 'trainer.max_steps=5']]
+        >>> sweep_overrides(["seed=1,2", "trainer.max_steps=5"])
+        [['seed=1', 'trainer.max_steps=5'], ['seed=2', 'trainer.max_steps=5']]
     """
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -82,9 +82,10 @@ def assign_sweep_dirs(
     """Gives each job of a sweep its own run directory under one sweep directory.
 
     Example:
-        >>> cfgs = assign_sweep_dirs(cfgs, jobs, "configs/char_rnn.yaml")  # doctest: +SKIP
-        >>> cfgs[0].run_dir
-        'runs/char_rnn-multirun-20260101-120000/0_optimizer.lr=1e-3'
+        >>> jobs = [["seed=1", "trainer.max_steps=5"], ["seed=2", "trainer.max_steps=5"]]
+        >>> cfgs = [OmegaConf.create({"seed": 1}), OmegaConf.create({"seed": 2})]
+        >>> assign_sweep_dirs(cfgs, jobs, "configs/char_rnn.yaml")[1].run_dir
+        'runs/char_rnn-multirun-...-.../1_seed=2'
     """
     base = pathlib.Path("runs") / f"{pathlib.Path(config_path).stem}-multirun-{_timestamp()}"
     shared = set.intersection(*(set(job) for job in jobs)) if jobs else set()
@@ -225,6 +226,7 @@ def build_trainer(cfg: DictConfig, run_dir: pathlib.Path, meta: dict[str, Any] |
         model = freeze_by_path(model, list(cfg.freeze))
     callbacks = [instantiate(c, f"callbacks[{i}]") for i, c in enumerate(cfg.callbacks)]
     t, es, ck = cfg.trainer, cfg.trainer.early_stopping, cfg.trainer.checkpoint
+    rules = cfg.parallel.tensor_rules  # None: the default rules
     trainer = Trainer(
         **arguments_for(Trainer, t),
         run_dir=run_dir,
@@ -236,6 +238,7 @@ def build_trainer(cfg: DictConfig, run_dir: pathlib.Path, meta: dict[str, Any] |
         seed=cfg.seed,
         mesh=dict(cfg.mesh),
         strategy=cfg.parallel.strategy,
+        **({} if rules is None else {"tensor_rules": OmegaConf.to_container(rules)}),
     )
     return trainer, model, data, build_optimizer(cfg.optimizer, t.max_steps)
 

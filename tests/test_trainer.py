@@ -197,3 +197,28 @@ def test_rollback_without_checkpoints_is_explained(tmp_path):
     )  # fmt: skip
     with pytest.raises(RuntimeError, match="needs checkpoints to roll back to"):
         trainer.fit(Regression(), PoisonedData({1}), optax.adam(0.1))
+
+
+class RaggedEvalData(RegressionData):
+    """Eval batches of 16, 16 and 5 examples."""
+
+    def eval_batches(self):
+        batches = [self._batch(10_000 + i) for i in range(3)]
+        batches[-1] = {k: v[:5] for k, v in batches[-1].items()}
+        return iter(batches)
+
+
+def test_eval_weights_each_batch_by_its_examples(tmp_path):
+    pax.seed_rng_key(0)
+    trainer = Trainer(max_steps=3, run_dir=tmp_path, progress="off", plot=False, tensorboard=False)
+    data = RaggedEvalData()
+    state = trainer.fit(Regression(), data, optax.adam(0.1))
+    examples = list(data.eval_batches())
+    x = np.concatenate([b["x"] for b in examples]).astype(np.float64)
+    y = np.concatenate([b["y"] for b in examples]).astype(np.float64)
+    fc = state.model.fc
+    expected = np.mean((x @ np.asarray(fc.weight) + np.asarray(fc.bias) - y) ** 2)
+    assert len(x) == 37
+    np.testing.assert_allclose(trainer.eval_metrics()["loss"], expected, rtol=1e-5)
+    per_batch_mean = np.mean([trainer._eval_step(state, b)["loss"] for b in examples])
+    assert abs(per_batch_mean - expected) > 1e-3 * expected  # the unweighted mean is wrong

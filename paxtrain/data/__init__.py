@@ -5,18 +5,24 @@ never replays the stream on resume.
 """
 
 from paxtrain.data.images import ImageSplits, LabeledImages, load_digits, load_mnist, read_idx
-from paxtrain.data.source import DataSource, Prefetcher
-from paxtrain.data.text import CharCorpus, CharVocab, stdlib_corpus
+from paxtrain.data.source import DataError, DataSource, Prefetcher
+from paxtrain.data.text import ByteVocab, CharCorpus, CharVocab, stdlib_corpus
+from paxtrain.data.tokenize import tokenize_files
+from paxtrain.data.tokens import TokenFile
 
 __all__ = [
+    "ByteVocab",
     "CharCorpus",
     "CharVocab",
+    "DataError",
     "DataSource",
     "ImageSplits",
     "LabeledImages",
     "Prefetcher",
+    "TokenFile",
     "load_digits",
     "load_mnist",
     "read_idx",
     "stdlib_corpus",
+    "tokenize_files",
 ]

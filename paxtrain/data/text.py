@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from paxtrain.data.source import DataError
+
 # A fixed list, so the default corpus is the same on every machine with the same Python version.
 STDLIB_FILES = (
     "argparse.py", "ast.py", "bisect.py", "calendar.py", "collections/__init__.py",
@@ -81,6 +83,29 @@ class CharVocab:
         return "".join(self.chars[int(i)] for i in np.asarray(ids).reshape(-1))
 
 
+class ByteVocab:
+    """The 256 byte values of UTF-8 text: any text, any language, no unknown id.
+
+    Example:
+        >>> vocab = ByteVocab()
+        >>> vocab.encode("hé").tolist(), vocab.decode(vocab.encode("hé"))
+        ([104, 195, 169], 'hé')
+    """
+
+    def __len__(self) -> int:
+        return 256
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
+
+    def decode(self, ids) -> str:
+        data = np.asarray(ids).reshape(-1).astype(np.uint8).tobytes()
+        return data.decode("utf-8", errors="replace")
+
+
+VOCABS = {"bytes": ByteVocab, "chars": CharVocab}
+
+
 class CharCorpus:
     """Random windows of a text for language modelling, indexed by step.
 
@@ -124,7 +149,7 @@ class CharCorpus:
         ids = self.vocab.encode(text)
         split = int(len(ids) * (1 - eval_fraction))
         if min(split, len(ids) - split) <= seq_len + 1:
-            raise ValueError(TOO_SHORT_MSG.format(n=len(ids), seq_len=seq_len, frac=eval_fraction))
+            raise DataError(TOO_SHORT_MSG.format(n=len(ids), seq_len=seq_len, frac=eval_fraction))
         self.train_ids, self.eval_ids = ids[:split], ids[split:]
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.num_eval_batches = eval_batches
@@ -139,10 +164,18 @@ class CharCorpus:
         windows = ids[offsets]
         return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
 
-    def train_batch(self, step: int) -> dict[str, np.ndarray]:
+    def train_batch(self, step: int, rows: slice | None = None) -> dict[str, np.ndarray]:
+        """The batch of `step`, a pure function of (seed, step); only its rows `rows` if given.
+
+        Example:
+            >>> data = CharCorpus(seq_len=8, batch_size=4, max_chars=5000)
+            >>> part = data.train_batch(3, rows=slice(2, 4))["inputs"]
+            >>> bool((part == data.train_batch(3)["inputs"][2:4]).all())
+            True
+        """
         rng = np.random.default_rng((self.seed, step))
         starts = rng.integers(0, len(self.train_ids) - self.seq_len - 1, size=self.batch_size)
-        return self._windows(self.train_ids, starts)
+        return self._windows(self.train_ids, starts[rows or slice(None)])
 
     def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
         count = self.num_eval_batches * self.batch_size

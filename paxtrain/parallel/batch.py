@@ -40,13 +40,16 @@ def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
       batch_axis: 0, or 1 when batches are stacked for `steps_per_call`.
 
     Example:
+        >>> from paxtrain.parallel import make_mesh
         >>> batch_sharding(make_mesh()).spec
         P(('data', 'fsdp'),)
     """
     return NamedSharding(mesh, PartitionSpec(*[None] * batch_axis, BATCH_AXES))
 
 
-def check_batch_divisible(batch: Any, parts: int, batch_axis: int = 0, layout: str = "") -> None:
+def check_batch_divisible(
+    batch: Any, parts: int, batch_axis: int = 0, layout: str = "", name: str = "batch"
+) -> None:
     """Raises a clear error unless every leaf's `batch_axis` splits into `parts` equal slices.
 
     Args:
@@ -54,6 +57,7 @@ def check_batch_divisible(batch: Any, parts: int, batch_axis: int = 0, layout: s
       parts: the data-parallel size.
       batch_axis: the axis to split.
       layout: how the devices are arranged, for the message (e.g. "mesh data=4 x fsdp=2").
+      name: what `batch` is, for the message ("batch", "eval batch").
 
     Example:
         >>> check_batch_divisible({"x": np.zeros((12, 3))}, 4)
@@ -65,7 +69,7 @@ def check_batch_divisible(batch: Any, parts: int, batch_axis: int = 0, layout: s
             raise LayoutError(
                 BATCH_RANK_MSG.format(path=jax.tree_util.keystr(path), shape=shape, axis=batch_axis)
             )
-        where = f"axis {batch_axis} of batch{jax.tree_util.keystr(path)}"
+        where = f"axis {batch_axis} of {name}{jax.tree_util.keystr(path)}"
         _check_size(shape[batch_axis], parts, layout, where)
 
     jax.tree_util.tree_map_with_path(check, batch)
@@ -97,6 +101,7 @@ def process_batch_slice(global_batch_size: int, mesh: Mesh) -> slice:
       A `slice` of the batch axis; all of it on a single process.
 
     Example:
+        >>> from paxtrain.parallel import make_mesh
         >>> process_batch_slice(256, make_mesh())  # one process holds every row
         slice(0, 256, None)
     """
@@ -123,6 +128,7 @@ def shard_batch(batch: Any, mesh: Mesh, batch_axis: int = 0) -> Any:
       multiple of the data-parallel size.
 
     Example:
+        >>> from paxtrain.parallel import make_mesh
         >>> batch = shard_batch({"x": np.zeros((64, 3))}, make_mesh())
         >>> batch["x"].sharding.spec
         P(('data', 'fsdp'),)

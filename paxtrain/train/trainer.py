@@ -71,6 +71,26 @@ def _leading_dim(batch: Any) -> int:
     return int(np.shape(leaves[0])[0]) if leaves else 0
 
 
+def weighted_mean(per_batch: Sequence[tuple[int, Mapping[str, Any]]]) -> dict[str, float]:
+    """The mean of each metric over examples, from `(examples, metrics)` of each batch.
+
+    A batch's metrics are means over its examples, so they are weighted by its example count:
+    the result equals the metric computed over all examples at once, whatever the batch sizes.
+
+    Example:
+        >>> weighted_mean([(4, {"accuracy": 1.0}), (1, {"accuracy": 0.0})])
+        {'accuracy': 0.8}
+    """
+    total = sum(count for count, _ in per_batch)
+    if not total:
+        return {}
+    keys = per_batch[0][1].keys()
+    return {
+        key: float(sum(count * np.mean(m[key], dtype=np.float64) for count, m in per_batch) / total)
+        for key in keys
+    }
+
+
 class Trainer:
     """Trains a module on a `DataSource` with an optimizer; hooks do everything optional.
 
@@ -104,8 +124,9 @@ class Trainer:
       tensor_rules: the tensor-parallel rules of the "jit" strategy (`parallel.partition_spec`).
 
     Example:
-        >>> trainer = pax.Trainer(max_steps=1000, run_dir="runs/demo", eval_every=200)  # doctest: +SKIP
-        >>> state = trainer.fit(model, data, optax.adamw(1e-3))
+        >>> from paxtrain.train import Trainer
+        >>> trainer = Trainer(max_steps=1000, run_dir="runs/demo", eval_every=200)
+        >>> state = trainer.fit(model, data, optax.adamw(1e-3))  # doctest: +SKIP
     """
 
     def __init__(
@@ -216,20 +237,23 @@ class Trainer:
         self.should_stop, self.stop_reason = True, reason
 
     def eval_metrics(self) -> dict[str, float]:
-        """The mean eval metrics of the current state over `data.eval_batches()`, or {} when
-        a preemption interrupts them. Logs nothing.
+        """The eval metrics of the current state over `data.eval_batches()`, or {} when a
+        preemption interrupts them. Logs nothing.
+
+        Each batch's metrics count in proportion to its examples (`weighted_mean`), so a
+        ragged last batch counts exactly: the result is the metric over all eval examples.
 
         Example:
             >>> trainer.eval_metrics()["loss"]  # doctest: +SKIP
         """
-        totals: dict[str, list] = {}
+        per_batch = []
         state = self.state
         for batch in self.data.eval_batches():
             if self.preempted:
                 return {}
-            for key, value in self._eval_step(state, self.plan.put_eval_batch(batch)).items():
-                totals.setdefault(key, []).append(value)
-        return {k: float(np.mean(jax.device_get(v))) for k, v in totals.items()}
+            metrics = self._eval_step(state, self.plan.put_eval_batch(batch))
+            per_batch.append((_leading_dim(batch), metrics))
+        return weighted_mean(jax.device_get(per_batch))
 
     def evaluate(self) -> dict[str, float]:
         """Evaluates (`eval_metrics`), logs the metrics as `eval/*` and runs `on_eval_end` hooks.
@@ -288,6 +312,10 @@ class Trainer:
         self.step = int(state.step)
         first_batch = data.train_batch(0)
         self.plan.check_batch(first_batch)
+        # Now, not at the first evaluation hours later.
+        first_eval = next(iter(data.eval_batches()), None)
+        if first_eval is not None:
+            self.plan.check_eval_batch(first_eval)
         self.examples_per_step = _leading_dim(first_batch)
         self.tokens_per_step = data.info.get("tokens_per_batch", 0)
 
