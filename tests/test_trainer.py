@@ -114,13 +114,16 @@ def test_early_stopping_stops_when_eval_stops_improving(tmp_path):
         EarlyStopping("loss", mode="lowest")
 
 
-def test_early_stopping_names_available_metrics(tmp_path):
+def test_early_stopping_names_available_metrics_before_training(tmp_path):
     trainer = Trainer(
-        max_steps=10, run_dir=tmp_path, eval_every=5, progress="off", plot=False,
+        max_steps=10, run_dir=tmp_path / "run", eval_every=5, progress="off", plot=False,
         early_stopping=EarlyStopping("eval/accuracy"), tensorboard=False,
     )  # fmt: skip
-    with pytest.raises(KeyError, match=r"eval/abs_err"):
+    with pytest.raises(
+        ValueError, match=r"monitors `eval/accuracy`.*\['eval/abs_err', 'eval/loss'\]"
+    ):
         trainer.fit(Regression(), RegressionData(), optax.adam(0.1))
+    assert trainer.step == 0 and not (tmp_path / "run").exists()  # checked before training
 
 
 def test_a_model_without_loss_is_explained(tmp_path):
@@ -197,6 +200,31 @@ def test_rollback_without_checkpoints_is_explained(tmp_path):
     )  # fmt: skip
     with pytest.raises(RuntimeError, match="needs checkpoints to roll back to"):
         trainer.fit(Regression(), PoisonedData({1}), optax.adam(0.1))
+
+
+def test_rollback_before_the_first_save_says_so(tmp_path):
+    from paxtrain.train.checkpointing import Checkpointing
+
+    trainer = Trainer(
+        max_steps=8, run_dir=tmp_path, log_every=2, progress="off", plot=False,
+        on_nonfinite="rollback", tensorboard=False,
+        checkpointing=Checkpointing(every_steps=4, async_save=False),
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"before step 2 asked for a rollback .* no checkpoint"):
+        trainer.fit(Regression(), PoisonedData({1}), optax.adam(0.1))
+
+
+def test_skipped_steps_is_logged_as_a_count(tmp_path):
+    trainer = Trainer(
+        max_steps=8, run_dir=tmp_path, log_every=4, progress="off", plot=False, tensorboard=False
+    )
+    trainer.fit(Regression(), PoisonedData({1, 2, 5}), optax.adam(0.1))
+    logged = {
+        r["step"]: r["train/skipped_steps"]
+        for r in read_jsonl(tmp_path)
+        if "train/skipped_steps" in r
+    }
+    assert logged == {4: 2.0, 8: 3.0}  # steps 2, 3 and 6 read the poisoned batches 1, 2, 5
 
 
 class RaggedEvalData(RegressionData):

@@ -30,7 +30,19 @@ Check `data.path` (relative paths are resolved from the directory you run paxtra
 
 TOO_SHORT_MSG = """\
 The corpus has {n} characters, too few for seq_len={seq_len} with a {frac:.0%} held-out split.
-Use a longer text file or a smaller `data.seq_len`."""
+Use a longer text file (`data.path`) or a smaller `data.seq_len`."""
+
+EMPTY_FILE_MSG = "path={path} is empty: `data.path` must be a text file with something to learn."
+
+IS_DIRECTORY_MSG = "path={path} is a directory: `data.path` must be one UTF-8 text file."
+
+NOT_UTF8_MSG = """\
+path={path} is not UTF-8 text ({reason}): `data.path` must be a text file; a binary file would \
+train on replacement characters."""
+
+BATCH_TOO_LARGE_MSG = """\
+A batch of batch_size={batch_size} windows of seq_len={seq_len} ({needed} characters) is larger \
+than the {n} training characters: lower `data.batch_size` or `data.seq_len`, or use a longer text."""
 
 
 def stdlib_corpus(max_chars: int | None = None) -> str:
@@ -142,14 +154,28 @@ class CharCorpus:
             text = stdlib_corpus(max_chars)
         else:
             file = pathlib.Path(path).expanduser()
+            if file.is_dir():
+                raise IsADirectoryError(IS_DIRECTORY_MSG.format(path=file))
             if not file.is_file():
                 raise FileNotFoundError(MISSING_FILE_MSG.format(path=file))
-            text = file.read_text(encoding="utf-8", errors="replace")[:max_chars]
+            try:
+                text = file.read_text(encoding="utf-8")[:max_chars]
+            except UnicodeDecodeError as error:
+                reason = f"byte {error.start} is {error.object[error.start : error.start + 1]!r}"
+                raise DataError(NOT_UTF8_MSG.format(path=file, reason=reason)) from None
+            if not text:
+                raise DataError(EMPTY_FILE_MSG.format(path=file))
         self.vocab = CharVocab()
         ids = self.vocab.encode(text)
         split = int(len(ids) * (1 - eval_fraction))
         if min(split, len(ids) - split) <= seq_len + 1:
             raise DataError(TOO_SHORT_MSG.format(n=len(ids), seq_len=seq_len, frac=eval_fraction))
+        if batch_size * seq_len > split:
+            raise DataError(
+                BATCH_TOO_LARGE_MSG.format(
+                    batch_size=batch_size, seq_len=seq_len, needed=batch_size * seq_len, n=split
+                )
+            )
         self.train_ids, self.eval_ids = ids[:split], ids[split:]
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.num_eval_batches = eval_batches
