@@ -523,7 +523,7 @@ def test_build_update_fn_for_short_scripts():
     optimizer = Optimizer(model, optax.adam(0.05))
     update_fn = jax.jit(build_update_fn(pax_style_loss))
     for _ in range(200):
-        loss, model, optimizer = update_fn(model, optimizer, regression_batch())
+        model, optimizer, loss = update_fn(model, optimizer, regression_batch())
     assert float(loss) < 1e-3 and int(model.calls) == 200
 
 
@@ -535,7 +535,7 @@ def test_build_update_fn_in_scan_mode_equals_the_loop():
     looped = (model, optimizer)
     losses = []
     for b in batches:
-        loss, *looped = update_fn(*looped, b)
+        *looped, loss = update_fn(*looped, b)
         losses.append(loss)
     scan_fn = build_update_fn(pax_style_loss, scan_mode=True)
     scanned, scan_losses = jax.lax.scan(scan_fn, (model, optimizer), stack(batches))
