@@ -60,6 +60,7 @@ class TrainerConfig:
     ema_decay: float | None = None
     on_nonfinite: str = "skip"  # skip | stop | rollback | none
     rollback_lr_factor: float = 0.5
+    grad_norm: bool = True  # log train/grad_norm (free with the non-finite guard, which needs it)
     progress: str = "auto"  # auto | bar | log | off
     plot: bool = True  # write curves.png at the end
     early_stopping: EarlyStoppingConfig = dataclasses.field(default_factory=EarlyStoppingConfig)
