@@ -138,8 +138,11 @@ def two_process_fit(run_dir, one_device_fit, *layout: str) -> list[dict]:
 
 def assert_one_process_evaluates_the_last_checkpoint(run_dir, records):
     done = run(["-m", "paxtrain", "eval", str(run_dir), "mesh.data=1", "mesh.fsdp=1"], 1)
-    final_eval = series(records, "eval/loss")[-1]
-    assert f"eval/loss={final_eval:.6g}" in done.stdout
+    printed = dict(item.split("=") for item in done.stdout.split())
+    # One device sums in another order than four: equal to float32 rounding.
+    np.testing.assert_allclose(
+        float(printed["eval/loss"]), series(records, "eval/loss")[-1], rtol=1e-5
+    )
 
 
 def test_two_processes_train_like_one_device_and_only_process_0_writes(tmp_path, one_device_fit):

@@ -254,7 +254,7 @@ class Trainer:
         Example:
             >>> manager.save(trainer.checkpoint_state)  # doctest: +SKIP
         """
-        return self.plan.checkpoint_state(self._state)
+        return self.plan.checkpoint_state(jax.tree_util.tree_unflatten(self._treedef, self._leaves))
 
     def add_hook(
         self, hook: Hook | Callable[[Trainer, Any], Any], every: int | None = None
