@@ -348,7 +348,7 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
         saved = "checkpoint saved" if trainer.checkpointing else "no checkpointing, nothing saved"
         say(f"paxtrain: {trainer.stop_reason}; {saved}. Continue with: paxtrain resume {run_dir}")
         return trainer
-    if trainer.step > 0 or not trainer.stop_reason:
+    if not trainer.nothing_to_train:
         say(f"paxtrain: finished at step {trainer.step} in {elapsed:.0f}s; {shown}")
     if trainer.stop_reason:
         say(f"paxtrain: {trainer.stop_reason}")
