@@ -5,7 +5,7 @@ import inspect
 import numpy as np
 import pytest
 
-from paxtrain.data import CharCorpus, LabeledImages, TokenFile
+from paxtrain.data import CharCorpus, GrainSource, LabeledImages, TokenFile
 
 
 def token_file(tmp_path):
@@ -14,10 +14,17 @@ def token_file(tmp_path):
     return TokenFile(path, seq_len=16, batch_size=8, vocab_size=64)
 
 
+def grain_source(tmp_path):
+    grain = pytest.importorskip("grain")
+    images = grain.MapDataset.range(100).map(lambda i: {"x": np.full(2, i), "y": np.int32(i)})
+    return GrainSource(images, batch_size=8, seed=2)
+
+
 SOURCES = {
     "CharCorpus": lambda tmp_path: CharCorpus(seq_len=16, batch_size=8, max_chars=20_000),
     "LabeledImages": lambda tmp_path: LabeledImages("digits", batch_size=8),
     "TokenFile": token_file,
+    "GrainSource": grain_source,
 }
 
 

@@ -222,6 +222,18 @@ def test_two_processes_train_like_one_device(two_processes, one_device):
         np.testing.assert_allclose(result["pmap_losses"], one_device["default"][0], rtol=1e-5)
     assert main["is_main"] and not other["is_main"]
     assert (main["batch_slice"], other["batch_slice"]) == (str(slice(0, 8)), str(slice(8, 16)))
+    # Through the Trainer, each process reads only its own rows (after one whole batch at
+    # start-up, which sizes the global batch), in one block or two, and the steps still match.
+    own_rows = {
+        ("default", 0): [[0, 8]], ("default", 1): [[8, 16]],
+        ("interleaved", 0): [[0, 4], [8, 12]], ("interleaved", 1): [[4, 8], [12, 16]],
+    }  # fmt: skip
+    for (mesh_name, process), blocks in own_rows.items():
+        run = next(r for r in two_processes if r["process_index"] == process)["trainer"][mesh_name]
+        np.testing.assert_allclose(run["losses"], one_device["default"][0], rtol=1e-5)
+        asked = run["asked"]
+        assert asked[0] is None and len(asked) > toy.STEPS * len(blocks)
+        assert asked[1:] == blocks * ((len(asked) - 1) // len(blocks))
     assert_matches(main["losses"], main["models"]["jit"], one_device["default"])
     assert_matches(main["pmap_losses"], main["models"]["pmap"], one_device["default"])
 

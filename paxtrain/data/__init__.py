@@ -4,6 +4,8 @@ A source that can produce any step's batch directly needs no iterator state in c
 never replays the stream on resume.
 """
 
+from paxtrain.data.columns import NpyColumns
+from paxtrain.data.grain_source import GrainSource
 from paxtrain.data.images import ImageSplits, LabeledImages, load_digits, load_mnist, read_idx
 from paxtrain.data.source import DataError, DataSource, Prefetcher
 from paxtrain.data.text import ByteVocab, CharCorpus, CharVocab, stdlib_corpus
@@ -16,8 +18,10 @@ __all__ = [
     "CharVocab",
     "DataError",
     "DataSource",
+    "GrainSource",
     "ImageSplits",
     "LabeledImages",
+    "NpyColumns",
     "Prefetcher",
     "TokenFile",
     "load_digits",

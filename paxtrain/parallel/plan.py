@@ -10,7 +10,15 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from paxtrain.parallel.batch import batch_sharding, check_batch_divisible, shard_batch
+from paxtrain.parallel import pmap
+from paxtrain.parallel.batch import (
+    ProcessRows,
+    batch_sharding,
+    check_batch_divisible,
+    place_rows,
+    process_row_blocks,
+    shard_batch,
+)
 from paxtrain.parallel.mesh import (
     DATA,
     FSDP,
@@ -52,6 +60,7 @@ class ParallelPlan:
     checkpoint restored into it keeps its layout).
 
     Example:
+        >>> from paxtrain.parallel import make_mesh
         >>> plan = setup(train_step.init(state), "jit", make_mesh(data=-1))  # doctest: +SKIP
         >>> train_step = make_train_step(loss_fn, **plan.step_kwargs)         # doctest: +SKIP
         >>> state, metrics = train_step(plan.place(state), plan.put_batch(batch))  # doctest: +SKIP
@@ -119,6 +128,27 @@ class ParallelPlan:
             return shard_over_devices(batch, self.batch_axis)
         return shard_batch(batch, self.mesh, self.batch_axis)
 
+    def process_rows(self, source: Any, global_batch_size: int) -> ProcessRows:
+        """A view of `source` that reads only this process's rows of each training batch and
+        places them (see `ProcessRows`); the trainer's prefetcher reads through it.
+
+        Example:
+            >>> rows = plan.process_rows(data, global_batch_size=32)  # doctest: +SKIP
+            >>> batch = rows.place(rows.train_batch(0))                # doctest: +SKIP
+        """
+        if self.strategy == "pmap":
+            blocks = (pmap.process_rows(global_batch_size),)
+
+            def place(parts):
+                return pmap.put_process_rows(parts[0], self.batch_axis)
+        else:
+            blocks = process_row_blocks(global_batch_size, self.mesh)
+
+            def place(parts):
+                return place_rows(parts, blocks, global_batch_size, self.mesh, self.batch_axis)
+
+        return ProcessRows(source, blocks, global_batch_size, place)
+
     def put_eval_batch(self, batch: Any) -> Any:
         """Places one evaluation batch (batch axis 0) for an eval step on `unreplicate(state)`:
         split over the mesh for "jit" (replicated when its size does not split evenly, as a
@@ -174,6 +204,7 @@ def setup(
       A `ParallelPlan`.
 
     Example:
+        >>> from paxtrain.parallel import make_mesh
         >>> plan = setup(state, "jit", make_mesh(data=2, fsdp=2, tensor=2))  # doctest: +SKIP
         >>> state = plan.place(state)                                         # doctest: +SKIP
     """

@@ -150,6 +150,7 @@ def check_tensor_axis_used(shardings: Any, mesh: Mesh) -> None:
     split over it: its devices would only repeat each other's work.
 
     Example:
+        >>> from paxtrain.parallel import make_mesh
         >>> check_tensor_axis_used(state_shardings({"w": np.zeros((4, 4))}, make_mesh()), make_mesh())
     """
     size = mesh.shape.get(TENSOR, 1)

@@ -435,7 +435,9 @@ class Trainer:
             self._restart = False
             # Batches are indexed by step plus the batches a rollback skipped.
             first = self.step + int(self.state.extras.get("data_offset", 0))
-            with Prefetcher(self.data, first, group=group, put=self.plan.put_batch) as batches:
+            # Each process reads and places only its own devices' rows of each batch.
+            rows = self.plan.process_rows(self.data, self.examples_per_step)
+            with Prefetcher(rows, first, group=group, put=rows.place) as batches:
                 while self.step < self.max_steps and not (self.should_stop or self._restart):
                     started = time.perf_counter()
                     batch = next(batches)
