@@ -242,7 +242,9 @@ def test_a_signal_during_start_up_exits_75_with_nothing_to_save(workdir, name):
 @pytest.mark.slow
 def test_resume_keeps_the_schedule_and_a_lower_max_steps_has_nothing_to_train(workdir):
     run = workdir / "horizon"
-    schedule = ["optimizer.schedule=cosine", "optimizer.warmup_steps=0", "optimizer.lr=0.01"]
+    schedule = [
+        "optimizer.learning_rate.warmup_steps=1", "optimizer.learning_rate.peak_value=0.01"
+    ]  # fmt: skip
     assert fit(workdir, run, "trainer.max_steps=4", *schedule).returncode == 0
     longer = paxtrain(workdir, "resume", str(run), "trainer.max_steps=8")
     assert longer.returncode == 0, longer.stderr[-2000:]
@@ -254,7 +256,7 @@ def test_resume_keeps_the_schedule_and_a_lower_max_steps_has_nothing_to_train(wo
         for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
         if "train/learning_rate" in r
     }
-    assert lrs[6] == lrs[8] == 0.0  # the cosine over 4 steps ended at 0: no restart from 0.01
+    assert lrs[6] == lrs[8] == 0.0  # the schedule over 4 steps ended at 0: no restart
     shorter = paxtrain(workdir, "resume", str(run), "trainer.max_steps=2")
     assert shorter.returncode == 0, shorter.stderr[-2000:]
     assert (
