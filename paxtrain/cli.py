@@ -1,9 +1,9 @@
 """The `paxtrain` command line: `fit`, `env`, `plot`.
 
-    paxtrain fit configs/char_rnn.yaml trainer.max_steps=500 optimizer.lr=3e-4
-    paxtrain fit configs/char_rnn.yaml -m optimizer.lr=1e-3,3e-4     # one run per value
-    paxtrain fit configs/char_rnn.yaml -m optimizer.lr=1e-3,3e-4 --launcher slurm  # a job each
-    paxtrain fit configs/char_rnn.yaml -m optimizer.lr=1e-3,3e-4 --launcher slurm \
+    paxtrain fit configs/char_rnn.yaml trainer.max_steps=500 optimizer.learning_rate.peak_value=3e-4
+    paxtrain fit configs/char_rnn.yaml -m optimizer.learning_rate.peak_value=1e-3,3e-4     # one run per value
+    paxtrain fit configs/char_rnn.yaml -m optimizer.learning_rate.peak_value=1e-3,3e-4 --launcher slurm  # a job each
+    paxtrain fit configs/char_rnn.yaml -m optimizer.learning_rate.peak_value=1e-3,3e-4 --launcher slurm \
         --launcher-config configs/launcher/slurm.yaml                # nodes, GPUs, partition...
     paxtrain fit configs/char_rnn.yaml --cfg job                     # print the resolved config
     paxtrain resume runs/char_rnn-20260101-120000 trainer.max_steps=3000

@@ -13,12 +13,10 @@ import dataclasses
 import difflib
 import importlib
 import inspect
-import math
 import pathlib
 import re
 import types
 import typing
-import warnings
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -35,20 +33,6 @@ class EarlyStoppingConfig:
     mode: str = "min"  # "min" or "max"
     patience: int = 3  # evaluations without improvement before stopping
     min_delta: float = 0.0
-
-
-@dataclasses.dataclass
-class OptimizerConfig:
-    name: str = "adamw"  # adamw | adam | sgd
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.999
-    momentum: float = 0.9  # sgd only
-    schedule: str = "constant"  # constant | cosine | warmup_cosine
-    warmup_steps: int = 0
-    clip_grad_norm: float | None = 1.0
-    horizon: int | None = None  # steps the schedule spans; None: trainer.max_steps, kept on resume
 
 
 @dataclasses.dataclass
@@ -70,10 +54,13 @@ class TrainerConfig:
     log_every: int = 50
     steps_per_call: int = 1
     grad_accum_steps: int = 1
-    precision: str = "float32"  # float32 | bfloat16
+    precision: str = (
+        "float32"  # float32 | bfloat16 | float16 | "params=float32,compute=bfloat16,..."
+    )
     ema_decay: float | None = None
     on_nonfinite: str = "skip"  # skip | stop | rollback | none
     rollback_lr_factor: float = 0.5
+    grad_norm: bool = True  # log train/grad_norm (free with the non-finite guard, which needs it)
     progress: str = "auto"  # auto | bar | log | off
     plot: bool = True  # write curves.png at the end
     early_stopping: EarlyStoppingConfig = dataclasses.field(default_factory=EarlyStoppingConfig)
@@ -106,7 +93,7 @@ class FitConfig:
     run_dir: str | None = None  # None: runs/<name>-<timestamp>
     seed: int = 0
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
-    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    optimizer: Any = None  # a `_target_` section over optax (`paxtrain.optax_config`)
     model: Any = None
     data: Any = None
     callbacks: list[Any] = dataclasses.field(default_factory=list)
@@ -118,13 +105,10 @@ class FitConfig:
 
 
 _CHOICES = {
-    "trainer.precision": ("float32", "bfloat16"),
     "trainer.progress": ("auto", "bar", "log", "off"),
     "trainer.on_nonfinite": ("skip", "stop", "rollback", "none"),
     "trainer.early_stopping.mode": ("min", "max"),
     "trainer.checkpoint.mode": ("min", "max"),
-    "optimizer.name": ("adamw", "adam", "sgd"),
-    "optimizer.schedule": ("constant", "cosine", "warmup_cosine"),
     "parallel.strategy": ("jit", "pmap"),
 }
 
@@ -135,18 +119,10 @@ BAD_CHOICE_MSG = "Config key `{key}` is {value!r}; choose one of {choices}."
 NO_TARGET_MSG = "Config section `{key}` needs a `_target_` naming the class or function to build."
 BAD_TARGET_MSG = "`{key}._target_`: cannot import {target!r} ({reason})."
 UNKNOWN_ARG_MSG = "`{key}.{arg}` is not a parameter of {target}.{hint}"
-WARMUP_MSG = (
-    "`optimizer.warmup_steps` ({warmup}) must be smaller than `trainer.max_steps` ({steps}); "
-    "lower it, e.g. `optimizer.warmup_steps=0`, or use `optimizer.schedule=constant`."
-)
 MISSING_ARG_MSG = "`{key}` is missing required parameter(s) {args} of {target}."
 AT_LEAST_ONE_MSG = "Config key `{key}` is {value}; it must be at least 1, e.g. `{key}={example}`."
 NOT_FINITE_MSG = (
     "Config key `{key}` is {value}; it must be a finite number, e.g. `{key}={example}`."
-)
-NEGATIVE_LR_MSG = (
-    "`optimizer.lr` is {value}: a negative learning rate climbs the loss instead of descending "
-    "it. Is the sign a typo (`optimizer.lr={positive}`)?"
 )
 KEEP_BEST_MSG = (
     "`trainer.checkpoint.keep_best={keep_best}` needs the metric that ranks checkpoints: add "
@@ -170,7 +146,6 @@ _AT_LEAST_ONE = (
     "trainer.grad_accum_steps", "trainer.checkpoint.every_steps", "trainer.checkpoint.keep_last",
     "trainer.early_stopping.patience", "optimizer.horizon",
 )  # fmt: skip
-_FINITE = ("optimizer.lr", "optimizer.weight_decay", "optimizer.clip_grad_norm")
 
 # Parameters of `_target_`s that are sizes or counts by their name: `batch_size`, `seq_len`,
 # `hidden_dim`, `num_layers`... An int given to one must be at least 1.
@@ -231,6 +206,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     except ValidationError as error:
         detail = str(error).splitlines()[0]
         raise ConfigError(WRONG_TYPE_MSG.format(key=error.full_key, detail=detail)) from None
+    from paxtrain.optax_config import complete_optimizer, validate_optimizer
+
+    complete_optimizer(merged)
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         raise ConfigError(MISSING_VALUE_MSG.format(key=missing[0]))
@@ -239,12 +217,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         if value not in choices:
             raise ConfigError(BAD_CHOICE_MSG.format(key=key, value=value, choices=choices))
     _check_numbers(merged)
-    if merged.optimizer.schedule == "warmup_cosine" and (
-        merged.optimizer.warmup_steps >= merged.trainer.max_steps
-    ):
-        raise ConfigError(
-            WARMUP_MSG.format(warmup=merged.optimizer.warmup_steps, steps=merged.trainer.max_steps)
-        )
+    _check_precision(merged.trainer.precision)
+    validate_optimizer(merged)
     if merged.trainer.max_steps % merged.trainer.steps_per_call:
         raise ConfigError(
             f"`trainer.max_steps` ({merged.trainer.max_steps}) must be a multiple of "
@@ -257,24 +231,23 @@ def validate(cfg: DictConfig) -> DictConfig:
     return merged
 
 
+def _check_precision(precision: str) -> None:
+    from paxtrain.train.precision import parse_precision
+
+    try:
+        parse_precision(precision)
+    except ValueError as error:
+        raise ConfigError(f"`trainer.precision`: {error}") from None
+
+
 def _check_numbers(cfg: DictConfig) -> None:
-    """Counts at least 1, finite rates, a monitor for keep_best; a negative lr warns."""
+    """Counts at least 1 and a monitor for keep_best (the optimizer's numbers: `optax_config`)."""
     defaults = OmegaConf.structured(FitConfig)
     for key in _AT_LEAST_ONE:
         value = OmegaConf.select(cfg, key)
         if value is not None and value < 1:
             example = OmegaConf.select(defaults, key) or 10
             raise ConfigError(AT_LEAST_ONE_MSG.format(key=key, value=value, example=example))
-    for key in _FINITE:
-        value = OmegaConf.select(cfg, key)
-        if value is not None and not math.isfinite(value):
-            example = OmegaConf.select(defaults, key)
-            raise ConfigError(NOT_FINITE_MSG.format(key=key, value=value, example=example))
-    if cfg.optimizer.lr < 0:
-        warnings.warn(
-            NEGATIVE_LR_MSG.format(value=cfg.optimizer.lr, positive=-cfg.optimizer.lr),
-            stacklevel=3,
-        )
     keep_best = cfg.trainer.checkpoint.keep_best
     if keep_best and not cfg.trainer.checkpoint.monitor:
         raise ConfigError(KEEP_BEST_MSG.format(keep_best=keep_best))

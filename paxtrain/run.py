@@ -16,11 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import optax
 from omegaconf import DictConfig, OmegaConf
 
 from paxtrain.config import ConfigError, check_target, locate
-from paxtrain.optim import make_schedule, make_transformation
+from paxtrain.optax_config import ALIASES, build_optimizer
 from paxtrain.train.hooks import EarlyStopping, Hook
 
 
@@ -97,21 +96,6 @@ def assign_sweep_dirs(
         cfg.run_dir = str(base / f"{i}_{swept}" if swept else base / str(i))
         out.append(cfg)
     return out
-
-
-def build_optimizer(cfg: DictConfig, max_steps: int) -> optax.GradientTransformation:
-    """The optax transformation an `OptimizerConfig` describes, schedule and clipping included.
-
-    Example:
-        >>> tx = build_optimizer(OmegaConf.structured(OptimizerConfig()), max_steps=100)  # doctest: +SKIP
-    """
-    schedule = make_schedule(cfg.schedule, cfg.lr, max_steps, cfg.warmup_steps)
-    kwargs: dict[str, Any] = {"sgd": {"momentum": cfg.momentum}}.get(
-        cfg.name, {"b1": cfg.b1, "b2": cfg.b2}
-    )
-    if cfg.name == "adamw":
-        kwargs["weight_decay"] = cfg.weight_decay
-    return make_transformation(cfg.name, schedule, clip_grad_norm=cfg.clip_grad_norm, **kwargs)
 
 
 BUILD_FAILED_MSG = "`{key}` ({target}): {error}"
@@ -218,7 +202,7 @@ def join_processes() -> None:
 
 
 HORIZON_KEPT_MSG = (
-    "paxtrain: the {schedule} learning-rate schedule keeps its horizon of {saved} steps from the "
+    "paxtrain: the learning-rate schedule ({schedule}) keeps its horizon of {saved} steps from the "
     "checkpoint; trainer.max_steps is now {max_steps}. To stretch the schedule over the new "
     "length instead (a jump in the learning rate), add `optimizer.horizon={max_steps}`."
 )
@@ -241,12 +225,11 @@ def schedule_horizon(cfg: DictConfig, run_dir: pathlib.Path) -> int:
     saved = _saved_meta(run_dir / CHECKPOINT_DIR).get("schedule_horizon")
     if saved is None:
         return max_steps
-    if saved != max_steps and cfg.optimizer.schedule != "constant":
+    schedule = OmegaConf.select(cfg, "optimizer.learning_rate._target_")
+    follows_horizon = "${optimizer.horizon}" in OmegaConf.to_yaml(cfg.optimizer)
+    if saved != max_steps and follows_horizon:
         print(
-            HORIZON_KEPT_MSG.format(
-                schedule=cfg.optimizer.schedule, saved=saved, max_steps=max_steps
-            ),
-            flush=True,
+            HORIZON_KEPT_MSG.format(schedule=schedule, saved=saved, max_steps=max_steps), flush=True
         )
     return int(saved)
 
@@ -314,7 +297,8 @@ def build_trainer(
         strategy=cfg.parallel.strategy,
         **({} if rules is None else {"tensor_rules": OmegaConf.to_container(rules)}),
     )
-    return trainer, model, data, build_optimizer(cfg.optimizer, horizon or t.max_steps)
+    cfg.optimizer.horizon = horizon or t.max_steps  # what `${optimizer.horizon}` resolves to
+    return trainer, model, data, build_optimizer(cfg.optimizer)
 
 
 def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
@@ -401,7 +385,8 @@ NOT_A_RUN_MSG = "{run_dir} has no {file}: is it a paxtrain run directory?"
 
 # Modules whose `_target_`s a run directory's config may name; a run directory is data, and
 # anything else must be allowed by the user (`--allow-target`, or this environment variable).
-ALLOWED_TARGET_MODULES = ("paxtrain", "recipes")
+# optax's factories build optimizers and schedules, nothing else; `ALIASES` name optax targets.
+ALLOWED_TARGET_MODULES = ("paxtrain", "recipes", "optax")
 ALLOW_TARGETS_ENV = "PAXTRAIN_ALLOW_TARGETS"
 
 REFUSED_TARGET_MSG = (
@@ -450,8 +435,10 @@ def check_run_targets(
         return
     for key, target in _targets(saved):
         module = target.rpartition(".")[0]
-        if _overridden(key, overrides) or any(
-            module == m or module.startswith(f"{m}.") for m in allowed
+        if (
+            _overridden(key, overrides)
+            or target in ALIASES
+            or any(module == m or module.startswith(f"{m}.") for m in allowed)
         ):
             continue
         raise ConfigError(

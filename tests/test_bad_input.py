@@ -50,7 +50,7 @@ ROWS = [
     ("zero hidden_dim", fit("model.hidden_dim=0"), ["`model.hidden_dim`", "at least 1"]),
     ("negative embed_dim", fit("model.embed_dim=-3"), ["`model.embed_dim`", "at least 1"]),
     ("negative batch size", fit("data.batch_size=-1"), ["`data.batch_size`", "at least 1"]),
-    ("nan learning rate", fit("optimizer.lr=nan"), ["`optimizer.lr`", "finite"]),
+    ("nan learning rate", fit("optimizer.learning_rate.peak_value=nan"), ["`optimizer.learning_rate.peak_value`", "finite"]),
     ("zero max_steps", fit("trainer.max_steps=0"), ["`trainer.max_steps`", "at least 1"]),
     ("negative max_steps", fit("trainer.max_steps=-1"), ["`trainer.max_steps`", "at least 1"]),
     ("zero log_every", fit("trainer.log_every=0"), ["`trainer.log_every`", "at least 1"]),
@@ -112,8 +112,10 @@ def test_image_recipe_without_scikit_learn_names_the_extra(files, tmp_path, caps
 
 
 def test_a_negative_learning_rate_warns():
-    with pytest.warns(UserWarning, match=r"`optimizer.lr` is -0.003.*optimizer.lr=0.003"):
-        compose(CHAR_RNN, ["optimizer.lr=-3e-3"])
+    with pytest.warns(
+        UserWarning, match=r"`optimizer.learning_rate.peak_value` is -0.003.*peak_value=0.003"
+    ):
+        compose(CHAR_RNN, ["optimizer.learning_rate.peak_value=-3e-3"])
 
 
 # Root writes anywhere; without the capability that lets it, it sees the permissions as anyone.

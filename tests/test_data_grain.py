@@ -168,7 +168,7 @@ def test_paxtrain_fit_trains_the_image_recipe_from_npy_with_grain_workers(tmp_pa
 
     write_npy_images(tmp_path)
     run = [
-        "trainer.max_steps=2", "optimizer.warmup_steps=0", "model.channels=[4]",
+        "trainer.max_steps=2", "optimizer.learning_rate.warmup_steps=0", "model.channels=[4]",
         "data.workers=1", f"run_dir={tmp_path / 'run'}", "trainer.progress=off",
     ]  # fmt: skip
     assert main(["fit", "configs/image_classifier.yaml", *npy_overrides(tmp_path), *run]) == 0

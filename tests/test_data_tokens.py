@@ -122,7 +122,7 @@ def test_cli_reports_bad_data_in_one_line_with_exit_2(tmp_path, capsys):
     assert main(["data", "tokenize", str(tmp_path / "short.txt"), str(tmp_path / "t.bin")]) == 0
     overrides = [
         "data._target_=paxtrain.data.TokenFile", f"data.path={tmp_path / 't.bin'}",
-        f"run_dir={tmp_path / 'run'}", "optimizer.warmup_steps=0", "trainer.max_steps=2",
+        f"run_dir={tmp_path / 'run'}", "optimizer.learning_rate.warmup_steps=0", "trainer.max_steps=2",
     ]  # fmt: skip
     assert main(["fit", "configs/transformer_lm.yaml", *overrides]) == 2
     lines = capsys.readouterr().err.strip().splitlines()

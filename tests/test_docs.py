@@ -2,7 +2,8 @@
 
 A failing docstring is reported with its module, line, the example and what it printed. The
 examples see the names the docs assume are imported: `jax`, `jnp`, `np`, `optax`, `pax`
-(paxtrain) and `nn` (paxtrain.nn). `paxtrain.nn`'s examples run in `tests/test_nn_docs.py`, the
+(paxtrain) and `nn` (paxtrain.nn), plus the public names of the module's package (`make_mesh`
+in `paxtrain/parallel/*.py`). `paxtrain.nn`'s examples run in `tests/test_nn_docs.py`, the
 recipes' in `tests/test_recipes_models.py`.
 """
 
@@ -56,6 +57,8 @@ def test_docstring_examples_run(module_name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # examples that write (runs/...) write here
     module = importlib.import_module(module_name)
     globs = {"jax": jax, "jnp": jnp, "np": np, "optax": optax, "pax": paxtrain, "nn": paxtrain.nn}
+    package = importlib.import_module(module_name.rpartition(".")[0] or module_name)
+    globs.update({name: getattr(package, name) for name in getattr(package, "__all__", ())})
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     report = io.StringIO()

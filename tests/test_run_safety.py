@@ -127,7 +127,7 @@ def test_resume_keeps_the_schedule_horizon_of_the_checkpoint(tmp_path, capsys):
 def test_eval_best_on_a_run_without_monitor_says_how_to_enable_it(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    cfg = compose(CHAR_RNN, [])
+    cfg = compose(CHAR_RNN, ["optimizer.horizon=1500"])  # a run's saved config records it
     (run_dir / "config.yaml").write_text(yaml.safe_dump(pax_to_container(cfg)))
     assert main(["eval", str(run_dir), "--step", "best"]) == 2
     err = capsys.readouterr().err
