@@ -10,8 +10,8 @@ one cannot be read.
 
 Example:
     >>> manager = CheckpointManager("runs/demo/checkpoints", keep_last=2)  # doctest: +SKIP
-    >>> manager.save(state, meta={"config_hash": "..."})
-    >>> state, meta = manager.restore(state)
+    >>> manager.save(state, meta={"config_hash": "..."})  # doctest: +SKIP
+    >>> state, meta = manager.restore(state)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -27,6 +27,19 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
 log = logging.getLogger(__name__)
+
+
+# Orbax warnings about what this module does on purpose: saving at a step without evaluation
+# (kept by `keep_last` only) and opening a directory read-only (a reader).
+_EXPECTED_ORBAX_WARNINGS = ("did not provide metrics", "read_only=True", "directory is read only")
+
+
+class _QuietExpectedWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in _EXPECTED_ORBAX_WARNINGS)
+
+
+logging.getLogger("absl").addFilter(_QuietExpectedWarnings())
 
 MISMATCH_MSG = """\
 Checkpoint step {step} in {directory} does not fit the state being restored: at `{path}` the \
@@ -81,6 +94,8 @@ class CheckpointManager:
       monitor: the metric that ranks checkpoints (passed to `save(..., metrics=)`).
       mode: "min" or "max" for `monitor`.
       async_save: write in the background; `wait()`, the next save and `close()` wait for it.
+      read_only: a reader (`paxtrain eval`, a resume's first look): never creates, deletes or
+        cleans up anything, so it cannot hurt a run saving into the directory at the same time.
 
     Example:
         >>> manager = CheckpointManager(run_dir / "checkpoints", keep_last=3)  # doctest: +SKIP
@@ -95,6 +110,7 @@ class CheckpointManager:
         monitor: str | None = None,
         mode: str = "min",
         async_save: bool = True,
+        read_only: bool = False,
     ):
         if keep_best and not monitor:
             raise ValueError("keep_best needs `monitor`, the metric that ranks checkpoints.")
@@ -111,13 +127,15 @@ class CheckpointManager:
                 )
             )
         options = ocp.CheckpointManagerOptions(
-            # best_fn only makes Orbax record each step's metrics; the policy below decides.
-            best_fn=(lambda metrics: metrics[monitor]) if keep_best else None,
+            # best_fn only makes Orbax record each step's metrics (for `best_step`, also without
+            # keep_best); the policy below decides what is kept.
+            best_fn=(lambda metrics: metrics[monitor]) if monitor else None,
             best_mode=mode,
-            enable_async_checkpointing=async_save,
+            enable_async_checkpointing=async_save and not read_only,
             preservation_policy=preservation.AnyPreservationPolicy(policies),
-            cleanup_tmp_directories=True,
-            create=True,
+            cleanup_tmp_directories=not read_only,
+            create=not read_only,
+            read_only=read_only,
         )
         self._manager = ocp.CheckpointManager(
             self.directory,
@@ -136,6 +154,16 @@ class CheckpointManager:
     def latest_step(self) -> int | None:
         steps = self.steps()
         return steps[-1] if steps else None
+
+    def meta(self, step: int) -> dict[str, Any]:
+        """The JSON record saved with checkpoint `step`, without reading its arrays.
+
+        Example:
+            >>> manager.meta(manager.latest_step())["config_hash"]  # doctest: +SKIP
+            'a1b2c3d4e5f6'
+        """
+        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored.meta)
 
     def best_step(self) -> int | None:
         """The step whose saved `monitor` metric is best, or None if none was recorded."""

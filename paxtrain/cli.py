@@ -1,9 +1,9 @@
 """The `paxtrain` command line: `fit`, `env`, `plot`.
 
-    paxtrain fit configs/char_rnn.yaml trainer.max_steps=500 optimizer.lr=3e-4
-    paxtrain fit configs/char_rnn.yaml -m optimizer.lr=1e-3,3e-4     # one run per value
-    paxtrain fit configs/char_rnn.yaml -m optimizer.lr=1e-3,3e-4 --launcher slurm  # a job each
-    paxtrain fit configs/char_rnn.yaml -m optimizer.lr=1e-3,3e-4 --launcher slurm \
+    paxtrain fit configs/char_rnn.yaml trainer.max_steps=500 optimizer.learning_rate.peak_value=3e-4
+    paxtrain fit configs/char_rnn.yaml -m optimizer.learning_rate.peak_value=1e-3,3e-4     # one run per value
+    paxtrain fit configs/char_rnn.yaml -m optimizer.learning_rate.peak_value=1e-3,3e-4 --launcher slurm  # a job each
+    paxtrain fit configs/char_rnn.yaml -m optimizer.learning_rate.peak_value=1e-3,3e-4 --launcher slurm \
         --launcher-config configs/launcher/slurm.yaml                # nodes, GPUs, partition...
     paxtrain fit configs/char_rnn.yaml --cfg job                     # print the resolved config
     paxtrain resume runs/char_rnn-20260101-120000 trainer.max_steps=3000
@@ -11,10 +11,12 @@
     paxtrain eval runs/char_rnn-20260101-120000 mesh.data=-1 mesh.fsdp=1   # on other devices
     paxtrain env
     paxtrain plot runs/char_rnn-20260101-120000
+    paxtrain data tokenize book.txt book.bin --vocab bytes            # a token file for TokenFile
 
 Exit codes: 0 done; 1 a job run with `--launcher local` failed (the message names its log); 2 a
-config, file, device layout or checkpoint problem (one message, no traceback); 75 stopped by a
-preemption signal after saving a checkpoint: run the same command again.
+config, file, device layout or checkpoint problem (one message, no traceback); 3 stopped on
+non-finite steps (`trainer.on_nonfinite=stop`); 75 stopped by a preemption signal (after saving
+a checkpoint, or before training started): run the same command again.
 """
 
 from __future__ import annotations
@@ -27,16 +29,60 @@ from collections.abc import Sequence
 
 from paxtrain.checkpoint import CheckpointError
 from paxtrain.config import ConfigError
+from paxtrain.data.source import DataError
 from paxtrain.launch import LaunchError
 from paxtrain.parallel import LayoutError
-from paxtrain.train.preemption import PREEMPTED_EXIT_CODE
+from paxtrain.train.preemption import PREEMPTED_EXIT_CODE, PreemptedBeforeTraining, before_training
 
 EXIT_CONFIG_ERROR = 2
 
+USAGE_MSG = "paxtrain: {message} (see `paxtrain {command} --help`)"
+FLAG_AS_KEY_MSG = (
+    "paxtrain: unrecognized argument {flag}: config keys are set as overrides, e.g. `{key}={value}`"
+)
+BAD_STEP_MSG = "--step is {value!r}: use latest, best or a step number, e.g. `--step 500`"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one `paxtrain:` line, exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        command = self.prog.removeprefix("paxtrain").strip()
+        print(
+            USAGE_MSG.format(message=message, command=command).replace("  ", " "), file=sys.stderr
+        )
+        sys.exit(EXIT_CONFIG_ERROR)
+
+
+def _step(value: str) -> str:
+    if value in ("latest", "best") or value.isdigit():
+        return value
+    raise argparse.ArgumentTypeError(BAD_STEP_MSG.format(value=value))
+
+
+def _flag_as_key(flag: str, value: str) -> str | None:
+    """`--max-steps` given as a flag: the message naming the config key it meant, if any."""
+    from omegaconf import OmegaConf
+
+    from paxtrain.config import FitConfig
+
+    leaf = flag.lstrip("-").partition("=")[0].replace("-", "_")
+    value = flag.partition("=")[2] or value or "..."
+
+    def keys(node: dict, prefix: str = "") -> list[str]:
+        found = []
+        for k, v in node.items():
+            found += keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+        return found
+
+    schema = OmegaConf.to_container(OmegaConf.structured(FitConfig))
+    matches = [k for k in keys(schema) if k.rpartition(".")[2] == leaf]
+    return FLAG_AS_KEY_MSG.format(flag=flag, key=matches[0], value=value) if matches else None
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="paxtrain", description="Train JAX models with paxtrain.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="paxtrain", description="Train JAX models with paxtrain.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     fit = commands.add_parser("fit", help="train from a YAML config with Hydra overrides")
     fit.add_argument("config", help="path to a YAML config, e.g. configs/char_rnn.yaml")
@@ -51,14 +97,31 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("run_dir", help="a run directory written by `paxtrain fit`")
     resume.add_argument("overrides", nargs="*", help="overrides, e.g. trainer.max_steps=3000")
     resume.set_defaults(accepts_overrides=True)
+    resume.add_argument(
+        "--allow-target", action="append", default=[], metavar="MODULE",
+        help="trust `_target_`s of this module in the run's config.yaml (repeatable)",
+    )  # fmt: skip
 
     evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint on its eval data")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("overrides", nargs="*", help="overrides, e.g. mesh.data=-1 mesh.fsdp=1")
     evaluate.set_defaults(accepts_overrides=True)
-    evaluate.add_argument("--step", default="latest", help="latest (default), best, or a step")
+    evaluate.add_argument(
+        "--step", default="latest", type=_step, help="latest (default), best, or a step"
+    )
+    evaluate.add_argument(
+        "--allow-target", action="append", default=[], metavar="MODULE",
+        help="trust `_target_`s of this module in the run's config.yaml (repeatable)",
+    )  # fmt: skip
 
     commands.add_parser("env", help="print versions and the devices JAX sees")
+
+    data = commands.add_parser("data", help="prepare data files")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    tokenize = data_commands.add_parser("tokenize", help="text files -> a token file (TokenFile)")
+    tokenize.add_argument("inputs", nargs="+", metavar="INPUT", help="UTF-8 text files")
+    tokenize.add_argument("out", metavar="OUT", help="the token file to write, e.g. train.bin")
+    tokenize.add_argument("--vocab", choices=["bytes", "chars"], default="bytes")
 
     plot = commands.add_parser("plot", help="write curves.png for a run directory")
     plot.add_argument("run_dir")
@@ -97,25 +160,28 @@ def _fit(args: argparse.Namespace) -> int:
         jobs = submit_sweep(configs, args.config, args.launcher, options, sys_path=sys.path[:2])
         preempted = args.launcher == "local" and any(job.result()["preempted"] for job in jobs)
         return PREEMPTED_EXIT_CODE if preempted else 0
+    from paxtrain.run import exit_code
+
     for cfg in configs:
-        if fit_from_config(cfg, config_path=args.config).preempted:
-            return PREEMPTED_EXIT_CODE
+        code = exit_code(fit_from_config(cfg, config_path=args.config))
+        if code:
+            return code
     return 0
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from paxtrain.run import fit_from_config, load_run_config
+    from paxtrain.run import exit_code, fit_from_config, load_run_config
 
     sys.path[:0] = [os.getcwd()]
-    cfg = load_run_config(args.run_dir, list(args.overrides))
-    return PREEMPTED_EXIT_CODE if fit_from_config(cfg).preempted else 0
+    cfg = load_run_config(args.run_dir, list(args.overrides), tuple(args.allow_target))
+    return exit_code(fit_from_config(cfg))
 
 
 def _eval(args: argparse.Namespace) -> int:
     from paxtrain.run import evaluate_run
 
     sys.path[:0] = [os.getcwd()]
-    metrics = evaluate_run(args.run_dir, args.step, list(args.overrides))
+    metrics = evaluate_run(args.run_dir, args.step, list(args.overrides), tuple(args.allow_target))
     print(" ".join(f"eval/{k}={v:.6g}" for k, v in metrics.items()))
     return 0
 
@@ -124,6 +190,14 @@ def _env() -> int:
     from paxtrain.run import environment_report
 
     print(environment_report())
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from paxtrain.data.tokenize import tokenize_files
+
+    meta = tokenize_files(args.inputs, args.out, args.vocab)
+    print(f"paxtrain: wrote {meta['num_tokens']} tokens ({args.vocab}) to {args.out}")
     return 0
 
 
@@ -145,22 +219,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     # leaves those after a flag unparsed, so they are collected here.
     args, rest = parser.parse_known_args(argv)
     unknown_flags = [a for a in rest if a.startswith("-")]
+    if unknown_flags:
+        after = rest[rest.index(unknown_flags[0]) + 1 :]
+        hint = _flag_as_key(unknown_flags[0], after[0] if after and "=" not in after[0] else "")
+        if hint:
+            print(hint, file=sys.stderr)
+            return EXIT_CONFIG_ERROR
     if unknown_flags or (rest and not getattr(args, "accepts_overrides", False)):
         parser.error(f"unrecognized arguments: {' '.join(unknown_flags or rest)}")
     if rest:
         args.overrides = [*args.overrides, *rest]
-    commands = {"fit": _fit, "resume": _resume, "eval": _eval, "plot": _plot}
+    commands = {"fit": _fit, "resume": _resume, "eval": _eval, "plot": _plot, "data": _data}
     try:
-        return _env() if args.command == "env" else commands[args.command](args)
+        # A preemption signal while data and model are built: nothing to save, exit 75.
+        with before_training():
+            return _env() if args.command == "env" else commands[args.command](args)
+    except PreemptedBeforeTraining as stopped:
+        print(stopped, file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     except ConfigError as error:
-        print(f"paxtrain: config error: {error}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
-    except (FileNotFoundError, CheckpointError, LayoutError) as error:
-        print(f"paxtrain: {error}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+        return _report(f"config error: {error}", EXIT_CONFIG_ERROR)
+    except (FileNotFoundError, CheckpointError, LayoutError, DataError) as error:
+        return _report(str(error), EXIT_CONFIG_ERROR)
     except LaunchError as error:
-        print(f"paxtrain: {error}", file=sys.stderr)
-        return 1
+        return _report(str(error), 1)
+
+
+def _report(message: str, code: int) -> int:
+    """Prints an error as one `paxtrain:` line (easy to grep in a job's log); returns `code`."""
+    print("paxtrain: " + " ".join(message.split()), file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

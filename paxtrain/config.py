@@ -7,6 +7,7 @@ against the target's signature before anything is built.
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import dataclasses
 import difflib
@@ -14,9 +15,11 @@ import importlib
 import inspect
 import pathlib
 import re
+import types
+import typing
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 
@@ -30,19 +33,6 @@ class EarlyStoppingConfig:
     mode: str = "min"  # "min" or "max"
     patience: int = 3  # evaluations without improvement before stopping
     min_delta: float = 0.0
-
-
-@dataclasses.dataclass
-class OptimizerConfig:
-    name: str = "adamw"  # adamw | adam | sgd
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.999
-    momentum: float = 0.9  # sgd only
-    schedule: str = "constant"  # constant | cosine | warmup_cosine
-    warmup_steps: int = 0
-    clip_grad_norm: float | None = 1.0
 
 
 @dataclasses.dataclass
@@ -90,6 +80,8 @@ class MeshConfig:
 class ParallelConfig:
     strategy: str = "jit"  # jit (mesh: data, FSDP, tensor) | pmap (data parallel only)
     distributed: bool = True  # join a multi-process run when the environment describes one
+    # [[regex, [entry per axis]], ...] (see `paxtrain.parallel.as_rules`); None: the defaults
+    tensor_rules: list[Any] | None = None
 
 
 @dataclasses.dataclass
@@ -98,7 +90,7 @@ class FitConfig:
     run_dir: str | None = None  # None: runs/<name>-<timestamp>
     seed: int = 0
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
-    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    optimizer: Any = None  # a `_target_` section over optax (`paxtrain.optax_config`)
     model: Any = None
     data: Any = None
     callbacks: list[Any] = dataclasses.field(default_factory=list)
@@ -115,8 +107,6 @@ _CHOICES = {
     "trainer.on_nonfinite": ("skip", "stop", "rollback", "none"),
     "trainer.early_stopping.mode": ("min", "max"),
     "trainer.checkpoint.mode": ("min", "max"),
-    "optimizer.name": ("adamw", "adam", "sgd"),
-    "optimizer.schedule": ("constant", "cosine", "warmup_cosine"),
     "parallel.strategy": ("jit", "pmap"),
 }
 
@@ -127,11 +117,37 @@ BAD_CHOICE_MSG = "Config key `{key}` is {value!r}; choose one of {choices}."
 NO_TARGET_MSG = "Config section `{key}` needs a `_target_` naming the class or function to build."
 BAD_TARGET_MSG = "`{key}._target_`: cannot import {target!r} ({reason})."
 UNKNOWN_ARG_MSG = "`{key}.{arg}` is not a parameter of {target}.{hint}"
-WARMUP_MSG = (
-    "`optimizer.warmup_steps` ({warmup}) must be smaller than `trainer.max_steps` ({steps}); "
-    "lower it, e.g. `optimizer.warmup_steps=0`, or use `optimizer.schedule=constant`."
-)
 MISSING_ARG_MSG = "`{key}` is missing required parameter(s) {args} of {target}."
+AT_LEAST_ONE_MSG = "Config key `{key}` is {value}; it must be at least 1, e.g. `{key}={example}`."
+NOT_FINITE_MSG = (
+    "Config key `{key}` is {value}; it must be a finite number, e.g. `{key}={example}`."
+)
+KEEP_BEST_MSG = (
+    "`trainer.checkpoint.keep_best={keep_best}` needs the metric that ranks checkpoints: add "
+    "`trainer.checkpoint.monitor=eval/loss` (or another eval metric), or set keep_best=0."
+)
+ARG_TYPE_MSG = (
+    "`{key}.{arg}` is {value!r}, but {target} takes {expected} there, e.g. `{key}.{arg}={example}`."
+)
+ARG_SIZE_MSG = (
+    "`{key}.{arg}` is {value}; a size or count must be at least 1, e.g. `{key}.{arg}={example}`."
+)
+CONFIG_IS_DIR_MSG = (
+    "The config path {path} is a directory: give a YAML file, e.g. `paxtrain fit {example}`."
+)
+BAD_YAML_MSG = "{path} is not valid YAML: {problem} (line {line}, column {column})."
+GROUP_OPTION_MSG = "{message} Available options in '{group}': {options}."
+
+# Keys that count something and must be at least 1 (None, where allowed, means "not used").
+_AT_LEAST_ONE = (
+    "trainer.max_steps", "trainer.log_every", "trainer.eval_every", "trainer.steps_per_call",
+    "trainer.grad_accum_steps", "trainer.checkpoint.every_steps", "trainer.checkpoint.keep_last",
+    "trainer.early_stopping.patience", "optimizer.horizon",
+)  # fmt: skip
+
+# Parameters of `_target_`s that are sizes or counts by their name: `batch_size`, `seq_len`,
+# `hidden_dim`, `num_layers`... An int given to one must be at least 1.
+_SIZE_PARAMETER = re.compile(r"(^|_)(size|len|dim|ratio|batches)$|^num_")
 
 
 def _hint(key: str, candidates: list[str]) -> str:
@@ -166,8 +182,16 @@ def validate(cfg: DictConfig) -> DictConfig:
     Raises ConfigError naming the key, with the closest valid names for an unknown key.
 
     Example:
-        >>> validate(OmegaConf.create({"trainer": {"max_steps": 10}})).trainer.max_steps
-        10
+        >>> cfg = OmegaConf.create({
+        ...     "data": {"_target_": "paxtrain.data.CharCorpus", "seq_len": 16},
+        ...     "model": {"_target_": "recipes.char_rnn.CharRNN", "hidden_dim": 32},
+        ...     "trainer": {"max_steps": 10},
+        ... })
+        >>> validate(cfg).trainer.log_every  # the schema's default
+        50
+        >>> validate(OmegaConf.merge(cfg, {"trainer": {"max_step": 10}}))
+        Traceback (most recent call last):
+        paxtrain.config.ConfigError: Unknown config key `trainer.max_step`. Did you mean `trainer.max_steps`...?
     """
     schema = OmegaConf.structured(FitConfig)
     try:
@@ -180,6 +204,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     except ValidationError as error:
         detail = str(error).splitlines()[0]
         raise ConfigError(WRONG_TYPE_MSG.format(key=error.full_key, detail=detail)) from None
+    from paxtrain.optax_config import complete_optimizer, validate_optimizer
+
+    complete_optimizer(merged)
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         raise ConfigError(MISSING_VALUE_MSG.format(key=missing[0]))
@@ -187,12 +214,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         value = OmegaConf.select(merged, key)
         if value not in choices:
             raise ConfigError(BAD_CHOICE_MSG.format(key=key, value=value, choices=choices))
-    if merged.optimizer.schedule == "warmup_cosine" and (
-        merged.optimizer.warmup_steps >= merged.trainer.max_steps
-    ):
-        raise ConfigError(
-            WARMUP_MSG.format(warmup=merged.optimizer.warmup_steps, steps=merged.trainer.max_steps)
-        )
+    _check_numbers(merged)
+    validate_optimizer(merged)
     if merged.trainer.max_steps % merged.trainer.steps_per_call:
         raise ConfigError(
             f"`trainer.max_steps` ({merged.trainer.max_steps}) must be a multiple of "
@@ -203,6 +226,74 @@ def validate(cfg: DictConfig) -> DictConfig:
     for i, callback in enumerate(merged.callbacks):
         check_target(callback, f"callbacks[{i}]")
     return merged
+
+
+def _check_numbers(cfg: DictConfig) -> None:
+    """Counts at least 1 and a monitor for keep_best (the optimizer's numbers: `optax_config`)."""
+    defaults = OmegaConf.structured(FitConfig)
+    for key in _AT_LEAST_ONE:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < 1:
+            example = OmegaConf.select(defaults, key) or 10
+            raise ConfigError(AT_LEAST_ONE_MSG.format(key=key, value=value, example=example))
+    keep_best = cfg.trainer.checkpoint.keep_best
+    if keep_best and not cfg.trainer.checkpoint.monitor:
+        raise ConfigError(KEEP_BEST_MSG.format(keep_best=keep_best))
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a config value can be passed where `hint` is annotated; annotations other than
+    plain scalars, their unions and sequences are not checked."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Sequence) or hint in (list, tuple):
+        return isinstance(value, (list, tuple, ListConfig))
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    return re.sub(
+        r"\b(typing|collections\.abc)\.", "", getattr(hint, "__name__", None) or str(hint)
+    )
+
+
+def _check_values(node: Any, key: str, target: Any) -> None:
+    """Checks a `_target_` section's values against the target's annotations, and that sizes
+    and counts (by parameter name) are at least 1, before the target is called."""
+    try:
+        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+        values = (
+            OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+        )
+    except Exception:  # unresolvable annotations or interpolations: the call itself reports
+        return
+    params = inspect.signature(target).parameters
+    for arg, value in values.items():
+        hint = hints.get(arg)
+        if arg.startswith("_") or hint is None:
+            continue
+        default = params[arg].default if arg in params else inspect.Parameter.empty
+        example = default if default not in (inspect.Parameter.empty, None) else "..."
+        if not _fits(value, hint):
+            raise ConfigError(
+                ARG_TYPE_MSG.format(
+                    key=key, arg=arg, value=value, target=node["_target_"],
+                    expected=_type_name(hint), example=example,
+                )
+            )  # fmt: skip
+        if _SIZE_PARAMETER.search(arg) and isinstance(value, int) and value < 1:
+            raise ConfigError(ARG_SIZE_MSG.format(key=key, arg=arg, value=value, example=example))
 
 
 def locate(target: str, key: str) -> Any:
@@ -257,6 +348,7 @@ def check_target(node: Any, key: str, provided: tuple[str, ...] | None = ()) -> 
     ]
     if required and provided is not None:
         raise ConfigError(MISSING_ARG_MSG.format(key=key, args=required, target=node["_target_"]))
+    _check_values(node, key, target)
 
 
 def _add_known_key(override: str, base: DictConfig) -> str:
@@ -279,6 +371,19 @@ def _add_known_key(override: str, base: DictConfig) -> str:
 
 
 _OVERRIDE_KEY = re.compile(r"Could not override '([^']+)'")
+_GROUP_OPTIONS = re.compile(r"Available options in '([^']+)':\n((?:\t.*\n?)+)")
+
+
+def _one_line(hydra_message: str) -> str:
+    """Hydra's first line, plus its list of a config group's options when it has one."""
+    first = hydra_message.splitlines()[0]
+    options = _GROUP_OPTIONS.search(hydra_message)
+    if not options:
+        return first
+    names = ", ".join(line.strip() for line in options.group(2).splitlines() if line.strip())
+    return GROUP_OPTION_MSG.format(
+        message=first.rstrip(".") + ".", group=options.group(1), options=names
+    )
 
 
 def compose(config_path: str | pathlib.Path, overrides: list[str]) -> DictConfig:
@@ -287,11 +392,16 @@ def compose(config_path: str | pathlib.Path, overrides: list[str]) -> DictConfig
     Example:
         >>> cfg = compose("configs/char_rnn.yaml", ["trainer.max_steps=5"])  # doctest: +SKIP
     """
+    import yaml
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
 
     path = pathlib.Path(config_path).expanduser().resolve()
+    if path.is_dir():
+        raise ConfigError(
+            CONFIG_IS_DIR_MSG.format(path=config_path, example="configs/char_rnn.yaml")
+        )
     if not path.is_file():
         raise ConfigError(f"Config file not found: {config_path}")
     try:
@@ -299,6 +409,14 @@ def compose(config_path: str | pathlib.Path, overrides: list[str]) -> DictConfig
             base = hydra_compose(config_name=path.stem)
             overrides = [_add_known_key(o, base) for o in overrides]
             cfg = hydra_compose(config_name=path.stem, overrides=overrides)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        raise ConfigError(
+            BAD_YAML_MSG.format(
+                path=config_path, problem=error.problem,
+                line=mark.line + 1 if mark else "?", column=mark.column + 1 if mark else "?",
+            )
+        ) from None  # fmt: skip
     except HydraException as error:
         message = str(error)
         match = _OVERRIDE_KEY.search(message)
@@ -306,6 +424,6 @@ def compose(config_path: str | pathlib.Path, overrides: list[str]) -> DictConfig
             key = match.group(1)
             hint = _hint(key, _sibling_keys(key, OmegaConf.load(path)))
             raise ConfigError(UNKNOWN_KEY_MSG.format(key=key, hint=hint)) from None
-        raise ConfigError(message.splitlines()[0]) from None
+        raise ConfigError(_one_line(message)) from None
     OmegaConf.set_struct(cfg, False)
     return validate(cfg)

@@ -33,7 +33,7 @@ the checkpoint. Model paths look like {example}; the checkpoint's look like {sav
 
 SHAPE_MSG = """\
 init_from={source!r}: `{path}` has shape {saved} in the checkpoint and {current} in the model. \
-Leave it out with `init_from.include` patterns that do not match it."""
+Leave it out with `init_from_include` patterns that do not match it."""
 
 NO_MATCH_MSG = "freeze pattern {pattern!r} matches no submodule path; paths are {paths}."
 
@@ -84,7 +84,7 @@ def load_parameters(model: M, source: str | pathlib.Path, include: Sequence[str]
         raise CheckpointError(
             NOTHING_LOADED_MSG.format(
                 source=str(source),
-                filtered=" matching `include`" if include else "",
+                filtered=" matching `init_from_include`" if include else "",
                 example=next(iter(params), "?"),
                 saved=next((k for k in saved if k.startswith("model.")), "?"),
             )

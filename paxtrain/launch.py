@@ -143,7 +143,7 @@ class FitJob:
     Example:
         >>> job = FitJob(OmegaConf.to_yaml(cfg), "configs/char_rnn.yaml", os.getcwd(), [])  # doctest: +SKIP
         >>> job()["run_dir"]  # doctest: +SKIP
-        'runs/char_rnn-multirun-20260101-120000/0_optimizer.lr=1e-3'
+        'runs/char_rnn-multirun-20260101-120000/0_optimizer.learning_rate.peak_value=1e-3'
     """
 
     def __init__(self, config_yaml: str, config_path: str, workdir: str, sys_path: list[str]):
@@ -194,7 +194,7 @@ def submit_sweep(
 
     Example:
         >>> jobs = submit_sweep(configs, "configs/char_rnn.yaml", "slurm")  # doctest: +SKIP
-        paxtrain: submitted sweep job 0 as submitit job 4242 (slurm): runs/.../0_optimizer.lr=1e-3
+        paxtrain: submitted sweep job 0 as submitit job 4242 (slurm): runs/.../0_optimizer.learning_rate.peak_value=1e-3
     """
     if launcher not in LAUNCHERS:
         raise ConfigError(

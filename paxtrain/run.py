@@ -7,6 +7,7 @@ import hashlib
 import importlib.metadata
 import inspect
 import json
+import os
 import pathlib
 import platform
 import subprocess
@@ -15,11 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import optax
 from omegaconf import DictConfig, OmegaConf
 
 from paxtrain.config import ConfigError, check_target, locate
-from paxtrain.optim import make_schedule, make_transformation
+from paxtrain.optax_config import ALIASES, build_optimizer
 from paxtrain.train.hooks import EarlyStopping, Hook
 
 
@@ -66,8 +66,8 @@ def sweep_overrides(overrides: list[str]) -> list[list[str]]:
     """Expands Hydra sweep overrides (`a=1,2 b=x`) into one override list per job.
 
     Example:
-        >>> sweep_overrides(["optimizer.lr=1e-3,3e-4", "trainer.max_steps=5"])
-        [['optimizer.lr=1e-3', 'trainer.max_steps=5'], ['optimizer.lr=3e-4', 'trainer.max_steps=5']]
+        >>> sweep_overrides(["seed=1,2", "trainer.max_steps=5"])
+        [['seed=1', 'trainer.max_steps=5'], ['seed=2', 'trainer.max_steps=5']]
     """
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -82,9 +82,10 @@ def assign_sweep_dirs(
     """Gives each job of a sweep its own run directory under one sweep directory.
 
     Example:
-        >>> cfgs = assign_sweep_dirs(cfgs, jobs, "configs/char_rnn.yaml")  # doctest: +SKIP
-        >>> cfgs[0].run_dir
-        'runs/char_rnn-multirun-20260101-120000/0_optimizer.lr=1e-3'
+        >>> jobs = [["seed=1", "trainer.max_steps=5"], ["seed=2", "trainer.max_steps=5"]]
+        >>> cfgs = [OmegaConf.create({"seed": 1}), OmegaConf.create({"seed": 2})]
+        >>> assign_sweep_dirs(cfgs, jobs, "configs/char_rnn.yaml")[1].run_dir
+        'runs/char_rnn-multirun-...-.../1_seed=2'
     """
     base = pathlib.Path("runs") / f"{pathlib.Path(config_path).stem}-multirun-{_timestamp()}"
     shared = set.intersection(*(set(job) for job in jobs)) if jobs else set()
@@ -97,23 +98,14 @@ def assign_sweep_dirs(
     return out
 
 
-def build_optimizer(cfg: DictConfig, max_steps: int) -> optax.GradientTransformation:
-    """The optax transformation an `OptimizerConfig` describes, schedule and clipping included.
-
-    Example:
-        >>> tx = build_optimizer(OmegaConf.structured(OptimizerConfig()), max_steps=100)  # doctest: +SKIP
-    """
-    schedule = make_schedule(cfg.schedule, cfg.lr, max_steps, cfg.warmup_steps)
-    kwargs: dict[str, Any] = {"sgd": {"momentum": cfg.momentum}}.get(
-        cfg.name, {"b1": cfg.b1, "b2": cfg.b2}
-    )
-    if cfg.name == "adamw":
-        kwargs["weight_decay"] = cfg.weight_decay
-    return make_transformation(cfg.name, schedule, clip_grad_norm=cfg.clip_grad_norm, **kwargs)
+BUILD_FAILED_MSG = "`{key}` ({target}): {error}"
 
 
 def instantiate(node: DictConfig, key: str, **provided: Any) -> Any:
     """Builds a `_target_` section, passing those `provided` values its signature asks for.
+
+    A `ValueError` or `OSError` of the constructor (a bad value, a missing file) is a
+    `ConfigError` naming the section.
 
     Example:
         >>> model = instantiate(cfg.model, "model", vocab_size=97)  # doctest: +SKIP
@@ -124,7 +116,13 @@ def instantiate(node: DictConfig, key: str, **provided: Any) -> Any:
     check_target(node, key, provided=tuple(extra))
     kwargs = OmegaConf.to_container(node, resolve=True)
     kwargs.pop("_target_")
-    return target(**kwargs, **extra)
+    try:
+        return target(**kwargs, **extra)
+    except (ValueError, OSError, ImportError) as error:
+        message = " ".join(str(error).split())
+        raise ConfigError(
+            BUILD_FAILED_MSG.format(key=key, target=node["_target_"], error=message)
+        ) from None
 
 
 RUN_INFO_FILE = "run.json"
@@ -203,8 +201,65 @@ def join_processes() -> None:
         raise ConfigError(f"{error} (Or set `parallel.distributed=false` to run alone.)") from None
 
 
-def build_trainer(cfg: DictConfig, run_dir: pathlib.Path, meta: dict[str, Any] | None = None):
-    """The data, model, optimizer and `Trainer` a validated config describes.
+HORIZON_KEPT_MSG = (
+    "paxtrain: the learning-rate schedule ({schedule}) keeps its horizon of {saved} steps from the "
+    "checkpoint; trainer.max_steps is now {max_steps}. To stretch the schedule over the new "
+    "length instead (a jump in the learning rate), add `optimizer.horizon={max_steps}`."
+)
+
+
+def schedule_horizon(cfg: DictConfig, run_dir: pathlib.Path) -> int:
+    """The number of steps the learning-rate schedule spans: `optimizer.horizon` if set, else
+    the horizon recorded in the run's newest checkpoint (a resume with a larger
+    `trainer.max_steps` keeps the schedule it trained with, and says so), else `max_steps`.
+
+    Example:
+        >>> schedule_horizon(cfg, pathlib.Path("runs/new"))  # doctest: +SKIP
+        1500
+    """
+    from paxtrain.train.checkpointing import CHECKPOINT_DIR
+
+    max_steps = cfg.trainer.max_steps
+    if cfg.optimizer.horizon:
+        return int(cfg.optimizer.horizon)
+    saved = _saved_meta(run_dir / CHECKPOINT_DIR).get("schedule_horizon")
+    if saved is None:
+        return max_steps
+    schedule = OmegaConf.select(cfg, "optimizer.learning_rate._target_")
+    follows_horizon = "${optimizer.horizon}" in OmegaConf.to_yaml(cfg.optimizer)
+    if saved != max_steps and follows_horizon:
+        print(
+            HORIZON_KEPT_MSG.format(schedule=schedule, saved=saved, max_steps=max_steps), flush=True
+        )
+    return int(saved)
+
+
+def _saved_meta(directory: pathlib.Path) -> dict[str, Any]:
+    """The JSON record of the newest readable checkpoint in `directory`, or {}."""
+    from paxtrain.checkpoint import CheckpointManager
+
+    if not directory.is_dir():
+        return {}
+    manager = CheckpointManager(directory, read_only=True)
+    try:
+        for step in reversed(manager.steps()):
+            try:
+                return manager.meta(step)
+            except Exception:  # unreadable: the restore reports it; try an older one
+                continue
+        return {}
+    finally:
+        manager.close()
+
+
+def build_trainer(
+    cfg: DictConfig,
+    run_dir: pathlib.Path,
+    meta: dict[str, Any] | None = None,
+    horizon: int | None = None,
+):
+    """The data, model, optimizer and `Trainer` a validated config describes; the optimizer's
+    schedule spans `horizon` steps (default `trainer.max_steps`).
 
     Example:
         >>> trainer, model, data, optimizer = build_trainer(cfg, pathlib.Path("runs/x"))  # doctest: +SKIP
@@ -222,9 +277,13 @@ def build_trainer(cfg: DictConfig, run_dir: pathlib.Path, meta: dict[str, Any] |
     if cfg.init_from:
         model = load_parameters(model, cfg.init_from, include=list(cfg.init_from_include))
     if cfg.freeze:
-        model = freeze_by_path(model, list(cfg.freeze))
+        try:
+            model = freeze_by_path(model, list(cfg.freeze))
+        except ValueError as error:
+            raise ConfigError(f"`freeze`: {error}") from None
     callbacks = [instantiate(c, f"callbacks[{i}]") for i, c in enumerate(cfg.callbacks)]
     t, es, ck = cfg.trainer, cfg.trainer.early_stopping, cfg.trainer.checkpoint
+    rules = cfg.parallel.tensor_rules  # None: the default rules
     trainer = Trainer(
         **arguments_for(Trainer, t),
         run_dir=run_dir,
@@ -236,8 +295,10 @@ def build_trainer(cfg: DictConfig, run_dir: pathlib.Path, meta: dict[str, Any] |
         seed=cfg.seed,
         mesh=dict(cfg.mesh),
         strategy=cfg.parallel.strategy,
+        **({} if rules is None else {"tensor_rules": OmegaConf.to_container(rules)}),
     )
-    return trainer, model, data, build_optimizer(cfg.optimizer, t.max_steps)
+    cfg.optimizer.horizon = horizon or t.max_steps  # what `${optimizer.horizon}` resolves to
+    return trainer, model, data, build_optimizer(cfg.optimizer)
 
 
 def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
@@ -249,11 +310,14 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
         >>> trainer = fit_from_config(compose("configs/char_rnn.yaml", []))  # doctest: +SKIP
     """
     run_dir = pathlib.Path(cfg.run_dir or f"runs/{cfg.name}-{_timestamp()}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_run_dir(run_dir)
     cfg = cfg.copy()
     cfg.run_dir = str(run_dir)
     info = _run_info(cfg, config_path)
-    trainer, model, data, optimizer = build_trainer(cfg, run_dir, meta=info)
+    horizon = schedule_horizon(cfg, run_dir)
+    info["schedule_horizon"] = horizon
+    # The run directory is made by `trainer.fit` once data, model and config proved good.
+    trainer, model, data, optimizer = build_trainer(cfg, run_dir, meta=info, horizon=horizon)
     trainer.add_hook(RunFiles(cfg, info))
     # One process speaks for a multi-process run.
     say = print if trainer.is_main_process else lambda *_: None
@@ -264,14 +328,133 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
     elapsed = time.perf_counter() - started
     final = trainer.eval_history[-1][1] if trainer.eval_history else {}
     shown = ", ".join(f"eval/{k}={v:.4f}" for k, v in final.items())
-    say(f"paxtrain: finished at step {trainer.step} in {elapsed:.0f}s; {shown}")
+    if trainer.preempted:
+        saved = "checkpoint saved" if trainer.checkpointing else "no checkpointing, nothing saved"
+        say(f"paxtrain: {trainer.stop_reason}; {saved}. Continue with: paxtrain resume {run_dir}")
+        return trainer
+    if trainer.step > 0 or not trainer.stop_reason:
+        say(f"paxtrain: finished at step {trainer.step} in {elapsed:.0f}s; {shown}")
     if trainer.stop_reason:
         say(f"paxtrain: {trainer.stop_reason}")
     return trainer
 
 
-def load_run_config(run_dir: str | pathlib.Path, overrides: list[str]) -> DictConfig:
+RUN_DIR_IS_FILE_MSG = "run_dir={run_dir} is a file, not a directory: choose another `run_dir=...`."
+RUN_DIR_UNWRITABLE_MSG = (
+    "run_dir={run_dir} cannot be written ({where} is not writable): choose another "
+    "`run_dir=...` or fix the permissions."
+)
+
+
+def check_run_dir(run_dir: pathlib.Path) -> None:
+    """Raises ConfigError when `run_dir` cannot become a run directory (a file, no write
+    permission), before anything is built.
+
+    Example:
+        >>> check_run_dir(pathlib.Path("runs/new"))
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(RUN_DIR_IS_FILE_MSG.format(run_dir=run_dir))
+    existing = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(RUN_DIR_IS_FILE_MSG.format(run_dir=existing))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(RUN_DIR_UNWRITABLE_MSG.format(run_dir=run_dir, where=existing))
+
+
+def exit_code(trainer: Any) -> int:
+    """The exit code of a finished `paxtrain fit`/`resume`: 0, 75 after a preemption (run
+    the command again), 3 after stopping on non-finite steps (`on_nonfinite=stop`).
+
+    Example:
+        >>> exit_code(fit_from_config(cfg))  # doctest: +SKIP
+        0
+    """
+    from paxtrain.train.hooks import NONFINITE_EXIT_CODE
+    from paxtrain.train.preemption import PREEMPTED_EXIT_CODE
+
+    if trainer.preempted:
+        return PREEMPTED_EXIT_CODE
+    return NONFINITE_EXIT_CODE if trainer.stopped_on_nonfinite else 0
+
+
+NO_RUN_DIR_MSG = (
+    "Run directory {run_dir} does not exist: check the path (`paxtrain resume RUN_DIR`)."
+)
+NOT_A_RUN_MSG = "{run_dir} has no {file}: is it a paxtrain run directory?"
+
+# Modules whose `_target_`s a run directory's config may name; a run directory is data, and
+# anything else must be allowed by the user (`--allow-target`, or this environment variable).
+# optax's factories build optimizers and schedules, nothing else; `ALIASES` name optax targets.
+ALLOWED_TARGET_MODULES = ("paxtrain", "recipes", "optax")
+ALLOW_TARGETS_ENV = "PAXTRAIN_ALLOW_TARGETS"
+
+REFUSED_TARGET_MSG = (
+    "{config} names `_target_: {target}` (at `{key}`), which a run directory may not run: "
+    "loading a run only builds objects from {allowed}. If you trust this run, allow the module "
+    "with `--allow-target {module}` or {env}={module} (comma-separated)."
+)
+
+
+def _targets(node: Any, key: str = "") -> list[tuple[str, str]]:
+    """The `(key, _target_)` pairs of a plain config tree."""
+    if isinstance(node, dict):
+        found = [(key or "<root>", str(node["_target_"]))] if "_target_" in node else []
+        for k, v in node.items():
+            found += _targets(v, f"{key}.{k}" if key else str(k))
+        return found
+    if isinstance(node, list):
+        return [t for i, v in enumerate(node) for t in _targets(v, f"{key}.{i}")]
+    return []
+
+
+def _overridden(key: str, overrides: list[str]) -> bool:
+    """Whether an override replaces `key` or a section above it (`callbacks=[]`)."""
+    for override in overrides:
+        name = override.partition("=")[0].lstrip("+~")
+        if key == name or key.startswith(f"{name}.") or f"{key}._target_" == name:
+            return True
+    return False
+
+
+def check_run_targets(
+    path: pathlib.Path, overrides: list[str], allow: tuple[str, ...] = ()
+) -> None:
+    """Refuses a saved run config naming a `_target_` outside the allow-list, before
+    anything is imported: paxtrain's and the recipes' modules, those in `allow` and in the
+    `PAXTRAIN_ALLOW_TARGETS` environment variable. Targets the `overrides` set are the user's.
+
+    Example:
+        >>> check_run_targets(pathlib.Path("runs/x/config.yaml"), [], allow=("my_project",))  # doctest: +SKIP
+    """
+    allowed = [*ALLOWED_TARGET_MODULES, *allow]
+    allowed += [m.strip() for m in os.environ.get(ALLOW_TARGETS_ENV, "").split(",") if m.strip()]
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception:  # malformed YAML: `compose` reports it, with its line
+        return
+    for key, target in _targets(saved):
+        module = target.rpartition(".")[0]
+        if (
+            _overridden(key, overrides)
+            or target in ALIASES
+            or any(module == m or module.startswith(f"{m}.") for m in allowed)
+        ):
+            continue
+        raise ConfigError(
+            REFUSED_TARGET_MSG.format(
+                config=path, target=target, key=key, module=module or target,
+                allowed=", ".join(allowed), env=ALLOW_TARGETS_ENV,
+            )
+        )  # fmt: skip
+
+
+def load_run_config(
+    run_dir: str | pathlib.Path, overrides: list[str], allow_targets: tuple[str, ...] = ()
+) -> DictConfig:
     """The saved config of a run directory with `overrides` applied, pointed at that directory.
+
+    Its `_target_`s must be allowed (see `check_run_targets`): a run directory is data.
 
     Example:
         >>> cfg = load_run_config("runs/char_rnn-20260101-120000", ["trainer.max_steps=3000"])  # doctest: +SKIP
@@ -279,15 +462,28 @@ def load_run_config(run_dir: str | pathlib.Path, overrides: list[str]) -> DictCo
     from paxtrain.config import compose
 
     path = pathlib.Path(run_dir) / CONFIG_FILE
+    if not pathlib.Path(run_dir).is_dir():
+        raise ConfigError(NO_RUN_DIR_MSG.format(run_dir=run_dir))
     if not path.is_file():
-        raise ConfigError(f"{run_dir} has no {CONFIG_FILE}: is it a paxtrain run directory?")
+        raise ConfigError(NOT_A_RUN_MSG.format(run_dir=run_dir, file=CONFIG_FILE))
+    check_run_targets(path, overrides, allow_targets)
     cfg = compose(path, overrides)
     cfg.run_dir = str(pathlib.Path(run_dir))
     return cfg
 
 
+NO_MONITOR_MSG = (
+    "`--step best` needs the metric that ranks checkpoints, and this run recorded none: train "
+    "with `trainer.checkpoint.monitor=eval/loss` (and `trainer.checkpoint.keep_best=1` to keep "
+    "the best one), or evaluate `--step latest` or a step number."
+)
+
+
 def evaluate_run(
-    run_dir: str | pathlib.Path, step: str = "latest", overrides: list[str] | None = None
+    run_dir: str | pathlib.Path,
+    step: str = "latest",
+    overrides: list[str] | None = None,
+    allow_targets: tuple[str, ...] = (),
 ) -> dict[str, float]:
     """Evaluates a run's checkpoint ("latest", "best" or a step number) on its eval data.
 
@@ -300,12 +496,14 @@ def evaluate_run(
     from paxtrain.checkpoint import CheckpointManager
     from paxtrain.train.checkpointing import CHECKPOINT_DIR
 
-    cfg = load_run_config(run_dir, overrides or [])
+    cfg = load_run_config(run_dir, overrides or [], allow_targets)
     ck = cfg.trainer.checkpoint
+    if step == "best" and not ck.monitor:
+        raise ConfigError(NO_MONITOR_MSG)
     trainer, model, data, optimizer = build_trainer(cfg, pathlib.Path(run_dir))
     trainer.prepare(model, data, optimizer)
     manager = CheckpointManager(
-        pathlib.Path(run_dir) / CHECKPOINT_DIR, monitor=ck.monitor, mode=ck.mode, async_save=False
+        pathlib.Path(run_dir) / CHECKPOINT_DIR, monitor=ck.monitor, mode=ck.mode, read_only=True
     )
     trainer.state, meta = manager.restore(trainer.state, step=step)
     trainer.step = int(trainer.state.step)

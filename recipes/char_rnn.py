@@ -103,7 +103,10 @@ class PrintSample(Hook):
     def on_train_end(self, trainer: Any) -> None:
         if trainer.preempted:  # no time to spare: the job is being stopped
             return
-        vocab = trainer.data.vocab
+        vocab = getattr(trainer.data, "vocab", None)
+        if vocab is None:  # e.g. a token file of another tokenizer's ids: nothing to decode
+            print("paxtrain: no sample: the data has no vocabulary to decode it (`callbacks=[]`)")
+            return
         model = trainer.state.model.eval()
         generate = jax.jit(type(model).generate, static_argnums=(2, 4))
         ids = generate(

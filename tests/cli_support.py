@@ -17,7 +17,7 @@ TINY_CHAR_RNN = [
     "data.max_chars=20000",
     "model.embed_dim=8",
     "model.hidden_dim=16",
-    "optimizer.warmup_steps=2",
+    "optimizer.learning_rate.warmup_steps=2",
 ]
 
 

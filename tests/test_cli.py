@@ -23,7 +23,12 @@ def paxtrain(*args: str, cwd: pathlib.Path = ROOT):
 def char_rnn_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "char"
     result = paxtrain(
-        "fit", CHAR_RNN, *TINY, "trainer.max_steps=6", f"run_dir={run_dir}", "optimizer.lr=0.02"
+        "fit",
+        CHAR_RNN,
+        *TINY,
+        "trainer.max_steps=6",
+        f"run_dir={run_dir}",
+        "optimizer.learning_rate.peak_value=0.02",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir, result
@@ -35,7 +40,10 @@ def test_fit_writes_the_run_directory(char_rnn_run):
     assert {"config.yaml", "run.json", "metrics.jsonl", "curves.png", "sample.txt"} <= names
     assert any(n.startswith("events.out.tfevents") for n in names)
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert saved["trainer"]["max_steps"] == 6 and saved["optimizer"]["lr"] == 0.02
+    assert (
+        saved["trainer"]["max_steps"] == 6
+        and saved["optimizer"]["learning_rate"]["peak_value"] == 0.02
+    )
     info = json.loads((run_dir / "run.json").read_text())
     assert info["jax"] and info["paxtrain"] and len(info["config_hash"]) == 12
     assert "--- sample" in result.stdout and "step 6/6" in result.stdout
@@ -79,15 +87,18 @@ def test_cfg_job_prints_the_resolved_config():
 def test_multirun_makes_one_directory_per_value(tmp_path):
     result = paxtrain(
         "fit", CHAR_RNN, "-m", *TINY, "trainer.max_steps=3",
-        "trainer.plot=false", "optimizer.lr=0.01,0.02", cwd=tmp_path,
+        "trainer.plot=false", "optimizer.learning_rate.peak_value=0.01,0.02", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "runs").iterdir()
     runs = sorted(p.name for p in sweep.iterdir())
-    assert runs == ["0_optimizer.lr=0.01", "1_optimizer.lr=0.02"]
+    assert runs == [
+        "0_optimizer.learning_rate.peak_value=0.01",
+        "1_optimizer.learning_rate.peak_value=0.02",
+    ]
     for name, lr in zip(runs, (0.01, 0.02)):
         saved = yaml.safe_load((sweep / name / "config.yaml").read_text())
-        assert saved["optimizer"]["lr"] == lr
+        assert saved["optimizer"]["learning_rate"]["peak_value"] == lr
 
 
 def test_env_lists_versions_and_devices():

@@ -11,8 +11,11 @@ CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 
 
 def test_char_rnn_config_composes_with_overrides():
-    cfg = compose(CONFIGS / "char_rnn.yaml", ["trainer.max_steps=700", "optimizer.lr=0.01"])
-    assert cfg.trainer.max_steps == 700 and cfg.optimizer.lr == 0.01
+    cfg = compose(
+        CONFIGS / "char_rnn.yaml",
+        ["trainer.max_steps=700", "optimizer.learning_rate.peak_value=0.01"],
+    )
+    assert cfg.trainer.max_steps == 700 and cfg.optimizer.learning_rate.peak_value == 0.01
     assert cfg.model._target_ == "recipes.char_rnn.CharRNN"
     assert cfg.trainer.log_every == 50  # from the file
     assert cfg.trainer.grad_accum_steps == 1  # from the schema default
@@ -30,9 +33,12 @@ def test_unknown_key_in_a_file_is_reported(tmp_path):
     path.write_text(
         "data: {_target_: paxtrain.data.CharCorpus}\n"
         "model: {_target_: recipes.char_rnn.CharRNN}\n"
-        "optimizer: {learning_rate: 0.1}\n"
+        "trainer: {max_step: 10}\n"
     )
-    with pytest.raises(ConfigError, match=r"`optimizer.learning_rate`"):
+    with pytest.raises(ConfigError, match=r"`trainer.max_step`"):
+        compose(path, [])
+    path.write_text(path.read_text().replace("trainer: {max_step: 10}", "optimizer: {lr: 0.1}"))
+    with pytest.raises(ConfigError, match=r"section `optimizer` needs a `_target_`"):
         compose(path, [])
 
 
@@ -42,8 +48,13 @@ def test_wrong_type_names_the_key():
 
 
 def test_bad_choice_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match=r"`optimizer.name` is 'adamx'; choose one of"):
-        compose(CONFIGS / "char_rnn.yaml", ["optimizer.name=adamx"])
+    with pytest.raises(ConfigError, match=r"`trainer.progress` is 'fancy'; choose one of"):
+        compose(CONFIGS / "char_rnn.yaml", ["trainer.progress=fancy"])
+
+
+def test_unknown_optimizer_target_is_named():
+    with pytest.raises(ConfigError, match=r"`optimizer._target_`: cannot import 'optax.adamx'"):
+        compose(CONFIGS / "char_rnn.yaml", ["optimizer._target_=optax.adamx"])
 
 
 def test_target_arguments_are_checked_against_the_signature():

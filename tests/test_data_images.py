@@ -128,16 +128,17 @@ def test_each_epoch_is_a_new_permutation(digits):
     np.testing.assert_array_equal(batch["labels"], digits.splits.train_labels[epochs[1][600:700]])
 
 
-def test_eval_covers_the_test_split_once_in_full_batches(digits):
+def test_eval_covers_the_test_split_once_with_a_ragged_last_batch():
+    digits = LabeledImages("digits", batch_size=100, eval_batch_size=100)
     batches = list(digits.eval_batches())
-    assert [len(b["labels"]) for b in batches] == [120, 120, 120]
+    assert [len(b["labels"]) for b in batches] == [100, 100, 100, 60]
     images = np.concatenate([b["images"] for b in batches])
     np.testing.assert_allclose(images, digits.normalize(digits.splits.test_images))
     labels = np.concatenate([b["labels"] for b in batches])
     np.testing.assert_array_equal(labels, digits.splits.test_labels)
-    assert LabeledImages("digits").eval_batch_size == 360  # default: largest divisor <= 1000
-    with pytest.raises(ValueError, match="eval_batch_size=100 does not divide the 360 .* 90, 120"):
-        LabeledImages("digits", eval_batch_size=100)
+    assert LabeledImages("digits").eval_batch_size == 360  # default: the whole split, <= 1000
+    with pytest.raises(ValueError, match="eval_batch_size=0 must be a positive number"):
+        LabeledImages("digits", eval_batch_size=0)
     with pytest.raises(ValueError, match="batch_size=2000 is larger than the 1437"):
         LabeledImages("digits", batch_size=2000)
 

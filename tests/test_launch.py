@@ -8,7 +8,7 @@ pytest.importorskip("submitit")
 
 FAST = [
     "trainer.max_steps=2",
-    "optimizer.warmup_steps=0",
+    "optimizer.learning_rate.warmup_steps=0",
     "trainer.eval_every=null",
     "callbacks=[]",
     "trainer.plot=false",
@@ -17,18 +17,26 @@ FAST = [
 
 def test_local_launcher_runs_one_job_per_sweep_point(tmp_path):
     result = run_paxtrain(
-        "fit", CHAR_RNN, "-m", *TINY_CHAR_RNN, *FAST, "optimizer.lr=1e-3,3e-3",
+        "fit", CHAR_RNN, "-m", *TINY_CHAR_RNN, *FAST, "optimizer.learning_rate.peak_value=1e-3,3e-3",
         "--launcher", "local", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("paxtrain: submitted sweep job") == 2
     (sweep,) = (tmp_path / "runs").iterdir()
     runs = sorted(p for p in sweep.iterdir() if p.name != "submitit")
-    assert [p.name for p in runs] == ["0_optimizer.lr=0.001", "1_optimizer.lr=0.003"]
+    assert [p.name for p in runs] == [
+        "0_optimizer.learning_rate.peak_value=0.001",
+        "1_optimizer.learning_rate.peak_value=0.003",
+    ]
     for run, lr in zip(runs, (1e-3, 3e-3)):
         assert (run / "metrics.jsonl").read_text().strip()
         assert any((run / "checkpoints").iterdir())
-        assert yaml.safe_load((run / "config.yaml").read_text())["optimizer"]["lr"] == lr
+        assert (
+            yaml.safe_load((run / "config.yaml").read_text())["optimizer"]["learning_rate"][
+                "peak_value"
+            ]
+            == lr
+        )
     assert len(list(sweep.glob("submitit/*/*_log.out"))) == 2  # one log per job
 
 
@@ -36,7 +44,7 @@ def test_unknown_launcher_option_is_one_clear_error(tmp_path):
     options = tmp_path / "launcher.yaml"
     options.write_text("timeout_min: 5\ngpus: 2\n")
     result = run_paxtrain(
-        "fit", CHAR_RNN, "-m", "optimizer.lr=1e-3,3e-3",
+        "fit", CHAR_RNN, "-m", "optimizer.learning_rate.peak_value=1e-3,3e-3",
         "--launcher", "local", "--launcher-config", str(options), cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 2
@@ -55,7 +63,7 @@ def test_launcher_without_sweep_is_a_config_error(tmp_path):
 def test_failed_local_job_names_its_log(tmp_path):
     too_short = [*FAST, "data.seq_len=16", "data.max_chars=10"]  # fails as the data loads
     result = run_paxtrain(
-        "fit", CHAR_RNN, "-m", *too_short, "optimizer.lr=1e-3,3e-3", "--launcher", "local",
+        "fit", CHAR_RNN, "-m", *too_short, "optimizer.learning_rate.peak_value=1e-3,3e-3", "--launcher", "local",
         cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 1

@@ -168,6 +168,11 @@ def test_a_restored_checkpoint_keeps_values_and_layout(eight_devices):
     }
 
 
+def test_a_ragged_eval_batch_evaluates_like_on_one_device(eight_devices):
+    ragged = eight_devices["ragged_eval"]
+    np.testing.assert_allclose(ragged["mesh"], ragged["one_device"], rtol=1e-5)
+
+
 def test_pmap_state_has_a_device_axis(eight_devices):
     assert eight_devices["cases"]["pmap"]["step_shape"] == [8]
 
@@ -190,6 +195,14 @@ def test_multi_device_errors_name_the_problem_and_the_fix(eight_devices):
         names="tensor", size=8, dim=1,
     )  # fmt: skip
     assert errors["pmap_with_fsdp"] == plan.PMAP_MESH_MSG.format(layout="data=4, fsdp=2, tensor=1")
+    # A tensor axis that no rule uses would only duplicate work: refused, naming a parameter.
+    assert errors["tensor_axis_unused"] == sharding.UNUSED_TENSOR_AXIS_MSG.format(
+        size=2, path=".model.attention.query_proj.weight", example=r"query_proj\.weight$"
+    )
+    # Evaluation batches are checked when training starts, not at the first evaluation.
+    assert errors["eval_batch_without_batch_axis"] == batch.BATCH_RANK_MSG.format(
+        path="['weight']", shape=(), axis=0
+    )
     assert errors["mesh_size"] == mesh.MESH_SIZE_MSG.format(
         data=3, fsdp=1, tensor=1, needed=3, available=8, platform="cpu"
     )
@@ -209,6 +222,18 @@ def test_two_processes_train_like_one_device(two_processes, one_device):
         np.testing.assert_allclose(result["pmap_losses"], one_device["default"][0], rtol=1e-5)
     assert main["is_main"] and not other["is_main"]
     assert (main["batch_slice"], other["batch_slice"]) == (str(slice(0, 8)), str(slice(8, 16)))
+    # Through the Trainer, each process reads only its own rows (after one whole batch at
+    # start-up, which sizes the global batch), in one block or two, and the steps still match.
+    own_rows = {
+        ("default", 0): [[0, 8]], ("default", 1): [[8, 16]],
+        ("interleaved", 0): [[0, 4], [8, 12]], ("interleaved", 1): [[4, 8], [12, 16]],
+    }  # fmt: skip
+    for (mesh_name, process), blocks in own_rows.items():
+        run = next(r for r in two_processes if r["process_index"] == process)["trainer"][mesh_name]
+        np.testing.assert_allclose(run["losses"], one_device["default"][0], rtol=1e-5)
+        asked = run["asked"]
+        assert asked[0] is None and len(asked) > toy.STEPS * len(blocks)
+        assert asked[1:] == blocks * ((len(asked) - 1) // len(blocks))
     assert_matches(main["losses"], main["models"]["jit"], one_device["default"])
     assert_matches(main["pmap_losses"], main["models"]["pmap"], one_device["default"])
 
@@ -351,3 +376,37 @@ def test_docstring_examples_run(module):
     globs = {"jax": jax, "np": np, "parallel": parallel, "make_mesh": parallel.make_mesh}
     result = doctest.testmod(module, extraglobs=globs, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
+
+
+# ------------------------------------------------------------ tensor rules from a config
+def test_tensor_rules_read_as_a_config_writes_them():
+    rules = parallel.as_rules([[r"cell\.input_to_gates\.weight$", [None, "tensor"]]])
+    assert rules == ((r"cell\.input_to_gates\.weight$", PartitionSpec(None, "tensor")),)
+    assert parallel.as_rules([["w$", [["fsdp", "tensor"]]]])[0][1] == PartitionSpec(
+        ("fsdp", "tensor")
+    )
+    for bad in (["w$"], [["w$", "tensor"]], [[1, [None]]], [["w$", [None, 3]]]):
+        with pytest.raises(ValueError) as error:
+            parallel.as_rules(bad)
+        assert str(error.value) == sharding.RULE_FORMAT_MSG.format(index=0, rule=bad[0])
+    with pytest.raises(ValueError, match=r"rule 0: '\(' is not a valid regex"):
+        parallel.as_rules([["(", [None]]])
+
+
+def test_an_unused_tensor_axis_is_refused_and_a_rule_for_the_model_fixes_it():
+    state = {"model": {"cell": {"weight": np.zeros((64, 256)), "bias": np.zeros(256)}}}
+    tensor2 = abstract_mesh(tensor=2)
+    shardings = parallel.state_shardings(state, tensor2)
+    with pytest.raises(ValueError) as error:
+        parallel.check_tensor_axis_used(shardings, tensor2)
+    assert str(error.value) == sharding.UNUSED_TENSOR_AXIS_MSG.format(
+        size=2, path="['model']['cell']['weight']", example=r"\['model'\]\['cell'\]\['weight'\]$"
+    )
+    rules = parallel.as_rules([[r"cell'\]\['weight", [None, "tensor"]]])
+    shardings = parallel.state_shardings(state, tensor2, rules)
+    assert shardings["model"]["cell"]["weight"].spec == PartitionSpec(None, "tensor")
+    parallel.check_tensor_axis_used(shardings, tensor2)
+    # tensor=1: nothing to use, nothing to check.
+    parallel.check_tensor_axis_used(
+        parallel.state_shardings(state, abstract_mesh()), abstract_mesh()
+    )

@@ -15,9 +15,13 @@ import sys
 import numpy as np
 import pytest
 from cli_support import CHAR_RNN, ROOT, TINY_CHAR_RNN
+from jax.sharding import AbstractMesh, PartitionSpec
 from test_parallel import SCRIPTS, cpu_env, last_json_line, run_two_processes
 
+from paxtrain import parallel
 from paxtrain.cli import main
+from paxtrain.config import compose
+from paxtrain.run import build_trainer
 from paxtrain.train.logger import read_metrics
 
 STEPS, MORE_STEPS = 4, 6
@@ -71,19 +75,41 @@ def test_fit_on_8_devices_matches_one_device(tmp_path, one_device_fit, layout):
     assert json.loads((tmp_path / "run" / "run.json").read_text())["config_hash"]
 
 
-def test_batch_not_divisible_by_the_mesh_is_one_clear_error(tmp_path):
+@pytest.mark.parametrize(
+    ("overrides", "devices", "message"),
+    [
+        (["data.batch_size=6", "mesh.data=4"], 4, "not divisible by the data-parallel size 4"),
+        # The LSTM has no attention or MLP block for the default rules: half the devices would
+        # repeat the other half's work.
+        (["mesh.data=1", "mesh.tensor=2"], 2, "no tensor-parallel rule matches a parameter"),
+    ],
+    ids=["batch_not_divisible", "tensor_axis_unused"],
+)
+def test_a_layout_that_cannot_work_is_one_clear_error(tmp_path, overrides, devices, message):
     done = subprocess.run(
-        [sys.executable, "-m", "paxtrain", "fit", CHAR_RNN, *CLI_RUN, "data.batch_size=6"]
-        + [f"run_dir={tmp_path / 'run'}", "mesh.data=4"],
+        [sys.executable, "-m", "paxtrain", "fit", CHAR_RNN, *CLI_RUN, *overrides]
+        + [f"run_dir={tmp_path / 'run'}"],
         cwd=ROOT,
-        env=cpu_env(4, PYTHONPATH=str(ROOT)),
+        env=cpu_env(devices, PYTHONPATH=str(ROOT)),
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert done.returncode == 2
-    assert "not divisible by the data-parallel size 4" in done.stderr
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_tensor_rules_come_from_the_config(tmp_path):
+    rule = r"cell\.input_to_gates\.weight$"
+    override = f'parallel.tensor_rules=[["{rule}", [null, tensor]]]'
+    cfg = compose(CHAR_RNN, [*CLI_RUN, override, f"run_dir={tmp_path}"])
+    trainer = build_trainer(cfg, tmp_path)[0]
+    assert parallel.as_rules(trainer.tensor_rules) == ((rule, PartitionSpec(None, "tensor")),)
+    mesh = AbstractMesh((1, 1, 2), parallel.AXES)
+    path = ".model.cell.input_to_gates.weight"
+    spec = parallel.partition_spec(path, (8, 64), mesh, parallel.as_rules(trainer.tensor_rules))
+    assert spec == PartitionSpec(None, "tensor")
 
 
 def test_mesh_that_does_not_fit_the_devices_is_one_clear_error(tmp_path, capsys):

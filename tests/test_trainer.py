@@ -114,13 +114,16 @@ def test_early_stopping_stops_when_eval_stops_improving(tmp_path):
         EarlyStopping("loss", mode="lowest")
 
 
-def test_early_stopping_names_available_metrics(tmp_path):
+def test_early_stopping_names_available_metrics_before_training(tmp_path):
     trainer = Trainer(
-        max_steps=10, run_dir=tmp_path, eval_every=5, progress="off", plot=False,
+        max_steps=10, run_dir=tmp_path / "run", eval_every=5, progress="off", plot=False,
         early_stopping=EarlyStopping("eval/accuracy"), tensorboard=False,
     )  # fmt: skip
-    with pytest.raises(KeyError, match=r"eval/abs_err"):
+    with pytest.raises(
+        ValueError, match=r"monitors `eval/accuracy`.*\['eval/abs_err', 'eval/loss'\]"
+    ):
         trainer.fit(Regression(), RegressionData(), optax.adam(0.1))
+    assert trainer.step == 0 and not (tmp_path / "run").exists()  # checked before training
 
 
 def test_a_model_without_loss_is_explained(tmp_path):
@@ -197,3 +200,53 @@ def test_rollback_without_checkpoints_is_explained(tmp_path):
     )  # fmt: skip
     with pytest.raises(RuntimeError, match="needs checkpoints to roll back to"):
         trainer.fit(Regression(), PoisonedData({1}), optax.adam(0.1))
+
+
+def test_rollback_before_the_first_save_says_so(tmp_path):
+    from paxtrain.train.checkpointing import Checkpointing
+
+    trainer = Trainer(
+        max_steps=8, run_dir=tmp_path, log_every=2, progress="off", plot=False,
+        on_nonfinite="rollback", tensorboard=False,
+        checkpointing=Checkpointing(every_steps=4, async_save=False),
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"before step 2 asked for a rollback .* no checkpoint"):
+        trainer.fit(Regression(), PoisonedData({1}), optax.adam(0.1))
+
+
+def test_skipped_steps_is_logged_as_a_count(tmp_path):
+    trainer = Trainer(
+        max_steps=8, run_dir=tmp_path, log_every=4, progress="off", plot=False, tensorboard=False
+    )
+    trainer.fit(Regression(), PoisonedData({1, 2, 5}), optax.adam(0.1))
+    logged = {
+        r["step"]: r["train/skipped_steps"]
+        for r in read_jsonl(tmp_path)
+        if "train/skipped_steps" in r
+    }
+    assert logged == {4: 2.0, 8: 3.0}  # steps 2, 3 and 6 read the poisoned batches 1, 2, 5
+
+
+class RaggedEvalData(RegressionData):
+    """Eval batches of 16, 16 and 5 examples."""
+
+    def eval_batches(self):
+        batches = [self._batch(10_000 + i) for i in range(3)]
+        batches[-1] = {k: v[:5] for k, v in batches[-1].items()}
+        return iter(batches)
+
+
+def test_eval_weights_each_batch_by_its_examples(tmp_path):
+    pax.seed_rng_key(0)
+    trainer = Trainer(max_steps=3, run_dir=tmp_path, progress="off", plot=False, tensorboard=False)
+    data = RaggedEvalData()
+    state = trainer.fit(Regression(), data, optax.adam(0.1))
+    examples = list(data.eval_batches())
+    x = np.concatenate([b["x"] for b in examples]).astype(np.float64)
+    y = np.concatenate([b["y"] for b in examples]).astype(np.float64)
+    fc = state.model.fc
+    expected = np.mean((x @ np.asarray(fc.weight) + np.asarray(fc.bias) - y) ** 2)
+    assert len(x) == 37
+    np.testing.assert_allclose(trainer.eval_metrics()["loss"], expected, rtol=1e-5)
+    per_batch_mean = np.mean([trainer._eval_step(state, b)["loss"] for b in examples])
+    assert abs(per_batch_mean - expected) > 1e-3 * expected  # the unweighted mean is wrong

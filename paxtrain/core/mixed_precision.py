@@ -1,9 +1,13 @@
 """Mixed precision: a policy stored on a module as data, applied when the module is called.
 
 Parameters are kept in `param_dtype`; a call casts floating parameters and inputs to
-`compute_dtype`, runs, casts floating outputs to `output_dtype`, and (inside `pure`) writes
-changed states back in their original dtypes. Because the policy is data of the module, not a
-generated subclass, it survives copying, `replace`, freezing, pickling and transformations.
+`compute_dtype`, runs, and casts floating outputs to `output_dtype`. States (running statistics,
+counters, keys) keep their own dtype during the call, so their updates are as precise as they are
+stored; a layer that computes with a floating state casts it to its input's dtype, as
+`nn.BatchNorm` does. Inside `pure`, only the states the call assigned are written back, in their
+original dtype; parameters never are, so float32 master weights are never rounded to the compute
+dtype. Because the policy is data of the module, not a generated subclass, it survives copying,
+`replace`, freezing, pickling and transformations.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from paxtrain.core import errors
-from paxtrain.core.module import Module, rebuild
+from paxtrain.core.module import PARAMETER, Module
 from paxtrain.core.mutability import current_token, mutation_error
 from paxtrain.core.partition import map_array_fields
 from paxtrain.core.pure import mutable_copies
@@ -72,7 +76,7 @@ class MpPolicy:
 
     def call(self, module: Module, method: Callable, args: tuple, kwargs: dict) -> Any:
         """Runs `method(module, *args, **kwargs)` under this policy (used by `Module.__call__`)."""
-        compute = _cast_floating(rebuild(module, {}), self.compute_dtype)
+        compute = _cast_parameters(module, self.compute_dtype)
         compute._pax_set_info(mp_policy=None)
         args, kwargs = _cast_floating((args, kwargs), self.compute_dtype)
         if mutation_error(module.__dict__["_pax_token"]) is not None:
@@ -81,14 +85,7 @@ class MpPolicy:
         token = current_token()
         compute = mutable_copies(compute, token, [])
         out = method(compute, *args, **kwargs)
-        restored = map_array_fields(
-            lambda node, kind, new, old: jax.tree_util.tree_map(
-                lambda n, o: n.astype(o.dtype) if hasattr(o, "dtype") else n, new, old
-            ),
-            compute,
-            module,
-        )
-        restored = mutable_copies(restored, token, [])
+        restored = mutable_copies(map_array_fields(_assigned_states, compute, module), token, [])
         for name, value in restored.__dict__.items():
             if name not in ("_pax_info", "_pax_token", "_pax_flat"):
                 module.__dict__[name] = value
@@ -96,9 +93,18 @@ class MpPolicy:
         return _cast_floating(out, self.output_dtype)
 
 
+def _assigned_states(node: Module, kind: str, new: Any, old: Any) -> Any:
+    """The value to keep after a call: the original parameter, or the state the call assigned."""
+    if kind == PARAMETER:
+        return old
+    return jax.tree_util.tree_map(
+        lambda n, o: n.astype(o.dtype) if n is not o and hasattr(o, "dtype") else n, new, old
+    )
+
+
 def _cast_parameters(module: M, dtype: Any) -> M:
     return map_array_fields(
-        lambda node, kind, v: _cast_floating(v, dtype) if kind == "parameter" else v, module
+        lambda node, kind, v: _cast_floating(v, dtype) if kind == PARAMETER else v, module
     )
 
 

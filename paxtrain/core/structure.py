@@ -13,7 +13,10 @@ def assert_structure_equal(tree_a: Any, tree_b: Any) -> None:
     """Raises ValueError naming the first path where two trees differ in structure.
 
     Example:
-        >>> pax.assert_structure_equal(net, net.copy())
+        >>> pax.assert_structure_equal({"w": jnp.ones(2)}, {"w": jnp.zeros(2)})  # equal: None
+        >>> pax.assert_structure_equal({"w": 1.0}, {"b": 1.0})
+        Traceback (most recent call last):
+        ValueError: ...
     """
     if jax.tree_util.tree_structure(tree_a) == jax.tree_util.tree_structure(tree_b):
         return

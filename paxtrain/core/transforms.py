@@ -20,10 +20,13 @@ def value_and_grad(fn: Callable[..., Any], has_aux: bool = False) -> Callable[..
     where there is no gradient.
 
     Example:
-        >>> def loss_fn(model, x, y):  # doctest: +SKIP
+        >>> def loss_fn(model, x, y):
         ...     model, y_hat = pax.purecall(model, x)
         ...     return jnp.mean((y_hat - y) ** 2), model
+        >>> model, x, y = nn.Linear(2, 1), jnp.ones((4, 2)), jnp.zeros((4, 1))
         >>> (loss, model), grads = pax.value_and_grad(loss_fn, has_aux=True)(model, x, y)
+        >>> grads.weight.shape
+        (2, 1)
     """
 
     def fn_of_parameters(params: Module, module: Module, *args: Any, **kwargs: Any) -> Any:
@@ -76,10 +79,12 @@ def scan(
     the new module as the carry.
 
     Example:
-        >>> def step(cell, x):  # doctest: +SKIP
-        ...     cell, y = pax.module_and_value(cell)(x)
-        ...     return cell, y
-        >>> cell, ys = pax.scan(step, cell, xs, time_major=False)  # xs: [batch, time, ...]
+        >>> def step(total, x):  # carry, one time step of xs -> new carry, output
+        ...     return total + x, total
+        >>> xs = jnp.ones((2, 5))  # [batch, time]
+        >>> total, ys = pax.scan(step, jnp.zeros(2), xs, time_major=False)
+        >>> total.tolist(), ys.shape
+        ([5.0, 5.0], (2, 5))
     """
     if not time_major:
         xs = _swap_time_and_batch(xs)

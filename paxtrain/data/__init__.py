@@ -4,19 +4,29 @@ A source that can produce any step's batch directly needs no iterator state in c
 never replays the stream on resume.
 """
 
+from paxtrain.data.columns import NpyColumns
+from paxtrain.data.grain_source import GrainSource
 from paxtrain.data.images import ImageSplits, LabeledImages, load_digits, load_mnist, read_idx
-from paxtrain.data.source import DataSource, Prefetcher
-from paxtrain.data.text import CharCorpus, CharVocab, stdlib_corpus
+from paxtrain.data.source import DataError, DataSource, Prefetcher
+from paxtrain.data.text import ByteVocab, CharCorpus, CharVocab, stdlib_corpus
+from paxtrain.data.tokenize import tokenize_files
+from paxtrain.data.tokens import TokenFile
 
 __all__ = [
+    "ByteVocab",
     "CharCorpus",
     "CharVocab",
+    "DataError",
     "DataSource",
+    "GrainSource",
     "ImageSplits",
     "LabeledImages",
+    "NpyColumns",
     "Prefetcher",
+    "TokenFile",
     "load_digits",
     "load_mnist",
     "read_idx",
     "stdlib_corpus",
+    "tokenize_files",
 ]

@@ -32,8 +32,7 @@ MNIST_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 
-# 20% of the 1797 digits; 360 has many divisors, so many eval batch sizes split it evenly.
-DIGITS_TEST_SIZE = 360
+DIGITS_TEST_SIZE = 360  # 20% of the 1797 digits
 DIGITS_SPLIT_SEED = 0  # fixed, so every training seed is evaluated on the same test images
 MAX_EVAL_BATCH_SIZE = 1000
 
@@ -75,9 +74,8 @@ BATCH_SIZE_MSG = """\
 batch_size={batch_size} is larger than the {num_train} training images; lower `data.batch_size`."""
 
 EVAL_BATCH_SIZE_MSG = """\
-eval_batch_size={eval_batch_size} does not divide the {num_test} test images. Every eval batch \
-must be full so that the mean of per-batch metrics is the exact test metric; use a divisor such \
-as {divisors}, or null to pick the largest divisor up to {max_size}."""
+eval_batch_size={eval_batch_size} must be a positive number of test images; use e.g. 500, or null \
+for min(test images, {max_size})."""
 
 
 def read_idx(path: str | pathlib.Path) -> np.ndarray:
@@ -207,10 +205,6 @@ def _channel_moments(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
 
 
-def _largest_divisor(n: int, limit: int) -> int:
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
-
-
 class LabeledImages:
     """Shuffled image batches indexed by step, and the test split in order.
 
@@ -224,16 +218,16 @@ class LabeledImages:
     different remainder every epoch).
 
     `eval_batches()` covers the test split exactly once, in order, in batches of
-    `eval_batch_size` that must divide the test split: every batch is full, so the trainer's mean
-    of per-batch metrics is the exact test accuracy.
+    `eval_batch_size`; the last one holds the remainder. The trainer weights each batch's metrics
+    by its examples, so the result is the exact test accuracy whatever the batch size.
 
     Args:
       source: "digits" (scikit-learn's 8x8 digits, 1437 train / 360 test images, needs
         scikit-learn) or "mnist" (IDX files in `path`).
       path: the directory of the MNIST files; unused for "digits".
       batch_size: training examples per batch.
-      eval_batch_size: test examples per eval batch, a divisor of the test split's size; None
-        picks the largest divisor up to 1000.
+      eval_batch_size: test examples per eval batch (the last batch may be smaller); None takes
+        the whole test split, up to 1000 images a batch.
       seed: seed of the epoch permutations.
 
     Example:
@@ -262,16 +256,11 @@ class LabeledImages:
         if batch_size > num_train:
             raise ValueError(BATCH_SIZE_MSG.format(batch_size=batch_size, num_train=num_train))
         if eval_batch_size is None:
-            eval_batch_size = _largest_divisor(num_test, MAX_EVAL_BATCH_SIZE)
-        elif num_test % eval_batch_size:
-            divisors = [d for d in range(1, num_test + 1) if num_test % d == 0]
-            nearest = sorted(divisors, key=lambda d: abs(d - eval_batch_size))[:3]
+            eval_batch_size = min(num_test, MAX_EVAL_BATCH_SIZE)
+        elif eval_batch_size < 1:
             raise ValueError(
                 EVAL_BATCH_SIZE_MSG.format(
-                    eval_batch_size=eval_batch_size,
-                    num_test=num_test,
-                    divisors=", ".join(map(str, sorted(nearest))),
-                    max_size=MAX_EVAL_BATCH_SIZE,
+                    eval_batch_size=eval_batch_size, max_size=MAX_EVAL_BATCH_SIZE
                 )
             )
         self.splits = splits
@@ -314,27 +303,31 @@ class LabeledImages:
             self._permutation = (epoch, permutation)
         return permutation[position * self.batch_size : (position + 1) * self.batch_size]
 
-    def train_batch(self, step: int) -> dict[str, np.ndarray]:
-        """The normalized training batch of `step`, a pure function of (seed, step).
+    def train_batch(self, step: int, rows: slice | None = None) -> dict[str, np.ndarray]:
+        """The normalized training batch of `step`, a pure function of (seed, step); only its
+        rows `rows` (read and normalized alone) if given.
 
         Example:
             >>> data = LabeledImages("digits", batch_size=4)
             >>> (data.train_batch(7)["labels"] == data.train_batch(7)["labels"]).all()
             np.True_
+            >>> part = data.train_batch(7, rows=slice(1, 3))["labels"]
+            >>> (part == data.train_batch(7)["labels"][1:3]).all()
+            np.True_
         """
-        indices = self.batch_indices(step)
+        indices = self.batch_indices(step)[rows or slice(None)]
         return {
             "images": self.normalize(self.splits.train_images[indices]),
             "labels": self.splits.train_labels[indices],
         }
 
     def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
-        """The test split once, in order, in full batches of `eval_batch_size`.
+        """The test split once, in order, in batches of `eval_batch_size` (the last one ragged).
 
         Example:
-            >>> data = LabeledImages("digits", eval_batch_size=120)
+            >>> data = LabeledImages("digits", eval_batch_size=100)
             >>> [len(batch["labels"]) for batch in data.eval_batches()]
-            [120, 120, 120]
+            [100, 100, 100, 60]
         """
         for start in range(0, len(self.splits.test_labels), self.eval_batch_size):
             end = start + self.eval_batch_size

@@ -11,6 +11,12 @@ import jax
 import numpy as np
 
 
+class DataError(ValueError):
+    """A data set that cannot be used as configured (empty, corrupt, too short, ids out of the
+    vocabulary); its message names the file and the fix. `paxtrain` reports it in one line and
+    exits with code 2."""
+
+
 @runtime_checkable
 class DataSource(Protocol):
     """What the trainer needs from a dataset.
@@ -20,6 +26,11 @@ class DataSource(Protocol):
     model may need (`vocab_size`, `num_classes`, ...), passed to the model's constructor when its
     signature asks for them.
 
+    A source that can read part of a batch alone accepts `train_batch(step, rows=slice)` and
+    returns exactly rows `rows` of the full batch of `step` (the same values), so each process
+    of a multi-process run reads only its own rows. Every source in `paxtrain.data` does; a
+    source without the `rows` keyword gets its full batch sliced.
+
     Example:
         >>> batch = data.train_batch(0)                   # doctest: +SKIP
         >>> metrics = [eval_step(model, b) for b in data.eval_batches()]  # doctest: +SKIP
@@ -27,7 +38,7 @@ class DataSource(Protocol):
 
     info: dict[str, Any]
 
-    def train_batch(self, step: int) -> Any: ...
+    def train_batch(self, step: int) -> Any: ...  # optionally `rows: slice | None = None`
 
     def eval_batches(self) -> Iterator[Any]: ...
 

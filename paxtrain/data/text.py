@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from paxtrain.data.source import DataError
+
 # A fixed list, so the default corpus is the same on every machine with the same Python version.
 STDLIB_FILES = (
     "argparse.py", "ast.py", "bisect.py", "calendar.py", "collections/__init__.py",
@@ -28,7 +30,19 @@ Check `data.path` (relative paths are resolved from the directory you run paxtra
 
 TOO_SHORT_MSG = """\
 The corpus has {n} characters, too few for seq_len={seq_len} with a {frac:.0%} held-out split.
-Use a longer text file or a smaller `data.seq_len`."""
+Use a longer text file (`data.path`) or a smaller `data.seq_len`."""
+
+EMPTY_FILE_MSG = "path={path} is empty: `data.path` must be a text file with something to learn."
+
+IS_DIRECTORY_MSG = "path={path} is a directory: `data.path` must be one UTF-8 text file."
+
+NOT_UTF8_MSG = """\
+path={path} is not UTF-8 text ({reason}): `data.path` must be a text file; a binary file would \
+train on replacement characters."""
+
+BATCH_TOO_LARGE_MSG = """\
+A batch of batch_size={batch_size} windows of seq_len={seq_len} ({needed} characters) is larger \
+than the {n} training characters: lower `data.batch_size` or `data.seq_len`, or use a longer text."""
 
 
 def stdlib_corpus(max_chars: int | None = None) -> str:
@@ -81,6 +95,29 @@ class CharVocab:
         return "".join(self.chars[int(i)] for i in np.asarray(ids).reshape(-1))
 
 
+class ByteVocab:
+    """The 256 byte values of UTF-8 text: any text, any language, no unknown id.
+
+    Example:
+        >>> vocab = ByteVocab()
+        >>> vocab.encode("hé").tolist(), vocab.decode(vocab.encode("hé"))
+        ([104, 195, 169], 'hé')
+    """
+
+    def __len__(self) -> int:
+        return 256
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
+
+    def decode(self, ids) -> str:
+        data = np.asarray(ids).reshape(-1).astype(np.uint8).tobytes()
+        return data.decode("utf-8", errors="replace")
+
+
+VOCABS = {"bytes": ByteVocab, "chars": CharVocab}
+
+
 class CharCorpus:
     """Random windows of a text for language modelling, indexed by step.
 
@@ -117,14 +154,28 @@ class CharCorpus:
             text = stdlib_corpus(max_chars)
         else:
             file = pathlib.Path(path).expanduser()
+            if file.is_dir():
+                raise IsADirectoryError(IS_DIRECTORY_MSG.format(path=file))
             if not file.is_file():
                 raise FileNotFoundError(MISSING_FILE_MSG.format(path=file))
-            text = file.read_text(encoding="utf-8", errors="replace")[:max_chars]
+            try:
+                text = file.read_text(encoding="utf-8")[:max_chars]
+            except UnicodeDecodeError as error:
+                reason = f"byte {error.start} is {error.object[error.start : error.start + 1]!r}"
+                raise DataError(NOT_UTF8_MSG.format(path=file, reason=reason)) from None
+            if not text:
+                raise DataError(EMPTY_FILE_MSG.format(path=file))
         self.vocab = CharVocab()
         ids = self.vocab.encode(text)
         split = int(len(ids) * (1 - eval_fraction))
         if min(split, len(ids) - split) <= seq_len + 1:
-            raise ValueError(TOO_SHORT_MSG.format(n=len(ids), seq_len=seq_len, frac=eval_fraction))
+            raise DataError(TOO_SHORT_MSG.format(n=len(ids), seq_len=seq_len, frac=eval_fraction))
+        if batch_size * seq_len > split:
+            raise DataError(
+                BATCH_TOO_LARGE_MSG.format(
+                    batch_size=batch_size, seq_len=seq_len, needed=batch_size * seq_len, n=split
+                )
+            )
         self.train_ids, self.eval_ids = ids[:split], ids[split:]
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.num_eval_batches = eval_batches
@@ -139,10 +190,18 @@ class CharCorpus:
         windows = ids[offsets]
         return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
 
-    def train_batch(self, step: int) -> dict[str, np.ndarray]:
+    def train_batch(self, step: int, rows: slice | None = None) -> dict[str, np.ndarray]:
+        """The batch of `step`, a pure function of (seed, step); only its rows `rows` if given.
+
+        Example:
+            >>> data = CharCorpus(seq_len=8, batch_size=4, max_chars=5000)
+            >>> part = data.train_batch(3, rows=slice(2, 4))["inputs"]
+            >>> bool((part == data.train_batch(3)["inputs"][2:4]).all())
+            True
+        """
         rng = np.random.default_rng((self.seed, step))
         starts = rng.integers(0, len(self.train_ids) - self.seq_len - 1, size=self.batch_size)
-        return self._windows(self.train_ids, starts)
+        return self._windows(self.train_ids, starts[rows or slice(None)])
 
     def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
         count = self.num_eval_batches * self.batch_size

@@ -75,16 +75,19 @@ class BatchNorm(_Normalization):
         self._check_rank(x)
         axis = self.channel_axis % x.ndim
         if self.training:
+            # Statistics in at least float32 (a bf16 mean of many values is coarse); the
+            # normalization itself runs in the input's dtype.
+            wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
             axes = tuple(a for a in range(x.ndim) if a != axis)
-            mean = jnp.mean(x, axes)
-            variance = jnp.mean(jnp.square(x - along_axis(mean, x.ndim, axis)), axes)
+            mean = jnp.mean(wide, axes)
+            variance = jnp.mean(jnp.square(wide - along_axis(mean, x.ndim, axis)), axes)
             # Running statistics are bookkeeping, not part of the differentiated computation.
             m = self.momentum
             self.ema_mean = m * self.ema_mean + (1 - m) * jax.lax.stop_gradient(mean)
             self.ema_var = m * self.ema_var + (1 - m) * jax.lax.stop_gradient(variance)
         else:
             mean, variance = self.ema_mean, self.ema_var
-        return along_axis(mean, x.ndim, axis), along_axis(variance, x.ndim, axis)
+        return tuple(along_axis(s.astype(x.dtype), x.ndim, axis) for s in (mean, variance))
 
 
 class BatchNorm1D(BatchNorm):

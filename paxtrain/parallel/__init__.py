@@ -17,17 +17,23 @@ One plan covers the state, the batches and the compiled step (see `setup`):
 |---|---|
 | `mesh.py` | `make_mesh`: the ("data", "fsdp", "tensor") device mesh |
 | `sharding.py` | the state's layout: replicated, FSDP, tensor-parallel rules |
-| `batch.py` | batches split over the data axes; each process's rows |
+| `batch.py` | batches split over the data axes; each process reads and places its own rows |
 | `pmap.py` | the `jax.pmap` strategy: replicated state, per-device batch slices |
 | `plan.py` | `setup`: one `ParallelPlan` for the state, the batches and the step |
 | `distributed.py` | `initialize_distributed`, `is_main_process` |
 """
 
 from paxtrain.parallel.batch import (
+    ProcessRows,
+    accepts_rows,
     batch_sharding,
     check_batch_divisible,
+    place_rows,
     process_batch_slice,
+    process_row_blocks,
+    read_rows,
     shard_batch,
+    take_rows,
 )
 from paxtrain.parallel.distributed import (
     DistributedSettings,
@@ -52,6 +58,8 @@ from paxtrain.parallel.sharding import (
     DEFAULT_FSDP_MIN_SIZE,
     DEFAULT_TENSOR_RULES,
     Rule,
+    as_rules,
+    check_tensor_axis_used,
     column_parallel,
     partition_spec,
     row_parallel,
@@ -71,9 +79,13 @@ __all__ = [
     "DistributedSettings",
     "LayoutError",
     "ParallelPlan",
+    "ProcessRows",
     "Rule",
+    "accepts_rows",
+    "as_rules",
     "batch_sharding",
     "check_batch_divisible",
+    "check_tensor_axis_used",
     "column_parallel",
     "data_parallel_size",
     "detect_distributed",
@@ -82,12 +94,16 @@ __all__ = [
     "make_mesh",
     "on_cloud_tpu_vm",
     "partition_spec",
+    "place_rows",
     "process_batch_slice",
+    "process_row_blocks",
+    "read_rows",
     "replicate",
     "row_parallel",
     "setup",
     "shard_batch",
     "shard_over_devices",
     "state_shardings",
+    "take_rows",
     "unreplicate",
 ]

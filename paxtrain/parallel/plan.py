@@ -7,9 +7,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from paxtrain.parallel.batch import batch_sharding, check_batch_divisible, shard_batch
+from paxtrain.parallel import pmap
+from paxtrain.parallel.batch import (
+    ProcessRows,
+    batch_sharding,
+    check_batch_divisible,
+    place_rows,
+    process_row_blocks,
+    shard_batch,
+)
 from paxtrain.parallel.mesh import (
     DATA,
     FSDP,
@@ -23,6 +32,8 @@ from paxtrain.parallel.sharding import (
     DEFAULT_FSDP_MIN_SIZE,
     DEFAULT_TENSOR_RULES,
     Rule,
+    as_rules,
+    check_tensor_axis_used,
     state_shardings,
 )
 
@@ -49,6 +60,7 @@ class ParallelPlan:
     checkpoint restored into it keeps its layout).
 
     Example:
+        >>> from paxtrain.parallel import make_mesh
         >>> plan = setup(train_step.init(state), "jit", make_mesh(data=-1))  # doctest: +SKIP
         >>> train_step = make_train_step(loss_fn, **plan.step_kwargs)         # doctest: +SKIP
         >>> state, metrics = train_step(plan.place(state), plan.put_batch(batch))  # doctest: +SKIP
@@ -95,6 +107,17 @@ class ParallelPlan:
         parts = data_parallel_size(self.mesh)
         check_batch_divisible(batch, parts, 0, f"{self.strategy} over {parts} devices")
 
+    def check_eval_batch(self, batch: Any) -> None:
+        """Raises a `LayoutError` unless `put_eval_batch` can place `batch`: every leaf needs a
+        batch axis (any size: one that does not split is evaluated replicated). Before
+        training, so it fails at once rather than at the first evaluation.
+
+        Example:
+            >>> plan.check_eval_batch(next(data.eval_batches()))  # doctest: +SKIP
+        """
+        if self.strategy != "pmap":  # "pmap" evaluates on one device: any batch fits
+            check_batch_divisible(batch, 1, 0, name="eval batch")
+
     def put_batch(self, batch: Any) -> Any:
         """Places one global batch (the same on every process) for the step.
 
@@ -105,15 +128,44 @@ class ParallelPlan:
             return shard_over_devices(batch, self.batch_axis)
         return shard_batch(batch, self.mesh, self.batch_axis)
 
+    def process_rows(self, source: Any, global_batch_size: int) -> ProcessRows:
+        """A view of `source` that reads only this process's rows of each training batch and
+        places them (see `ProcessRows`); the trainer's prefetcher reads through it.
+
+        Example:
+            >>> rows = plan.process_rows(data, global_batch_size=32)  # doctest: +SKIP
+            >>> batch = rows.place(rows.train_batch(0))                # doctest: +SKIP
+        """
+        if self.strategy == "pmap":
+            blocks = (pmap.process_rows(global_batch_size),)
+
+            def place(parts):
+                return pmap.put_process_rows(parts[0], self.batch_axis)
+        else:
+            blocks = process_row_blocks(global_batch_size, self.mesh)
+
+            def place(parts):
+                return place_rows(parts, blocks, global_batch_size, self.mesh, self.batch_axis)
+
+        return ProcessRows(source, blocks, global_batch_size, place)
+
     def put_eval_batch(self, batch: Any) -> Any:
         """Places one evaluation batch (batch axis 0) for an eval step on `unreplicate(state)`:
-        split over the mesh for "jit", left to the step's one device for "pmap".
+        split over the mesh for "jit" (replicated when its size does not split evenly, as a
+        ragged last batch), left to the step's one device for "pmap".
 
         Example:
             >>> metrics = eval_step(state, plan.put_eval_batch(batch))  # doctest: +SKIP
         """
         if self.strategy == "pmap":
             return batch
+        size = np.shape(jax.tree_util.tree_leaves(batch)[0])[0]
+        if size % data_parallel_size(self.mesh):
+            # A ragged last eval batch does not split evenly: every device evaluates it whole.
+            replicated = NamedSharding(self.mesh, PartitionSpec())
+            return jax.tree_util.tree_map(
+                lambda x: jax.make_array_from_process_local_data(replicated, np.asarray(x)), batch
+            )
         return shard_batch(batch, self.mesh, 0)
 
     def unreplicate(self, state: Any) -> Any:
@@ -143,13 +195,16 @@ def setup(
         or "pmap" (data parallel with a replicated state).
       mesh: from `make_mesh`; default all devices on the data axis.
       batch_axis: 0, or 1 when batches are stacked for `steps_per_call`.
-      tensor_rules: the tensor-parallel rules (see `partition_spec`).
+      tensor_rules: the tensor-parallel rules (see `partition_spec`); a spec may be a list, as
+        a config writes it (see `as_rules`). A mesh whose "tensor" axis no rule uses is an
+        error: its devices would repeat each other's work.
       fsdp_min_size: leaves smaller than this stay replicated over "fsdp".
 
     Returns:
       A `ParallelPlan`.
 
     Example:
+        >>> from paxtrain.parallel import make_mesh
         >>> plan = setup(state, "jit", make_mesh(data=2, fsdp=2, tensor=2))  # doctest: +SKIP
         >>> state = plan.place(state)                                         # doctest: +SKIP
     """
@@ -161,5 +216,6 @@ def setup(
             layout = ", ".join(f"{axis}={mesh.shape[axis]}" for axis in (DATA, FSDP, TENSOR))
             raise LayoutError(PMAP_MESH_MSG.format(layout=layout))
         return ParallelPlan(strategy, mesh, None, batch_axis)
-    shardings = state_shardings(state, mesh, tensor_rules, fsdp_min_size)
+    shardings = state_shardings(state, mesh, as_rules(tensor_rules), fsdp_min_size)
+    check_tensor_axis_used(shardings, mesh)
     return ParallelPlan(strategy, mesh, shardings, batch_axis)

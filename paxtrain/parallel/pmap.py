@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from paxtrain.parallel.batch import check_batch_divisible
+from paxtrain.parallel.batch import check_batch_divisible, take_rows
 
 # The name `lax.pmean` reduces over; it is also the axis name of the device mesh below.
 PMAP_AXIS = "devices"
@@ -55,6 +55,36 @@ def unreplicate(tree: Any) -> Any:
     return jax.tree_util.tree_map(lambda x: x[0], tree)
 
 
+def process_rows(global_batch_size: int) -> slice:
+    """The block of rows of a global batch that this process's devices take under "pmap".
+
+    Example:
+        >>> process_rows(64) == slice(0, 64)  # a single process takes them all
+        True
+    """
+    rows = global_batch_size // jax.process_count()
+    return slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
+
+
+def put_process_rows(batch: Any, batch_axis: int = 0) -> Any:
+    """This process's rows of a batch, split over its devices along a new leading axis.
+
+    Example:
+        >>> x = put_process_rows({"x": np.zeros((64, 3))})["x"]
+        >>> x.shape == (jax.local_device_count(), 64 // jax.local_device_count(), 3)
+        True
+    """
+    local = jax.local_device_count()
+
+    def split(x):
+        x = np.asarray(x)
+        rows = x.shape[batch_axis]
+        shape = (*x.shape[:batch_axis], local, rows // local, *x.shape[batch_axis + 1 :])
+        return np.moveaxis(x.reshape(shape), batch_axis, 0)
+
+    return jax.device_put(jax.tree_util.tree_map(split, batch), _device_sharding())
+
+
 def shard_over_devices(batch: Any, batch_axis: int = 0) -> Any:
     """Splits a batch into `jax.local_device_count()` slices along a new leading device axis.
 
@@ -73,12 +103,5 @@ def shard_over_devices(batch: Any, batch_axis: int = 0) -> Any:
     check_batch_divisible(
         batch, local * processes, batch_axis, f"pmap over {local * processes} devices"
     )
-
-    def split(x):
-        x = np.asarray(x)
-        rows = x.shape[batch_axis] // processes
-        x = np.take(x, np.arange(rows) + jax.process_index() * rows, axis=batch_axis)
-        shape = (*x.shape[:batch_axis], local, rows // local, *x.shape[batch_axis + 1 :])
-        return np.moveaxis(x.reshape(shape), batch_axis, 0)
-
-    return jax.device_put(jax.tree_util.tree_map(split, batch), _device_sharding())
+    size = np.shape(jax.tree_util.tree_leaves(batch)[0])[batch_axis]
+    return put_process_rows(take_rows(batch, process_rows(size), batch_axis), batch_axis)

@@ -43,6 +43,20 @@ The tensor-parallel rule {pattern!r} splits axis {axis} of {path} (shape {shape}
 {names!r} of size {size}, which does not divide {dim}. Use a tensor size that divides {dim}, \
 change the layer's size, or pass `tensor_rules=` without this rule."""
 
+RULE_FORMAT_MSG = """\
+Tensor-parallel rule {index} is {rule!r}; a rule is a pair (regex, spec): a regex found in the \
+paths of the parameters it applies to, and one entry per axis of them, each null, a mesh axis name \
+or a list of names. In a config: `'parallel.tensor_rules=[["fc\\.weight$", [null, tensor]]]'`."""
+
+RULE_REGEX_MSG = "Tensor-parallel rule {index}: {pattern!r} is not a valid regex ({reason})."
+
+UNUSED_TENSOR_AXIS_MSG = """\
+The mesh's "tensor" axis has size {size}, but no tensor-parallel rule matches a parameter of this \
+model, so the {size} devices along it would all compute the same thing. Write rules for the \
+model's layers: a regex on the parameter paths (such as `{path}`) and the axes to split, e.g. \
+`'parallel.tensor_rules=[["{example}", [null, tensor]]]'` in a config (`tensor_rules=` for \
+`Trainer` and `parallel.setup`), or use mesh.tensor=1."""
+
 RULE_AXIS_MSG = """\
 The tensor-parallel rule {pattern!r} names mesh axes {unknown} that the mesh lacks; its axes are \
 {axes}. Use "tensor" (or "fsdp", "data") in the rule's PartitionSpec."""
@@ -96,6 +110,60 @@ DEFAULT_TENSOR_RULES: tuple[Rule, ...] = (
     *column_parallel(r"mlp\.layers\[0\]"),
     *row_parallel(r"mlp\.layers\[\d+\]"),
 )
+
+
+def as_rules(rules: Sequence[Any]) -> tuple[Rule, ...]:
+    """Tensor-parallel rules as `(regex, PartitionSpec)` pairs, from pairs whose spec may be a
+    list, as a config writes it (`parallel.tensor_rules=[["fc\\.weight$", [null, tensor]]]`).
+
+    Example:
+        >>> as_rules([["fc", [None, "tensor"]]])
+        (('fc', P(None, 'tensor')),)
+    """
+    out = []
+    for index, rule in enumerate(rules):
+        if isinstance(rule, str) or len(rule) != 2 or not isinstance(rule[0], str):
+            raise LayoutError(RULE_FORMAT_MSG.format(index=index, rule=rule))
+        pattern, spec = rule
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise LayoutError(
+                RULE_REGEX_MSG.format(index=index, pattern=pattern, reason=error)
+            ) from None
+        entries = list(spec) if isinstance(spec, (list, tuple, PartitionSpec)) else None
+        valid = entries is not None and all(
+            entry is None
+            or isinstance(entry, str)
+            or (isinstance(entry, (list, tuple)) and all(isinstance(n, str) for n in entry))
+            for entry in entries
+        )
+        if not valid:
+            raise LayoutError(RULE_FORMAT_MSG.format(index=index, rule=rule))
+        spec = PartitionSpec(*(e if e is None or isinstance(e, str) else tuple(e) for e in entries))
+        out.append((pattern, spec))
+    return tuple(out)
+
+
+def check_tensor_axis_used(shardings: Any, mesh: Mesh) -> None:
+    """Raises a `LayoutError` when the mesh's "tensor" axis is larger than 1 but no leaf is
+    split over it: its devices would only repeat each other's work.
+
+    Example:
+        >>> from paxtrain.parallel import make_mesh
+        >>> check_tensor_axis_used(state_shardings({"w": np.zeros((4, 4))}, make_mesh()), make_mesh())
+    """
+    size = mesh.shape.get(TENSOR, 1)
+    if size == 1:
+        return
+    flat = jax.tree_util.tree_flatten_with_path(shardings)[0]
+    for _, sharding in flat:
+        if any(TENSOR in (e if isinstance(e, tuple) else (e,)) for e in sharding.spec):
+            return
+    paths = [jax.tree_util.keystr(p) for p, s in flat if len(s.spec) == 2]
+    path = next((p for p in paths if p.startswith(".model.")), paths[0] if paths else ".fc.weight")
+    example = re.escape(".".join(path.split(".")[-2:])) + "$"
+    raise LayoutError(UNUSED_TENSOR_AXIS_MSG.format(size=size, path=path, example=example))
 
 
 def _tensor_spec(
@@ -190,6 +258,7 @@ def state_shardings(
       `in_shardings` / `out_shardings` of the step.
 
     Example:
+        >>> from paxtrain.parallel import make_mesh
         >>> shardings = state_shardings({"w": np.zeros((1024, 64))}, make_mesh())
         >>> shardings["w"].spec
         P(None, None)

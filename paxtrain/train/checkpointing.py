@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from paxtrain.checkpoint import CheckpointManager
-from paxtrain.train.hooks import Hook, crossed
+from paxtrain.train.hooks import Hook, crossed, hook_states, load_hook_states
 
 if TYPE_CHECKING:
     from paxtrain.train.trainer import Trainer
@@ -21,6 +21,10 @@ CHECKPOINT_DIR = "checkpoints"
 class Checkpointing(Hook):
     """Saves the `TrainState` every N steps and/or seconds, and at the end; resumes from the
     newest complete checkpoint of the run directory at the start.
+
+    A checkpoint records the eval metrics of its own step only (so `keep_best` ranks each step
+    by its own evaluation; the final save waits for the final evaluation) and the state of the
+    hooks that have one (`state_dict()`), restored on resume.
 
     Args:
       every_steps: save when the step count crosses a multiple of this.
@@ -62,7 +66,6 @@ class Checkpointing(Hook):
         self.resume, self.directory, self.meta = resume, directory, meta or {}
         self.manager: CheckpointManager | None = None
         self.resumed_from: int | None = None
-        self._last_eval: dict[str, float] = {}
 
     def resume_into(self, trainer: Trainer) -> None:
         """Opens the checkpoint directory and, with `resume`, restores the newest checkpoint
@@ -70,8 +73,9 @@ class Checkpointing(Hook):
         directory = self.directory or trainer.run_dir / CHECKPOINT_DIR
         self.manager = CheckpointManager(directory, **self.manager_options)
         if self.resume and self.manager.latest_step() is not None:
-            trainer.state, _ = self.manager.restore(trainer.state)
+            trainer.state, meta = self.manager.restore(trainer.state)
             trainer.step = self.resumed_from = int(trainer.state.step)
+            load_hook_states(trainer.hooks, meta.get("hooks", {}))
             if trainer.is_main_process:
                 print(f"paxtrain: resumed from {directory} at step {trainer.step}", flush=True)
         self._last_save_time, self._last_saved_step = time.monotonic(), trainer.step
@@ -81,12 +85,10 @@ class Checkpointing(Hook):
             self.every_seconds is not None
             and time.monotonic() - self._last_save_time >= self.every_seconds
         )
-        # After a rollback the step may already have its checkpoint: the state it was restored from.
-        if due and trainer.step not in self.manager.steps():
+        # The last step is saved by `on_train_end`, after its evaluation. After a rollback the
+        # step may already have its checkpoint: the state it was restored from.
+        if due and trainer.step < trainer.max_steps and trainer.step not in self.manager.steps():
             self.save(trainer)
-
-    def on_eval_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        self._last_eval = {f"eval/{k}": v for k, v in metrics.items()}
 
     def on_train_end(self, trainer: Trainer) -> None:
         if trainer.step != self._last_saved_step:
@@ -98,5 +100,10 @@ class Checkpointing(Hook):
         # A private copy: the next step donates the state's buffers while Orbax may still be
         # reading them in the background.
         state = jax.tree_util.tree_map(jnp.copy, trainer.state)
-        self.manager.save(state, metrics=self._last_eval or None, meta=self.meta, wait=wait)
+        evaluated = trainer.eval_history and trainer.eval_history[-1][0] == trainer.step
+        metrics = (
+            {f"eval/{k}": v for k, v in trainer.eval_history[-1][1].items()} if evaluated else None
+        )
+        meta = {**self.meta, "hooks": hook_states(trainer.hooks)}
+        self.manager.save(state, metrics=metrics, meta=meta, wait=wait)
         self._last_save_time, self._last_saved_step = time.monotonic(), trainer.step

@@ -4,6 +4,10 @@ A hook overrides any of `on_train_start`, `on_step`, `on_log`, `on_eval_end`, `o
 `on_step` runs after every jitted call, so it must stay cheap: metrics are device arrays, and
 syncing them with the host is the business of the hooks that run every N steps.
 
+A hook with state that must survive a resume (a best value, a counter) defines `state_dict()`,
+returning JSON-serializable data, and `load_state_dict(state)`: checkpoints save it and a resume
+restores it, as Lightning does for callbacks.
+
 Example:
     >>> trainer.add_hook(lambda trainer, metrics: print(trainer.step), every=100)  # doctest: +SKIP
 """
@@ -72,15 +76,60 @@ class EveryN(Hook):
             self.fn(trainer, metrics)
 
 
-class TrainMetrics(Hook):
-    """Logs the mean of each training metric over the last `every` steps, as `train/<name>`.
+def hook_key(hooks: list[Hook], hook: Hook) -> str:
+    """The name a hook's state is saved under: its class name, numbered when repeated.
 
-    Metrics stay on device between log steps; one host transfer per log.
+    Example:
+        >>> a, b = EarlyStopping("loss"), EarlyStopping("acc")
+        >>> hook_key([a, b], a), hook_key([a, b], b)
+        ('EarlyStopping', 'EarlyStopping#1')
+    """
+    same = [h for h in hooks if type(h) is type(hook)]
+    index = next(i for i, h in enumerate(same) if h is hook)
+    return type(hook).__name__ + (f"#{index}" if index else "")
+
+
+def hook_states(hooks: list[Hook]) -> dict[str, Any]:
+    """The `state_dict()` of every hook that has one, by `hook_key`.
+
+    Example:
+        >>> hook_states([EarlyStopping("loss")])
+        {'EarlyStopping': {'best': None, 'bad_evals': 0}}
+    """
+    return {hook_key(hooks, h): h.state_dict() for h in hooks if hasattr(h, "state_dict")}
+
+
+def load_hook_states(hooks: list[Hook], states: dict[str, Any]) -> None:
+    """Gives each hook with `load_state_dict` the state `hook_states` saved for it.
+
+    Example:
+        >>> stopper = EarlyStopping("loss")
+        >>> load_hook_states([stopper], {"EarlyStopping": {"best": 1.5, "bad_evals": 2}})
+        >>> stopper.best, stopper.bad_evals
+        (1.5, 2)
+    """
+    for hook in hooks:
+        key = hook_key(hooks, hook)
+        if hasattr(hook, "load_state_dict") and key in states:
+            hook.load_state_dict(states[key])
+
+
+# Metrics that count since the start (not per step): logged as their latest value, not a mean.
+COUNTER_METRICS = ("skipped_steps",)
+
+
+class TrainMetrics(Hook):
+    """Logs the mean of each training metric over the last `every` steps, as `train/<name>`
+    (counters such as `skipped_steps`: their latest value).
+
+    Metrics stay on device between log steps; one host transfer per log. The steps not logged
+    yet are part of the hook's state, so a run resumed from a checkpoint between two log steps
+    logs the same means as an uninterrupted run.
     """
 
     def __init__(self, every: int):
         self.every = every
-        self._pending: list[dict[str, jax.Array]] = []
+        self._pending: list[dict[str, Any]] = []
 
     def on_step(self, trainer: Trainer, metrics: dict[str, jax.Array]) -> None:
         self._pending.append(metrics)
@@ -90,7 +139,31 @@ class TrainMetrics(Hook):
         ):
             host = jax.device_get(self._pending)
             self._pending = []
-            trainer.log({f"train/{k}": float(np.mean([m[k] for m in host])) for k in host[0]})
+            trainer.log(
+                {
+                    f"train/{k}": float(
+                        np.max(host[-1][k])
+                        if k in COUNTER_METRICS
+                        else np.mean([m[k] for m in host])
+                    )
+                    for k in host[0]
+                }
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        host = jax.device_get(self._pending)
+        return {
+            "pending": [
+                {k: {"dtype": str(v.dtype), "value": np.asarray(v).tolist()} for k, v in m.items()}
+                for m in host
+            ]
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._pending = [
+            {k: np.asarray(v["value"], dtype=v["dtype"]) for k, v in m.items()}
+            for m in state["pending"]
+        ]
 
 
 class Throughput(Hook):
@@ -164,6 +237,12 @@ class EarlyStopping(Hook):
         self.best: float | None = None
         self.bad_evals = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_evals": self.bad_evals}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.bad_evals = state["best"], state["bad_evals"]
+
     def on_eval_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         if self.monitor not in metrics:
             raise KeyError(
@@ -179,6 +258,11 @@ class EarlyStopping(Hook):
             trainer.stop(
                 f"early stopping: eval/{self.monitor} has not improved for {self.patience} evaluations"
             )
+
+
+# The exit code of `paxtrain fit` stopped by on_nonfinite="stop": neither success (0) nor a
+# config error (2), so a launcher can tell a diverged run from both.
+NONFINITE_EXIT_CODE = 3
 
 
 class NonFinitePolicy(Hook):
@@ -208,6 +292,7 @@ class NonFinitePolicy(Hook):
         if skipped <= self._seen:
             return
         if self.action == "stop":
+            trainer.stopped_on_nonfinite = True
             trainer.stop(
                 f"non-finite loss or gradients: {skipped - self._seen} step(s) skipped before step {trainer.step}"
             )
@@ -225,12 +310,16 @@ class NonFinitePolicy(Hook):
 
 
 class PlotCurves(Hook):
-    """Writes `curves.png` (loss and eval curves) into the run directory at the end."""
+    """Writes `curves.png` (loss and eval curves) into the run directory at the end, after the
+    final checkpoint; skipped when a repeated stop signal asked to exit at once."""
 
     main_process_only = True
 
     def on_train_end(self, trainer: Trainer) -> None:
         from paxtrain.train.plot import plot_run
+
+        if trainer.hurry:
+            return
 
         trainer.logger.flush()
         plot_run(trainer.run_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import pathlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -13,6 +14,8 @@ from jax.sharding import Mesh
 
 import paxtrain as pax
 from paxtrain import parallel
+from paxtrain.checkpoint import CheckpointError
+from paxtrain.config import ConfigError
 from paxtrain.data.source import DataSource, Prefetcher
 from paxtrain.train.checkpointing import Checkpointing
 from paxtrain.train.hooks import (
@@ -37,6 +40,21 @@ Define `def loss(self, batch) -> (loss, metrics_dict)` on the model, or pass
 NO_ROLLBACK_CHECKPOINTS_MSG = """\
 on_nonfinite="rollback" needs checkpoints to roll back to: pass `checkpointing=Checkpointing(...)`
 (or keep `trainer.checkpoint.enabled=true`), or use on_nonfinite="skip" or "stop"."""
+
+ROLLBACK_BEFORE_FIRST_SAVE_MSG = """\
+A non-finite step before step {step} asked for a rollback (on_nonfinite="rollback"), but no \
+checkpoint has been saved yet to roll back to. Save earlier (`trainer.checkpoint.every_steps`), \
+lower the learning rate, or use on_nonfinite="skip"."""
+
+UNKNOWN_MONITOR_MSG = (
+    "{owner} monitors `{monitor}`, but evaluation reports {available}.{hint} "
+    "Set `{key}` to one of these."
+)
+
+NOTHING_TO_TRAIN_MSG = (
+    "nothing to train: the checkpoint is at step {step} and trainer.max_steps is {max_steps}; "
+    "raise `trainer.max_steps` to train further."
+)
 
 STEPS_PER_CALL_MSG = "max_steps ({max_steps}) must be a multiple of steps_per_call ({spc})."
 
@@ -69,6 +87,26 @@ def model_eval(model: pax.Module, batch: Any) -> dict[str, jax.Array]:
 def _leading_dim(batch: Any) -> int:
     leaves = jax.tree_util.tree_leaves(batch)
     return int(np.shape(leaves[0])[0]) if leaves else 0
+
+
+def weighted_mean(per_batch: Sequence[tuple[int, Mapping[str, Any]]]) -> dict[str, float]:
+    """The mean of each metric over examples, from `(examples, metrics)` of each batch.
+
+    A batch's metrics are means over its examples, so they are weighted by its example count:
+    the result equals the metric computed over all examples at once, whatever the batch sizes.
+
+    Example:
+        >>> weighted_mean([(4, {"accuracy": 1.0}), (1, {"accuracy": 0.0})])
+        {'accuracy': 0.8}
+    """
+    total = sum(count for count, _ in per_batch)
+    if not total:
+        return {}
+    keys = per_batch[0][1].keys()
+    return {
+        key: float(sum(count * np.mean(m[key], dtype=np.float64) for count, m in per_batch) / total)
+        for key in keys
+    }
 
 
 class Trainer:
@@ -104,8 +142,9 @@ class Trainer:
       tensor_rules: the tensor-parallel rules of the "jit" strategy (`parallel.partition_spec`).
 
     Example:
-        >>> trainer = pax.Trainer(max_steps=1000, run_dir="runs/demo", eval_every=200)  # doctest: +SKIP
-        >>> state = trainer.fit(model, data, optax.adamw(1e-3))
+        >>> from paxtrain.train import Trainer
+        >>> trainer = Trainer(max_steps=1000, run_dir="runs/demo", eval_every=200)
+        >>> state = trainer.fit(model, data, optax.adamw(1e-3))  # doctest: +SKIP
     """
 
     def __init__(
@@ -157,11 +196,13 @@ class Trainer:
                 else []
             ),
             Progress(progress),
-            *([PlotCurves()] if plot else []),
             *hooks,
-            # Last: a checkpoint records what the other hooks did at its step (its eval metrics).
+            # Near the end: a checkpoint records what the other hooks did at its step (its eval
+            # metrics, their state), and the final save comes before the slow plot.
             *([checkpointing] if checkpointing else []),
+            *([PlotCurves()] if plot else []),
         ]
+        self._tail = bool(checkpointing) + bool(plot)
         self.preemption_signals = tuple(preemption_signals)
         self.mesh, self.strategy, self.tensor_rules = mesh, strategy, tuple(tensor_rules)
         self.is_main_process = parallel.is_main_process()
@@ -169,6 +210,8 @@ class Trainer:
         self.should_stop = False
         self.stop_reason: str | None = None
         self.preempted: str | None = None
+        self.stopped_on_nonfinite = False
+        self.hurry = False  # a repeated stop signal: exit as soon as the checkpoint is saved
         self.last_data_wait = 0.0
         self.last_eval_step: int | None = None
         self.eval_history: list[tuple[int, dict[str, float]]] = []
@@ -203,9 +246,8 @@ class Trainer:
             if every is None:
                 raise ValueError("add_hook(fn, every=N): a function hook needs `every`.")
             hook = EveryN(hook, every)
-        # Before the checkpointing hook, which stays last.
-        position = len(self.hooks) - (self.checkpointing is not None)
-        self.hooks.insert(position, hook)
+        # Before the checkpointing and plotting hooks, which stay last.
+        self.hooks.insert(len(self.hooks) - self._tail, hook)
 
     def log(self, scalars: dict[str, float]) -> None:
         """Records scalars for the current step; written once all hooks of the step ran."""
@@ -216,20 +258,23 @@ class Trainer:
         self.should_stop, self.stop_reason = True, reason
 
     def eval_metrics(self) -> dict[str, float]:
-        """The mean eval metrics of the current state over `data.eval_batches()`, or {} when
-        a preemption interrupts them. Logs nothing.
+        """The eval metrics of the current state over `data.eval_batches()`, or {} when a
+        preemption interrupts them. Logs nothing.
+
+        Each batch's metrics count in proportion to its examples (`weighted_mean`), so a
+        ragged last batch counts exactly: the result is the metric over all eval examples.
 
         Example:
             >>> trainer.eval_metrics()["loss"]  # doctest: +SKIP
         """
-        totals: dict[str, list] = {}
+        per_batch = []
         state = self.state
         for batch in self.data.eval_batches():
             if self.preempted:
                 return {}
-            for key, value in self._eval_step(state, self.plan.put_eval_batch(batch)).items():
-                totals.setdefault(key, []).append(value)
-        return {k: float(np.mean(jax.device_get(v))) for k, v in totals.items()}
+            metrics = self._eval_step(state, self.plan.put_eval_batch(batch))
+            per_batch.append((_leading_dim(batch), metrics))
+        return weighted_mean(jax.device_get(per_batch))
 
     def evaluate(self) -> dict[str, float]:
         """Evaluates (`eval_metrics`), logs the metrics as `eval/*` and runs `on_eval_end` hooks.
@@ -288,8 +333,40 @@ class Trainer:
         self.step = int(state.step)
         first_batch = data.train_batch(0)
         self.plan.check_batch(first_batch)
+        # Now, not at the first evaluation hours later.
+        first_eval = next(iter(data.eval_batches()), None)
+        if first_eval is not None:
+            self.plan.check_eval_batch(first_eval)
         self.examples_per_step = _leading_dim(first_batch)
         self.tokens_per_step = data.info.get("tokens_per_batch", 0)
+        self._check_monitors(state)
+
+    def _check_monitors(self, state: Any) -> None:
+        """Checks the metrics that early stopping and checkpoint ranking monitor against those
+        evaluation reports, from shapes only (nothing is compiled or run)."""
+        monitors = [
+            (h, "EarlyStopping", h.monitor, "trainer.early_stopping.monitor")
+            for h in self.hooks
+            if isinstance(h, EarlyStopping)
+        ]
+        if self.checkpointing is not None and self.checkpointing.manager_options["monitor"]:
+            monitor = self.checkpointing.manager_options["monitor"]
+            monitors.append((None, "Checkpointing", monitor, "trainer.checkpoint.monitor"))
+        if not monitors:
+            return
+        batch = next(iter(self.data.eval_batches()))
+        names = sorted(jax.eval_shape(self._eval_step, state, batch))
+        available = [f"eval/{k}" for k in names]
+        for _, owner, monitor, key in monitors:
+            if monitor.removeprefix("eval/") not in names:
+                monitor = f"eval/{monitor.removeprefix('eval/')}"
+                close = difflib.get_close_matches(monitor, available, 1)
+                raise ConfigError(
+                    UNKNOWN_MONITOR_MSG.format(
+                        owner=owner, monitor=monitor, available=available, key=key,
+                        hint=f" Did you mean `{close[0]}`?" if close else "",
+                    )
+                )  # fmt: skip
 
     def fit(
         self,
@@ -321,8 +398,16 @@ class Trainer:
             with stop_on_signals(self, self.preemption_signals):
                 if self.checkpointing is not None:
                     self.checkpointing.resume_into(self)
+                    if self.step >= self.max_steps:
+                        self.stop(
+                            NOTHING_TO_TRAIN_MSG.format(step=self.step, max_steps=self.max_steps)
+                        )
+                        self.checkpointing.manager.close()
+                        return self.state
                 self._run_hooks("on_train_start")
                 self._loop()
+                if self.preempted:  # the step the loop ended at, not the one the signal came in
+                    self.stop_reason = f"preempted by {self.preempted} at step {self.step}"
                 self._run_hooks("on_train_end")
         finally:
             self.logger.close()
@@ -334,7 +419,9 @@ class Trainer:
             self._restart = False
             # Batches are indexed by step plus the batches a rollback skipped.
             first = self.step + int(self.state.extras.get("data_offset", 0))
-            with Prefetcher(self.data, first, group=group, put=self.plan.put_batch) as batches:
+            # Each process reads and places only its own devices' rows of each batch.
+            rows = self.plan.process_rows(self.data, self.examples_per_step)
+            with Prefetcher(rows, first, group=group, put=rows.place) as batches:
                 while self.step < self.max_steps and not (self.should_stop or self._restart):
                     started = time.perf_counter()
                     batch = next(batches)
@@ -353,6 +440,8 @@ class Trainer:
             raise RuntimeError(NO_ROLLBACK_CHECKPOINTS_MSG)
         self.checkpointing.manager.wait()
         bad_step = self.step
+        if self.checkpointing.manager.latest_step() is None:
+            raise CheckpointError(ROLLBACK_BEFORE_FIRST_SAVE_MSG.format(step=bad_step))
         restored, _ = self.checkpointing.manager.restore(self.state)
         extras = restored.extras
         self.state = restored.with_extras(

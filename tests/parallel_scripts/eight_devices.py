@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec
 
 from paxtrain import parallel
 from paxtrain.checkpoint import CheckpointManager
+from paxtrain.train import Trainer, make_eval_step
 
 SMALL = {"fsdp_min_size": 64}  # the toy's leaves are small; shard them anyway
 CASES = {
@@ -82,12 +83,43 @@ def checkpoint_round_trip(state, train_step, plan) -> dict:
     return result
 
 
+def ragged_eval(state, plan) -> dict:
+    """An eval batch of 13 rows, which 8 devices cannot split: placed by `put_eval_batch`, its
+    metrics equal those of the same state and batch on one device."""
+    eval_step = make_eval_step(lambda model, batch: toy.loss_fn(model, batch)[1][1])
+    batch = toy.batch_of(0, size=13)
+    on_mesh = eval_step(state, plan.put_eval_batch(batch))["mean_prediction"]
+    on_one = eval_step(toy.host(state), batch)["mean_prediction"]
+    return {"mesh": float(on_mesh), "one_device": float(on_one)}
+
+
 def error_of(fn) -> str:
     try:
         fn()
     except (ValueError, RuntimeError) as error:
         return str(error)
     return "no error"
+
+
+class ScalarInEvalBatches:
+    """The toy's batches, with a scalar in the evaluation batches: no batch axis to split."""
+
+    info: dict = {}
+
+    def train_batch(self, step):
+        return toy.batch_of(step)
+
+    def eval_batches(self):
+        yield {**toy.batch_of(0), "weight": np.float32(1.0)}
+
+
+def eval_batch_error() -> str:
+    import optax
+
+    trainer = Trainer(2, run_dir=tempfile.mkdtemp(), mesh={"data": 8})
+    return error_of(
+        lambda: trainer.prepare(toy.Block(), ScalarInEvalBatches(), optax.sgd(0.1), toy.loss_fn)
+    )
 
 
 def errors() -> dict[str, str]:
@@ -106,6 +138,12 @@ def errors() -> dict[str, str]:
         "pmap_with_fsdp": error_of(
             lambda: parallel.setup(state, "pmap", parallel.make_mesh(data=4, fsdp=2))
         ),
+        "tensor_axis_unused": error_of(
+            lambda: parallel.setup(
+                state, "jit", parallel.make_mesh(data=4, tensor=2), tensor_rules=()
+            )
+        ),
+        "eval_batch_without_batch_axis": eval_batch_error(),
         "mesh_size": error_of(lambda: parallel.make_mesh(data=3)),
         "mesh_remaining": error_of(lambda: parallel.make_mesh(data=-1, tensor=3)),
     }
@@ -120,6 +158,7 @@ def main() -> None:
         "cases": cases,
         "errors": errors(),
         "checkpoint": checkpoint_round_trip(*trained["fsdp"]),
+        "ragged_eval": ragged_eval(trained["fsdp"][0], trained["fsdp"][2]),
         "process_batch_slice": str(parallel.process_batch_slice(16, parallel.make_mesh())),
     }
     print(json.dumps(results))

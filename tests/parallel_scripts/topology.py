@@ -37,7 +37,7 @@ TINY = [
     "data.max_chars=20000",
     "model.embed_dim=8",
     "model.hidden_dim=64",  # an LSTM weight of 18432 elements: above FSDP's threshold
-    "optimizer.warmup_steps=1",
+    "optimizer.learning_rate.warmup_steps=1",
     "callbacks=[]",
 ]
 

@@ -7,12 +7,61 @@ Started by test_parallel.py with JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX
 from __future__ import annotations
 
 import json
+import tempfile
 
 import jax
 import numpy as np
+import optax
 import toy
+from jax.sharding import AxisType, Mesh
 
 from paxtrain import parallel
+from paxtrain.train import Trainer
+from paxtrain.train.hooks import Hook
+
+
+class RowsAsked:
+    """The toy's batches through the `rows=` contract, recording the rows each call asks for."""
+
+    info: dict = {}
+
+    def __init__(self):
+        self.asked = []
+
+    def train_batch(self, step, rows=None):
+        self.asked.append(None if rows is None else [rows.start, rows.stop])
+        batch = toy.batch_of(step)
+        return batch if rows is None else parallel.take_rows(batch, rows)
+
+    def eval_batches(self):
+        return iter(())
+
+
+class RecordLosses(Hook):
+    def __init__(self):
+        self.losses = []
+
+    def on_step(self, trainer, metrics):
+        self.losses.append(float(np.asarray(metrics["loss"].addressable_data(0))))
+
+
+def interleaved_mesh() -> Mesh:
+    """Devices alternating between the processes along "data": each process holds two blocks
+    of rows of the batch (0:4 and 8:12 for process 0), not one."""
+    by_process = [[d for d in jax.devices() if d.process_index == p] for p in range(2)]
+    order = [d for pair in zip(*by_process) for d in pair]
+    return Mesh(np.array(order).reshape(4, 1, 1), parallel.AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def trainer_run(mesh) -> dict:
+    """The toy through `Trainer.fit` on `mesh`: its losses and the rows this process read."""
+    source, record = RowsAsked(), RecordLosses()
+    trainer = Trainer(
+        toy.STEPS, run_dir=tempfile.mkdtemp(), mesh=mesh, progress="off", plot=False,
+        tensorboard=False, hooks=[record],
+    )  # fmt: skip
+    trainer.fit(toy.Block(), source, optax.adam(1e-2, eps=1e-3), loss_fn=toy.loss_fn)
+    return {"losses": record.losses, "asked": source.asked}
 
 
 def main() -> None:
@@ -32,6 +81,7 @@ def main() -> None:
         "weight_shard_shape": list(weight.addressable_shards[0].data.shape),
         "weight_fully_addressable": weight.is_fully_addressable,
         "pmap_losses": pmap_losses,
+        "trainer": {"default": trainer_run(None), "interleaved": trainer_run(interleaved_mesh())},
     }
     if parallel.is_main_process():
         models = {

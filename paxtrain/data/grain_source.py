@@ -1,0 +1,212 @@
+"""`GrainSource`: a `grain.MapDataset` of examples as a step-indexed `DataSource`.
+
+grain (`pip install -e ".[data]"`) reads the files (ArrayRecord, Parquet, `.npy`, your own) and
+runs the transformations, in worker processes when asked; this adapter only decides which
+examples make the batch of each step. The examples are shuffled by `MapDataset.shuffle(seed)`
+after `repeat()`, which grain reseeds every epoch (seed + epoch), so the batch of step `s` is
+examples `s * batch_size ... (s + 1) * batch_size - 1` of that endless shuffled stream: a pure
+function of (seed, step). Resuming at step N reads the batches of N, N+1, ... again, exactly.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from paxtrain.data.columns import NpyColumns
+from paxtrain.data.source import DataError
+
+NO_GRAIN_MSG = """\
+GrainSource needs grain, which is not installed: pip install grain    (or `pip install -e ".[data]"` \
+in a paxtrain checkout)."""
+
+BAD_DATASET_MSG = """\
+data.{key} must be a grain.MapDataset, a mapping of column names to .npy files \
+({{images: x.npy, labels: y.npy}}), or {{_target_: module.function}} returning a MapDataset; \
+got {kind}."""
+
+TOO_SHORT_MSG = """\
+The training dataset has {n} examples, too few for one batch of batch_size={batch_size}: lower \
+`data.batch_size` or give more data."""
+
+EMPTY_EVAL_MSG = "The eval dataset is empty: give it examples, or leave `data.eval` unset."
+
+
+def _grain() -> Any:
+    try:
+        import grain
+    except ImportError as error:
+        raise ImportError(NO_GRAIN_MSG) from error
+    return grain
+
+
+def _parse_absl_flags() -> None:
+    # grain 0.2.18's workers read an absl flag, which fails unless flags were parsed
+    # (google/grain#1355): a program that does not use absl.app leaves them at their defaults.
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def as_map_dataset(spec: Any, key: str = "train") -> Any:
+    """A `grain.MapDataset` from what a config or a caller gives: the dataset itself, a mapping
+    of column names to `.npy` files (`NpyColumns`), or `{"_target_": "module.fn", **kwargs}`
+    naming a function that returns one (any reader: ArrayRecord, Parquet, ...).
+
+    Example:
+        >>> import grain
+        >>> len(as_map_dataset(grain.MapDataset.range(5)))
+        5
+    """
+    grain = _grain()
+    if isinstance(spec, grain.MapDataset):
+        return spec
+    if isinstance(spec, Mapping) and "_target_" in spec:
+        from paxtrain.config import locate
+
+        kwargs = {k: v for k, v in spec.items() if k != "_target_"}
+        dataset = locate(str(spec["_target_"]), f"data.{key}")(**kwargs)
+        if isinstance(dataset, grain.MapDataset):
+            return dataset
+        raise DataError(BAD_DATASET_MSG.format(key=key, kind=f"{type(dataset).__name__} from it"))
+    if isinstance(spec, Mapping):
+        return grain.MapDataset.source(NpyColumns(spec, key=f"data.{key}"))
+    raise DataError(BAD_DATASET_MSG.format(key=key, kind=type(spec).__name__))
+
+
+class _RowsOfStep:
+    """`step -> rows lo:hi of the batch of step`, batched by grain; picklable for workers."""
+
+    def __init__(self, examples: Any, batch_size: int, rows: slice):
+        self.examples, self.batch_size = examples, batch_size
+        self.lo, self.hi, self.stride = rows.indices(batch_size)
+
+    def __call__(self, step: int) -> Any:
+        first = step * self.batch_size
+        part = self.examples[first + self.lo : first + self.hi : self.stride]
+        return part.batch(len(part))[0]
+
+
+class GrainSource:
+    """Batches of a `grain.MapDataset` of examples, indexed by step; eval from a second one.
+
+    Args:
+      train: the training examples: a `grain.MapDataset` (random access), a mapping of column
+        names to `.npy` files, or `{_target_: module.function, ...}` returning a MapDataset.
+      batch_size: examples per training batch.
+      eval: the evaluation examples, the same kinds as `train`; None: no evaluation.
+      eval_batch_size: examples per eval batch (the last one ragged; the trainer weights it);
+        None: `batch_size`.
+      seed: shuffling seed (grain adds the epoch to it), 0 <= seed < 2**32.
+      shuffle: shuffle the training examples (every epoch anew).
+      workers: grain worker processes producing batches ahead (`mp_prefetch`); 0 reads in the
+        calling thread (the trainer's prefetch thread). Batches are the same either way.
+      info: facts the model's constructor may ask for, e.g. `{num_classes: 10}`.
+
+    Example:
+        >>> import grain, numpy as np
+        >>> examples = grain.MapDataset.range(10).map(lambda i: {"x": np.float32(i)})
+        >>> data = GrainSource(examples, batch_size=5, eval=examples, eval_batch_size=4)
+        >>> epoch = np.concatenate([data.train_batch(0)["x"], data.train_batch(1)["x"]])
+        >>> sorted(epoch.tolist()) == list(range(10))  # one epoch: every example once
+        True
+        >>> [len(b["x"]) for b in data.eval_batches()]
+        [4, 4, 2]
+    """
+
+    def __init__(
+        self,
+        train: Any,
+        batch_size: int = 32,
+        eval: Any = None,
+        eval_batch_size: int | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+        workers: int = 0,
+        info: Mapping[str, Any] | None = None,
+    ):
+        train = as_map_dataset(train, "train")
+        if len(train) < batch_size:
+            raise DataError(TOO_SHORT_MSG.format(n=len(train), batch_size=batch_size))
+        self.eval = None if eval is None else as_map_dataset(eval, "eval")
+        if self.eval is not None and len(self.eval) == 0:
+            raise DataError(EMPTY_EVAL_MSG)
+        self.num_examples = len(train)
+        self.examples = (train.shuffle(seed=seed) if shuffle else train).repeat()
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.workers = workers
+        # With workers: grain's iterator, the (step, rows) it yields next, the last batch read.
+        self._stream: Any = None
+        self._next: tuple[int, slice] | None = None
+        self._last: tuple[int | None, slice | None, Any] = (None, None, None)
+        self.info = {
+            "num_examples": self.num_examples,
+            "steps_per_epoch": self.num_examples // batch_size,
+            **(info or {}),
+        }
+
+    def steps(self, rows: slice | None = None) -> Any:
+        """The `grain.MapDataset` whose item `step` is (rows `rows` of) the batch of `step`.
+
+        Example:
+            >>> data.steps()[7]["x"].shape  # doctest: +SKIP
+            (4,)
+        """
+        grain = _grain()
+        read = _RowsOfStep(self.examples, self.batch_size, rows or slice(None))
+        return grain.MapDataset.range(sys.maxsize // self.batch_size).map(read)
+
+    def train_batch(self, step: int, rows: slice | None = None) -> Any:
+        """The batch of `step`, or only its rows `rows` (only those examples are read).
+
+        With `workers`, consecutive steps come from grain's worker processes; a step out of
+        sequence (a resume, a rollback) is read here and the workers start again after it.
+
+        Example:
+            >>> data.train_batch(3, rows=slice(0, 2))["x"].shape  # doctest: +SKIP
+            (2,)
+        """
+        rows = rows or slice(None)
+        if not self.workers:
+            return _RowsOfStep(self.examples, self.batch_size, rows)(step)
+        if self._last[:2] == (step, rows):  # the trainer reads step 0 twice: shape check, loop
+            return self._last[2]
+        if self._next != (step, rows):
+            # Out of sequence (the first read, a resume, a rollback): read it here, and let the
+            # workers start from the step after it, if that is the one asked for next.
+            self.close()
+            batch = _RowsOfStep(self.examples, self.batch_size, rows)(step)
+        else:
+            if self._stream is None:
+                _parse_absl_flags()
+                grain = _grain()
+                options = grain.MultiprocessingOptions(num_workers=self.workers)
+                self._stream = iter(self.steps(rows)[step:].to_iter_dataset().mp_prefetch(options))
+            batch = next(self._stream)
+        self._next, self._last = (step + 1, rows), (step, rows, batch)
+        return batch
+
+    def eval_batches(self) -> Iterator[Any]:
+        """The eval dataset once, in order, in batches of `eval_batch_size` (the last ragged).
+
+        Example:
+            >>> [len(b["x"]) for b in data.eval_batches()]  # doctest: +SKIP
+            [4, 4, 2]
+        """
+        if self.eval is None:
+            return
+        batches = self.eval.batch(self.eval_batch_size)
+        for i in range(len(batches)):
+            yield batches[i]
+
+    def close(self) -> None:
+        """Stops grain's worker processes, if any are running.
+
+        Example:
+            >>> data.close()  # doctest: +SKIP
+        """
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            stream.close()

@@ -1,0 +1,243 @@
+"""Language-model data from a flat binary file of token ids, read through `np.memmap`.
+
+The layout nanoGPT's `train.bin` / `val.bin` and Levanter's flat caches use: token ids one after
+another, `uint16` (vocabularies up to 65536) or `uint32`, native byte order, no header. Nothing
+is read into memory but the windows of each batch, so a file of any size costs the same RAM.
+`paxtrain data tokenize` writes such a file from text, with a `.json` sidecar that records its
+dtype and vocabulary (`tokenize.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from paxtrain.data.source import DataError
+from paxtrain.data.text import VOCABS
+
+DTYPES = ("uint16", "uint32")
+SIDECAR_SUFFIX = ".json"
+# Ids checked against the vocabulary: the first ones and evenly spaced blocks, a fixed sample.
+CHECK_BLOCKS, CHECK_BLOCK_SIZE = 64, 16_384
+
+MISSING_TOKENS_MSG = """\
+Token file not found: {path}
+Check `data.path`, or write one from text: `paxtrain data tokenize INPUT.txt {path} --vocab bytes`."""
+
+EMPTY_TOKENS_MSG = """\
+Token file {path} is empty. Write it again: `paxtrain data tokenize INPUT.txt {path} --vocab bytes`."""
+
+BAD_DTYPE_MSG = """\
+dtype={dtype!r} is not a token file dtype; use one of {dtypes} (`data.dtype=uint16`)."""
+
+NOT_A_MULTIPLE_MSG = """\
+Token file {path} has {size} bytes, not a multiple of {itemsize} ({dtype}): it is truncated or \
+holds another dtype. Set `data.dtype` to the dtype it was written with ({dtypes}), or write it \
+again."""
+
+NO_VOCAB_SIZE_MSG = """\
+Token file {path} has no sidecar {sidecar} naming its vocabulary, so the model's vocabulary size \
+is unknown: set `+data.vocab_size=N` (e.g. 50257 for GPT-2's tokenizer), or write the file with \
+`paxtrain data tokenize`."""
+
+ID_OUT_OF_VOCAB_MSG = """\
+Token file {path} holds id {token} at position {position}, but vocab_size={vocab_size}: the file \
+was written with another vocabulary or dtype. Set `data.vocab_size` to at least {needed}, \
+`data.dtype` to the file's dtype, or write the file again."""
+
+TOO_SHORT_TOKENS_MSG = """\
+{what} holds {n} tokens, too few for windows of seq_len+1={window} tokens. Use more text or a \
+smaller `data.seq_len`."""
+
+
+def sidecar_path(path: str | pathlib.Path) -> pathlib.Path:
+    """Where the metadata of a token file lives: the file's name plus `.json`.
+
+    Example:
+        >>> str(sidecar_path("data/train.bin"))
+        'data/train.bin.json'
+    """
+    path = pathlib.Path(path)
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def open_tokens(path: str | pathlib.Path, dtype: str) -> np.memmap:
+    """A read-only memmap of a token file, after checking it exists and is whole.
+
+    Example:
+        >>> import tempfile
+        >>> file = pathlib.Path(tempfile.mkdtemp()) / "t.bin"
+        >>> np.arange(5, dtype=np.uint16).tofile(file)
+        >>> open_tokens(file, "uint16")[1:3].tolist()
+        [1, 2]
+    """
+    path = pathlib.Path(path).expanduser()
+    if dtype not in DTYPES:
+        raise DataError(BAD_DTYPE_MSG.format(dtype=dtype, dtypes=DTYPES))
+    if not path.is_file():
+        raise FileNotFoundError(MISSING_TOKENS_MSG.format(path=path))
+    size, itemsize = path.stat().st_size, np.dtype(dtype).itemsize
+    if size == 0:
+        raise DataError(EMPTY_TOKENS_MSG.format(path=path))
+    if size % itemsize:
+        raise DataError(
+            NOT_A_MULTIPLE_MSG.format(
+                path=path, size=size, itemsize=itemsize, dtype=dtype, dtypes=DTYPES
+            )
+        )
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+def check_ids(tokens: np.ndarray, vocab_size: int, path: pathlib.Path) -> None:
+    """Raises a `DataError` if a sample of `tokens` (first and evenly spaced blocks, at most
+    ~1M ids whatever the file size) holds an id >= `vocab_size`.
+
+    Example:
+        >>> check_ids(np.array([0, 5, 2]), vocab_size=6, path=pathlib.Path("t.bin"))
+    """
+    starts = np.linspace(0, max(len(tokens) - CHECK_BLOCK_SIZE, 0), CHECK_BLOCKS).astype(np.int64)
+    for start in np.unique(starts):
+        block = np.asarray(tokens[start : start + CHECK_BLOCK_SIZE])
+        if block.size and int(block.max()) >= vocab_size:
+            offset = int(np.argmax(block >= vocab_size))
+            raise DataError(
+                ID_OUT_OF_VOCAB_MSG.format(
+                    path=path,
+                    token=int(block[offset]),
+                    position=int(start) + offset,
+                    vocab_size=vocab_size,
+                    needed=int(block.max()) + 1,
+                )
+            )
+
+
+def _read_sidecar(path: pathlib.Path) -> dict[str, Any]:
+    sidecar = sidecar_path(path)
+    return json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+
+
+class TokenFile:
+    """Random windows of a token file for language modelling, indexed by step.
+
+    Batches are dicts `{"inputs": int32[batch, seq_len], "targets": int32[batch, seq_len]}`,
+    targets shifted by one token. Row `r` of step `s` is the window starting at the `r`-th of
+    `batch_size` positions drawn from `np.random.default_rng((seed, s))`: a pure function of
+    (seed, step, row), so `train_batch(s, rows=...)` reads only those rows' windows.
+
+    Evaluation reads `eval_batches` fixed batches of evenly spaced windows from `eval_path`, or
+    from the last `eval_fraction` of `path` (then held out of training) when `eval_path` is None.
+
+    Args:
+      path: the token file (e.g. nanoGPT's `train.bin`).
+      seq_len: tokens per example.
+      batch_size: examples per batch.
+      vocab_size: ids are below it; None reads it from the sidecar `path + ".json"` written by
+        `paxtrain data tokenize`.
+      dtype: "uint16" or "uint32"; None reads it from the sidecar, else "uint16" (nanoGPT's).
+      eval_path: a separate token file for evaluation (e.g. `val.bin`), same dtype.
+      eval_fraction: share of `path` held out for evaluation when `eval_path` is None.
+      eval_batches: number of evaluation batches.
+      seed: seed of the window positions.
+
+    Example:
+        >>> import tempfile
+        >>> file = pathlib.Path(tempfile.mkdtemp()) / "tokens.bin"
+        >>> (np.arange(10_000) % 50).astype(np.uint16).tofile(file)
+        >>> data = TokenFile(file, seq_len=16, batch_size=4, vocab_size=50)
+        >>> batch = data.train_batch(0)
+        >>> batch["inputs"].shape, bool((batch["targets"][:, :-1] == batch["inputs"][:, 1:]).all())
+        ((4, 16), True)
+    """
+
+    def __init__(
+        self,
+        path: str | pathlib.Path,
+        seq_len: int = 128,
+        batch_size: int = 32,
+        vocab_size: int | None = None,
+        dtype: str | None = None,
+        eval_path: str | pathlib.Path | None = None,
+        eval_fraction: float = 0.1,
+        eval_batches: int = 8,
+        seed: int = 0,
+    ):
+        self.path = pathlib.Path(path).expanduser()
+        meta = _read_sidecar(self.path)
+        dtype = dtype or meta.get("dtype", "uint16")
+        vocab_size = vocab_size or meta.get("vocab_size")
+        tokens = open_tokens(self.path, dtype)
+        if vocab_size is None:
+            raise DataError(
+                NO_VOCAB_SIZE_MSG.format(path=self.path, sidecar=sidecar_path(self.path))
+            )
+        # A known vocabulary decodes samples; a file of other ids (GPT-2 BPE...) has none.
+        self.vocab = VOCABS[meta["vocab"]]() if meta.get("vocab") in VOCABS else None
+        window = seq_len + 1
+        if eval_path is None:
+            split = int(len(tokens) * (1 - eval_fraction))
+            self.train_tokens, self.eval_tokens = tokens[:split], tokens[split:]
+            eval_name = f"The held-out {eval_fraction:.0%} of {self.path}"
+        else:
+            self.train_tokens, self.eval_tokens = tokens, open_tokens(eval_path, dtype)
+            eval_name = f"Eval token file {eval_path}"
+        parts = (
+            (f"The training part of {self.path}", self.train_tokens),
+            (eval_name, self.eval_tokens),
+        )
+        for what, part in parts:
+            if len(part) < window:
+                raise DataError(TOO_SHORT_TOKENS_MSG.format(what=what, n=len(part), window=window))
+        check_ids(tokens, vocab_size, self.path)
+        if eval_path is not None:
+            check_ids(self.eval_tokens, vocab_size, pathlib.Path(eval_path))
+        self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
+        self.num_eval_batches = eval_batches
+        self.info = {
+            "vocab_size": int(vocab_size),
+            "seq_len": seq_len,
+            "tokens_per_batch": batch_size * seq_len,
+        }
+
+    def _windows(self, tokens: np.ndarray, starts: np.ndarray) -> dict[str, np.ndarray]:
+        # One contiguous read per row: only these pages of the file are touched.
+        windows = np.stack([tokens[s : s + self.seq_len + 1] for s in starts]).astype(np.int32)
+        return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
+
+    def window_starts(self, step: int) -> np.ndarray:
+        """Where each row's window of step `step` starts in the training tokens.
+
+        Example:
+            >>> data.window_starts(3)  # doctest: +SKIP
+            array([ 81532, 402117, ...])
+        """
+        rng = np.random.default_rng((self.seed, step))
+        high = len(self.train_tokens) - self.seq_len  # the last window ends at the last token
+        return rng.integers(0, high, size=self.batch_size)
+
+    def train_batch(self, step: int, rows: slice | None = None) -> dict[str, np.ndarray]:
+        """The training batch of `step`, or only its rows `rows` (read alone, nothing more).
+
+        Example:
+            >>> data.train_batch(5, rows=slice(0, 2))["inputs"].shape  # doctest: +SKIP
+            (2, 128)
+        """
+        starts = self.window_starts(step)
+        return self._windows(self.train_tokens, starts[rows or slice(None)])
+
+    def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
+        """`eval_batches` fixed batches of evenly spaced windows of the eval tokens.
+
+        Example:
+            >>> [b["inputs"].shape for b in data.eval_batches()][:1]  # doctest: +SKIP
+            [(32, 128)]
+        """
+        count = self.num_eval_batches * self.batch_size
+        high = len(self.eval_tokens) - self.seq_len - 1
+        starts = np.linspace(0, high, count).astype(np.int64)
+        for i in range(self.num_eval_batches):
+            batch_starts = starts[i * self.batch_size : (i + 1) * self.batch_size]
+            yield self._windows(self.eval_tokens, batch_starts)

@@ -1,0 +1,209 @@
+"""The `optimizer` config section: any optax optimizer and schedule, built by Hydra's `instantiate`.
+
+    optimizer:
+      _target_: optax.adamw                 # any optax factory, or an alias from ALIASES
+      learning_rate:                        # a float, or a schedule section
+        _target_: optax.warmup_cosine_decay_schedule
+        init_value: 0.0
+        peak_value: 3.0e-3
+        warmup_steps: 100
+        decay_steps: ${optimizer.horizon}
+      clip_grad_norm: 1.0                   # paxtrain: optax.clip_by_global_norm first
+      horizon: null                         # paxtrain: steps the schedule spans (see below)
+
+`optimizer._target_=optax.lion`, `optax.contrib.muon`, an `optax.chain` (`_args_: [...]`) or
+`optax.join_schedules` need no code. Every factory with a `learning_rate` parameter is wrapped in
+`optax.inject_hyperparams` (the learning rate only), so the rate lives in the optimizer state and
+is logged as `train/learning_rate`; its other arguments stay static.
+
+Two keys are paxtrain's own. `clip_grad_norm` chains `optax.clip_by_global_norm` in front.
+`horizon` is what `${optimizer.horizon}` resolves to: `trainer.max_steps` when null, and on a
+resume the horizon the run's checkpoint recorded (`paxtrain.run.schedule_horizon`), so a longer
+resumed run keeps its schedule instead of jumping to another learning rate.
+
+    >>> from omegaconf import OmegaConf
+    >>> section = OmegaConf.create({"_target_": "lion", "learning_rate": 0.5})
+    >>> tx = build_optimizer(section)
+    >>> state = tx.init({"w": jnp.zeros(2)})
+    >>> float(optax.tree.get(state, "learning_rate"))
+    0.5
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from typing import Any
+
+import optax
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from paxtrain.config import NO_TARGET_MSG, NOT_FINITE_MSG, ConfigError, check_target, locate
+
+# Short names of the common targets: the same `_target_` mechanism, spelled shorter.
+ALIASES = {
+    "adam": "optax.adam",
+    "adamw": "optax.adamw",
+    "sgd": "optax.sgd",
+    "lion": "optax.lion",
+    "adafactor": "optax.adafactor",
+    "muon": "optax.contrib.muon",
+    "constant": "optax.constant_schedule",
+    "cosine": "optax.cosine_decay_schedule",
+    "warmup_cosine": "optax.warmup_cosine_decay_schedule",
+}
+
+CLIP_KEY = "clip_grad_norm"
+HORIZON_KEY = "horizon"
+
+DEFAULT_OPTIMIZER = {
+    "_target_": "optax.adamw",
+    "learning_rate": 1e-3,
+    "weight_decay": 0.0,
+    CLIP_KEY: 1.0,
+}
+
+# Keys whose number is a learning rate, in optax's factories and schedules.
+_RATE_KEYS = ("learning_rate", "peak_value", "init_value", "end_value", "value")
+
+BUILD_FAILED_MSG = "Config section `{key}` could not be built: {reason}"
+NEGATIVE_LR_MSG = (
+    "`{key}` is {value}: a negative learning rate climbs the loss instead of descending it. "
+    "Is the sign a typo (`{key}={positive}`)?"
+)
+
+
+def validate_optimizer(cfg: DictConfig) -> None:
+    """Checks (and completes, see `complete_optimizer`) the `optimizer` section of a merged
+    config, in place: finite numbers, a warning for a negative learning rate, and a
+    trial build (cheap: no arrays), so bad targets and values fail before anything compiles.
+
+    Example:
+        >>> cfg = OmegaConf.create({"trainer": {"max_steps": 10}, "optimizer": None})
+        >>> validate_optimizer(cfg)
+        >>> cfg.optimizer._target_, cfg.optimizer.horizon
+        ('optax.adamw', None)
+    """
+    complete_optimizer(cfg)
+    trial = cfg.copy()
+    if trial.optimizer[HORIZON_KEY] is None:
+        trial.optimizer[HORIZON_KEY] = cfg.trainer.max_steps
+    _check_numbers(OmegaConf.to_container(trial.optimizer, resolve=True), "optimizer")
+    build_optimizer(trial.optimizer)
+
+
+def complete_optimizer(cfg: DictConfig) -> None:
+    """Gives a merged config the default `optimizer` section if it has none, and the
+    `horizon` key that schedules may interpolate (`${optimizer.horizon}`).
+
+    Example:
+        >>> cfg = OmegaConf.create({"optimizer": {"_target_": "lion", "learning_rate": 1e-4}})
+        >>> complete_optimizer(cfg)
+        >>> cfg.optimizer.horizon is None
+        True
+    """
+    if cfg.optimizer is None:
+        cfg.optimizer = DEFAULT_OPTIMIZER
+    if isinstance(cfg.optimizer, DictConfig) and HORIZON_KEY not in cfg.optimizer:
+        cfg.optimizer[HORIZON_KEY] = None
+
+
+def _check_numbers(node: Any, key: str) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _check_numbers(v, f"{key}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_numbers(v, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(NOT_FINITE_MSG.format(key=key, value=node, example=1e-3))
+    elif isinstance(node, (int, float)) and node < 0 and key.rpartition(".")[2] in _RATE_KEYS:
+        warnings.warn(NEGATIVE_LR_MSG.format(key=key, value=node, positive=-node), stacklevel=4)
+
+
+def _target_path(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+def _resolved(node: Any, key: str) -> Any:
+    """`node` with aliases replaced by full paths, each `_target_` checked against its signature,
+    and factories with a `learning_rate` parameter routed through `inject_learning_rate`."""
+    if isinstance(node, list):
+        return [_resolved(item, f"{key}[{i}]") for i, item in enumerate(node)]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _resolved(v, f"{key}.{k}") for k, v in node.items()}
+    if "_target_" not in out:
+        return out
+    out["_target_"] = _target_path(str(out["_target_"]))
+    check_target(out, key)
+    target = locate(out["_target_"], key)
+    if callable(target) and "learning_rate" in _parameters(target):
+        out = {
+            "_target_": f"{__name__}.inject_learning_rate",
+            "factory": out.pop("_target_"),
+            **out,
+        }
+    return out
+
+
+def _parameters(target: Any) -> Any:
+    try:
+        return inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return {}
+
+
+def _spec(section: Any) -> dict[str, Any]:
+    if isinstance(section, (DictConfig, ListConfig)):
+        section = OmegaConf.to_container(section, resolve=True)
+    return dict(section)
+
+
+def build_optimizer(
+    section: DictConfig | dict, key: str = "optimizer"
+) -> optax.GradientTransformation:
+    """The optax transformation an `optimizer` config section describes.
+
+    Raises `ConfigError` naming the key for an unknown target or argument, or a value the
+    factory refuses.
+
+    Example:
+        >>> tx = build_optimizer({"_target_": "optax.sgd", "learning_rate": 0.1, "clip_grad_norm": 1.0})
+        >>> isinstance(tx, optax.GradientTransformation)
+        True
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    spec = _spec(section)
+    if "_target_" not in spec:
+        raise ConfigError(NO_TARGET_MSG.format(key=key))
+    clip = spec.pop(CLIP_KEY, None)
+    spec.pop(HORIZON_KEY, None)
+    resolved = _resolved(spec, key)
+    try:
+        transformation = instantiate(resolved, _convert_="all")
+    except (InstantiationException, TypeError, ValueError) as error:
+        reason = " ".join(str(error.__cause__ or error).split())
+        raise ConfigError(BUILD_FAILED_MSG.format(key=key, reason=reason)) from None
+    if not isinstance(transformation, optax.GradientTransformation):
+        reason = f"it is a {type(transformation).__name__}, not an optax GradientTransformation"
+        raise ConfigError(BUILD_FAILED_MSG.format(key=key, reason=reason))
+    if clip is not None:
+        transformation = optax.chain(optax.clip_by_global_norm(clip), transformation)
+    return transformation
+
+
+def inject_learning_rate(factory: str, **kwargs: Any) -> optax.GradientTransformation:
+    """`factory(**kwargs)` with its learning rate in the optimizer state (loggable, restorable).
+
+    Example:
+        >>> tx = inject_learning_rate("optax.adam", learning_rate=optax.linear_schedule(1.0, 0.0, 10))
+        >>> float(tx.init({"w": jnp.zeros(1)}).hyperparams["learning_rate"])
+        1.0
+    """
+    function = locate(_target_path(factory), "optimizer")
+    static = [name for name in _parameters(function) if name != "learning_rate"]
+    return optax.inject_hyperparams(function, static_args=static)(**kwargs)

@@ -1,0 +1,173 @@
+"""No lost or wrong results: best checkpoints, resume horizon, hook state, non-finite exit
+codes, and a run directory that is data, never code."""
+
+import json
+
+import optax
+import pytest
+import yaml
+from cli_support import CHAR_RNN
+from test_checkpoint import make_state
+from test_trainer import PoisonedData, Regression, RegressionData, read_jsonl
+
+import paxtrain as pax
+from paxtrain.checkpoint import CheckpointManager
+from paxtrain.cli import main
+from paxtrain.config import ConfigError, compose
+from paxtrain.run import check_run_targets, exit_code, schedule_horizon
+from paxtrain.train import EarlyStopping, Hook, Trainer
+from paxtrain.train.checkpointing import Checkpointing
+
+
+def trainer_for(run_dir, max_steps, **options):
+    options = {
+        "log_every": 2, "eval_every": 5, "progress": "off", "plot": False, "tensorboard": False,
+        **options,
+    }  # fmt: skip
+    return Trainer(max_steps=max_steps, run_dir=run_dir, **options)
+
+
+def test_each_checkpoint_records_the_eval_of_its_own_step(tmp_path):
+    pax.seed_rng_key(0)
+    ck = Checkpointing(every_steps=5, keep_last=4, monitor="eval/loss", async_save=False)
+    trainer = trainer_for(tmp_path, 20, eval_every=10, checkpointing=ck)
+    trainer.fit(Regression(), RegressionData(), optax.adam(0.1))
+    evals = dict(trainer.eval_history)
+    manager = CheckpointManager(tmp_path / "checkpoints", monitor="eval/loss", read_only=True)
+    assert manager.steps() == [5, 10, 15, 20]
+    recorded = {s: manager._manager.metrics(s) for s in manager.steps()}
+    # Steps 5 and 15 had no evaluation; 20 (a multiple of every_steps) is saved after its own.
+    assert recorded[5] is None and recorded[15] is None
+    assert recorded[10]["eval/loss"] == evals[10]["loss"]
+    assert recorded[20]["eval/loss"] == evals[20]["loss"] != evals[10]["loss"]
+    assert manager.best_step() == min((evals[s]["loss"], s) for s in (10, 20))[1]
+
+
+class Counter(Hook):
+    """A user hook with state: how many steps it saw, across resumes."""
+
+    def __init__(self):
+        self.seen = 0
+
+    def on_step(self, trainer, metrics):
+        self.seen += 1
+
+    def state_dict(self):
+        return {"seen": self.seen}
+
+    def load_state_dict(self, state):
+        self.seen = state["seen"]
+
+
+class StopAt(Hook):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step(self, trainer, metrics):
+        if trainer.step == self.step:
+            trainer.stop("test stop")
+
+
+def test_a_resumed_run_logs_and_keeps_hook_state_like_an_uninterrupted_one(tmp_path):
+    def run(run_dir, *extra_hooks):
+        pax.seed_rng_key(0)
+        stopper, counter = EarlyStopping("eval/loss", patience=50, min_delta=1e-3), Counter()
+        trainer = trainer_for(
+            run_dir, 9, log_every=2, eval_every=3, early_stopping=stopper,
+            hooks=[counter, *extra_hooks],
+            checkpointing=Checkpointing(every_steps=100, async_save=False),
+        )  # fmt: skip
+        trainer.fit(Regression(), RegressionData(noise=0.5), optax.adam(0.05))
+        return stopper, counter
+
+    whole_stopper, whole_counter = run(tmp_path / "whole")
+    run(tmp_path / "split", StopAt(5))  # stops at an odd step, between two log steps
+    split_stopper, split_counter = run(tmp_path / "split")
+
+    def train_logs(run_dir):
+        return {
+            r["step"]: {k: v for k, v in r.items() if k.startswith("train/")}
+            for r in read_jsonl(run_dir)
+            if "train/loss" in r
+        }
+
+    whole, split = train_logs(tmp_path / "whole"), train_logs(tmp_path / "split")
+    assert sorted(whole) == [2, 4, 6, 8, 9]
+    for step in (6, 8, 9):  # 6 averages steps 5 (before the stop) and 6 (after the resume)
+        assert split[step] == whole[step], step
+    assert split_counter.seen == whole_counter.seen == 9
+    assert (split_stopper.best, split_stopper.bad_evals) == (
+        whole_stopper.best,
+        whole_stopper.bad_evals,
+    )
+
+
+def test_stopping_on_nonfinite_steps_has_its_own_exit_code(tmp_path):
+    trainer = trainer_for(tmp_path, 20, on_nonfinite="stop")
+    trainer.fit(Regression(), PoisonedData({5}), optax.adam(0.1))
+    assert trainer.stopped_on_nonfinite and exit_code(trainer) == 3
+    clean = trainer_for(tmp_path / "clean", 2)
+    clean.fit(Regression(), RegressionData(), optax.adam(0.1))
+    assert exit_code(clean) == 0
+
+
+def test_resume_keeps_the_schedule_horizon_of_the_checkpoint(tmp_path, capsys):
+    manager = CheckpointManager(tmp_path / "checkpoints", async_save=False)
+    manager.save(make_state(step=4), meta={"schedule_horizon": 10})
+    manager.close()
+    longer = compose(CHAR_RNN, ["trainer.max_steps=300"])
+    assert schedule_horizon(longer, tmp_path) == 10
+    out = capsys.readouterr().out
+    assert "keeps its horizon of 10 steps" in out and "optimizer.horizon=300" in out
+    stretched = compose(CHAR_RNN, ["trainer.max_steps=300", "optimizer.horizon=300"])
+    assert schedule_horizon(stretched, tmp_path) == 300
+    assert schedule_horizon(longer, tmp_path / "new_run") == 300
+
+
+def test_eval_best_on_a_run_without_monitor_says_how_to_enable_it(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = compose(CHAR_RNN, ["optimizer.horizon=1500"])  # a run's saved config records it
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(pax_to_container(cfg)))
+    assert main(["eval", str(run_dir), "--step", "best"]) == 2
+    err = capsys.readouterr().err
+    assert "trainer.checkpoint.monitor=eval/loss" in err and "Traceback" not in err
+
+
+def pax_to_container(cfg):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("command", ["resume", "eval"])
+def test_a_run_directory_naming_os_system_is_refused(tmp_path, capsys, command):
+    run_dir = tmp_path / "downloaded"
+    run_dir.mkdir()
+    marker = tmp_path / "pwned"
+    cfg = pax_to_container(compose(CHAR_RNN, []))
+    cfg["data"] = {"_target_": "os.system", "command": f"touch {marker}"}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main([command, str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("paxtrain: ") and err.count("\n") == 1
+    assert "`_target_: os.system` (at `data`)" in err
+    assert "--allow-target os" in err and "PAXTRAIN_ALLOW_TARGETS=os" in err
+    assert not marker.exists()
+
+
+def test_allowed_and_overridden_targets_pass(tmp_path, monkeypatch):
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        json.dumps(
+            {"data": {"_target_": "my_project.data.Set"}, "callbacks": [{"_target_": "x.Y"}]}
+        )
+    )
+    with pytest.raises(ConfigError, match="my_project.data.Set"):
+        check_run_targets(path, [])
+    with pytest.raises(ConfigError, match="x.Y"):
+        check_run_targets(path, [], allow=("my_project",))
+    check_run_targets(path, ["callbacks=[]"], allow=("my_project",))
+    monkeypatch.setenv("PAXTRAIN_ALLOW_TARGETS", "my_project, x")
+    check_run_targets(path, [])
+    check_run_targets(path, ["data._target_=other.Data"], allow=("x",))  # the user's own choice
