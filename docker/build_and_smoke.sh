@@ -19,10 +19,11 @@ BASE=localhost/paxtrain-base:bookworm
 IMAGE=localhost/paxtrain:cpu
 CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 # Small enough for 2 cores: the point is that training, checkpoints and resume work in the image.
-# A constant learning rate, so that a 30-step run continued to 60 trains as a 60-step run does.
+# The schedule spans 60 steps in every run, so a 30-step run continued to 60 must train exactly
+# as a 60-step run does.
 SMALL=(model.embed_dim=16 model.hidden_dim=32 data.seq_len=32 data.batch_size=8
-    data.eval_batches=1 optimizer.schedule=constant trainer.eval_every=15 trainer.log_every=10
-    trainer.checkpoint.every_steps=10)
+    data.eval_batches=1 optimizer.learning_rate.warmup_steps=5 optimizer.horizon=60
+    trainer.eval_every=15 trainer.log_every=10 trainer.checkpoint.every_steps=10)
 
 if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null; then
     echo "build_and_smoke: skipped: podman and debootstrap are not installed" \

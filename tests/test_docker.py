@@ -18,6 +18,8 @@ import tomllib
 
 import pytest
 
+from paxtrain.config import compose
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
@@ -155,6 +157,20 @@ def test_build_and_smoke_skips_cleanly_without_podman(tmp_path):
     assert result.stdout == (
         "build_and_smoke: skipped: podman and debootstrap are not installed"
         " (apt-get install -y podman debootstrap)\n"
+    )
+
+
+@pytest.mark.parametrize("max_steps", [30, 60])
+def test_the_smoke_runs_overrides_are_a_valid_config(max_steps):
+    # The script runs only where podman is; its config must not drift unnoticed elsewhere.
+    script = (ROOT / "docker" / "build_and_smoke.sh").read_text()
+    small = re.search(r"^SMALL=\((.*?)\)$", script, re.M | re.S).group(1).split()
+    overrides = [*small, "run_dir=runs/smoke", f"trainer.max_steps={max_steps}"]
+    cfg = compose(ROOT / "configs" / "char_rnn.yaml", overrides)
+    assert (cfg.trainer.max_steps, cfg.optimizer.horizon, cfg.model.hidden_dim) == (
+        max_steps,
+        60,
+        32,
     )
 
 
