@@ -47,7 +47,7 @@ STRATEGIES = {
 class Block(pax.Module):
     def __init__(self):
         super().__init__()
-        self.attention = nn.MultiHeadAttention(HEADS, DIM // HEADS, DIM)
+        self.attention = nn.MultiHeadAttention(HEADS, DIM // HEADS, model_dim=DIM)
         self.mlp = nn.Sequential(nn.Linear(DIM, 4 * DIM), jax.nn.gelu, nn.Linear(4 * DIM, DIM))
 
     def __call__(self, x):

@@ -172,7 +172,7 @@ class PaxCharLSTM(pax.Module):
     def __init__(self, vocab: int, embed: int, hidden: int):
         super().__init__()
         self.embed = nn.Embed(vocab, embed)
-        self.lstm = nn.LSTM(embed, hidden)
+        self.lstm = nn.LSTM(embed, hidden, forget_gate_bias=1.0)
         self.head = nn.Linear(hidden, vocab)
 
     def __call__(self, ids):

@@ -15,6 +15,7 @@
     1
 """
 
+from paxtrain.core.default_kind import ParameterModule, PaxKind, StateModule
 from paxtrain.core.mixed_precision import MpPolicy, apply_mp_policy, unwrap_mp_policy
 from paxtrain.core.module import Module, ModuleInfo
 from paxtrain.core.partition import (
@@ -31,22 +32,37 @@ from paxtrain.core.pure import module_and_value, pure, purecall
 from paxtrain.core.rng import RngSeq, next_rng_key, seed_rng_key
 from paxtrain.core.structure import assert_structure_equal
 from paxtrain.core.transforms import grad, scan, value_and_grad
+from paxtrain.pax_names import names_of
 
 __version__ = "0.1.0"
+
+# PAX v0.4.3's short names for the attribute kinds.
+PARAMETER = P = PaxKind.PARAMETER
+STATE = S = PaxKind.STATE
+
+# `pax.nn`, `pax.utils`, `pax.build_update_fn`, `pax.dropout` on first use; PAX names paxtrain
+# does not have raise with the replacement (paxtrain/pax_names.py).
+__getattr__ = names_of(__name__)
 
 __all__ = [
     "Module",
     "ModuleInfo",
     "MpPolicy",
+    "ParameterModule",
+    "PaxKind",
     "RngSeq",
+    "StateModule",
     "apply_mp_policy",
     "assert_structure_equal",
+    "build_update_fn",
+    "dropout",
     "enable_eval_mode",
     "enable_train_mode",
     "freeze_parameters",
     "grad",
     "module_and_value",
     "next_rng_key",
+    "nn",
     "pure",
     "purecall",
     "scan",
@@ -57,5 +73,6 @@ __all__ = [
     "unwrap_mp_policy",
     "update_parameters",
     "update_states",
+    "utils",
     "value_and_grad",
 ]

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 import jax
+import jax.numpy as jnp
 import optax
 
 import paxtrain as pax
@@ -37,7 +38,7 @@ NOT_A_TRANSFORMATION_MSG = """\
 Optimizer expects an optax GradientTransformation, got {kind}.
     wrong: Optimizer(model, optax.adamw)          # the factory, not a transformation
     right: Optimizer(model, optax.adamw(1e-3))
-or use `paxtrain.optim.adamw(model, 1e-3)`, which also makes the learning rate loggable."""
+or use `paxtrain.optim.adamw(1e-3)(model)`, which also makes the learning rate loggable."""
 
 STRUCTURE_CHANGED_MSG = """\
 The model's trainable parameters no longer have the structure this Optimizer was built for.
@@ -103,6 +104,19 @@ class Optimizer(pax.Module):
         new_params = optax.apply_updates(params, updates)
         return pax.update_parameters(model, new_params), self.replace(opt_state=opt_state)
 
+    def __call__(self, grads: M, params: M) -> M:
+        """opax's convention: advances the state and returns the updates to subtract.
+
+        Call it through `pax.module_and_value(optimizer)(grads, params)`, then
+        `params.map(jax.lax.sub, updates)`; `step` does both in one call.
+
+        Example:
+            >>> opt, updates = pax.module_and_value(opt)(grads, model.parameters())  # doctest: +SKIP
+        """
+        params = pax.select_parameters(params)
+        updates, self.opt_state = self.transformation.update(grads, self.opt_state, params)
+        return jax.tree_util.tree_map(jnp.negative, updates)
+
     @property
     def learning_rate(self) -> jax.Array | None:
         """The learning rate of the last update (of step 0 before any), or None if unknown.
@@ -113,7 +127,7 @@ class Optimizer(pax.Module):
         correct inside `jit` and after a checkpoint restore.
 
         Example:
-            >>> float(sgd(model, 0.1).learning_rate)  # doctest: +SKIP
+            >>> float(sgd(0.1)(model).learning_rate)  # doctest: +SKIP
             0.1
         """
         found = [
@@ -155,42 +169,135 @@ def make_transformation(
     return transformation
 
 
-def sgd(
-    model: pax.Module, learning_rate: Schedule, *, clip_grad_norm: float | None = None, **kwargs
-) -> Optimizer:
-    """An `Optimizer` running `optax.sgd` (see `make_transformation` for the arguments).
+MODEL_FIRST_MSG = """\
+paxtrain.optim.{name} takes the learning rate first and returns a factory of optimizers, as \
+opax did; got a module as the learning rate.
+    wrong: opt = paxtrain.optim.{name}(model, 1e-3)
+    right: opt = paxtrain.optim.{name}(1e-3)(model.parameters())"""
+
+
+class OptimizerFactory:
+    """An optax transformation not yet bound to parameters: opax's `opax.adam(1e-3)`.
+
+    Calling it on the parameters (or the model) gives the `Optimizer`; `chain` combines
+    factories.
 
     Example:
-        >>> opt = sgd(model, 0.1, momentum=0.9, clip_grad_norm=1.0)  # doctest: +SKIP
+        >>> factory = adam(1e-3)
+        >>> opt = factory(model.parameters())  # doctest: +SKIP
     """
-    return Optimizer(
-        model, make_transformation("sgd", learning_rate, clip_grad_norm=clip_grad_norm, **kwargs)
+
+    def __init__(self, transformation: optax.GradientTransformation):
+        self.transformation = transformation
+
+    def __call__(self, params: pax.Module) -> Optimizer:
+        return Optimizer(params, self.transformation)
+
+
+def _factory(name: str, learning_rate: Schedule, **kwargs: Any) -> OptimizerFactory:
+    if isinstance(learning_rate, pax.Module):
+        raise TypeError(MODEL_FIRST_MSG.format(name=name))
+    return OptimizerFactory(make_transformation(name, learning_rate, **kwargs))
+
+
+def sgd(
+    learning_rate: Schedule, momentum: float | None = None, *, clip_grad_norm=None, **kwargs
+) -> OptimizerFactory:
+    """`optax.sgd` as opax spelt it: `sgd(1e-2, 0.9)(model.parameters())`.
+
+    Example:
+        >>> opt = sgd(0.1, momentum=0.9)(model.parameters())  # doctest: +SKIP
+    """
+    return _factory(
+        "sgd", learning_rate, momentum=momentum, clip_grad_norm=clip_grad_norm, **kwargs
     )
 
 
 def adam(
-    model: pax.Module, learning_rate: Schedule, *, clip_grad_norm: float | None = None, **kwargs
-) -> Optimizer:
-    """An `Optimizer` running `optax.adam` (see `make_transformation` for the arguments).
+    learning_rate: Schedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    *,
+    clip_grad_norm: float | None = None,
+    **kwargs: Any,
+) -> OptimizerFactory:
+    """`optax.adam` as opax spelt it: `adam(1e-3)(model.parameters())`.
 
     Example:
-        >>> opt = adam(model, 1e-3)  # doctest: +SKIP
+        >>> opt = adam(1e-3)(model.parameters())  # doctest: +SKIP
     """
-    return Optimizer(
-        model, make_transformation("adam", learning_rate, clip_grad_norm=clip_grad_norm, **kwargs)
+    return _factory(
+        "adam", learning_rate, b1=b1, b2=b2, eps=eps, clip_grad_norm=clip_grad_norm, **kwargs
     )
 
 
 def adamw(
-    model: pax.Module, learning_rate: Schedule, *, clip_grad_norm: float | None = None, **kwargs
-) -> Optimizer:
-    """An `Optimizer` running `optax.adamw` (see `make_transformation` for the arguments).
+    learning_rate: Schedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 1e-4,
+    *,
+    clip_grad_norm: float | None = None,
+    **kwargs: Any,
+) -> OptimizerFactory:
+    """`optax.adamw` as opax spelt it: `adamw(1e-3, weight_decay=1e-4)(model.parameters())`.
+
+    opax decayed every parameter; optax (and so this) decays every parameter too unless a
+    `mask` is passed.
 
     Example:
-        >>> opt = adamw(model, 3e-4, weight_decay=0.01, clip_grad_norm=1.0)  # doctest: +SKIP
+        >>> opt = adamw(3e-4, weight_decay=0.01)(model.parameters())  # doctest: +SKIP
     """
-    return Optimizer(
-        model, make_transformation("adamw", learning_rate, clip_grad_norm=clip_grad_norm, **kwargs)
+    return _factory(
+        "adamw",
+        learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        weight_decay=weight_decay,
+        clip_grad_norm=clip_grad_norm,
+        **kwargs,
+    )
+
+
+def clip_by_global_norm(max_global_norm: float) -> OptimizerFactory:
+    """`optax.clip_by_global_norm`, to `chain` before an optimizer, as in opax.
+
+    Example:
+        >>> opt = chain(clip_by_global_norm(1.0), adam(1e-3))(model.parameters())  # doctest: +SKIP
+    """
+    return OptimizerFactory(optax.clip_by_global_norm(max_global_norm))
+
+
+def chain(*factories: OptimizerFactory) -> OptimizerFactory:
+    """`optax.chain` of factories, applied in order, as `opax.chain`.
+
+    Example:
+        >>> opt = chain(clip_by_global_norm(1.0), adam(1e-3))(model.parameters())  # doctest: +SKIP
+    """
+    return OptimizerFactory(optax.chain(*(f.transformation for f in factories)))
+
+
+def apply_gradients(
+    model: M, optimizer: Optimizer, grads: M, *, all_finite: jax.Array | None = None
+) -> tuple[M, Optimizer]:
+    """One optimizer step, as `opax.apply_gradients`: returns `(new_model, new_optimizer)`.
+
+    With `all_finite` (a boolean scalar, e.g. `jmp.all_finite(grads)`), a step whose value is
+    False returns the inputs unchanged.
+
+    Example:
+        >>> model, opt = apply_gradients(model, opt, grads=grads)  # doctest: +SKIP
+    """
+    new_model, new_optimizer = optimizer.step(grads, model)
+    if all_finite is None:
+        return new_model, new_optimizer
+    return jax.tree_util.tree_map(
+        lambda new, old: jnp.where(all_finite, new, old),
+        (new_model, new_optimizer),
+        (model, optimizer),
     )
 
 

@@ -65,7 +65,7 @@ class TransformerBlock(nn.Chainable, pax.Module):
         hidden = mlp_ratio * model_dim
         self.attention_norm = nn.LayerNorm(model_dim)
         attention = nn.MultiHeadAttention(
-            num_heads, model_dim // num_heads, model_dim, causal=True, w_init=init
+            num_heads, model_dim // num_heads, model_dim=model_dim, causal=True, w_init=init
         )
         # Its output projection writes into the residual stream: it gets the scaled init.
         self.attention = attention.replace(

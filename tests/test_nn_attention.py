@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import paxtrain as pax
 import paxtrain.nn as nn
@@ -80,23 +81,60 @@ def test_causal_combines_with_an_explicit_mask():
     np.testing.assert_allclose(mha(x, mask=jnp.asarray(padding)), expected, rtol=1e-4, atol=1e-5)
 
 
-def _dot_output_dtypes(jaxpr) -> list[str]:
-    """Output dtypes of every matmul in `jaxpr`, sub-jaxprs (pjit, custom_jvp...) included."""
+def _dot_dtypes(jaxpr) -> list[tuple[str, ...]]:
+    """(lhs, rhs, output) dtypes of every matmul in `jaxpr`, sub-jaxprs (pjit, vmap...) included."""
     found = []
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "dot_general":
-            found.append(str(eqn.outvars[0].aval.dtype))
+            found.append(tuple(str(v.aval.dtype) for v in (*eqn.invars, *eqn.outvars)))
         for param in eqn.params.values():
             inner = getattr(param, "jaxpr", param)
             if hasattr(inner, "eqns"):
-                found.extend(_dot_output_dtypes(inner))
+                found.extend(_dot_dtypes(inner))
     return found
 
 
-def test_bfloat16_compute_stays_bfloat16_in_every_matmul():
-    mha = nn.MultiHeadAttention(2, 4, 8, causal=True, rng_key=jax.random.PRNGKey(0))
+def test_bfloat16_compute_feeds_every_matmul_bfloat16_operands():
+    """Under a bf16 policy every matmul reads bf16 operands (the tensor-core path). The
+    projections also write bf16; `jax.nn.dot_product_attention` accumulates the logits in f32
+    and runs the softmax in f32 (its choice, for accuracy), then casts the weights back to bf16."""
+    mha = nn.MultiHeadAttention(2, 4, model_dim=8, causal=True, rng_key=jax.random.PRNGKey(0))
     mha = pax.apply_mp_policy(mha, "params=float32,compute=bfloat16,output=float32")
     closed = jax.make_jaxpr(lambda m, x: m(x))(mha, jnp.ones((1, 5, 8)))
-    dtypes = _dot_output_dtypes(closed.jaxpr)
+    dtypes = _dot_dtypes(closed.jaxpr)
     assert len(dtypes) == 6  # q, k, v, output projections and the two attention products
-    assert set(dtypes) == {"bfloat16"}
+    assert {lhs for lhs, _, _ in dtypes} == {rhs for _, rhs, _ in dtypes} == {"bfloat16"}
+    assert [out for _, _, out in dtypes].count("float32") == 1  # the logits only
+
+
+def _einsum_attention(q, k, v, mask, scale):
+    """The textbook computation in the inputs' dtype: [b, t, h, d] heads."""
+    logits = jnp.einsum("bthd,bshd->bhts", q, k) * scale
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+    return jnp.einsum("bhts,bshd->bthd", weights, v)
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+def test_fused_attention_matches_an_einsum_reference(dtype, tol):
+    """The layer's attention (jax.nn.dot_product_attention, is_causal) against einsums."""
+    mha = nn.MultiHeadAttention(2, 4, model_dim=8, causal=True, rng_key=jax.random.PRNGKey(1))
+    policy = pax.MpPolicy(compute_dtype=dtype)
+    mha_mp = pax.apply_mp_policy(mha, policy)
+    x = jnp.asarray(_randn(2, 7, 8))
+    got = mha_mp(x)
+
+    xc = x.astype(dtype)
+    params = jax.tree_util.tree_map(lambda p: p.astype(dtype), mha)
+
+    def heads(linear):
+        return (xc @ linear.weight + linear.bias).reshape(2, 7, 2, 4)
+
+    causal = np.tril(np.ones((7, 7), bool))
+    out = _einsum_attention(
+        heads(params.query_proj), heads(params.key_proj), heads(params.value_proj), causal, 0.5
+    ).reshape(2, 7, 8)
+    expected = out @ params.output_proj.weight + params.output_proj.bias
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, expected.astype(jnp.float32), rtol=tol, atol=tol)

@@ -111,7 +111,7 @@ def _lax_conv_transpose(conv, x):
     groups = conv.feature_group_count
     c = conv.data_format.index("C")
     xs = np.split(np.asarray(x), groups, axis=c)
-    ws = np.split(np.asarray(conv.weight), groups, axis=-1)
+    ws = np.split(np.asarray(conv.weight), groups, axis=-2)  # [*kernel, out, in / groups]
     n = len(conv.kernel_shape)
     spatial = "HW"[:n] if n == 2 else "W"
     ys = [
@@ -121,8 +121,7 @@ def _lax_conv_transpose(conv, x):
             strides=conv.stride,
             padding=conv.padding,
             rhs_dilation=conv.rate,
-            dimension_numbers=(conv.data_format, spatial + "IO", conv.data_format),
-            use_consistent_padding=True,
+            dimension_numbers=(conv.data_format, spatial + "OI", conv.data_format),
         )
         for xg, wg in zip(xs, ws)
     ]
@@ -156,7 +155,9 @@ def test_conv1d_transpose_matches_lax_conv_transpose_under_jit():
 )
 def test_transposed_conv_is_the_gradient_of_the_forward_conv(length, stride, rate, padding):
     """Conv1DTranspose(padding=p, stride=s) is the transpose (VJP) of Conv1D(padding=p, stride=s)
-    when given the forward kernel with its taps flipped and its in/out axes swapped."""
+    when given the forward kernel with its taps flipped ([k, in, out] of the forward layer is
+    [k, out, in] of the transposed one). An explicit pair pads the dilated input: for k=3,
+    rate=1 the forward padding (1, 1) transposes to k - 1 - 1 = 1 on each side."""
     forward = nn.Conv1D(3, 5, 3, stride=stride, rate=rate, padding=padding, with_bias=False)
     x = _randn(2, length, 3)
     y, vjp = jax.vjp(forward, x)
@@ -166,7 +167,7 @@ def test_transposed_conv_is_the_gradient_of_the_forward_conv(length, stride, rat
     transpose = nn.Conv1DTranspose(
         5, 3, 3, stride=stride, rate=rate, padding=padding, with_bias=False
     )
-    flipped = jnp.swapaxes(forward.weight[::-1], 1, 2)
+    flipped = forward.weight[::-1]
     np.testing.assert_allclose(
         transpose.replace(weight=flipped)(cotangent), expected, rtol=1e-5, atol=1e-5
     )
@@ -191,7 +192,7 @@ def test_conv_validates_configuration_and_input():
 def test_conv_weight_shape_counts_input_channels_per_group():
     zeros = nn.initializers.zeros  # only the shapes matter here
     assert nn.Conv2D(4, 6, (3, 2), feature_group_count=2, w_init=zeros).weight.shape == (3, 2, 2, 6)
-    assert nn.Conv1DTranspose(4, 6, 5, w_init=zeros).weight.shape == (5, 4, 6)
+    assert nn.Conv1DTranspose(4, 6, 5, w_init=zeros).weight.shape == (5, 6, 4)  # PAX's "WOI"
 
 
 # ----------------------------------------------------------------------------------- pooling

@@ -79,23 +79,24 @@ def test_embed_looks_up_rows_and_marks_bad_ids_with_nan():
             "rate=(1, 1), padding='SAME', feature_group_count=2, with_bias=True, "
             "data_format='NCHW')",
         ),
-        (nn.LayerNorm(4), "LayerNorm(num_features=4, axis=(-1,), eps=1e-05)"),
+        (nn.LayerNorm(4), "LayerNorm(num_channels=4, axis=(-1,), eps=1e-05)"),
         (nn.RMSNorm(4), "RMSNorm(num_features=4, axis=(-1,), eps=1e-05)"),
         (
             nn.GroupNorm(2, 4),
-            "GroupNorm(num_groups=2, num_channels=4, channel_axis=-1, eps=1e-05)",
+            "GroupNorm(groups=2, num_channels=4, data_format='channels_last', eps=1e-05)",
         ),
         (
             nn.BatchNorm2D(3),
-            "BatchNorm2D(num_features=3, momentum=0.9, channel_axis=-1, eps=1e-05)",
+            "BatchNorm2D(num_channels=3, decay_rate=0.9, data_format='NHWC', eps=1e-05)",
         ),
-        (nn.Dropout(0.1), "Dropout(rate=0.1)"),
-        (nn.EMA(jnp.zeros(2), 0.9), "EMA(decay=0.9, debias=True)"),
+        (nn.Dropout(0.1), "Dropout(dropout_rate=0.1)"),
+        (nn.EMA(jnp.zeros(2), 0.9), "EMA(decay_rate=0.9)"),
         (
-            nn.MultiHeadAttention(2, 4, 8),
-            "MultiHeadAttention(num_heads=2, key_size=4, value_size=4, model_dim=8, causal=False)",
+            nn.MultiHeadAttention(2, 4),
+            "MultiHeadAttention(num_heads=2, key_size=4, value_size=4, model_dim=8, causal=False, "
+            "implementation=None)",
         ),
-        (nn.LSTM(3, 4), "LSTM(input_dim=3, hidden_dim=4, forget_bias=1.0)"),
+        (nn.LSTM(3, 4), "LSTM(input_dim=3, hidden_dim=4, forget_gate_bias=0.0)"),
         (nn.GRU(3, 4), "GRU(input_dim=3, hidden_dim=4)"),
         (nn.VanillaRNN(3, 4), "VanillaRNN(input_dim=3, hidden_dim=4, activation=tanh)"),
         (nn.Lambda(jax.nn.relu), "Lambda(fn=relu)"),

@@ -33,7 +33,7 @@ def _random_biases(cell):
 
 
 def test_lstm_step_matches_the_gate_formulas():
-    lstm = _random_biases(nn.LSTM(3, 4, forget_bias=0.5))
+    lstm = _random_biases(nn.LSTM(3, 4, forget_gate_bias=0.5))
     x, h, c = _randn(2, 3), _randn(2, 4), _randn(2, 4)
     (state, y) = lstm(nn.LSTMState(h, c), x)
 

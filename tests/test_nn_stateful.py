@@ -59,7 +59,7 @@ def test_dropout_under_jit_threads_its_key_in_and_out():
     assert len(traces) == 1  # the returned module has the input's structure: no retrace
     expected_key, mask_key = jax.random.split(jax.random.PRNGKey(0))
     np.testing.assert_array_equal(drop1.rng_key, expected_key)
-    keep = jax.random.bernoulli(mask_key, 0.5, x.shape)
+    keep = ~jax.random.bernoulli(mask_key, 0.5, x.shape)  # PAX: the mask marks dropped ones
     np.testing.assert_allclose(y1, np.where(keep, 2 * x, 0.0))
     eager_drop1, eager_y1 = pax.purecall(drop, x)
     np.testing.assert_array_equal(eager_y1, y1)
@@ -71,41 +71,42 @@ def test_stateful_layers_inside_a_sequential_update_under_purecall_and_jit():
 
     new_model, y = jax.jit(pax.purecall)(model, x)
     hidden = model[0](x)
-    np.testing.assert_allclose(new_model[1].ema_mean, 0.1 * hidden.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new_model[1].ema_mean.averages, hidden.mean(0), rtol=1e-5, atol=1e-6)
     assert not np.array_equal(new_model[2].rng_key, model[2].rng_key)
-    np.testing.assert_array_equal(model[1].ema_mean, np.zeros(3))
+    np.testing.assert_array_equal(model[1].ema_mean.averages, np.zeros(3))
 
     # In eval mode the chain is deterministic and uses the running statistics.
     frozen = new_model.eval()
     bn = frozen[1]
-    normed = (hidden - bn.ema_mean) / jnp.sqrt(bn.ema_var + bn.eps) * bn.scale + bn.offset
+    mean, var = bn.ema_mean.averages, bn.ema_var.averages
+    normed = (hidden - mean) / jnp.sqrt(var + bn.eps) * bn.scale + bn.offset
     np.testing.assert_allclose(frozen(x), frozen[3](normed), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("debias", [False, True])
 def test_ema_matches_the_formula_on_a_pytree(debias):
+    """PAX v0.4.3's EMA: `debias` ignores the initial value (the first input replaces it)."""
     decay = 0.8
     initial = {"a": jnp.array([1.0, -1.0]), "b": jnp.array(5.0)}
     values = [{"a": jnp.array([2.0 * t, t]), "b": jnp.array(float(t))} for t in range(1, 5)]
-    ema = nn.EMA(initial, decay=decay, debias=debias)
+    ema = nn.EMA(initial, decay, debias)
     step = jax.jit(pax.purecall)
 
-    biased = jax.tree_util.tree_map(
-        lambda x: np.zeros_like(x) if debias else np.asarray(x), initial
-    )
-    for t, value in enumerate(values, start=1):
+    expected = jax.tree_util.tree_map(np.asarray, values[0] if debias else initial)
+    for value in values:
         ema, average = step(ema, value)
-        biased = jax.tree_util.tree_map(
-            lambda m, x: decay * m + (1 - decay) * np.asarray(x), biased, value
+        expected = jax.tree_util.tree_map(
+            lambda m, x: decay * m + (1 - decay) * np.asarray(x), expected, value
         )
-        correction = 1 - decay**t if debias else 1.0
         for key in ("a", "b"):
-            np.testing.assert_allclose(average[key], biased[key] / correction, rtol=1e-5)
-            np.testing.assert_allclose(ema.average[key], biased[key] / correction, rtol=1e-5)
-    assert int(ema.count) == 4
+            np.testing.assert_allclose(average[key], expected[key], rtol=1e-5)
+            np.testing.assert_allclose(ema.averages[key], expected[key], rtol=1e-5)
+    assert (ema.debias is None) == (not debias)
 
 
-def test_debiased_ema_starts_at_the_first_value():
-    ema = nn.EMA(jnp.zeros(2), decay=0.99)
-    _, average = pax.purecall(ema, jnp.array([3.0, 4.0]))
-    np.testing.assert_allclose(average, [3.0, 4.0], rtol=1e-6)
+def test_ema_in_eval_mode_returns_the_averages_unchanged():
+    ema = nn.EMA(jnp.array([1.0, 2.0]), 0.5, debias=True).eval()
+    new_ema, average = pax.purecall(ema, jnp.array([3.0, 4.0]))
+    np.testing.assert_array_equal(average, [1.0, 2.0])
+    np.testing.assert_array_equal(new_ema.averages, [1.0, 2.0])
+    assert float(new_ema.debias) == 0.0

@@ -100,7 +100,7 @@ def test_frozen_parameters_and_states_are_bitwise_unchanged():
 def test_learning_rate_of_a_schedule_is_read_from_the_state():
     schedule = optax.linear_schedule(1.0, 0.0, transition_steps=4)
     model = Net()
-    opt = sgd(model, schedule)
+    opt = sgd(schedule)(model)
     assert float(opt.learning_rate) == 1.0
     for k in range(3):
         grads = pax.grad(loss)(model)
@@ -128,10 +128,10 @@ def test_clip_grad_norm_clips_the_update():
         )
         return float(optax.tree.norm(delta))
 
-    assert update_norm(sgd(model, 1.0)) == pytest.approx(grad_norm, rel=1e-5)
-    assert update_norm(sgd(model, 1.0, clip_grad_norm=0.5)) == pytest.approx(0.5, rel=1e-5)
+    assert update_norm(sgd(1.0)(model)) == pytest.approx(grad_norm, rel=1e-5)
+    assert update_norm(sgd(1.0, clip_grad_norm=0.5)(model)) == pytest.approx(0.5, rel=1e-5)
     # A norm below the threshold is left alone.
-    assert update_norm(sgd(model, 1.0, clip_grad_norm=10 * grad_norm)) == pytest.approx(
+    assert update_norm(sgd(1.0, clip_grad_norm=10 * grad_norm)(model)) == pytest.approx(
         grad_norm, rel=1e-5
     )
 
@@ -146,7 +146,7 @@ def test_clip_grad_norm_clips_the_update():
 )
 def test_factories_match_optax(factory, reference, kwargs):
     model = Net()
-    opt = factory(model, 0.05, **kwargs)
+    opt = factory(0.05, **kwargs)(model)
     raw_params = as_dict(model)
     raw_state = reference(0.05, **kwargs).init(raw_params)
     for _ in range(3):
@@ -167,7 +167,7 @@ def test_factories_match_optax(factory, reference, kwargs):
 
 def test_step_under_jit_equals_eager():
     model = Net()
-    opt = adamw(model, 0.1, clip_grad_norm=1.0)
+    opt = adamw(0.1, clip_grad_norm=1.0)(model)
     grads = pax.grad(loss)(model)
     eager_model, eager_opt = opt.step(grads, model)
     jit_model, jit_opt = jax.jit(lambda o, g, m: o.step(g, m))(opt, grads, model)

@@ -238,6 +238,76 @@ def test_nonfinite_guard_skips_counts_and_leaves_everything_unchanged():
     assert not np.array_equal(state.model.fc.weight, kept[0].fc.weight)
 
 
+def test_a_finite_guarded_step_equals_the_unguarded_step():
+    """The guard runs the update under `lax.cond`: on finite steps it computes the same update
+    (XLA may fuse the branch differently, so to float32 rounding, not bitwise)."""
+    guarded, plain = fresh_state(optax.adam(0.1)), fresh_state(optax.adam(0.1))
+    with_guard = make_train_step(mse_loss, ema_decay=0.9, rollback=True)
+    without = make_train_step(mse_loss, ema_decay=0.9, rollback=True, nonfinite_guard=False)
+    for seed in range(3):
+        guarded, _ = with_guard(guarded, regression_batch(seed=seed))
+        plain, _ = without(plain, regression_batch(seed=seed))
+    leaves = [jax.tree_util.tree_leaves((s.model, s.optimizer, s.extras)) for s in (guarded, plain)]
+    assert len(leaves[0]) == len(leaves[1]) + 1  # the guard's skipped_steps counter
+    guarded_leaves = jax.tree_util.tree_leaves(
+        (
+            guarded.model,
+            guarded.optimizer,
+            {k: v for k, v in guarded.extras.items() if k != "skipped_steps"},
+        )
+    )
+    for a, b in zip(guarded_leaves, leaves[1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_an_update_option_inside_the_guard_is_skipped_with_the_update():
+    def count_updates(update):
+        def counted(state, model, grads, metrics):
+            new = update(state, model, grads, metrics)
+            return new.with_extras(updates=new.extras["updates"] + 1)
+
+        return counted
+
+    counter = StepOption(
+        "updates", lambda state: {"updates": jnp.array(0, jnp.int32)}, wrap_update=count_updates
+    )
+    # Options of one's own go outside the built-in ones, so this one counts every step...
+    step = make_train_step(mse_loss, options=[counter])
+    bad = regression_batch()
+    bad["y"] = bad["y"].at[0, 0].set(jnp.inf)
+    state, _ = step(fresh_state(), regression_batch())
+    state, metrics = step(state, bad)
+    assert int(state.extras["updates"]) == 2 and int(metrics["skipped_steps"]) == 1
+
+
+def test_the_flat_step_equals_the_module_step_bitwise():
+    step = make_train_step(mse_loss, ema_decay=0.9)
+    state = step.init(fresh_state(optax.adam(0.1)))
+    leaves, treedef = jax.tree_util.tree_flatten(jax.tree_util.tree_map(jnp.copy, state))
+    flat_step = step.flat(treedef)
+    for seed in range(3):
+        state, metrics = step(state, regression_batch(seed=seed))
+        leaves, flat_metrics = flat_step(leaves, regression_batch(seed=seed))
+        assert float(metrics["loss"]) == float(flat_metrics["loss"])
+    assert isinstance(leaves, list) and step.flat(treedef) is flat_step
+    for a, b in zip(leaves, jax.tree_util.tree_leaves(state), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_flat_step_refuses_a_step_that_changes_the_state_structure():
+    def add_extra(step):
+        def added(state, batch):
+            state, metrics = step(state, batch)
+            return state.with_extras(surprise=jnp.zeros(())), metrics
+
+        return added
+
+    step = make_train_step(mse_loss, options=[StepOption("surprise", lambda s: {}, add_extra)])
+    leaves, treedef = jax.tree_util.tree_flatten(step.init(fresh_state()))
+    with pytest.raises(ValueError, match="changed the structure of the state"):
+        step.flat(treedef)(leaves, regression_batch())
+
+
 def test_without_the_guard_a_nan_batch_poisons_the_model():
     state = fresh_state()
     bad = regression_batch()
@@ -453,7 +523,7 @@ def test_build_update_fn_for_short_scripts():
     optimizer = Optimizer(model, optax.adam(0.05))
     update_fn = jax.jit(build_update_fn(pax_style_loss))
     for _ in range(200):
-        loss, model, optimizer = update_fn(model, optimizer, regression_batch())
+        model, optimizer, loss = update_fn(model, optimizer, regression_batch())
     assert float(loss) < 1e-3 and int(model.calls) == 200
 
 
@@ -465,7 +535,7 @@ def test_build_update_fn_in_scan_mode_equals_the_loop():
     looped = (model, optimizer)
     losses = []
     for b in batches:
-        loss, *looped = update_fn(*looped, b)
+        *looped, loss = update_fn(*looped, b)
         losses.append(loss)
     scan_fn = build_update_fn(pax_style_loss, scan_mode=True)
     scanned, scan_losses = jax.lax.scan(scan_fn, (model, optimizer), stack(batches))

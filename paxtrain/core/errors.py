@@ -81,3 +81,8 @@ STRUCTURE_MISMATCH_MSG = """\
 The two trees have different structures; the first difference is at `{path}`:
   left:  {left}
   right: {right}"""
+
+NOT_A_POLICY_MSG = """\
+paxtrain: apply_mp_policy expects an MpPolicy, a string such as \
+"params=float32,compute=bfloat16,output=float32", or an object with param_dtype, compute_dtype \
+and output_dtype dtypes (a jmp.Policy); got {kind}."""

@@ -108,16 +108,39 @@ def _cast_parameters(module: M, dtype: Any) -> M:
     )
 
 
-def apply_mp_policy(module: M, policy: MpPolicy | str) -> M:
+def as_policy(mp_policy: Any) -> MpPolicy:
+    """An `MpPolicy` from a policy, a string, or a `jmp.Policy`-like object (PAX took those).
+
+    Anything else is refused here, not at the first call.
+
+    Example:
+        >>> as_policy("params=float32,compute=bfloat16,output=float32").compute_dtype
+        dtype(bfloat16)
+    """
+    if isinstance(mp_policy, MpPolicy):
+        return mp_policy
+    if isinstance(mp_policy, str):
+        return MpPolicy.from_string(mp_policy)
+    fields = [f.name for f in dataclasses.fields(MpPolicy)]
+    if all(hasattr(mp_policy, name) for name in fields):
+        try:
+            return MpPolicy(**{name: getattr(mp_policy, name) for name in fields})
+        except TypeError:
+            pass
+    raise TypeError(errors.NOT_A_POLICY_MSG.format(kind=type(mp_policy).__name__))
+
+
+def apply_mp_policy(module: M, mp_policy: MpPolicy | str | Any) -> M:
     """A copy of `module` that runs under a mixed-precision policy.
 
-    Floating parameters are cast to the policy's `param_dtype` now.
+    `mp_policy` is an `MpPolicy`, a string such as `"params=float32,compute=bfloat16,
+    output=float32"` or, as in PAX, a `jmp.Policy` (any object with `param_dtype`,
+    `compute_dtype` and `output_dtype`). Floating parameters are cast to `param_dtype` now.
 
     Example:
         >>> net = pax.apply_mp_policy(net, "params=float32,compute=bfloat16,output=float32")
     """
-    if isinstance(policy, str):
-        policy = MpPolicy.from_string(policy)
+    policy = as_policy(mp_policy)
     current = module.__dict__["_pax_info"].mp_policy
     if current is not None:
         raise ValueError(

@@ -67,6 +67,8 @@ def _hashable(value: Any) -> Any:
         return (type(value).__name__, tuple(_hashable(v) for v in value))
     if isinstance(value, dict):
         return ("dict", tuple((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, slice):  # unhashable before Python 3.12; an axis spec of LayerNorm
+        return ("slice", value.start, value.stop, value.step)
     try:
         hash(value)
     except TypeError:
@@ -582,6 +584,28 @@ class Module(metaclass=_ModuleMeta):
             └── layers[1]: Linear(in_dim=3, out_dim=1)  weight f32[3,1] bias f32[1]
         """
         return "\n".join(_summary_lines(self, "", "", ""))
+
+    def map(self: T, func: Callable[..., Any], *modules: T) -> T:
+        """`jax.tree_util.tree_map(func, self, *modules)`, as PAX's `Module.map`.
+
+        Example:
+            >>> params = params.map(jax.lax.sub, updates)  # doctest: +SKIP
+        """
+        return jax.tree_util.tree_map(func, self, *modules)
+
+    def __invert__(self: T) -> T:
+        """`~module` is `module.parameters()`, as in PAX."""
+        return self.parameters()
+
+    def __or__(self: T, other: T) -> T:
+        """`a | b`: `a` with every leaf that `b` has (not None) taken from `b`, as in PAX.
+
+        Example:
+            >>> model = model | new_params  # doctest: +SKIP
+        """
+        return jax.tree_util.tree_map(
+            lambda b, a: a if b is None else b, other, self, is_leaf=lambda x: x is None
+        )
 
     def __mod__(self, args: Any) -> tuple[Any, Any]:
         """`module % x` is `pax.purecall(module, x)`; `module % (x, y)` passes two arguments."""

@@ -104,13 +104,25 @@ def freeze_parameters(module: M) -> M:
     return module.apply(lambda m: m._pax_with_info(frozen=True))
 
 
-def unfreeze_parameters(module: M) -> M:
+def unfreeze_parameters(module: M, *, origin: M | None = None) -> M:
     """A copy whose parameters (submodules included) are trainable again.
+
+    With `origin` (PAX's form), exactly the parameters trainable in `origin` become trainable:
+    `unfreeze_parameters(freeze_parameters(net), origin=net)` has `net`'s structure.
 
     Example:
         >>> net = pax.unfreeze_parameters(net)  # doctest: +SKIP
+        >>> net = pax.unfreeze_parameters(frozen, origin=net)  # doctest: +SKIP
     """
-    return module.apply(lambda m: m._pax_with_info(frozen=False))
+    if origin is None:
+        return module.apply(lambda m: m._pax_with_info(frozen=False))
+    leaves, structure = jax.tree_util.tree_flatten(module)
+    if structure != jax.tree_util.tree_structure(freeze_parameters(origin)):
+        raise ValueError(
+            "paxtrain: unfreeze_parameters(module, origin=...): `module` must be "
+            "`freeze_parameters(origin)` with any values, i.e. have its structure."
+        )
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(origin), leaves)
 
 
 def enable_train_mode(module: M) -> M:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import jax
@@ -51,12 +51,22 @@ def mutable_copies(tree: Any, token: MutationToken, copies: list[Module]) -> Any
     )
 
 
-def pure(func: F) -> F:
+def _positions(static_argnums: int | Sequence[int] | None) -> frozenset[int]:
+    if static_argnums is None:
+        return frozenset()
+    return frozenset((static_argnums,) if isinstance(static_argnums, int) else static_argnums)
+
+
+def pure(func: F, static_argnums: int | Sequence[int] | None = None, check_leaks: bool = True) -> F:
     """Makes `func` pure: it runs on mutable copies of its module arguments.
 
     Inputs are never modified; modules in the result are immutable. Mutating a module that is not
     an argument (a closed-over one) raises, as does mutating inside a JAX transformation that
     started within `func` without passing the module in.
+
+    `static_argnums` (as in PAX) are positions passed as they are, not copied: modules there
+    stay immutable. `check_leaks` is accepted for PAX code; paxtrain's leak check (see
+    `paxtrain/core/README.md`, section 3) cannot be turned off, so a leak always raises.
 
     Example:
         >>> @pax.pure  # doctest: +SKIP
@@ -66,12 +76,19 @@ def pure(func: F) -> F:
         >>> counter, y = step(counter, x)  # doctest: +SKIP
     """
 
+    del check_leaks  # always on
+    static = _positions(static_argnums)
+
     @functools.wraps(func)
     def pure_func(*args: Any, **kwargs: Any) -> Any:
         copies: list[Module] = []
         with mutable_context("pax.pure") as token:
             try:
-                args, kwargs = mutable_copies((args, kwargs), token, copies)
+                args = tuple(
+                    a if i in static else mutable_copies(a, token, copies)
+                    for i, a in enumerate(args)
+                )
+                kwargs = mutable_copies(kwargs, token, copies)
                 out = func(*args, **kwargs)
             finally:
                 for module in copies:
@@ -102,10 +119,16 @@ def _call_method(module: Module) -> Callable:
     )
 
 
-def module_and_value(module_or_method: Any) -> Callable[..., tuple[Any, Any]]:
+def module_and_value(
+    module_or_method: Any,
+    static_argnums: int | Sequence[int] | None = None,
+    check_leaks: bool = True,
+) -> Callable[..., tuple[Any, Any]]:
     """Calls a module (or one of its methods) on a mutable copy; returns `(new_module, value)`.
 
     Also a method decorator: the decorated method returns `(new_self, value)`.
+    `static_argnums` count the call's arguments (not `self`) and, with `check_leaks`, are as
+    for `pure`.
 
     Example:
         >>> counter, y = pax.module_and_value(counter)(x)             # doctest: +SKIP
@@ -115,20 +138,24 @@ def module_and_value(module_or_method: Any) -> Callable[..., tuple[Any, Any]]:
         ...     def step(self, x): ...
         >>> net, y = net.step(x)                                      # doctest: +SKIP
     """
+    call = _pure_call_and_return_module
+    if static_argnums is not None:
+        # Positions of `_call_and_return_module(method, module, *args)`.
+        call = pure(
+            _call_and_return_module,
+            tuple(i + 2 for i in _positions(static_argnums)),
+            check_leaks,
+        )
     if isinstance(module_or_method, Module):
-        return functools.partial(
-            _pure_call_and_return_module, _call_method(module_or_method), module_or_method
-        )
+        return functools.partial(call, _call_method(module_or_method), module_or_method)
     if inspect.ismethod(module_or_method) and isinstance(module_or_method.__self__, Module):
-        return functools.partial(
-            _pure_call_and_return_module, module_or_method.__func__, module_or_method.__self__
-        )
+        return functools.partial(call, module_or_method.__func__, module_or_method.__self__)
     if callable(module_or_method):
         method = module_or_method
 
         @functools.wraps(method)
         def method_returning_module(self: Module, *args: Any, **kwargs: Any):
-            return _pure_call_and_return_module(method, self, *args, **kwargs)
+            return call(method, self, *args, **kwargs)
 
         return method_returning_module
     raise TypeError(

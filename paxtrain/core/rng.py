@@ -71,7 +71,9 @@ class RngSeq(Module):
         self.register_state("_rng_key", jnp.asarray(rng_key))
 
     def next_rng_key(self, num_keys: int = 1) -> jax.Array | list[jax.Array]:
-        """Advances the key; returns one key, or a list of `num_keys` keys when > 1."""
+        """Returns one key, or a list of `num_keys` keys when > 1; advances the sequence in
+        training mode only (as PAX), so in eval mode it needs no `purecall` and repeats."""
         keys = jax.random.split(self._rng_key, num_keys + 1)
-        self._rng_key = keys[0]
+        if self.training:
+            self._rng_key = keys[0]
         return keys[1] if num_keys == 1 else list(keys[1:])

@@ -10,6 +10,7 @@ Layers that update states in training mode (`BatchNorm`, `Dropout`, `EMA`) are c
 `pax.purecall` / `pax.module_and_value`; everything else can also be called directly.
 """
 
+from paxtrain.core.rng import RngSeq
 from paxtrain.nn import initializers
 from paxtrain.nn.attention import MultiHeadAttention, causal_mask
 from paxtrain.nn.batch_norm import BatchNorm, BatchNorm1D, BatchNorm2D
@@ -32,6 +33,9 @@ from paxtrain.nn.recurrent import (
     unroll,
 )
 from paxtrain.nn.sequential import Chainable, Identity, Lambda, Sequential
+from paxtrain.pax_names import names_of
+
+__getattr__ = names_of(__name__)
 
 __all__ = [
     "EMA",
@@ -56,6 +60,7 @@ __all__ = [
     "Linear",
     "MultiHeadAttention",
     "RMSNorm",
+    "RngSeq",
     "Sequential",
     "VanillaRNN",
     "VanillaRNNState",

@@ -1,4 +1,8 @@
-"""`MultiHeadAttention`: scaled dot-product attention with learned projections (no KV cache)."""
+"""`MultiHeadAttention`: scaled dot-product attention with learned projections (no KV cache).
+
+The attention itself is `jax.nn.dot_product_attention`, so the fused kernels JAX offers (cuDNN
+flash attention with `implementation="cudnn"`) are one argument away; the default lets JAX pick.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,10 @@ from paxtrain.nn.initializers import Initializer, split_rng_key
 from paxtrain.nn.linear import Linear
 from paxtrain.nn.sequential import Chainable
 
+BOTH_INITS_MSG = """\
+MultiHeadAttention: pass w_init_scale (PAX's variance-scaling factor) or w_init (an \
+initializer), not both."""
+
 
 def causal_mask(query_length: int, key_length: int) -> jax.Array:
     """[query_length, key_length] booleans, True where query position t may see key s <= t.
@@ -24,6 +32,10 @@ def causal_mask(query_length: int, key_length: int) -> jax.Array:
     return jnp.asarray(np.tril(np.ones((query_length, key_length), dtype=bool)))
 
 
+def _pad_last(x: jax.Array, size: int) -> jax.Array:
+    return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, size - x.shape[-1])])
+
+
 class MultiHeadAttention(Chainable, pax.Module):
     """Multi-head attention (Vaswani et al., 2017) over inputs [..., time, model_dim].
 
@@ -31,13 +43,30 @@ class MultiHeadAttention(Chainable, pax.Module):
     values), attention weights are `softmax(q . k / sqrt(key_size))` over key positions, and the
     concatenated heads are projected back to `model_dim`.
 
+    The positional arguments are PAX v0.4.3's, `(num_heads, key_size, w_init_scale)`, and so is
+    the default `model_dim = num_heads * key_size`; PAX's projection names (`query_projection`,
+    ...) read the same submodules as `query_proj`, ....
+
     `mask` (boolean, True = may attend) broadcasts against the logits [..., heads, query, key];
     `causal=True` additionally hides key positions after each query position.
 
+    Args:
+      num_heads: number of heads.
+      key_size: size of each query/key head.
+      w_init_scale: PAX's initializer: variance scaling with this factor (fan-in, normal).
+      model_dim: input and output width; defaults to `num_heads * key_size`.
+      value_size: size of each value head; defaults to `key_size`.
+      causal: hide future key positions from each query position.
+      w_init: an initializer for the four projections instead of `w_init_scale`.
+      implementation: passed to `jax.nn.dot_product_attention` ("xla", "cudnn", or None to let
+        JAX choose).
+      rng_key, name: as for every layer.
+
     Example:
-        >>> mha = nn.MultiHeadAttention(num_heads=2, key_size=4, model_dim=8, causal=True)
+        >>> mha = nn.MultiHeadAttention(2, 4, model_dim=8, causal=True)
         >>> mha
-        MultiHeadAttention(num_heads=2, key_size=4, value_size=4, model_dim=8, causal=True)
+        MultiHeadAttention(num_heads=2, key_size=4, value_size=4, model_dim=8, causal=True, \
+implementation=None)
         >>> mha(jnp.ones((1, 5, 8))).shape
         (1, 5, 8)
     """
@@ -46,23 +75,37 @@ class MultiHeadAttention(Chainable, pax.Module):
         self,
         num_heads: int,
         key_size: int,
-        model_dim: int,
+        w_init_scale: float | None = None,
+        *,
+        model_dim: int | None = None,
         value_size: int | None = None,
         causal: bool = False,
         w_init: Initializer | None = None,
-        *,
+        implementation: str | None = None,
         rng_key: jax.Array | None = None,
         name: str | None = None,
     ):
         super().__init__(name=name)
+        if w_init_scale is not None:
+            if w_init is not None:
+                raise ValueError(BOTH_INITS_MSG)
+            w_init = jax.nn.initializers.variance_scaling(w_init_scale, "fan_in", "normal")
         value_size = value_size or key_size
+        model_dim = model_dim or num_heads * key_size
         self.num_heads, self.key_size, self.value_size = num_heads, key_size, value_size
-        self.model_dim, self.causal = model_dim, causal
+        self.model_dim, self.causal, self.implementation = model_dim, causal, implementation
         q_key, k_key, v_key, o_key = split_rng_key(rng_key, 4)
         self.query_proj = Linear(model_dim, num_heads * key_size, w_init=w_init, rng_key=q_key)
         self.key_proj = Linear(model_dim, num_heads * key_size, w_init=w_init, rng_key=k_key)
         self.value_proj = Linear(model_dim, num_heads * value_size, w_init=w_init, rng_key=v_key)
         self.output_proj = Linear(num_heads * value_size, model_dim, w_init=w_init, rng_key=o_key)
+
+    # PAX v0.4.3's names of the projections, for code that reads weights.
+    query_projection = property(lambda self: self.query_proj)
+    key_projection = property(lambda self: self.key_proj)
+    value_projection = property(lambda self: self.value_proj)
+    output_projection = property(lambda self: self.output_proj)
+    model_size = property(lambda self: self.model_dim)
 
     def __call__(
         self,
@@ -74,18 +117,31 @@ class MultiHeadAttention(Chainable, pax.Module):
         """Attends from `query` to `key` / `value` (both default to `query`: self-attention)."""
         key = query if key is None else key
         value = key if value is None else value
-        heads = self.num_heads
-        q = self.query_proj(query).reshape(*query.shape[:-1], heads, self.key_size)
-        k = self.key_proj(key).reshape(*key.shape[:-1], heads, self.key_size)
-        v = self.value_proj(value).reshape(*value.shape[:-1], heads, self.value_size)
-        # A Python float is weakly typed: the logits keep the compute dtype (bf16 stays bf16).
-        logits = jnp.einsum("...thd,...shd->...hts", q, k) / math.sqrt(self.key_size)
-        if self.causal:
-            causal = causal_mask(query.shape[-2], key.shape[-2])
-            mask = causal if mask is None else jnp.logical_and(mask, causal)
+        heads, lead = self.num_heads, query.shape[:-2]
+        # dot_product_attention takes [batch, time, heads, size]: one batch axis, one head size.
+        size = max(self.key_size, self.value_size)
+
+        def heads_of(proj: Linear, x: jax.Array, head_size: int) -> jax.Array:
+            h = proj(x).reshape(-1, x.shape[-2], heads, head_size)
+            # Zero padding changes no dot product: q . k and the weighted sum of v are the same.
+            return _pad_last(h, size)
+
+        q = heads_of(self.query_proj, query, self.key_size)
+        k = heads_of(self.key_proj, key, self.key_size)
+        v = heads_of(self.value_proj, value, self.value_size)
         if mask is not None:
-            # The most negative finite value, not -inf: a fully masked row stays finite.
-            logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-        weights = jax.nn.softmax(logits, axis=-1)
-        out = jnp.einsum("...hts,...shd->...thd", weights, v)
-        return self.output_proj(out.reshape(*query.shape[:-1], heads * self.value_size))
+            mask = jnp.asarray(mask, bool)
+            if mask.ndim > 3:
+                tail = mask.shape[-3:]
+                mask = jnp.broadcast_to(mask, (*lead, *tail)).reshape(-1, *tail)
+        out = jax.nn.dot_product_attention(
+            q,
+            k,
+            v,
+            mask=mask,
+            scale=1.0 / math.sqrt(self.key_size),
+            is_causal=self.causal,
+            implementation=self.implementation,
+        )
+        out = out[..., : self.value_size].reshape(*lead, query.shape[-2], heads * self.value_size)
+        return self.output_proj(out)

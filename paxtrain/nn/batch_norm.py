@@ -1,10 +1,16 @@
-"""`BatchNorm`: normalization with batch statistics in training, running averages in eval."""
+"""`BatchNorm`: normalization with batch statistics in training, running averages in eval.
+
+Arguments and running statistics follow PAX v0.4.3: `BatchNorm2D(num_channels, create_scale,
+create_offset, decay_rate, eps, data_format)`, and the running mean and variance are `EMA`
+submodules (`bn.ema_mean.averages`) that ignore their zero start (`debias=True`).
+"""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+from paxtrain.nn.ema import EMA
 from paxtrain.nn.initializers import Initializer
 from paxtrain.nn.normalization import _Normalization, along_axis
 
@@ -12,51 +18,67 @@ RANK_MSG = """\
 {cls} expects inputs of rank {ranks} (batch first, channels at axis {channel_axis}); got shape \
 {shape}.{hint}"""
 
+DATA_FORMAT_MSG = """\
+{cls}: data_format must be one of {choices}; got {data_format!r}."""
+
 
 class BatchNorm(_Normalization):
-    """Batch normalization (Ioffe & Szegedy, 2015) over every axis but `channel_axis`.
+    """Batch normalization (Ioffe & Szegedy, 2015) over every axis but the channel axis.
 
-    In training mode it normalizes with the statistics of the batch and updates the running
-    averages `ema_mean`, `ema_var` (states): `ema = momentum * ema + (1 - momentum) * batch_stat`,
-    with the biased batch variance. That update is a mutation, so call it through
+    In training mode it normalizes with the statistics of the batch (the biased variance) and
+    folds them into the running averages `ema_mean`, `ema_var` (`EMA` modules):
+    `average = decay_rate * average + (1 - decay_rate) * batch_stat`, the first training call
+    setting them to its statistics. That update is a mutation, so call it through
     `pax.purecall` / `pax.module_and_value`. In eval mode (`bn.eval()`) it normalizes with the
     running averages and changes nothing.
 
+    `scale` and `offset` have shape [num_channels] (PAX kept the broadcast shape, e.g.
+    [1, 1, 1, C]); see docs/migrating_from_pax.md.
+
     Example:
-        >>> bn = nn.BatchNorm(2, momentum=0.5)
+        >>> bn = nn.BatchNorm(2, decay_rate=0.5)
         >>> bn, y = pax.purecall(bn, jnp.array([[0.0, 2.0], [2.0, 4.0]]))
-        >>> bn.ema_mean.tolist()
-        [0.5, 1.5]
+        >>> bn.ema_mean.averages.tolist()
+        [1.0, 3.0]
         >>> y.round(3).tolist()
         [[-1.0, -1.0], [1.0, 1.0]]
     """
 
     input_ranks: tuple[int, ...] | None = None  # None: any rank >= 2
+    data_formats: tuple[str, ...] = ("N...C", "NC...")
 
     def __init__(
         self,
-        num_features: int,
-        momentum: float = 0.9,
-        eps: float = 1e-5,
+        num_channels: int,
         create_scale: bool = True,
         create_offset: bool = True,
+        decay_rate: float = 0.9,
+        eps: float = 1e-5,
+        data_format: str | None = None,
+        *,
         scale_init: Initializer | None = None,
         offset_init: Initializer | None = None,
-        channel_axis: int = -1,
-        *,
         rng_key: jax.Array | None = None,
         name: str | None = None,
     ):
-        self.num_features, self.momentum, self.channel_axis = num_features, momentum, channel_axis
+        cls = type(self).__name__
+        data_format = data_format or self.data_formats[0]
+        if data_format not in self.data_formats:
+            raise ValueError(
+                DATA_FORMAT_MSG.format(cls=cls, choices=self.data_formats, data_format=data_format)
+            )
+        if not 0 <= decay_rate <= 1:
+            raise ValueError(f"{cls}: decay_rate must be in [0, 1]; got {decay_rate}.")
+        self.num_channels, self.decay_rate, self.data_format = num_channels, decay_rate, data_format
         super().__init__(
-            num_features, eps, create_scale, create_offset, scale_init, offset_init, rng_key, name
+            num_channels, eps, create_scale, create_offset, scale_init, offset_init, rng_key, name
         )
-        self.register_state("ema_mean", jnp.zeros((num_features,), jnp.float32))
-        self.register_state("ema_var", jnp.ones((num_features,), jnp.float32))
+        self.ema_mean = EMA(jnp.zeros((num_channels,), jnp.float32), decay_rate, debias=True)
+        self.ema_var = EMA(jnp.zeros((num_channels,), jnp.float32), decay_rate, debias=True)
 
     @property
     def feature_axis(self) -> int:
-        return self.channel_axis
+        return 1 if self.data_format[1] == "C" else -1
 
     def _check_rank(self, x: jax.Array) -> None:
         if x.ndim in self.input_ranks if self.input_ranks else x.ndim >= 2:
@@ -65,7 +87,7 @@ class BatchNorm(_Normalization):
             RANK_MSG.format(
                 cls=type(self).__name__,
                 ranks=" or ".join(map(str, self.input_ranks or ())) or ">= 2",
-                channel_axis=self.channel_axis,
+                channel_axis=self.feature_axis,
                 shape=x.shape,
                 hint=" Use BatchNorm2D for images." if x.ndim == 4 else "",
             )
@@ -73,7 +95,7 @@ class BatchNorm(_Normalization):
 
     def _moments(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         self._check_rank(x)
-        axis = self.channel_axis % x.ndim
+        axis = self.feature_axis % x.ndim
         if self.training:
             # Statistics in at least float32 (a bf16 mean of many values is coarse); the
             # normalization itself runs in the input's dtype.
@@ -82,16 +104,16 @@ class BatchNorm(_Normalization):
             mean = jnp.mean(wide, axes)
             variance = jnp.mean(jnp.square(wide - along_axis(mean, x.ndim, axis)), axes)
             # Running statistics are bookkeeping, not part of the differentiated computation.
-            m = self.momentum
-            self.ema_mean = m * self.ema_mean + (1 - m) * jax.lax.stop_gradient(mean)
-            self.ema_var = m * self.ema_var + (1 - m) * jax.lax.stop_gradient(variance)
+            self.ema_mean(jax.lax.stop_gradient(mean))
+            self.ema_var(jax.lax.stop_gradient(variance))
         else:
-            mean, variance = self.ema_mean, self.ema_var
+            mean, variance = self.ema_mean.averages, self.ema_var.averages
         return tuple(along_axis(s.astype(x.dtype), x.ndim, axis) for s in (mean, variance))
 
 
 class BatchNorm1D(BatchNorm):
-    """`BatchNorm` for [batch, features] or [batch, length, features] inputs.
+    """`BatchNorm` for [batch, features] or [batch, length, features] inputs ("NCW": channels
+    at axis 1).
 
     Example:
         >>> bn = nn.BatchNorm1D(4).eval()
@@ -100,10 +122,11 @@ class BatchNorm1D(BatchNorm):
     """
 
     input_ranks = (2, 3)
+    data_formats = ("NWC", "NCW")
 
 
 class BatchNorm2D(BatchNorm):
-    """`BatchNorm` for [batch, height, width, channels] inputs (`channel_axis=1` for NCHW).
+    """`BatchNorm` for [batch, height, width, channels] inputs ("NCHW": channels at axis 1).
 
     Example:
         >>> bn = nn.BatchNorm2D(3).eval()
@@ -112,3 +135,4 @@ class BatchNorm2D(BatchNorm):
     """
 
     input_ranks = (4,)
+    data_formats = ("NHWC", "NCHW")

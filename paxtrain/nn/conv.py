@@ -5,8 +5,14 @@ dimensions and the direction. A transposed convolution is the same call with the
 the input (`lhs_dilation`, a fractionally strided convolution) and the padding converted, as
 `jax.lax.conv_transpose` does; doing it here keeps `feature_group_count` available to both.
 
-The kernel is `[*kernel_shape, in_features // feature_group_count, out_features]` in both
-directions and is not flipped, matching `jax.lax.conv_transpose(..., transpose_kernel=False)`.
+Positional arguments follow PAX v0.4.3 (`in_features, out_features, kernel_shape, stride, rate,
+padding, with_bias, w_init, b_init, data_format`; the transposed layers have no `rate` there);
+everything PAX did not have is keyword-only, so a PAX call means what it meant in PAX or fails.
+
+Kernels are laid out as in PAX: `[*kernel_shape, in_features // feature_group_count,
+out_features]` ("HWIO") for a convolution, `[*kernel_shape, out_features, in_features //
+feature_group_count]` ("HWOI") for a transposed one, not flipped, as
+`jax.lax.conv_transpose(..., transpose_kernel=False)` reads it.
 """
 
 from __future__ import annotations
@@ -44,6 +50,12 @@ INPUT_MSG = """\
 channels; got shape {shape}. Add a batch axis with `x[None]` for a single example."""
 
 
+# `lecun_normal` for an "HWOI" kernel: the fan-in is the receptive field times the last axis.
+_lecun_normal_oi: Initializer = jax.nn.initializers.variance_scaling(
+    1.0, "fan_in", "truncated_normal", in_axis=-1, out_axis=-2
+)
+
+
 def _tuple_of(value: int | Sequence[int], n: int) -> tuple[int, ...]:
     return (value,) * n if isinstance(value, int) else tuple(value)
 
@@ -64,20 +76,20 @@ def _normalize_padding(padding: Padding, n: int, cls: str) -> str | tuple[tuple[
 def _transpose_padding(
     kernel_size: int, stride: int, rate: int, padding: str | tuple[int, int]
 ) -> tuple[int, int]:
-    """Padding of the dilated input that makes the convolution the transpose of a forward one.
+    """Padding of the dilated input of a transposed convolution, as `jax.lax.conv_transpose`.
 
-    `padding` is that of the forward convolution being transposed, whether a string or a pair
-    (like `jax.lax.conv_transpose(..., use_consistent_padding=True)` and PyTorch).
+    "SAME" and "VALID" give the transpose of a forward convolution with that padding; a
+    (low, high) pair is the padding of the dilated input itself, used as given (PAX and
+    `jax.lax.conv_transpose`'s default, not PyTorch's `padding`).
     """
+    if not isinstance(padding, str):
+        return padding
     k = (kernel_size - 1) * rate + 1  # the dilated kernel's extent
     if padding == "SAME":
         total = k + stride - 2
         low = k - 1 if stride > k - 1 else int(np.ceil(total / 2))
         return low, total - low
-    if padding == "VALID":
-        return k - 1, stride - 1 + max(k - stride, 0)
-    low, high = padding
-    return k - 1 - low, k - 1 - high
+    return k - 1, stride - 1 + max(k - stride, 0)
 
 
 class _ConvND(Chainable, pax.Module):
@@ -89,16 +101,17 @@ class _ConvND(Chainable, pax.Module):
       kernel_shape: kernel size, an int for every spatial dimension or one per dimension.
       stride: step of the kernel (int or per dimension); for a transposed convolution, the
         factor by which the output is larger.
-      rate: kernel dilation (atrous rate), int or per dimension.
+      rate: kernel dilation (atrous rate), int or per dimension; keyword-only for the
+        transposed layers (PAX's had none).
       padding: "SAME", "VALID", an int (both sides of every spatial dimension), one int per
-        dimension, or one (low, high) pair per dimension. For a transposed convolution it is
-        the padding of the forward convolution being transposed.
-      feature_group_count: splits the channels into this many independent groups
-        (`in_features` for a depthwise convolution).
+        dimension, or one (low, high) pair per dimension. For a transposed convolution an int
+        or pair pads the stride-dilated input, as in `jax.lax.conv_transpose` and PAX.
       with_bias: whether to add a learned bias per output channel.
       w_init, b_init: initializers of the kernel and the bias.
       data_format: channels last ("NWC", "NHWC", the default) or channels first ("NCW",
         "NCHW").
+      feature_group_count: (keyword-only) splits the channels into this many independent
+        groups (`in_features` for a depthwise convolution).
       rng_key: key for the initializers; defaults to `pax.next_rng_key()`.
       name: optional module name.
     """
@@ -114,12 +127,12 @@ class _ConvND(Chainable, pax.Module):
         stride: int | Sequence[int] = 1,
         rate: int | Sequence[int] = 1,
         padding: Padding = "SAME",
-        feature_group_count: int = 1,
         with_bias: bool = True,
         w_init: Initializer | None = None,
         b_init: Initializer | None = None,
         data_format: str | None = None,
         *,
+        feature_group_count: int = 1,
         rng_key: jax.Array | None = None,
         name: str | None = None,
     ):
@@ -156,8 +169,11 @@ class _ConvND(Chainable, pax.Module):
         self.data_format = data_format
 
         w_key, b_key = split_rng_key(rng_key, 2)
-        w_shape = (*self.kernel_shape, in_features // feature_group_count, out_features)
-        self.register_parameter("weight", (w_init or lecun_normal)(w_key, w_shape, jnp.float32))
+        group_in = in_features // feature_group_count
+        channels = (out_features, group_in) if self.transpose else (group_in, out_features)
+        w_shape = (*self.kernel_shape, *channels)
+        default_init = _lecun_normal_oi if self.transpose else lecun_normal
+        self.register_parameter("weight", (w_init or default_init)(w_key, w_shape, jnp.float32))
         bias = (b_init or zeros)(b_key, (out_features,), jnp.float32) if with_bias else None
         self.register_parameter("bias", bias)
 
@@ -183,7 +199,7 @@ class _ConvND(Chainable, pax.Module):
             strides, lhs_dilation = (1,) * n, self.stride
         else:
             strides, lhs_dilation, padding = self.stride, (1,) * n, self.padding
-        kernel_format = _SPATIAL_LETTERS[n] + "IO"
+        kernel_format = _SPATIAL_LETTERS[n] + ("OI" if self.transpose else "IO")
         y = jax.lax.conv_general_dilated(
             x,
             self.weight,
@@ -230,7 +246,46 @@ padding='VALID', feature_group_count=1, with_bias=True, data_format='NHWC')
     transpose = False
 
 
-class Conv1DTranspose(_ConvND):
+class _ConvTransposeND(_ConvND):
+    """`_ConvND` in the transposed direction, with PAX's positional order: no `rate` there."""
+
+    transpose = True
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_shape: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: Padding = "SAME",
+        with_bias: bool = True,
+        w_init: Initializer | None = None,
+        b_init: Initializer | None = None,
+        data_format: str | None = None,
+        *,
+        rate: int | Sequence[int] = 1,
+        feature_group_count: int = 1,
+        rng_key: jax.Array | None = None,
+        name: str | None = None,
+    ):
+        super().__init__(
+            in_features,
+            out_features,
+            kernel_shape,
+            stride,
+            rate,
+            padding,
+            with_bias,
+            w_init,
+            b_init,
+            data_format,
+            feature_group_count=feature_group_count,
+            rng_key=rng_key,
+            name=name,
+        )
+
+
+class Conv1DTranspose(_ConvTransposeND):
     """Transposed 1-d convolution: the transpose of `Conv1D` with the same stride and padding.
 
     With "SAME" padding the output is `stride` times longer than the input.
@@ -242,10 +297,9 @@ class Conv1DTranspose(_ConvND):
     """
 
     num_spatial_dims = 1
-    transpose = True
 
 
-class Conv2DTranspose(_ConvND):
+class Conv2DTranspose(_ConvTransposeND):
     """Transposed 2-d convolution: the transpose of `Conv2D` with the same stride and padding.
 
     Example:
@@ -255,4 +309,3 @@ class Conv2DTranspose(_ConvND):
     """
 
     num_spatial_dims = 2
-    transpose = True

@@ -12,8 +12,25 @@ RATE_MSG = """\
 Dropout rate must satisfy 0 <= rate < 1 (the fraction of elements zeroed); got {rate}."""
 
 
+def dropout(rng_key: jax.Array, dropout_rate: float, x: jax.Array) -> jax.Array:
+    """Zeroes each element of `x` with probability `dropout_rate`, scales the rest by
+    `1 / (1 - dropout_rate)` so that `E[output] = x`. PAX v0.4.3's `pax.dropout`, same mask.
+
+    Example:
+        >>> y = pax.dropout(jax.random.PRNGKey(0), 0.5, jnp.ones(4))
+        >>> sorted(set(y.tolist())) in ([0.0, 2.0], [0.0], [2.0])
+        True
+    """
+    if not 0 <= dropout_rate < 1:
+        raise ValueError(RATE_MSG.format(rate=dropout_rate))
+    if dropout_rate == 0:
+        return x
+    dropped = jax.random.bernoulli(rng_key, dropout_rate, x.shape)
+    return jnp.where(dropped, jnp.zeros_like(x), x / (1.0 - dropout_rate))
+
+
 class Dropout(Chainable, pax.Module):
-    """Zeroes each element with probability `rate` and scales the rest by `1 / (1 - rate)`.
+    """Zeroes each element with probability `dropout_rate` and scales the rest by `1 / (1 - dropout_rate)`.
 
     The key is a state (`rng_key`): each training call splits it and stores the new key, so
     successive calls draw different masks and the key goes in and out of jitted steps with the
@@ -29,16 +46,17 @@ class Dropout(Chainable, pax.Module):
         [1.0, 1.0]
     """
 
-    def __init__(self, rate: float, *, rng_key: jax.Array | None = None, name: str | None = None):
+    def __init__(
+        self, dropout_rate: float, *, rng_key: jax.Array | None = None, name: str | None = None
+    ):
         super().__init__(name=name)
-        if not 0 <= rate < 1:
-            raise ValueError(RATE_MSG.format(rate=rate))
-        self.rate = rate
+        if not 0 <= dropout_rate < 1:
+            raise ValueError(RATE_MSG.format(rate=dropout_rate))
+        self.dropout_rate = dropout_rate
         self.register_state("rng_key", pax.next_rng_key() if rng_key is None else rng_key)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if not self.training or self.rate == 0:
+        if not self.training or self.dropout_rate == 0:
             return x
         self.rng_key, key = jax.random.split(self.rng_key)
-        keep = jax.random.bernoulli(key, 1.0 - self.rate, x.shape)
-        return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
+        return dropout(key, self.dropout_rate, x)

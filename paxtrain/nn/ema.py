@@ -1,4 +1,4 @@
-"""`EMA`: an exponential moving average of a pytree, kept as module state."""
+"""`EMA`: an exponential moving average of a pytree, kept as module state (PAX v0.4.3's)."""
 
 from __future__ import annotations
 
@@ -11,41 +11,52 @@ import paxtrain as pax
 
 
 class EMA(pax.Module):
-    """Tracks `average_t = decay * average_{t-1} + (1 - decay) * x_t` of a pytree of arrays.
+    """Tracks `averages = decay_rate * averages + (1 - decay_rate) * x` of a pytree of arrays.
 
-    With `debias=True` (as in Adam and `optax.ema`) the average starts from zero and is divided
-    by `1 - decay**t`, so it is a properly weighted mean of the values seen so far from the first
-    call on (the first call returns `x_1`). Equivalently, each step mixes in `x_t` with weight
-    `(1 - decay) / (1 - decay**t)`, which is how it is computed: only the debiased `average` is
-    stored. With `debias=False` the average starts at `initial_value_tree`.
+    With `debias=True` the initial value is ignored: the first training call sets `averages` to
+    its input (then mixes it in, which leaves it unchanged), so the average is not pulled towards
+    an arbitrary start. `debias` is then a state, 0.0 before the first call and 1.0 after. With
+    `debias=False` (the default, as in PAX) the average starts at `initial_value`.
 
-    Each call updates the `average` and `count` states, so call it through `pax.purecall`.
+    Training calls update the `averages` state, so call it through `pax.purecall`; in eval mode
+    (`ema.eval()`) a call returns the averages and changes nothing.
 
     Example:
-        >>> ema = nn.EMA(jnp.zeros(2), decay=0.5, debias=False)
+        >>> ema = nn.EMA(jnp.zeros(2), 0.5)
         >>> ema, avg = pax.purecall(ema, jnp.array([2.0, 4.0]))
         >>> avg.tolist()
         [1.0, 2.0]
         >>> ema, avg = pax.purecall(ema, jnp.array([2.0, 4.0]))
         >>> avg.tolist()
         [1.5, 3.0]
+        >>> ema.eval()(jnp.zeros(2)).tolist()
+        [1.5, 3.0]
     """
 
     def __init__(
-        self, initial_value_tree: Any, decay: float, debias: bool = True, *, name: str | None = None
+        self,
+        initial_value: Any,
+        decay_rate: float,
+        debias: bool = False,
+        *,
+        name: str | None = None,
     ):
         super().__init__(name=name)
-        self.decay, self.debias = decay, debias
-        self.register_state("average", jax.tree_util.tree_map(jnp.asarray, initial_value_tree))
-        self.register_state("count", jnp.array(0, jnp.int32))
+        self.decay_rate = decay_rate
+        self.register_state("averages", jax.tree_util.tree_map(jnp.asarray, initial_value))
+        # A float, not an int, so that `jax.grad` of a model holding an EMA needs no allow_int.
+        self.register_state("debias", jnp.array(0.0) if debias else None)
 
-    def __call__(self, tree: Any) -> Any:
-        """Folds `tree` into the average and returns the new average."""
-        self.count = self.count + 1
-        weight = 1.0 - self.decay
-        if self.debias:
-            weight = weight / (1.0 - jnp.power(self.decay, self.count))
-        self.average = jax.tree_util.tree_map(
-            lambda a, x: (1.0 - weight) * a + weight * x, self.average, tree
-        )
-        return self.average
+    def __call__(self, xs: Any) -> Any:
+        """Folds `xs` into the averages (training mode only) and returns the averages."""
+        if not self.training:
+            return self.averages
+        if self.debias is not None:
+            seen = self.debias > 0
+            self.averages = jax.tree_util.tree_map(
+                lambda a, x: jnp.where(seen, a, x), self.averages, xs
+            )
+            self.debias = jnp.array(1.0)
+        d = self.decay_rate
+        self.averages = jax.tree_util.tree_map(lambda a, x: a * d + x * (1 - d), self.averages, xs)
+        return self.averages

@@ -91,14 +91,15 @@ class LSTM(_RecurrentCell):
     """Long short-term memory (Hochreiter & Schmidhuber, 1997), with a forget-gate bias.
 
     With `[i, f, g, o] = x W_x + b + h W_h` (four blocks of `hidden_dim`):
-    `c' = sigmoid(f + forget_bias) * c + sigmoid(i) * tanh(g)`, `h' = sigmoid(o) * tanh(c')`.
-    The output is `h'`. A forget bias of 1 keeps the memory open early in training
-    (Jozefowicz et al., 2015).
+    `c' = sigmoid(f + forget_gate_bias) * c + sigmoid(i) * tanh(g)`, `h' = sigmoid(o) * tanh(c')`.
+    The output is `h'`. The arguments are PAX v0.4.3's, in its order, with its default
+    `forget_gate_bias=0.0`; 1.0 keeps the memory open early in training (Jozefowicz et al.,
+    2015), which the char_rnn recipe uses.
 
     Example:
         >>> lstm = nn.LSTM(3, 4)
         >>> lstm
-        LSTM(input_dim=3, hidden_dim=4, forget_bias=1.0)
+        LSTM(input_dim=3, hidden_dim=4, forget_gate_bias=0.0)
         >>> state, y = lstm(lstm.initial_state(2), jnp.ones((2, 3)))
         >>> state.cell.shape, y.shape
         ((2, 4), (2, 4))
@@ -110,14 +111,15 @@ class LSTM(_RecurrentCell):
         self,
         input_dim: int,
         hidden_dim: int,
-        forget_bias: float = 1.0,
         w_init: Initializer | None = None,
+        forget_gate_bias: float = 0.0,
         *,
         rng_key: jax.Array | None = None,
         name: str | None = None,
     ):
         super().__init__(name=name)
-        self.input_dim, self.hidden_dim, self.forget_bias = input_dim, hidden_dim, forget_bias
+        self.input_dim, self.hidden_dim = input_dim, hidden_dim
+        self.forget_gate_bias = forget_gate_bias
         x_key, h_key = split_rng_key(rng_key, 2)
         self.input_to_gates = Linear(input_dim, 4 * hidden_dim, w_init=w_init, rng_key=x_key)
         self.hidden_to_gates = Linear(
@@ -127,7 +129,9 @@ class LSTM(_RecurrentCell):
     def __call__(self, state: LSTMState, x: jax.Array) -> tuple[LSTMState, jax.Array]:
         gates = self.input_to_gates(x) + self.hidden_to_gates(state.hidden)
         i, f, g, o = jnp.split(gates, 4, axis=-1)
-        cell = jax.nn.sigmoid(f + self.forget_bias) * state.cell + jax.nn.sigmoid(i) * jnp.tanh(g)
+        cell = jax.nn.sigmoid(f + self.forget_gate_bias) * state.cell + jax.nn.sigmoid(
+            i
+        ) * jnp.tanh(g)
         hidden = jax.nn.sigmoid(o) * jnp.tanh(cell)
         return LSTMState(hidden, cell), hidden
 
@@ -153,8 +157,8 @@ class GRU(_RecurrentCell):
         self,
         input_dim: int,
         hidden_dim: int,
-        w_init: Initializer | None = None,
         *,
+        w_init: Initializer | None = None,
         rng_key: jax.Array | None = None,
         name: str | None = None,
     ):

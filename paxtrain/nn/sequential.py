@@ -108,6 +108,11 @@ class Sequential(Chainable, pax.Module):
             return Sequential(*self.layers[index])
         return self.layers[index]
 
+    @property
+    def modules(self) -> tuple[pax.Module, ...]:
+        """PAX v0.4.3's name for `layers`."""
+        return self.layers
+
     def __len__(self) -> int:
         return len(self.layers)
 

@@ -1,8 +1,13 @@
 """Composable train-step options: each wraps a step function and keeps its own extras.
 
 A `StepOption` is a name, the extras it adds to `TrainState.extras` (an EMA, a loss scale, a
-counter) and a `wrap(step) -> step` function. `make_train_step` applies its options from the
-inside out; an option sees every state change made by the options inside it.
+counter) and up to two wrappers. `wrap(step) -> step` wraps the whole step (loss, gradients and
+update); `wrap_update(update) -> update` wraps only the part that applies the gradients, an
+`UpdateFn`. The non-finite guard runs that part under `lax.cond`, so a finite step costs what an
+unguarded one does (no select over the whole state, no copies of the optimizer's moments), and
+what the options inside it do (the EMA, the rollback scale) is skipped with it.
+`make_train_step` applies its options from the inside out; an option sees every state change
+made by the options inside it.
 """
 
 from __future__ import annotations
@@ -19,6 +24,12 @@ from paxtrain.train.gradients import Batch, Metrics
 from paxtrain.train.state import TrainState
 
 StepFn = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
+# (input state, model after the forward pass, gradients, metrics) -> state after the update.
+UpdateFn = Callable[[TrainState, pax.Module, Any, Metrics], TrainState]
+
+
+def _identity(fn: Callable) -> Callable:
+    return fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +39,10 @@ class StepOption:
     Args:
       name: a unique name (two options of one step may not share it).
       init: `init(state) -> dict` of the extras the option needs, added on the first call.
-      wrap: `wrap(step) -> step`, the step with the feature.
+      wrap: `wrap(step) -> step`, the whole step with the feature.
+      wrap_update: `wrap_update(update) -> update`, the update part with the feature: an
+        `UpdateFn` `update(state, model, grads, metrics) -> state` applies `grads` to `model`
+        (the model after the forward pass) and returns the new state.
 
     Example:
         >>> def count_calls(step):
@@ -41,10 +55,22 @@ class StepOption:
 
     name: str
     init: Callable[[TrainState], dict[str, Any]]
-    wrap: Callable[[StepFn], StepFn]
+    wrap: Callable[[StepFn], StepFn] = _identity
+    wrap_update: Callable[[UpdateFn], UpdateFn] = _identity
+
+
+def apply_gradients(state: TrainState, model: pax.Module, grads: Any, metrics: Metrics) -> TrainState:
+    """The plain `UpdateFn`: one optimizer step on `model`.
+
+    Example:
+        >>> new = apply_gradients(state, model, grads, metrics)  # doctest: +SKIP
+    """
+    model, optimizer = state.optimizer.step(grads, model)
+    return state.replace(model=model, optimizer=optimizer)
 
 
 def _finite(metrics: Metrics) -> jax.Array:
+    """Whether the loss and the gradients of a step are finite (all of them, from their norm)."""
     return jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
 
 
@@ -53,26 +79,38 @@ def skip_nonfinite() -> StepOption:
 
     On such a step the model (its states included), the optimizer and the extras of the options
     inside this one (e.g. the EMA) are kept; only `state.step` and `state.rng` advance. The
-    choice is made on device with `jnp.where` (no host sync). Skipped steps are counted in
+    update runs under `lax.cond` on device (no host sync), so a finite step does exactly the
+    unguarded step's work plus the gradient norm. Skipped steps are counted in
     `extras["skipped_steps"]`, also reported as the metric `skipped_steps`.
 
     Example:
         >>> step = make_train_step(loss_fn, nonfinite_guard=True)  # doctest: +SKIP
     """
 
-    def wrap(step: StepFn) -> StepFn:
-        def guarded(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-            new, metrics = step(state, batch)
-            finite = _finite(metrics)
-            kept = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, state)
-            skipped = state.extras["skipped_steps"] + (~finite).astype(jnp.int32)
-            kept = kept.replace(step=new.step, rng=new.rng).with_extras(skipped_steps=skipped)
-            return kept, {**metrics, "skipped_steps": skipped}
+    def wrap_update(update: UpdateFn) -> UpdateFn:
+        def guarded(state: TrainState, model: pax.Module, grads: Any, metrics: Metrics):
+            def skip() -> TrainState:
+                skipped = state.extras["skipped_steps"] + 1
+                return state.with_extras(skipped_steps=skipped)
+
+            return jax.lax.cond(
+                _finite(metrics), lambda: update(state, model, grads, metrics), skip
+            )
 
         return guarded
 
+    def wrap(step: StepFn) -> StepFn:
+        def reported(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+            new, metrics = step(state, batch)
+            return new, {**metrics, "skipped_steps": new.extras["skipped_steps"]}
+
+        return reported
+
     return StepOption(
-        "skip_nonfinite", lambda state: {"skipped_steps": jnp.array(0, jnp.int32)}, wrap
+        "skip_nonfinite",
+        lambda state: {"skipped_steps": jnp.array(0, jnp.int32)},
+        wrap,
+        wrap_update,
     )
 
 
@@ -134,15 +172,15 @@ def ema_of_parameters(decay: float) -> StepOption:
         >>> ema_model = state.ema_model                          # doctest: +SKIP
     """
 
-    def wrap(step: StepFn) -> StepFn:
-        def with_ema(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-            new, metrics = step(state, batch)
+    def wrap_update(update: UpdateFn) -> UpdateFn:
+        def with_ema(state: TrainState, model: pax.Module, grads: Any, metrics: Metrics):
+            new = update(state, model, grads, metrics)
             ema = jax.tree_util.tree_map(
                 lambda e, p: decay * e + (1.0 - decay) * p,
                 state.extras["ema"],
                 pax.select_parameters(new.model),
             )
-            return new.with_extras(ema=ema), metrics
+            return new.with_extras(ema=ema)
 
         return with_ema
 
@@ -150,7 +188,7 @@ def ema_of_parameters(decay: float) -> StepOption:
         # A copy: sharing buffers with the model would donate them twice.
         return {"ema": jax.tree_util.tree_map(jnp.copy, pax.select_parameters(state.model))}
 
-    return StepOption("ema", init, wrap)
+    return StepOption("ema", init, wrap_update=wrap_update)
 
 
 def rollback_support() -> StepOption:
@@ -163,16 +201,16 @@ def rollback_support() -> StepOption:
         >>> step = make_train_step(loss_fn, options=[rollback_support()])  # doctest: +SKIP
     """
 
-    def wrap(step: StepFn) -> StepFn:
-        def scaled(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-            new, metrics = step(state, batch)
+    def wrap_update(update: UpdateFn) -> UpdateFn:
+        def scaled(state: TrainState, model: pax.Module, grads: Any, metrics: Metrics):
+            new = update(state, model, grads, metrics)
             scale = state.extras["update_scale"]
             params = jax.tree_util.tree_map(
                 lambda old, updated: old + scale * (updated - old),
                 pax.select_parameters(state.model),
                 pax.select_parameters(new.model),
             )
-            return new.replace(model=pax.update_parameters(new.model, params)), metrics
+            return new.replace(model=pax.update_parameters(new.model, params))
 
         return scaled
 
@@ -182,4 +220,4 @@ def rollback_support() -> StepOption:
             "data_offset": jnp.array(0, jnp.int32),
         }
 
-    return StepOption("rollback", init, wrap)
+    return StepOption("rollback", init, wrap_update=wrap_update)

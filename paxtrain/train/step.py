@@ -2,12 +2,14 @@
 
 `make_train_step(loss_fn, ...)` composes, inside one `jax.jit` with the state donated:
 
-    scan_steps( options( dynamic_loss_scale( skip_nonfinite( ema( update_step( grad_fn ))))))
+    scan_steps( options( dynamic_loss_scale( update_step( grad_fn,
+        update=skip_nonfinite( ema( rollback( apply_gradients ))))))))
 
 where `grad_fn` is `loss_and_grads(loss_fn)`, possibly wrapped by `accumulate_gradients`, and
-each optional layer is a `StepOption` (see `paxtrain.train.options`). A skipped non-finite step
-therefore also leaves the EMA alone, while the loss scale still reacts to it; options of your own
-(`options=[...]`) go outside the built-in ones.
+each optional layer is a `StepOption` (see `paxtrain.train.options`): the guard, the EMA and the
+rollback scale wrap the update (applying the gradients), the loss scale and options of your own
+(`options=[...]`) the whole step. The guard runs the update under `lax.cond`, so a skipped
+non-finite step also leaves the EMA alone, while the loss scale still reacts to it.
 
 On several devices, `in_shardings` / `out_shardings` lay the state and the batch out on a mesh
 (`jax.jit` partitions the step), or `pmap_axis_name` runs it under `jax.pmap` with gradients
@@ -39,6 +41,8 @@ from paxtrain.train.gradients import (
 from paxtrain.train.options import (
     StepFn,
     StepOption,
+    UpdateFn,
+    apply_gradients,
     dynamic_loss_scale,
     ema_of_parameters,
     rollback_support,
@@ -59,10 +63,16 @@ Built-in options come from the flags: pass `ema_decay=...`, `nonfinite_guard=...
 `loss_scale=...` instead of adding the same option to `options`."""
 
 
-def update_step(grad_fn: GradFn, with_key: bool = False, grad_norm: bool = True) -> StepFn:
+def update_step(
+    grad_fn: GradFn,
+    update: UpdateFn = apply_gradients,
+    with_key: bool = False,
+    grad_norm: bool = True,
+) -> StepFn:
     """One optimizer step: gradients, update, metrics (loss, grad_norm, learning_rate).
 
-    `grad_norm` (when asked for) is the global norm of the gradients before any clipping;
+    `grad_norm` (when asked for) is the global norm of the gradients before any clipping,
+    computed once: the non-finite guard and the loss scale read it from the metrics.
     `learning_rate` is reported when the optimizer exposes it (see `Optimizer.learning_rate`).
     With `with_key`, a key split from `state.rng` is passed to `grad_fn`; otherwise None, and no
     RNG work is compiled into the step.
@@ -74,14 +84,13 @@ def update_step(grad_fn: GradFn, with_key: bool = False, grad_norm: bool = True)
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         rng, key = pax.purecall(state.rng.next_rng_key) if with_key else (state.rng, None)
         loss, model, metrics, grads = grad_fn(state, batch, key)
-        model, optimizer = state.optimizer.step(grads, model)
         metrics = {**metrics, "loss": loss}
         if grad_norm:
             metrics["grad_norm"] = optax.tree.norm(grads)
-        if optimizer.learning_rate is not None:
-            metrics["learning_rate"] = optimizer.learning_rate
-        new = state.replace(model=model, optimizer=optimizer, rng=rng, step=state.step + 1)
-        return new, metrics
+        new = update(state, model, grads, metrics)
+        if new.optimizer.learning_rate is not None:
+            metrics["learning_rate"] = new.optimizer.learning_rate
+        return new.replace(rng=rng, step=state.step + 1), metrics
 
     return step
 
@@ -102,19 +111,33 @@ def scan_steps(step: StepFn, steps: int) -> StepFn:
     return scanned
 
 
+FLAT_STRUCTURE_MSG = """\
+The train step changed the structure of the state it was given (its modules, extras or dtypes):
+{before}
+became
+{after}
+A step must return a state of the structure it was given; add extras before training
+(`train_step.init(state)`), not inside the step."""
+
+
 class TrainStep:
     """A jitted `train_step(state, batch) -> (state, metrics)`; see `make_train_step`.
 
     Extras that its options need and the state lacks are added on the first call (or by
-    `init`), outside `jit`.
+    `init`), outside `jit`. `flat(treedef)` is the same step on the state's leaves, for loops
+    that keep the state flat: it skips rebuilding every module of the returned state in Python
+    on each call, which is most of a small step's host time.
 
     Example:
         >>> state, metrics = make_train_step(loss_fn)(state, batch)  # doctest: +SKIP
     """
 
-    def __init__(self, compiled: StepFn, options: Sequence[StepOption]):
+    def __init__(self, step: StepFn, options: Sequence[StepOption], compile_step: Callable):
         self.options = tuple(options)
-        self._jitted = compiled
+        self._step = step
+        self._compile = compile_step
+        self._jitted = compile_step(step)
+        self._flat: dict[Any, Callable] = {}
         self._required: frozenset[str] | None = None
 
     def init(self, state: TrainState) -> TrainState:
@@ -133,6 +156,58 @@ class TrainStep:
             state = self.init(state)
             self._required = frozenset(state.extras)
         return self._jitted(state, batch)
+
+    def flat(
+        self, treedef: jax.tree_util.PyTreeDef
+    ) -> Callable[[list, Batch], tuple[list, Metrics]]:
+        """`flat_step(leaves, batch) -> (leaves, metrics)` for states of structure `treedef`.
+
+        The state goes in and comes out as its list of leaves (donated like the state), so no
+        module is built on the host; the state must already have its options' extras.
+
+        Example:
+            >>> leaves, treedef = jax.tree_util.tree_flatten(train_step.init(state))  # doctest: +SKIP
+            >>> flat_step = train_step.flat(treedef)                                  # doctest: +SKIP
+            >>> leaves, metrics = flat_step(leaves, batch)                            # doctest: +SKIP
+        """
+        if treedef not in self._flat:
+
+            def flat_step(leaves: list, batch: Batch) -> tuple[list, Metrics]:
+                new, metrics = self._step(jax.tree_util.tree_unflatten(treedef, leaves), batch)
+                new_leaves, new_treedef = jax.tree_util.tree_flatten(new)
+                if new_treedef != treedef:
+                    raise ValueError(FLAT_STRUCTURE_MSG.format(before=treedef, after=new_treedef))
+                return new_leaves, metrics
+
+            self._flat[treedef] = self._compile(flat_step, flat_state=True)
+        return self._flat[treedef]
+
+
+def _compiler(
+    donate: bool, in_shardings: Any, out_shardings: Any, pmap_axis_name: str | None
+) -> Callable:
+    """`compile_step(step, flat_state=False)`: `jax.jit` (or `jax.pmap`) with the step's settings; a
+    flat state takes the state's shardings as a list of leaves."""
+    donate_argnums = (0,) if donate else ()
+
+    def as_leaves(shardings: Any) -> Any:
+        if shardings is None:
+            return None
+        state, rest = shardings
+        return (jax.tree_util.tree_leaves(state), rest)
+
+    def compile_step(step: Callable, flat_state: bool = False) -> Callable:
+        if pmap_axis_name is not None:
+            # One copy of the metrics: the float ones are averaged, so equal on every device.
+            return jax.pmap(step, pmap_axis_name, donate_argnums=donate_argnums, out_axes=(0, None))
+        shardings = {"in_shardings": in_shardings, "out_shardings": out_shardings}
+        if flat_state:
+            shardings = {k: as_leaves(v) for k, v in shardings.items()}
+        # Only those given: jax.jit's defaults are sentinels that None does not stand for.
+        shardings = {k: v for k, v in shardings.items() if v is not None}
+        return jax.jit(step, donate_argnums=donate_argnums, **shardings)
+
+    return compile_step
 
 
 def _builtin_options(
@@ -226,22 +301,17 @@ def make_train_step(
         grad_fn = accumulate_gradients(grad_fn, grad_accum_steps)
     if pmap_axis_name is not None:
         grad_fn = average_over_devices(grad_fn, pmap_axis_name)
+    update = apply_gradients
+    for option in chosen:
+        update = option.wrap_update(update)
     needs_norm = grad_norm or nonfinite_guard or loss_scale is not None
-    step = update_step(grad_fn, with_key=takes_key(loss_fn), grad_norm=needs_norm)
+    step = update_step(grad_fn, update, with_key=takes_key(loss_fn), grad_norm=needs_norm)
     for option in chosen:
         step = option.wrap(step)
     if steps_per_call > 1:
         step = scan_steps(step, steps_per_call)
-    donate_argnums = (0,) if donate else ()
-    if pmap_axis_name is not None:
-        # One copy of the metrics: the float ones are averaged, so equal on every device.
-        compiled = jax.pmap(step, pmap_axis_name, donate_argnums=donate_argnums, out_axes=(0, None))
-    else:
-        shardings = {"in_shardings": in_shardings, "out_shardings": out_shardings}
-        # Only those given: jax.jit's defaults are sentinels that None does not stand for.
-        shardings = {k: v for k, v in shardings.items() if v is not None}
-        compiled = jax.jit(step, donate_argnums=donate_argnums, **shardings)
-    return TrainStep(compiled, chosen)
+    compile_step = _compiler(donate, in_shardings, out_shardings, pmap_axis_name)
+    return TrainStep(step, chosen, compile_step)
 
 
 def make_eval_step(

@@ -29,6 +29,7 @@ from paxtrain.train.hooks import (
     TrainMetrics,
 )
 from paxtrain.train.logger import MetricsLogger
+from paxtrain.train.precision import needs_loss_scale, parse_precision
 from paxtrain.train.preemption import DEFAULT_PREEMPTION_SIGNALS, stop_on_signals
 from paxtrain.train.progress import Progress
 
@@ -119,13 +120,17 @@ class Trainer:
       eval_every: steps between evaluations (None: only at the end).
       steps_per_call: steps run per jitted call (a `lax.scan` over stacked batches).
       grad_accum_steps: micro-batches per step.
-      precision: "float32", or "bfloat16" for bf16 compute with f32 parameters.
+      precision: "float32"; "bfloat16" or "float16" for that compute with f32 parameters; or a
+        policy string ("params=float32,compute=bfloat16,output=float32", see
+        `train.precision`). Computing in float16 turns on dynamic loss scaling.
       ema_decay: keep an EMA of the parameters when set.
       on_nonfinite: what a step with a NaN/Inf loss or gradient does: "skip" it (counted in
         `train/skipped_steps`), "stop" training, or "rollback" to the newest checkpoint,
         skipping the batches since then and scaling the learning rate by `rollback_lr_factor`.
         Detected at log steps, so within `log_every` steps. "none" turns the guard off.
       rollback_lr_factor: learning-rate factor applied at each rollback.
+      grad_norm: log the gradients' global norm (`train/grad_norm`). The non-finite guard
+        computes it anyway; with `on_nonfinite="none"`, False saves a pass over the gradients.
       progress: "auto", "bar", "log" or "off".
       plot: write `curves.png` at the end.
       early_stopping: an `EarlyStopping` hook, or None.
@@ -160,6 +165,7 @@ class Trainer:
         ema_decay: float | None = None,
         on_nonfinite: str = "skip",
         rollback_lr_factor: float = 0.5,
+        grad_norm: bool = True,
         progress: str = "auto",
         plot: bool = True,
         early_stopping: EarlyStopping | None = None,
@@ -182,7 +188,11 @@ class Trainer:
             "nonfinite_guard": on_nonfinite != "none",
             "rollback": on_nonfinite == "rollback",
             "ema_decay": ema_decay,
+            "grad_norm": grad_norm,
         }
+        self.policy = parse_precision(precision)
+        if needs_loss_scale(self.policy):
+            self.step_options["loss_scale"] = "dynamic"
         self.precision, self.seed, self.tensorboard = precision, seed, tensorboard
         self.checkpointing = checkpointing
         self.hooks: list[Hook] = [
@@ -223,16 +233,17 @@ class Trainer:
     def state(self) -> Any:
         """The `TrainState`: laid out on the mesh, or one copy of it for the "pmap" strategy.
 
-        Assigning a state (a restored checkpoint, new extras) lays it out for the step.
+        Assigning a state (a restored checkpoint, new extras) lays it out for the step. The
+        loop keeps the state as its leaves; reading this property builds the module tree.
 
         Example:
             >>> params = trainer.state.model.parameters()  # doctest: +SKIP
         """
-        return self.plan.unreplicate(self._state)
+        return self.plan.unreplicate(jax.tree_util.tree_unflatten(self._treedef, self._leaves))
 
     @state.setter
     def state(self, state: Any) -> None:
-        self._state = self.plan.place(state)
+        self._leaves, self._treedef = jax.tree_util.tree_flatten(self.plan.place(state))
 
     def add_hook(
         self, hook: Hook | Callable[[Trainer, Any], Any], every: int | None = None
@@ -309,8 +320,8 @@ class Trainer:
 
         if loss_fn is None and not hasattr(model, "loss"):
             raise TypeError(NO_LOSS_MSG.format(cls=type(model).__name__))
-        if self.precision == "bfloat16":
-            model = pax.apply_mp_policy(model, "params=float32,compute=bfloat16,output=float32")
+        if self.policy is not None:
+            model = pax.apply_mp_policy(model, self.policy)
         self.data = data
         loss_fn = loss_fn or model_loss
         # With the options' extras, so the state has the structure that checkpoints record. The
@@ -422,11 +433,16 @@ class Trainer:
             # Each process reads and places only its own devices' rows of each batch.
             rows = self.plan.process_rows(self.data, self.examples_per_step)
             with Prefetcher(rows, first, group=group, put=rows.place) as batches:
+                treedef = None
                 while self.step < self.max_steps and not (self.should_stop or self._restart):
                     started = time.perf_counter()
                     batch = next(batches)
                     self.last_data_wait = time.perf_counter() - started
-                    self._state, metrics = self._train_step(self._state, batch)
+                    if self._treedef is not treedef:  # a hook assigned `trainer.state`
+                        treedef = self._treedef
+                        # Flat: no module of the state is rebuilt on the host per step.
+                        train_step = self._train_step.flat(treedef)
+                    self._leaves, metrics = train_step(self._leaves, batch)
                     self.step += self.steps_per_call
                     self._run_hooks("on_step", metrics)
 

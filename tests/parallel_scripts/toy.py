@@ -24,7 +24,7 @@ class Block(pax.Module):
     def __init__(self):
         super().__init__()
         keys = jax.random.split(jax.random.PRNGKey(0), 4)
-        self.attention = nn.MultiHeadAttention(HEADS, DIM // HEADS, DIM, rng_key=keys[0])
+        self.attention = nn.MultiHeadAttention(HEADS, DIM // HEADS, model_dim=DIM, rng_key=keys[0])
         self.mlp = nn.Sequential(
             nn.Linear(DIM, 2 * DIM, rng_key=keys[1]),
             jax.nn.gelu,
