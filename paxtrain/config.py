@@ -54,7 +54,9 @@ class TrainerConfig:
     log_every: int = 50
     steps_per_call: int = 1
     grad_accum_steps: int = 1
-    precision: str = "float32"  # float32 | bfloat16
+    precision: str = (
+        "float32"  # float32 | bfloat16 | float16 | "params=float32,compute=bfloat16,..."
+    )
     ema_decay: float | None = None
     on_nonfinite: str = "skip"  # skip | stop | rollback | none
     rollback_lr_factor: float = 0.5
@@ -103,7 +105,6 @@ class FitConfig:
 
 
 _CHOICES = {
-    "trainer.precision": ("float32", "bfloat16"),
     "trainer.progress": ("auto", "bar", "log", "off"),
     "trainer.on_nonfinite": ("skip", "stop", "rollback", "none"),
     "trainer.early_stopping.mode": ("min", "max"),
@@ -216,6 +217,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         if value not in choices:
             raise ConfigError(BAD_CHOICE_MSG.format(key=key, value=value, choices=choices))
     _check_numbers(merged)
+    _check_precision(merged.trainer.precision)
     validate_optimizer(merged)
     if merged.trainer.max_steps % merged.trainer.steps_per_call:
         raise ConfigError(
@@ -227,6 +229,15 @@ def validate(cfg: DictConfig) -> DictConfig:
     for i, callback in enumerate(merged.callbacks):
         check_target(callback, f"callbacks[{i}]")
     return merged
+
+
+def _check_precision(precision: str) -> None:
+    from paxtrain.train.precision import parse_precision
+
+    try:
+        parse_precision(precision)
+    except ValueError as error:
+        raise ConfigError(f"`trainer.precision`: {error}") from None
 
 
 def _check_numbers(cfg: DictConfig) -> None:

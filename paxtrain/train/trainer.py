@@ -29,6 +29,7 @@ from paxtrain.train.hooks import (
     TrainMetrics,
 )
 from paxtrain.train.logger import MetricsLogger
+from paxtrain.train.precision import needs_loss_scale, parse_precision
 from paxtrain.train.preemption import DEFAULT_PREEMPTION_SIGNALS, stop_on_signals
 from paxtrain.train.progress import Progress
 
@@ -119,7 +120,9 @@ class Trainer:
       eval_every: steps between evaluations (None: only at the end).
       steps_per_call: steps run per jitted call (a `lax.scan` over stacked batches).
       grad_accum_steps: micro-batches per step.
-      precision: "float32", or "bfloat16" for bf16 compute with f32 parameters.
+      precision: "float32"; "bfloat16" or "float16" for that compute with f32 parameters; or a
+        policy string ("params=float32,compute=bfloat16,output=float32", see
+        `train.precision`). Computing in float16 turns on dynamic loss scaling.
       ema_decay: keep an EMA of the parameters when set.
       on_nonfinite: what a step with a NaN/Inf loss or gradient does: "skip" it (counted in
         `train/skipped_steps`), "stop" training, or "rollback" to the newest checkpoint,
@@ -187,6 +190,9 @@ class Trainer:
             "ema_decay": ema_decay,
             "grad_norm": grad_norm,
         }
+        self.policy = parse_precision(precision)
+        if needs_loss_scale(self.policy):
+            self.step_options["loss_scale"] = "dynamic"
         self.precision, self.seed, self.tensorboard = precision, seed, tensorboard
         self.checkpointing = checkpointing
         self.hooks: list[Hook] = [
@@ -315,8 +321,8 @@ class Trainer:
 
         if loss_fn is None and not hasattr(model, "loss"):
             raise TypeError(NO_LOSS_MSG.format(cls=type(model).__name__))
-        if self.precision == "bfloat16":
-            model = pax.apply_mp_policy(model, "params=float32,compute=bfloat16,output=float32")
+        if self.policy is not None:
+            model = pax.apply_mp_policy(model, self.policy)
         self.data = data
         loss_fn = loss_fn or model_loss
         # With the options' extras, so the state has the structure that checkpoints record. The
