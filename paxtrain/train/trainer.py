@@ -230,6 +230,7 @@ class Trainer:
         self.eval_history: list[tuple[int, dict[str, float]]] = []
         self._scalars: dict[str, float] = {}
         self._restart = False
+        self._flat_treedef: Any = None
 
     # ----------------------------------------------------------------------- for hooks
     @property
@@ -449,18 +450,28 @@ class Trainer:
             # Each process reads and places only its own devices' rows of each batch.
             rows = self.plan.process_rows(self.data, self.examples_per_step)
             with Prefetcher(rows, first, group=group, put=rows.place) as batches:
-                treedef = None
                 while self.step < self.max_steps and not (self.should_stop or self._restart):
                     started = time.perf_counter()
                     batch = next(batches)
                     self.last_data_wait = time.perf_counter() - started
-                    if self._treedef is not treedef:  # a hook assigned `trainer.state`
-                        treedef = self._treedef
-                        # Flat: no module of the state is rebuilt on the host per step.
-                        train_step = self._train_step.flat(treedef)
-                    self._leaves, metrics = train_step(self._leaves, batch)
+                    metrics = self.run_step(batch)
                     self.step += self.steps_per_call
                     self._run_hooks("on_step", metrics)
+
+    def run_step(self, batch: Any) -> dict[str, jax.Array]:
+        """Runs the compiled step on a placed batch, as the loop does; returns its metrics.
+
+        The state stays flat (its leaves): no module of it is rebuilt on the host per step, which
+        is most of a small step's host time. `trainer.state` builds it when read.
+
+        Example:
+            >>> metrics = trainer.run_step(trainer.plan.put_batch(batch))  # doctest: +SKIP
+        """
+        if self._treedef is not self._flat_treedef:  # first call, or `state` was assigned
+            self._flat_treedef = self._treedef
+            self._flat_step = self._train_step.flat(self._treedef)
+        self._leaves, metrics = self._flat_step(self._leaves, batch)
+        return metrics
 
     def rollback(self, lr_factor: float) -> int:
         """Restores the newest checkpoint, skips the batches since then, scales the updates
