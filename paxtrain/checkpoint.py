@@ -206,9 +206,10 @@ class CheckpointManager:
             },
         )
         self._sign = -1.0 if mode == "max" else 1.0
-        self.read_only = read_only
+        # Readers change nothing; in a multi-process job, process 0 alone renames directories.
+        self._moves_bad_steps = not read_only and jax.process_index() == 0
         self._pending_step: int | None = None  # the step of a background save in flight
-        if not read_only:
+        if self._moves_bad_steps:
             self._move_aside_unfinished()
 
     def _move_aside(self, step_dir: pathlib.Path) -> pathlib.Path:
@@ -407,7 +408,7 @@ class CheckpointManager:
                 raise
             except Exception as error:  # a corrupt or truncated checkpoint: try an older one
                 moved = ""
-                if not self.read_only:
+                if self._moves_bad_steps:
                     path = self._move_aside(self.directory / str(candidate))
                     moved = MOVED_ASIDE_MSG.format(path=path)
                 tried.append(f"step {candidate} ({_reason(error)})")
