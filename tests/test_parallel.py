@@ -62,13 +62,12 @@ def eight_devices():
     return last_json_line(done.stdout)
 
 
-def run_two_processes(command: list[str], **env: str) -> list[str]:
-    """Runs `command` as two processes of 2 CPU devices each, joined over 127.0.0.1; returns
-    their stdouts once both succeeded."""
+def start_two_processes(command: list[str], **env: str) -> list[subprocess.Popen]:
+    """Starts `command` as two processes of 2 CPU devices each, joined over 127.0.0.1."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [
+    return [
         subprocess.Popen(
             command,
             env=cpu_env(
@@ -84,9 +83,15 @@ def run_two_processes(command: list[str], **env: str) -> list[str]:
         )
         for i in range(2)
     ]
+
+
+def run_two_processes(command: list[str], expect: int = 0, **env: str) -> list[str]:
+    """Runs `command` as two joined processes (`start_two_processes`); returns their stdouts
+    once both exited with `expect`."""
+    procs = start_two_processes(command, **env)
     outputs = [proc.communicate(timeout=300) for proc in procs]
     for proc, (_, stderr) in zip(procs, outputs):
-        assert proc.returncode == 0, stderr[-3000:]
+        assert proc.returncode == expect, stderr[-3000:]
     return [stdout for stdout, _ in outputs]
 
 
