@@ -207,6 +207,11 @@ def _with_mp_policy(call: Callable) -> Callable:
     return __call__
 
 
+def _constructing(module: Module) -> bool:
+    token = module.__dict__["_pax_token"]
+    return token is not None and token.kind == "init"
+
+
 class _ModuleMeta(type):
     """Runs `__init__` inside a mutable context, so construction is the one time a module that
     nobody passed to `pure` may be mutated."""
@@ -219,6 +224,13 @@ class _ModuleMeta(type):
             d["_pax_token"] = token
             try:
                 module.__init__(*args, **kwargs)
+                # As in PAX, an array may be assigned first and declared later in `__init__`
+                # (`set_attribute_kind`, a dataclass's `__post_init__`); undeclared at the end
+                # is refused.
+                info = d["_pax_info"]
+                for attr, value in list(d.items()):
+                    if not attr.startswith(_INTERNAL_PREFIX) and info.kind_of(attr) is None:
+                        _check_undeclared_value(module, attr, value)
             finally:
                 d["_pax_token"] = None
                 d.pop("_pax_adding", None)
@@ -266,6 +278,12 @@ class Module(metaclass=_ModuleMeta):
     def __setattr__(self, name: str, value: Any) -> None:
         d = self.__dict__
         self._pax_check_mutable(name)
+        if name == "name" and (value is None or isinstance(value, str)):
+            # PAX allowed `self.name = ...` (and a dataclass field `name`); kept in the info,
+            # and in `__dict__` for a dataclass, whose class attribute default hides `name`.
+            self._pax_set_info(name=value)
+            d["name"] = value
+            return
         if name in _MANAGED_ATTRS or name.startswith(_INTERNAL_PREFIX):
             fix = _MANAGED_ATTRS.get(name, "Choose another attribute name.")
             raise AttributeError(
@@ -276,7 +294,7 @@ class Module(metaclass=_ModuleMeta):
             adding = d.get("_pax_adding")
             if adding is not None:
                 self._pax_declare(name, adding)
-            else:
+            elif not _constructing(self):  # during __init__, checked when it returns
                 _check_undeclared_value(self, name, value)
         d[name] = value
         d.pop("_pax_flat", None)
@@ -334,6 +352,19 @@ class Module(metaclass=_ModuleMeta):
         if kind != MODULE:
             value = jax.tree_util.tree_map(_as_array, value)
         setattr(self, name, value)
+
+    def set_attribute_kind(self, **kinds: str) -> None:
+        """Declares existing attributes as `"parameter"` / `"state"` (or `pax.P` / `pax.S`).
+
+        Example:
+            >>> self.weight = jnp.zeros(3); self.set_attribute_kind(weight=pax.P)  # doctest: +SKIP
+        """
+        for attr, kind in kinds.items():
+            if attr not in self.__dict__:
+                raise AttributeError(f"`{type(self).__name__}.{attr}` does not exist.")
+            self._pax_check_mutable(attr)
+            self._pax_declare(attr, kind)
+            setattr(self, attr, getattr(self, attr))
 
     def register_parameter(self, name: str, value: Any) -> None:
         """Declares a trainable array (or pytree of arrays) attribute.
@@ -563,7 +594,7 @@ class Module(metaclass=_ModuleMeta):
         info = d["_pax_info"]
         fields = [f"name={info.name!r}"] if info.name is not None else []
         for attr, value in d.items():
-            if attr.startswith(_INTERNAL_PREFIX) or info.kind_of(attr) is not None:
+            if attr.startswith(_INTERNAL_PREFIX) or attr == "name" or info.kind_of(attr):
                 continue
             if _contains_module(value):
                 continue
