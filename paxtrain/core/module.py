@@ -231,6 +231,7 @@ class _ModuleMeta(type):
                 for attr, value in list(d.items()):
                     if not attr.startswith(_INTERNAL_PREFIX) and info.kind_of(attr) is None:
                         _check_undeclared_value(module, attr, value)
+                _check_not_shared(module)
             finally:
                 d["_pax_token"] = None
                 d.pop("_pax_adding", None)
@@ -264,6 +265,12 @@ class Module(metaclass=_ModuleMeta):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        if "__slots__" in cls.__dict__:
+            # A slot is outside `__dict__`, so an array there would be invisible to the pytree.
+            raise TypeError(errors.SLOTS_MSG.format(cls=cls.__name__))
+        for attr, value in cls.__dict__.items():
+            if _is_array(value) or _is_module(value):
+                raise TypeError(errors.CLASS_ARRAY_MSG.format(cls=cls.__name__, attr=attr))
         if "__call__" in cls.__dict__:
             cls.__call__ = _with_mp_policy(cls.__dict__["__call__"])
         # `_ModuleMeta.__call__(*args, **kwargs)` would otherwise hide the constructor's
@@ -300,15 +307,10 @@ class Module(metaclass=_ModuleMeta):
         d.pop("_pax_flat", None)
 
     def __delattr__(self, name: str) -> None:
+        # As in PAX: a module's attributes are its structure; deleting one would make it
+        # another module silently. Immutable modules get the immutability message first.
         self._pax_check_mutable(name)
-        info = self.__dict__["_pax_info"]
-        if info.kind_of(name) is not None:
-            self._pax_set_info(
-                parameter_names=info.parameter_names - {name},
-                state_names=info.state_names - {name},
-            )
-        del self.__dict__[name]
-        self.__dict__.pop("_pax_flat", None)
+        raise ValueError(errors.DELETE_ATTR_MSG.format(cls=type(self).__name__, attr=name))
 
     def _pax_check_mutable(self, attr: str) -> None:
         token = self.__dict__["_pax_token"]
@@ -605,7 +607,7 @@ class Module(metaclass=_ModuleMeta):
             fields.append(f"mp_policy={info.mp_policy}")
         return f"{type(self).__name__}({', '.join(fields)})"
 
-    def summary(self) -> str:
+    def summary(self, return_list: bool = False) -> str | list[str]:
         """A tree drawing of the module, its submodules and their arrays.
 
         Example:
@@ -614,7 +616,8 @@ class Module(metaclass=_ModuleMeta):
             ├── layers[0]: Linear(in_dim=2, out_dim=3)  weight f32[2,3] bias f32[3]
             └── layers[1]: Linear(in_dim=3, out_dim=1)  weight f32[3,1] bias f32[1]
         """
-        return "\n".join(_summary_lines(self, "", "", ""))
+        lines = list(_summary_lines(self, "", "", ""))
+        return lines if return_list else "\n".join(lines)
 
     def __eq__(self, other: object) -> bool:
         """PAX's equality: the same class and tree structure, and the very same leaf arrays.
@@ -761,6 +764,35 @@ def _walk_with_paths(module: Module, prefix: str) -> Iterator[tuple[str, Any]]:
             yield path, leaf
             if _is_module(leaf):
                 yield from _walk_with_paths(leaf, path)
+
+
+def _check_not_shared(module: Module) -> None:
+    """Refuses a submodule or a parameter array that appears twice below `module` (PAX did).
+
+    States may share arrays (optax states often do): they are replaced, never updated in place.
+    """
+    seen: dict[int, str] = {}
+
+    def visit(node: Module, prefix: str) -> None:
+        for name, kind, child in child_fields(node):
+            if kind == STATE:
+                continue
+            for key_path, leaf in jax.tree_util.tree_flatten_with_path(child, is_leaf=_is_module)[
+                0
+            ]:
+                if not (_is_module(leaf) or _is_array(leaf)):
+                    continue
+                path = f"{prefix}.{name}{jax.tree_util.keystr(key_path)}"
+                if id(leaf) in seen:
+                    msg = errors.SHARED_MODULE_MSG if _is_module(leaf) else errors.SHARED_ARRAY_MSG
+                    raise ValueError(
+                        msg.format(path_a=seen[id(leaf)], path_b=path, cls=type(leaf).__name__)
+                    )
+                seen[id(leaf)] = path
+                if _is_module(leaf):
+                    visit(leaf, path)
+
+    visit(module, type(module).__name__)
 
 
 def iter_modules(tree: Any) -> Iterator[Module]:

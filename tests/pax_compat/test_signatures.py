@@ -189,3 +189,28 @@ def test_name_assigned_in_init_and_arrays_declared_later_in_init():
 
     with pytest.raises(ValueError, match="`weight` is not a declared parameter or state"):
         Undeclared()
+
+
+def test_refused_as_in_pax_slots_class_arrays_del_and_sharing():
+    with pytest.raises(TypeError, match="__slots__"):
+
+        class Slotted(pax.Module):
+            __slots__ = ("a",)
+
+    with pytest.raises(TypeError, match="at class level"):
+
+        class ClassArray(pax.Module):
+            w = jnp.ones(2)
+
+    @pax.pure
+    def delete_bias(m):
+        del m.bias
+
+    with pytest.raises(ValueError, match="Cannot delete `Linear.bias`"):
+        delete_bias(pax.nn.Linear(2, 2))
+    layer = pax.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="are the same Linear instance"):
+        pax.nn.Sequential(layer, layer)
+    lines = pax.nn.Sequential(pax.nn.Linear(2, 2)).summary(return_list=True)
+    assert isinstance(lines, list) and lines[0].startswith("Sequential")
+    assert pax.nn.Lambda(jax.nn.relu).func is jax.nn.relu
