@@ -37,3 +37,10 @@ def test_overhead_quick_measures_the_trainer_step_returning_the_state():
     for name in ("raw JAX", "paxtrain TrainStep(state)", "paxtrain Trainer (defaults, flat)"):
         row = re.search(rf"^\| {re.escape(name)} \| ([\d.]+) \| ([\d.]+) \|$", out, re.M)
         assert row is not None and float(row.group(1)) > 0, out
+
+
+def test_scan_layers_quick_compiles_both_variants_with_equal_losses():
+    out = run_quick("scan_layers.py")
+    rows = re.findall(r"^\| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", out, re.M)
+    assert [int(r[0]) for r in rows] == [1, 2], out
+    assert all(r[3] == r[4] for r in rows), out
