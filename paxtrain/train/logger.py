@@ -37,11 +37,12 @@ class MetricsLogger:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         previous = self.run_dir / METRICS_FILE
-        self._last_step = (
-            max((r["step"] for r in read_metrics(self.run_dir)), default=-1)
-            if previous.is_file()
-            else -1
-        )
+        # The newest step logged and its keys: a record is a repeat when it goes back in steps,
+        # or logs a key again at the newest step (the same step's eval after its train record
+        # is not one).
+        self._last_step, self._last_keys = -1, set()
+        for record in read_metrics(self.run_dir) if previous.is_file() else []:
+            self._note(record["step"], record)
         self._jsonl = open(previous, "a", buffering=1)  # noqa: SIM115
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -63,10 +64,16 @@ class MetricsLogger:
                 self._tb.add_scalar(key, value, global_step=step)
         if nonfinite:
             record["nonfinite"] = nonfinite
-        if step <= self._last_step:
+        if step < self._last_step or (step == self._last_step and self._last_keys & scalars.keys()):
             record["repeated"] = True
-        self._last_step = max(self._last_step, step)
+        self._note(step, scalars)
         self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
+
+    def _note(self, step: int, keys: Any) -> None:
+        if step > self._last_step:
+            self._last_step, self._last_keys = step, set()
+        if step == self._last_step:
+            self._last_keys |= set(keys) - {"step", "repeated", "nonfinite"}
 
     def flush(self) -> None:
         if self._jsonl is None:
