@@ -2,9 +2,11 @@
 
 Run: `pip install -e ".[bench]" && python benchmarks/train_step.py` (`--quick` for a smoke run).
 
-1. An MLP 784-256-256-10, batch 128, Adam: median time per step of paxtrain's `train_step`, a
-   raw-JAX step (parameters as dicts, `jax.jit`, donated buffers), `eqx.filter_jit` and
-   `nnx.jit`; and paxtrain with `steps_per_call=10`.
+1. An MLP 784-256-256-10, batch 128, Adam: median time per step of the step the `Trainer`'s
+   defaults give (non-finite guard, grad-norm metric, called as the loop calls it), paxtrain's
+   lean step (the others' work), a raw-JAX step (parameters as dicts, `jax.jit`, donated
+   buffers), `eqx.filter_jit` and `nnx.jit`; and paxtrain with `steps_per_call=10`. Also XLA's
+   cost analysis (bytes accessed) of the default, lean and raw-JAX programs.
 2. A char-level LSTM (embed 64, hidden 256, batch 32, 128 steps of `lax.scan`): tokens/s of
    paxtrain's step against the same model in raw JAX.
 Writes a section of `benchmarks/RESULTS.md`.
@@ -22,6 +24,7 @@ import numpy as np
 import optax
 from report import machine_line, section_title, write_section
 from timing import interleaved
+from trainer_step import bytes_accessed, trainer_runner, trainer_step_bytes
 
 import paxtrain as pax
 import paxtrain.nn as nn
@@ -74,8 +77,15 @@ def paxtrain_runner(steps_per_call: int = 1, grad_norm: bool = False) -> Callabl
     return run
 
 
+def lean_step_bytes() -> float:
+    state = TrainState.create(PaxMLP(), optax.adam(1e-3), seed=0)
+    step = make_train_step(pax_loss, nonfinite_guard=False, grad_norm=False)
+    leaves, treedef = jax.tree_util.tree_flatten(step.init(state))
+    return bytes_accessed(step.flat(treedef), leaves, _mlp_batch())
+
+
 # ------------------------------------------------------------------------------- raw JAX
-def raw_runner() -> Callable[[], None]:
+def raw_step_and_args():
     keys = jax.random.split(jax.random.PRNGKey(0), len(SIZES) - 1)
     params = [
         {"w": jax.random.normal(k, (a, b)) / np.sqrt(a), "b": jnp.zeros(b)}
@@ -95,8 +105,11 @@ def raw_runner() -> Callable[[], None]:
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    step = jax.jit(step, donate_argnums=(0, 1))
-    batch = _mlp_batch()
+    return jax.jit(step, donate_argnums=(0, 1)), params, opt_state, _mlp_batch()
+
+
+def raw_runner() -> Callable[[], None]:
+    step, params, opt_state, batch = raw_step_and_args()
     holder = [params, opt_state]
 
     def run():
@@ -258,9 +271,12 @@ def main() -> None:
 
     mlp = {
         "raw JAX": raw_runner(),
+        "paxtrain Trainer (defaults)": trainer_runner(
+            PaxMLP(), pax_loss, _mlp_batch(), optax.adam(1e-3)
+        ),
         "paxtrain": paxtrain_runner(),
         "paxtrain steps_per_call=10": paxtrain_runner(10),
-        "paxtrain + grad_norm metric (the default)": paxtrain_runner(grad_norm=True),
+        "paxtrain + grad_norm metric, no guard": paxtrain_runner(grad_norm=True),
         "Equinox (filter_jit)": equinox_runner(),
         "Flax NNX (nnx.jit)": nnx_runner(),
     }
@@ -270,6 +286,16 @@ def main() -> None:
     mlp_times["paxtrain steps_per_call=10"] /= 10  # per step, not per call
     raw = mlp_times["raw JAX"]
     rows = [f"| {name} | {t * 1e6:.0f} | {t / raw:.3f} |" for name, t in mlp_times.items()]
+    cost = {
+        "raw JAX": bytes_accessed(*raw_step_and_args()),
+        "paxtrain Trainer (defaults)": trainer_step_bytes(
+            PaxMLP(), pax_loss, _mlp_batch(), optax.adam(1e-3)
+        ),
+        "paxtrain": lean_step_bytes(),
+    }
+    cost_rows = [
+        f"| {name} | {b / 1e6:.2f} | {b / cost['raw JAX']:.3f} |" for name, b in cost.items()
+    ]
 
     lstm_sizes = (98, 64, 256, 128, 32)  # vocab, embed, hidden, seq, batch
     tokens = lstm_sizes[3] * lstm_sizes[4]
@@ -287,6 +313,12 @@ def main() -> None:
             "|---|---|---|",
             *rows,
             "",
+            "XLA cost analysis of the same MLP step (bytes accessed per step):",
+            "",
+            "| program | MB accessed | vs raw JAX |",
+            "|---|---|---|",
+            *cost_rows,
+            "",
             "Char-level LSTM (embed 64, hidden 256, seq 128, batch 32), scan over time:",
             "",
             "| implementation | tokens/s | throughput vs raw JAX |",
@@ -300,7 +332,8 @@ def main() -> None:
             f"Command: `python benchmarks/train_step.py` ({rounds} interleaved rounds; "
             f"medians). paxtrain rows do the others' work (`nonfinite_guard=False, "
             f"grad_norm=False`) unless named otherwise. "
-            f"Targets: paxtrain <= 1.05x raw JAX and faster than both peers; "
+            f"Targets: the Trainer's default step <= 1.05x raw JAX, lean <= 1.02x, both faster "
+            f"than the peers; default bytes accessed within 10% of raw JAX; "
             f"steps_per_call=10 >= 2x faster per step than 1 on CPU; LSTM tokens/s >= 0.97x "
             f"raw JAX.\n\nMachine: {machine_line()}\n\n{table}"
         )

@@ -6,7 +6,10 @@ hash, versions). Saving is asynchronous by default: training goes on while Orbax
 temporary directory, which it renames only when complete, so a process killed mid-save leaves
 the previous checkpoints intact. Restoring checks every path, shape and dtype against the state
 it restores into before reading anything, and falls back to an older checkpoint when the newest
-one cannot be read.
+one cannot be read. Each checkpoint records a CRC-32 of every array (Orbax keeps no checksum of
+array data), verified on restore, so a flipped byte is caught instead of resumed from. A writer
+moves a corrupt or unfinished step directory aside (`STEP.corrupt`, never deleted) so the run can
+save that step again; a reader (`read_only`) changes nothing.
 
 Example:
     >>> manager = CheckpointManager("runs/demo/checkpoints", keep_last=2)  # doctest: +SKIP
@@ -19,6 +22,7 @@ from __future__ import annotations
 import logging
 import pathlib
 import warnings
+import zlib
 from typing import Any
 
 import jax
@@ -35,7 +39,12 @@ _EXPECTED_ORBAX_WARNINGS = ("did not provide metrics", "read_only=True", "direct
 
 
 class _QuietExpectedWarnings(logging.Filter):
+    """Drops those warnings, and the tracebacks of Orbax's errors: a failed save is raised
+    again as one CheckpointError naming the save and the last good checkpoint."""
+
     def filter(self, record: logging.LogRecord) -> bool:
+        if "orbax" in record.pathname:
+            record.exc_info, record.exc_text = None, None
         return not any(text in record.getMessage() for text in _EXPECTED_ORBAX_WARNINGS)
 
 
@@ -54,10 +63,20 @@ The model or optimizer was built from a different config. Restore with the run's
 (`paxtrain resume RUN_DIR`), or start a new run directory."""
 
 UNREADABLE_MSG = (
-    "Checkpoint step {step} in {directory} is unreadable ({reason}); trying step {fallback}."
+    "Checkpoint step {step} in {directory} is unreadable ({reason}){moved}; trying step {fallback}."
 )
+MOVED_ASIDE_MSG = "; moved it aside to {path}"
+UNFINISHED_MSG = (
+    "Step directory {path} is no complete checkpoint (an interrupted save or a damaged one); "
+    "moved it aside to {moved} so that the step can be saved again."
+)
+CHECKSUM_MSG = "the CRC-32 of `{path}` is {actual}, not the {expected} recorded when it was saved"
 
 NO_CHECKPOINT_MSG = "No readable checkpoint in {directory}{detail}."
+ALL_UNREADABLE_MSG = (
+    ": tried {tried}. The damaged ones are kept, moved aside as STEP.corrupt; restore a good "
+    "copy into the directory, or run again to start from step 0"
+)
 
 SAVE_FAILED_MSG = """\
 Saving checkpoint step {step} to {directory} failed: {reason}
@@ -80,8 +99,31 @@ def flatten_state(state: Any) -> dict[str, jax.Array]:
     return {jax.tree_util.keystr(path, simple=True, separator="."): leaf for path, leaf in leaves}
 
 
+def array_checksums(flat: dict[str, Any]) -> dict[str, str]:
+    """A CRC-32 of the bytes of each array this process holds whole (hex), keyed by path.
+
+    Example:
+        >>> array_checksums({"w": np.zeros(3, np.float32)})
+        {'w': '7bd5c66f'}
+    """
+    sums = {}
+    for path, x in flat.items():
+        if getattr(x, "is_fully_addressable", True):
+            data = np.ascontiguousarray(np.asarray(x))
+            sums[path] = f"{zlib.crc32(data.reshape(-1).view(np.uint8)):08x}"
+    return sums
+
+
+class _ChecksumMismatch(Exception):
+    """Restored arrays differ from what was saved: a damaged checkpoint."""
+
+
 def _describe(shape: tuple, dtype: Any) -> str:
     return f"shape {tuple(shape)} {np.dtype(dtype).name}"
+
+
+def _reason(error: Exception) -> str:
+    return f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
 
 
 class CheckpointManager:
@@ -146,6 +188,31 @@ class CheckpointManager:
             },
         )
         self._sign = -1.0 if mode == "max" else 1.0
+        # Readers change nothing; in a multi-process job, process 0 alone renames directories.
+        self._moves_bad_steps = not read_only and jax.process_index() == 0
+        self._pending_step: int | None = None  # the step of a background save in flight
+        if self._moves_bad_steps:
+            self._move_aside_unfinished()
+
+    def _move_aside(self, step_dir: pathlib.Path) -> pathlib.Path:
+        """Renames a bad step directory to `STEP.corrupt` (`STEP.corrupt-2`...): kept, but no
+        longer a step, so the step can be saved again."""
+        target, n = step_dir.with_name(f"{step_dir.name}.corrupt"), 1
+        while target.exists():
+            n += 1
+            target = step_dir.with_name(f"{step_dir.name}.corrupt-{n}")
+        step_dir.rename(target)
+        self._manager.reload()
+        return target
+
+    def _move_aside_unfinished(self) -> None:
+        """Moves aside step directories Orbax does not list as checkpoints (emptied, or left
+        without their commit marker): saving their step again would fail."""
+        listed = set(self._manager.all_steps())
+        for path in sorted(self.directory.iterdir()) if self.directory.is_dir() else []:
+            if path.is_dir() and path.name.isdigit() and int(path.name) not in listed:
+                moved = self._move_aside(path)
+                warnings.warn(UNFINISHED_MSG.format(path=path, moved=moved.name), stacklevel=3)
 
     def steps(self) -> list[int]:
         """Steps of the complete checkpoints, oldest first."""
@@ -187,23 +254,37 @@ class CheckpointManager:
         Raises CheckpointError (naming the last good checkpoint) if the write fails.
         """
         step = int(state.step)
-        record = {"step": step, "data_position": step, **(meta or {})}
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(flatten_state(state)), meta=ocp.args.JsonSave(record)
-        )
+        flat = flatten_state(state)
+        record = {
+            "step": step, "data_position": step, **(meta or {}), "checksums": array_checksums(flat)
+        }  # fmt: skip
+        args = ocp.args.Composite(state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(record))
+        self.wait()  # a background save that failed is reported as that save, not this one
         try:
+            self._pending_step = step
             self._manager.save(step, args=args, metrics=metrics, force=True)
             if wait:
-                self._manager.wait_until_finished()
+                self.wait()
+        except CheckpointError:
+            raise
         except Exception as error:  # Orbax raises OSError, ValueError...: report them all alike
-            raise CheckpointError(
-                SAVE_FAILED_MSG.format(
-                    step=step, directory=self.directory, reason=error, last=self._last_good(step)
-                )
-            ) from error
+            raise self._save_failed(step, error) from None
+        if wait:
+            self._pending_step = None
+
+    def _save_failed(self, step: int, error: Exception) -> CheckpointError:
+        self._pending_step = None
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if len(reason) > 300:  # tensorstore's chain of contexts: the end names the cause
+            reason = "..." + reason[-240:]
+        return CheckpointError(
+            SAVE_FAILED_MSG.format(
+                step=step, directory=self.directory, reason=reason, last=self._last_good(step)
+            )
+        )
 
     def _last_good(self, failed_step: int) -> str:
-        good = [s for s in self.steps() if s != failed_step]
+        good = [s for s in self.steps() if s < failed_step]
         return f"step {good[-1]}" if good else "none yet"
 
     def check_compatible(self, step: int, template: Any) -> None:
@@ -248,9 +329,31 @@ class CheckpointManager:
                 state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
             ),
         )
+        meta = dict(restored.meta)
+        expected = meta.get("checksums", {})
+        actual = array_checksums(dict(restored.state))
+        for path, value in actual.items():
+            if path in expected and expected[path] != value:
+                raise _ChecksumMismatch(
+                    CHECKSUM_MSG.format(path=path, actual=value, expected=expected[path])
+                )
         leaves = [restored.state[path] for path in flat]
         state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)
-        return state, dict(restored.meta)
+        return state, meta
+
+    def _restore_named(self, step: int, template: Any) -> tuple[Any, dict[str, Any]]:
+        """A step the caller asked for by name ("best", a number): no fallback."""
+        try:
+            return self._restore_step(step, template)
+        except CheckpointError:
+            raise
+        except Exception as error:
+            raise CheckpointError(
+                UNREADABLE_MSG.format(
+                    step=step, directory=self.directory, reason=_reason(error), moved="",
+                    fallback="none (this step was asked for)",
+                )
+            ) from None  # fmt: skip
 
     def restore(self, template: Any, step: int | str = "latest") -> tuple[Any, dict[str, Any]]:
         """Restores into the structure of `template`; returns `(state, meta)`.
@@ -270,34 +373,45 @@ class CheckpointManager:
                 raise CheckpointError(NO_CHECKPOINT_MSG.format(
                     directory=self.directory, detail=f" with a recorded `{self.monitor}`"
                 ))  # fmt: skip
-            return self._restore_step(best, template)
+            return self._restore_named(best, template)
         if step != "latest":
             if int(step) not in self.steps():
                 raise CheckpointError(NO_CHECKPOINT_MSG.format(
                     directory=self.directory, detail=f" for step {step} (have {self.steps()})"
                 ))  # fmt: skip
-            return self._restore_step(int(step), template)
+            return self._restore_named(int(step), template)
         candidates = self.steps()[::-1]
+        tried = []
         for i, candidate in enumerate(candidates):
             try:
                 return self._restore_step(candidate, template)
             except CheckpointError:
                 raise
             except Exception as error:  # a corrupt or truncated checkpoint: try an older one
+                moved = ""
+                if self._moves_bad_steps:
+                    path = self._move_aside(self.directory / str(candidate))
+                    moved = MOVED_ASIDE_MSG.format(path=path)
+                tried.append(f"step {candidate} ({_reason(error)})")
                 fallback = candidates[i + 1] if i + 1 < len(candidates) else "none"
                 warnings.warn(
                     UNREADABLE_MSG.format(
-                        step=candidate, directory=self.directory,
-                        reason=f"{type(error).__name__}: {str(error).splitlines()[0][:200]}",
-                        fallback=fallback,
+                        step=candidate, directory=self.directory, reason=_reason(error),
+                        moved=moved, fallback=fallback,
                     ),
                     stacklevel=2,
                 )  # fmt: skip
-        raise CheckpointError(NO_CHECKPOINT_MSG.format(directory=self.directory, detail=""))
+        detail = ALL_UNREADABLE_MSG.format(tried="; ".join(tried)) if tried else ""
+        raise CheckpointError(NO_CHECKPOINT_MSG.format(directory=self.directory, detail=detail))
 
     def wait(self) -> None:
-        """Blocks until a background save has finished."""
-        self._manager.wait_until_finished()
+        """Blocks until a background save has finished; raises CheckpointError naming that
+        save if it failed."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as error:
+            raise self._save_failed(self._pending_step or -1, error) from None
+        self._pending_step = None
 
     def close(self) -> None:
         """Waits for pending saves and releases Orbax's resources."""

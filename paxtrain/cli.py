@@ -25,7 +25,9 @@ import argparse
 import os
 import pathlib
 import sys
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 from paxtrain.checkpoint import CheckpointError
 from paxtrain.config import ConfigError
@@ -240,9 +242,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         return _report(f"config error: {error}", EXIT_CONFIG_ERROR)
     except (FileNotFoundError, CheckpointError, LayoutError, DataError) as error:
+        _quiet_failing_writers_at_exit()
         return _report(str(error), EXIT_CONFIG_ERROR)
     except LaunchError as error:
         return _report(str(error), 1)
+
+
+def _quiet_failing_writers_at_exit() -> None:
+    """After a checkpoint problem was reported in one line (a full disk, say), the event-file
+    writer's exit-time flush and thread may fail the same way; their tracebacks would bury
+    that line, and add nothing to it."""
+
+    def unraisable(info: Any) -> None:
+        if not isinstance(info.exc_value, OSError):
+            previous_unraisable(info)
+
+    def thread_error(args: Any) -> None:
+        if not isinstance(args.exc_value, OSError):
+            previous_thread(args)
+
+    previous_unraisable, previous_thread = sys.unraisablehook, threading.excepthook
+    sys.unraisablehook, threading.excepthook = unraisable, thread_error
 
 
 def _report(message: str, code: int) -> int:

@@ -95,6 +95,8 @@ class Optimizer(pax.Module):
             >>> model, opt = opt.step(grads, model)  # doctest: +SKIP
         """
         params = pax.select_parameters(model)
+        # `jax.grad` of the whole module (PAX examples) also has leaves for states: drop them.
+        grads = pax.select_parameters(grads)
         structure = jax.tree_util.tree_structure(params)
         if structure != self.parameter_structure:
             raise ValueError(
@@ -113,7 +115,7 @@ class Optimizer(pax.Module):
         Example:
             >>> opt, updates = pax.module_and_value(opt)(grads, model.parameters())  # doctest: +SKIP
         """
-        params = pax.select_parameters(params)
+        params, grads = pax.select_parameters(params), pax.select_parameters(grads)
         updates, self.opt_state = self.transformation.update(grads, self.opt_state, params)
         return jax.tree_util.tree_map(jnp.negative, updates)
 

@@ -162,7 +162,8 @@ class RunFiles(Hook):
         self.cfg, self.info = cfg, info
 
     def on_train_start(self, trainer: Any) -> None:
-        (trainer.run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(self.cfg, resolve=True))
+        # Unresolved: a resume re-resolves `${optimizer.horizon}` with its own overrides.
+        (trainer.run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(self.cfg))
         (trainer.run_dir / RUN_INFO_FILE).write_text(json.dumps(self.info, indent=2) + "\n")
 
 
@@ -220,18 +221,16 @@ def schedule_horizon(cfg: DictConfig, run_dir: pathlib.Path) -> int:
     from paxtrain.train.checkpointing import CHECKPOINT_DIR
 
     max_steps = cfg.trainer.max_steps
-    if cfg.optimizer.horizon:
-        return int(cfg.optimizer.horizon)
     saved = _saved_meta(run_dir / CHECKPOINT_DIR).get("schedule_horizon")
-    if saved is None:
-        return max_steps
+    horizon = int(cfg.optimizer.horizon or saved or max_steps)
     schedule = OmegaConf.select(cfg, "optimizer.learning_rate._target_")
     follows_horizon = "${optimizer.horizon}" in OmegaConf.to_yaml(cfg.optimizer)
-    if saved != max_steps and follows_horizon:
+    if saved is not None and horizon != max_steps and follows_horizon:
         print(
-            HORIZON_KEPT_MSG.format(schedule=schedule, saved=saved, max_steps=max_steps), flush=True
+            HORIZON_KEPT_MSG.format(schedule=schedule, saved=horizon, max_steps=max_steps),
+            flush=True,
         )
-    return int(saved)
+    return horizon
 
 
 def _saved_meta(directory: pathlib.Path) -> dict[str, Any]:
@@ -337,7 +336,7 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
         saved = "checkpoint saved" if trainer.checkpointing else "no checkpointing, nothing saved"
         say(f"paxtrain: {trainer.stop_reason}; {saved}. Continue with: paxtrain resume {run_dir}")
         return trainer
-    if trainer.step > 0 or not trainer.stop_reason:
+    if not trainer.nothing_to_train:
         say(f"paxtrain: finished at step {trainer.step} in {elapsed:.0f}s; {shown}")
     if trainer.stop_reason:
         say(f"paxtrain: {trainer.stop_reason}")

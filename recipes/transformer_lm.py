@@ -97,6 +97,10 @@ class TransformerLM(pax.Module):
       model_dim: width of the residual stream.
       mlp_ratio: MLP width as a multiple of `model_dim`.
       dropout: dropout rate on the embeddings and inside each block.
+      scan_layers: stack the blocks' parameters and run them under `lax.scan` over depth
+        (`nn.ScanLayers`): compile time stays flat in depth; same outputs as the loop.
+      remat: what `jax.checkpoint` keeps of each block for the backward pass: "none", "dots"
+        (matmul results) or "full" (only the block's input): less memory, more compute.
 
     GPT-2 small is `num_layers=12, num_heads=12, model_dim=768, seq_len=1024`.
 
@@ -115,6 +119,9 @@ class TransformerLM(pax.Module):
         model_dim: int = 128,
         mlp_ratio: int = 4,
         dropout: float = 0.0,
+        *,
+        scan_layers: bool = False,
+        remat: str = "none",
     ):
         super().__init__()
         self.vocab_size, self.seq_len = vocab_size, seq_len
@@ -123,12 +130,12 @@ class TransformerLM(pax.Module):
         self.token_embed = nn.Embed(vocab_size, model_dim, w_init=init)
         self.position_embed = nn.Embed(seq_len, model_dim, w_init=init)
         self.embed_dropout = nn.Dropout(dropout)
-        self.blocks = nn.Sequential(
-            *(
-                TransformerBlock(model_dim, num_heads, mlp_ratio, dropout, num_layers)
-                for _ in range(num_layers)
-            )
-        )
+        blocks = [
+            TransformerBlock(model_dim, num_heads, mlp_ratio, dropout, num_layers)
+            for _ in range(num_layers)
+        ]
+        self.remat = remat
+        self.blocks = nn.ScanLayers(blocks, remat=remat) if scan_layers else nn.Sequential(*blocks)
         self.final_norm = nn.LayerNorm(model_dim)
         self.head = nn.Linear(model_dim, vocab_size, w_init=init)
 
@@ -139,7 +146,15 @@ class TransformerLM(pax.Module):
         if length > self.seq_len:
             raise ValueError(TOO_LONG_MSG.format(length=length, seq_len=self.seq_len))
         x = self.token_embed(ids) + self.position_embed(jnp.arange(length))
-        x = self.blocks(self.embed_dropout(x))
+        x = self.embed_dropout(x)
+        if isinstance(self.blocks, nn.ScanLayers) or self.remat == "none":
+            x = self.blocks(x)
+        else:  # each block of the loop under jax.checkpoint; its updated states kept
+            blocks = []
+            for block in self.blocks.layers:
+                block, x = nn.call_block(block, x, self.remat)
+                blocks.append(block)
+            self.blocks = self.blocks.replace(layers=tuple(blocks))
         return self.head(self.final_norm(x))
 
     def loss(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -30,3 +30,17 @@ def test_transformer_mfu_quick():
         assert row is not None, out
         tokens_per_second = float(row.group(1).replace(",", ""))
         assert math.isfinite(tokens_per_second) and tokens_per_second > 0, out
+
+
+def test_overhead_quick_measures_the_trainer_step_returning_the_state():
+    out = run_quick("overhead.py")
+    for name in ("raw JAX", "paxtrain TrainStep(state)", "paxtrain Trainer (defaults, flat)"):
+        row = re.search(rf"^\| {re.escape(name)} \| ([\d.]+) \| ([\d.]+) \|$", out, re.M)
+        assert row is not None and float(row.group(1)) > 0, out
+
+
+def test_scan_layers_quick_compiles_both_variants_with_equal_losses():
+    out = run_quick("scan_layers.py")
+    rows = re.findall(r"^\| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", out, re.M)
+    assert [int(r[0]) for r in rows] == [1, 2], out
+    assert all(r[3] == r[4] for r in rows), out

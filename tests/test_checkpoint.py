@@ -41,7 +41,9 @@ def test_round_trip_is_exact_and_meta_is_kept(tmp_path):
     manager.wait()
     restored, meta = manager.restore(make_state())
     assert_trees_equal(restored, state)
+    checksums = meta.pop("checksums")
     assert meta == {"step": 7, "data_position": 7, "config_hash": "abc"}
+    assert checksums.keys() == flatten_state(state).keys()
     assert type(restored.model[0]) is nn.Linear
     manager.close()
 
@@ -166,3 +168,99 @@ def test_flatten_state_paths():
     paths = list(flatten_state(make_state()))
     assert "model.layers.0.weight" in paths and "step" in paths
     assert any(p.startswith("optimizer.opt_state") for p in paths)
+
+
+def _data_files(step_dir: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(
+        p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"
+    )
+
+
+def _flip_one_byte(step_dir):
+    """One bit of one stored array value, in the largest data file: decodes fine, wrong value."""
+    path = max(_data_files(step_dir), key=lambda p: p.stat().st_size)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+CORRUPTIONS = {
+    "truncated file": lambda d: [p.write_bytes(p.read_bytes()[:10]) for p in _data_files(d)],
+    "deleted file": lambda d: [p.unlink() for p in _data_files(d)],
+    "deleted manifest": lambda d: [p.unlink() for p in (d / "state").rglob("manifest.ocdbt")],
+    "random bytes": lambda d: [
+        p.write_bytes(np.random.default_rng(0).bytes(p.stat().st_size)) for p in _data_files(d)
+    ],
+    "deleted state": lambda d: shutil.rmtree(d / "state"),
+    "empty directory": lambda d: [shutil.rmtree(d), d.mkdir()],
+    "bad meta JSON": lambda d: (d / "meta" / "metadata").write_text("{not json"),
+    "one flipped byte": _flip_one_byte,
+}
+
+
+@pytest.mark.parametrize("kind", CORRUPTIONS)
+def test_a_corrupt_checkpoint_is_moved_aside_and_its_step_saved_again(tmp_path, kind):
+    # Wide enough that OCDBT stores the weights in a data file of their own, not inline.
+    good, bad = perturbed(make_state(512, step=4), 1.0), perturbed(make_state(512, step=8), 2.0)
+    manager = CheckpointManager(tmp_path, async_save=False)
+    manager.save(good)
+    manager.save(bad)
+    manager.close()
+    CORRUPTIONS[kind](tmp_path / "8")
+
+    # A reader changes nothing; a writer moves the damaged step aside, keeping its files.
+    CheckpointManager(tmp_path, read_only=True).close()
+    assert (tmp_path / "8").is_dir() and not (tmp_path / "8.corrupt").exists()
+    with pytest.warns(UserWarning, match=r"step 8|8 is no complete checkpoint"):
+        manager = CheckpointManager(tmp_path, async_save=False)
+        restored, _ = manager.restore(make_state(512))
+    assert int(restored.step) == 4
+    assert_trees_equal(restored, good)
+    assert (tmp_path / "8.corrupt").is_dir() and manager.steps() == [4]
+    manager.save(bad)  # the resumed run reaches step 8 again
+    assert manager.steps() == [4, 8]
+    assert_trees_equal(manager.restore(make_state(512))[0], bad)
+    manager.close()
+
+
+def test_all_checkpoints_corrupt_is_one_message_listing_them(tmp_path):
+    manager = CheckpointManager(tmp_path, async_save=False)
+    for step in (4, 8):
+        manager.save(make_state(512, step=step))
+    manager.close()
+    for step in (4, 8):
+        CORRUPTIONS["one flipped byte"](tmp_path / str(step))
+    manager = CheckpointManager(tmp_path, async_save=False)
+    with pytest.warns(UserWarning), pytest.raises(CheckpointError) as info:
+        manager.restore(make_state(512))
+    message = str(info.value)
+    assert "tried step 8 (" in message and "; step 4 (" in message and "CRC-32" in message
+    assert "moved aside as STEP.corrupt" in message
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["4.corrupt", "8.corrupt"]
+
+
+def test_a_named_step_that_is_corrupt_is_a_checkpoint_error(tmp_path):
+    manager = CheckpointManager(tmp_path, async_save=False)
+    manager.save(make_state(512, step=4))
+    manager.close()
+    CORRUPTIONS["one flipped byte"](tmp_path / "4")
+    reader = CheckpointManager(tmp_path, read_only=True)
+    with pytest.raises(CheckpointError, match=r"step 4 .* unreadable .*CRC-32"):
+        reader.restore(make_state(512), step=4)
+    reader.close()
+
+
+def test_a_reader_never_cleans_up_a_writers_temporary_directory(tmp_path):
+    manager = CheckpointManager(tmp_path, async_save=False)
+    manager.save(make_state(step=1))
+    manager.close()
+    in_progress = tmp_path / "2.orbax-checkpoint-tmp-1234"
+    shutil.copytree(tmp_path / "1", in_progress)  # what a writer saving step 2 has on disk
+    reader = CheckpointManager(tmp_path, read_only=True)
+    assert reader.steps() == [1] and int(reader.restore(make_state())[0].step) == 1
+    reader.close()
+    assert in_progress.is_dir()
+    writer = CheckpointManager(tmp_path, async_save=False)  # a writer cleans it up before its
+    writer.save(make_state(step=3))  # first save (what a reader used to do): the test can tell
+    writer.close()
+    assert not in_progress.exists()

@@ -60,6 +60,27 @@ def test_npy_columns_and_a_function_as_datasets(tmp_path):
     assert made.info["num_examples"] == 16
 
 
+def array_record_examples(path):
+    """Records of 4 float32 bytes each, decoded: what a user's `_target_` function returns."""
+    source = grain.sources.ArrayRecordDataSource(path)
+    return grain.MapDataset.source(source).map(lambda raw: {"x": np.frombuffer(raw, np.float32)})
+
+
+def test_array_record_files_through_a_function_named_in_the_config(tmp_path):
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    path = str(tmp_path / "examples.array_record")
+    writer = ArrayRecordWriter(path, "group_size:1")
+    rows = np.arange(40, dtype=np.float32).reshape(10, 4)
+    for row in rows:
+        writer.write(row.tobytes())
+    writer.close()
+    spec = {"_target_": "test_data_grain.array_record_examples", "path": path}
+    data = GrainSource(spec, batch_size=5, eval=spec, eval_batch_size=4, shuffle=False)
+    np.testing.assert_array_equal(data.train_batch(3)["x"], rows[5:10])
+    np.testing.assert_array_equal(np.concatenate([b["x"] for b in data.eval_batches()]), rows)
+
+
 def test_bad_datasets_are_named_with_the_fix(tmp_path):
     with pytest.raises(DataError, match="16 examples, too few for one batch of batch_size=32"):
         GrainSource(examples(16), batch_size=32)

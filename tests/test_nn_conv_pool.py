@@ -238,7 +238,12 @@ def test_pooling_matches_numpy(window, strides, padding, pool, reduce):
     else:
         pads = padding
     expected = _numpy_pool(x, window, steps, pads, reduce)
-    np.testing.assert_allclose(pool(x, window, strides, padding), expected, rtol=1e-5, atol=1e-6)
+    # PAX / Haiku spelling for NHWC: the trailing axes, 1 for the channels.
+    trailing = None if strides is None else (*strides, 1)
+    got = pool(x, (*window, 1), trailing, padding)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    full = None if strides is None else (1, *strides, 1)
+    np.testing.assert_allclose(pool(x, (1, *window, 1), full, padding), expected, rtol=1e-5)
 
 
 def test_pooling_channels_first_and_under_jit():
@@ -257,8 +262,22 @@ def test_pooling_channels_first_and_under_jit():
 def test_max_pool_of_integers_and_bad_window():
     x = jnp.arange(8, dtype=jnp.int32).reshape(1, 8, 1)
     np.testing.assert_array_equal(nn.max_pool(x, 2, padding="SAME")[0, :, 0], [1, 3, 5, 7])
-    with pytest.raises(ValueError, match="window_shape must be an int or 1 ints"):
+    with pytest.raises(ValueError, match="window_shape must be an int .* got \\(2, 2, 2, 2\\)"):
+        nn.max_pool(x, (2, 2, 2, 2))
+
+
+def test_a_per_spatial_window_that_pax_would_read_otherwise_is_refused():
+    """PAX v0.4.3 / Haiku read (2, 2) on NHWC as the W and C axes; refuse, naming both fixes."""
+    x = _randn(1, 4, 4, 3)
+    with pytest.raises(ValueError, match=r"ambiguous.*\(2, 2, 1\).*\(1, 2, 2, 1\)"):
         nn.max_pool(x, (2, 2))
+    with pytest.raises(ValueError, match="strides=\\(1, 1\\)|strides"):
+        nn.avg_pool(x, 2, (2, 1))
+    # Channels first: the trailing axes are the spatial ones, so both readings agree.
+    nchw = np.moveaxis(x, -1, 1)
+    np.testing.assert_allclose(
+        nn.max_pool(nchw, (2, 2), channel_axis=1), np.moveaxis(nn.max_pool(x, 2), -1, 1)
+    )
 
 
 @pytest.mark.parametrize("pool", [nn.max_pool, nn.avg_pool])

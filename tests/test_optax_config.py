@@ -147,4 +147,6 @@ def test_lion_trains_from_the_cli(tmp_path):
     )
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["optimizer"]["_target_"] == "optax.lion"
-    assert saved["optimizer"]["learning_rate"]["decay_steps"] == 4  # resolved: a resume keeps it
+    # The horizon is saved; the schedule follows it, so a resume keeps it or overrides it.
+    assert saved["optimizer"]["horizon"] == 4
+    assert saved["optimizer"]["learning_rate"]["decay_steps"] == "${optimizer.horizon}"

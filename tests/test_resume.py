@@ -1,6 +1,8 @@
 """Exact resume, preemption and faults, end to end through `paxtrain` in subprocesses."""
 
 import json
+import os
+import subprocess
 import textwrap
 
 import numpy as np
@@ -43,6 +45,24 @@ class SignalAt(Hook):
             if self.wait:
                 trainer.checkpointing.manager.wait()
             os.kill(os.getpid(), self.signal)
+
+
+class SignalAgainAtTheEnd(Hook):
+    """A second signal while the end-of-training hooks run (before the final save)."""
+
+    def __init__(self, signal_name="SIGINT"):
+        self.signal = getattr(signal, signal_name)
+
+    def on_train_end(self, trainer):
+        os.kill(os.getpid(), self.signal)
+
+
+class SignalWhileBuilt(CharCorpus):
+    """Sends a signal to this process while the data is being built (start-up)."""
+
+    def __init__(self, signal_name="SIGTERM", **kwargs):
+        os.kill(os.getpid(), getattr(signal, signal_name))
+        super().__init__(**kwargs)
 
 
 class SignalDuringEval(CharCorpus):
@@ -179,3 +199,104 @@ def test_fine_tune_from_a_run_with_a_frozen_embedding(workdir):
     before, after = checkpoint_arrays(source, 8), checkpoint_arrays(run, 4)
     np.testing.assert_array_equal(after["model.embed.weight"], before["model.embed.weight"])
     assert not np.array_equal(after["model.head.weight"], before["model.head.weight"])
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_waits_for_the_save_and_the_lines_agree_on_the_step(workdir):
+    run = workdir / "ctrl_c"
+    result = fit(
+        workdir, run, "trainer.max_steps=8", "trainer.plot=true",
+        "callbacks=[{_target_:faults.SignalAt,signal_name:SIGINT,step:3},"
+        "{_target_:faults.SignalAgainAtTheEnd}]",
+    )  # fmt: skip
+    assert result.returncode == PREEMPTED, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr
+    out = result.stdout
+    assert "SIGINT: stopping after this step and saving a checkpoint; press Ctrl-C" in out
+    assert "SIGINT again: exiting as soon as the checkpoint is saved" in out
+    last = out.strip().splitlines()[-1]
+    assert (
+        last
+        == f"paxtrain: preempted by SIGINT at step 3; checkpoint saved. Continue with: paxtrain resume {run}"
+    )
+    assert "finished at step" not in out
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["3"]
+    assert not (run / "curves.png").exists()  # the plot comes after the save, and was skipped
+
+
+@pytest.mark.parametrize(
+    "name", ["SIGTERM", pytest.param("SIGINT", marks=pytest.mark.slow),
+             pytest.param("SIGUSR1", marks=pytest.mark.slow)],
+)  # fmt: skip
+def test_a_signal_during_start_up_exits_75_with_nothing_to_save(workdir, name):
+    run = workdir / f"startup_{name}"
+    result = fit(workdir, run, "data._target_=faults.SignalWhileBuilt", f"+data.signal_name={name}")
+    assert result.returncode == PREEMPTED, result.stderr[-2000:]
+    assert (
+        result.stderr
+        == f"paxtrain: {name} before training started: nothing to save. Run the same command again.\n"
+    )
+    assert not run.exists()
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_schedule_and_a_lower_max_steps_has_nothing_to_train(workdir):
+    run = workdir / "horizon"
+    schedule = [
+        "optimizer.learning_rate.warmup_steps=1", "optimizer.learning_rate.peak_value=0.01"
+    ]  # fmt: skip
+    assert fit(workdir, run, "trainer.max_steps=4", *schedule).returncode == 0
+    longer = paxtrain(workdir, "resume", str(run), "trainer.max_steps=8")
+    assert longer.returncode == 0, longer.stderr[-2000:]
+    assert (
+        "keeps its horizon of 4 steps" in longer.stdout and "optimizer.horizon=8" in longer.stdout
+    )
+    lrs = {
+        r["step"]: r["train/learning_rate"]
+        for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        if "train/learning_rate" in r
+    }
+    assert lrs[6] == lrs[8] == 0.0  # the schedule over 4 steps ended at 0: no restart
+    shorter = paxtrain(workdir, "resume", str(run), "trainer.max_steps=2")
+    assert shorter.returncode == 0, shorter.stderr[-2000:]
+    assert (
+        "nothing to train: the checkpoint is at step 8 and trainer.max_steps is 2" in shorter.stdout
+    )
+    assert "step 8/2" not in shorter.stdout and "finished at step" not in shorter.stdout
+
+
+TMPFS_SIZE = "420k"  # room for the run's files and a few of its checkpoints
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs as the run directory")
+def test_a_full_disk_names_the_failed_save_and_the_run_resumes_once_space_is_freed(workdir):
+    disk = workdir / "small_disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", str(disk)]
+    )
+    if mounted.returncode:
+        pytest.skip("mount is not permitted here")
+    try:
+        run = disk / "run"
+        full = fit(
+            workdir, run, "trainer.max_steps=20", "trainer.checkpoint.every_steps=2",
+            "trainer.checkpoint.keep_last=20", "trainer.eval_every=100",
+        )  # fmt: skip
+        assert full.returncode == 2, full.stderr[-3000:]
+        (line,) = [x for x in full.stderr.splitlines() if x.startswith("paxtrain:")]
+        failed = int(line.split("Saving checkpoint step ")[1].split()[0])
+        good = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+        assert "No space left on device" in line and failed not in good
+        assert (
+            f"the last complete checkpoint (step {good[-1]}) is intact" in line
+            and good[-1] < failed
+        )
+        assert len(full.stderr.splitlines()) < 40
+        subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)
+        resumed = paxtrain(workdir, "resume", str(run))
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert f"at step {good[-1]}" in resumed.stdout and "finished at step 20" in resumed.stdout
+    finally:
+        subprocess.run(["umount", str(disk)])

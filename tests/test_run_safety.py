@@ -171,3 +171,65 @@ def test_allowed_and_overridden_targets_pass(tmp_path, monkeypatch):
     monkeypatch.setenv("PAXTRAIN_ALLOW_TARGETS", "my_project, x")
     check_run_targets(path, [])
     check_run_targets(path, ["data._target_=other.Data"], allow=("x",))  # the user's own choice
+
+
+def test_a_second_writer_gets_a_clear_error_and_the_first_run_is_untouched(tmp_path):
+    from paxtrain.train.run_lock import RunLock
+
+    holder = RunLock(tmp_path)
+    holder.acquire()
+    trainer = trainer_for(tmp_path, 4)
+    with pytest.raises(ConfigError, match=r"is in use by another paxtrain run \(\{\"pid\": \d+"):
+        trainer.fit(Regression(), RegressionData(), optax.adam(0.1))
+    assert not (tmp_path / "metrics.jsonl").exists()
+    holder.release()
+    trainer.fit(Regression(), RegressionData(), optax.adam(0.1))  # free again
+    assert trainer.step == 4
+
+
+def test_the_lock_of_a_killed_process_is_not_stale(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from paxtrain.train.run_lock import RunLock
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom paxtrain.train.run_lock import RunLock\n"
+         f"lock = RunLock({str(tmp_path)!r})\nlock.acquire()\nprint('held', flush=True)\ntime.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(ConfigError, match=f'"pid": {holder.pid}'):
+        RunLock(tmp_path).acquire()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    lock = RunLock(tmp_path)
+    lock.acquire()  # the kernel released it with the process; the file left behind is harmless
+    lock.release()
+
+
+def test_metrics_jsonl_is_strict_json_with_null_for_nonfinite_and_marks_repeats(tmp_path):
+    from paxtrain.train.logger import LoggerGroup, latest_by_step, read_metrics
+    from paxtrain.train.plot import plot_run
+
+    with LoggerGroup(["jsonl"], tmp_path) as logger:
+        logger.write(1, {"train/loss": 2.0})
+        logger.write(2, {"train/loss": float("nan"), "train/grad_norm": float("inf")})
+    with LoggerGroup(["jsonl"], tmp_path) as logger:  # a resume from step 1
+        logger.write(2, {"train/loss": 1.5})
+        logger.write(3, {"train/loss": 1.0})
+
+    def strict(text):
+        raise ValueError(f"not strict JSON: {text}")
+
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line, parse_constant=strict) for line in lines]
+    assert records[1] == {
+        "step": 2, "train/loss": None, "train/grad_norm": None,
+        "nonfinite": ["train/loss", "train/grad_norm"],
+    }  # fmt: skip
+    assert records[2] == {"step": 2, "train/loss": 1.5, "repeated": True}
+    assert "repeated" not in records[3] and read_metrics(tmp_path) == records
+    assert latest_by_step(records, "train/loss") == [(1, 2.0), (2, 1.5), (3, 1.0)]
+    assert plot_run(tmp_path).stat().st_size > 1000

@@ -585,6 +585,27 @@ class Module(metaclass=_ModuleMeta):
         """
         return "\n".join(_summary_lines(self, "", "", ""))
 
+    def __eq__(self, other: object) -> bool:
+        """PAX's equality: the same class and tree structure, and the very same leaf arrays.
+
+        So a module equals its copies and `replace`s that keep every array, and two modules
+        built separately (other arrays, even if equal in value) differ.
+        """
+        if self is other:
+            return True
+        if type(self) is not type(other):
+            return False
+        leaves, structure = jax.tree_util.tree_flatten(self)
+        other_leaves, other_structure = jax.tree_util.tree_flatten(other)
+        return structure == other_structure and all(
+            a is b for a, b in zip(leaves, other_leaves, strict=True)
+        )
+
+    def __hash__(self) -> int:
+        """Hash of the tree structure and the leaves' shapes and dtypes, as PAX."""
+        leaves, structure = jax.tree_util.tree_flatten(self)
+        return hash((structure, tuple((x.shape, str(x.dtype)) for x in leaves)))
+
     def map(self: T, func: Callable[..., Any], *modules: T) -> T:
         """`jax.tree_util.tree_map(func, self, *modules)`, as PAX's `Module.map`.
 

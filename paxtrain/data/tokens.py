@@ -2,7 +2,9 @@
 
 The layout nanoGPT's `train.bin` / `val.bin` and Levanter's flat caches use: token ids one after
 another, `uint16` (vocabularies up to 65536) or `uint32`, native byte order, no header. Nothing
-is read into memory but the windows of each batch, so a file of any size costs the same RAM.
+is read into memory but the windows of each batch, and the file is mapped afresh for each batch
+(as nanoGPT's loader does), so the pages a batch touched leave the process with it: its memory
+stays flat however large the file and however long the run.
 `paxtrain data tokenize` writes such a file from text, with a `.json` sidecar that records its
 dtype and vocabulary (`tokenize.py`).
 """
@@ -65,15 +67,15 @@ def sidecar_path(path: str | pathlib.Path) -> pathlib.Path:
     return path.with_name(path.name + SIDECAR_SUFFIX)
 
 
-def open_tokens(path: str | pathlib.Path, dtype: str) -> np.memmap:
-    """A read-only memmap of a token file, after checking it exists and is whole.
+def count_tokens(path: str | pathlib.Path, dtype: str) -> int:
+    """The number of ids in a token file, after checking it exists and is whole.
 
     Example:
         >>> import tempfile
         >>> file = pathlib.Path(tempfile.mkdtemp()) / "t.bin"
         >>> np.arange(5, dtype=np.uint16).tofile(file)
-        >>> open_tokens(file, "uint16")[1:3].tolist()
-        [1, 2]
+        >>> count_tokens(file, "uint16")
+        5
     """
     path = pathlib.Path(path).expanduser()
     if dtype not in DTYPES:
@@ -89,19 +91,26 @@ def open_tokens(path: str | pathlib.Path, dtype: str) -> np.memmap:
                 path=path, size=size, itemsize=itemsize, dtype=dtype, dtypes=DTYPES
             )
         )
-    return np.memmap(path, dtype=dtype, mode="r")
+    return size // itemsize
 
 
-def check_ids(tokens: np.ndarray, vocab_size: int, path: pathlib.Path) -> None:
-    """Raises a `DataError` if a sample of `tokens` (first and evenly spaced blocks, at most
-    ~1M ids whatever the file size) holds an id >= `vocab_size`.
+def check_ids(path: pathlib.Path, dtype: str, vocab_size: int) -> None:
+    """Raises a `DataError` if a sample of a token file (its first ids and evenly spaced
+    blocks, at most ~1M ids whatever its size) holds an id >= `vocab_size`.
+
+    The blocks are read, not mapped, so the check leaves nothing resident.
 
     Example:
-        >>> check_ids(np.array([0, 5, 2]), vocab_size=6, path=pathlib.Path("t.bin"))
+        >>> import tempfile
+        >>> file = pathlib.Path(tempfile.mkdtemp()) / "t.bin"
+        >>> np.array([0, 5, 2], dtype=np.uint16).tofile(file)
+        >>> check_ids(file, "uint16", vocab_size=6)
     """
-    starts = np.linspace(0, max(len(tokens) - CHECK_BLOCK_SIZE, 0), CHECK_BLOCKS).astype(np.int64)
+    itemsize = np.dtype(dtype).itemsize
+    count = path.stat().st_size // itemsize
+    starts = np.linspace(0, max(count - CHECK_BLOCK_SIZE, 0), CHECK_BLOCKS).astype(np.int64)
     for start in np.unique(starts):
-        block = np.asarray(tokens[start : start + CHECK_BLOCK_SIZE])
+        block = np.fromfile(path, dtype=dtype, count=CHECK_BLOCK_SIZE, offset=int(start) * itemsize)
         if block.size and int(block.max()) >= vocab_size:
             offset = int(np.argmax(block >= vocab_size))
             raise DataError(
@@ -113,6 +122,35 @@ def check_ids(tokens: np.ndarray, vocab_size: int, path: pathlib.Path) -> None:
                     needed=int(block.max()) + 1,
                 )
             )
+
+
+class TokenSpan:
+    """Tokens `start:stop` of a token file; each `windows` call maps the file and unmaps it.
+
+    A memmap kept open holds every page read so far in the process's resident memory (the
+    kernel reads ahead around each random window, so after a while most of the file); mapping
+    per read keeps only the pages of one batch.
+
+    Example:
+        >>> import tempfile
+        >>> file = pathlib.Path(tempfile.mkdtemp()) / "t.bin"
+        >>> np.arange(10, dtype=np.uint16).tofile(file)
+        >>> span = TokenSpan(file, "uint16", 2, 10)
+        >>> len(span), span.windows(np.array([0, 5]), 3).tolist()
+        (8, [[2, 3, 4], [7, 8, 9]])
+    """
+
+    def __init__(self, path: pathlib.Path, dtype: str, start: int, stop: int):
+        self.path, self.dtype, self.start, self.stop = path, dtype, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """int32 [len(starts), length]: the tokens from each start (relative to the span)."""
+        tokens = np.memmap(self.path, dtype=self.dtype, mode="r")
+        first = self.start + np.asarray(starts, dtype=np.int64)
+        return np.stack([tokens[s : s + length] for s in first]).astype(np.int32)
 
 
 def _read_sidecar(path: pathlib.Path) -> dict[str, Any]:
@@ -169,7 +207,7 @@ class TokenFile:
         meta = _read_sidecar(self.path)
         dtype = dtype or meta.get("dtype", "uint16")
         vocab_size = vocab_size or meta.get("vocab_size")
-        tokens = open_tokens(self.path, dtype)
+        count = count_tokens(self.path, dtype)
         if vocab_size is None:
             raise DataError(
                 NO_VOCAB_SIZE_MSG.format(path=self.path, sidecar=sidecar_path(self.path))
@@ -178,11 +216,15 @@ class TokenFile:
         self.vocab = VOCABS[meta["vocab"]]() if meta.get("vocab") in VOCABS else None
         window = seq_len + 1
         if eval_path is None:
-            split = int(len(tokens) * (1 - eval_fraction))
-            self.train_tokens, self.eval_tokens = tokens[:split], tokens[split:]
+            split = int(count * (1 - eval_fraction))
+            self.train_tokens = TokenSpan(self.path, dtype, 0, split)
+            self.eval_tokens = TokenSpan(self.path, dtype, split, count)
             eval_name = f"The held-out {eval_fraction:.0%} of {self.path}"
         else:
-            self.train_tokens, self.eval_tokens = tokens, open_tokens(eval_path, dtype)
+            eval_path = pathlib.Path(eval_path).expanduser()
+            self.train_tokens = TokenSpan(self.path, dtype, 0, count)
+            self.eval_tokens = TokenSpan(eval_path, dtype, 0, count_tokens(eval_path, dtype))
+            check_ids(eval_path, dtype, vocab_size)
             eval_name = f"Eval token file {eval_path}"
         parts = (
             (f"The training part of {self.path}", self.train_tokens),
@@ -191,9 +233,7 @@ class TokenFile:
         for what, part in parts:
             if len(part) < window:
                 raise DataError(TOO_SHORT_TOKENS_MSG.format(what=what, n=len(part), window=window))
-        check_ids(tokens, vocab_size, self.path)
-        if eval_path is not None:
-            check_ids(self.eval_tokens, vocab_size, pathlib.Path(eval_path))
+        check_ids(self.path, dtype, vocab_size)
         self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
         self.num_eval_batches = eval_batches
         self.info = {
@@ -202,9 +242,8 @@ class TokenFile:
             "tokens_per_batch": batch_size * seq_len,
         }
 
-    def _windows(self, tokens: np.ndarray, starts: np.ndarray) -> dict[str, np.ndarray]:
-        # One contiguous read per row: only these pages of the file are touched.
-        windows = np.stack([tokens[s : s + self.seq_len + 1] for s in starts]).astype(np.int32)
+    def _windows(self, tokens: TokenSpan, starts: np.ndarray) -> dict[str, np.ndarray]:
+        windows = tokens.windows(starts, self.seq_len + 1)
         return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
 
     def window_starts(self, step: int) -> np.ndarray:

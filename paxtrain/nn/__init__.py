@@ -32,6 +32,7 @@ from paxtrain.nn.recurrent import (
     VanillaRNNState,
     unroll,
 )
+from paxtrain.nn.scan_layers import ScanLayers, call_block
 from paxtrain.nn.sequential import Chainable, Identity, Lambda, Sequential
 from paxtrain.pax_names import names_of
 
@@ -61,10 +62,12 @@ __all__ = [
     "MultiHeadAttention",
     "RMSNorm",
     "RngSeq",
+    "ScanLayers",
     "Sequential",
     "VanillaRNN",
     "VanillaRNNState",
     "avg_pool",
+    "call_block",
     "causal_mask",
     "initializers",
     "max_pool",

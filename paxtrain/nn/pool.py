@@ -9,24 +9,54 @@ import jax.numpy as jnp
 import numpy as np
 
 WINDOW_MSG = """\
-Pooling a rank-{ndim} input with channel_axis={channel_axis} pools over its {n} spatial axes \
-(all but axis 0, the batch, and the channel axis); {what} must be an int or {n} ints, got \
-{value!r}."""
+Pooling a rank-{ndim} input with channel_axis={channel_axis}: {what} must be an int (every axis \
+but the batch axis 0 and the channel axis), {ndim} ints (every axis) or fewer ints for the \
+trailing axes (Haiku and PAX v0.4.3); got {value!r}."""
+
+AMBIGUOUS_MSG = """\
+Pooling a rank-{ndim} input with channel_axis={channel_axis}: {what}={value!r} is ambiguous. \
+PAX v0.4.3 and Haiku apply a short tuple to the trailing axes, which include the channel axis \
+here; write it for the trailing axes with 1 for the channels ({trailing!r}) or give every axis \
+({full!r})."""
 
 
-def _per_axis(
-    value: int | Sequence, x: jax.Array, channel_axis: int, what: str
-) -> tuple[list[int], list]:
-    """The spatial axes of `x`, and `value` given for each of them (an int applies to all)."""
-    spatial = [a for a in range(x.ndim) if a not in (0, channel_axis % x.ndim)]
-    values = [value] * len(spatial) if isinstance(value, int) else list(value)
-    if len(values) != len(spatial):
+def _spatial_axes(x: jax.Array, channel_axis: int) -> list[int]:
+    return [a for a in range(x.ndim) if a not in (0, channel_axis % x.ndim)]
+
+
+def _full_rank(value: int | Sequence, x: jax.Array, channel_axis: int, what: str) -> list:
+    """`value` given for every axis of `x`, as PAX v0.4.3 (and Haiku) read a window or stride.
+
+    An int applies to the spatial axes (all but 0 and `channel_axis`); a tuple applies to the
+    trailing axes, the leading ones getting 1. A tuple with one entry per spatial axis that
+    does not end at the channel axis would mean different axes to PAX and to a reader counting
+    spatial axes, so it is refused with both spellings.
+    """
+    spatial = _spatial_axes(x, channel_axis)
+    if isinstance(value, int):
+        return [value if a in spatial else 1 for a in range(x.ndim)]
+    values = list(value)
+    if len(values) > x.ndim:
         raise ValueError(
-            WINDOW_MSG.format(
-                ndim=x.ndim, channel_axis=channel_axis, n=len(spatial), what=what, value=value
-            )
+            WINDOW_MSG.format(ndim=x.ndim, channel_axis=channel_axis, what=what, value=value)
         )
-    return spatial, values
+    full = [1] * (x.ndim - len(values)) + values
+    if len(values) == len(spatial):
+        per_spatial = [1] * x.ndim
+        for a, v in zip(spatial, values):
+            per_spatial[a] = v
+        if per_spatial != full:
+            raise ValueError(
+                AMBIGUOUS_MSG.format(
+                    ndim=x.ndim,
+                    channel_axis=channel_axis,
+                    what=what,
+                    value=value,
+                    trailing=tuple(per_spatial[1:]),
+                    full=tuple(per_spatial),
+                )
+            )
+    return full
 
 
 def _pool(
@@ -38,16 +68,14 @@ def _pool(
     padding: str | Sequence[tuple[int, int]],
     channel_axis: int,
 ) -> jax.Array:
-    spatial, window = _per_axis(window_shape, x, channel_axis, "window_shape")
-    _, stride = _per_axis(window if strides is None else strides, x, channel_axis, "strides")
-    dims, steps = [1] * x.ndim, [1] * x.ndim
-    for axis, w, s in zip(spatial, window, stride):
-        dims[axis], steps[axis] = w, s
+    dims = _full_rank(window_shape, x, channel_axis, "window_shape")
+    steps = dims if strides is None else _full_rank(strides, x, channel_axis, "strides")
     if not isinstance(padding, str):
-        _, pairs = _per_axis(padding, x, channel_axis, "padding")
-        padding = [(0, 0)] * x.ndim
-        for axis, pair in zip(spatial, pairs):
-            padding[axis] = tuple(pair)
+        pairs = iter(padding)
+        padding = [
+            tuple(next(pairs)) if a in _spatial_axes(x, channel_axis) else (0, 0)
+            for a in range(x.ndim)
+        ]
     return jax.lax.reduce_window(x, init, reduce, dims, steps, padding)
 
 
@@ -62,8 +90,10 @@ def max_pool(
 
     Args:
       x: [batch, *spatial, channels] (or channels at `channel_axis`).
-      window_shape: window size, an int for every spatial axis or one per axis.
-      strides: step between windows; defaults to `window_shape` (non-overlapping windows).
+      window_shape: window size: an int for every spatial axis, or as PAX v0.4.3 and Haiku a
+        tuple for the trailing axes (`(2, 2, 1)` for NHWC) or for every axis (`(1, 2, 2, 1)`).
+      strides: step between windows, given like `window_shape`; defaults to `window_shape`
+        (non-overlapping windows).
       padding: "VALID", "SAME", or one (low, high) pair per spatial axis. Padding never wins.
       channel_axis: the axis that is not pooled, besides the batch axis 0.
 
@@ -105,9 +135,7 @@ def avg_pool(
     zero = np.array(0, x.dtype)
     sums = _pool(x, zero, jax.lax.add, window_shape, strides, padding, channel_axis)
     if padding == "VALID":
-        count = 1
-        for w in _per_axis(window_shape, x, channel_axis, "window_shape")[1]:
-            count *= w
+        count = int(np.prod(_full_rank(window_shape, x, channel_axis, "window_shape")))
     else:
         ones = jnp.ones(x.shape, x.dtype)
         count = _pool(ones, zero, jax.lax.add, window_shape, strides, padding, channel_axis)

@@ -16,6 +16,7 @@ a multi-process run logs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import pathlib
@@ -56,17 +57,34 @@ class Logger:
 
 
 class JsonlLogger(Logger):
-    """One JSON record per logged step in `RUN_DIR/metrics.jsonl` (appended on a resume)."""
+    """One JSON record per logged step in `RUN_DIR/metrics.jsonl` (appended on a resume).
+
+    The file stays strict JSON: a NaN or infinite value is written as `null` and its key listed
+    under `"nonfinite"`. A step logged again (after a rollback, or a resume from a checkpoint
+    older than the last log) gets `"repeated": true`; `latest_by_step` keeps the last record of
+    each step.
+    """
 
     def start(self, run_dir: pathlib.Path, hyperparams: Mapping[str, Any]) -> None:
-        self._file = open(run_dir / METRICS_FILE, "a", buffering=1)  # noqa: SIM115
+        path = run_dir / METRICS_FILE
+        steps = (r["step"] for r in read_metrics(run_dir)) if path.is_file() else ()
+        self._last_step = max(steps, default=-1)
+        self._file = open(path, "a", buffering=1)  # noqa: SIM115
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         record: dict[str, Any] = {"step": step}
+        nonfinite = []
         for key, value in scalars.items():
             value = float(value)
-            record[key] = value if math.isfinite(value) else str(value)
-        self._file.write(json.dumps(record) + "\n")
+            record[key] = value if math.isfinite(value) else None
+            if not math.isfinite(value):
+                nonfinite.append(key)
+        if nonfinite:
+            record["nonfinite"] = nonfinite
+        if step <= self._last_step:
+            record["repeated"] = True
+        self._last_step = max(self._last_step, step)
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
 
     def flush(self) -> None:
         self._file.flush()
@@ -173,8 +191,16 @@ class LoggerGroup:
             logger.flush()
 
     def close(self) -> None:
+        """Closes every logger, the others even when one fails (a full disk)."""
+        errors = []
         for logger in self.loggers:
-            logger.close()
+            try:
+                logger.close()
+            except OSError as error:
+                errors.append(error)
+        self.loggers = []
+        if errors:
+            raise errors[0]
 
     def __enter__(self) -> LoggerGroup:
         return self
@@ -192,4 +218,23 @@ def read_metrics(run_dir: str | pathlib.Path) -> list[dict[str, Any]]:
     path = pathlib.Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"No {METRICS_FILE} in {run_dir}: is it a paxtrain run directory?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):  # a line cut short by a full disk
+            records.append(json.loads(line))
+    return records
+
+
+def latest_by_step(records: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    """The `(step, value)` points of `key`, one per step (the last one logged: after a rollback
+    or a resume a step can be logged twice), in step order, without null (non-finite) values.
+
+    Example:
+        >>> latest_by_step([{"step": 2, "a": 1.0}, {"step": 2, "a": 3.0}, {"step": 1, "a": None}], "a")
+        [(2, 3.0)]
+    """
+    points: dict[int, Any] = {}
+    for record in records:
+        if key in record:
+            points[record["step"]] = record[key]
+    return [(s, v) for s, v in sorted(points.items()) if isinstance(v, (int, float))]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pathlib
 
-from paxtrain.train.logger import read_metrics
+from paxtrain.train.logger import latest_by_step, read_metrics
 
 PLOT_FILE = "curves.png"
 
 
 def plot_run(run_dir: str | pathlib.Path, out: str | pathlib.Path | None = None) -> pathlib.Path:
-    """Plots every `train/*` and `eval/*` scalar of a run against the step; returns the PNG path.
+    """Plots every `train/*` and `eval/*` scalar of a run against the step, each step once
+    (its last logged value); returns the PNG path.
 
     Example:
         >>> plot_run("runs/char_rnn")  # doctest: +SKIP
@@ -30,13 +31,14 @@ def plot_run(run_dir: str | pathlib.Path, out: str | pathlib.Path | None = None)
     for ax, metric in zip(axes[:, 0], panels):
         for split in ("train", "eval"):
             key = f"{split}/{metric}"
-            points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+            points = latest_by_step(records, key)
             if points:
                 steps, values = zip(*points)
                 ax.plot(steps, values, marker="o" if split == "eval" else None, label=split)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:  # a metric that was never finite has no curve
+            ax.legend()
     axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
     path = pathlib.Path(out) if out else pathlib.Path(run_dir) / PLOT_FILE

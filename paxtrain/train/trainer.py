@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import pathlib
 import time
@@ -32,6 +33,7 @@ from paxtrain.train.logger import DEFAULT_LOGGERS, Logger, LoggerGroup
 from paxtrain.train.precision import needs_loss_scale, parse_precision
 from paxtrain.train.preemption import DEFAULT_PREEMPTION_SIGNALS, stop_on_signals
 from paxtrain.train.progress import Progress
+from paxtrain.train.run_lock import RunLock
 
 NO_LOSS_MSG = """\
 {cls} has no `loss(batch)` method, and no `loss_fn` was given to `fit`.
@@ -228,12 +230,14 @@ class Trainer:
         self.stop_reason: str | None = None
         self.preempted: str | None = None
         self.stopped_on_nonfinite = False
+        self.nothing_to_train = False  # resumed at or past max_steps
         self.hurry = False  # a repeated stop signal: exit as soon as the checkpoint is saved
         self.last_data_wait = 0.0
         self.last_eval_step: int | None = None
         self.eval_history: list[tuple[int, dict[str, float]]] = []
         self._scalars: dict[str, float] = {}
         self._restart = False
+        self._flat_treedef: Any = None
 
     # ----------------------------------------------------------------------- for hooks
     @property
@@ -408,28 +412,41 @@ class Trainer:
           eval_fn: `eval_fn(model, batch) -> metrics`; default `model_eval`.
         """
         self.prepare(model, data, optimizer, loss_fn, eval_fn)
+        # One writer per run directory; taken once the config, data and model proved good.
+        lock = RunLock(self.run_dir)
+        if self.is_main_process:
+            lock.acquire()
         # Only the main process writes; the others run the same loop and the collective saves.
         self.logger = LoggerGroup(
             self.loggers if self.is_main_process else [], self.run_dir, self.hyperparams
         )
         try:
             with stop_on_signals(self, self.preemption_signals):
-                if self.checkpointing is not None:
-                    self.checkpointing.resume_into(self)
-                    if self.step >= self.max_steps:
-                        self.stop(
-                            NOTHING_TO_TRAIN_MSG.format(step=self.step, max_steps=self.max_steps)
-                        )
-                        self.checkpointing.manager.close()
-                        return self.state
-                self._run_hooks("on_train_start")
-                self._loop()
-                if self.preempted:  # the step the loop ended at, not the one the signal came in
-                    self.stop_reason = f"preempted by {self.preempted} at step {self.step}"
-                self._run_hooks("on_train_end")
-        finally:
+                self._resume_and_train()
+        except BaseException:
+            # A full disk fails the logs' last flush too: the error on its way names the cause.
+            with contextlib.suppress(OSError):
+                self.logger.close()
+            raise
+        else:
             self.logger.close()
+        finally:
+            lock.release()
         return self.state
+
+    def _resume_and_train(self) -> None:
+        if self.checkpointing is not None:
+            self.checkpointing.resume_into(self)
+            if self.step >= self.max_steps:
+                self.nothing_to_train = True
+                self.stop(NOTHING_TO_TRAIN_MSG.format(step=self.step, max_steps=self.max_steps))
+                self.checkpointing.manager.close()
+                return
+        self._run_hooks("on_train_start")
+        self._loop()
+        if self.preempted:  # the step the loop ended at, not the one the signal came in
+            self.stop_reason = f"preempted by {self.preempted} at step {self.step}"
+        self._run_hooks("on_train_end")
 
     def _loop(self) -> None:
         group = self.steps_per_call if self.steps_per_call > 1 else None
@@ -440,18 +457,28 @@ class Trainer:
             # Each process reads and places only its own devices' rows of each batch.
             rows = self.plan.process_rows(self.data, self.examples_per_step)
             with Prefetcher(rows, first, group=group, put=rows.place) as batches:
-                treedef = None
                 while self.step < self.max_steps and not (self.should_stop or self._restart):
                     started = time.perf_counter()
                     batch = next(batches)
                     self.last_data_wait = time.perf_counter() - started
-                    if self._treedef is not treedef:  # a hook assigned `trainer.state`
-                        treedef = self._treedef
-                        # Flat: no module of the state is rebuilt on the host per step.
-                        train_step = self._train_step.flat(treedef)
-                    self._leaves, metrics = train_step(self._leaves, batch)
+                    metrics = self.run_step(batch)
                     self.step += self.steps_per_call
                     self._run_hooks("on_step", metrics)
+
+    def run_step(self, batch: Any) -> dict[str, jax.Array]:
+        """Runs the compiled step on a placed batch, as the loop does; returns its metrics.
+
+        The state stays flat (its leaves): no module of it is rebuilt on the host per step, which
+        is most of a small step's host time. `trainer.state` builds it when read.
+
+        Example:
+            >>> metrics = trainer.run_step(trainer.plan.put_batch(batch))  # doctest: +SKIP
+        """
+        if self._treedef is not self._flat_treedef:  # first call, or `state` was assigned
+            self._flat_treedef = self._treedef
+            self._flat_step = self._train_step.flat(self._treedef)
+        self._leaves, metrics = self._flat_step(self._leaves, batch)
+        return metrics
 
     def rollback(self, lr_factor: float) -> int:
         """Restores the newest checkpoint, skips the batches since then, scales the updates

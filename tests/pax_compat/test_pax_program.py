@@ -86,3 +86,48 @@ def test_build_update_fn_and_apply_gradients_train_the_same_model():
     kept, kept_opt = opax.apply_gradients(net_b, opt_b, grads=grads, all_finite=jnp.array(False))
     for a, b in zip(jax.tree_util.tree_leaves(kept), jax.tree_util.tree_leaves(net_b)):
         np.testing.assert_array_equal(a, b)
+
+
+class LM(pax.Module):  # examples/char_rnn.py
+    def __init__(self, vocab_size, hidden_dim):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.embed = pax.nn.Embed(vocab_size, hidden_dim)
+        self.lstm = pax.nn.LSTM(hidden_dim, hidden_dim)
+        self.output = pax.nn.Linear(hidden_dim, vocab_size)
+
+    def __call__(self, x):
+        x = self.embed(x)
+        hx, x = pax.scan(self.lstm, self.lstm.initial_state(x.shape[0]), x, time_major=False)
+        return self.output(x)
+
+
+def lm_loss_fn(model, batch):
+    logits = model(batch[:, :-1])
+    log_pr = jax.nn.log_softmax(logits, axis=-1)
+    targets = jax.nn.one_hot(batch[:, 1:], num_classes=model.vocab_size)
+    return -jnp.mean(jnp.sum(targets * log_pr, axis=-1))
+
+
+def update_step(model_and_optimizer, batch):
+    model, optimizer = model_and_optimizer
+    loss, grads = jax.value_and_grad(lm_loss_fn)(model, batch)
+    model, optimizer = opax.apply_gradients(model, optimizer, grads=grads)
+    return (model, optimizer), loss
+
+
+@jax.jit
+def lm_update_fn(model, optimizer, multi_batch):
+    (model, optimizer), losses = pax.scan(update_step, (model, optimizer), multi_batch)
+    return model, optimizer, jnp.mean(losses)
+
+
+def test_char_rnn_example_with_scan_over_steps_trains():
+    net = LM(vocab_size=8, hidden_dim=16)
+    optimizer = opax.chain(opax.clip_by_global_norm(1.0), opax.adam(1e-2))(net.parameters())
+    text = jnp.asarray(np.tile(np.arange(8), 40)[: 4 * 4 * 17].reshape(4, 4, 17), jnp.int32)
+    losses = []
+    for _ in range(8):
+        net, optimizer, loss = lm_update_fn(net, optimizer, text)
+        losses.append(float(loss))
+    assert losses[-1] < 0.7 * losses[0]

@@ -264,3 +264,33 @@ def test_pax_positionals_are_accepted_and_one_more_is_a_type_error(make, pax_pos
     make(*pax_positionals)
     with pytest.raises(TypeError, match="positional argument"):
         make(*pax_positionals, None)
+
+
+def _np_pool(x, window, strides, reduce):
+    """VALID pooling over every axis with full-rank window and strides."""
+    out = [(n - w) // s + 1 for n, w, s in zip(x.shape, window, strides)]
+    y = np.zeros(out)
+    for pos in itertools.product(*map(range, out)):
+        idx = tuple(slice(p * s, p * s + w) for p, s, w in zip(pos, strides, window))
+        y[pos] = reduce(x[idx])
+    return y
+
+
+def test_pools_value_window_strides_padding_as_haiku_and_pax():
+    x = _randn(2, 6, 6, 3)
+    # PAX: max_pool(value, window_shape, strides, padding, channel_axis=-1)
+    expected = _np_pool(_np(x), (1, 2, 2, 1), (1, 2, 2, 1), np.max)
+    np.testing.assert_allclose(nn.max_pool(x, (2, 2, 1), (2, 2, 1), "VALID"), expected)
+    np.testing.assert_allclose(nn.max_pool(x, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"), expected)
+    np.testing.assert_allclose(nn.max_pool(x, 2, 2, "VALID"), expected)
+    expected = _np_pool(_np(x), (1, 3, 3, 1), (1, 1, 1, 1), np.mean)
+    np.testing.assert_allclose(nn.avg_pool(x, 3, 1, "VALID", -1), expected, rtol=1e-5)
+
+
+def test_module_equality_and_hash_as_pax():
+    a = nn.Linear(2, 3)
+    assert a == a.copy() and hash(a) == hash(a.copy())
+    assert a != nn.Linear(2, 3)  # other arrays
+    assert a != a.replace(bias=jnp.zeros(3))
+    assert a != a.eval()  # another structure
+    assert {a: 1}[a.copy()] == 1
