@@ -316,6 +316,8 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
     check_run_dir(run_dir)
     cfg = cfg.copy()
     cfg.run_dir = str(run_dir)
+    if cfg.parallel.distributed:
+        join_processes()  # before anything starts JAX's backends (reading checkpoints does)
     info = _run_info(cfg, config_path)
     horizon = schedule_horizon(cfg, run_dir)
     info["schedule_horizon"] = horizon
@@ -509,7 +511,7 @@ def evaluate_run(
     manager = CheckpointManager(
         pathlib.Path(run_dir) / CHECKPOINT_DIR, monitor=ck.monitor, mode=ck.mode, read_only=True
     )
-    trainer.state, meta = manager.restore(trainer.state, step=step)
+    trainer.state, meta = manager.restore(trainer.checkpoint_state, step=step)
     trainer.step = int(trainer.state.step)
     manager.close()
     return trainer.eval_metrics()

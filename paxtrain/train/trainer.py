@@ -256,6 +256,17 @@ class Trainer:
     def state(self, state: Any) -> None:
         self._leaves, self._treedef = jax.tree_util.tree_flatten(self.plan.place(state))
 
+    @property
+    def checkpoint_state(self) -> Any:
+        """The state as checkpoints save it and restore into it (`plan.checkpoint_state`):
+        `state`, but for "pmap" global arrays that every process's devices hold, so that
+        several processes can save them together. Assign restored states to `state`.
+
+        Example:
+            >>> manager.save(trainer.checkpoint_state)  # doctest: +SKIP
+        """
+        return self.plan.checkpoint_state(jax.tree_util.tree_unflatten(self._treedef, self._leaves))
+
     def add_hook(
         self, hook: Hook | Callable[[Trainer, Any], Any], every: int | None = None
     ) -> None:
@@ -492,7 +503,7 @@ class Trainer:
         bad_step = self.step
         if self.checkpointing.manager.latest_step() is None:
             raise CheckpointError(ROLLBACK_BEFORE_FIRST_SAVE_MSG.format(step=bad_step))
-        restored, _ = self.checkpointing.manager.restore(self.state)
+        restored, _ = self.checkpointing.manager.restore(self.checkpoint_state)
         extras = restored.extras
         self.state = restored.with_extras(
             data_offset=extras["data_offset"] + (bad_step - int(restored.step)),
