@@ -60,14 +60,17 @@ class JsonlLogger(Logger):
     """One JSON record per logged step in `RUN_DIR/metrics.jsonl` (appended on a resume).
 
     The file stays strict JSON: a NaN or infinite value is written as `null` and its key listed
-    under `"nonfinite"`. A metric logged again at a step it was logged at or after (a rollback,
-    a resume from a checkpoint older than the last log) marks its record `"repeated": true`; `latest_by_step` keeps the last record of
+    under `"nonfinite"`. A step logged again (after a rollback, or a resume from a checkpoint
+    older than the last log) gets `"repeated": true`; `latest_by_step` keeps the last record of
     each step.
     """
 
     def start(self, run_dir: pathlib.Path, hyperparams: Mapping[str, Any]) -> None:
         path = run_dir / METRICS_FILE
-        self._last_step: dict[str, int] = {}  # the last step each metric was logged at
+        # The newest step logged and its keys: a record is a repeat when it goes back in steps,
+        # or logs a key again at the newest step (the same step's eval after its train record
+        # is not one).
+        self._last_step, self._last_keys = -1, set()
         for record in read_metrics(run_dir) if path.is_file() else ():
             self._note(record["step"], record)
         self._file = open(path, "a", buffering=1)  # noqa: SIM115
@@ -82,14 +85,16 @@ class JsonlLogger(Logger):
                 nonfinite.append(key)
         if nonfinite:
             record["nonfinite"] = nonfinite
-        if any(self._last_step.get(key, -1) >= step for key in scalars):
+        if step < self._last_step or (step == self._last_step and self._last_keys & scalars.keys()):
             record["repeated"] = True
         self._note(step, scalars)
         self._file.write(json.dumps(record, allow_nan=False) + "\n")
 
     def _note(self, step: int, keys: Iterable[str]) -> None:
-        for key in keys:
-            self._last_step[key] = max(self._last_step.get(key, -1), step)
+        if step > self._last_step:
+            self._last_step, self._last_keys = step, set()
+        if step == self._last_step:
+            self._last_keys |= set(keys) - {"step", "repeated", "nonfinite"}
 
     def flush(self) -> None:
         self._file.flush()
