@@ -284,3 +284,21 @@ def test_a_reader_never_cleans_up_a_writers_temporary_directory(tmp_path):
     writer.save(make_state(step=3))  # first save (what a reader used to do): the test can tell
     writer.close()
     assert not in_progress.exists()
+
+
+def test_the_best_checkpoint_ranking_survives_a_resume(tmp_path):
+    def manager():
+        return CheckpointManager(
+            tmp_path, keep_last=1, keep_best=1, monitor="eval/loss", async_save=False
+        )
+
+    first = manager()
+    for step, loss in [(1, 0.5), (2, 0.1), (3, 0.7)]:
+        first.save(make_state(step=step), metrics={"eval/loss": loss})
+    first.close()
+    resumed = manager()  # a new process: the metrics are read back from the step directories
+    assert resumed.best_step() == 2
+    for step, loss in [(4, 0.9), (5, None)]:
+        resumed.save(make_state(step=step), metrics=None if loss is None else {"eval/loss": loss})
+    assert resumed.steps() == [2, 5] and resumed.best_step() == 2
+    resumed.close()
