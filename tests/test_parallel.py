@@ -415,3 +415,23 @@ def test_an_unused_tensor_axis_is_refused_and_a_rule_for_the_model_fixes_it():
     parallel.check_tensor_axis_used(
         parallel.state_shardings(state, abstract_mesh()), abstract_mesh()
     )
+
+
+# ------------------------------------------------------------------ sharded initialization
+def test_a_state_built_from_a_function_is_never_whole_on_one_device():
+    done = subprocess.run(
+        [sys.executable, os.path.join(SCRIPTS, "sharded_init.py")],
+        env=cpu_env(8),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = last_json_line(done.stdout)
+    assert result["equal"]  # bitwise the state of the eager build
+    assert result["spec"] == "P('fsdp', None)"
+    # FSDP over 8: each device keeps about an eighth (small leaves stay replicated) ...
+    assert result["share"] < result["state_bytes"] / 7
+    # ... and building it needs at most 1.5x that per device, where the eager build put the
+    # whole state (8x the share) on one device before placing it.
+    assert result["build_peak"] <= 1.5 * result["share"]
