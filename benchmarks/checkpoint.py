@@ -8,7 +8,12 @@ Measures
    are copied) against synchronous (the call returns once the files are written);
 2. training throughput with an asynchronous checkpoint every `--every` steps against none
    (target >= 0.97x);
-3. the time to restore the newest checkpoint into a fresh state.
+3. the time to restore the newest checkpoint into a fresh state;
+4. the device memory a save adds while it copies the state to host: none when the state is
+   saved as it is (as the Checkpointing hook does, since Orbax copies every array to host
+   before `save` returns), one state when an on-device copy is saved (as it did before).
+   Counted as the bytes of `jax.live_arrays()` beyond those before the save, and, where the
+   backend reports it (GPU, TPU), the device's `peak_bytes_in_use`.
 Writes a section of `benchmarks/RESULTS.md`.
 """
 
@@ -58,13 +63,37 @@ def train(state, step_fn, batch, steps: int, manager: CheckpointManager | None, 
     for i in range(1, steps + 1):
         state, metrics = step_fn(state, batch)
         if manager is not None and i % every == 0:
-            # A copy, as the Checkpointing hook makes: the next step donates the state.
-            manager.save(jax.tree_util.tree_map(jnp.copy, state))
+            # No copy, as the Checkpointing hook saves: Orbax has the arrays on host when
+            # `save` returns, so the next step may donate them.
+            manager.save(state)
     jax.block_until_ready(metrics)
     elapsed = time.perf_counter() - started
     if manager is not None:
         manager.wait()  # the last write finishes after training, as at the end of a real run
     return state, elapsed
+
+
+def live_device_bytes() -> int:
+    return sum(x.nbytes for x in jax.live_arrays())
+
+
+def peak_bytes_in_use() -> int | None:
+    stats = jax.devices()[0].memory_stats()
+    return stats.get("peak_bytes_in_use") if stats else None
+
+
+def device_bytes_during_save(state, manager: CheckpointManager, copy: bool) -> dict:
+    """Device bytes held while `manager.save` copies `state` to host beyond those held before
+    (the state, the batch...), with or without an on-device copy of the state first."""
+    before = live_device_bytes()
+    saved = jax.tree_util.tree_map(jnp.copy, state) if copy else state
+    jax.block_until_ready(saved)
+    held = live_device_bytes()
+    manager.save(saved)
+    result = {"extra": held - before, "peak": peak_bytes_in_use()}
+    del saved
+    manager.wait()
+    return result
 
 
 def main() -> None:
@@ -104,10 +133,16 @@ def main() -> None:
                 state, _ = step_fn(state, batch)
                 jax.block_until_ready(state)
                 started = time.perf_counter()
-                manager.save(jax.tree_util.tree_map(jnp.copy, state))
+                manager.save(state)
                 times.append(time.perf_counter() - started)
                 manager.wait()
             blocked[mode] = statistics.median(times)
+            manager.close()
+
+        memory = {}
+        for copy in (True, False):
+            manager = CheckpointManager(f"{root}/memory-{copy}", keep_last=1)
+            memory[copy] = device_bytes_during_save(state, manager, copy)
             manager.close()
 
         state, plain = train(state, step_fn, batch, args.steps, None, args.every)
@@ -138,6 +173,18 @@ def main() -> None:
             f"| {args.steps} steps, async checkpoint every {args.every} | {saving:.2f} s |",
             f"| throughput with checkpoints / without | {plain / saving:.3f} |",
             f"| restore newest checkpoint | {restore_s * 1e3:.0f} ms |",
+            *(
+                f"| extra device bytes during a save, {name} | "
+                f"{memory[copy]['extra'] / 2**20:.0f} MiB "
+                f"({memory[copy]['extra'] / state_bytes:.2f}x the state)"
+                + (
+                    f"; peak in use {memory[copy]['peak'] / 2**20:.0f} MiB"
+                    if memory[copy]["peak"]
+                    else ""
+                )
+                + " |"
+                for copy, name in ((True, "with a device copy (before)"), (False, "no copy (now)"))
+            ),
         ]
     )
     print(table)

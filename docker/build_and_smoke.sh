@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Build the CPU image from a Debian base made here, then run it: `paxtrain env`, a short
-# `paxtrain fit` that checkpoints into a mounted runs/, and a second container that resumes
-# from those checkpoints and must match an uninterrupted run. Needs root, podman, debootstrap
-# (`apt-get install -y podman debootstrap`); without podman it says so and exits 0.
+# Build the CPU image (or the GPU or TPU one) from a Debian base made here, then run it:
+# `paxtrain env`, a short `paxtrain fit` that checkpoints into a mounted runs/, and a second
+# container that resumes from those checkpoints and must match an uninterrupted run. Needs root,
+# podman and debootstrap (`apt-get install -y podman debootstrap`); without them it says so and
+# exits 0.
 #
 #   docker/build_and_smoke.sh            # rebuilds the image, reuses the base image once made
+#   docker/build_and_smoke.sh gpu        # the GPU (or tpu) image: with no GPU here, JAX falls
+#                                        # back to the CPU, so this checks the image, not the GPU
 #   PAXTRAIN_DOCKER_WORK=/scratch docker/build_and_smoke.sh
 #
 # The containers are started by chroot into the image's files (see run_image below), because
@@ -16,7 +19,8 @@ cd "$(dirname "$0")/.."
 WORK=${PAXTRAIN_DOCKER_WORK:-/var/tmp/paxtrain-docker}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 BASE=localhost/paxtrain-base:bookworm
-IMAGE=localhost/paxtrain:cpu
+ACCELERATOR=${1:-cpu}
+IMAGE=localhost/paxtrain:$ACCELERATOR
 CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 # Small enough for 2 cores: the point is that training, checkpoints and resume work in the image.
 # The schedule spans 60 steps in every run, so a 30-step run continued to 60 must train exactly
@@ -25,6 +29,10 @@ SMALL=(model.embed_dim=16 model.hidden_dim=32 data.seq_len=32 data.batch_size=8
     data.eval_batches=1 optimizer.learning_rate.warmup_steps=5 optimizer.horizon=60
     trainer.eval_every=15 trainer.log_every=10 trainer.checkpoint.every_steps=10)
 
+case "$ACCELERATOR" in
+    cpu | tpu | gpu) ;;
+    *) echo "build_and_smoke: the accelerator must be cpu, tpu or gpu; got '$ACCELERATOR'" >&2; exit 2 ;;
+esac
 if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null; then
     echo "build_and_smoke: skipped: podman and debootstrap are not installed" \
         "(apt-get install -y podman debootstrap)"
@@ -58,7 +66,7 @@ fi
 phase "build $IMAGE"
 old_image=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 podman build --isolation chroot --layers=false --build-arg BASE_IMAGE="$BASE" \
-    --build-arg ACCELERATOR=cpu -t "$IMAGE" .
+    --build-arg ACCELERATOR="$ACCELERATOR" -t "$IMAGE" .
 new_image=$(podman image inspect --format '{{.Id}}' "$IMAGE")
 if [ -n "$old_image" ] && [ "$old_image" != "$new_image" ]; then
     podman rmi "$old_image" >/dev/null
@@ -67,8 +75,9 @@ phase "built"
 
 # 3. run_image RUNS ARGS...: what `docker run --rm --read-only --tmpfs /tmp --tmpfs HOME
 #    -v RUNS:/workspace/runs IMAGE ARGS...` does, by hand: the image's files mounted read-only
-#    (a fresh copy per container takes vfs ~2 minutes), a private /proc, /dev and /tmp, the runs/
-#    volume, and the image's own User, Env, WorkingDir and Entrypoint read from its config.
+#    (a fresh copy per container takes vfs ~2 minutes), a private /proc, /sys (read-only), /dev
+#    and /tmp, the runs/ volume, and the image's own User, Env, WorkingDir and Entrypoint read
+#    from its config.
 config() { podman image inspect --format "$1" "$IMAGE"; }
 root="$WORK/root"
 mounted=()
@@ -99,6 +108,7 @@ run_image() {
     mkdir "$root/dev/shm"
     bind -t tmpfs -o mode=1777,size=64m tmpfs "$root/dev/shm"
     bind -t proc proc "$root/proc"
+    bind -t sysfs -o ro sysfs "$root/sys" # libtpu's tcmalloc counts the CPUs there
     bind -t tmpfs -o mode=1777 tmpfs "$root/tmp"
     bind -t tmpfs -o "uid=${user%%:*},mode=700" tmpfs "$root$home"
     bind --bind "$runs" "$root/workspace/runs"

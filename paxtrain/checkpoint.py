@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import logging
 import pathlib
 import warnings
@@ -80,8 +81,25 @@ ALL_UNREADABLE_MSG = (
 
 SAVE_FAILED_MSG = """\
 Saving checkpoint step {step} to {directory} failed: {reason}
-Training stops here; the last complete checkpoint ({last}) is intact. Free disk space or fix the \
-directory's permissions, then resume."""
+Training stops here; the last complete checkpoint ({last}) is intact. {advice}"""
+
+# What to do about a failed save, by the error's errno; anything else: Orbax's reason says.
+SAVE_ADVICE = {
+    errno.ENOSPC: "Free disk space there, then resume.",
+    errno.EDQUOT: "Free disk space there (the disk quota is full), then resume.",
+    errno.EACCES: "Fix the directory's permissions, then resume.",
+    errno.EPERM: "Fix the directory's permissions, then resume.",
+    errno.EROFS: "Point the run directory at a writable filesystem, then resume.",
+}
+SAVE_ADVICE_OTHER = "Fix what the reason above names, then resume."
+
+
+def _save_advice(error: BaseException) -> str:
+    """What to do about a failed save: by the errno of the OSError behind it, if any."""
+    cause = error
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    return SAVE_ADVICE.get(getattr(cause, "errno", None), SAVE_ADVICE_OTHER)
 
 
 class CheckpointError(RuntimeError):
@@ -274,14 +292,15 @@ class CheckpointManager:
 
     def _save_failed(self, step: int, error: Exception) -> CheckpointError:
         self._pending_step = None
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = str(error).splitlines()[0] if str(error) else ""
         if len(reason) > 300:  # tensorstore's chain of contexts: the end names the cause
             reason = "..." + reason[-240:]
         return CheckpointError(
             SAVE_FAILED_MSG.format(
-                step=step, directory=self.directory, reason=reason, last=self._last_good(step)
+                step=step, directory=self.directory, reason=f"{type(error).__name__}: {reason}",
+                last=self._last_good(step), advice=_save_advice(error),
             )
-        )
+        )  # fmt: skip
 
     def _last_good(self, failed_step: int) -> str:
         good = [s for s in self.steps() if s < failed_step]

@@ -1,5 +1,6 @@
 """CheckpointManager: round trips, policies, mismatches, corruption, failing saves."""
 
+import errno
 import os
 import pathlib
 import shutil
@@ -12,6 +13,7 @@ import pytest
 
 import paxtrain as pax
 import paxtrain.nn as nn
+from paxtrain import checkpoint
 from paxtrain.checkpoint import CheckpointError, CheckpointManager, flatten_state
 from paxtrain.train import TrainState
 
@@ -158,6 +160,7 @@ def test_failing_save_is_reported(tmp_path, monkeypatch):
         manager.save(make_state(step=2))
     assert "No space left on device" in str(info.value)
     assert "the last complete checkpoint (step 1) is intact" in str(info.value)
+    assert str(info.value).endswith(checkpoint.SAVE_ADVICE[errno.ENOSPC])
     monkeypatch.undo()
     restored, _ = manager.restore(make_state())
     assert int(restored.step) == 1
@@ -168,6 +171,23 @@ def test_flatten_state_paths():
     paths = list(flatten_state(make_state()))
     assert "model.layers.0.weight" in paths and "step" in paths
     assert any(p.startswith("optimizer.opt_state") for p in paths)
+
+
+def test_a_failed_save_quotes_orbax_and_advises_by_the_cause(tmp_path, monkeypatch):
+    manager = CheckpointManager(tmp_path / "ck", async_save=False)
+
+    def refuse(*args, **kwargs):  # what Orbax said to pmap's per-process `x[0]` arrays
+        raise ValueError("Cannot serialize host local jax.Array. Use a global array instead.")
+
+    monkeypatch.setattr(manager._manager, "save", refuse)
+    with pytest.raises(CheckpointError) as error:
+        manager.save(make_state(step=3), wait=True)
+    message = str(error.value)
+    assert "failed: ValueError: Cannot serialize host local jax.Array." in message
+    assert message.endswith(checkpoint.SAVE_ADVICE_OTHER)
+    assert "disk space" not in message and "permissions" not in message
+    monkeypatch.undo()
+    manager.close()
 
 
 def _data_files(step_dir: pathlib.Path) -> list[pathlib.Path]:
@@ -264,3 +284,21 @@ def test_a_reader_never_cleans_up_a_writers_temporary_directory(tmp_path):
     writer.save(make_state(step=3))  # first save (what a reader used to do): the test can tell
     writer.close()
     assert not in_progress.exists()
+
+
+def test_the_best_checkpoint_ranking_survives_a_resume(tmp_path):
+    def manager():
+        return CheckpointManager(
+            tmp_path, keep_last=1, keep_best=1, monitor="eval/loss", async_save=False
+        )
+
+    first = manager()
+    for step, loss in [(1, 0.5), (2, 0.1), (3, 0.7)]:
+        first.save(make_state(step=step), metrics={"eval/loss": loss})
+    first.close()
+    resumed = manager()  # a new process: the metrics are read back from the step directories
+    assert resumed.best_step() == 2
+    for step, loss in [(4, 0.9), (5, None)]:
+        resumed.save(make_state(step=step), metrics=None if loss is None else {"eval/loss": loss})
+    assert resumed.steps() == [2, 5] and resumed.best_step() == 2
+    resumed.close()

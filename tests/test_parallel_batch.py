@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from paxtrain import parallel
+from paxtrain.parallel import mesh as mesh_module
 from paxtrain.parallel.batch import _rows_callback
 
 
@@ -73,3 +74,33 @@ def test_the_default_mesh_of_a_v5e_pod_places_batches(x, y, hosts):
     # The one-block view that placement used before fails on such a mesh (process 0 here).
     with pytest.raises(parallel.LayoutError, match="not one contiguous block"):
         parallel.process_batch_slice(size, mesh)
+
+
+def mock_slices(slices: int, x: int = 4, y: int = 4) -> list[MockTpuDevice]:
+    """jax.devices() of `slices` v5e slices of x by y chips, joined over DCN."""
+    devices = []
+    for index in range(slices):
+        for device in mock_v5e(x, y):
+            process = device.process_index + index * (x * y // 8)
+            devices.append(
+                dataclasses.replace(
+                    device, id=len(devices), process_index=process, slice_index=index
+                )
+            )
+    return devices
+
+
+def test_a_multi_slice_mesh_puts_only_the_data_axis_across_slices():
+    devices = mock_slices(2)  # 2 slices of 16 chips, 2 hosts each
+    mesh = parallel.make_mesh(fsdp=4, devices=devices)
+    assert mesh.shape == {"data": 8, "fsdp": 4, "tensor": 1}
+    slice_of = np.vectorize(lambda d: d.slice_index)(mesh.devices)
+    # Each slice holds one half of the data axis, whole along fsdp and tensor: only the
+    # gradient sum crosses the DCN.
+    assert (slice_of[:4] == 0).all() and (slice_of[4:] == 1).all()
+    for process in range(4):
+        blocks = parallel.process_row_blocks(64, mesh, process_index=process)
+        assert sum(b.stop - b.start for b in blocks) == 16
+    with pytest.raises(parallel.LayoutError) as error:
+        parallel.make_mesh(data=1, fsdp=-1, devices=devices)
+    assert str(error.value) == mesh_module.MULTI_SLICE_MSG.format(slices=2, data=1, example=2)

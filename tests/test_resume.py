@@ -3,12 +3,14 @@
 import json
 import os
 import subprocess
+import sys
 import textwrap
+import time
 
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from cli_support import CHAR_RNN, TINY_CHAR_RNN, run_paxtrain
+from cli_support import CHAR_RNN, ROOT, TINY_CHAR_RNN, run_paxtrain
 
 PREEMPTED = 75
 TINY = [
@@ -63,6 +65,21 @@ class SignalWhileBuilt(CharCorpus):
     def __init__(self, signal_name="SIGTERM", **kwargs):
         os.kill(os.getpid(), getattr(signal, signal_name))
         super().__init__(**kwargs)
+
+
+class WaitForFile(Hook):
+    """Holds the run at its start until `path` exists (or `timeout` seconds passed)."""
+
+    def __init__(self, path, timeout=120):
+        self.path, self.timeout = path, timeout
+
+    def on_train_start(self, trainer):
+        import pathlib
+        import time
+
+        deadline = time.monotonic() + self.timeout
+        while not pathlib.Path(self.path).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 class SignalDuringEval(CharCorpus):
@@ -300,3 +317,42 @@ def test_a_full_disk_names_the_failed_save_and_the_run_resumes_once_space_is_fre
         assert f"at step {good[-1]}" in resumed.stdout and "finished at step 20" in resumed.stdout
     finally:
         subprocess.run(["umount", str(disk)])
+
+
+@pytest.mark.slow
+def test_a_corrupt_newest_checkpoint_is_moved_aside_and_the_run_finishes(workdir):
+    run = workdir / "corrupt"
+    assert fit(workdir, run, "trainer.max_steps=8").returncode == 0
+    (run / "checkpoints" / "8" / "meta" / "metadata").write_text("{not json")
+    again = fit(workdir, run, "trainer.max_steps=8")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Traceback" not in again.stderr
+    assert "step 8" in again.stderr and "moved it aside" in again.stderr
+    assert "at step 4" in again.stdout and "finished at step 8" in again.stdout
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["4", "8", "8.corrupt"]  # saved again; the damaged one kept
+
+
+@pytest.mark.slow
+def test_a_second_fit_on_a_run_directory_in_use_is_refused_and_the_first_finishes(workdir):
+    run, go_on = workdir / "two_writers", workdir / "two_writers_go_on"
+    env = {**os.environ, "PYTHONPATH": f"{workdir}:{ROOT}", "JAX_PLATFORMS": "cpu"}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "paxtrain", "fit", CHAR_RNN, *TINY, f"run_dir={run}",
+         "trainer.max_steps=8", f"callbacks=[{{_target_:faults.WaitForFile,path:'{go_on}'}}]"],
+        cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        while not (run / ".paxtrain.lock").exists() and first.poll() is None:
+            time.sleep(0.2)  # the first run holds the lock and waits at its start
+        second = fit(workdir, run, "trainer.max_steps=8")
+    finally:
+        go_on.touch()
+    out, err = first.communicate(timeout=300)
+    assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr[-2000:]
+    assert f"run_dir={run} is in use by another paxtrain run" in second.stderr
+    assert f'"pid": {first.pid}' in second.stderr
+    assert first.returncode == 0, err[-2000:]
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = [(r["step"], k) for r in records for k in r if k != "step"]
+    assert len(logged) == len(set(logged)) and not any("repeated" in r for r in records)

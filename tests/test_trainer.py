@@ -250,3 +250,27 @@ def test_eval_weights_each_batch_by_its_examples(tmp_path):
     np.testing.assert_allclose(trainer.eval_metrics()["loss"], expected, rtol=1e-5)
     per_batch_mean = np.mean([trainer._eval_step(state, b)["loss"] for b in examples])
     assert abs(per_batch_mean - expected) > 1e-3 * expected  # the unweighted mean is wrong
+
+
+def test_checkpoints_save_the_state_itself_not_a_device_copy(tmp_path, monkeypatch):
+    # Orbax copies every array to host before `save` returns, so the step that follows may
+    # donate the buffers: an on-device copy of the whole state first would only double the
+    # device memory a save needs.
+    import jax
+
+    from paxtrain.checkpoint import CheckpointManager
+    from paxtrain.train.checkpointing import Checkpointing
+
+    handed = []
+    save = CheckpointManager.save
+
+    def spy(self, state, **kwargs):
+        handed.append(all(a is b for a, b in zip(*map(jax.tree.leaves, (state, trainer.state)))))
+        return save(self, state, **kwargs)
+
+    monkeypatch.setattr(CheckpointManager, "save", spy)
+    pax.seed_rng_key(0)
+    checkpointing = Checkpointing(every_steps=2)
+    trainer = Trainer(4, run_dir=tmp_path, progress="off", plot=False, checkpointing=checkpointing)
+    trainer.fit(Regression(), RegressionData(), optax.sgd(0.1))
+    assert handed == [True, True]

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 import jax
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
 
@@ -31,6 +32,17 @@ Mesh axis sizes must be positive integers, with at most one -1 (all remaining de
 got data={data}, fsdp={fsdp}, tensor={tensor}."""
 
 
+MULTI_SLICE_MSG = """\
+The devices span {slices} TPU slices, joined by the data-center network (DCN), and only the \
+"data" axis may cross it (FSDP gathers and tensor-parallel sums every layer would be far too \
+slow over DCN), so data={data} must be a multiple of {slices}. Use e.g. \
+`mesh.data={example}` with the same fsdp and tensor."""
+
+
+def _slice_count(devices: Sequence[jax.Device]) -> int:
+    return len({getattr(device, "slice_index", 0) for device in devices})
+
+
 def make_mesh(
     data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None
 ) -> Mesh:
@@ -38,7 +50,9 @@ def make_mesh(
 
     The batch is split over `data` and `fsdp`; large parameters over `fsdp`; the parameters that
     tensor-parallel rules name over `tensor` (see `state_shardings`). The axes are `Auto`: the
-    compiler inserts the collectives.
+    compiler inserts the collectives. On several TPU slices (multi-slice, devices with
+    different `slice_index`) the "data" axis spans the slices
+    (`mesh_utils.create_hybrid_device_mesh`), so only gradient sums cross the slower DCN.
 
     Args:
       data: data-parallel size; -1 takes the devices the other axes leave.
@@ -77,7 +91,19 @@ def make_mesh(
     if unknown:
         sizes[unknown[0]] = len(devices) // known
     shape = tuple(sizes[axis] for axis in AXES)
-    return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    axis_types = (AxisType.Auto,) * 3
+    slices = _slice_count(devices)
+    if slices > 1:
+        if shape[0] % slices:
+            raise LayoutError(
+                MULTI_SLICE_MSG.format(
+                    slices=slices, data=shape[0], example=slices * max(1, shape[0] // slices)
+                )
+            )
+        within = (shape[0] // slices, *shape[1:])
+        grid = mesh_utils.create_hybrid_device_mesh(within, (slices, 1, 1), devices)
+        return Mesh(grid, AXES, axis_types=axis_types)
+    return jax.make_mesh(shape, AXES, axis_types=axis_types, devices=devices)
 
 
 def data_parallel_size(mesh: Mesh) -> int:

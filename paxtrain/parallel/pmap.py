@@ -30,6 +30,14 @@ def _device_sharding() -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(PMAP_AXIS))
 
 
+def _local_value(x: Any) -> np.ndarray:
+    # A global array replicated over several processes (a restored checkpoint) is read from
+    # this process's own copy.
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+
+
 def replicate(tree: Any) -> Any:
     """`tree` with a leading axis of `jax.local_device_count()` copies, one on each device.
 
@@ -40,7 +48,7 @@ def replicate(tree: Any) -> Any:
     count = jax.local_device_count()
     sharding = _device_sharding()
     return jax.tree_util.tree_map(
-        lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (count, *np.shape(x))), sharding),
+        lambda x: jax.device_put(np.broadcast_to(_local_value(x), (count, *np.shape(x))), sharding),
         tree,
     )
 
@@ -53,6 +61,24 @@ def unreplicate(tree: Any) -> Any:
         (3,)
     """
     return jax.tree_util.tree_map(lambda x: x[0], tree)
+
+
+def global_copy(tree: Any) -> Any:
+    """A replicated tree without its device axis, as global arrays replicated over every device
+    of every process: what Orbax saves from several processes (it cannot write `x[0]`, an
+    array local to one process) and restores into. Each device's copy stays where it is.
+
+    Example:
+        >>> global_copy(replicate({"w": np.ones(3)}))["w"].sharding.is_fully_replicated
+        True
+    """
+    sharding = NamedSharding(Mesh(np.array(jax.devices()), (PMAP_AXIS,)), PartitionSpec())
+
+    def leaf(x: jax.Array) -> jax.Array:
+        copies = [shard.data.reshape(x.shape[1:]) for shard in x.addressable_shards]
+        return jax.make_array_from_single_device_arrays(x.shape[1:], sharding, copies)
+
+    return jax.tree_util.tree_map(leaf, tree)
 
 
 def process_rows(global_batch_size: int) -> slice:

@@ -7,7 +7,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import jax
-import jax.numpy as jnp
 
 from paxtrain.checkpoint import CheckpointManager
 from paxtrain.train.hooks import Hook, crossed, hook_states, load_hook_states
@@ -73,7 +72,7 @@ class Checkpointing(Hook):
         directory = self.directory or trainer.run_dir / CHECKPOINT_DIR
         self.manager = CheckpointManager(directory, **self.manager_options)
         if self.resume and self.manager.latest_step() is not None:
-            trainer.state, meta = self.manager.restore(trainer.state)
+            trainer.state, meta = self.manager.restore(trainer.checkpoint_state)
             trainer.step = self.resumed_from = int(trainer.state.step)
             load_hook_states(trainer.hooks, meta.get("hooks", {}))
             if trainer.is_main_process:
@@ -97,9 +96,9 @@ class Checkpointing(Hook):
 
     def save(self, trainer: Trainer, wait: bool = False) -> None:
         """Saves the trainer's state now (synchronously with `wait`)."""
-        # A private copy: the next step donates the state's buffers while Orbax may still be
-        # reading them in the background.
-        state = jax.tree_util.tree_map(jnp.copy, trainer.state)
+        # No copy of the state: Orbax copies every array to host memory before `save` returns
+        # (only the writing is in the background), so the next step may donate the buffers.
+        state = trainer.checkpoint_state
         evaluated = trainer.eval_history and trainer.eval_history[-1][0] == trainer.step
         metrics = (
             {f"eval/{k}": v for k, v in trainer.eval_history[-1][1].items()} if evaluated else None

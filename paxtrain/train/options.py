@@ -59,7 +59,9 @@ class StepOption:
     wrap_update: Callable[[UpdateFn], UpdateFn] = _identity
 
 
-def apply_gradients(state: TrainState, model: pax.Module, grads: Any, metrics: Metrics) -> TrainState:
+def apply_gradients(
+    state: TrainState, model: pax.Module, grads: Any, metrics: Metrics
+) -> TrainState:
     """The plain `UpdateFn`: one optimizer step on `model`.
 
     Example:
