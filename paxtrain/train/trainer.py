@@ -203,6 +203,8 @@ class Trainer:
         self.precision, self.seed = precision, seed
         self.loggers = [lg for lg in loggers if tensorboard or lg != "tensorboard"]
         self.hyperparams = dict(hyperparams or {})
+        # Wraps each step call; the profiler (`train.profile`) sets it while it traces.
+        self.trace_step: Callable[[], Any] = contextlib.nullcontext
         self.checkpointing = checkpointing
         self.hooks: list[Hook] = [
             TrainMetrics(log_every),
@@ -490,7 +492,8 @@ class Trainer:
                     started = time.perf_counter()
                     batch = next(batches)
                     self.last_data_wait = time.perf_counter() - started
-                    metrics = self.run_step(batch)
+                    with self.trace_step():
+                        metrics = self.run_step(batch)
                     self.step += self.steps_per_call
                     self._run_hooks("on_step", metrics)
 
