@@ -74,6 +74,7 @@ class TrainerConfig:
     early_stopping: EarlyStoppingConfig = dataclasses.field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     profile: ProfileConfig = dataclasses.field(default_factory=ProfileConfig)
+    compile_cache: str | None = "auto"  # JAX's persistent compilation cache: auto | a dir | null
     preemption_signals: list[str] = dataclasses.field(
         default_factory=lambda: ["SIGTERM", "SIGINT", "SIGUSR1"]
     )
