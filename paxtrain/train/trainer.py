@@ -19,6 +19,8 @@ from paxtrain.checkpoint import CheckpointError
 from paxtrain.config import ConfigError
 from paxtrain.data.source import DataSource, Prefetcher
 from paxtrain.train.checkpointing import Checkpointing
+from paxtrain.train.compile_cache import AUTO as AUTO_CACHE
+from paxtrain.train.compile_cache import enable_compile_cache
 from paxtrain.train.hooks import (
     EarlyStopping,
     Evaluation,
@@ -143,6 +145,8 @@ class Trainer:
       loggers: where logged scalars go: names from `train.logger.LOGGERS` ("tensorboard",
         "jsonl", "mlflow", "wandb") or `Logger` objects; only the main process logs.
       hyperparams: recorded by each logger at the start (`paxtrain fit`: the resolved config).
+      compile_cache: JAX's persistent compilation cache directory; "auto" (a user cache
+        directory), a path, or None (JAX's setting as it is); see `train.compile_cache`.
       preemption_signals: signal names that stop training gracefully.
       mesh: the devices and their layout: a `jax.sharding.Mesh`, or the sizes of
         `parallel.make_mesh` (`{"data": -1, "fsdp": 1, "tensor": 1}`); None puts every device
@@ -180,6 +184,7 @@ class Trainer:
         tensorboard: bool = True,
         loggers: Iterable[str | Logger] = DEFAULT_LOGGERS,
         hyperparams: Mapping[str, Any] | None = None,
+        compile_cache: str | None = AUTO_CACHE,
         preemption_signals: Iterable[str] = DEFAULT_PREEMPTION_SIGNALS,
         mesh: Mesh | Mapping[str, int] | None = None,
         strategy: str = "jit",
@@ -203,6 +208,9 @@ class Trainer:
         self.precision, self.seed = precision, seed
         self.loggers = [lg for lg in loggers if tensorboard or lg != "tensorboard"]
         self.hyperparams = dict(hyperparams or {})
+        self.compile_cache = compile_cache
+        # Wraps each step call; the profiler (`train.profile`) sets it while it traces.
+        self.trace_step: Callable[[], Any] = contextlib.nullcontext
         self.checkpointing = checkpointing
         self.hooks: list[Hook] = [
             TrainMetrics(log_every),
@@ -344,6 +352,7 @@ class Trainer:
             raise TypeError(NO_LOSS_MSG.format(cls=type(model).__name__))
         if self.policy is not None:
             model = pax.apply_mp_policy(model, self.policy)
+        enable_compile_cache(self.compile_cache)  # before the first compilation
         self.data = data
         loss_fn = loss_fn or model_loss
         # With the options' extras, so the state has the structure that checkpoints record. The
@@ -472,7 +481,8 @@ class Trainer:
                     started = time.perf_counter()
                     batch = next(batches)
                     self.last_data_wait = time.perf_counter() - started
-                    metrics = self.run_step(batch)
+                    with self.trace_step():
+                        metrics = self.run_step(batch)
                     self.step += self.steps_per_call
                     self._run_hooks("on_step", metrics)
 
