@@ -40,15 +40,13 @@ def test_compiled_programs_are_written_to_and_read_from_the_cache(tmp_path):
     assert second[:3] == first[:3] and second[3] == "['cache_hits']"  # read back, same result
 
 
-def test_auto_is_a_user_cache_directory_and_respects_jax_own_setting(tmp_path, monkeypatch):
+def test_auto_is_a_user_cache_directory_unless_jax_has_one(tmp_path, monkeypatch):
     import os
 
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
-    assert run("auto", env)[0] == str(tmp_path / "xdg" / "paxtrain" / "jax")
-    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "mine")
-    assert run("auto", env)[0] == str(tmp_path / "mine")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert default_cache_dir() == tmp_path / "x" / "paxtrain" / "jax"
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "mine")}
+    assert run("auto", env)[0] == str(tmp_path / "mine")
 
 
 def test_config_default_is_auto_and_null_turns_it_off():
