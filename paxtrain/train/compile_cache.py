@@ -37,13 +37,22 @@ def default_cache_dir() -> pathlib.Path:
     return pathlib.Path(base) / "paxtrain" / "jax"
 
 
+def _several_cpu_devices() -> bool:
+    # A cached program with collectives over several CPU devices (the virtual devices of
+    # --xla_force_host_platform_device_count) deadlocks in JAX 0.10 when loaded from the cache:
+    # its all-gather waits forever for participants (seen with FSDP over 8 devices, a warm
+    # cache). Such runs compile every time instead.
+    return jax.default_backend() == "cpu" and jax.local_device_count() > 1
+
+
 def enable_compile_cache(directory: str | os.PathLike | None = AUTO) -> pathlib.Path | None:
     """Points JAX's persistent compilation cache at `directory` (see the module docstring);
     returns the directory in use, or None when the cache is left off.
 
     The setting is process-wide and read by JAX at the first compilation that uses the cache.
+    Left off on several CPU devices, where JAX 0.10 deadlocks in collectives of cached programs.
     """
-    if directory is None:
+    if directory is None or _several_cpu_devices():
         return None
     if directory == AUTO:
         if jax.config.jax_compilation_cache_dir:
