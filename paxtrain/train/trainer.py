@@ -371,19 +371,21 @@ class Trainer:
         """Checks the metrics that early stopping and checkpoint ranking monitor against those
         evaluation reports, from shapes only (nothing is compiled or run)."""
         monitors = [
-            (h, "EarlyStopping", h.monitor, "trainer.early_stopping.monitor")
+            ("EarlyStopping", h.monitor, "trainer.early_stopping.monitor")
             for h in self.hooks
             if isinstance(h, EarlyStopping)
         ]
         if self.checkpointing is not None and self.checkpointing.manager_options["monitor"]:
             monitor = self.checkpointing.manager_options["monitor"]
-            monitors.append((None, "Checkpointing", monitor, "trainer.checkpoint.monitor"))
+            monitors.append(("Checkpointing", monitor, "trainer.checkpoint.monitor"))
         if not monitors:
             return
-        batch = next(iter(self.data.eval_batches()))
+        batch = next(iter(self.data.eval_batches()), None)
+        if batch is None:  # no evaluation data: nothing to monitor, which the first eval says
+            return
         names = sorted(jax.eval_shape(self._eval_step, state, batch))
         available = [f"eval/{k}" for k in names]
-        for _, owner, monitor, key in monitors:
+        for owner, monitor, key in monitors:
             if monitor.removeprefix("eval/") not in names:
                 monitor = f"eval/{monitor.removeprefix('eval/')}"
                 close = difflib.get_close_matches(monitor, available, 1)
