@@ -4,7 +4,8 @@
 #   docker build -t paxtrain:cpu --build-arg ACCELERATOR=cpu .
 #   docker run --gpus all -v "$PWD/runs:/workspace/runs" paxtrain:gpu fit configs/char_rnn.yaml
 # The three differ only in their first stage (the JAX extra; NVIDIA's variables on GPUs), so
-# building the CPU image (docker/build_and_smoke.sh) exercises every other line. See docker/README.md (what was built and run) and launch/.
+# building the CPU image (docker/build_and_smoke.sh) exercises every other line. See
+# docker/README.md (what was built and run) and launch/.
 
 # Any image with Python >= 3.11 and its venv module. The same base for all three: JAX's CUDA and
 # TPU runtimes are pip wheels, and the host provides the GPU driver or the TPU devices.

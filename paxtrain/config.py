@@ -63,6 +63,8 @@ class TrainerConfig:
     grad_norm: bool = True  # log train/grad_norm (free with the non-finite guard, which needs it)
     progress: str = "auto"  # auto | bar | log | off
     plot: bool = True  # write curves.png at the end
+    # Metrics sinks: tensorboard | jsonl | mlflow | wandb, or `_target_` sections (Logger objects)
+    loggers: list[Any] = dataclasses.field(default_factory=lambda: ["tensorboard", "jsonl"])
     early_stopping: EarlyStoppingConfig = dataclasses.field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     preemption_signals: list[str] = dataclasses.field(
@@ -218,6 +220,7 @@ def validate(cfg: DictConfig) -> DictConfig:
             raise ConfigError(BAD_CHOICE_MSG.format(key=key, value=value, choices=choices))
     _check_numbers(merged)
     _check_precision(merged.trainer.precision)
+    _check_loggers(merged.trainer.loggers)
     validate_optimizer(merged)
     if merged.trainer.max_steps % merged.trainer.steps_per_call:
         raise ConfigError(
@@ -229,6 +232,19 @@ def validate(cfg: DictConfig) -> DictConfig:
     for i, callback in enumerate(merged.callbacks):
         check_target(callback, f"callbacks[{i}]")
     return merged
+
+
+def _check_loggers(loggers: list[Any]) -> None:
+    from paxtrain.train.logger import check_logger_name
+
+    for i, logger in enumerate(loggers):
+        if isinstance(logger, str):
+            try:
+                check_logger_name(logger)
+            except ValueError as error:
+                raise ConfigError(f"`trainer.loggers[{i}]`: {error}") from None
+        else:
+            check_target(logger, f"trainer.loggers[{i}]")
 
 
 def _check_precision(precision: str) -> None:

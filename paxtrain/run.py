@@ -296,6 +296,10 @@ def build_trainer(
         strategy=cfg.parallel.strategy,
         **({} if rules is None else {"tensor_rules": OmegaConf.to_container(rules)}),
     )
+    trainer.loggers = [  # `_target_` sections build Logger objects
+        lg if isinstance(lg, str) else instantiate(lg, f"trainer.loggers[{i}]")
+        for i, lg in enumerate(t.loggers)
+    ]
     cfg.optimizer.horizon = horizon or t.max_steps  # what `${optimizer.horizon}` resolves to
     return trainer, model, data, build_optimizer(cfg.optimizer)
 
@@ -320,6 +324,7 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
     # The run directory is made by `trainer.fit` once data, model and config proved good.
     trainer, model, data, optimizer = build_trainer(cfg, run_dir, meta=info, horizon=horizon)
     trainer.add_hook(RunFiles(cfg, info))
+    trainer.hyperparams = OmegaConf.to_container(cfg, resolve=True)  # for the loggers
     # One process speaks for a multi-process run.
     say = print if trainer.is_main_process else lambda *_: None
     say(f"paxtrain: run directory {run_dir}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import doctest
 import importlib
+import importlib.util
 import io
 import pathlib
 import pkgutil
@@ -41,6 +42,10 @@ KNOWN_BROKEN = {
 }
 
 
+# Modules whose examples need an optional extra: skipped where it is not installed.
+NEEDS_EXTRA = {"paxtrain.data.grain_source": "grain"}
+
+
 def _modules() -> list[str]:
     names = ["paxtrain"] + [m.name for m in pkgutil.walk_packages(paxtrain.__path__, "paxtrain.")]
     return [n for n in names if n not in SKIPPED_MODULES and not n.startswith("paxtrain.nn")]
@@ -49,6 +54,8 @@ def _modules() -> list[str]:
 def _param(name: str):
     if name in KNOWN_BROKEN:
         return pytest.param(name, marks=pytest.mark.xfail(reason=KNOWN_BROKEN[name], strict=True))
+    if name in NEEDS_EXTRA and importlib.util.find_spec(NEEDS_EXTRA[name]) is None:
+        return pytest.param(name, marks=pytest.mark.skip(reason=f"needs {NEEDS_EXTRA[name]}"))
     return name
 
 

@@ -210,13 +210,13 @@ def test_the_lock_of_a_killed_process_is_not_stale(tmp_path):
 
 
 def test_metrics_jsonl_is_strict_json_with_null_for_nonfinite_and_marks_repeats(tmp_path):
-    from paxtrain.train.logger import MetricsLogger, latest_by_step, read_metrics
+    from paxtrain.train.logger import LoggerGroup, latest_by_step, read_metrics
     from paxtrain.train.plot import plot_run
 
-    with MetricsLogger(tmp_path, tensorboard=False) as logger:
+    with LoggerGroup(["jsonl"], tmp_path) as logger:
         logger.write(1, {"train/loss": 2.0})
         logger.write(2, {"train/loss": float("nan"), "train/grad_norm": float("inf")})
-    with MetricsLogger(tmp_path, tensorboard=False) as logger:  # a resume from step 1
+    with LoggerGroup(["jsonl"], tmp_path) as logger:  # a resume from step 1
         logger.write(2, {"train/loss": 1.5})
         logger.write(3, {"train/loss": 1.0})
         logger.write(3, {"eval/loss": 1.2})  # the same step's eval: no repeat

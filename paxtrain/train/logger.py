@@ -1,4 +1,18 @@
-"""Where logged scalars go: TensorBoard event files and `metrics.jsonl` in the run directory."""
+"""Where logged scalars go: a `Logger` per sink (TensorBoard, `metrics.jsonl`, MLflow, W&B).
+
+`Trainer(loggers=["tensorboard", "jsonl", "mlflow"])`, or `trainer.loggers=[...]` in a config,
+names the sinks; a name is an entry of `LOGGERS`, and an object with the `Logger` methods works
+too. Every logger is started once with the run directory and the run's hyperparameters (the
+resolved config under `paxtrain fit`), then gets each step's scalars. Only the main process of
+a multi-process run logs.
+
+    >>> import tempfile
+    >>> run_dir = tempfile.mkdtemp()
+    >>> with LoggerGroup(["jsonl"], run_dir, hyperparams={"seed": 0}) as group:
+    ...     group.write(10, {"train/loss": 2.5})
+    >>> read_metrics(run_dir)
+    [{'step': 10, 'train/loss': 2.5}]
+"""
 
 from __future__ import annotations
 
@@ -6,53 +20,62 @@ import contextlib
 import json
 import math
 import pathlib
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
 
+DEFAULT_LOGGERS = ("tensorboard", "jsonl")
 
-class MetricsLogger:
-    """Writes one record per logged step to TensorBoard (tensorboardX) and to `metrics.jsonl`.
+UNKNOWN_LOGGER_MSG = "Unknown logger {name!r}; choose from {choices}, or pass a Logger object."
+MISSING_EXTRA_MSG = (
+    "The {name!r} logger needs the {package!r} package: `pip install {package}` "
+    '(or `pip install "paxtrain[{name}]"`).'
+)
+# The package each optional logger imports.
+_EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}
 
-    `metrics.jsonl` stays strict JSON: a NaN or infinite value is written as `null` and its key
-    listed under `"nonfinite"`. A step logged again (after a rollback, or a resume from a
-    checkpoint older than the last log) gets `"repeated": true`; `latest_by_step` keeps the
-    last record of each step.
 
-    Args:
-      run_dir: directory for `metrics.jsonl` and the `events.out.tfevents.*` files.
-      tensorboard: also write TensorBoard event files.
-      enabled: False makes every method a no-op (the other processes of a multi-process run).
+class Logger:
+    """Base class of a metrics sink; override what the sink needs.
 
-    Example:
-        >>> with MetricsLogger("runs/demo") as logger:   # doctest: +SKIP
-        ...     logger.write(10, {"train/loss": 2.5})
+    A tracker that keeps a run of its own (MLflow, W&B) stores its run id in the run directory
+    at `start` and continues that run when the directory is resumed.
     """
 
-    def __init__(self, run_dir: str | pathlib.Path, tensorboard: bool = True, enabled: bool = True):
-        self.run_dir = pathlib.Path(run_dir)
-        self._jsonl: Any = None
-        self._tb = None
-        if not enabled:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        previous = self.run_dir / METRICS_FILE
+    def start(self, run_dir: pathlib.Path, hyperparams: Mapping[str, Any]) -> None:
+        """Opens the sink before the first step (also on a resume) and records hyperparameters."""
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        """Records the scalars of one step."""
+
+    def flush(self) -> None:
+        """Makes what was written so far readable (e.g. before a plot is drawn)."""
+
+    def close(self) -> None:
+        """Flushes and releases the sink at the end of training."""
+
+
+class JsonlLogger(Logger):
+    """One JSON record per logged step in `RUN_DIR/metrics.jsonl` (appended on a resume).
+
+    The file stays strict JSON: a NaN or infinite value is written as `null` and its key listed
+    under `"nonfinite"`. A step logged again (after a rollback, or a resume from a checkpoint
+    older than the last log) gets `"repeated": true`; `latest_by_step` keeps the last record of
+    each step.
+    """
+
+    def start(self, run_dir: pathlib.Path, hyperparams: Mapping[str, Any]) -> None:
+        path = run_dir / METRICS_FILE
         # The newest step logged and its keys: a record is a repeat when it goes back in steps,
         # or logs a key again at the newest step (the same step's eval after its train record
         # is not one).
         self._last_step, self._last_keys = -1, set()
-        for record in read_metrics(self.run_dir) if previous.is_file() else []:
+        for record in read_metrics(run_dir) if path.is_file() else ():
             self._note(record["step"], record)
-        self._jsonl = open(previous, "a", buffering=1)  # noqa: SIM115
-        if tensorboard:
-            from tensorboardX import SummaryWriter
+        self._file = open(path, "a", buffering=1)  # noqa: SIM115
 
-            self._tb = SummaryWriter(logdir=str(self.run_dir), flush_secs=10)
-
-    def write(self, step: int, scalars: dict[str, float]) -> None:
-        """Records `scalars` at `step` in both sinks."""
-        if self._jsonl is None:
-            return
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
         record: dict[str, Any] = {"step": step}
         nonfinite = []
         for key, value in scalars.items():
@@ -60,43 +83,136 @@ class MetricsLogger:
             record[key] = value if math.isfinite(value) else None
             if not math.isfinite(value):
                 nonfinite.append(key)
-            if self._tb is not None:
-                self._tb.add_scalar(key, value, global_step=step)
         if nonfinite:
             record["nonfinite"] = nonfinite
         if step < self._last_step or (step == self._last_step and self._last_keys & scalars.keys()):
             record["repeated"] = True
         self._note(step, scalars)
-        self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
 
-    def _note(self, step: int, keys: Any) -> None:
+    def _note(self, step: int, keys: Iterable[str]) -> None:
         if step > self._last_step:
             self._last_step, self._last_keys = step, set()
         if step == self._last_step:
             self._last_keys |= set(keys) - {"step", "repeated", "nonfinite"}
 
     def flush(self) -> None:
-        if self._jsonl is None:
-            return
-        self._jsonl.flush()
-        if self._tb is not None:
-            self._tb.flush()
+        self._file.flush()
 
     def close(self) -> None:
-        """Closes both sinks, the second even when the first fails (a full disk)."""
-        if self._jsonl is None:
-            return
-        sinks, self._jsonl, tb, self._tb = [self._jsonl], None, self._tb, None
+        self._file.close()
+
+
+class TensorBoardLogger(Logger):
+    """TensorBoard event files (tensorboardX) in the run directory; the hyperparameters as the
+    text summary `hyperparams` (JSON)."""
+
+    def start(self, run_dir: pathlib.Path, hyperparams: Mapping[str, Any]) -> None:
+        from tensorboardX import SummaryWriter
+
+        self._writer = SummaryWriter(logdir=str(run_dir), flush_secs=10)
+        if hyperparams:
+            text = json.dumps(hyperparams, indent=2, default=str)
+            self._writer.add_text("hyperparams", f"```\n{text}\n```", global_step=0)
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        for key, value in scalars.items():
+            self._writer.add_scalar(key, float(value), global_step=step)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def _tracker(name: str) -> type[Logger]:
+    from paxtrain.train import trackers
+
+    return getattr(trackers, name)
+
+
+# Names usable in `Trainer(loggers=...)` and `trainer.loggers=[...]`; the trackers need the
+# `mlflow` / `wandb` extras and import them only when used.
+LOGGERS = {
+    "jsonl": lambda: JsonlLogger(),
+    "tensorboard": lambda: TensorBoardLogger(),
+    "mlflow": lambda: _tracker("MLflowLogger")(),
+    "wandb": lambda: _tracker("WandbLogger")(),
+}
+
+
+def check_logger_name(name: str) -> None:
+    """Raises ValueError unless `name` is in `LOGGERS` and its package is installed.
+
+    Example:
+        >>> check_logger_name("jsonl")
+    """
+    import importlib.util
+
+    if name not in LOGGERS:
+        raise ValueError(UNKNOWN_LOGGER_MSG.format(name=name, choices=sorted(LOGGERS)))
+    package = _EXTRAS.get(name)
+    if package and importlib.util.find_spec(package) is None:
+        raise ValueError(MISSING_EXTRA_MSG.format(name=name, package=package))
+
+
+def make_logger(logger: str | Logger) -> Logger:
+    """A logger from its name in `LOGGERS`, or the logger object itself.
+
+    Example:
+        >>> type(make_logger("jsonl")).__name__
+        'JsonlLogger'
+    """
+    if not isinstance(logger, str):
+        return logger
+    check_logger_name(logger)
+    return LOGGERS[logger]()
+
+
+class LoggerGroup:
+    """The loggers of a run, written together; started when created.
+
+    Args:
+      loggers: names (see `LOGGERS`) or `Logger` objects; empty on the processes that do not log.
+      run_dir: the run directory (created if missing).
+      hyperparams: recorded by each logger at the start.
+    """
+
+    def __init__(
+        self,
+        loggers: Iterable[str | Logger],
+        run_dir: str | pathlib.Path,
+        hyperparams: Mapping[str, Any] | None = None,
+    ):
+        self.loggers = [make_logger(logger) for logger in loggers]
+        if self.loggers:
+            run_dir = pathlib.Path(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+        for logger in self.loggers:
+            logger.start(pathlib.Path(run_dir), dict(hyperparams or {}))
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        for logger in self.loggers:
+            logger.write(step, scalars)
+
+    def flush(self) -> None:
+        for logger in self.loggers:
+            logger.flush()
+
+    def close(self) -> None:
+        """Closes every logger, the others even when one fails (a full disk)."""
         errors = []
-        for sink in [*sinks, *([tb] if tb is not None else [])]:
+        for logger in self.loggers:
             try:
-                sink.close()
+                logger.close()
             except OSError as error:
                 errors.append(error)
+        self.loggers = []
         if errors:
             raise errors[0]
 
-    def __enter__(self) -> MetricsLogger:
+    def __enter__(self) -> LoggerGroup:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -29,7 +29,7 @@ from paxtrain.train.hooks import (
     Throughput,
     TrainMetrics,
 )
-from paxtrain.train.logger import MetricsLogger
+from paxtrain.train.logger import DEFAULT_LOGGERS, Logger, LoggerGroup
 from paxtrain.train.precision import needs_loss_scale, parse_precision
 from paxtrain.train.preemption import DEFAULT_PREEMPTION_SIGNALS, stop_on_signals
 from paxtrain.train.progress import Progress
@@ -139,7 +139,10 @@ class Trainer:
       checkpointing: a `Checkpointing` hook (saves, resumes), or None.
       hooks: more hooks.
       seed: seed of the training RNG (dropout keys...).
-      tensorboard: write TensorBoard event files.
+      tensorboard: False drops "tensorboard" from `loggers`.
+      loggers: where logged scalars go: names from `train.logger.LOGGERS` ("tensorboard",
+        "jsonl", "mlflow", "wandb") or `Logger` objects; only the main process logs.
+      hyperparams: recorded by each logger at the start (`paxtrain fit`: the resolved config).
       preemption_signals: signal names that stop training gracefully.
       mesh: the devices and their layout: a `jax.sharding.Mesh`, or the sizes of
         `parallel.make_mesh` (`{"data": -1, "fsdp": 1, "tensor": 1}`); None puts every device
@@ -175,6 +178,8 @@ class Trainer:
         hooks: Iterable[Hook] = (),
         seed: int = 0,
         tensorboard: bool = True,
+        loggers: Iterable[str | Logger] = DEFAULT_LOGGERS,
+        hyperparams: Mapping[str, Any] | None = None,
         preemption_signals: Iterable[str] = DEFAULT_PREEMPTION_SIGNALS,
         mesh: Mesh | Mapping[str, int] | None = None,
         strategy: str = "jit",
@@ -195,7 +200,9 @@ class Trainer:
         self.policy = parse_precision(precision)
         if needs_loss_scale(self.policy):
             self.step_options["loss_scale"] = "dynamic"
-        self.precision, self.seed, self.tensorboard = precision, seed, tensorboard
+        self.precision, self.seed = precision, seed
+        self.loggers = [lg for lg in loggers if tensorboard or lg != "tensorboard"]
+        self.hyperparams = dict(hyperparams or {})
         self.checkpointing = checkpointing
         self.hooks: list[Hook] = [
             TrainMetrics(log_every),
@@ -423,8 +430,8 @@ class Trainer:
         if self.is_main_process:
             lock.acquire()
         # Only the main process writes; the others run the same loop and the collective saves.
-        self.logger = MetricsLogger(
-            self.run_dir, tensorboard=self.tensorboard, enabled=self.is_main_process
+        self.logger = LoggerGroup(
+            self.loggers if self.is_main_process else [], self.run_dir, self.hyperparams
         )
         try:
             with stop_on_signals(self, self.preemption_signals):
