@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import pathlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -52,6 +53,11 @@ lower the learning rate, or use on_nonfinite="skip"."""
 UNKNOWN_MONITOR_MSG = (
     "{owner} monitors `{monitor}`, but evaluation reports {available}.{hint} "
     "Set `{key}` to one of these."
+)
+
+DISK_FULL_MSG = (
+    "Writing the run's files failed: {error}. Training stops here; the last complete "
+    "checkpoint ({last}) is intact. Free disk space, then resume."
 )
 
 NOTHING_TO_TRAIN_MSG = (
@@ -436,10 +442,18 @@ class Trainer:
         try:
             with stop_on_signals(self, self.preemption_signals):
                 self._resume_and_train()
-        except BaseException:
+        except BaseException as error:
             # A full disk fails the logs' last flush too: the error on its way names the cause.
             with contextlib.suppress(OSError):
                 self.logger.close()
+            if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+                manager = self.checkpointing.manager if self.checkpointing else None
+                last = manager.latest_step() if manager else None
+                raise CheckpointError(
+                    DISK_FULL_MSG.format(
+                        error=error, last=f"step {last}" if last is not None else "none yet"
+                    )
+                ) from None
             raise
         else:
             self.logger.close()
