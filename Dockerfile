@@ -45,7 +45,7 @@ ENV VIRTUAL_ENV=/opt/venv \
 # JAX first, alone in its layer: the accelerator wheels are gigabytes and change only with the
 # build arguments, so editing paxtrain does not download them again. The bounds match pyproject.
 RUN python3 -m venv "${VIRTUAL_ENV}" \
-    && pip install "jax[${PAXTRAIN_JAX_EXTRA}]>=0.7,<0.11"
+    && pip install "jax[${PAXTRAIN_JAX_EXTRA}]>=0.10,<0.11"
 
 WORKDIR /opt/paxtrain
 COPY pyproject.toml README.md ./

@@ -263,6 +263,20 @@ def raw_lstm_runner(vocab, embed, hidden, seq, batch) -> Callable[[], None]:
     return run
 
 
+def peer_runners() -> dict[str, Callable[[], None]]:
+    """Equinox's and Flax NNX's steps, when installed (`pip install -e ".[bench]"`)."""
+    runners = {}
+    for name, make in (
+        ("Equinox (filter_jit)", equinox_runner),
+        ("Flax NNX (nnx.jit)", nnx_runner),
+    ):
+        try:
+            runners[name] = make()
+        except ImportError:
+            print(f"{name}: not installed, left out")
+    return runners
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="few calls, no RESULTS.md update")
@@ -277,8 +291,7 @@ def main() -> None:
         "paxtrain": paxtrain_runner(),
         "paxtrain steps_per_call=10": paxtrain_runner(10),
         "paxtrain + grad_norm metric, no guard": paxtrain_runner(grad_norm=True),
-        "Equinox (filter_jit)": equinox_runner(),
-        "Flax NNX (nnx.jit)": nnx_runner(),
+        **peer_runners(),
     }
     mlp_times = interleaved(
         mlp, rounds, {"default": calls, "paxtrain steps_per_call=10": calls // 10 or 1}

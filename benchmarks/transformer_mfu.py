@@ -112,8 +112,9 @@ TINY = ModelSize(2, 4, 64, 64, 256, 256)
 
 
 # ------------------------------------------------------------------------------ paxtrain
-def recipe_model(size: ModelSize, precision: str) -> pax.Module:
-    """The recipe's `TransformerLM` of `size`, under the `Trainer`'s policy for `precision`.
+def recipe_model(size: ModelSize, precision: str, scan_layers: bool = False) -> pax.Module:
+    """The recipe's `TransformerLM` of `size`, under the `Trainer`'s policy for `precision`
+    (its blocks under `lax.scan` with `scan_layers`).
 
     Example:
         >>> recipe_model(TINY, "bfloat16").num_layers  # doctest: +SKIP
@@ -127,8 +128,9 @@ def recipe_model(size: ModelSize, precision: str) -> pax.Module:
 
     pax.seed_rng_key(0)
     model = TransformerLM(
-        size.vocab_size, size.seq_len, size.num_layers, size.num_heads, size.model_dim
-    )
+        size.vocab_size, size.seq_len, size.num_layers, size.num_heads, size.model_dim,
+        scan_layers=scan_layers,
+    )  # fmt: skip
     return pax.apply_mp_policy(model, MP_POLICY) if precision == "bfloat16" else model
 
 
@@ -219,7 +221,7 @@ def params_from_recipe(model: pax.Module, like: dict[str, Any]) -> dict[str, Any
             "mlp_in": linear(block.mlp.layers[0]),
             "mlp_out": linear(block.mlp.layers[2]),
         }
-        for block in model.blocks.layers
+        for block in getattr(model.blocks, "layers", None) or model.blocks.unstack()
     ]
     params = {
         "token_embed": model.token_embed.weight,
@@ -250,11 +252,8 @@ def causal_attention(p: dict[str, Any], x: jax.Array, num_heads: int) -> jax.Arr
         linear(p[name], x).reshape(batch, time, num_heads, dim // num_heads)
         for name in ("query", "key", "value")
     )
-    # A Python float keeps the logits in the compute dtype.
-    logits = jnp.einsum("bthd,bshd->bhts", q, k) / math.sqrt(dim // num_heads)
-    causal = jnp.tril(jnp.ones((time, time), bool))
-    weights = jax.nn.softmax(jnp.where(causal, logits, jnp.finfo(logits.dtype).min), axis=-1)
-    out = jnp.einsum("bhts,bshd->bthd", weights, v)
+    # What a raw-JAX user writes today: JAX's fused attention (cuDNN flash attention on GPUs).
+    out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
     return linear(p["output"], out.reshape(batch, time, dim))
 
 
@@ -367,7 +366,8 @@ def peak_flops(precision: str, override_tflops: float | None) -> float | None:
 
 
 def matmul_dtypes(fn: Callable, *args: Any) -> Counter[str]:
-    """Counts the output dtypes of the matrix multiplications (`dot_general`) in `fn(*args)`.
+    """Counts the output dtypes of the matrix multiplications (`dot_general`) in `fn(*args)`;
+    those inside a `scan` body count once per iteration.
 
     Example:
         >>> matmul_dtypes(lambda a: a @ a, jnp.ones((2, 2)))
@@ -375,17 +375,20 @@ def matmul_dtypes(fn: Callable, *args: Any) -> Counter[str]:
     """
     counts: Counter[str] = Counter()
 
-    def visit(jaxpr) -> None:
+    def visit(jaxpr, times: int) -> None:
         for eqn in jaxpr.eqns:
             if eqn.primitive.name == "dot_general":
-                counts[eqn.outvars[0].aval.dtype.name] += 1
+                counts[eqn.outvars[0].aval.dtype.name] += times
+            inner_times = (
+                times * eqn.params.get("length", 1) if eqn.primitive.name == "scan" else times
+            )
             for value in eqn.params.values():
                 for sub in value if isinstance(value, (tuple, list)) else (value,):
                     inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds its Jaxpr
                     if hasattr(inner, "eqns"):
-                        visit(inner)
+                        visit(inner, inner_times)
 
-    visit(jax.make_jaxpr(fn)(*args).jaxpr)
+    visit(jax.make_jaxpr(fn)(*args).jaxpr, 1)
     return counts
 
 
@@ -449,6 +452,9 @@ def main() -> None:
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="bfloat16")
     parser.add_argument("--peak-tflops", type=float, help="the device's peak, for the MFU")
     parser.add_argument(
+        "--scan-layers", action="store_true", help="the recipe's blocks under lax.scan"
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="a tiny model, batch 4, few steps; writes nothing"
     )
     args = parser.parse_args()
@@ -456,7 +462,7 @@ def main() -> None:
     rounds, steps = (2, 3) if args.quick else (5, 10)
 
     batch = make_batch(size, batch_size)
-    model = recipe_model(size, args.precision)
+    model = recipe_model(size, args.precision, args.scan_layers)
     params = params_from_recipe(model, init_params(jax.random.PRNGKey(0), size))
     # One sequence is enough, and keeps GPT-2's float32 logits at 200 MB.
     warning = check_same_model(model, params, batch["inputs"][:1], size.num_heads, args.precision)
@@ -492,15 +498,15 @@ def main() -> None:
     ]
     table = "\n".join(lines + (["", warning] if warning else []))
     print(table)
+    scan_flag = " --scan-layers" if args.scan_layers else ""
     if not args.quick:
         body = (
             f"Command: `python benchmarks/transformer_mfu.py --batch {batch_size} "
-            f"--precision {args.precision}` ({rounds} interleaved rounds of {steps} steps; "
+            f"--precision {args.precision}{scan_flag}` ({rounds} interleaved rounds of {steps} steps; "
             f"medians).\n\nMachine: {machine_line()}\n\n{table}"
         )
-        write_section(
-            section_title(f"Transformer LM MFU, {args.precision}, batch {batch_size}"), body
-        )
+        title = f"Transformer LM MFU, {args.precision}, batch {batch_size}{scan_flag}"
+        write_section(section_title(title), body)
 
 
 if __name__ == "__main__":

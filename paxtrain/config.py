@@ -48,6 +48,12 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass
+class ProfileConfig:
+    start_step: int | None = None  # trace steps start_step.. into RUN_DIR/profile/; None: off
+    num_steps: int = 3
+
+
+@dataclasses.dataclass
 class TrainerConfig:
     max_steps: int = 1000
     eval_every: int | None = 250  # None: evaluate only at the end
@@ -67,6 +73,8 @@ class TrainerConfig:
     loggers: list[Any] = dataclasses.field(default_factory=lambda: ["tensorboard", "jsonl"])
     early_stopping: EarlyStoppingConfig = dataclasses.field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    profile: ProfileConfig = dataclasses.field(default_factory=ProfileConfig)
+    compile_cache: str | None = "auto"  # JAX's persistent compilation cache: auto | a dir | null
     preemption_signals: list[str] = dataclasses.field(
         default_factory=lambda: ["SIGTERM", "SIGINT", "SIGUSR1"]
     )
@@ -146,7 +154,7 @@ GROUP_OPTION_MSG = "{message} Available options in '{group}': {options}."
 _AT_LEAST_ONE = (
     "trainer.max_steps", "trainer.log_every", "trainer.eval_every", "trainer.steps_per_call",
     "trainer.grad_accum_steps", "trainer.checkpoint.every_steps", "trainer.checkpoint.keep_last",
-    "trainer.early_stopping.patience", "optimizer.horizon",
+    "trainer.early_stopping.patience", "optimizer.horizon", "trainer.profile.num_steps",
 )  # fmt: skip
 
 # Parameters of `_target_`s that are sizes or counts by their name: `batch_size`, `seq_len`,

@@ -266,6 +266,7 @@ def build_trainer(
     import paxtrain as pax
     from paxtrain.finetune import freeze_by_path, load_parameters
     from paxtrain.train.checkpointing import Checkpointing
+    from paxtrain.train.profile import Profile
     from paxtrain.train.trainer import Trainer
 
     if cfg.parallel.distributed:
@@ -281,6 +282,8 @@ def build_trainer(
         except ValueError as error:
             raise ConfigError(f"`freeze`: {error}") from None
     callbacks = [instantiate(c, f"callbacks[{i}]") for i, c in enumerate(cfg.callbacks)]
+    if cfg.trainer.profile.start_step is not None:  # a jax.profiler trace of some steps
+        callbacks.append(Profile(**arguments_for(Profile, cfg.trainer.profile)))
     t, es, ck = cfg.trainer, cfg.trainer.early_stopping, cfg.trainer.checkpoint
     rules = cfg.parallel.tensor_rules  # None: the default rules
     trainer = Trainer(

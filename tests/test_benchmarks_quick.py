@@ -1,10 +1,13 @@
 """The benchmarks' `--quick` modes run to the end and print their tables (they write nothing)."""
 
 import math
+import os
 import pathlib
 import re
 import subprocess
 import sys
+
+import pytest
 
 ROOT = pathlib.Path(__file__).parents[1]
 
@@ -44,3 +47,16 @@ def test_scan_layers_quick_compiles_both_variants_with_equal_losses():
     rows = re.findall(r"^\| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", out, re.M)
     assert [int(r[0]) for r in rows] == [1, 2], out
     assert all(r[3] == r[4] for r in rows), out
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_every_measurement_in_quick_mode():
+    env = {**os.environ, "PATH": f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        ["bash", "benchmarks/gpu.sh", "--quick"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    for heading in ("| implementation | ms/step |", "| implementation | µs/step |", "| call |"):
+        assert heading in result.stdout, result.stdout
+    assert result.stdout.count("| implementation | ms/step |") == 2  # scanned and unscanned

@@ -9,9 +9,10 @@ import numpy as np
 import optax
 import pytest
 import yaml
-from cli_support import CHAR_RNN, ROOT, TINY_CHAR_RNN, run_paxtrain
+from cli_support import CHAR_RNN, ROOT, TINY_CHAR_RNN
 
 import paxtrain as pax
+from paxtrain.cli import main
 from paxtrain.config import ConfigError, compose
 from paxtrain.optax_config import build_optimizer
 from paxtrain.optim import Optimizer
@@ -128,14 +129,14 @@ def test_readme_yaml_optimizer_builds():
         assert np.isfinite(one_update(build_optimizer(section))).all()
 
 
-def test_lion_trains_from_the_cli(tmp_path):
+def test_lion_trains_from_the_cli(tmp_path, capsys):
     run_dir = tmp_path / "lion"
-    result = run_paxtrain(
+    code = main([
         "fit", CHAR_RNN, *TINY_CHAR_RNN, "optimizer._target_=optax.lion", "trainer.max_steps=4",
         "trainer.log_every=2", "trainer.eval_every=null", "trainer.plot=false", "callbacks=[]",
         "trainer.checkpoint.enabled=false", f"run_dir={run_dir}",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
+    ])  # fmt: skip
+    assert code == 0, capsys.readouterr().err[-3000:]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     logged = {r["step"]: r["train/learning_rate"] for r in records if "train/learning_rate" in r}
     # The logged rate is the mean over the steps since the last log of the recipe's schedule.

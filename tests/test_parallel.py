@@ -62,13 +62,12 @@ def eight_devices():
     return last_json_line(done.stdout)
 
 
-def run_two_processes(command: list[str], **env: str) -> list[str]:
-    """Runs `command` as two processes of 2 CPU devices each, joined over 127.0.0.1; returns
-    their stdouts once both succeeded."""
+def start_two_processes(command: list[str], **env: str) -> list[subprocess.Popen]:
+    """Starts `command` as two processes of 2 CPU devices each, joined over 127.0.0.1."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [
+    return [
         subprocess.Popen(
             command,
             env=cpu_env(
@@ -84,9 +83,15 @@ def run_two_processes(command: list[str], **env: str) -> list[str]:
         )
         for i in range(2)
     ]
+
+
+def run_two_processes(command: list[str], expect: int = 0, **env: str) -> list[str]:
+    """Runs `command` as two joined processes (`start_two_processes`); returns their stdouts
+    once both exited with `expect`."""
+    procs = start_two_processes(command, **env)
     outputs = [proc.communicate(timeout=300) for proc in procs]
     for proc, (_, stderr) in zip(procs, outputs):
-        assert proc.returncode == 0, stderr[-3000:]
+        assert proc.returncode == expect, stderr[-3000:]
     return [stdout for stdout, _ in outputs]
 
 
@@ -410,3 +415,23 @@ def test_an_unused_tensor_axis_is_refused_and_a_rule_for_the_model_fixes_it():
     parallel.check_tensor_axis_used(
         parallel.state_shardings(state, abstract_mesh()), abstract_mesh()
     )
+
+
+# ------------------------------------------------------------------ sharded initialization
+def test_a_state_built_from_a_function_is_never_whole_on_one_device():
+    done = subprocess.run(
+        [sys.executable, os.path.join(SCRIPTS, "sharded_init.py")],
+        env=cpu_env(8),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = last_json_line(done.stdout)
+    assert result["equal"]  # bitwise the state of the eager build
+    assert result["spec"] == "P('fsdp', None)"
+    # FSDP over 8: each device keeps about an eighth (small leaves stay replicated) ...
+    assert result["share"] < result["state_bytes"] / 7
+    # ... and building it needs at most 1.5x that per device, where the eager build put the
+    # whole state (8x the share) on one device before placing it.
+    assert result["build_peak"] <= 1.5 * result["share"]

@@ -9,14 +9,16 @@ checkpoints saved on one layout and resumed on another (`parallel_scripts/topolo
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 from cli_support import CHAR_RNN, ROOT, TINY_CHAR_RNN
 from jax.sharding import AbstractMesh, PartitionSpec
-from test_parallel import SCRIPTS, cpu_env, last_json_line, run_two_processes
+from test_parallel import SCRIPTS, cpu_env, last_json_line, run_two_processes, start_two_processes
 
 from paxtrain import parallel
 from paxtrain.cli import main
@@ -167,6 +169,40 @@ def test_pmap_on_two_processes_saves_resumes_and_restores_on_one(tmp_path, one_d
     np.testing.assert_allclose([again[3], again[4]], [first[3], first[4]], rtol=1e-6)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["2", "4"]
     assert_one_process_evaluates_the_last_checkpoint(run_dir, records)
+
+
+def losses_by_step(run_dir) -> dict[int, float]:
+    """Train loss of each step, the last record of a step winning (a resumed run's)."""
+    return {r["step"]: r["train/loss"] for r in read_metrics(run_dir) if "train/loss" in r}
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_one_process_stops_both_after_the_same_step(tmp_path):
+    # Before, only the signalled process stopped, and the collective final save hung.
+    long_run = [*CLI_RUN, "trainer.max_steps=16", "trainer.eval_every=null"]
+    long_run += ["trainer.checkpoint.every_steps=1000"]
+    fit = [sys.executable, "-m", "paxtrain", "fit", CHAR_RNN, *long_run]
+    reference = tmp_path / "reference"
+    run_two_processes([*fit, f"run_dir={reference}"], PYTHONPATH=str(ROOT))
+    run_dir = tmp_path / "run"
+    procs = start_two_processes([*fit, f"run_dir={run_dir}"], PYTHONPATH=str(ROOT))
+    deadline = time.monotonic() + 240
+    while len(losses_by_step(run_dir) if (run_dir / "metrics.jsonl").exists() else {}) < 3:
+        assert time.monotonic() < deadline and procs[0].poll() is None
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)  # process 1 only
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    assert [proc.returncode for proc in procs] == [75, 75], outputs[1][1][-3000:]
+    stopped = max(losses_by_step(run_dir))
+    assert 3 <= stopped < 16
+    # One checkpoint, saved by both processes at the step both stopped after.
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [str(stopped)]
+    assert "preempted by a preemption notice" in outputs[0][0]
+    # Resumed, the run goes on exactly as the one never interrupted.
+    run_two_processes(
+        [sys.executable, "-m", "paxtrain", "resume", str(run_dir)], PYTHONPATH=str(ROOT)
+    )
+    assert losses_by_step(run_dir) == losses_by_step(reference)
 
 
 # ------------------------------------------------------- checkpoints across device layouts

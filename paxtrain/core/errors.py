@@ -86,3 +86,17 @@ NOT_A_POLICY_MSG = """\
 paxtrain: apply_mp_policy expects an MpPolicy, a string such as \
 "params=float32,compute=bfloat16,output=float32", or an object with param_dtype, compute_dtype \
 and output_dtype dtypes (a jmp.Policy); got {kind}."""
+
+DELETE_ATTR_MSG = """\
+Cannot delete `{cls}.{attr}`: a module's attributes are its structure, so modules refuse `del` \
+(as PAX did). Set it to None with `module.replace({attr}=None)`, or build the module without \
+it."""
+
+SLOTS_MSG = """\
+`{cls}` defines `__slots__`: paxtrain modules keep their fields in `__dict__` (their pytree), so \
+`__slots__` is refused (as in PAX). Remove `__slots__`."""
+
+CLASS_ARRAY_MSG = """\
+`{cls}.{attr}` is an array or module at class level: it would be shared by every instance and \
+invisible to transformations and optimizers (PAX refused it too). Create it in `__init__` and \
+declare it with `register_parameter` / `register_state`."""

@@ -207,6 +207,11 @@ def _with_mp_policy(call: Callable) -> Callable:
     return __call__
 
 
+def _constructing(module: Module) -> bool:
+    token = module.__dict__["_pax_token"]
+    return token is not None and token.kind == "init"
+
+
 class _ModuleMeta(type):
     """Runs `__init__` inside a mutable context, so construction is the one time a module that
     nobody passed to `pure` may be mutated."""
@@ -219,6 +224,14 @@ class _ModuleMeta(type):
             d["_pax_token"] = token
             try:
                 module.__init__(*args, **kwargs)
+                # As in PAX, an array may be assigned first and declared later in `__init__`
+                # (`set_attribute_kind`, a dataclass's `__post_init__`); undeclared at the end
+                # is refused.
+                info = d["_pax_info"]
+                for attr, value in list(d.items()):
+                    if not attr.startswith(_INTERNAL_PREFIX) and info.kind_of(attr) is None:
+                        _check_undeclared_value(module, attr, value)
+                _check_not_shared(module)
             finally:
                 d["_pax_token"] = None
                 d.pop("_pax_adding", None)
@@ -252,6 +265,12 @@ class Module(metaclass=_ModuleMeta):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        if "__slots__" in cls.__dict__:
+            # A slot is outside `__dict__`, so an array there would be invisible to the pytree.
+            raise TypeError(errors.SLOTS_MSG.format(cls=cls.__name__))
+        for attr, value in cls.__dict__.items():
+            if _is_array(value) or _is_module(value):
+                raise TypeError(errors.CLASS_ARRAY_MSG.format(cls=cls.__name__, attr=attr))
         if "__call__" in cls.__dict__:
             cls.__call__ = _with_mp_policy(cls.__dict__["__call__"])
         # `_ModuleMeta.__call__(*args, **kwargs)` would otherwise hide the constructor's
@@ -266,6 +285,12 @@ class Module(metaclass=_ModuleMeta):
     def __setattr__(self, name: str, value: Any) -> None:
         d = self.__dict__
         self._pax_check_mutable(name)
+        if name == "name" and (value is None or isinstance(value, str)):
+            # PAX allowed `self.name = ...` (and a dataclass field `name`); kept in the info,
+            # and in `__dict__` for a dataclass, whose class attribute default hides `name`.
+            self._pax_set_info(name=value)
+            d["name"] = value
+            return
         if name in _MANAGED_ATTRS or name.startswith(_INTERNAL_PREFIX):
             fix = _MANAGED_ATTRS.get(name, "Choose another attribute name.")
             raise AttributeError(
@@ -276,21 +301,16 @@ class Module(metaclass=_ModuleMeta):
             adding = d.get("_pax_adding")
             if adding is not None:
                 self._pax_declare(name, adding)
-            else:
+            elif not _constructing(self):  # during __init__, checked when it returns
                 _check_undeclared_value(self, name, value)
         d[name] = value
         d.pop("_pax_flat", None)
 
     def __delattr__(self, name: str) -> None:
+        # As in PAX: a module's attributes are its structure; deleting one would make it
+        # another module silently. Immutable modules get the immutability message first.
         self._pax_check_mutable(name)
-        info = self.__dict__["_pax_info"]
-        if info.kind_of(name) is not None:
-            self._pax_set_info(
-                parameter_names=info.parameter_names - {name},
-                state_names=info.state_names - {name},
-            )
-        del self.__dict__[name]
-        self.__dict__.pop("_pax_flat", None)
+        raise ValueError(errors.DELETE_ATTR_MSG.format(cls=type(self).__name__, attr=name))
 
     def _pax_check_mutable(self, attr: str) -> None:
         token = self.__dict__["_pax_token"]
@@ -334,6 +354,19 @@ class Module(metaclass=_ModuleMeta):
         if kind != MODULE:
             value = jax.tree_util.tree_map(_as_array, value)
         setattr(self, name, value)
+
+    def set_attribute_kind(self, **kinds: str) -> None:
+        """Declares existing attributes as `"parameter"` / `"state"` (or `pax.P` / `pax.S`).
+
+        Example:
+            >>> self.weight = jnp.zeros(3); self.set_attribute_kind(weight=pax.P)  # doctest: +SKIP
+        """
+        for attr, kind in kinds.items():
+            if attr not in self.__dict__:
+                raise AttributeError(f"`{type(self).__name__}.{attr}` does not exist.")
+            self._pax_check_mutable(attr)
+            self._pax_declare(attr, kind)
+            setattr(self, attr, getattr(self, attr))
 
     def register_parameter(self, name: str, value: Any) -> None:
         """Declares a trainable array (or pytree of arrays) attribute.
@@ -563,7 +596,7 @@ class Module(metaclass=_ModuleMeta):
         info = d["_pax_info"]
         fields = [f"name={info.name!r}"] if info.name is not None else []
         for attr, value in d.items():
-            if attr.startswith(_INTERNAL_PREFIX) or info.kind_of(attr) is not None:
+            if attr.startswith(_INTERNAL_PREFIX) or attr == "name" or info.kind_of(attr):
                 continue
             if _contains_module(value):
                 continue
@@ -574,7 +607,7 @@ class Module(metaclass=_ModuleMeta):
             fields.append(f"mp_policy={info.mp_policy}")
         return f"{type(self).__name__}({', '.join(fields)})"
 
-    def summary(self) -> str:
+    def summary(self, return_list: bool = False) -> str | list[str]:
         """A tree drawing of the module, its submodules and their arrays.
 
         Example:
@@ -583,7 +616,8 @@ class Module(metaclass=_ModuleMeta):
             ├── layers[0]: Linear(in_dim=2, out_dim=3)  weight f32[2,3] bias f32[3]
             └── layers[1]: Linear(in_dim=3, out_dim=1)  weight f32[3,1] bias f32[1]
         """
-        return "\n".join(_summary_lines(self, "", "", ""))
+        lines = list(_summary_lines(self, "", "", ""))
+        return lines if return_list else "\n".join(lines)
 
     def __eq__(self, other: object) -> bool:
         """PAX's equality: the same class and tree structure, and the very same leaf arrays.
@@ -730,6 +764,35 @@ def _walk_with_paths(module: Module, prefix: str) -> Iterator[tuple[str, Any]]:
             yield path, leaf
             if _is_module(leaf):
                 yield from _walk_with_paths(leaf, path)
+
+
+def _check_not_shared(module: Module) -> None:
+    """Refuses a submodule or a parameter array that appears twice below `module` (PAX did).
+
+    States may share arrays (optax states often do): they are replaced, never updated in place.
+    """
+    seen: dict[int, str] = {}
+
+    def visit(node: Module, prefix: str) -> None:
+        for name, kind, child in child_fields(node):
+            if kind == STATE:
+                continue
+            for key_path, leaf in jax.tree_util.tree_flatten_with_path(child, is_leaf=_is_module)[
+                0
+            ]:
+                if not (_is_module(leaf) or _is_array(leaf)):
+                    continue
+                path = f"{prefix}.{name}{jax.tree_util.keystr(key_path)}"
+                if id(leaf) in seen:
+                    msg = errors.SHARED_MODULE_MSG if _is_module(leaf) else errors.SHARED_ARRAY_MSG
+                    raise ValueError(
+                        msg.format(path_a=seen[id(leaf)], path_b=path, cls=type(leaf).__name__)
+                    )
+                seen[id(leaf)] = path
+                if _is_module(leaf):
+                    visit(leaf, path)
+
+    visit(module, type(module).__name__)
 
 
 def iter_modules(tree: Any) -> Iterator[Module]:

@@ -7,7 +7,9 @@ threaded in and out of compiled functions and saved in checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +25,7 @@ class _GlobalKey(threading.local):
         # Made on first use, not at import: creating an array starts JAX's backends, which a
         # multi-process run must leave to `jax.distributed.initialize` (paxtrain.parallel).
         self.key: jax.Array | None = None
+        self.traced_build = False  # inside `rng_key_scope`: the key may be a tracer
 
 
 _global = _GlobalKey()
@@ -49,10 +52,32 @@ def next_rng_key() -> jax.Array:
     if _global.key is None:
         _global.key = jax.random.PRNGKey(_DEFAULT_SEED)
     key, subkey = jax.random.split(_global.key)
-    if isinstance(key, jax.core.Tracer):
+    if isinstance(key, jax.core.Tracer) and not _global.traced_build:
         raise RuntimeError(errors.RNG_INSIDE_TRANSFORM_MSG)
     _global.key = key
     return subkey
+
+
+@contextlib.contextmanager
+def rng_key_scope(key: jax.Array) -> Iterator[None]:
+    """Within, the global key starts from `key`, which may be traced: modules built inside a
+    traced function (`jax.jit(build, out_shardings=...)`, `jax.eval_shape(build)`) draw the
+    same keys as an eager build after `seed_rng_key`. The previous global key comes back after.
+
+    Example:
+        >>> def build():
+        ...     with rng_key_scope(jax.random.PRNGKey(0)):
+        ...         return jax.random.normal(pax.next_rng_key(), (2,))
+        >>> pax.seed_rng_key(0); eager = jax.random.normal(pax.next_rng_key(), (2,))
+        >>> bool((jax.jit(build)() == eager).all())
+        True
+    """
+    previous = (_global.key, _global.traced_build)
+    _global.key, _global.traced_build = key, True
+    try:
+        yield
+    finally:
+        _global.key, _global.traced_build = previous
 
 
 class RngSeq(Module):

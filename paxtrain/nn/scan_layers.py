@@ -54,6 +54,24 @@ def call_block(block: pax.Module, x: Any, remat: str = "none") -> tuple[pax.Modu
     return jax.checkpoint(pax.purecall, policy=REMAT_POLICIES[remat])(block, x)
 
 
+def _assigns_states(block: pax.Module, x: Any) -> bool:
+    """Whether calling `block` on `x` assigns any of its states (found by one abstract trace)."""
+    assigned = []
+
+    def probe(block: pax.Module, x: Any) -> int:
+        new, _ = pax.purecall(block, x)
+        pairs = zip(
+            jax.tree_util.tree_leaves(pax.select_states(new)),
+            jax.tree_util.tree_leaves(pax.select_states(block)),
+            strict=True,
+        )
+        assigned.append(any(n is not o for n, o in pairs))
+        return 0
+
+    jax.eval_shape(probe, block, x)
+    return assigned[0]
+
+
 class ScanLayers(Chainable, pax.Module):
     """Identical blocks applied in order, as one block under `jax.lax.scan` over depth.
 
@@ -87,11 +105,17 @@ class ScanLayers(Chainable, pax.Module):
         self.block = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *blocks)
 
     def __call__(self, x: Any) -> Any:
-        def layer(carry: Any, block: pax.Module) -> tuple[Any, pax.Module]:
-            block, y = call_block(block, carry, self.remat)
-            return y, block
+        # Written back only when a block assigns states (dropout keys, statistics), so that
+        # calling a stateless stack outside `pax.pure` works as calling the blocks would.
+        keep = _assigns_states(jax.tree_util.tree_map(lambda a: a[0], self.block), x)
 
-        x, self.block = jax.lax.scan(layer, x, self.block)
+        def layer(carry: Any, block: pax.Module) -> tuple[Any, pax.Module | None]:
+            block, y = call_block(block, carry, self.remat)
+            return y, block if keep else None
+
+        x, blocks = jax.lax.scan(layer, x, self.block)
+        if keep:
+            self.block = blocks
         return x
 
     def unstack(self) -> list[pax.Module]:

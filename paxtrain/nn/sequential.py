@@ -74,6 +74,11 @@ class Lambda(Chainable, pax.Module):
     def __call__(self, x: Any) -> Any:
         return self.fn(x)
 
+    @property
+    def func(self) -> Callable[[Any], Any]:
+        """PAX v0.4.3's name for `fn`."""
+        return self.fn
+
 
 class Sequential(Chainable, pax.Module):
     """Calls its layers one after the other; functions are wrapped in `Lambda`.

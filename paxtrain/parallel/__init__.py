@@ -19,6 +19,7 @@ One plan covers the state, the batches and the compiled step (see `setup`):
 | `sharding.py` | the state's layout: replicated, FSDP, tensor-parallel rules |
 | `batch.py` | batches split over the data axes; each process reads and places its own rows |
 | `pmap.py` | the `jax.pmap` strategy: replicated state, per-device batch slices |
+| `init.py` | `build_sharded`: the state built under `jax.jit`, each device making only its shards |
 | `plan.py` | `setup`: one `ParallelPlan` for the state, the batches and the step |
 | `distributed.py` | `initialize_distributed`, `is_main_process` |
 """
@@ -42,6 +43,7 @@ from paxtrain.parallel.distributed import (
     is_main_process,
     on_cloud_tpu_vm,
 )
+from paxtrain.parallel.init import build_sharded, seeded
 from paxtrain.parallel.mesh import (
     AXES,
     BATCH_AXES,
@@ -84,6 +86,7 @@ __all__ = [
     "accepts_rows",
     "as_rules",
     "batch_sharding",
+    "build_sharded",
     "check_batch_divisible",
     "check_tensor_axis_used",
     "column_parallel",
@@ -100,6 +103,7 @@ __all__ = [
     "read_rows",
     "replicate",
     "row_parallel",
+    "seeded",
     "setup",
     "shard_batch",
     "shard_over_devices",

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
+
+import jax
+from jax.experimental import multihost_utils
+
+from paxtrain.train.hooks import Hook
 
 DEFAULT_PREEMPTION_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
 
@@ -72,15 +78,102 @@ def stop_on_signals(trainer: Any, names: Iterable[str]) -> Iterator[None]:
     signals never interrupt the save: they set `trainer.hurry`, which skips what comes after
     the checkpoint (the plot). SIGKILL remains the way to abort without saving.
 
+    On several processes a signal reaches the hosts at different moments, but the final save
+    is collective: they must all stop after the same step. There JAX's preemption service
+    decides (`multihost_utils.reached_preemption_sync_point`): a SIGTERM to any process (the
+    others' signals are passed on as one) is shared with every process, which all stop at the
+    first step that none has passed yet.
+
     Example:
         >>> with stop_on_signals(trainer, ["SIGTERM"]):  # doctest: +SKIP
         ...     trainer._loop()
     """
-    numbers = [getattr(signal, name) for name in names]
+    names = tuple(names)
     if threading.current_thread() is not threading.main_thread():
         warnings.warn("Not in the main thread: preemption signals are not handled.", stacklevel=3)
         yield
-        return
+    elif preemption_service_active():
+        with _stop_all_processes(trainer, names):
+            yield
+    else:
+        with _stop_this_process(trainer, names):
+            yield
+
+
+def preemption_service_active() -> bool:
+    """Whether this is one of several processes joined by `jax.distributed` with JAX's
+    preemption service on (`jax_enable_preemption_service`, the default).
+
+    Example:
+        >>> preemption_service_active()  # a single process
+        False
+    """
+    return (
+        jax.distributed.is_initialized()
+        and jax.process_count() > 1
+        and bool(jax.config.jax_enable_preemption_service)
+    )
+
+
+class PreemptionSync(Hook):
+    """Stops the trainer at the step JAX's preemption service picks for every process.
+
+    `reached_preemption_sync_point` must be called with the same ids on every process, once
+    per step; it counts the loop's calls rather than `trainer.step`, which advances by
+    `steps_per_call`.
+    """
+
+    def __init__(self):
+        self.calls = 0
+
+    def on_step(self, trainer: Any, metrics: Any) -> None:
+        reached = multihost_utils.reached_preemption_sync_point(self.calls)
+        self.calls += 1
+        if reached:
+            trainer.preempted = trainer.preempted or OTHER_PROCESS
+            trainer.stop(f"preempted by {trainer.preempted}")
+
+
+# What `trainer.preempted` says when JAX's preemption service stopped the run: SIGTERM reaches
+# its own handler, not Python's, so no process knows more.
+OTHER_PROCESS = "a preemption notice (SIGTERM to one of the processes)"
+
+
+@contextlib.contextmanager
+def _stop_all_processes(trainer: Any, names: tuple[str, ...]) -> Iterator[None]:
+    # SIGTERM stays with the handler JAX's preemption service installed when the processes
+    # joined; the other signals are passed on to it as a SIGTERM.
+    others = [getattr(signal, name) for name in names if name != "SIGTERM"]
+    previous = {number: signal.getsignal(number) for number in others}
+
+    def handle(number: int, frame: Any) -> None:
+        name = signal.Signals(number).name
+        trainer.preempted = trainer.preempted or name
+        if trainer.is_main_process:
+            print(STOPPING_ALL_MSG.format(name=name), flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    sync = PreemptionSync()
+    trainer.add_hook(sync)
+    for number in others:
+        signal.signal(number, handle)
+    try:
+        yield
+    finally:
+        trainer.hooks.remove(sync)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+STOPPING_ALL_MSG = (
+    "paxtrain: {name}: every process stops at the step JAX's preemption service picks and saves "
+    "a checkpoint."
+)
+
+
+@contextlib.contextmanager
+def _stop_this_process(trainer: Any, names: Iterable[str]) -> Iterator[None]:
+    numbers = [getattr(signal, name) for name in names]
     previous = {number: signal.getsignal(number) for number in numbers}
 
     def handle(number: int, frame: Any) -> None:

@@ -20,6 +20,8 @@ from paxtrain.checkpoint import CheckpointError
 from paxtrain.config import ConfigError
 from paxtrain.data.source import DataSource, Prefetcher
 from paxtrain.train.checkpointing import Checkpointing
+from paxtrain.train.compile_cache import AUTO as AUTO_CACHE
+from paxtrain.train.compile_cache import enable_compile_cache
 from paxtrain.train.hooks import (
     EarlyStopping,
     Evaluation,
@@ -149,6 +151,8 @@ class Trainer:
       loggers: where logged scalars go: names from `train.logger.LOGGERS` ("tensorboard",
         "jsonl", "mlflow", "wandb") or `Logger` objects; only the main process logs.
       hyperparams: recorded by each logger at the start (`paxtrain fit`: the resolved config).
+      compile_cache: JAX's persistent compilation cache directory; "auto" (a user cache
+        directory), a path, or None (JAX's setting as it is); see `train.compile_cache`.
       preemption_signals: signal names that stop training gracefully.
       mesh: the devices and their layout: a `jax.sharding.Mesh`, or the sizes of
         `parallel.make_mesh` (`{"data": -1, "fsdp": 1, "tensor": 1}`); None puts every device
@@ -186,6 +190,7 @@ class Trainer:
         tensorboard: bool = True,
         loggers: Iterable[str | Logger] = DEFAULT_LOGGERS,
         hyperparams: Mapping[str, Any] | None = None,
+        compile_cache: str | None = AUTO_CACHE,
         preemption_signals: Iterable[str] = DEFAULT_PREEMPTION_SIGNALS,
         mesh: Mesh | Mapping[str, int] | None = None,
         strategy: str = "jit",
@@ -209,6 +214,9 @@ class Trainer:
         self.precision, self.seed = precision, seed
         self.loggers = [lg for lg in loggers if tensorboard or lg != "tensorboard"]
         self.hyperparams = dict(hyperparams or {})
+        self.compile_cache = compile_cache
+        # Wraps each step call; the profiler (`train.profile`) sets it while it traces.
+        self.trace_step: Callable[[], Any] = contextlib.nullcontext
         self.checkpointing = checkpointing
         self.hooks: list[Hook] = [
             TrainMetrics(log_every),
@@ -333,7 +341,7 @@ class Trainer:
     # ----------------------------------------------------------------------------- loop
     def prepare(
         self,
-        model: pax.Module,
+        model: pax.Module | Callable[[], pax.Module],
         data: DataSource,
         optimizer: Any,
         loss_fn: Callable | None = None,
@@ -342,30 +350,48 @@ class Trainer:
         """Builds the state and the compiled steps without training (`fit` calls it).
 
         Useful on its own to evaluate a checkpoint: `prepare(...)`, `restore(...)`, `evaluate()`.
+        `model` may be a function that builds it: the state is then built under `jax.jit` with
+        the layout's shardings, so no device ever holds all of it (FSDP's point); its keys come
+        from pax's global key seeded with the trainer's `seed`.
         """
         from paxtrain.train.state import TrainState
         from paxtrain.train.step import make_eval_step, make_train_step
 
+        enable_compile_cache(self.compile_cache)  # before the first compilation
+        # A function that builds the model: the state is built sharded (`parallel.build_sharded`).
+        factory = model if callable(model) and not isinstance(model, pax.Module) else None
+        if factory is not None:
+            model = jax.eval_shape(parallel.seeded(factory, self.seed))
         if loss_fn is None and not hasattr(model, "loss"):
             raise TypeError(NO_LOSS_MSG.format(cls=type(model).__name__))
-        if self.policy is not None:
-            model = pax.apply_mp_policy(model, self.policy)
         self.data = data
         loss_fn = loss_fn or model_loss
         # With the options' extras, so the state has the structure that checkpoints record. The
         # layout depends on that structure and the compiled step on the layout, so an uncompiled
         # step adds the extras first.
-        state = make_train_step(loss_fn, **self.step_options).init(
-            TrainState.create(model, optimizer, seed=self.seed)
-        )
+        init = make_train_step(loss_fn, **self.step_options).init
+
+        def build(model: pax.Module) -> Any:
+            if self.policy is not None:
+                model = pax.apply_mp_policy(model, self.policy)
+            return init(TrainState.create(model, optimizer, seed=self.seed))
+
         mesh = self.mesh if isinstance(self.mesh, Mesh) else parallel.make_mesh(**(self.mesh or {}))
-        self.plan = parallel.setup(
-            state,
-            self.strategy,
-            mesh,
-            batch_axis=int(self.steps_per_call > 1),
-            tensor_rules=self.tensor_rules,
-        )
+
+        def plan_for(state: Any) -> parallel.ParallelPlan:
+            return parallel.setup(
+                state,
+                self.strategy,
+                mesh,
+                batch_axis=int(self.steps_per_call > 1),
+                tensor_rules=self.tensor_rules,
+            )
+
+        if factory is None:
+            state = build(model)
+            self.plan = plan_for(state)
+        else:
+            state, self.plan = parallel.build_sharded(lambda: build(factory()), self.seed, plan_for)
         self._train_step = make_train_step(loss_fn, **self.step_options, **self.plan.step_kwargs)
         self._eval_step = make_eval_step(eval_fn or model_eval)
         self.state = state
@@ -411,7 +437,7 @@ class Trainer:
 
     def fit(
         self,
-        model: pax.Module,
+        model: pax.Module | Callable[[], pax.Module],
         data: DataSource,
         optimizer: Any,
         loss_fn: Callable | None = None,
@@ -424,7 +450,8 @@ class Trainer:
         checkpointing is on) and `trainer.preempted` names the signal.
 
         Args:
-          model: a module with `loss(batch) -> (loss, metrics)`, or any module with `loss_fn`.
+          model: a module with `loss(batch) -> (loss, metrics)`, or any module with `loss_fn`;
+            or a function that builds it, for a state built sharded (see `prepare`).
           data: a `DataSource` (step-indexed `train_batch(step)`, `eval_batches()`).
           optimizer: an optax `GradientTransformation` or a `paxtrain.optim.Optimizer`.
           loss_fn: `loss_fn(model, batch) -> (loss, (model, metrics))`; default `model_loss`.
@@ -488,7 +515,8 @@ class Trainer:
                     started = time.perf_counter()
                     batch = next(batches)
                     self.last_data_wait = time.perf_counter() - started
-                    metrics = self.run_step(batch)
+                    with self.trace_step():
+                        metrics = self.run_step(batch)
                     self.step += self.steps_per_call
                     self._run_hooks("on_step", metrics)
 

@@ -58,7 +58,7 @@ def test_mnist_style_update_loop_trains():
     )(net.parameters())
     x, y = _data()
     first = None
-    for _ in range(60):
+    for _ in range(40):
         net, optimizer, loss = update_fn(net, optimizer, x, y)
         first = float(loss) if first is None else first
     assert float(loss) < 0.5 * first
@@ -74,10 +74,16 @@ def test_build_update_fn_and_apply_gradients_train_the_same_model():
     opt_a = opax.adam(1e-2)(net_a.parameters())
     opt_b = opt_a
     update = jax.jit(pax.utils.build_update_fn(loss_fn))
-    for _ in range(5):
+
+    @jax.jit
+    def update_b(net, opt):
+        grads, (loss, net) = pax.grad(loss_fn, has_aux=True)(net, x, y)
+        net, opt = opax.apply_gradients(net, opt, grads=grads)
+        return net, opt, loss, grads
+
+    for _ in range(3):
         net_a, opt_a, loss_a = update(net_a, opt_a, x, y)
-        grads, (loss_b, net_b) = pax.grad(loss_fn, has_aux=True)(net_b, x, y)
-        net_b, opt_b = opax.apply_gradients(net_b, opt_b, grads=grads)
+        net_b, opt_b, loss_b, grads = update_b(net_b, opt_b)
         np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
     for a, b in zip(jax.tree_util.tree_leaves(net_a), jax.tree_util.tree_leaves(net_b)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -131,3 +137,30 @@ def test_char_rnn_example_with_scan_over_steps_trains():
         net, optimizer, loss = lm_update_fn(net, optimizer, text)
         losses.append(float(loss))
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_mixed_precision_and_fine_tuning_with_a_frozen_layer():
+    """PAX's mixed-precision and fine-tuning habits: a jmp-style policy on the linear layers
+    through `apply`, the first layer frozen, `build_update_fn` steps."""
+    import types
+
+    half = types.SimpleNamespace(
+        param_dtype=jnp.float32, compute_dtype=jnp.bfloat16, output_dtype=jnp.float32
+    )
+    pax.seed_rng_key(1)
+    net = MLP([4, 8, 1]).eval()
+
+    def policy(mod):
+        is_linear = isinstance(mod, pax.nn.Linear)
+        return pax.apply_mp_policy(mod, mp_policy=half) if is_linear else mod
+
+    net = net.apply(policy)
+    net = net.replace(layers=net.layers.set(0, pax.freeze_parameters(net.layers[0])))
+    optimizer = opax.adam(1e-2)(net.parameters())
+    update = jax.jit(pax.utils.build_update_fn(loss_fn))
+    x, y = _data()
+    new_net, optimizer, _ = update(net, optimizer, x, y)
+    new_net, optimizer, _ = update(new_net, optimizer, x, y)
+    np.testing.assert_array_equal(new_net.layers[0].weight, net.layers[0].weight)  # frozen
+    assert not np.array_equal(new_net.layers[-1].weight, net.layers[-1].weight)
+    assert new_net.layers[-1].weight.dtype == jnp.float32  # master weights stay float32

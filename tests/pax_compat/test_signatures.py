@@ -130,3 +130,87 @@ def test_module_map_invert_or_and_sequential_modules():
     np.testing.assert_array_equal(merged[1].ema_mean.averages, net[1].ema_mean.averages)
     diff = merged.map(jax.lax.sub, net)
     np.testing.assert_array_equal(diff[0].weight, net[0].weight)
+
+
+def test_pax_dataclass_module_example_runs():
+    """PAX v0.4.3's examples/dataclass_module.py, with only the import changed."""
+    import dataclasses
+    from collections.abc import Callable
+
+    @dataclasses.dataclass
+    class Linear(pax.Module):
+        in_dim: int
+        out_dim: int
+        with_bias: bool = True
+        name: str | None = None
+        weight: jnp.ndarray = dataclasses.field(init=False, repr=False)
+        bias: jnp.ndarray | None = dataclasses.field(init=False, repr=False)
+        counter: jnp.ndarray = dataclasses.field(init=False)
+        w_init: Callable = dataclasses.field(default=jax.nn.initializers.normal(), repr=False)
+        b_init: Callable = dataclasses.field(default=jax.nn.initializers.zeros, repr=False)
+
+        def __post_init__(self):
+            with self.add_parameters():
+                self.weight = self.w_init(pax.next_rng_key(), (self.in_dim, self.out_dim))
+                self.bias = self.b_init(None, (self.out_dim,)) if self.with_bias else None
+            with self.add_states():
+                self.counter = jnp.array(0)
+
+        def __call__(self, x):
+            self.counter += 1
+            x = jnp.dot(x, self.weight)
+            return x + self.bias if self.with_bias else x
+
+    fc = Linear(3, 4, name="fc1")
+    assert fc.name == "fc1"
+    fc, y = pax.module_and_value(fc)(jnp.ones((2, 3)))
+    np.testing.assert_allclose(y, jnp.ones((2, 3)) @ fc.weight + fc.bias, rtol=1e-6)
+    assert int(fc.counter) == 1
+    assert fc.__dict__["_pax_info"].kind_of("weight") == "parameter"
+
+
+def test_name_assigned_in_init_and_arrays_declared_later_in_init():
+    class M(pax.Module):
+        def __init__(self):
+            super().__init__()
+            self.name = "block"
+            self.weight = jnp.zeros(2)  # declared below, as PAX allowed
+            self.count = jnp.array(0)
+            self.set_attribute_kind(weight=pax.P, count=pax.S)
+
+    m = M()
+    assert m.name == "block" and repr(m) == "M(name='block')"
+    assert jax.tree_util.tree_leaves(pax.select_parameters(m))[0].shape == (2,)
+
+    class Undeclared(pax.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = jnp.zeros(2)
+
+    with pytest.raises(ValueError, match="`weight` is not a declared parameter or state"):
+        Undeclared()
+
+
+def test_refused_as_in_pax_slots_class_arrays_del_and_sharing():
+    with pytest.raises(TypeError, match="__slots__"):
+
+        class Slotted(pax.Module):
+            __slots__ = ("a",)
+
+    with pytest.raises(TypeError, match="at class level"):
+
+        class ClassArray(pax.Module):
+            w = jnp.ones(2)
+
+    @pax.pure
+    def delete_bias(m):
+        del m.bias
+
+    with pytest.raises(ValueError, match="Cannot delete `Linear.bias`"):
+        delete_bias(pax.nn.Linear(2, 2))
+    layer = pax.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="are the same Linear instance"):
+        pax.nn.Sequential(layer, layer)
+    lines = pax.nn.Sequential(pax.nn.Linear(2, 2)).summary(return_list=True)
+    assert isinstance(lines, list) and lines[0].startswith("Sequential")
+    assert pax.nn.Lambda(jax.nn.relu).func is jax.nn.relu

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Every GPU measurement of the project in one prepared run (about 6-8 minutes on an H100/H200),
+# for a session that is lent a device: each script rewrites its own section of RESULTS.md,
+# titled with the device it ran on.
+#
+#   bash benchmarks/gpu.sh           # on the GPU machine (jax with CUDA installed)
+#   bash benchmarks/gpu.sh --quick   # a smoke run of the same commands, anywhere (writes nothing)
+#
+# 1. GPT-2 small, bfloat16, the Trainer's precision policy, fused attention
+#    (jax.nn.dot_product_attention: cuDNN flash attention), blocks under lax.scan: tokens/s and
+#    MFU against raw JAX (goal: >= 45% MFU, >= raw JAX's tokens/s); then the same unscanned.
+# 2. The MLP train step: the Trainer's default step and the lean one against raw JAX (goal:
+#    <= 1.10x; Equinox and Flax NNX rows when installed).
+# 3. Host overhead per call, including a train step that returns the state.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+quick=()
+[ "${1:-}" = "--quick" ] && quick=(--quick)
+python -c 'import jax; print("devices:", jax.devices())'
+python benchmarks/transformer_mfu.py --precision bfloat16 --scan-layers "${quick[@]}"
+python benchmarks/transformer_mfu.py --precision bfloat16 "${quick[@]}"
+python benchmarks/train_step.py "${quick[@]}"
+python benchmarks/overhead.py "${quick[@]}"
