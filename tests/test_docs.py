@@ -114,3 +114,27 @@ def test_readme_fit_commands_compose(args, monkeypatch, capsys):
     """Each `paxtrain fit` line of the README names keys that exist: composed with `--cfg job`."""
     monkeypatch.chdir(ROOT)
     assert cli.main([*args, "--cfg", "job"]) == 0, capsys.readouterr().err
+
+
+def test_readme_resume_and_eval_follow_a_fit_of_that_run_directory():
+    """Within a README shell block, `paxtrain resume/eval RUN` and `init_from=RUN` name a run
+    directory a `paxtrain fit ... run_dir=RUN` line before them writes (with checkpoints)."""
+    checked, resumed = 0, set()
+    for block in _blocks("bash"):
+        written: set[str] = set()
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words[:1] != ["paxtrain"]:
+                continue
+            settings = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("-"))
+            if words[1] in ("resume", "eval"):
+                assert words[2] in written, f"README: `{line.strip()}` follows no fit of {words[2]}"
+                checked, resumed = checked + 1, resumed | {words[2]}
+            if "init_from" in settings:
+                assert settings["init_from"] in written, f"README: `{line.strip()}`"
+            if words[1] == "fit" and "run_dir" in settings:
+                written.add(settings["run_dir"])
+    assert checked >= 2
+    # The Python tour's Trainer (no checkpoints, no config.yaml) writes elsewhere.
+    python_run_dirs = set(re.findall(r'run_dir="([^"]+)"', "".join(_blocks("python"))))
+    assert python_run_dirs and not python_run_dirs & resumed
