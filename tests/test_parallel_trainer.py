@@ -158,7 +158,11 @@ def test_pmap_on_two_processes_saves_resumes_and_restores_on_one(tmp_path, one_d
     # Before: the first save failed ("Cannot serialize host local jax.Array"), the state handed
     # to Orbax being each process's own `x[0]`.
     run_dir = tmp_path / "run"
-    records = two_process_fit(run_dir, one_device_fit, "parallel.strategy=pmap")
+    # Synchronous saves: with async ones this run hangs about one time in three (Orbax's
+    # background thread syncs the processes with a device collective that can interleave
+    # with the steps' collectives in another order on each process). Not solved yet.
+    pmap = ["parallel.strategy=pmap", "trainer.checkpoint.async_save=false"]
+    records = two_process_fit(run_dir, one_device_fit, *pmap)
     # Resumed by both processes from step 2, steps 3 and 4 are trained again alike.
     shutil.rmtree(run_dir / "checkpoints" / "4")
     command = [sys.executable, "-m", "paxtrain", "resume", str(run_dir)]
