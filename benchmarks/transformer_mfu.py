@@ -112,9 +112,11 @@ TINY = ModelSize(2, 4, 64, 64, 256, 256)
 
 
 # ------------------------------------------------------------------------------ paxtrain
-def recipe_model(size: ModelSize, precision: str, scan_layers: bool = False) -> pax.Module:
+def recipe_model(
+    size: ModelSize, precision: str, scan_layers: bool = False, attention: str | None = None
+) -> pax.Module:
     """The recipe's `TransformerLM` of `size`, under the `Trainer`'s policy for `precision`
-    (its blocks under `lax.scan` with `scan_layers`).
+    (its blocks under `lax.scan` with `scan_layers`; `attention` names the kernel).
 
     Example:
         >>> recipe_model(TINY, "bfloat16").num_layers  # doctest: +SKIP
@@ -129,7 +131,7 @@ def recipe_model(size: ModelSize, precision: str, scan_layers: bool = False) -> 
     pax.seed_rng_key(0)
     model = TransformerLM(
         size.vocab_size, size.seq_len, size.num_layers, size.num_heads, size.model_dim,
-        scan_layers=scan_layers,
+        scan_layers=scan_layers, attention=attention,
     )  # fmt: skip
     return pax.apply_mp_policy(model, MP_POLICY) if precision == "bfloat16" else model
 
@@ -246,18 +248,22 @@ def linear(p: dict[str, jax.Array], x: jax.Array) -> jax.Array:
     return x @ p["weight"] + p["bias"]
 
 
-def causal_attention(p: dict[str, Any], x: jax.Array, num_heads: int) -> jax.Array:
+def causal_attention(
+    p: dict[str, Any], x: jax.Array, num_heads: int, attention: str = "xla"
+) -> jax.Array:
     batch, time, dim = x.shape
     q, k, v = (
         linear(p[name], x).reshape(batch, time, num_heads, dim // num_heads)
         for name in ("query", "key", "value")
     )
     # What a raw-JAX user writes today: JAX's fused attention (cuDNN flash attention on GPUs).
-    out = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=attention)
     return linear(p["output"], out.reshape(batch, time, dim))
 
 
-def raw_forward(params: dict[str, Any], ids: jax.Array, num_heads: int) -> jax.Array:
+def raw_forward(
+    params: dict[str, Any], ids: jax.Array, num_heads: int, attention: str = "xla"
+) -> jax.Array:
     """Logits [batch, time, vocab] of ids [batch, time]: pre-LN blocks, a final LayerNorm and
     an untied linear head.
 
@@ -268,22 +274,30 @@ def raw_forward(params: dict[str, Any], ids: jax.Array, num_heads: int) -> jax.A
     """
     x = params["token_embed"][ids] + params["position_embed"][: ids.shape[-1]]
     for p in params["blocks"]:
-        x = x + causal_attention(p, layer_norm(p["attention_norm"], x), num_heads)
+        x = x + causal_attention(p, layer_norm(p["attention_norm"], x), num_heads, attention)
         x = x + linear(p["mlp_out"], jax.nn.gelu(linear(p["mlp_in"], layer_norm(p["mlp_norm"], x))))
     return linear(params["head"], layer_norm(params["final_norm"], x))
 
 
 def raw_loss(
-    params: dict[str, Any], batch: dict[str, jax.Array], num_heads: int, compute_dtype: Any
+    params: dict[str, Any],
+    batch: dict[str, jax.Array],
+    num_heads: int,
+    compute_dtype: Any,
+    attention: str = "xla",
 ) -> jax.Array:
     """Mean next-token cross-entropy, computed in `compute_dtype`, on float32 logits."""
     params = jax.tree.map(lambda p: p.astype(compute_dtype), params)
-    logits = raw_forward(params, batch["inputs"], num_heads).astype(jnp.float32)
+    logits = raw_forward(params, batch["inputs"], num_heads, attention).astype(jnp.float32)
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
 
 
 def raw_runner(
-    params: dict[str, Any], batch: dict[str, jax.Array], num_heads: int, precision: str
+    params: dict[str, Any],
+    batch: dict[str, jax.Array],
+    num_heads: int,
+    precision: str,
+    attention: str = "xla",
 ) -> Callable[[], jax.Array]:
     """One jitted adamw step per call, parameters and optimizer state donated; returns the loss.
 
@@ -297,7 +311,9 @@ def raw_runner(
     compute_dtype = jnp.dtype(precision)
 
     def step(params, opt_state, batch):
-        loss, grads = jax.value_and_grad(raw_loss)(params, batch, num_heads, compute_dtype)
+        loss, grads = jax.value_and_grad(raw_loss)(
+            params, batch, num_heads, compute_dtype, attention
+        )
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -455,6 +471,10 @@ def main() -> None:
         "--scan-layers", action="store_true", help="the recipe's blocks under lax.scan"
     )
     parser.add_argument(
+        "--attention", choices=("xla", "cudnn"), default="xla",
+        help="jax.nn.dot_product_attention's implementation, for both (cudnn: NVIDIA GPUs)",
+    )  # fmt: skip
+    parser.add_argument(
         "--quick", action="store_true", help="a tiny model, batch 4, few steps; writes nothing"
     )
     args = parser.parse_args()
@@ -462,12 +482,12 @@ def main() -> None:
     rounds, steps = (2, 3) if args.quick else (5, 10)
 
     batch = make_batch(size, batch_size)
-    model = recipe_model(size, args.precision, args.scan_layers)
+    model = recipe_model(size, args.precision, args.scan_layers, args.attention)
     params = params_from_recipe(model, init_params(jax.random.PRNGKey(0), size))
     # One sequence is enough, and keeps GPT-2's float32 logits at 200 MB.
     warning = check_same_model(model, params, batch["inputs"][:1], size.num_heads, args.precision)
     runners = {
-        "raw JAX": raw_runner(params, batch, size.num_heads, args.precision),
+        "raw JAX": raw_runner(params, batch, size.num_heads, args.precision, args.attention),
         "paxtrain": paxtrain_runner(model, batch),
     }
     # Before the steps donate (delete) the parameters.
@@ -498,7 +518,7 @@ def main() -> None:
     ]
     table = "\n".join(lines + (["", warning] if warning else []))
     print(table)
-    scan_flag = " --scan-layers" if args.scan_layers else ""
+    scan_flag = (" --scan-layers" if args.scan_layers else "") + f" --attention {args.attention}"
     if not args.quick:
         body = (
             f"Command: `python benchmarks/transformer_mfu.py --batch {batch_size} "

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import pathlib
+import re
 import warnings
 import zlib
 from typing import Any
@@ -49,7 +51,17 @@ class _QuietExpectedWarnings(logging.Filter):
         return not any(text in record.getMessage() for text in _EXPECTED_ORBAX_WARNINGS)
 
 
+class _QuietOrbaxTasks(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for Orbax's writer tasks: each
+    failed array write of a failed save, which the CheckpointError already reports."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not ("never retrieved" in record.getMessage() and "orbax" in record.getMessage())
+
+
 logging.getLogger("absl").addFilter(_QuietExpectedWarnings())
+logging.getLogger("asyncio").addFilter(_QuietOrbaxTasks())
+
 
 MISMATCH_MSG = """\
 Checkpoint step {step} in {directory} does not fit the state being restored: at `{path}` the \
@@ -293,12 +305,17 @@ class CheckpointManager:
     def _save_failed(self, step: int, error: Exception) -> CheckpointError:
         self._pending_step = None
         reason = str(error).splitlines()[0] if str(error) else ""
+        # Tensorstore reports an OSError as text: "... [os_error_code='28']".
+        code = re.search(r"os_error_code='(\d+)'", reason)
         if len(reason) > 300:  # tensorstore's chain of contexts: the end names the cause
             reason = "..." + reason[-240:]
+        if code:
+            reason += f" ({os.strerror(int(code.group(1)))})"
+        advice = SAVE_ADVICE.get(int(code.group(1)), SAVE_ADVICE_OTHER) if code else None
         return CheckpointError(
             SAVE_FAILED_MSG.format(
                 step=step, directory=self.directory, reason=f"{type(error).__name__}: {reason}",
-                last=self._last_good(step), advice=_save_advice(error),
+                last=self._last_good(step), advice=advice or _save_advice(error),
             )
         )  # fmt: skip
 

@@ -164,11 +164,12 @@ def _fit(args: argparse.Namespace) -> int:
         return PREEMPTED_EXIT_CODE if preempted else 0
     from paxtrain.run import exit_code
 
+    codes = []
     for cfg in configs:
-        code = exit_code(fit_from_config(cfg, config_path=args.config))
-        if code:
-            return code
-    return 0
+        codes.append(exit_code(fit_from_config(cfg, config_path=args.config)))
+        if codes[-1] == PREEMPTED_EXIT_CODE:  # the job is being stopped: the rest waits too
+            return PREEMPTED_EXIT_CODE
+    return max(codes, default=0)  # a diverged job of a sweep does not stop the others
 
 
 def _resume(args: argparse.Namespace) -> int:

@@ -64,23 +64,22 @@ def load_parameters(model: M, source: str | pathlib.Path, include: Sequence[str]
     import orbax.checkpoint as ocp
 
     step_dir = _step_dir(pathlib.Path(source))
-    saved = ocp.StandardCheckpointer().restore(step_dir.absolute() / "state")
+    checkpointer = ocp.StandardCheckpointer()
+    state_dir = step_dir.absolute() / "state"
+    metadata = checkpointer.metadata(state_dir)
+    saved = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
     params = flatten_state(pax.select_parameters(model))
     wanted = [p for p in params if not include or any(re.search(rx, p) for rx in include)]
-    loaded = {}
-    for path in wanted:
-        key = f"model.{path}"
-        if key not in saved:
-            continue
-        if np.shape(saved[key]) != np.shape(params[path]):
+    found = [path for path in wanted if f"model.{path}" in saved]
+    for path in found:
+        shape = tuple(saved[f"model.{path}"].shape)
+        if shape != np.shape(params[path]):
             raise CheckpointError(
                 SHAPE_MSG.format(
-                    source=str(source), path=path,
-                    saved=np.shape(saved[key]), current=np.shape(params[path]),
+                    source=str(source), path=path, saved=shape, current=np.shape(params[path])
                 )
             )  # fmt: skip
-        loaded[path] = np.asarray(saved[key]).astype(params[path].dtype)
-    if not loaded:
+    if not found:
         raise CheckpointError(
             NOTHING_LOADED_MSG.format(
                 source=str(source),
@@ -89,8 +88,25 @@ def load_parameters(model: M, source: str | pathlib.Path, include: Sequence[str]
                 saved=next((k for k in saved if k.startswith("model.")), "?"),
             )
         )
+    # Only these parameters are read (not the optimizer's moments nor the rest), each straight
+    # into the layout of the parameter it replaces.
+    item = {
+        f"model.{path}": jax.ShapeDtypeStruct(
+            np.shape(params[path]), saved[f"model.{path}"].dtype, sharding=params[path].sharding
+        )
+        for path in found
+    }
+    restored = ocp.PyTreeCheckpointer().restore(
+        state_dir,
+        args=ocp.args.PyTreeRestore(
+            item=item,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True,
+        ),
+    )
+    loaded = {path: restored[f"model.{path}"].astype(params[path].dtype) for path in found}
     leaves, treedef = jax.tree_util.tree_flatten(pax.select_parameters(model))
-    new_leaves = [jax.numpy.asarray(loaded.get(path, leaf)) for path, leaf in zip(params, leaves)]
+    new_leaves = [loaded.get(path, leaf) for path, leaf in zip(params, leaves)]
     return pax.update_parameters(model, jax.tree_util.tree_unflatten(treedef, new_leaves))
 
 

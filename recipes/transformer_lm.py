@@ -41,6 +41,8 @@ class TransformerBlock(nn.Chainable, pax.Module):
       mlp_ratio: hidden width of the MLP as a multiple of `model_dim`.
       dropout: dropout rate on the output of the attention and of the MLP.
       num_layers: depth of the whole model; scales the initial residual projections.
+      attention: `jax.nn.dot_product_attention`'s implementation: None or "xla" (XLA's fused
+        attention, anywhere), "cudnn" (cuDNN flash attention: NVIDIA GPUs, 16-bit compute).
 
     Example:
         >>> block = TransformerBlock(model_dim=16, num_heads=2)
@@ -55,6 +57,8 @@ class TransformerBlock(nn.Chainable, pax.Module):
         mlp_ratio: int = 4,
         dropout: float = 0.0,
         num_layers: int = 1,
+        *,
+        attention: str | None = None,
     ):
         super().__init__()
         if model_dim % num_heads:
@@ -65,7 +69,12 @@ class TransformerBlock(nn.Chainable, pax.Module):
         hidden = mlp_ratio * model_dim
         self.attention_norm = nn.LayerNorm(model_dim)
         attention = nn.MultiHeadAttention(
-            num_heads, model_dim // num_heads, model_dim=model_dim, causal=True, w_init=init
+            num_heads,
+            model_dim // num_heads,
+            model_dim=model_dim,
+            causal=True,
+            w_init=init,
+            implementation=attention,
         )
         # Its output projection writes into the residual stream: it gets the scaled init.
         self.attention = attention.replace(
@@ -101,6 +110,7 @@ class TransformerLM(pax.Module):
         (`nn.ScanLayers`): compile time stays flat in depth; same outputs as the loop.
       remat: what `jax.checkpoint` keeps of each block for the backward pass: "none", "dots"
         (matmul results) or "full" (only the block's input): less memory, more compute.
+      attention: the attention kernel, None/"xla" or "cudnn" (see `TransformerBlock`).
 
     GPT-2 small is `num_layers=12, num_heads=12, model_dim=768, seq_len=1024`.
 
@@ -122,6 +132,7 @@ class TransformerLM(pax.Module):
         *,
         scan_layers: bool = False,
         remat: str = "none",
+        attention: str | None = None,
     ):
         super().__init__()
         self.vocab_size, self.seq_len = vocab_size, seq_len
@@ -131,7 +142,9 @@ class TransformerLM(pax.Module):
         self.position_embed = nn.Embed(seq_len, model_dim, w_init=init)
         self.embed_dropout = nn.Dropout(dropout)
         blocks = [
-            TransformerBlock(model_dim, num_heads, mlp_ratio, dropout, num_layers)
+            TransformerBlock(
+                model_dim, num_heads, mlp_ratio, dropout, num_layers, attention=attention
+            )
             for _ in range(num_layers)
         ]
         self.remat = remat

@@ -59,4 +59,4 @@ def test_gpu_script_runs_every_measurement_in_quick_mode():
     assert result.returncode == 0, result.stdout + result.stderr
     for heading in ("| implementation | ms/step |", "| implementation | µs/step |", "| call |"):
         assert heading in result.stdout, result.stdout
-    assert result.stdout.count("| implementation | ms/step |") == 2  # scanned and unscanned
+    assert result.stdout.count("| implementation | ms/step |") == 3  # scanned, unscanned, xla

@@ -162,8 +162,9 @@ def test_sigterm_during_training_saves_and_exits_75_then_resume_finishes(workdir
 def test_sigterm_during_compile_finishes_the_first_step_and_saves(workdir):
     run = workdir / "compile"
     result = fit(
-        workdir, run, "trainer.max_steps=8", "callbacks=[{_target_:faults.SignalAt,delay:0.2}]"
-    )
+        workdir, run, "trainer.max_steps=8", "callbacks=[{_target_:faults.SignalAt,delay:0.2}]",
+        "trainer.compile_cache=null",  # a cached program would compile before the signal
+    )  # fmt: skip
     assert result.returncode == PREEMPTED, result.stderr[-2000:]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["1"]
 
@@ -303,18 +304,25 @@ def test_a_full_disk_names_the_failed_save_and_the_run_resumes_once_space_is_fre
         )  # fmt: skip
         assert full.returncode == 2, full.stderr[-3000:]
         (line,) = [x for x in full.stderr.splitlines() if x.startswith("paxtrain:")]
-        failed = int(line.split("Saving checkpoint step ")[1].split()[0])
         good = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
-        assert "No space left on device" in line and failed not in good
-        assert (
-            f"the last complete checkpoint (step {good[-1]}) is intact" in line
-            and good[-1] < failed
+        last = f"step {good[-1]}" if good else "none yet"
+        assert "No space left on device" in line, line
+        assert f"the last complete checkpoint ({last}) is intact" in line, line
+        if "Saving checkpoint step" in line:  # else the logs hit the full disk first
+            failed = int(line.split("Saving checkpoint step ")[1].split()[0])
+            assert failed not in good and (not good or good[-1] < failed), line
+        else:
+            assert "Writing the run's files failed" in line, line
+        # Tensorstore's writes still finishing for the failed save may print asyncio's "Event
+        # loop is closed" (timing-dependent, printed from C++); no other traceback.
+        assert full.stderr.count("Traceback") == full.stderr.count(
+            "RuntimeError: Event loop is closed"
         )
-        assert len(full.stderr.splitlines()) < 40
         subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)
         resumed = paxtrain(workdir, "resume", str(run))
         assert resumed.returncode == 0, resumed.stderr[-3000:]
-        assert f"at step {good[-1]}" in resumed.stdout and "finished at step 20" in resumed.stdout
+        assert not good or f"at step {good[-1]}" in resumed.stdout
+        assert "finished at step 20" in resumed.stdout
     finally:
         subprocess.run(["umount", str(disk)])
 

@@ -4,8 +4,7 @@ A second run of the same program (a resume, a sweep's next job, a rerun after a 
 the compiled step from disk instead of compiling it again. "auto" (the default) uses
 `$XDG_CACHE_HOME/paxtrain/jax` (`~/.cache/paxtrain/jax`), unless JAX already has a cache
 directory (`JAX_COMPILATION_CACHE_DIR`), which then wins; a path uses that directory; None
-leaves JAX's setting as it is. It stays off on several CPU devices (see `_cpu_collectives`).
-In a directory paxtrain chooses, every program is cached
+leaves JAX's setting as it is. In a directory paxtrain chooses, every program is cached
 (`jax_persistent_cache_min_compile_time_secs` 0 unless its environment variable is set): the
 many small programs of a model's initialization add up to seconds on a CPU, and a directory of
 its own does not fill another cache. Measured in `benchmarks/compile_cache.py`.
@@ -38,21 +37,22 @@ def default_cache_dir() -> pathlib.Path:
     return pathlib.Path(base) / "paxtrain" / "jax"
 
 
-def _cpu_collectives() -> bool:
-    """Whether programs may hold collectives across several CPU devices: XLA:CPU executables
-    with cross-device collectives deadlock in their rendezvous when loaded from the persistent
-    cache (jax 0.10.2; found by tests/test_parallel_trainer.py on 8 virtual devices), so the
-    cache stays off there."""
-    return jax.default_backend() == "cpu" and jax.device_count() > 1
+def _several_cpu_devices() -> bool:
+    # A cached program with collectives over several CPU devices (the virtual devices of
+    # --xla_force_host_platform_device_count) deadlocks in JAX 0.10 when loaded from the cache:
+    # its all-gather waits forever for participants (seen with FSDP over 8 devices, a warm
+    # cache). Such runs compile every time instead.
+    return jax.default_backend() == "cpu" and jax.local_device_count() > 1
 
 
 def enable_compile_cache(directory: str | os.PathLike | None = AUTO) -> pathlib.Path | None:
     """Points JAX's persistent compilation cache at `directory` (see the module docstring);
-    returns the directory in use, or None when paxtrain leaves the cache alone.
+    returns the directory in use, or None when the cache is left off.
 
     The setting is process-wide and read by JAX at the first compilation that uses the cache.
+    Left off on several CPU devices, where JAX 0.10 deadlocks in collectives of cached programs.
     """
-    if directory is None or _cpu_collectives():
+    if directory is None or _several_cpu_devices():
         return None
     if directory == AUTO:
         if jax.config.jax_compilation_cache_dir:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import pathlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -54,6 +55,11 @@ lower the learning rate, or use on_nonfinite="skip"."""
 UNKNOWN_MONITOR_MSG = (
     "{owner} monitors `{monitor}`, but evaluation reports {available}.{hint} "
     "Set `{key}` to one of these."
+)
+
+DISK_FULL_MSG = (
+    "Writing the run's files failed: {error}. Training stops here; the last complete "
+    "checkpoint ({last}) is intact. Free disk space, then resume."
 )
 
 NOTHING_TO_TRAIN_MSG = (
@@ -404,19 +410,21 @@ class Trainer:
         """Checks the metrics that early stopping and checkpoint ranking monitor against those
         evaluation reports, from shapes only (nothing is compiled or run)."""
         monitors = [
-            (h, "EarlyStopping", h.monitor, "trainer.early_stopping.monitor")
+            ("EarlyStopping", h.monitor, "trainer.early_stopping.monitor")
             for h in self.hooks
             if isinstance(h, EarlyStopping)
         ]
         if self.checkpointing is not None and self.checkpointing.manager_options["monitor"]:
             monitor = self.checkpointing.manager_options["monitor"]
-            monitors.append((None, "Checkpointing", monitor, "trainer.checkpoint.monitor"))
+            monitors.append(("Checkpointing", monitor, "trainer.checkpoint.monitor"))
         if not monitors:
             return
-        batch = next(iter(self.data.eval_batches()))
+        batch = next(iter(self.data.eval_batches()), None)
+        if batch is None:  # no evaluation data: nothing to monitor, which the first eval says
+            return
         names = sorted(jax.eval_shape(self._eval_step, state, batch))
         available = [f"eval/{k}" for k in names]
-        for _, owner, monitor, key in monitors:
+        for owner, monitor, key in monitors:
             if monitor.removeprefix("eval/") not in names:
                 monitor = f"eval/{monitor.removeprefix('eval/')}"
                 close = difflib.get_close_matches(monitor, available, 1)
@@ -461,10 +469,18 @@ class Trainer:
         try:
             with stop_on_signals(self, self.preemption_signals):
                 self._resume_and_train()
-        except BaseException:
+        except BaseException as error:
             # A full disk fails the logs' last flush too: the error on its way names the cause.
             with contextlib.suppress(OSError):
                 self.logger.close()
+            if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+                manager = self.checkpointing.manager if self.checkpointing else None
+                last = manager.latest_step() if manager else None
+                raise CheckpointError(
+                    DISK_FULL_MSG.format(
+                        error=error, last=f"step {last}" if last is not None else "none yet"
+                    )
+                ) from None
             raise
         else:
             self.logger.close()

@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec
 from paxtrain import parallel
 from paxtrain.checkpoint import CheckpointManager
 from paxtrain.train import Trainer, make_eval_step
+from paxtrain.train.compile_cache import enable_compile_cache
 
 SMALL = {"fsdp_min_size": 64}  # the toy's leaves are small; shard them anyway
 CASES = {
@@ -160,6 +161,7 @@ def main() -> None:
         "checkpoint": checkpoint_round_trip(*trained["fsdp"]),
         "ragged_eval": ragged_eval(trained["fsdp"][0], trained["fsdp"][2]),
         "process_batch_slice": str(parallel.process_batch_slice(16, parallel.make_mesh())),
+        "compile_cache": str(enable_compile_cache()),
     }
     print(json.dumps(results))
 
