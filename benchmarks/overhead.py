@@ -24,7 +24,7 @@ from report import machine_line, section_title, write_section
 from trainer_step import trainer_runner
 
 import paxtrain as pax
-from paxtrain.train import TrainState, make_train_step
+from paxtrain.train import TrainState, make_train_step, skip_nonfinite
 
 
 class Dense(pax.Module):
@@ -117,10 +117,21 @@ def step_runners() -> dict:
         module[0], metrics = step(module[0], x)
         return metrics["loss"]
 
+    select = make_train_step(
+        _tiny_loss, nonfinite_guard=False, options=[skip_nonfinite(select=True)]
+    )
+    leaves, treedef = jax.tree_util.tree_flatten(select.init(TrainState.create(Stack(TINY), tx)))
+    flat_select, flat = select.flat(treedef), [leaves]
+
+    def run_flat_select():
+        flat[0], metrics = flat_select(flat[0], x)
+        return metrics["loss"]
+
     return {
         "raw JAX": run_raw,
         "paxtrain TrainStep(state)": run_module,
         "paxtrain Trainer (defaults, flat)": trainer_runner(Stack(TINY), _tiny_loss, x, tx),
+        "paxtrain flat, guard by select": run_flat_select,
     }
 
 

@@ -28,7 +28,8 @@ from trainer_step import bytes_accessed, trainer_runner, trainer_step_bytes
 
 import paxtrain as pax
 import paxtrain.nn as nn
-from paxtrain.train import TrainState, make_train_step
+from paxtrain.train import TrainState, make_train_step, skip_nonfinite
+from paxtrain.train.step import TrainStep
 
 BATCH, SIZES = 128, (784, 256, 256, 10)
 
@@ -61,12 +62,14 @@ def pax_loss(model, batch):
     return _xent(model(batch["x"]), batch["y"]), (model, {})
 
 
-def paxtrain_runner(steps_per_call: int = 1, grad_norm: bool = False) -> Callable[[], None]:
-    # By default the same work as the other implementations: no guard, no grad-norm metric.
+def paxtrain_step(**options) -> TrainStep:
+    """By default the same work as the other implementations: no guard, no grad-norm metric."""
+    return make_train_step(pax_loss, **{"nonfinite_guard": False, "grad_norm": False, **options})
+
+
+def paxtrain_runner(steps_per_call: int = 1, **options) -> Callable[[], None]:
     state = TrainState.create(PaxMLP(), optax.adam(1e-3), seed=0)
-    step = make_train_step(
-        pax_loss, steps_per_call=steps_per_call, nonfinite_guard=False, grad_norm=grad_norm
-    )
+    step = paxtrain_step(steps_per_call=steps_per_call, **options)
     batch = _mlp_batch(None if steps_per_call == 1 else steps_per_call)
     holder = [state]
 
@@ -77,11 +80,15 @@ def paxtrain_runner(steps_per_call: int = 1, grad_norm: bool = False) -> Callabl
     return run
 
 
-def lean_step_bytes() -> float:
-    state = TrainState.create(PaxMLP(), optax.adam(1e-3), seed=0)
-    step = make_train_step(pax_loss, nonfinite_guard=False, grad_norm=False)
-    leaves, treedef = jax.tree_util.tree_flatten(step.init(state))
+def paxtrain_step_bytes(**options) -> float:
+    step = paxtrain_step(**options)
+    state = step.init(TrainState.create(PaxMLP(), optax.adam(1e-3), seed=0))
+    leaves, treedef = jax.tree_util.tree_flatten(state)
     return bytes_accessed(step.flat(treedef), leaves, _mlp_batch())
+
+
+# The non-finite guard as a select over the state instead of `lax.cond` (see `skip_nonfinite`).
+SELECT_GUARD = {"grad_norm": True, "options": [skip_nonfinite(select=True)]}
 
 
 # ------------------------------------------------------------------------------- raw JAX
@@ -291,6 +298,7 @@ def main() -> None:
         "paxtrain": paxtrain_runner(),
         "paxtrain steps_per_call=10": paxtrain_runner(10),
         "paxtrain + grad_norm metric, no guard": paxtrain_runner(grad_norm=True),
+        "paxtrain, guard by select (not lax.cond)": paxtrain_runner(**SELECT_GUARD),
         **peer_runners(),
     }
     mlp_times = interleaved(
@@ -304,7 +312,8 @@ def main() -> None:
         "paxtrain Trainer (defaults)": trainer_step_bytes(
             PaxMLP(), pax_loss, _mlp_batch(), optax.adam(1e-3)
         ),
-        "paxtrain": lean_step_bytes(),
+        "paxtrain": paxtrain_step_bytes(),
+        "paxtrain, guard by select (not lax.cond)": paxtrain_step_bytes(**SELECT_GUARD),
     }
     cost_rows = [
         f"| {name} | {b / 1e6:.2f} | {b / cost['raw JAX']:.3f} |" for name, b in cost.items()

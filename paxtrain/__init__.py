@@ -16,7 +16,12 @@
 """
 
 from paxtrain.core.default_kind import ParameterModule, PaxKind, StateModule
-from paxtrain.core.mixed_precision import MpPolicy, apply_mp_policy, unwrap_mp_policy
+from paxtrain.core.mixed_precision import (
+    MpPolicy,
+    apply_mp_policy,
+    unwrap_mp_policy,
+    with_mp_policy,
+)
 from paxtrain.core.module import Module, ModuleInfo
 from paxtrain.core.partition import (
     enable_eval_mode,
@@ -75,4 +80,5 @@ __all__ = [
     "update_states",
     "utils",
     "value_and_grad",
+    "with_mp_policy",
 ]

@@ -53,3 +53,12 @@ def test_config_default_is_auto_and_null_turns_it_off():
     assert compose(ROOT / "configs/char_rnn.yaml", []).trainer.compile_cache == "auto"
     cfg = compose(ROOT / "configs/char_rnn.yaml", ["trainer.compile_cache=null"])
     assert cfg.trainer.compile_cache is None
+
+
+def test_the_cache_stays_off_on_several_cpu_devices(tmp_path):
+    import os
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    lines = run(str(tmp_path / "cache"), env)
+    assert lines[0] == "None" and not (tmp_path / "cache").exists()

@@ -189,3 +189,31 @@ def test_batchnorm_in_a_bf16_network_keeps_bf16_compute():
     net, y = pax.purecall(net, jnp.ones((8, 3)))
     assert seen == [jnp.bfloat16, jnp.bfloat16] and y.dtype == jnp.float32
     assert net[1].ema_mean.averages.dtype == jnp.float32
+
+
+def test_the_trainers_loss_runs_under_the_policy_even_without_self_call():
+    """A `loss` that uses its submodules directly still computes in bf16 under the Trainer."""
+    from paxtrain.train.trainer import model_eval, model_loss
+
+    seen = []
+
+    class Spy(Linear):
+        def __call__(self, x):
+            seen.append(x.dtype)
+            return super().__call__(x)
+
+    class Net(pax.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = Spy(3, 2)
+
+        def loss(self, x):  # never calls self(...)
+            y = self.fc(x)
+            return jnp.mean(y.astype(jnp.float32) ** 2), {"out_dtype": jnp.zeros((), y.dtype)}
+
+    net = pax.apply_mp_policy(Net(), POLICY)
+    loss, (new, metrics) = model_loss(net, jnp.ones((4, 3)))
+    assert seen == [jnp.bfloat16] and loss.dtype == jnp.float32
+    assert jnp.array_equal(new.fc.weight, net.fc.weight) and new.fc.weight.dtype == jnp.float32
+    assert model_eval(net.eval(), jnp.ones((4, 3)))["loss"].dtype == jnp.float32
+    assert seen == [jnp.bfloat16, jnp.bfloat16]

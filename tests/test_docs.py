@@ -37,9 +37,7 @@ SKIPPED_MODULES = {
 }
 # Modules whose examples are wrong today and whose file another engineer owns right now; the
 # test fails (strict xfail) once they run, so the entry is removed then.
-KNOWN_BROKEN = {
-    "paxtrain.core.mixed_precision": "examples use an undefined `net` (file owned by issue 10)",
-}
+KNOWN_BROKEN: dict[str, str] = {}
 
 
 # Modules whose examples need an optional extra: skipped where it is not installed.

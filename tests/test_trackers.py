@@ -167,3 +167,14 @@ def test_wandb_offline_run_holds_config_and_metrics_and_a_resume_continues_it(tm
     assert ids == {run_id}  # the same W&B run, continued
     assert [step for step, _ in losses] == [2, 4, 6]
     assert dict(losses) == pytest.approx(dict(jsonl_losses(run_dir)))
+
+
+def test_mlflow_resume_on_another_server_is_one_clear_error(tmp_path):
+    pytest.importorskip("mlflow")
+    from paxtrain.config import ConfigError
+    from paxtrain.train.trackers import TRACKERS_FILE, MLflowLogger
+
+    (tmp_path / TRACKERS_FILE).write_text(json.dumps({"mlflow": "0" * 32}))
+    logger = MLflowLogger(tracking_uri=f"sqlite:///{tmp_path / 'other.db'}")
+    with pytest.raises(ConfigError, match=r"does not have: set MLFLOW_TRACKING_URI"):
+        logger.start(tmp_path, {})

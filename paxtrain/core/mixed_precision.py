@@ -13,6 +13,7 @@ dtype. Because the policy is data of the module, not a generated subclass, it su
 from __future__ import annotations
 
 import dataclasses
+import types
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -138,7 +139,9 @@ def apply_mp_policy(module: M, mp_policy: MpPolicy | str | Any) -> M:
     `compute_dtype` and `output_dtype`). Floating parameters are cast to `param_dtype` now.
 
     Example:
-        >>> net = pax.apply_mp_policy(net, "params=float32,compute=bfloat16,output=float32")
+        >>> net = pax.apply_mp_policy(nn.Linear(2, 3), "params=float32,compute=bfloat16,output=float32")
+        >>> net.weight.dtype, net(jnp.ones((1, 2))).dtype
+        (dtype('float32'), dtype('float32'))
     """
     policy = as_policy(mp_policy)
     current = module.__dict__["_pax_info"].mp_policy
@@ -149,11 +152,41 @@ def apply_mp_policy(module: M, mp_policy: MpPolicy | str | Any) -> M:
     return _cast_parameters(module, policy.param_dtype)._pax_with_info(mp_policy=policy)
 
 
+def with_mp_policy(method: Callable) -> Callable:
+    """A bound method of a module, run under the module's mixed-precision policy as `__call__` is.
+
+    A policy applies to `__call__`; a method such as `loss` that uses submodules directly
+    (`self.encoder(x)`) rather than `self(x)` would otherwise run in the parameters' dtype. The
+    `Trainer` calls `model.loss` and `model.evaluate` through this.
+
+    Example:
+        >>> class Net(pax.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.fc = nn.Linear(2, 1)
+        ...     def loss(self, x):
+        ...         return self.fc(x).dtype.name
+        >>> net = pax.apply_mp_policy(Net(), "params=float32,compute=bfloat16,output=float32")
+        >>> net.loss(jnp.ones((1, 2))), pax.with_mp_policy(net.loss)(jnp.ones((1, 2)))
+        ('float32', 'bfloat16')
+    """
+    module = method.__self__
+    policy = module.__dict__["_pax_info"].mp_policy
+    if policy is None:
+        return method
+    function = method.__func__
+    return types.MethodType(
+        lambda self, *args, **kwargs: policy.call(self, function, args, kwargs), module
+    )
+
+
 def unwrap_mp_policy(module: M) -> M:
     """A copy of `module` without its mixed-precision policy (parameters keep their dtype).
 
     Example:
-        >>> net = pax.unwrap_mp_policy(net)
+        >>> net = pax.apply_mp_policy(nn.Linear(2, 3), "params=float32,compute=bfloat16,output=bfloat16")
+        >>> pax.unwrap_mp_policy(net)(jnp.ones((1, 2))).dtype
+        dtype('float32')
     """
     if module.__dict__["_pax_info"].mp_policy is None:
         raise ValueError(f"`{type(module).__name__}` has no mixed-precision policy to remove.")

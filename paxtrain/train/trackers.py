@@ -20,9 +20,15 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from paxtrain.config import ConfigError
 from paxtrain.train.logger import Logger
 
 TRACKERS_FILE = "trackers.json"
+MLFLOW_RUN_MISSING_MSG = (
+    "{run_dir} continues MLflow run {run_id}, which the tracking server {uri} does not have: set "
+    "MLFLOW_TRACKING_URI to the server the run started on, or delete {run_dir}/trackers.json to "
+    "start a new MLflow run."
+)
 MLFLOW_BATCH = 100  # MLflow's limit of params (and metrics) per request
 
 
@@ -89,7 +95,14 @@ class MLflowLogger(Logger):
             self.run_id = run.info.run_id
             _save_id(run_dir, "mlflow", self.run_id)
         else:
-            client.update_run(self.run_id, status="RUNNING")
+            try:
+                client.update_run(self.run_id, status="RUNNING")
+            except mlflow.exceptions.MlflowException:
+                raise ConfigError(
+                    MLFLOW_RUN_MISSING_MSG.format(
+                        run_id=self.run_id, uri=client.tracking_uri, run_dir=run_dir
+                    )
+                ) from None
         # MLflow refuses to change a logged param: a resume with overrides adds only new keys.
         logged = client.get_run(self.run_id).data.params
         params = [

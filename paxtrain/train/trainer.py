@@ -71,14 +71,15 @@ STEPS_PER_CALL_MSG = "max_steps ({max_steps}) must be a multiple of steps_per_ca
 
 
 def model_loss(model: pax.Module, batch: Any) -> tuple[jax.Array, tuple[pax.Module, dict]]:
-    """The default `loss_fn`: calls `model.loss(batch)` through `module_and_value`.
+    """The default `loss_fn`: calls `model.loss(batch)` through `module_and_value`, under the
+    model's mixed-precision policy (`pax.with_mp_policy`).
 
     `model.loss` may update states (BatchNorm statistics, dropout keys); they are kept.
 
     Example:
         >>> loss, (model, metrics) = model_loss(model, batch)  # doctest: +SKIP
     """
-    model, (loss, metrics) = pax.purecall(model.loss, batch)
+    model, (loss, metrics) = pax.purecall(pax.with_mp_policy(model.loss), batch)
     return loss, (model, metrics)
 
 
@@ -90,8 +91,8 @@ def model_eval(model: pax.Module, batch: Any) -> dict[str, jax.Array]:
         >>> metrics = model_eval(model.eval(), batch)  # doctest: +SKIP
     """
     if hasattr(model, "evaluate"):
-        return pax.purecall(model.evaluate, batch)[1]
-    _, (loss, metrics) = pax.purecall(model.loss, batch)
+        return pax.purecall(pax.with_mp_policy(model.evaluate), batch)[1]
+    _, (loss, metrics) = pax.purecall(pax.with_mp_policy(model.loss), batch)
     return {**metrics, "loss": loss}
 
 
