@@ -164,3 +164,144 @@ def test_mixed_precision_and_fine_tuning_with_a_frozen_layer():
     np.testing.assert_array_equal(new_net.layers[0].weight, net.layers[0].weight)  # frozen
     assert not np.array_equal(new_net.layers[-1].weight, net.layers[-1].weight)
     assert new_net.layers[-1].weight.dtype == jnp.float32  # master weights stay float32
+
+
+class ConvNet(
+    pax.Module
+):  # a small MNIST CNN with PAX v0.4.3's conv, batch-norm and pool spellings
+    def __init__(self):
+        super().__init__()
+        self.conv1 = pax.nn.Conv2D(1, 8, 3)
+        self.bn1 = pax.nn.BatchNorm2D(8, True, True, 0.9)
+        self.conv2 = pax.nn.Conv2D(8, 8, 3, 1, 1, "VALID")
+        self.bn2 = pax.nn.BatchNorm2D(8, True, True, 0.9)
+        self.fc = pax.nn.Linear(6 * 6 * 8, 10)
+
+    def __call__(self, x):
+        x = jax.nn.relu(self.bn1(self.conv1(x)))
+        x = pax.nn.max_pool(x, (1, 2, 2, 1), (1, 2, 2, 1), "SAME")  # 28 -> 14
+        x = jax.nn.relu(self.bn2(self.conv2(x)))  # 14 -> 12
+        # a short tuple covers the trailing axes (H, W, C), as in PAX and Haiku
+        x = pax.nn.avg_pool(x, window_shape=(2, 2, 1), strides=(2, 2, 1), padding="VALID")  # 12->6
+        x = jnp.reshape(x, (x.shape[0], -1))
+        return self.fc(x)
+
+
+def cnn_loss_fn(model: ConvNet, x, y):
+    model, logits = pax.module_and_value(model)(x)
+    log_pr = jax.nn.log_softmax(logits, axis=-1)
+    loss = -jnp.mean(jnp.sum(jax.nn.one_hot(y, 10) * log_pr, axis=-1))
+    return loss, (loss, model)
+
+
+def test_mnist_cnn_with_conv_batchnorm_and_pooling_trains():
+    pax.seed_rng_key(3)
+    net = ConvNet()
+    optimizer = opax.adam(1e-2)(net.parameters())
+    update = jax.jit(pax.utils.build_update_fn(cnn_loss_fn))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(8, 28, 28, 1)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, 10, size=(8,)), jnp.int32)
+    assert net.conv1.weight.shape == (3, 3, 1, 8)  # HWIO, as PAX
+    new_net, optimizer, first = update(net, optimizer, x, y)
+    for _ in range(4):
+        new_net, optimizer, loss = update(new_net, optimizer, x, y)
+    assert float(loss) < 0.5 * float(first)
+    # training mode folded batch statistics into the running averages; eval mode reads them
+    assert not np.array_equal(new_net.bn1.ema_mean.averages, net.bn1.ema_mean.averages)
+    logits = new_net.eval()(x)
+    assert logits.shape == (8, 10) and np.all(np.isfinite(logits))
+
+
+class CausalSelfAttention(pax.nn.MultiHeadAttention):  # pax.nets.Transformer's, v0.4.3
+    def __call__(self, query, key=None, value=None, mask=None):
+        key = key if key is not None else query
+        value = value if value is not None else query
+        seq_len = query.shape[1]
+        causal_mask = np.tril(np.ones((seq_len, seq_len)))
+        mask = mask * causal_mask if mask is not None else causal_mask
+        return super().__call__(query, key, value, mask)
+
+
+class DenseBlock(pax.Module):
+    def __init__(self, in_dim, init_scale, widening_factor=4):
+        super().__init__()
+        initializer = jax.nn.initializers.variance_scaling(
+            init_scale, mode="fan_in", distribution="normal"
+        )
+        self.fc1 = pax.nn.Linear(in_dim, in_dim * widening_factor, w_init=initializer)
+        self.fc2 = pax.nn.Linear(in_dim * widening_factor, in_dim, w_init=initializer)
+
+    def __call__(self, x):
+        return self.fc2(jax.nn.gelu(self.fc1(x)))
+
+
+class TransformerLM(pax.Module):  # examples/transformer/model.py, with pax.nets.Transformer inlined
+    def __init__(self, vocab_size, hidden_dim, num_heads, num_layers):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.embed = pax.nn.Embed(
+            vocab_size,
+            hidden_dim,
+            w_init=jax.nn.initializers.variance_scaling(1.0, mode="fan_out", distribution="normal"),
+        )
+        init_scale = 2.0 / num_layers
+        layers = []
+        for _ in range(num_layers):
+            layers.append(
+                {
+                    "attention": CausalSelfAttention(
+                        num_heads=num_heads,
+                        key_size=hidden_dim // num_heads,
+                        w_init_scale=init_scale,
+                    ),
+                    "attn_layer_norm": pax.nn.LayerNorm(hidden_dim, -1, True, True),
+                    "dense_layer_norm": pax.nn.LayerNorm(hidden_dim, -1, True, True),
+                    "dense_block": DenseBlock(hidden_dim, init_scale),
+                }
+            )
+        self.layers = layers
+        self.layer_norm_output = pax.nn.LayerNorm(hidden_dim, -1, True, True)
+        self.output = pax.nn.Linear(hidden_dim, vocab_size)
+
+    def __call__(self, x):
+        h = self.embed(x)
+        for layer in self.layers:
+            h = h + layer["attention"](layer["attn_layer_norm"](h))
+            h = h + layer["dense_block"](layer["dense_layer_norm"](h))
+        return self.output(self.layer_norm_output(h))
+
+
+def test_transformer_lm_example_trains_and_is_causal():
+    pax.seed_rng_key(7)
+    net = TransformerLM(vocab_size=20, hidden_dim=32, num_heads=2, num_layers=2)
+    optimizer = opax.chain(opax.clip_by_global_norm(1.0), opax.adam(3e-3))(net.parameters())
+    rng = np.random.default_rng(0)
+    batch = jnp.asarray(rng.integers(0, 20, size=(4, 9)), jnp.int32)  # seq 8 + 1 target
+
+    def loss_fn(model, batch):  # examples/transformer/train.py
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        model, logits = pax.module_and_value(model)(inputs)
+        log_pr = jax.nn.log_softmax(logits, axis=-1)
+        targets = jax.nn.one_hot(targets, num_classes=model.vocab_size)
+        return -jnp.mean(jnp.sum(targets * log_pr, axis=-1)), model
+
+    @jax.jit
+    def update_fn(model, optimizer, batch):
+        (loss, model), grads = pax.value_and_grad(loss_fn, has_aux=True)(model, batch)
+        params = model.parameters()
+        optimizer, updates = pax.module_and_value(optimizer)(grads, params)
+        model = model.update_parameters(params.map(jax.lax.sub, updates))
+        return model, optimizer, loss
+
+    losses = []
+    for _ in range(5):
+        net, optimizer, loss = update_fn(net, optimizer, batch)
+        losses.append(float(loss))
+    assert losses[-1] < 0.7 * losses[0]
+    # causal mask: changing the last token leaves every earlier position's logits unchanged
+    x = batch[:1, :-1]
+    forward = jax.jit(lambda model, x: model(x))
+    a, b = forward(net, x), forward(net, x.at[0, -1].set((x[0, -1] + 1) % 20))
+    np.testing.assert_allclose(a[0, :-1], b[0, :-1], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(a[0, -1], b[0, -1])
