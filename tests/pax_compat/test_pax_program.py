@@ -166,9 +166,7 @@ def test_mixed_precision_and_fine_tuning_with_a_frozen_layer():
     assert new_net.layers[-1].weight.dtype == jnp.float32  # master weights stay float32
 
 
-class ConvNet(
-    pax.Module
-):  # a small MNIST CNN with PAX v0.4.3's conv, batch-norm and pool spellings
+class ConvNet(pax.Module):  # an MNIST CNN in PAX v0.4.3's conv, batch-norm and pool spellings
     def __init__(self):
         super().__init__()
         self.conv1 = pax.nn.Conv2D(1, 8, 3)
