@@ -32,8 +32,7 @@ class Checkpointing(Hook):
       keep_best: number of best checkpoints (by `monitor`) kept besides.
       monitor: eval metric ranking checkpoints, e.g. "eval/loss".
       mode: "min" or "max".
-      async_save: write in the background while training goes on (not for the "pmap" strategy
-        on several processes, where it can hang: those saves are synchronous).
+      async_save: write in the background while training goes on.
       resume: restore the newest checkpoint found at the start of `fit`.
       directory: defaults to `RUN_DIR/checkpoints`.
       meta: JSON-serializable facts saved with each checkpoint (config hash, versions).
@@ -71,13 +70,7 @@ class Checkpointing(Hook):
         """Opens the checkpoint directory and, with `resume`, restores the newest checkpoint
         into `trainer.state`. The trainer calls this before any hook's `on_train_start`."""
         directory = self.directory or trainer.run_dir / CHECKPOINT_DIR
-        options = dict(self.manager_options)
-        if trainer.strategy == "pmap" and jax.process_count() > 1:
-            # Orbax ends a background save with a device collective, which can interleave with
-            # pmap's step collectives in another order on each process and hang (seen in about
-            # one two-process run in three): save synchronously there.
-            options["async_save"] = False
-        self.manager = CheckpointManager(directory, **options)
+        self.manager = CheckpointManager(directory, **self.manager_options)
         if self.resume and self.manager.latest_step() is not None:
             trainer.state, meta = self.manager.restore(trainer.checkpoint_state)
             trainer.step = self.resumed_from = int(trainer.state.step)
