@@ -54,19 +54,12 @@ def before_training(names: Iterable[str] = DEFAULT_PREEMPTION_SIGNALS) -> Iterat
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    numbers = [getattr(signal, name) for name in names]
-    previous = {number: signal.getsignal(number) for number in numbers}
 
     def handle(number: int, frame: Any) -> None:
         raise PreemptedBeforeTraining(signal.Signals(number).name)
 
-    for number in numbers:
-        signal.signal(number, handle)
-    try:
+    with _handling(names, handle):
         yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
 
 
 @contextlib.contextmanager
@@ -172,9 +165,21 @@ STOPPING_ALL_MSG = (
 
 
 @contextlib.contextmanager
-def _stop_this_process(trainer: Any, names: Iterable[str]) -> Iterator[None]:
+def _handling(names: Iterable[str], handle: Any) -> Iterator[None]:
+    """`handle` for the named signals while inside; the previous handlers afterwards."""
     numbers = [getattr(signal, name) for name in names]
     previous = {number: signal.getsignal(number) for number in numbers}
+    for number in numbers:
+        signal.signal(number, handle)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+@contextlib.contextmanager
+def _stop_this_process(trainer: Any, names: Iterable[str]) -> Iterator[None]:
 
     def handle(number: int, frame: Any) -> None:
         name = signal.Signals(number).name
@@ -187,10 +192,5 @@ def _stop_this_process(trainer: Any, names: Iterable[str]) -> Iterator[None]:
         if trainer.is_main_process:
             print((HURRY_MSG if again else STOPPING_MSG).format(name=name), flush=True)
 
-    for number in numbers:
-        signal.signal(number, handle)
-    try:
+    with _handling(names, handle):
         yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
