@@ -62,20 +62,6 @@ def _timestamp() -> str:
     return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def sweep_overrides(overrides: list[str]) -> list[list[str]]:
-    """Expands Hydra sweep overrides (`a=1,2 b=x`) into one override list per job.
-
-    Example:
-        >>> sweep_overrides(["seed=1,2", "trainer.max_steps=5"])
-        [['seed=1', 'trainer.max_steps=5'], ['seed=2', 'trainer.max_steps=5']]
-    """
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-
-
 def assign_sweep_dirs(
     configs: list[DictConfig], jobs: list[list[str]], config_path: str
 ) -> list[DictConfig]:
