@@ -141,7 +141,8 @@ def _fit(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from paxtrain.config import compose
-    from paxtrain.run import fit_from_config, sweep_overrides
+    from paxtrain.run import fit_from_config
+    from paxtrain.sweep import sweep_overrides
 
     config = find_config(args.config)
     # `_target_` objects may live in the user's project: importable from where paxtrain runs,

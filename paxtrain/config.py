@@ -317,7 +317,7 @@ def _check_values(node: Any, key: str, target: Any) -> None:
     params = inspect.signature(target).parameters
     for arg, value in values.items():
         hint = hints.get(arg)
-        if arg.startswith("_") or hint is None:
+        if arg.startswith("_") or hint is None or _is_target(value):
             continue
         default = params[arg].default if arg in params else inspect.Parameter.empty
         example = default if default not in (inspect.Parameter.empty, None) else "..."
@@ -351,10 +351,15 @@ def check_target(node: Any, key: str, provided: tuple[str, ...] | None = ()) -> 
     """Checks that a `_target_` section's keys match the target's parameters.
 
     `provided` names parameters the caller will pass itself (e.g. `vocab_size` from the data);
-    None skips the check for missing required parameters, when those are not known yet.
+    None skips the check for missing required parameters, when those are not known yet, as
+    does `_partial_: true` (the rest is passed later). Nested `_target_` sections, which
+    `hydra.utils.instantiate` builds first, are checked the same way.
 
     Example:
         >>> check_target({"_target_": "paxtrain.data.CharCorpus", "seq_len": 8}, "data")
+        >>> check_target({"_target_": "optax.chain", "_args_": [{"_target_": "optax.sgd"}]}, "opt")
+        Traceback (most recent call last):
+        paxtrain.config.ConfigError: `opt._args_[0]` is missing required parameter(s) ['learning_rate'] of optax.sgd.
     """
     if node is None:
         raise ConfigError(NO_TARGET_MSG.format(key=key))
@@ -382,9 +387,20 @@ def check_target(node: Any, key: str, provided: tuple[str, ...] | None = ()) -> 
         and n not in given
         and n not in (provided or ())
     ]
-    if required and provided is not None:
+    if required and provided is not None and not node.get("_partial_", False):
         raise ConfigError(MISSING_ARG_MSG.format(key=key, args=required, target=node["_target_"]))
     _check_values(node, key, target)
+    for arg, value in node.items():
+        if _is_target(value):
+            check_target(value, f"{key}.{arg}")
+        elif isinstance(value, (ListConfig, list)):
+            for i, item in enumerate(value):
+                if _is_target(item):
+                    check_target(item, f"{key}.{arg}[{i}]")
+
+
+def _is_target(node: Any) -> bool:
+    return isinstance(node, (DictConfig, dict)) and "_target_" in node
 
 
 def _add_known_key(override: str, base: DictConfig) -> str:

@@ -11,6 +11,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -63,20 +64,6 @@ def _timestamp() -> str:
     return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def sweep_overrides(overrides: list[str]) -> list[list[str]]:
-    """Expands Hydra sweep overrides (`a=1,2 b=x`) into one override list per job.
-
-    Example:
-        >>> sweep_overrides(["seed=1,2", "trainer.max_steps=5"])
-        [['seed=1', 'trainer.max_steps=5'], ['seed=2', 'trainer.max_steps=5']]
-    """
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-
-
 def assign_sweep_dirs(
     configs: list[DictConfig], jobs: list[list[str]], config_path: str
 ) -> list[DictConfig]:
@@ -100,26 +87,58 @@ def assign_sweep_dirs(
 
 
 BUILD_FAILED_MSG = "`{key}` ({target}): {error}"
+# Errors a constructor raises for a bad value or file; any other exception is a bug, and keeps
+# its traceback.
+_BAD_INPUT_ERRORS = (ValueError, OSError, ImportError)
+_HYDRA_FULL_KEY = re.compile(r"full_key: (\S+)")
+_HYDRA_TARGET = re.compile(r"target '([^']+)'")
 
 
 def instantiate(node: DictConfig, key: str, **provided: Any) -> Any:
-    """Builds a `_target_` section, passing those `provided` values its signature asks for.
+    """Builds a `_target_` section with `hydra.utils.instantiate`: nested `_target_` sections
+    are built first, `_partial_: true` gives a `functools.partial`; the `provided` values the
+    target's signature asks for and the section leaves out are passed too (the model's
+    `vocab_size` from `data.info`), as they are, not through OmegaConf.
 
-    A `ValueError` or `OSError` of the constructor (a bad value, a missing file) is a
-    `ConfigError` naming the section.
+    The section is checked against the target's signature first (`check_target`, nested
+    sections included). A `ValueError`, `OSError` or `ImportError` of a constructor (a bad value,
+    a missing file) is a `ConfigError` naming the (nested) section.
 
     Example:
-        >>> model = instantiate(cfg.model, "model", vocab_size=97)  # doctest: +SKIP
+        >>> section = OmegaConf.create({"_target_": "paxtrain.data.CharCorpus", "seq_len": 8,
+        ...                             "batch_size": 2, "max_chars": 2000})
+        >>> instantiate(section, "data").info["vocab_size"] > 10
+        True
+        >>> ramp = OmegaConf.create({"_target_": "optax.linear_schedule", "_partial_": True,
+        ...                          "init_value": 0.0, "end_value": 1.0})
+        >>> float(instantiate(ramp, "schedule")(transition_steps=4)(2))
+        0.5
     """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
     target = locate(str(node["_target_"]), key)
     params = inspect.signature(target).parameters
     extra = {k: v for k, v in provided.items() if k in params and k not in node}
     check_target(node, key, provided=tuple(extra))
-    kwargs = OmegaConf.to_container(node, resolve=True)
-    kwargs.pop("_target_")
+    later = bool(extra) and not node.get("_partial_", False)  # called below with `extra`
     try:
-        return target(**kwargs, **extra)
-    except (ValueError, OSError, ImportError) as error:
+        built = hydra_instantiate(node, _convert_="all", **({"_partial_": True} if later else {}))
+        return built(**extra) if later else built
+    except InstantiationException as error:
+        cause, text = error.__cause__, str(error)
+        if cause is not None and not isinstance(cause, _BAD_INPUT_ERRORS):
+            raise cause from None
+        where = _HYDRA_FULL_KEY.search(text)
+        named = _HYDRA_TARGET.search(text)
+        raise ConfigError(
+            BUILD_FAILED_MSG.format(
+                key=where.group(1) if where else key,
+                target=named.group(1) if named else node["_target_"],
+                error=" ".join(str(cause or text.splitlines()[0]).split()),
+            )
+        ) from None
+    except _BAD_INPUT_ERRORS as error:  # from `built(**extra)`
         message = " ".join(str(error).split())
         raise ConfigError(
             BUILD_FAILED_MSG.format(key=key, target=node["_target_"], error=message)
@@ -267,11 +286,14 @@ def build_trainer(
     import paxtrain as pax
     from paxtrain.finetune import freeze_by_path, load_parameters
     from paxtrain.train.checkpointing import Checkpointing
+    from paxtrain.train.compile_cache import enable_compile_cache
     from paxtrain.train.profile import Profile
     from paxtrain.train.trainer import Trainer
 
     if cfg.parallel.distributed:
         join_processes()
+    # On before the data and the model are built: their eager ops compile too (~1.5 s on CPU).
+    enable_compile_cache(cfg.trainer.compile_cache)
     data = instantiate(cfg.data, "data")
     pax.seed_rng_key(cfg.seed)
     model = instantiate(cfg.model, "model", **data.info)
