@@ -227,7 +227,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     Example:
         >>> cfg = OmegaConf.create({
         ...     "data": {"_target_": "paxtrain.data.CharCorpus", "seq_len": 16},
-        ...     "model": {"_target_": "recipes.char_rnn.CharRNN", "hidden_dim": 32},
+        ...     "model": {"_target_": "paxtrain.recipes.char_rnn.CharRNN", "hidden_dim": 32},
         ...     "trainer": {"max_steps": 10},
         ... })
         >>> validate(cfg).trainer.log_every  # the schema's default

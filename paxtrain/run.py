@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import importlib.metadata
+import importlib.util
 import inspect
 import json
 import os
@@ -285,11 +286,14 @@ def build_trainer(
     import paxtrain as pax
     from paxtrain.finetune import freeze_by_path, load_parameters
     from paxtrain.train.checkpointing import Checkpointing
+    from paxtrain.train.compile_cache import enable_compile_cache
     from paxtrain.train.profile import Profile
     from paxtrain.train.trainer import Trainer
 
     if cfg.parallel.distributed:
         join_processes()
+    # On before the data and the model are built: their eager ops compile too (~1.5 s on CPU).
+    enable_compile_cache(cfg.trainer.compile_cache)
     data = instantiate(cfg.data, "data")
     pax.seed_rng_key(cfg.seed)
     model = instantiate(cfg.model, "model", **data.info)
@@ -414,6 +418,7 @@ NOT_A_RUN_MSG = "{run_dir} has no {file}: is it a paxtrain run directory?"
 # Modules whose `_target_`s a run directory's config may name; a run directory is data, and
 # anything else must be allowed by the user (`--allow-target`, or this environment variable).
 # optax's factories build optimizers and schedules, nothing else; `ALIASES` name optax targets.
+# `recipes` is where the recipes were before they moved into the package: old runs name it.
 ALLOWED_TARGET_MODULES = ("paxtrain", "recipes", "optax")
 ALLOW_TARGETS_ENV = "PAXTRAIN_ALLOW_TARGETS"
 
@@ -445,6 +450,39 @@ def _overridden(key: str, overrides: list[str]) -> bool:
     return False
 
 
+def _saved_targets(path: pathlib.Path) -> list[tuple[str, str]]:
+    """The `(key, _target_)` pairs of a saved run config, none if it is malformed (`compose`
+    reports that, with its line)."""
+    try:
+        return _targets(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+    except Exception:
+        return []
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def legacy_recipe_overrides(path: pathlib.Path) -> list[str]:
+    """Overrides pointing a saved run config's `recipes.X` targets at `paxtrain.recipes.X`, the
+    recipes' home since they moved into the package, unless a module `recipes.X` is importable.
+
+    Example:
+        >>> legacy_recipe_overrides(pathlib.Path("runs/old/config.yaml"))  # doctest: +SKIP
+        ['model._target_=paxtrain.recipes.char_rnn.CharRNN']
+    """
+    return [
+        f"{key}._target_=paxtrain.{target}"
+        for key, target in _saved_targets(path)
+        if target.startswith("recipes.")
+        and key != "<root>"
+        and not _importable(target.rpartition(".")[0])
+    ]
+
+
 def check_run_targets(
     path: pathlib.Path, overrides: list[str], allow: tuple[str, ...] = ()
 ) -> None:
@@ -457,11 +495,7 @@ def check_run_targets(
     """
     allowed = [*ALLOWED_TARGET_MODULES, *allow]
     allowed += [m.strip() for m in os.environ.get(ALLOW_TARGETS_ENV, "").split(",") if m.strip()]
-    try:
-        saved = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except Exception:  # malformed YAML: `compose` reports it, with its line
-        return
-    for key, target in _targets(saved):
+    for key, target in _saved_targets(path):
         module = target.rpartition(".")[0]
         if (
             _overridden(key, overrides)
@@ -495,7 +529,7 @@ def load_run_config(
     if not path.is_file():
         raise ConfigError(NOT_A_RUN_MSG.format(run_dir=run_dir, file=CONFIG_FILE))
     check_run_targets(path, overrides, allow_targets)
-    cfg = compose(path, overrides)
+    cfg = compose(path, [*legacy_recipe_overrides(path), *overrides])
     cfg.run_dir = str(pathlib.Path(run_dir))
     return cfg
 
