@@ -6,11 +6,13 @@ import datetime
 import functools
 import hashlib
 import importlib.metadata
+import importlib.util
 import inspect
 import json
 import os
 import pathlib
 import platform
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -63,20 +65,6 @@ def _timestamp() -> str:
     return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def sweep_overrides(overrides: list[str]) -> list[list[str]]:
-    """Expands Hydra sweep overrides (`a=1,2 b=x`) into one override list per job.
-
-    Example:
-        >>> sweep_overrides(["seed=1,2", "trainer.max_steps=5"])
-        [['seed=1', 'trainer.max_steps=5'], ['seed=2', 'trainer.max_steps=5']]
-    """
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-
-
 def assign_sweep_dirs(
     configs: list[DictConfig], jobs: list[list[str]], config_path: str
 ) -> list[DictConfig]:
@@ -100,26 +88,58 @@ def assign_sweep_dirs(
 
 
 BUILD_FAILED_MSG = "`{key}` ({target}): {error}"
+# Errors a constructor raises for a bad value or file; any other exception is a bug, and keeps
+# its traceback.
+_BAD_INPUT_ERRORS = (ValueError, OSError, ImportError)
+_HYDRA_FULL_KEY = re.compile(r"full_key: (\S+)")
+_HYDRA_TARGET = re.compile(r"target '([^']+)'")
 
 
 def instantiate(node: DictConfig, key: str, **provided: Any) -> Any:
-    """Builds a `_target_` section, passing those `provided` values its signature asks for.
+    """Builds a `_target_` section with `hydra.utils.instantiate`: nested `_target_` sections
+    are built first, `_partial_: true` gives a `functools.partial`; the `provided` values the
+    target's signature asks for and the section leaves out are passed too (the model's
+    `vocab_size` from `data.info`), as they are, not through OmegaConf.
 
-    A `ValueError` or `OSError` of the constructor (a bad value, a missing file) is a
-    `ConfigError` naming the section.
+    The section is checked against the target's signature first (`check_target`, nested
+    sections included). A `ValueError`, `OSError` or `ImportError` of a constructor (a bad value,
+    a missing file) is a `ConfigError` naming the (nested) section.
 
     Example:
-        >>> model = instantiate(cfg.model, "model", vocab_size=97)  # doctest: +SKIP
+        >>> section = OmegaConf.create({"_target_": "paxtrain.data.CharCorpus", "seq_len": 8,
+        ...                             "batch_size": 2, "max_chars": 2000})
+        >>> instantiate(section, "data").info["vocab_size"] > 10
+        True
+        >>> ramp = OmegaConf.create({"_target_": "optax.linear_schedule", "_partial_": True,
+        ...                          "init_value": 0.0, "end_value": 1.0})
+        >>> float(instantiate(ramp, "schedule")(transition_steps=4)(2))
+        0.5
     """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
     target = locate(str(node["_target_"]), key)
     params = inspect.signature(target).parameters
     extra = {k: v for k, v in provided.items() if k in params and k not in node}
     check_target(node, key, provided=tuple(extra))
-    kwargs = OmegaConf.to_container(node, resolve=True)
-    kwargs.pop("_target_")
+    later = bool(extra) and not node.get("_partial_", False)  # called below with `extra`
     try:
-        return target(**kwargs, **extra)
-    except (ValueError, OSError, ImportError) as error:
+        built = hydra_instantiate(node, _convert_="all", **({"_partial_": True} if later else {}))
+        return built(**extra) if later else built
+    except InstantiationException as error:
+        cause, text = error.__cause__, str(error)
+        if cause is not None and not isinstance(cause, _BAD_INPUT_ERRORS):
+            raise cause from None
+        where = _HYDRA_FULL_KEY.search(text)
+        named = _HYDRA_TARGET.search(text)
+        raise ConfigError(
+            BUILD_FAILED_MSG.format(
+                key=where.group(1) if where else key,
+                target=named.group(1) if named else node["_target_"],
+                error=" ".join(str(cause or text.splitlines()[0]).split()),
+            )
+        ) from None
+    except _BAD_INPUT_ERRORS as error:  # from `built(**extra)`
         message = " ".join(str(error).split())
         raise ConfigError(
             BUILD_FAILED_MSG.format(key=key, target=node["_target_"], error=message)
@@ -137,7 +157,7 @@ def config_hash(cfg: DictConfig) -> str:
         >>> len(config_hash(OmegaConf.create({"a": 1})))
         12
     """
-    text = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True)
+    text = json.dumps(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -180,7 +200,7 @@ def arguments_for(target: Callable, section: DictConfig) -> dict[str, Any]:
         {'monitor': 'eval/loss'}
     """
     parameters = inspect.signature(target).parameters
-    values = OmegaConf.to_container(section, resolve=True)
+    values = OmegaConf.to_container(section, resolve=True, enum_to_str=True)  # choices: str
     return {
         key: value
         for key, value in values.items()
@@ -271,11 +291,14 @@ def build_trainer(
     import paxtrain as pax
     from paxtrain.finetune import freeze_by_path, load_parameters
     from paxtrain.train.checkpointing import Checkpointing
+    from paxtrain.train.compile_cache import enable_compile_cache
     from paxtrain.train.profile import Profile
     from paxtrain.train.trainer import Trainer
 
     if cfg.parallel.distributed:
         join_processes()
+    # On before the data and the model are built: their eager ops compile too (~1.5 s on CPU).
+    enable_compile_cache(cfg.trainer.compile_cache)
     data = instantiate(cfg.data, "data")
 
     def model() -> pax.Module:
@@ -303,7 +326,7 @@ def build_trainer(
         hooks=callbacks,
         seed=cfg.seed,
         mesh=dict(cfg.mesh),
-        strategy=cfg.parallel.strategy,
+        strategy=str(cfg.parallel.strategy),
         init_from=init_from if cfg.init_from else None,
         **({} if rules is None else {"tensor_rules": OmegaConf.to_container(rules)}),
     )
@@ -337,7 +360,7 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
     # The run directory is made by `trainer.fit` once data, model and config proved good.
     trainer, model, data, optimizer = build_trainer(cfg, run_dir, meta=info, horizon=horizon)
     trainer.add_hook(RunFiles(cfg, info))
-    trainer.hyperparams = OmegaConf.to_container(cfg, resolve=True)  # for the loggers
+    trainer.hyperparams = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     # One process speaks for a multi-process run.
     say = print if trainer.is_main_process else lambda *_: None
     say(f"paxtrain: run directory {run_dir}")
@@ -406,6 +429,7 @@ NOT_A_RUN_MSG = "{run_dir} has no {file}: is it a paxtrain run directory?"
 # Modules whose `_target_`s a run directory's config may name; a run directory is data, and
 # anything else must be allowed by the user (`--allow-target`, or this environment variable).
 # optax's factories build optimizers and schedules, nothing else; `ALIASES` name optax targets.
+# `recipes` is where the recipes were before they moved into the package: old runs name it.
 ALLOWED_TARGET_MODULES = ("paxtrain", "recipes", "optax")
 ALLOW_TARGETS_ENV = "PAXTRAIN_ALLOW_TARGETS"
 
@@ -437,6 +461,39 @@ def _overridden(key: str, overrides: list[str]) -> bool:
     return False
 
 
+def _saved_targets(path: pathlib.Path) -> list[tuple[str, str]]:
+    """The `(key, _target_)` pairs of a saved run config, none if it is malformed (`compose`
+    reports that, with its line)."""
+    try:
+        return _targets(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+    except Exception:
+        return []
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def legacy_recipe_overrides(path: pathlib.Path) -> list[str]:
+    """Overrides pointing a saved run config's `recipes.X` targets at `paxtrain.recipes.X`, the
+    recipes' home since they moved into the package, unless a module `recipes.X` is importable.
+
+    Example:
+        >>> legacy_recipe_overrides(pathlib.Path("runs/old/config.yaml"))  # doctest: +SKIP
+        ['model._target_=paxtrain.recipes.char_rnn.CharRNN']
+    """
+    return [
+        f"{key}._target_=paxtrain.{target}"
+        for key, target in _saved_targets(path)
+        if target.startswith("recipes.")
+        and key != "<root>"
+        and not _importable(target.rpartition(".")[0])
+    ]
+
+
 def check_run_targets(
     path: pathlib.Path, overrides: list[str], allow: tuple[str, ...] = ()
 ) -> None:
@@ -449,11 +506,7 @@ def check_run_targets(
     """
     allowed = [*ALLOWED_TARGET_MODULES, *allow]
     allowed += [m.strip() for m in os.environ.get(ALLOW_TARGETS_ENV, "").split(",") if m.strip()]
-    try:
-        saved = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except Exception:  # malformed YAML: `compose` reports it, with its line
-        return
-    for key, target in _targets(saved):
+    for key, target in _saved_targets(path):
         module = target.rpartition(".")[0]
         if (
             _overridden(key, overrides)
@@ -487,7 +540,7 @@ def load_run_config(
     if not path.is_file():
         raise ConfigError(NOT_A_RUN_MSG.format(run_dir=run_dir, file=CONFIG_FILE))
     check_run_targets(path, overrides, allow_targets)
-    cfg = compose(path, overrides)
+    cfg = compose(path, [*legacy_recipe_overrides(path), *overrides])
     cfg.run_dir = str(pathlib.Path(run_dir))
     return cfg
 

@@ -62,3 +62,31 @@ def test_the_cache_stays_off_on_several_cpu_devices(tmp_path):
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     lines = run(str(tmp_path / "cache"), env)
     assert lines[0] == "None" and not (tmp_path / "cache").exists()
+
+
+# `build_trainer` in a fresh process: the persistent cache's misses and hits while it builds.
+BUILD_SCRIPT = """
+import collections, pathlib, sys, jax
+from paxtrain.config import compose
+from paxtrain.run import build_trainer
+events = collections.Counter()
+jax.monitoring.register_event_listener(lambda name, **kw: events.update([name.rpartition("/")[2]]))
+cfg = compose(sys.argv[1], [f"trainer.compile_cache={sys.argv[2]}", "model.hidden_dim=16"])
+build_trainer(cfg, pathlib.Path(sys.argv[3]))
+print(events["cache_misses"], events["cache_hits"])
+"""
+
+
+def test_the_cache_is_on_before_the_config_builds_data_and_model(tmp_path):
+    def misses_and_hits():
+        result = subprocess.run(
+            [sys.executable, "-c", BUILD_SCRIPT, str(ROOT / "configs/char_rnn.yaml"),
+             str(tmp_path / "cache"), str(tmp_path / "run")],
+            capture_output=True, text=True, timeout=120, cwd=ROOT,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        return tuple(map(int, result.stdout.split()[-2:]))
+
+    misses, _ = misses_and_hits()
+    assert misses > 10  # the model's initializers compile eager ops, through the cache
+    assert misses_and_hits() == (0, misses)  # the next run reads every one of them back
