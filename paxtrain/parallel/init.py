@@ -94,7 +94,7 @@ def laid_out(abstract: Any, shardings: Any | None) -> Any:
     Example:
         >>> import paxtrain.nn as nn
         >>> one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        >>> layer = laid_out(jax.eval_shape(nn.Linear, 3, 2), {"weight": one, "bias": one})
+        >>> layer = laid_out(jax.eval_shape(seeded(lambda: nn.Linear(3, 2), 0)), None)
         >>> layer.weight.sharding == one
         True
     """
