@@ -11,6 +11,7 @@ import collections.abc
 import contextlib
 import dataclasses
 import difflib
+import enum
 import importlib
 import inspect
 import pathlib
@@ -27,10 +28,48 @@ class ConfigError(ValueError):
     """A config problem, reported to the user as one message (exit code 2 on the CLI)."""
 
 
+class Mode(enum.StrEnum):
+    """Whether a smaller or a larger monitored metric is better."""
+
+    min = "min"
+    max = "max"
+
+
+class Progress(enum.StrEnum):
+    """How training progress is shown: a bar on a terminal, log lines otherwise (auto)."""
+
+    auto = "auto"
+    bar = "bar"
+    log = "log"
+    off = "off"
+
+
+class NonFinite(enum.StrEnum):
+    """What a step with a non-finite loss or gradient does (see `Trainer`)."""
+
+    skip = "skip"
+    stop = "stop"
+    rollback = "rollback"
+    none = "none"
+
+
+class Strategy(enum.StrEnum):
+    """How steps run on several devices: jit over a mesh, or pmap (data parallel only)."""
+
+    jit = "jit"
+    pmap = "pmap"
+
+
+# The schemas mirror the objects they configure: `TrainerConfig` the parameters of `Trainer`,
+# `CheckpointConfig` those of `Checkpointing`, `EarlyStoppingConfig` of `EarlyStopping` and
+# `ProfileConfig` of `Profile`, with the same defaults and types (tests/test_config_schema.py
+# fails when they drift, and lists the deliberate differences).
+
+
 @dataclasses.dataclass
 class EarlyStoppingConfig:
     monitor: str | None = None  # a logged metric, e.g. "eval/loss"; None disables
-    mode: str = "min"  # "min" or "max"
+    mode: Mode = Mode.min
     patience: int = 3  # evaluations without improvement before stopping
     min_delta: float = 0.0
 
@@ -42,7 +81,7 @@ class CheckpointConfig:
     keep_last: int = 3
     keep_best: int = 0  # also keep the best N by `monitor`
     monitor: str | None = None  # e.g. "eval/loss"
-    mode: str = "min"
+    mode: Mode = Mode.min
     async_save: bool = True
     enabled: bool = True
 
@@ -56,7 +95,7 @@ class ProfileConfig:
 @dataclasses.dataclass
 class TrainerConfig:
     max_steps: int = 1000
-    eval_every: int | None = 250  # None: evaluate only at the end
+    eval_every: int | None = None  # None: evaluate only at the end
     log_every: int = 50
     steps_per_call: int = 1
     grad_accum_steps: int = 1
@@ -64,10 +103,10 @@ class TrainerConfig:
         "float32"  # float32 | bfloat16 | float16 | "params=float32,compute=bfloat16,..."
     )
     ema_decay: float | None = None
-    on_nonfinite: str = "skip"  # skip | stop | rollback | none
+    on_nonfinite: NonFinite = NonFinite.skip
     rollback_lr_factor: float = 0.5
     grad_norm: bool = True  # log train/grad_norm (free with the non-finite guard, which needs it)
-    progress: str = "auto"  # auto | bar | log | off
+    progress: Progress = Progress.auto
     plot: bool = True  # write curves.png at the end
     # Metrics sinks: tensorboard | jsonl | mlflow | wandb, or `_target_` sections (Logger objects)
     loggers: list[Any] = dataclasses.field(default_factory=lambda: ["tensorboard", "jsonl"])
@@ -91,7 +130,7 @@ class MeshConfig:
 
 @dataclasses.dataclass
 class ParallelConfig:
-    strategy: str = "jit"  # jit (mesh: data, FSDP, tensor) | pmap (data parallel only)
+    strategy: Strategy = Strategy.jit
     distributed: bool = True  # join a multi-process run when the environment describes one
     # [[regex, [entry per axis]], ...] (see `paxtrain.parallel.as_rules`); None: the defaults
     tensor_rules: list[Any] | None = None
@@ -113,14 +152,6 @@ class FitConfig:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
 
-
-_CHOICES = {
-    "trainer.progress": ("auto", "bar", "log", "off"),
-    "trainer.on_nonfinite": ("skip", "stop", "rollback", "none"),
-    "trainer.early_stopping.mode": ("min", "max"),
-    "trainer.checkpoint.mode": ("min", "max"),
-    "parallel.strategy": ("jit", "pmap"),
-}
 
 UNKNOWN_KEY_MSG = "Unknown config key `{key}`.{hint}"
 WRONG_TYPE_MSG = "Config key `{key}`: {detail}"
@@ -214,18 +245,13 @@ def validate(cfg: DictConfig) -> DictConfig:
             UNKNOWN_KEY_MSG.format(key=key, hint=_hint(key, _sibling_keys(key)))
         ) from None
     except ValidationError as error:
-        detail = str(error).splitlines()[0]
-        raise ConfigError(WRONG_TYPE_MSG.format(key=error.full_key, detail=detail)) from None
+        raise config_error(error) from None
     from paxtrain.optax_config import complete_optimizer, validate_optimizer
 
     complete_optimizer(merged)
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         raise ConfigError(MISSING_VALUE_MSG.format(key=missing[0]))
-    for key, choices in _CHOICES.items():
-        value = OmegaConf.select(merged, key)
-        if value not in choices:
-            raise ConfigError(BAD_CHOICE_MSG.format(key=key, value=value, choices=choices))
     _check_numbers(merged)
     _check_precision(merged.trainer.precision)
     _check_loggers(merged.trainer.loggers)
@@ -240,6 +266,26 @@ def validate(cfg: DictConfig) -> DictConfig:
     for i, callback in enumerate(merged.callbacks):
         check_target(callback, f"callbacks[{i}]")
     return merged
+
+
+def config_error(error: ValidationError) -> ConfigError:
+    """OmegaConf's error for a value the schema refuses, as one message naming the key: the
+    choices of an `Enum` field, or the type expected.
+
+    Example:
+        >>> validate(OmegaConf.create({"trainer": {"progress": "fancy"}}))
+        Traceback (most recent call last):
+        paxtrain.config.ConfigError: Config key `trainer.progress` is 'fancy'; choose one of ('auto', 'bar', 'log', 'off').
+    """
+    owner = error.object_type
+    field = typing.get_type_hints(owner).get(str(error.key)) if owner else None
+    if isinstance(field, type) and issubclass(field, enum.Enum):
+        choices = tuple(member.value for member in field)
+        return ConfigError(
+            BAD_CHOICE_MSG.format(key=error.full_key, value=error.value, choices=choices)
+        )
+    detail = str(error).splitlines()[0]
+    return ConfigError(WRONG_TYPE_MSG.format(key=error.full_key, detail=detail))
 
 
 def _check_loggers(loggers: list[Any]) -> None:

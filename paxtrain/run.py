@@ -156,7 +156,7 @@ def config_hash(cfg: DictConfig) -> str:
         >>> len(config_hash(OmegaConf.create({"a": 1})))
         12
     """
-    text = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True)
+    text = json.dumps(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -199,7 +199,7 @@ def arguments_for(target: Callable, section: DictConfig) -> dict[str, Any]:
         {'monitor': 'eval/loss'}
     """
     parameters = inspect.signature(target).parameters
-    values = OmegaConf.to_container(section, resolve=True)
+    values = OmegaConf.to_container(section, resolve=True, enum_to_str=True)  # choices: str
     return {
         key: value
         for key, value in values.items()
@@ -319,7 +319,7 @@ def build_trainer(
         hooks=callbacks,
         seed=cfg.seed,
         mesh=dict(cfg.mesh),
-        strategy=cfg.parallel.strategy,
+        strategy=str(cfg.parallel.strategy),
         **({} if rules is None else {"tensor_rules": OmegaConf.to_container(rules)}),
     )
     trainer.loggers = [  # `_target_` sections build Logger objects
@@ -350,7 +350,7 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
     # The run directory is made by `trainer.fit` once data, model and config proved good.
     trainer, model, data, optimizer = build_trainer(cfg, run_dir, meta=info, horizon=horizon)
     trainer.add_hook(RunFiles(cfg, info))
-    trainer.hyperparams = OmegaConf.to_container(cfg, resolve=True)  # for the loggers
+    trainer.hyperparams = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     # One process speaks for a multi-process run.
     say = print if trainer.is_main_process else lambda *_: None
     say(f"paxtrain: run directory {run_dir}")

@@ -137,7 +137,7 @@ def test_eval_best_on_a_run_without_monitor_says_how_to_enable_it(tmp_path, caps
 def pax_to_container(cfg):
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(cfg, resolve=True)
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
 @pytest.mark.parametrize("command", ["resume", "eval"])

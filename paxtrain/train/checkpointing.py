@@ -26,7 +26,8 @@ class Checkpointing(Hook):
     hooks that have one (`state_dict()`), restored on resume.
 
     Args:
-      every_steps: save when the step count crosses a multiple of this.
+      every_steps: save when the step count crosses a multiple of this; None: only at the
+        end (and on a preemption signal).
       every_seconds: save when this much time passed since the last save.
       keep_last: number of newest checkpoints kept.
       keep_best: number of best checkpoints (by `monitor`) kept besides.
@@ -43,7 +44,7 @@ class Checkpointing(Hook):
 
     def __init__(
         self,
-        every_steps: int | None = None,
+        every_steps: int | None = 500,
         every_seconds: float | None = None,
         keep_last: int = 3,
         keep_best: int = 0,
