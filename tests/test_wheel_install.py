@@ -90,7 +90,9 @@ def test_fit_eval_and_resume_from_any_directory_with_a_wheel_install(installed):
     run_dir = cwd / "runs" / "tiny"
     assert "finished at step 6" in out
     at_6 = _logged_eval(run_dir, 6)
-    assert _close(_printed_eval(_run([bin_dir / "paxtrain", "eval", run_dir], cwd, env)), at_6)
+    other = cwd.parent / "other"  # eval and resume from yet another directory
+    other.mkdir()
+    assert _close(_printed_eval(_run([bin_dir / "paxtrain", "eval", run_dir], other, env)), at_6)
 
     # A run written before the recipes moved into the package names `recipes.X`.
     old = cwd / "runs" / "old"
@@ -98,13 +100,14 @@ def test_fit_eval_and_resume_from_any_directory_with_a_wheel_install(installed):
     saved = (old / "config.yaml").read_text()
     (old / "config.yaml").write_text(saved.replace("paxtrain.recipes.", "recipes."))
     assert "_target_: recipes.char_rnn.CharRNN" in (old / "config.yaml").read_text()
-    assert _close(_printed_eval(_run([bin_dir / "paxtrain", "eval", old], cwd, env)), at_6)
+    assert _close(_printed_eval(_run([bin_dir / "paxtrain", "eval", old], other, env)), at_6)
 
-    out = _run([bin_dir / "paxtrain", "resume", run_dir, "trainer.max_steps=9"], cwd, env)
+    out = _run([bin_dir / "paxtrain", "resume", run_dir, "trainer.max_steps=9"], other, env)
     assert "finished at step 9" in out
     at_9 = _logged_eval(run_dir, 9)
     assert at_9["eval/loss"] != at_6["eval/loss"]  # it trained on
-    assert _close(_printed_eval(_run([bin_dir / "paxtrain", "eval", run_dir], cwd, env)), at_9)
+    assert _close(_printed_eval(_run([bin_dir / "paxtrain", "eval", run_dir], other, env)), at_9)
+    assert not (other / "runs").exists()  # the run stayed where it was
 
 
 @pytest.mark.slow
