@@ -21,7 +21,7 @@ import typing
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 
 class ConfigError(ValueError):
@@ -209,13 +209,19 @@ def _keys_at(node: Any, prefix: str) -> list[str]:
 
 
 def _sibling_keys(full_key: str, *configs: Any) -> list[str]:
-    """Full keys beside `full_key` in the schema and in `configs`."""
+    """Full keys beside `full_key` in the schema and in `configs`, with the parameters of the
+    target of a `_target_` section there."""
     parent = full_key.rpartition(".")[0]
+    prefix = f"{parent}." if parent else ""
     keys: set[str] = set()
     for node in (OmegaConf.structured(FitConfig), *configs):
         for part in filter(None, parent.split(".")):
             node = node.get(part) if isinstance(node, (DictConfig, dict)) else None
-        keys.update(_keys_at(node, f"{parent}." if parent else ""))
+        keys.update(_keys_at(node, prefix))
+        if _is_target(node):
+            with contextlib.suppress(ConfigError, TypeError, ValueError):
+                target = locate(str(node["_target_"]), parent)
+                keys.update(f"{prefix}{name}" for name in inspect.signature(target).parameters)
     return sorted(keys)
 
 
@@ -239,13 +245,10 @@ def validate(cfg: DictConfig) -> DictConfig:
     schema = OmegaConf.structured(FitConfig)
     try:
         merged = OmegaConf.merge(schema, cfg)
-    except ConfigKeyError as error:
-        key = str(error.full_key)
-        raise ConfigError(
-            UNKNOWN_KEY_MSG.format(key=key, hint=_hint(key, _sibling_keys(key)))
-        ) from None
-    except ValidationError as error:
-        raise config_error(error) from None
+    except (ConfigKeyError, ValidationError) as error:
+        detail = str(error).splitlines()[0]
+        value = getattr(error, "value", None)
+        raise _schema_error(type(error).__name__, str(error.full_key), detail, value) from None
     from paxtrain.optax_config import complete_optimizer, validate_optimizer
 
     complete_optimizer(merged)
@@ -266,26 +269,6 @@ def validate(cfg: DictConfig) -> DictConfig:
     for i, callback in enumerate(merged.callbacks):
         check_target(callback, f"callbacks[{i}]")
     return merged
-
-
-def config_error(error: ValidationError) -> ConfigError:
-    """OmegaConf's error for a value the schema refuses, as one message naming the key: the
-    choices of an `Enum` field, or the type expected.
-
-    Example:
-        >>> validate(OmegaConf.create({"trainer": {"progress": "fancy"}}))
-        Traceback (most recent call last):
-        paxtrain.config.ConfigError: Config key `trainer.progress` is 'fancy'; choose one of ('auto', 'bar', 'log', 'off').
-    """
-    owner = error.object_type
-    field = typing.get_type_hints(owner).get(str(error.key)) if owner else None
-    if isinstance(field, type) and issubclass(field, enum.Enum):
-        choices = tuple(member.value for member in field)
-        return ConfigError(
-            BAD_CHOICE_MSG.format(key=error.full_key, value=error.value, choices=choices)
-        )
-    detail = str(error).splitlines()[0]
-    return ConfigError(WRONG_TYPE_MSG.format(key=error.full_key, detail=detail))
 
 
 def _check_loggers(loggers: list[Any]) -> None:
@@ -449,26 +432,36 @@ def _is_target(node: Any) -> bool:
     return isinstance(node, (DictConfig, dict)) and "_target_" in node
 
 
-def _add_known_key(override: str, base: DictConfig) -> str:
-    """Lets `key=value` set a key the YAML file leaves out when the schema or the section's
-    `_target_` signature defines it (rewritten to Hydra's `++key=value`)."""
+def _add_target_parameter(override: str, base: DictConfig) -> str:
+    """`section.arg=value` for a parameter of a `_target_` section's target that the YAML file
+    leaves out (`model.dropout=0.1`), as Hydra's `++section.arg=value`.
+
+    The schema types `model`, `data`... as any value, so Hydra cannot know their keys; the
+    target's signature does. Other keys are left to Hydra, and a typo in a target's parameter
+    stays an error naming the closest parameter.
+
+    Example:
+        >>> base = OmegaConf.create({"data": {"_target_": "paxtrain.data.CharCorpus"}})
+        >>> _add_target_parameter("data.seq_len=8", base), _add_target_parameter("data.sq=8", base)
+        ('++data.seq_len=8', 'data.sq=8')
+    """
     key, sep, _ = override.partition("=")
     if not sep or key.startswith(("+", "~")) or OmegaConf.select(base, key) is not None:
         return override
     parent, _, leaf = key.rpartition(".")
-    schema = OmegaConf.structured(FitConfig)
-    schema_node = OmegaConf.select(schema, parent) if parent else schema
-    known = isinstance(schema_node, DictConfig) and leaf in schema_node
     section = OmegaConf.select(base, parent) if parent else None
-    if isinstance(section, DictConfig) and "_target_" in section:
-        # A bad target is reported by validation, with the right message.
-        with contextlib.suppress(ConfigError, TypeError, ValueError):
-            target = locate(str(section._target_), parent)
-            known = known or leaf in inspect.signature(target).parameters
-    return f"++{override}" if known else override
+    if not _is_target(section):
+        return override
+    # A bad target is reported by validation, with the right message.
+    with contextlib.suppress(ConfigError, TypeError, ValueError):
+        if leaf in inspect.signature(locate(str(section._target_), parent)).parameters:
+            return f"++{override}"
+    return override
 
 
-_OVERRIDE_KEY = re.compile(r"Could not override '([^']+)'")
+# A YAML file's value refused by the schema, as Hydra reports it (the cause is not kept).
+_FILE_REFUSED = re.compile(r"(\w+Error) raised while composing config:\n(.*)\n\s+full_key: (\S+)")
+_INVALID_VALUE = re.compile(r"Invalid value '(.*)', expected one of")
 _GROUP_OPTIONS = re.compile(r"Available options in '([^']+)':\n((?:\t.*\n?)+)")
 
 
@@ -484,11 +477,83 @@ def _one_line(hydra_message: str) -> str:
     )
 
 
-def compose(config_path: str | pathlib.Path, overrides: list[str]) -> DictConfig:
-    """Loads a YAML config with Hydra (config groups, defaults lists, overrides) and validates it.
+# Hydra's "schema in the defaults list": `FitConfig` is stored in Hydra's ConfigStore, and the
+# primary config `compose` stores lists it before the user's file, which needs no change.
+SCHEMA_NAME = "paxtrain_fit_schema"
+PRIMARY_NAME = "paxtrain_compose"
+
+
+def store_schema(config_name: str) -> None:
+    """Stores `FitConfig` in Hydra's ConfigStore as `paxtrain_fit_schema`, and the primary
+    config `paxtrain_compose`: defaults `[paxtrain_fit_schema, config_name, _self_]`. The file
+    `config_name` merges onto the typed schema, so its values are checked as it loads, and an
+    override can set a schema key it leaves out (`trainer.ema_decay=0.99`).
 
     Example:
-        >>> cfg = compose("configs/char_rnn.yaml", ["trainer.max_steps=5"])  # doctest: +SKIP
+        >>> store_schema("char_rnn")
+        >>> from hydra.core.config_store import ConfigStore
+        >>> ConfigStore.instance().load(f"{PRIMARY_NAME}.yaml").node.defaults
+        ['paxtrain_fit_schema', 'char_rnn', '_self_']
+    """
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name=SCHEMA_NAME, node=FitConfig)
+    store.store(name=PRIMARY_NAME, node={"defaults": [SCHEMA_NAME, config_name, "_self_"]})
+
+
+def _schema_error(
+    kind: str, key: str, detail: str, value: Any = None, config: Any = None
+) -> ConfigError:
+    """A value or key the schema refuses, as one message naming the key: the closest valid
+    keys (of the schema and of `config`) for an unknown one, the choices of an `Enum` field,
+    else the type expected."""
+    if kind in ("ConfigKeyError", "ConfigAttributeError"):
+        hint = _hint(key, _sibling_keys(key, *([] if config is None else [config])))
+        return ConfigError(UNKNOWN_KEY_MSG.format(key=key, hint=hint))
+    field = _schema_type(key)
+    if isinstance(field, type) and issubclass(field, enum.Enum):
+        if value is None and (given := _INVALID_VALUE.search(detail)):
+            value = given.group(1)
+        choices = tuple(member.value for member in field)
+        return ConfigError(BAD_CHOICE_MSG.format(key=key, value=value, choices=choices))
+    return ConfigError(WRONG_TYPE_MSG.format(key=key, detail=detail))
+
+
+def _schema_type(key: str) -> Any:
+    """The annotation of a schema key (`trainer.progress` -> `Progress`), or None."""
+    hint: Any = FitConfig
+    for part in key.split("."):
+        hint = typing.get_type_hints(hint).get(part) if dataclasses.is_dataclass(hint) else None
+    return hint
+
+
+def _hydra_error(error: Exception, config: Any) -> ConfigError:
+    """Hydra's composition error as one `ConfigError`; `config` is the user's file, whose keys
+    are candidates for a misspelt one."""
+    cause, message = error.__cause__, str(error)
+    if isinstance(cause, OmegaConfBaseException) and cause.full_key:  # from an override
+        first, value = str(cause).splitlines()[0], getattr(cause, "value", None)
+        return _schema_error(type(cause).__name__, cause.full_key, first, value, config)
+    refused = _FILE_REFUSED.search(message)  # from the file
+    if refused:
+        return _schema_error(refused.group(1), refused.group(3), refused.group(2))
+    return ConfigError(_one_line(message))
+
+
+def compose(config_path: str | pathlib.Path, overrides: list[str]) -> DictConfig:
+    """Loads a YAML config with Hydra (config groups, defaults lists, overrides) onto the
+    schema (`store_schema`) and validates it.
+
+    `key=value` may set any schema key, and a parameter of a `_target_` section's target that
+    the file leaves out (`data.max_chars=5000`, see `_add_target_parameter`); `+key=value` and
+    `++key=value` work as in Hydra.
+
+    Example:
+        >>> from paxtrain.packaged_configs import find_config
+        >>> cfg = compose(find_config("char_rnn"), ["trainer.ema_decay=0.99", "data.max_chars=5000"])
+        >>> cfg.trainer.ema_decay, cfg.data.max_chars, cfg.trainer.max_steps
+        (0.99, 5000, 1500)
     """
     import yaml
     from hydra import compose as hydra_compose
@@ -503,10 +568,11 @@ def compose(config_path: str | pathlib.Path, overrides: list[str]) -> DictConfig
     if not path.is_file():
         raise ConfigError(f"Config file not found: {config_path}")
     try:
+        store_schema(path.stem)
         with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
-            base = hydra_compose(config_name=path.stem)
-            overrides = [_add_known_key(o, base) for o in overrides]
-            cfg = hydra_compose(config_name=path.stem, overrides=overrides)
+            base = hydra_compose(config_name=PRIMARY_NAME)
+            overrides = [_add_target_parameter(o, base) for o in overrides]
+            cfg = hydra_compose(config_name=PRIMARY_NAME, overrides=overrides)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         raise ConfigError(
@@ -516,12 +582,6 @@ def compose(config_path: str | pathlib.Path, overrides: list[str]) -> DictConfig
             )
         ) from None  # fmt: skip
     except HydraException as error:
-        message = str(error)
-        match = _OVERRIDE_KEY.search(message)
-        if match:
-            key = match.group(1)
-            hint = _hint(key, _sibling_keys(key, OmegaConf.load(path)))
-            raise ConfigError(UNKNOWN_KEY_MSG.format(key=key, hint=hint)) from None
-        raise ConfigError(_one_line(message)) from None
+        raise _hydra_error(error, OmegaConf.load(path)) from None
     OmegaConf.set_struct(cfg, False)
     return validate(cfg)

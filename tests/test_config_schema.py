@@ -1,4 +1,4 @@
-"""The config schemas mirror the objects they configure: same parameters, defaults and types.
+"""The config schema: Hydra's ConfigStore holds it, and it mirrors the objects it configures.
 
 Each schema field must have the default and type of the parameter of the same name; every
 parameter must be a field unless it is listed below, with where it is set instead and why.
@@ -9,12 +9,25 @@ import collections.abc
 import dataclasses
 import enum
 import inspect
+import pathlib
 import types
 import typing
 
 import pytest
+from omegaconf import OmegaConf
 
-from paxtrain.config import CheckpointConfig, EarlyStoppingConfig, ProfileConfig, TrainerConfig
+from paxtrain.config import (
+    PRIMARY_NAME,
+    SCHEMA_NAME,
+    CheckpointConfig,
+    ConfigError,
+    EarlyStoppingConfig,
+    FitConfig,
+    ProfileConfig,
+    Progress,
+    TrainerConfig,
+    compose,
+)
 from paxtrain.train.checkpointing import Checkpointing
 from paxtrain.train.hooks import EarlyStopping
 from paxtrain.train.profile import Profile
@@ -115,3 +128,41 @@ def test_schema_fields_have_the_parameters_defaults_and_types(schema, target):
             expected = _plain_default(parameters[name].default)
             assert field_type == parameter_type, name
         assert _plain_default(_field_default(fields[name])) == expected, name
+
+
+CHAR_RNN = str(pathlib.Path(__file__).parents[1] / "configs" / "char_rnn.yaml")
+
+
+def test_the_schema_is_in_hydras_config_store_ahead_of_the_file():
+    from hydra.core.config_store import ConfigStore
+
+    cfg = compose(CHAR_RNN, [])
+    stored = ConfigStore.instance().load(f"{SCHEMA_NAME}.yaml").node
+    assert OmegaConf.get_type(stored) is FitConfig
+    assert ConfigStore.instance().load(f"{PRIMARY_NAME}.yaml").node.defaults == [
+        SCHEMA_NAME, "char_rnn", "_self_",
+    ]  # fmt: skip
+    assert cfg.trainer.max_steps == 1500 and cfg.trainer.grad_accum_steps == 1  # file, schema
+    assert cfg.trainer.progress is Progress.auto and cfg.trainer.progress == "auto"
+
+
+def test_overrides_set_schema_keys_and_target_parameters_the_file_leaves_out():
+    cfg = compose(CHAR_RNN, ["trainer.ema_decay=0.99", "data.max_chars=5000", "model=gru"])
+    assert cfg.trainer.ema_decay == 0.99 and cfg.data.max_chars == 5000
+    assert cfg.model.cell == "gru"
+    with pytest.raises(ConfigError, match=r"Unknown config key `data.max_char`.*`data.max_chars`"):
+        compose(CHAR_RNN, ["data.max_char=5000"])  # not a parameter of CharCorpus
+
+
+def test_a_file_value_the_schema_refuses_names_the_key(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("trainer: {max_steps: lots}\n")
+    with pytest.raises(ConfigError, match=r"Config key `trainer.max_steps`: Value 'lots'"):
+        compose(path, [])
+    path.write_text("trainer: {checkpoint: {mode: biggest}}\n")
+    with pytest.raises(
+        ConfigError, match=r"`trainer.checkpoint.mode` is 'biggest'; choose one of \('min', 'max'\)"
+    ):
+        compose(path, [])
+    with pytest.raises(ConfigError, match=r"`parallel.strategy` is 'pjit'; choose one of"):
+        compose(CHAR_RNN, ["parallel.strategy=pjit"])

@@ -2,7 +2,7 @@
 
 `model=gru` (a config group) swaps the cell for a GRU.
 
-    paxtrain fit configs/char_rnn.yaml
+    paxtrain fit char_rnn    # from any directory: the config in paxtrain/configs/
 
 Trains on the Python standard library's source by default (or `data.path=any.txt`), reports
 bits per character on held-out text, and prints a sample at the end.
