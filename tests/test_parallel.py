@@ -19,8 +19,12 @@ import pytest
 from jax.sharding import AbstractMesh, PartitionSpec
 from parallel_scripts import toy
 
+import paxtrain as pax
 from paxtrain import parallel
+from paxtrain.config import compose
+from paxtrain.packaged_configs import find_config, packaged_config_names
 from paxtrain.parallel import batch, distributed, mesh, plan, pmap, sharding
+from paxtrain.run import build_trainer
 from paxtrain.train import make_train_step
 from paxtrain.train.step import PMAP_AND_SHARDINGS_MSG
 
@@ -464,3 +468,25 @@ def test_paxtrain_fit_builds_sharded_and_init_from_reads_into_the_shards(tmp_pat
     assert fresh["equal_eager"]  # bitwise the parameters of the eager build, same seed
     assert tuned["loaded_equal_saved"] and tuned["others_equal_eager"] and tuned["frozen"]
     assert tuned["loaded"] > 10
+
+
+# The recipes as their configs describe them, smaller.
+SMALL_RECIPES = {
+    "char_rnn": ["data.max_chars=20000"],
+    "image_classifier": ["model.channels=[4,8]"],
+    "transformer_lm": ["data.max_chars=20000", "model.model_dim=32", "model.num_layers=1"],
+}
+
+
+@pytest.mark.parametrize("name", packaged_config_names())
+def test_every_recipe_builds_traced_as_it_builds_eagerly(name, tmp_path):
+    """The model function `paxtrain fit` hands the trainer runs under `jax.jit` (no host-side
+    randomness or concrete values at build) and gives the eager build's parameters bitwise."""
+    cfg = compose(find_config(name), [*SMALL_RECIPES[name], f"run_dir={tmp_path}"])
+    model = build_trainer(cfg, tmp_path)[1]
+    traced = jax.jit(parallel.seeded(model, cfg.seed))()
+    pax.seed_rng_key(cfg.seed)
+    eager = model()
+    assert jax.tree_util.tree_structure(traced) == jax.tree_util.tree_structure(eager)
+    for a, b in zip(jax.tree_util.tree_leaves(traced), jax.tree_util.tree_leaves(eager)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
