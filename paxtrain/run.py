@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -280,6 +281,10 @@ def build_trainer(
     """The data, model, optimizer and `Trainer` a validated config describes; the optimizer's
     schedule spans `horizon` steps (default `trainer.max_steps`).
 
+    The model comes as the function that builds it (frozen by `freeze`), so that the trainer
+    builds the state sharded; `init_from`'s parameters are read into that layout (see
+    `Trainer.prepare`).
+
     Example:
         >>> trainer, model, data, optimizer = build_trainer(cfg, pathlib.Path("runs/x"))  # doctest: +SKIP
     """
@@ -295,15 +300,17 @@ def build_trainer(
     # On before the data and the model are built: their eager ops compile too (~1.5 s on CPU).
     enable_compile_cache(cfg.trainer.compile_cache)
     data = instantiate(cfg.data, "data")
-    pax.seed_rng_key(cfg.seed)
-    model = instantiate(cfg.model, "model", **data.info)
-    if cfg.init_from:
-        model = load_parameters(model, cfg.init_from, include=list(cfg.init_from_include))
-    if cfg.freeze:
+
+    def model() -> pax.Module:
+        # Called by the trainer under `jax.jit` with the layout's shardings: built sharded.
+        built = instantiate(cfg.model, "model", **data.info)
         try:
-            model = freeze_by_path(model, list(cfg.freeze))
+            return freeze_by_path(built, list(cfg.freeze)) if cfg.freeze else built
         except ValueError as error:
             raise ConfigError(f"`freeze`: {error}") from None
+
+    include = list(cfg.init_from_include)
+    init_from = functools.partial(load_parameters, source=cfg.init_from, include=include)
     callbacks = [instantiate(c, f"callbacks[{i}]") for i, c in enumerate(cfg.callbacks)]
     if cfg.trainer.profile.start_step is not None:  # a jax.profiler trace of some steps
         callbacks.append(Profile(**arguments_for(Profile, cfg.trainer.profile)))
@@ -320,6 +327,7 @@ def build_trainer(
         seed=cfg.seed,
         mesh=dict(cfg.mesh),
         strategy=str(cfg.parallel.strategy),
+        init_from=init_from if cfg.init_from else None,
         **({} if rules is None else {"tensor_rules": OmegaConf.to_container(rules)}),
     )
     trainer.loggers = [  # `_target_` sections build Logger objects
@@ -347,6 +355,8 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
     info = _run_info(cfg, config_path)
     horizon = schedule_horizon(cfg, run_dir)
     info["schedule_horizon"] = horizon
+    from paxtrain import parallel
+
     # The run directory is made by `trainer.fit` once data, model and config proved good.
     trainer, model, data, optimizer = build_trainer(cfg, run_dir, meta=info, horizon=horizon)
     trainer.add_hook(RunFiles(cfg, info))
@@ -354,7 +364,8 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
     # One process speaks for a multi-process run.
     say = print if trainer.is_main_process else lambda *_: None
     say(f"paxtrain: run directory {run_dir}")
-    say(model.summary() if hasattr(model, "summary") else model)
+    abstract = jax.eval_shape(parallel.seeded(model, cfg.seed))  # `model` builds it, sharded
+    say(abstract.summary() if hasattr(abstract, "summary") else abstract)
     started = time.perf_counter()
     trainer.fit(model, data, optimizer=optimizer)
     elapsed = time.perf_counter() - started

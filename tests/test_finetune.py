@@ -4,11 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 
 import paxtrain as pax
 import paxtrain.nn as nn
-from paxtrain.checkpoint import CheckpointError, CheckpointManager
+from paxtrain import parallel
+from paxtrain.checkpoint import CheckpointError, CheckpointManager, flatten_state
 from paxtrain.finetune import freeze_by_path, load_parameters
 from paxtrain.train import TrainState
 
@@ -53,6 +55,34 @@ def test_load_a_subset_by_path_and_from_a_step_directory(pretrained):
         load_parameters(fresh, run_dir, include=["^nothing"])
     with pytest.raises(CheckpointError, match="is not a run directory"):
         load_parameters(fresh, run_dir / "checkpoints" / "5" / "state" / "nope")
+
+
+def test_only_the_parameters_are_read_into_the_layout_given_frozen_ones_too(
+    pretrained, monkeypatch
+):
+    run_dir, source = pretrained
+    read = []
+    for cls in (ocp.Checkpointer, ocp.AsyncCheckpointer, ocp.StandardCheckpointer):
+
+        def restore(self, *args, _original=cls.restore, **kwargs):
+            restored = _original(self, *args, **kwargs)
+            read.extend(flatten_state(restored))
+            return restored
+
+        monkeypatch.setattr(cls, "restore", restore)
+    # Abstract, laid out on the device, as `Trainer.prepare` passes it for a sharded build.
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = parallel.laid_out(jax.eval_shape(parallel.seeded(Net, 2)), None)
+    frozen = freeze_by_path(abstract, [r"^encoder$"])
+    model = load_parameters(frozen, run_dir, include=[r"^encoder\."])
+    # The encoder's parameters and nothing else: no optimizer moments, no head, no step.
+    assert sorted(read) == [
+        f"model.encoder.layers.{i}.{p}" for i in (0, 1) for p in ("bias", "weight")
+    ]
+    assert model.encoder.__dict__["_pax_info"].frozen  # loaded although frozen, still frozen
+    np.testing.assert_array_equal(model.encoder[1].weight, source.encoder[1].weight)
+    assert model.encoder[1].weight.sharding == device
+    assert isinstance(model.head.weight, jax.ShapeDtypeStruct)  # not loaded: left to the build
 
 
 def test_freeze_by_path_freezes_matching_submodules_only():

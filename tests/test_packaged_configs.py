@@ -8,6 +8,7 @@ import yaml
 from cli_support import CHAR_RNN, ROOT
 from omegaconf import OmegaConf
 
+from paxtrain.cli import main
 from paxtrain.config import compose
 from paxtrain.packaged_configs import find_config, packaged_config_names, packaged_configs_dir
 from paxtrain.run import legacy_recipe_overrides, load_run_config
@@ -91,3 +92,21 @@ def test_a_users_own_recipes_module_is_not_remapped(tmp_path, monkeypatch):
         "model._target_=paxtrain.recipes.char_rnn.CharRNN",
         "callbacks.0._target_=paxtrain.recipes.char_rnn.PrintSample",
     ]
+
+
+@pytest.mark.parametrize(
+    "config, project_root", [("configs/char_rnn.yaml", ROOT), ("char_rnn", None)]
+)
+def test_fit_puts_the_project_root_of_a_config_file_on_the_path_never_paxtrains_folder(
+    config, project_root, tmp_path, monkeypatch, capsys
+):
+    """`_target_`s of the user's project are importable from the parent of a config file's
+    `configs/` folder, found without following links (the repository's `configs/` leads into
+    paxtrain's own folder, whose subpackages would then shadow top-level modules: `data`...)."""
+    cwd = ROOT if project_root else tmp_path
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = list(sys.path)
+    assert main(["fit", config, "--cfg", "job"]) == 0, capsys.readouterr().err
+    added = sys.path[: len(sys.path) - len(before)]
+    assert added == [str(cwd), *([str(project_root)] if project_root else [])]

@@ -441,3 +441,26 @@ def test_a_state_built_from_a_function_is_never_whole_on_one_device():
     # ... and building it needs at most 1.5x that per device, where the eager build put the
     # whole state (8x the share) on one device before placing it.
     assert result["build_peak"] <= 1.5 * result["share"]
+
+
+def test_paxtrain_fit_builds_sharded_and_init_from_reads_into_the_shards(tmp_path):
+    """Through the config (`build_trainer`, as `paxtrain fit`), with `mesh.fsdp=8`."""
+    done = subprocess.run(
+        [sys.executable, os.path.join(SCRIPTS, "sharded_init_config.py"), str(tmp_path)],
+        env=cpu_env(8, PYTHONPATH=os.path.dirname(os.path.dirname(SCRIPTS))),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = last_json_line(done.stdout)
+    fresh, tuned = result["fresh"], result["tuned"]
+    for start in (fresh, tuned):
+        assert start["sharded_builds"] == 1
+        assert start["spec"] == "P(None, 'fsdp')"
+        # No device held more than 1.5x its final share at any point of the start-up (the
+        # eager build had the whole model on device 0 once `build_trainer` returned).
+        assert start["peak"] <= 1.5 * start["share"]
+    assert fresh["equal_eager"]  # bitwise the parameters of the eager build, same seed
+    assert tuned["loaded_equal_saved"] and tuned["others_equal_eager"] and tuned["frozen"]
+    assert tuned["loaded"] > 10

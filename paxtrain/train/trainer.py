@@ -161,6 +161,8 @@ class Trainer:
       strategy: "jit" (the state laid out on the mesh: data parallel, FSDP, tensor parallel)
         or "pmap" (data parallel with a replicated state); see `parallel.setup`.
       tensor_rules: the tensor-parallel rules of the "jit" strategy (`parallel.partition_spec`).
+      init_from: `init_from(model) -> model` replaces parameters of the built model before the
+        state is made from it: fine-tuning's `functools.partial(load_parameters, source=...)`.
 
     Example:
         >>> from paxtrain.train import Trainer
@@ -196,6 +198,7 @@ class Trainer:
         mesh: Mesh | Mapping[str, int] | None = None,
         strategy: str = "jit",
         tensor_rules: Sequence[parallel.Rule] = parallel.DEFAULT_TENSOR_RULES,
+        init_from: Callable[[pax.Module], pax.Module] | None = None,
     ):
         if max_steps % steps_per_call:
             raise ValueError(STEPS_PER_CALL_MSG.format(max_steps=max_steps, spc=steps_per_call))
@@ -239,6 +242,7 @@ class Trainer:
         self._tail = bool(checkpointing) + bool(plot)
         self.preemption_signals = tuple(preemption_signals)
         self.mesh, self.strategy, self.tensor_rules = mesh, strategy, tuple(tensor_rules)
+        self.init_from = init_from
         self.is_main_process = parallel.is_main_process()
         self.step = 0
         self.should_stop = False
@@ -354,6 +358,8 @@ class Trainer:
         `model` may be a function that builds it: the state is then built under `jax.jit` with
         the layout's shardings, so no device ever holds all of it (FSDP's point); its keys come
         from pax's global key seeded with the trainer's `seed`.
+        The trainer's `init_from` then gets the abstract model laid out as the state will be
+        (`parallel.laid_out`), so what it reads goes straight into each device's shards.
         """
         from paxtrain.train.state import TrainState
         from paxtrain.train.step import make_eval_step, make_train_step
@@ -389,10 +395,21 @@ class Trainer:
             )
 
         if factory is None:
-            state = build(model)
+            state = build(model if self.init_from is None else self.init_from(model))
             self.plan = plan_for(state)
         else:
-            state, self.plan = parallel.build_sharded(lambda: build(factory()), self.seed, plan_for)
+
+            def build_with(loaded: Mapping[int, jax.Array] | None = None) -> Any:
+                return build(parallel.with_leaves(factory(), loaded or {}))
+
+            def load(plan: parallel.ParallelPlan) -> tuple[dict[int, jax.Array]]:
+                shardings = None if plan.state_shardings is None else plan.state_shardings.model
+                abstract = parallel.laid_out(model, shardings)
+                return (parallel.arrays_by_leaf(self.init_from(abstract)),)
+
+            state, self.plan = parallel.build_sharded(
+                build_with, self.seed, plan_for, load=None if self.init_from is None else load
+            )
         self._train_step = make_train_step(loss_fn, **self.step_options, **self.plan.step_kwargs)
         self._eval_step = make_eval_step(eval_fn or model_eval)
         self.state = state
