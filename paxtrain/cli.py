@@ -6,6 +6,7 @@
     paxtrain fit configs/char_rnn.yaml -m optimizer.learning_rate.peak_value=1e-3,3e-4 --launcher slurm \
         --launcher-config configs/launcher/slurm.yaml                # nodes, GPUs, partition...
     paxtrain fit configs/char_rnn.yaml --cfg job                     # print the resolved config
+    paxtrain options configs/char_rnn.yaml                           # every key: type, value, help
     paxtrain fit char_rnn trainer.max_steps=500                       # a config shipped with paxtrain
     paxtrain resume runs/char_rnn-20260101-120000 trainer.max_steps=3000
     paxtrain eval runs/char_rnn-20260101-120000 --step best
@@ -88,7 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="paxtrain", description="Train JAX models with paxtrain.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    fit = commands.add_parser("fit", help="train from a YAML config with Hydra overrides")
+    fit = commands.add_parser(
+        "fit",
+        help="train from a YAML config with Hydra overrides",
+        epilog="Every key a config can set, with its type, value and help: paxtrain options CONFIG",
+    )
     fit.add_argument(
         "config",
         help="path to a YAML config, e.g. configs/char_rnn.yaml, or the name of one shipped "
@@ -100,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--cfg", choices=["job"], help="print the resolved config and exit")
     fit.add_argument("--launcher", choices=["local", "slurm"], help="with -m: submit via submitit")
     fit.add_argument("--launcher-config", help="YAML of launcher options (configs/launcher/)")
+
+    options = commands.add_parser(
+        "options", help="list every key a config can set: type, value, help (then exit)"
+    )
+    options.add_argument("config", help="a YAML config or a packaged config's name, as for fit")
+    options.add_argument("overrides", nargs="*", help="overrides, e.g. model=gru")
+    options.set_defaults(accepts_overrides=True)
 
     resume = commands.add_parser("resume", help="continue a run from its newest checkpoint")
     resume.add_argument("run_dir", help="a run directory written by `paxtrain fit`")
@@ -184,6 +196,16 @@ def _fit(args: argparse.Namespace) -> int:
     return max(codes, default=0)  # a diverged job of a sweep does not stop the others
 
 
+def _options(args: argparse.Namespace) -> int:
+    from paxtrain.config import compose
+    from paxtrain.options import config_options, format_options
+
+    config = find_config(args.config)
+    sys.path[:0] = [os.getcwd()]
+    print(format_options(config_options(compose(config, list(args.overrides)))))
+    return 0
+
+
 def _resume(args: argparse.Namespace) -> int:
     from paxtrain.run import exit_code, fit_from_config, load_run_config
 
@@ -244,7 +266,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown_flags or rest)}")
     if rest:
         args.overrides = [*args.overrides, *rest]
-    commands = {"fit": _fit, "resume": _resume, "eval": _eval, "plot": _plot, "data": _data}
+    commands = {
+        "fit": _fit,
+        "options": _options,
+        "resume": _resume,
+        "eval": _eval,
+        "plot": _plot,
+        "data": _data,
+    }
     try:
         # A preemption signal while data and model are built: nothing to save, exit 75.
         with before_training():

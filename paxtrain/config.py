@@ -60,27 +60,37 @@ class Strategy(enum.StrEnum):
     pmap = "pmap"
 
 
-# The schemas mirror the objects they configure: `TrainerConfig` the parameters of `Trainer`,
-# `CheckpointConfig` those of `Checkpointing`, `EarlyStoppingConfig` of `EarlyStopping` and
-# `ProfileConfig` of `Profile`, with the same defaults and types (tests/test_config_schema.py
-# fails when they drift, and lists the deliberate differences).
+# The schemas mirror the objects they configure (`MIRRORS`), with the same defaults and types
+# (tests/test_config_schema.py fails when they drift, and lists the deliberate differences).
 
 
 @dataclasses.dataclass
 class EarlyStoppingConfig:
-    monitor: str | None = None  # a logged metric, e.g. "eval/loss"; None disables
+    """`paxtrain.train.hooks.EarlyStopping`'s parameters.
+
+    Attributes:
+      monitor: eval metric, e.g. "eval/loss"; null: no early stopping.
+    """
+
+    monitor: str | None = None
     mode: Mode = Mode.min
-    patience: int = 3  # evaluations without improvement before stopping
+    patience: int = 3
     min_delta: float = 0.0
 
 
 @dataclasses.dataclass
 class CheckpointConfig:
-    every_steps: int | None = 500  # None: only at the end
+    """`paxtrain.train.checkpointing.Checkpointing`'s parameters.
+
+    Attributes:
+      enabled: false: no checkpoints (and no resume).
+    """
+
+    every_steps: int | None = 500
     every_seconds: float | None = None
     keep_last: int = 3
-    keep_best: int = 0  # also keep the best N by `monitor`
-    monitor: str | None = None  # e.g. "eval/loss"
+    keep_best: int = 0
+    monitor: str | None = None
     mode: Mode = Mode.min
     async_save: bool = True
     enabled: bool = True
@@ -88,32 +98,41 @@ class CheckpointConfig:
 
 @dataclasses.dataclass
 class ProfileConfig:
-    start_step: int | None = None  # trace steps start_step.. into RUN_DIR/profile/; None: off
+    """`paxtrain.train.profile.Profile`'s parameters.
+
+    Attributes:
+      start_step: trace `num_steps` steps from this one into RUN_DIR/profile/; null: no trace.
+    """
+
+    start_step: int | None = None
     num_steps: int = 3
 
 
 @dataclasses.dataclass
 class TrainerConfig:
+    """`paxtrain.train.trainer.Trainer`'s parameters (its docstring has their help).
+
+    Attributes:
+      loggers: tensorboard, jsonl, mlflow, wandb, or `_target_` sections building Loggers.
+    """
+
     max_steps: int = 1000
-    eval_every: int | None = None  # None: evaluate only at the end
+    eval_every: int | None = None
     log_every: int = 50
     steps_per_call: int = 1
     grad_accum_steps: int = 1
-    precision: str = (
-        "float32"  # float32 | bfloat16 | float16 | "params=float32,compute=bfloat16,..."
-    )
+    precision: str = "float32"
     ema_decay: float | None = None
     on_nonfinite: NonFinite = NonFinite.skip
     rollback_lr_factor: float = 0.5
-    grad_norm: bool = True  # log train/grad_norm (free with the non-finite guard, which needs it)
+    grad_norm: bool = True
     progress: Progress = Progress.auto
-    plot: bool = True  # write curves.png at the end
-    # Metrics sinks: tensorboard | jsonl | mlflow | wandb, or `_target_` sections (Logger objects)
+    plot: bool = True
     loggers: list[Any] = dataclasses.field(default_factory=lambda: ["tensorboard", "jsonl"])
     early_stopping: EarlyStoppingConfig = dataclasses.field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     profile: ProfileConfig = dataclasses.field(default_factory=ProfileConfig)
-    compile_cache: str | None = "auto"  # JAX's persistent compilation cache: auto | a dir | null
+    compile_cache: str | None = "auto"
     preemption_signals: list[str] = dataclasses.field(
         default_factory=lambda: ["SIGTERM", "SIGINT", "SIGUSR1"]
     )
@@ -121,36 +140,74 @@ class TrainerConfig:
 
 @dataclasses.dataclass
 class MeshConfig:
-    """Device layout (`paxtrain.parallel.make_mesh`); -1 takes the devices the others leave."""
+    """Device layout (`paxtrain.parallel.make_mesh`); -1 takes the devices the others leave.
 
-    data: int = -1  # data parallel
-    fsdp: int = 1  # batch and large parameters split
-    tensor: int = 1  # parameters split by the tensor-parallel rules
+    Attributes:
+      data: devices on the data-parallel axis.
+      fsdp: devices the batch and the large parameters are split over (FSDP).
+      tensor: devices the parameters are split over by the tensor-parallel rules.
+    """
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
 
 
 @dataclasses.dataclass
 class ParallelConfig:
+    """How the steps run on several devices and processes.
+
+    Attributes:
+      strategy: jit (a mesh: data, FSDP, tensor parallel) or pmap (data parallel only).
+      distributed: join a multi-process run when the environment describes one (Slurm...).
+      tensor_rules: [[regex, [entry per axis]], ...] (`paxtrain.parallel.as_rules`); null: defaults.
+    """
+
     strategy: Strategy = Strategy.jit
-    distributed: bool = True  # join a multi-process run when the environment describes one
-    # [[regex, [entry per axis]], ...] (see `paxtrain.parallel.as_rules`); None: the defaults
+    distributed: bool = True
     tensor_rules: list[Any] | None = None
 
 
 @dataclasses.dataclass
 class FitConfig:
+    """A `paxtrain fit` run (`paxtrain options CONFIG` lists every key with its help).
+
+    Attributes:
+      name: the run's name, the start of its default run directory.
+      run_dir: the run directory; null: runs/<name>-<timestamp>.
+      seed: seed of the model's initialization and of the training RNG.
+      optimizer: a `_target_` section over optax (`paxtrain.optax_config`).
+      model: a `_target_` section building the model; it may take `data.info` values.
+      data: a `_target_` section building the `DataSource`.
+      callbacks: `_target_` sections building more hooks.
+      init_from: fine-tuning: a run directory or checkpoint to load parameters from.
+      init_from_include: regexes on parameter paths: load only those that match.
+      freeze: regexes on submodule paths: those are not trained.
+    """
+
     name: str = "run"
-    run_dir: str | None = None  # None: runs/<name>-<timestamp>
+    run_dir: str | None = None
     seed: int = 0
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
-    optimizer: Any = None  # a `_target_` section over optax (`paxtrain.optax_config`)
+    optimizer: Any = None
     model: Any = None
     data: Any = None
     callbacks: list[Any] = dataclasses.field(default_factory=list)
-    init_from: str | None = None  # fine-tuning: a run dir or checkpoint to load parameters from
-    init_from_include: list[str] = dataclasses.field(default_factory=list)  # regexes on paths
-    freeze: list[str] = dataclasses.field(default_factory=list)  # regexes on submodule paths
+    init_from: str | None = None
+    init_from_include: list[str] = dataclasses.field(default_factory=list)
+    freeze: list[str] = dataclasses.field(default_factory=list)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+
+
+# The object each schema configures: its docstring's `Args:` are the keys' help (`paxtrain
+# options`); tests/test_config_schema.py checks the defaults and types agree.
+MIRRORS = {
+    TrainerConfig: "paxtrain.train.trainer.Trainer",
+    CheckpointConfig: "paxtrain.train.checkpointing.Checkpointing",
+    EarlyStoppingConfig: "paxtrain.train.hooks.EarlyStopping",
+    ProfileConfig: "paxtrain.train.profile.Profile",
+}
 
 
 UNKNOWN_KEY_MSG = "Unknown config key `{key}`.{hint}"

@@ -56,6 +56,11 @@ ALIASES = {
 
 CLIP_KEY = "clip_grad_norm"
 HORIZON_KEY = "horizon"
+# The help of paxtrain's own keys of the section (`paxtrain options`).
+OWN_KEYS = {
+    CLIP_KEY: "clip the gradients' global norm to this first (optax.clip_by_global_norm).",
+    HORIZON_KEY: "steps the schedule spans (`${optimizer.horizon}`); null: trainer.max_steps.",
+}
 
 DEFAULT_OPTIMIZER = {
     "_target_": "optax.adamw",

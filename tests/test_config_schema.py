@@ -16,6 +16,7 @@ import typing
 import pytest
 from omegaconf import OmegaConf
 
+from paxtrain import config
 from paxtrain.config import (
     PRIMARY_NAME,
     SCHEMA_NAME,
@@ -27,6 +28,7 @@ from paxtrain.config import (
     Progress,
     TrainerConfig,
     compose,
+    locate,
 )
 from paxtrain.train.checkpointing import Checkpointing
 from paxtrain.train.hooks import EarlyStopping
@@ -74,12 +76,7 @@ EXTRA_FIELDS = {
     ProfileConfig: set(),
 }
 
-MIRRORS = [
-    (TrainerConfig, Trainer),
-    (CheckpointConfig, Checkpointing),
-    (EarlyStoppingConfig, EarlyStopping),
-    (ProfileConfig, Profile),
-]
+MIRRORS = [(schema, locate(target, "")) for schema, target in config.MIRRORS.items()]
 
 
 def _plain(hint):

@@ -33,6 +33,12 @@ CELLS = {
 class CharRNN(pax.Module):
     """Embedding, one recurrent layer (LSTM by default) run with `pax.scan`, a linear read-out.
 
+    Args:
+      vocab_size: number of token ids (from the data: `data.info`).
+      embed_dim: width of the token embedding.
+      hidden_dim: width of the recurrent state.
+      cell: "lstm" or "gru".
+
     Example:
         >>> model = CharRNN(vocab_size=98, embed_dim=8, hidden_dim=16)
         >>> model(jnp.zeros((2, 5), jnp.int32)).shape
@@ -95,6 +101,12 @@ class CharRNN(pax.Module):
 
 class PrintSample(Hook):
     """Prints (and saves as `sample.txt`) text sampled from the model at the end of training.
+
+    Args:
+      prompt: the text the sample continues.
+      num_chars: characters sampled.
+      temperature: softmax temperature of the sampling (lower: more likely characters).
+      seed: seed of the sampling.
 
     Example:
         >>> trainer.add_hook(PrintSample(prompt="def ", num_chars=200))  # doctest: +SKIP
