@@ -47,7 +47,7 @@ NOT_FIELDS = {
         "mesh": "the top-level `mesh` section",
         "strategy": "`parallel.strategy`",
         "tensor_rules": "`parallel.tensor_rules`",
-        "init_from": "the top-level `init_from` and `init_from_include` keys",
+        "init_from": "built from the top-level `init_from` and `init_from_include` keys",
     },
     Checkpointing: {
         "resume": "`paxtrain fit` always resumes a run directory that has checkpoints",
