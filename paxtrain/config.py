@@ -491,7 +491,7 @@ def _is_target(node: Any) -> bool:
 
 def _add_target_parameter(override: str, base: DictConfig) -> str:
     """`section.arg=value` for a parameter of a `_target_` section's target that the YAML file
-    leaves out (`model.dropout=0.1`), as Hydra's `++section.arg=value`.
+    leaves out (`data.max_chars=5000`), as Hydra's `++section.arg=value`.
 
     The schema types `model`, `data`... as any value, so Hydra cannot know their keys; the
     target's signature does. Other keys are left to Hydra, and a typo in a target's parameter
@@ -627,8 +627,9 @@ def compose(config_path: str | pathlib.Path, overrides: list[str]) -> DictConfig
     try:
         store_schema(path.stem)
         with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
-            base = hydra_compose(config_name=PRIMARY_NAME)
-            overrides = [_add_target_parameter(o, base) for o in overrides]
+            if overrides:
+                base = hydra_compose(config_name=PRIMARY_NAME)
+                overrides = [_add_target_parameter(o, base) for o in overrides]
             cfg = hydra_compose(config_name=PRIMARY_NAME, overrides=overrides)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
