@@ -598,9 +598,12 @@ def _hydra_error(error: Exception, config: Any) -> ConfigError:
     return ConfigError(_one_line(message))
 
 
-def compose(config_path: str | pathlib.Path, overrides: list[str]) -> DictConfig:
+def compose(
+    config_path: str | pathlib.Path, overrides: list[str], check: bool = True
+) -> DictConfig:
     """Loads a YAML config with Hydra (config groups, defaults lists, overrides) onto the
-    schema (`store_schema`) and validates it.
+    schema (`store_schema`) and validates it (`check=False`: typed by the schema only, values
+    still to set (`???`) allowed, as `paxtrain options` lists them).
 
     `key=value` may set any schema key, and a parameter of a `_target_` section's target that
     the file leaves out (`data.max_chars=5000`, see `_add_target_parameter`); `+key=value` and
@@ -642,4 +645,4 @@ def compose(config_path: str | pathlib.Path, overrides: list[str]) -> DictConfig
     except HydraException as error:
         raise _hydra_error(error, OmegaConf.load(path)) from None
     OmegaConf.set_struct(cfg, False)
-    return validate(cfg)
+    return validate(cfg) if check else cfg
