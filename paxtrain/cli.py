@@ -202,7 +202,8 @@ def _options(args: argparse.Namespace) -> int:
 
     config = find_config(args.config)
     sys.path[:0] = [os.getcwd()]
-    print(format_options(config_options(compose(config, list(args.overrides)))))
+    cfg = compose(config, list(args.overrides), check=False)  # `???` values: listed, to set
+    print(format_options(config_options(cfg)))
     return 0
 
 

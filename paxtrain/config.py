@@ -491,7 +491,7 @@ def _is_target(node: Any) -> bool:
 
 def _add_target_parameter(override: str, base: DictConfig) -> str:
     """`section.arg=value` for a parameter of a `_target_` section's target that the YAML file
-    leaves out (`model.dropout=0.1`), as Hydra's `++section.arg=value`.
+    leaves out (`data.max_chars=5000`), as Hydra's `++section.arg=value`.
 
     The schema types `model`, `data`... as any value, so Hydra cannot know their keys; the
     target's signature does. Other keys are left to Hydra, and a typo in a target's parameter
@@ -598,9 +598,12 @@ def _hydra_error(error: Exception, config: Any) -> ConfigError:
     return ConfigError(_one_line(message))
 
 
-def compose(config_path: str | pathlib.Path, overrides: list[str]) -> DictConfig:
+def compose(
+    config_path: str | pathlib.Path, overrides: list[str], check: bool = True
+) -> DictConfig:
     """Loads a YAML config with Hydra (config groups, defaults lists, overrides) onto the
-    schema (`store_schema`) and validates it.
+    schema (`store_schema`) and validates it (`check=False`: typed by the schema only, values
+    still to set (`???`) allowed, as `paxtrain options` lists them).
 
     `key=value` may set any schema key, and a parameter of a `_target_` section's target that
     the file leaves out (`data.max_chars=5000`, see `_add_target_parameter`); `+key=value` and
@@ -627,8 +630,9 @@ def compose(config_path: str | pathlib.Path, overrides: list[str]) -> DictConfig
     try:
         store_schema(path.stem)
         with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
-            base = hydra_compose(config_name=PRIMARY_NAME)
-            overrides = [_add_target_parameter(o, base) for o in overrides]
+            if overrides:
+                base = hydra_compose(config_name=PRIMARY_NAME)
+                overrides = [_add_target_parameter(o, base) for o in overrides]
             cfg = hydra_compose(config_name=PRIMARY_NAME, overrides=overrides)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
@@ -641,4 +645,4 @@ def compose(config_path: str | pathlib.Path, overrides: list[str]) -> DictConfig
     except HydraException as error:
         raise _hydra_error(error, OmegaConf.load(path)) from None
     OmegaConf.set_struct(cfg, False)
-    return validate(cfg)
+    return validate(cfg) if check else cfg

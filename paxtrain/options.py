@@ -152,17 +152,11 @@ def config_options(cfg: DictConfig) -> list[Option]:
 
     merged = OmegaConf.merge(OmegaConf.structured(FitConfig), cfg)
     values = OmegaConf.to_container(merged, resolve=False, enum_to_str=True)
-    options = _schema_options(FitConfig, values, "", ALIASES)
-    if _is_target(values["optimizer"]):  # with the optimizer's own keys
-        position = next(i for i, o in enumerate(options) if o.key.startswith("optimizer."))
-        ours = [o for o in options if not o.key.startswith("optimizer.")]
-        optimizer = target_options(values["optimizer"], "optimizer", ALIASES, OWN_KEYS)
-        options = ours[:position] + optimizer + ours[position:]
-    return options
+    return _schema_options(FitConfig, values, "", ALIASES, own={"optimizer": OWN_KEYS})
 
 
 def _schema_options(
-    schema: type, values: dict, prefix: str, aliases: dict[str, str]
+    schema: type, values: dict, prefix: str, aliases: dict[str, str], own: dict[str, dict]
 ) -> list[Option]:
     helps = argument_help(schema)
     if schema in MIRRORS:
@@ -172,9 +166,9 @@ def _schema_options(
     for field in dataclasses.fields(schema):
         key, value, hint = f"{prefix}{field.name}", values[field.name], hints[field.name]
         if dataclasses.is_dataclass(hint):
-            sections += _schema_options(hint, value, f"{key}.", aliases)
+            sections += _schema_options(hint, value, f"{key}.", aliases, own)
         elif _is_target(value):
-            sections += target_options(value, key, aliases)
+            sections += target_options(value, key, aliases, own.get(key))
         else:
             options.append(Option(key, _type_name(hint), _shown(value), helps.get(field.name, "")))
             sections += _sections(value, key, aliases)

@@ -74,6 +74,9 @@ ROWS = [
     ("misspelled checkpoint monitor", fit("trainer.checkpoint.monitor=eval/bits_per_chr"), ["`trainer.checkpoint.monitor`", "eval/bits_per_char"]),
     ("keep_best without a monitor", fit("trainer.checkpoint.keep_best=1"), ["keep_best=1", "trainer.checkpoint.monitor=eval/loss"]),
     ("misspelled config group", fit("model=lstmm"), ["model/lstmm", "gru, lstm"]),
+    ("unknown choice", fit("trainer.on_nonfinite=ignore"), ["`trainer.on_nonfinite`", "'ignore'", "'rollback'"]),
+    ("a sweep that cannot be listed", fit("-m", "seed=interval(0,1)"), ["`seed=interval(0,1)`", "seed=range("]),
+    ("unparsable sweep", fit("-m", "seed=range(1,"), ["'seed=range(1,'", "cannot be parsed"]),
     ("resume a missing directory", ["resume", "{run}"], ["does not exist", "run"]),
 ]  # fmt: skip
 

@@ -164,3 +164,13 @@ def test_a_file_value_the_schema_refuses_names_the_key(tmp_path):
         compose(path, [])
     with pytest.raises(ConfigError, match=r"`parallel.strategy` is 'pjit'; choose one of"):
         compose(CHAR_RNN, ["parallel.strategy=pjit"])
+
+
+def test_fit_sets_keys_the_file_leaves_out(capsys):
+    from paxtrain.cli import main
+
+    args = ["fit", CHAR_RNN, "trainer.ema_decay=0.99", "data.max_chars=5000", "--cfg", "job"]
+    assert main(args) == 0
+    printed = OmegaConf.create(capsys.readouterr().out)
+    assert printed.trainer.ema_decay == 0.99 and printed.data.max_chars == 5000
+    assert printed.trainer.progress == "auto"  # an Enum field prints as its value

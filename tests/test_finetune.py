@@ -57,9 +57,7 @@ def test_load_a_subset_by_path_and_from_a_step_directory(pretrained):
         load_parameters(fresh, run_dir / "checkpoints" / "5" / "state" / "nope")
 
 
-def test_only_the_parameters_are_read_into_the_layout_given_frozen_ones_too(
-    pretrained, monkeypatch
-):
+def test_only_the_parameters_asked_for_are_read(pretrained, monkeypatch):
     run_dir, source = pretrained
     read = []
     for cls in (ocp.Checkpointer, ocp.AsyncCheckpointer, ocp.StandardCheckpointer):
@@ -70,19 +68,32 @@ def test_only_the_parameters_are_read_into_the_layout_given_frozen_ones_too(
             return restored
 
         monkeypatch.setattr(cls, "restore", restore)
-    # Abstract, laid out on the device, as `Trainer.prepare` passes it for a sharded build.
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = parallel.laid_out(jax.eval_shape(parallel.seeded(Net, 2)), None)
-    frozen = freeze_by_path(abstract, [r"^encoder$"])
-    model = load_parameters(frozen, run_dir, include=[r"^encoder\."])
+    pax.seed_rng_key(2)
+    model = load_parameters(Net(), run_dir, include=[r"^encoder\."])
     # The encoder's parameters and nothing else: no optimizer moments, no head, no step.
     assert sorted(read) == [
-        f"model.encoder.layers.{i}.{p}" for i in (0, 1) for p in ("bias", "weight")
+        f"model.encoder.layers.{i}.{name}" for i in (0, 1) for name in ("bias", "weight")
     ]
-    assert model.encoder.__dict__["_pax_info"].frozen  # loaded although frozen, still frozen
     np.testing.assert_array_equal(model.encoder[1].weight, source.encoder[1].weight)
-    assert model.encoder[1].weight.sharding == device
+
+
+def test_an_abstract_model_is_read_into_the_layout_its_leaves_give(pretrained):
+    run_dir, source = pretrained
+    # As `Trainer.prepare` passes it to `init_from` for a sharded build.
+    abstract = parallel.laid_out(jax.eval_shape(parallel.seeded(Net, 2)), None)
+    model = load_parameters(abstract, run_dir, include=[r"^encoder\."])
+    np.testing.assert_array_equal(model.encoder[1].weight, source.encoder[1].weight)
+    assert model.encoder[1].weight.sharding == abstract.encoder[1].weight.sharding
     assert isinstance(model.head.weight, jax.ShapeDtypeStruct)  # not loaded: left to the build
+
+
+def test_frozen_parameters_are_loaded_and_stay_frozen(pretrained):
+    run_dir, source = pretrained
+    pax.seed_rng_key(2)
+    model = load_parameters(freeze_by_path(Net(), [r"^encoder$"]), run_dir)
+    assert model.encoder.__dict__["_pax_info"].frozen
+    np.testing.assert_array_equal(model.encoder[0].weight, source.encoder[0].weight)
+    np.testing.assert_array_equal(model.head.weight, source.head.weight)
 
 
 def test_freeze_by_path_freezes_matching_submodules_only():

@@ -92,3 +92,10 @@ def test_options_command_prints_the_table_and_reports_bad_input(capsys):
     assert line.split()[:3] == ["data.seq_len", "int", "64"] and "characters per example" in line
     assert main(["options", CHAR_RNN, "trainer.max_stesp=3"]) == 2
     assert "`trainer.max_steps`" in capsys.readouterr().err
+
+
+def test_values_still_to_set_are_listed_not_refused(capsys):
+    assert main(["options", "image_classifier", "data=npy"]) == 0  # `???`: the user's files
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert '{"images": "???", "labels": "???"}' in lines["data.train"]
+    assert "model.num_classes" in lines and "<data.info or required>" in lines["model.num_classes"]

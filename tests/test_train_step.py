@@ -242,6 +242,19 @@ def test_nonfinite_guard_skips_counts_and_leaves_everything_unchanged(select):
     assert not np.array_equal(state.model.fc.weight, kept[0].fc.weight)
 
 
+@pytest.mark.parametrize("backend, branches", [("cpu", True), ("tpu", True), ("gpu", False)])
+def test_the_guard_branches_except_on_gpus(monkeypatch, backend, branches):
+    """XLA's GPU runtime waits on the host for a conditional's predicate: a select there."""
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    step = make_train_step(mse_loss)
+    state = step.init(fresh_state(optax.adam(0.1)))
+    jaxpr = str(jax.make_jaxpr(step._step)(state, regression_batch()))
+    leaves = len(jax.tree_util.tree_leaves(state))
+    assert ("cond[" in jaxpr) is branches
+    # A `jnp.where` of every leaf of the state but the two that advance anyway (step, rng).
+    assert (jaxpr.count("jit[name=_where") >= leaves - 2) is not branches
+
+
 def test_a_finite_guarded_step_equals_the_unguarded_step():
     """The guard runs the update under `lax.cond`: on finite steps it computes the same update
     (XLA may fuse the branch differently, so to float32 rounding, not bitwise)."""

@@ -8,8 +8,9 @@
 where `grad_fn` is `loss_and_grads(loss_fn)`, possibly wrapped by `accumulate_gradients`, and
 each optional layer is a `StepOption` (see `paxtrain.train.options`): the guard, the EMA and the
 rollback scale wrap the update (applying the gradients), the loss scale and options of your own
-(`options=[...]`) the whole step. The guard runs the update under `lax.cond`, so a skipped
-non-finite step also leaves the EMA alone, while the loss scale still reacts to it.
+(`options=[...]`) the whole step. The guard keeps or skips the update as a whole (under
+`lax.cond`; a select on GPUs), so a skipped non-finite step also leaves the EMA alone, while the
+loss scale still reacts to it.
 
 On several devices, `in_shardings` / `out_shardings` lay the state and the batch out on a mesh
 (`jax.jit` partitions the step), or `pmap_axis_name` runs it under `jax.pmap` with gradients
