@@ -1,0 +1,239 @@
+"""Exact resume across the Trainer's options: a run interrupted at step K and resumed by a new
+Trainer (fresh objects, as a new process builds them) ends bitwise where the uninterrupted
+run ends, and logs the same metrics after K.
+
+Each row trains N steps straight through, saving a checkpoint at K; a hook copies the run
+directory right after that save, which is what a process killed at step K leaves on disk. A
+new Trainer resumes the copy to N. Every leaf of the final state (parameters, optimizer state,
+EMA, RNG, extras, step), the hooks' states, the kept checkpoints and the logged train/eval
+metrics after K must be equal.
+"""
+
+import os
+import shutil
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from test_run_safety import Counter, trainer_for
+from test_trainer import read_jsonl
+
+import paxtrain as pax
+import paxtrain.nn as nn
+from paxtrain.checkpoint import flatten_state
+from paxtrain.optim import make_transformation
+from paxtrain.train import EarlyStopping, Hook
+from paxtrain.train.checkpointing import Checkpointing
+from paxtrain.train.hooks import hook_states
+
+N, K = 6, 3
+CLASSES = np.random.default_rng(99).normal(size=(8, 4)).astype(np.float32)
+
+
+class Net(pax.Module):
+    """An 8-16-4 classifier, with a BatchNorm and a Dropout (a key state) when asked."""
+
+    def __init__(self, batch_norm: bool = False, dropout: bool = False):
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.norm = nn.BatchNorm1D(16) if batch_norm else None
+        self.drop = nn.Dropout(0.5) if dropout else None
+        self.fc2 = nn.Linear(16, 4)
+
+    def __call__(self, x):
+        x = self.fc1(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        x = jnp.tanh(x)
+        if self.drop is not None:
+            x = self.drop(x)
+        return self.fc2(x)
+
+    def loss(self, batch):
+        logits = self(batch["x"]).astype(jnp.float32)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+        return loss, {"accuracy": (logits.argmax(-1) == batch["y"]).mean()}
+
+
+def noisy_input_loss(model, batch, key):
+    """A loss that draws from the trainer's RNG (`state.rng`) every step."""
+    noisy = {**batch, "x": pax.dropout(key, 0.25, batch["x"])}
+    model, (loss, metrics) = pax.purecall(model.loss, noisy)
+    return loss, (model, metrics)
+
+
+class Blobs:
+    """Step-indexed batches of 16 examples in 4 classes; NaN inputs at `bad_steps`."""
+
+    info = {}
+
+    def __init__(self, bad_steps=()):
+        self.bad_steps = set(bad_steps)
+
+    def _batch(self, seed):
+        x = np.random.default_rng(seed).normal(size=(16, 8)).astype(np.float32)
+        return {"x": x, "y": (x @ CLASSES).argmax(-1).astype(np.int32)}
+
+    def train_batch(self, step):
+        batch = self._batch(step)
+        if step in self.bad_steps:
+            batch["x"] = batch["x"] * np.nan
+        return batch
+
+    def eval_batches(self):
+        return (self._batch(10_000 + i) for i in range(2))
+
+
+class CopyRunDirAt(Hook):
+    """Copies the run directory the first time the trainer is at `step`, after its checkpoint
+    (if it saves one) is written: what a process killed then leaves on disk."""
+
+    def __init__(self, step, target):
+        self.step, self.target, self.done = step, target, False
+
+    def on_step(self, trainer, metrics):
+        if trainer.step == self.step and not self.done:
+            trainer.checkpointing.manager.wait()
+            shutil.copytree(trainer.run_dir, self.target)
+            self.done = True
+
+
+class SignalAt(Hook):
+    """A preemption signal at `step`: the run saves and stops gracefully."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step(self, trainer, metrics):
+        if trainer.step == self.step:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+SCHEDULE = optax.warmup_cosine_decay_schedule(0.0, 0.1, warmup_steps=2, decay_steps=N)
+
+# id: (Trainer options, model options, other settings)
+ROWS = {
+    "defaults": ({}, {}, {}),
+    "ema": ({"ema_decay": 0.9}, {}, {}),
+    "grad_accum": ({"grad_accum_steps": 2}, {}, {}),
+    "steps_per_call": ({"steps_per_call": 2}, {}, {"k": 2}),
+    # A checkpoint every 3 steps with 2 steps per call is saved at step 4.
+    "steps_per_call_every_3": ({"steps_per_call": 2}, {}, {"k": 4}),
+    "bfloat16": ({"precision": "bfloat16"}, {}, {}),
+    "float16": ({"precision": "float16"}, {}, {}),
+    "dropout_layer": ({}, {"dropout": True}, {}),
+    "loss_with_key": ({}, {}, {"loss_fn": noisy_input_loss}),
+    "batch_norm": ({}, {"batch_norm": True}, {}),
+    "schedule": ({}, {}, {"lr": SCHEDULE}),
+    # Bad batch 3 is read at step 4 and seen at step 4 (a log step): back to checkpoint 3,
+    # then on with data_offset 1 and the update scale halved; interrupted at step 5.
+    "rollback": (
+        {"on_nonfinite": "rollback", "log_every": 2},
+        {},
+        {"bad_steps": {3}, "k": 5, "every": 1, "n": 8},
+    ),
+    # A learning rate too high: eval/loss is best at step 1, early stopping ends the run at
+    # step 4 (after the resume), keep_best keeps checkpoint 1 besides the last one.
+    "eval_early_stopping_keep_best": (
+        {"eval_every": 1, "early_stopping": 3},
+        {},
+        {"keep_best": True, "lr": 0.3, "k": 2, "every": 1},
+    ),
+    # Interrupted after the rollback but before the next save: the resume replays the rollback.
+    "rollback_then_killed": (
+        {"on_nonfinite": "rollback", "log_every": 2},
+        {},
+        {"bad_steps": {3}, "k": 5, "every": 3, "n": 8, "resume_at": 3},
+    ),
+    # A graceful stop (SIGUSR1) between two log steps and two checkpoints.
+    "preempted": ({}, {}, {"interrupt": "signal", "every": 100}),
+    "preempted_eval_early_stopping": (
+        {"eval_every": 1, "early_stopping": 3},
+        {},
+        {"interrupt": "signal", "lr": 0.3, "every": 100},
+    ),
+    "frozen_fc1": ({}, {}, {"freeze": True}),
+    "everything": (
+        {"ema_decay": 0.9, "grad_accum_steps": 2, "steps_per_call": 2, "precision": "bfloat16"},
+        {"dropout": True, "batch_norm": True},
+        {"lr": SCHEDULE, "k": 2},
+    ),
+}
+
+
+def build_and_fit(row, run_dir, interrupt=None):
+    """Builds every object of a row anew, as a new process would, and trains it."""
+    options, model_options, settings = ROWS[row]
+    options = dict(options)
+    n, every = settings.get("n", N), settings.get("every", settings.get("k", K))
+    pax.seed_rng_key(0)
+    model = Net(**model_options)
+    if settings.get("freeze"):
+        model = model.replace(fc1=pax.freeze_parameters(model.fc1))
+    keep_best = settings.get("keep_best", False)
+    checkpointing = Checkpointing(
+        every_steps=every, async_save=False, keep_last=1 if keep_best else 3,
+        keep_best=1 if keep_best else 0, monitor="eval/loss" if keep_best else None,
+    )  # fmt: skip
+    if "early_stopping" in options:
+        options["early_stopping"] = EarlyStopping("eval/loss", patience=options["early_stopping"])
+    trainer = trainer_for(
+        run_dir, n, **{"eval_every": None, "log_every": 2, **options},
+        checkpointing=checkpointing, hooks=[Counter()],
+    )  # fmt: skip
+    if interrupt is not None:
+        trainer.hooks.append(interrupt)  # after the checkpoint's save
+    optimizer = make_transformation("adam", settings.get("lr", 0.05))
+    data = Blobs(settings.get("bad_steps", ()))
+    state = trainer.fit(model, data, optimizer, loss_fn=settings.get("loss_fn"))
+    return trainer, state
+
+
+def logged_after(run_dir, step, skip=0):
+    """The records logged after `step`, in order, without the timings and without the first
+    `skip` lines (those an earlier process wrote). A step logged again after a resume is marked
+    `repeated`: the mark is left out too."""
+    records = []
+    for record in read_jsonl(run_dir)[skip:]:
+        kept = {k: v for k, v in record.items() if not k.startswith("perf/") and k != "repeated"}
+        if record["step"] > step and len(kept) > 1:
+            records.append(kept)
+    return records
+
+
+@pytest.mark.parametrize("row", list(ROWS))
+def test_a_resumed_run_ends_bitwise_where_the_uninterrupted_one_does(row, tmp_path):
+    settings = ROWS[row][2]
+    k = settings.get("k", K)
+    preempted = settings.get("interrupt") == "signal"
+    if preempted:
+        whole, whole_state = build_and_fit(row, tmp_path / "whole")
+        build_and_fit(row, tmp_path / "resumed", SignalAt(k))
+    else:
+        whole, whole_state = build_and_fit(
+            row, tmp_path / "whole", CopyRunDirAt(k, tmp_path / "resumed")
+        )
+    written_before = len(read_jsonl(tmp_path / "resumed"))
+    resumed, resumed_state = build_and_fit(row, tmp_path / "resumed")
+    k = settings.get("resume_at", k)
+    assert resumed.checkpointing.resumed_from == k  # it did resume, from step K
+
+    expected, got = flatten_state(whole_state), flatten_state(resumed_state)
+    assert got.keys() == expected.keys()
+    for path in expected:
+        assert np.dtype(got[path].dtype) == np.dtype(expected[path].dtype), path
+        np.testing.assert_array_equal(got[path], expected[path], err_msg=path)
+    assert hook_states(resumed.hooks) == hook_states(whole.hooks)
+    # A preempted run also saved at K, which keep_last may still keep.
+    kept = [s for s in resumed.checkpointing.manager.steps() if s > k or not preempted]
+    assert kept == [s for s in whole.checkpointing.manager.steps() if s > k or not preempted]
+    assert resumed.checkpointing.manager.best_step() == whole.checkpointing.manager.best_step()
+    expected_logs = logged_after(tmp_path / "whole", k)
+    assert any("train/loss" in r for r in expected_logs)
+    assert logged_after(tmp_path / "resumed", k, written_before) == expected_logs
+    if ROWS[row][0].get("precision"):  # float32 master weights, also after a resume
+        for leaf in jax.tree_util.tree_leaves(pax.select_parameters(resumed_state.model)):
+            assert leaf.dtype == jnp.float32
