@@ -20,6 +20,8 @@ import types
 import typing
 from typing import Any
 
+import jax
+import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
@@ -381,25 +383,66 @@ def _fits(value: Any, hint: Any) -> bool:
         return isinstance(value, str)
     if origin in (list, tuple, collections.abc.Sequence) or hint in (list, tuple):
         return isinstance(value, (list, tuple, ListConfig))
+    if origin is collections.abc.Callable or hint is collections.abc.Callable:
+        return _is_target(value)  # a config gives a function only as a `_target_` section
+    if hint in _ARRAY_TYPES:
+        return isinstance(value, (int, float, list, ListConfig)) and not isinstance(value, bool)
     return True
 
 
+# Where an annotation takes arrays (`jax.Array`, numpy's, optax's `ArrayLike`), a config gives a
+# number or a list of them.
+_ARRAY_TYPES = (jax.Array, np.ndarray, np.number, np.bool_, complex)
+
+
 def _type_name(hint: Any) -> str:
+    """What a config may give where `hint` is annotated, in words: `int`, `int | None`, or for
+    array-like and callable unions (optax's) `a number | a _target_ section`."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        numbers = (int, float, *_ARRAY_TYPES) if set(args) & set(_ARRAY_TYPES) else ()
+        names = dict.fromkeys("a number" if a in numbers else _type_name(a) for a in args)
+        return " | ".join(names)
+    if hint in _ARRAY_TYPES:
+        return "a number"
+    if typing.get_origin(hint) is collections.abc.Callable or hint is collections.abc.Callable:
+        return "a _target_ section"
+    if hint is type(None):
+        return "None"
     return re.sub(
         r"\b(typing|collections\.abc)\.", "", getattr(hint, "__name__", None) or str(hint)
     )
+
+
+def _parameter_hints(target: Any) -> dict[str, Any]:
+    """Each parameter's annotation, evaluated on its own: one naming what its module imports only
+    for type checkers (optax's `ArrayTree`) leaves only that parameter unchecked, where
+    `typing.get_type_hints` would give up on all of them."""
+    function = target.__init__ if inspect.isclass(target) else target
+    namespace = getattr(inspect.unwrap(function), "__globals__", {})
+    hints = {}
+    for name, parameter in inspect.signature(function).parameters.items():
+        annotation = parameter.annotation
+        if isinstance(annotation, str):
+            try:
+                annotation = eval(annotation, namespace)  # what get_type_hints does, one by one
+            except Exception:
+                continue
+        if annotation is not parameter.empty:
+            hints[name] = annotation
+    return hints
 
 
 def _check_values(node: Any, key: str, target: Any) -> None:
     """Checks a `_target_` section's values against the target's annotations, and that sizes
     and counts (by parameter name) are at least 1, before the target is called."""
     try:
-        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
         values = (
             OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
         )
-    except Exception:  # unresolvable annotations or interpolations: the call itself reports
+    except Exception:  # unresolvable interpolations: the call itself reports
         return
+    hints = _parameter_hints(target)
     params = inspect.signature(target).parameters
     for arg, value in values.items():
         hint = hints.get(arg)

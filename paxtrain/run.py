@@ -291,14 +291,11 @@ def build_trainer(
     import paxtrain as pax
     from paxtrain.finetune import freeze_by_path, load_parameters
     from paxtrain.train.checkpointing import Checkpointing
-    from paxtrain.train.compile_cache import enable_compile_cache
     from paxtrain.train.profile import Profile
     from paxtrain.train.trainer import Trainer
 
     if cfg.parallel.distributed:
         join_processes()
-    # On before the data and the model are built: their eager ops compile too (~1.5 s on CPU).
-    enable_compile_cache(cfg.trainer.compile_cache)
     data = instantiate(cfg.data, "data")
 
     def model() -> pax.Module:
