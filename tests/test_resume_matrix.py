@@ -9,6 +9,7 @@ EMA, RNG, extras, step), the hooks' states, the kept checkpoints and the logged 
 metrics after K must be equal.
 """
 
+import functools
 import os
 import shutil
 import signal
@@ -162,8 +163,10 @@ ROWS = {
     "everything": (
         {"ema_decay": 0.9, "grad_accum_steps": 2, "steps_per_call": 2, "precision": "bfloat16"},
         {"dropout": True, "batch_norm": True},
-        {"lr": SCHEDULE, "k": 2},
+        {"lr": SCHEDULE, "k": 2, "async_save": True},
     ),
+    # As `paxtrain fit` builds it: a function that builds the model, the state built under jit.
+    "model_factory": ({}, {"dropout": True}, {"factory": True}),
 }
 
 
@@ -177,9 +180,11 @@ def build_and_fit(row, run_dir, *interrupts):
     model = Net(**model_options)
     if settings.get("freeze"):
         model = model.replace(fc1=pax.freeze_parameters(model.fc1))
+    if settings.get("factory"):
+        model = functools.partial(Net, **model_options)
     keep_best = settings.get("keep_best", False)
     checkpointing = Checkpointing(
-        every_steps=every, async_save=False, keep_last=1 if keep_best else 3,
+        every_steps=every, async_save=settings.get("async_save", False), keep_last=1 if keep_best else 3,
         keep_best=1 if keep_best else 0, monitor="eval/loss" if keep_best else None,
     )  # fmt: skip
     if "early_stopping" in options:
