@@ -18,12 +18,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from cli_support import CHAR_RNN, TINY_CHAR_RNN
 from test_run_safety import Counter, trainer_for
 from test_trainer import read_jsonl
 
 import paxtrain as pax
 import paxtrain.nn as nn
 from paxtrain.checkpoint import flatten_state
+from paxtrain.cli import main
+from paxtrain.config import ConfigError
 from paxtrain.optim import make_transformation
 from paxtrain.train import EarlyStopping, Hook
 from paxtrain.train.checkpointing import Checkpointing
@@ -164,9 +167,10 @@ ROWS = {
 }
 
 
-def build_and_fit(row, run_dir, interrupt=None):
-    """Builds every object of a row anew, as a new process would, and trains it."""
-    options, model_options, settings = ROWS[row]
+def build_and_fit(row, run_dir, *interrupts):
+    """Builds every object of a row (a value of `ROWS`) anew, as a new process would, and
+    trains it, with `interrupts` as the last hooks."""
+    options, model_options, settings = row
     options = dict(options)
     n, every = settings.get("n", N), settings.get("every", settings.get("k", K))
     pax.seed_rng_key(0)
@@ -184,8 +188,7 @@ def build_and_fit(row, run_dir, interrupt=None):
         run_dir, n, **{"eval_every": None, "log_every": 2, **options},
         checkpointing=checkpointing, hooks=[Counter()],
     )  # fmt: skip
-    if interrupt is not None:
-        trainer.hooks.append(interrupt)  # after the checkpoint's save
+    trainer.hooks.extend(interrupts)  # after the checkpoint's save
     optimizer = make_transformation("adam", settings.get("lr", 0.05))
     data = Blobs(settings.get("bad_steps", ()))
     state = trainer.fit(model, data, optimizer, loss_fn=settings.get("loss_fn"))
@@ -210,14 +213,14 @@ def test_a_resumed_run_ends_bitwise_where_the_uninterrupted_one_does(row, tmp_pa
     k = settings.get("k", K)
     preempted = settings.get("interrupt") == "signal"
     if preempted:
-        whole, whole_state = build_and_fit(row, tmp_path / "whole")
-        build_and_fit(row, tmp_path / "resumed", SignalAt(k))
+        whole, whole_state = build_and_fit(ROWS[row], tmp_path / "whole")
+        build_and_fit(ROWS[row], tmp_path / "resumed", SignalAt(k))
     else:
         whole, whole_state = build_and_fit(
-            row, tmp_path / "whole", CopyRunDirAt(k, tmp_path / "resumed")
+            ROWS[row], tmp_path / "whole", CopyRunDirAt(k, tmp_path / "resumed")
         )
     written_before = len(read_jsonl(tmp_path / "resumed"))
-    resumed, resumed_state = build_and_fit(row, tmp_path / "resumed")
+    resumed, resumed_state = build_and_fit(ROWS[row], tmp_path / "resumed")
     k = settings.get("resume_at", k)
     assert resumed.checkpointing.resumed_from == k  # it did resume, from step K
 
@@ -237,3 +240,38 @@ def test_a_resumed_run_ends_bitwise_where_the_uninterrupted_one_does(row, tmp_pa
     if ROWS[row][0].get("precision"):  # float32 master weights, also after a resume
         for leaf in jax.tree_util.tree_leaves(pax.select_parameters(resumed_state.model)):
             assert leaf.dtype == jnp.float32
+
+
+def test_a_resume_with_other_steps_per_call_is_refused_between_calls_and_logs_per_step(tmp_path):
+    # Saved every step by a run with one step per call, logging every 3 steps.
+    saved_by = ({"log_every": 3}, {}, {"every": 1})
+    whole, _ = build_and_fit(
+        saved_by, tmp_path / "whole",
+        CopyRunDirAt(3, tmp_path / "at_3"), CopyRunDirAt(4, tmp_path / "at_4"),
+    )  # fmt: skip
+    two_per_call = ({"log_every": 3, "steps_per_call": 2}, {}, {"every": 1})
+    # From step 3, calls of two steps would end at 5 and 7, past max_steps.
+    with pytest.raises(ConfigError, match=r"at step 3, not a multiple of trainer.steps_per_call"):
+        build_and_fit(two_per_call, tmp_path / "at_3")
+    # From step 4, with step 4's metrics pending (a single step's) and steps 5-6 from one call.
+    written_before = len(read_jsonl(tmp_path / "at_4"))
+    resumed, state = build_and_fit(two_per_call, tmp_path / "at_4")
+    assert resumed.step == int(state.step) == N
+    [logged] = [r for r in read_jsonl(tmp_path / "at_4")[written_before:] if "train/loss" in r]
+    [expected] = [r for r in read_jsonl(tmp_path / "whole") if "train/loss" in r and r["step"] == N]
+    assert logged["step"] == N
+    # One call of two steps is not bitwise two calls of one (a scan compiles differently).
+    np.testing.assert_allclose(logged["train/loss"], expected["train/loss"], rtol=1e-5)
+
+
+def test_paxtrain_resume_with_other_steps_per_call_exits_2(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    tiny = [*TINY_CHAR_RNN, "callbacks=[]", "trainer.plot=false", "trainer.progress=off"]
+    assert main(["fit", CHAR_RNN, *tiny, "trainer.max_steps=3", f"run_dir={run_dir}"]) == 0
+    capsys.readouterr()
+    resume = ["resume", str(run_dir), "trainer.max_steps=6", "trainer.steps_per_call=2"]
+    assert main(resume) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("paxtrain: config error: the checkpoint in ") and err.count("\n") == 1
+    assert "at step 3, not a multiple of trainer.steps_per_call (2)" in err
+    assert "Resume with a trainer.steps_per_call that divides 3" in err

@@ -9,12 +9,20 @@ from typing import TYPE_CHECKING, Any
 import jax
 
 from paxtrain.checkpoint import CheckpointManager
+from paxtrain.config import ConfigError
 from paxtrain.train.hooks import Hook, crossed, hook_states, load_hook_states
 
 if TYPE_CHECKING:
     from paxtrain.train.trainer import Trainer
 
 CHECKPOINT_DIR = "checkpoints"
+
+RESUME_STEPS_PER_CALL_MSG = (
+    "the checkpoint in {directory} is at step {step}, not a multiple of trainer.steps_per_call "
+    "({spc}): its calls would end at other steps than the log, checkpoint and last steps "
+    "(past trainer.max_steps={max_steps}). Resume with a trainer.steps_per_call that divides "
+    "{step} (1 always does)."
+)
 
 
 class Checkpointing(Hook):
@@ -75,6 +83,15 @@ class Checkpointing(Hook):
         if self.resume and self.manager.latest_step() is not None:
             trainer.state, meta = self.manager.restore(trainer.checkpoint_state)
             trainer.step = self.resumed_from = int(trainer.state.step)
+            # Saved by a run with other steps_per_call; nothing is compiled yet.
+            if trainer.step % trainer.steps_per_call:
+                self.manager.close()
+                raise ConfigError(
+                    RESUME_STEPS_PER_CALL_MSG.format(
+                        directory=directory, step=trainer.step, spc=trainer.steps_per_call,
+                        max_steps=trainer.max_steps,
+                    )
+                )  # fmt: skip
             load_hook_states(trainer.hooks, meta.get("hooks", {}))
             if trainer.is_main_process:
                 print(f"paxtrain: resumed from {directory} at step {trainer.step}", flush=True)

@@ -139,12 +139,14 @@ class TrainMetrics(Hook):
         ):
             host = jax.device_get(self._pending)
             self._pending = []
+            # Per step: a call's metrics are stacked, and steps restored from a checkpoint of
+            # a run with other steps_per_call are not.
             trainer.log(
                 {
                     f"train/{k}": float(
                         np.max(host[-1][k])
                         if k in COUNTER_METRICS
-                        else np.mean([m[k] for m in host])
+                        else np.mean(np.concatenate([np.ravel(m[k]) for m in host]))
                     )
                     for k in host[0]
                 }
