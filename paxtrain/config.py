@@ -247,6 +247,13 @@ _AT_LEAST_ONE = (
     "trainer.early_stopping.patience", "optimizer.horizon", "trainer.profile.num_steps",
 )  # fmt: skip
 
+# Keys that are fractions: (lower bound, upper bound, the interval in words, an example).
+_INTERVALS = {
+    "trainer.ema_decay": (lambda v: v >= 0, lambda v: v < 1, "[0, 1)", 0.999),
+    "trainer.rollback_lr_factor": (lambda v: v > 0, lambda v: v <= 1, "(0, 1]", 0.5),
+}
+INTERVAL_MSG = "Config key `{key}` is {value}; it must be in {interval}, e.g. `{key}={example}`."
+
 # Parameters of `_target_`s that are sizes or counts by their name: `batch_size`, `seq_len`,
 # `hidden_dim`, `num_layers`... An int given to one must be at least 1.
 _SIZE_PARAMETER = re.compile(r"(^|_)(size|len|dim|ratio|batches)$|^num_")
@@ -360,6 +367,12 @@ def _check_numbers(cfg: DictConfig) -> None:
         if value is not None and value < 1:
             example = OmegaConf.select(defaults, key) or 10
             raise ConfigError(AT_LEAST_ONE_MSG.format(key=key, value=value, example=example))
+    for key, (low, high, interval, example) in _INTERVALS.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not (low(value) and high(value)):
+            raise ConfigError(
+                INTERVAL_MSG.format(key=key, value=value, interval=interval, example=example)
+            )
     keep_best = cfg.trainer.checkpoint.keep_best
     if keep_best and not cfg.trainer.checkpoint.monitor:
         raise ConfigError(KEEP_BEST_MSG.format(keep_best=keep_best))

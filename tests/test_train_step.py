@@ -473,6 +473,12 @@ def test_eval_step_uses_eval_mode_and_changes_nothing():
     np.testing.assert_allclose(out, expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("decay", [1.0, 1.5, -0.1])
+def test_an_ema_decay_outside_0_1_is_refused(decay):
+    with pytest.raises(ValueError, match=r"ema_decay is .*must be in \[0, 1\)"):
+        make_train_step(mse_loss, ema_decay=decay)
+
+
 def test_eval_step_can_use_the_ema():
     state = fresh_state()
     state, _ = make_train_step(mse_loss, ema_decay=0.5)(state, regression_batch())

@@ -193,6 +193,12 @@ def test_on_nonfinite_rollback_restores_skips_batches_and_lowers_the_lr(tmp_path
     assert np.isfinite(np.asarray(state.model.fc.weight)).all()
 
 
+@pytest.mark.parametrize("factor", [0.0, -0.5, 2.0])
+def test_a_rollback_lr_factor_outside_0_1_is_refused(tmp_path, factor):
+    with pytest.raises(ValueError, match=r"rollback_lr_factor must be in \(0, 1\]"):
+        Trainer(4, run_dir=tmp_path, on_nonfinite="rollback", rollback_lr_factor=factor)
+
+
 def test_rollback_without_checkpoints_is_explained(tmp_path):
     trainer = Trainer(
         max_steps=8, run_dir=tmp_path, log_every=2, progress="off", plot=False,

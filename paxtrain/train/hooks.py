@@ -278,6 +278,8 @@ class NonFinitePolicy(Hook):
     def __init__(self, action: str, every: int, lr_factor: float = 0.5):
         if action not in ("stop", "rollback"):
             raise ValueError(f"NonFinitePolicy action must be 'stop' or 'rollback', got {action!r}")
+        if not 0 < lr_factor <= 1:  # 0 would stop training; above 1 each rollback speeds it up
+            raise ValueError(f"rollback_lr_factor must be in (0, 1], e.g. 0.5; got {lr_factor}")
         self.action, self.every, self.lr_factor = action, every, lr_factor
         self._seen = 0
 

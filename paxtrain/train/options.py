@@ -192,6 +192,9 @@ def dynamic_loss_scale(
     return StepOption("dynamic_loss_scale", init, wrap)
 
 
+EMA_DECAY_MSG = "ema_decay is {decay}; it must be in [0, 1), e.g. 0.999."
+
+
 def ema_of_parameters(decay: float) -> StepOption:
     """Keeps `extras["ema"] = decay * ema + (1 - decay) * params` after every step.
 
@@ -205,6 +208,8 @@ def ema_of_parameters(decay: float) -> StepOption:
         >>> step = make_train_step(loss_fn, ema_decay=0.999)  # doctest: +SKIP
         >>> ema_model = state.ema_model                          # doctest: +SKIP
     """
+    if not 0 <= decay < 1:  # 1 never moves; above it, or below 0, the average diverges
+        raise ValueError(EMA_DECAY_MSG.format(decay=decay))
 
     def wrap_update(update: UpdateFn) -> UpdateFn:
         def with_ema(state: TrainState, model: pax.Module, grads: Any, metrics: Metrics):

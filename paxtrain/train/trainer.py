@@ -22,6 +22,7 @@ from paxtrain.data.source import DataSource, Prefetcher
 from paxtrain.train.checkpointing import Checkpointing
 from paxtrain.train.compile_cache import AUTO as AUTO_CACHE
 from paxtrain.train.compile_cache import enable_compile_cache
+from paxtrain.train.gradients import check_micro_batches
 from paxtrain.train.hooks import (
     EarlyStopping,
     Evaluation,
@@ -416,6 +417,12 @@ class Trainer:
         self.step = int(state.step)
         first_batch = data.train_batch(0)
         self.plan.check_batch(first_batch)
+        accumulate = self.step_options["grad_accum_steps"]
+        if accumulate > 1:  # now, not as a traceback from inside the first compile
+            try:
+                check_micro_batches(first_batch, accumulate)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
         # Now, not at the first evaluation hours later.
         first_eval = next(iter(data.eval_batches()), None)
         if first_eval is not None:
