@@ -256,10 +256,20 @@ class EarlyStopping(Hook):
             self.best, self.bad_evals = value, 0
             return
         self.bad_evals += 1
-        if self.bad_evals >= self.patience:
-            trainer.stop(
-                f"early stopping: eval/{self.monitor} has not improved for {self.patience} evaluations"
-            )
+        if self.exhausted:
+            trainer.stop(self.reason)
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether the patience is used up: the run stopped, or a resumed one has nothing to do."""
+        return self.bad_evals >= self.patience
+
+    @property
+    def reason(self) -> str:
+        """Why it stopped the run, as `trainer.stop_reason` says."""
+        return (
+            f"early stopping: eval/{self.monitor} has not improved for {self.patience} evaluations"
+        )
 
 
 # The exit code of `paxtrain fit` stopped by on_nonfinite="stop": neither success (0) nor a
