@@ -234,6 +234,9 @@ ARG_TYPE_MSG = (
 ARG_SIZE_MSG = (
     "`{key}.{arg}` is {value}; a size or count must be at least 1, e.g. `{key}.{arg}={example}`."
 )
+NOT_YAML_MSG = (
+    "The config {path} is not a YAML file (.yaml): give one, e.g. `paxtrain fit {example}`."
+)
 CONFIG_IS_DIR_MSG = (
     "The config path {path} is a directory: give a YAML file, e.g. `paxtrain fit {example}`."
 )
@@ -683,6 +686,8 @@ def compose(
         )
     if not path.is_file():
         raise ConfigError(f"Config file not found: {config_path}")
+    if path.suffix not in (".yaml", ".yml"):  # Hydra would look for `STEM.yaml` beside it
+        raise ConfigError(NOT_YAML_MSG.format(path=config_path, example="configs/char_rnn.yaml"))
     try:
         store_schema(path.stem)
         with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):

@@ -68,15 +68,28 @@ def _timestamp() -> str:
 def assign_sweep_dirs(
     configs: list[DictConfig], jobs: list[list[str]], config_path: str
 ) -> list[DictConfig]:
-    """Gives each job of a sweep its own run directory under one sweep directory.
+    """Gives each job of a sweep its own run directory under one sweep directory: the `run_dir`
+    the config sets (or the command line), else `runs/NAME-multirun-TIMESTAMP`. A swept
+    `run_dir` (`run_dir=a,b`) already gives each job its own.
 
     Example:
         >>> jobs = [["seed=1", "trainer.max_steps=5"], ["seed=2", "trainer.max_steps=5"]]
-        >>> cfgs = [OmegaConf.create({"seed": 1}), OmegaConf.create({"seed": 2})]
+        >>> cfgs = [OmegaConf.create({"seed": s, "run_dir": None}) for s in (1, 2)]
         >>> assign_sweep_dirs(cfgs, jobs, "configs/char_rnn.yaml")[1].run_dir
         'runs/char_rnn-multirun-...-.../1_seed=2'
+        >>> cfgs = [OmegaConf.create({"seed": s, "run_dir": "sweeps/a"}) for s in (1, 2)]
+        >>> assign_sweep_dirs(cfgs, jobs, "configs/char_rnn.yaml")[1].run_dir
+        'sweeps/a/1_seed=2'
     """
-    base = pathlib.Path("runs") / f"{pathlib.Path(config_path).stem}-multirun-{_timestamp()}"
+    given = {cfg.run_dir for cfg in configs}
+    if len(given) > 1:
+        return configs
+    (run_dir,) = given or {None}
+    base = (
+        pathlib.Path(run_dir)
+        if run_dir
+        else pathlib.Path("runs") / f"{pathlib.Path(config_path).stem}-multirun-{_timestamp()}"
+    )
     shared = set.intersection(*(set(job) for job in jobs)) if jobs else set()
     out = []
     for i, (cfg, overrides) in enumerate(zip(configs, jobs)):

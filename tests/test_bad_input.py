@@ -66,6 +66,7 @@ ROWS = [
     ("binary data file", fit("data.path={files}/binary.txt"), ["binary.txt", "not UTF-8", "data.path"]),
     ("directory as data.path", fit("data.path={files}/a_directory"), ["a_directory", "is a directory", "data.path"]),
     ("directory as the config", ["fit", "{files}/a_directory"], ["a_directory", "is a directory", "YAML file"]),
+    ("text file as the config", ["fit", "{files}/short.txt"], ["short.txt", "not a YAML file"]),
     ("data shorter than one window", fit("data.path={files}/short.txt"), ["too few", "data.seq_len"]),
     ("batch larger than the text", fit("data.path={files}/medium.txt", "data.batch_size=64"), ["larger than", "data.batch_size"]),
     ("batch larger than the images", ["fit", IMAGES, "data.batch_size=5000"], ["larger than the 1437 training images", "data.batch_size"]),
