@@ -280,3 +280,32 @@ def test_paxtrain_resume_with_other_steps_per_call_exits_2(tmp_path, capsys):
     assert err.startswith("paxtrain: config error: the checkpoint in ") and err.count("\n") == 1
     assert "at step 3, not a multiple of trainer.steps_per_call (2)" in err
     assert "Resume with a trainer.steps_per_call that divides 3" in err
+
+
+def test_an_early_stopped_run_logs_its_last_steps_and_a_resume_has_nothing_to_train(tmp_path):
+    # eval/loss is best at step 1: patience 2 stops the run at step 3, patience 3 at step 4.
+    def stopping(patience, log_every):
+        return (
+            {"eval_every": 1, "early_stopping": patience, "log_every": log_every},
+            {},
+            {"lr": 0.3, "every": 100},
+        )
+
+    stopped, _ = build_and_fit(stopping(2, log_every=2), tmp_path / "run")
+    assert stopped.step == 3 and stopped.stop_reason.startswith("early stopping")
+    every_step, _ = build_and_fit(stopping(3, log_every=1), tmp_path / "every_step")
+    [at_3] = [r for r in read_jsonl(tmp_path / "run") if r["step"] == 3 and "train/loss" in r]
+    [alone] = [
+        r for r in read_jsonl(tmp_path / "every_step") if r["step"] == 3 and "train/loss" in r
+    ]
+    assert at_3["train/loss"] == alone["train/loss"]  # step 3, after the log step 2
+
+    written = len(read_jsonl(tmp_path / "run"))
+    again, state = build_and_fit(stopping(2, log_every=2), tmp_path / "run")
+    assert again.nothing_to_train and again.step == int(state.step) == 3
+    assert "raise `trainer.early_stopping.patience` to train further" in again.stop_reason
+    assert len(read_jsonl(tmp_path / "run")) == written
+    assert again.checkpointing.manager.steps() == [3]
+    # More patience: it trains on, and stops where a run with that patience stops.
+    longer, _ = build_and_fit(stopping(3, log_every=2), tmp_path / "run")
+    assert longer.step == every_step.step == 4 and not longer.nothing_to_train

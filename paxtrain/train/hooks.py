@@ -120,7 +120,8 @@ COUNTER_METRICS = ("skipped_steps",)
 
 class TrainMetrics(Hook):
     """Logs the mean of each training metric over the last `every` steps, as `train/<name>`
-    (counters such as `skipped_steps`: their latest value).
+    (counters such as `skipped_steps`: their latest value); when training stops early (not
+    preempted), also over the steps since the last log step.
 
     Metrics stay on device between log steps; one host transfer per log. The steps not logged
     yet are part of the hook's state, so a run resumed from a checkpoint between two log steps
@@ -137,20 +138,31 @@ class TrainMetrics(Hook):
             crossed(trainer.step, trainer.steps_per_call, self.every)
             or trainer.step >= trainer.max_steps
         ):
-            host = jax.device_get(self._pending)
+            self._log_pending(trainer)
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        # Stopped early (early stopping, a hook's stop): the steps since the last log step are
+        # logged, and stay pending in the checkpoint, so that a resumed run logs at the next
+        # log step what an uninterrupted run does. A preempted run logs them once resumed.
+        if self._pending and not trainer.preempted:
+            self._log_pending(trainer, keep=True)
+
+    def _log_pending(self, trainer: Trainer, keep: bool = False) -> None:
+        host = jax.device_get(self._pending)
+        if not keep:
             self._pending = []
-            # Per step: a call's metrics are stacked, and steps restored from a checkpoint of
-            # a run with other steps_per_call are not.
-            trainer.log(
-                {
-                    f"train/{k}": float(
-                        np.max(host[-1][k])
-                        if k in COUNTER_METRICS
-                        else np.mean(np.concatenate([np.ravel(m[k]) for m in host]))
-                    )
-                    for k in host[0]
-                }
-            )
+        # Per step: a call's metrics are stacked, and steps restored from a checkpoint of a
+        # run with other steps_per_call are not.
+        trainer.log(
+            {
+                f"train/{k}": float(
+                    np.max(host[-1][k])
+                    if k in COUNTER_METRICS
+                    else np.mean(np.concatenate([np.ravel(m[k]) for m in host]))
+                )
+                for k in host[0]
+            }
+        )
 
     def state_dict(self) -> dict[str, Any]:
         host = jax.device_get(self._pending)
@@ -256,10 +268,20 @@ class EarlyStopping(Hook):
             self.best, self.bad_evals = value, 0
             return
         self.bad_evals += 1
-        if self.bad_evals >= self.patience:
-            trainer.stop(
-                f"early stopping: eval/{self.monitor} has not improved for {self.patience} evaluations"
-            )
+        if self.exhausted:
+            trainer.stop(self.reason)
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether the patience is used up: the run stopped, or a resumed one has nothing to do."""
+        return self.bad_evals >= self.patience
+
+    @property
+    def reason(self) -> str:
+        """Why it stopped the run, as `trainer.stop_reason` says."""
+        return (
+            f"early stopping: eval/{self.monitor} has not improved for {self.patience} evaluations"
+        )
 
 
 # The exit code of `paxtrain fit` stopped by on_nonfinite="stop": neither success (0) nor a

@@ -68,6 +68,11 @@ NOTHING_TO_TRAIN_MSG = (
     "raise `trainer.max_steps` to train further."
 )
 
+EARLY_STOPPED_MSG = (
+    "nothing to train: {reason} when the run saved step {step}; raise "
+    "`trainer.early_stopping.patience` to train further."
+)
+
 STEPS_PER_CALL_MSG = "max_steps ({max_steps}) must be a multiple of steps_per_call ({spc})."
 
 
@@ -250,7 +255,7 @@ class Trainer:
         self.stop_reason: str | None = None
         self.preempted: str | None = None
         self.stopped_on_nonfinite = False
-        self.nothing_to_train = False  # resumed at or past max_steps
+        self.nothing_to_train = False  # resumed at or past max_steps, or early-stopped
         self.hurry = False  # a repeated stop signal: exit as soon as the checkpoint is saved
         self.last_data_wait = 0.0
         self.last_eval_step: int | None = None
@@ -516,9 +521,10 @@ class Trainer:
     def _resume_and_train(self) -> None:
         if self.checkpointing is not None:
             self.checkpointing.resume_into(self)
-            if self.step >= self.max_steps:
+            reason = self._why_nothing_to_train()
+            if reason:
                 self.nothing_to_train = True
-                self.stop(NOTHING_TO_TRAIN_MSG.format(step=self.step, max_steps=self.max_steps))
+                self.stop(reason)
                 self.checkpointing.manager.close()
                 return
         self._run_hooks("on_train_start")
@@ -526,6 +532,15 @@ class Trainer:
         if self.preempted:  # the step the loop ended at, not the one the signal came in
             self.stop_reason = f"preempted by {self.preempted} at step {self.step}"
         self._run_hooks("on_train_end")
+
+    def _why_nothing_to_train(self) -> str | None:
+        """Why a resumed run is already done: at max_steps, or ended by its early stopping."""
+        if self.step >= self.max_steps:
+            return NOTHING_TO_TRAIN_MSG.format(step=self.step, max_steps=self.max_steps)
+        for hook in self.hooks:
+            if isinstance(hook, EarlyStopping) and hook.exhausted:
+                return EARLY_STOPPED_MSG.format(step=self.step, reason=hook.reason)
+        return None
 
     def _loop(self) -> None:
         group = self.steps_per_call if self.steps_per_call > 1 else None
