@@ -9,6 +9,7 @@ import importlib.metadata
 import importlib.util
 import inspect
 import json
+import math
 import os
 import pathlib
 import platform
@@ -389,7 +390,27 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
         say(f"paxtrain: finished at step {trainer.step} in {elapsed:.0f}s; {shown}")
     if trainer.stop_reason:
         say(f"paxtrain: {trainer.stop_reason}")
+    if not final_eval_is_finite(trainer):
+        say(NONFINITE_EVAL_MSG)
     return trainer
+
+
+NONFINITE_EVAL_MSG = (
+    "paxtrain: the final evaluation is not finite, so the run failed (exit code 3): lower the "
+    "learning rate, or look for NaN/Inf in the data or the loss."
+)
+
+
+def final_eval_is_finite(trainer: Any) -> bool:
+    """Whether every metric of the trainer's last evaluation is a finite number (true when it
+    never evaluated).
+
+    Example:
+        >>> final_eval_is_finite(fit_from_config(cfg))  # doctest: +SKIP
+        True
+    """
+    final = trainer.eval_history[-1][1] if trainer.eval_history else {}
+    return all(math.isfinite(value) for value in final.values())
 
 
 RUN_DIR_IS_FILE_MSG = "run_dir={run_dir} is a file, not a directory: choose another `run_dir=...`."
@@ -417,7 +438,8 @@ def check_run_dir(run_dir: pathlib.Path) -> None:
 
 def exit_code(trainer: Any) -> int:
     """The exit code of a finished `paxtrain fit`/`resume`: 0, 75 after a preemption (run
-    the command again), 3 after stopping on non-finite steps (`on_nonfinite=stop`).
+    the command again), 3 after stopping on non-finite steps (`on_nonfinite=stop`, or a run
+    stuck skipping them) or when the final evaluation is not finite.
 
     Example:
         >>> exit_code(fit_from_config(cfg))  # doctest: +SKIP
@@ -428,7 +450,8 @@ def exit_code(trainer: Any) -> int:
 
     if trainer.preempted:
         return PREEMPTED_EXIT_CODE
-    return NONFINITE_EXIT_CODE if trainer.stopped_on_nonfinite else 0
+    failed = trainer.stopped_on_nonfinite or not final_eval_is_finite(trainer)
+    return NONFINITE_EXIT_CODE if failed else 0
 
 
 NO_RUN_DIR_MSG = (

@@ -166,6 +166,29 @@ def test_on_nonfinite_stop(tmp_path):
     assert np.isfinite(np.asarray(state.model.fc.weight)).all()
 
 
+@pytest.mark.parametrize(
+    "bad_steps, stuck",
+    [(range(3, 200), True), (range(3, 40), False), ({*range(3, 20), *range(30, 60)}, False)],
+    ids=["every step from 3 on", "37 in a row, then finite", "two runs of skips"],
+)
+def test_skip_stops_a_run_stuck_skipping_but_not_a_run_that_recovers(tmp_path, bad_steps, stuck):
+    from paxtrain.train.hooks import STUCK_STEPS
+
+    pax.seed_rng_key(0)
+    trainer = Trainer(
+        max_steps=100, run_dir=tmp_path, log_every=10, progress="off", plot=False,
+        tensorboard=False,
+    )  # fmt: skip
+    state = trainer.fit(Regression(), PoisonedData(bad_steps), optax.adam(0.1))
+    assert trainer.stopped_on_nonfinite is stuck
+    if stuck:  # stopped at the first check with STUCK_STEPS skipped in a row
+        assert trainer.step == 60 and STUCK_STEPS == 50
+        assert "every step from 11 to 60 was skipped" in trainer.stop_reason
+    else:
+        assert trainer.step == 100 and trainer.stop_reason is None
+    assert np.isfinite(np.asarray(state.model.fc.weight)).all()
+
+
 def test_on_nonfinite_rollback_restores_skips_batches_and_lowers_the_lr(tmp_path):
     from paxtrain.train.checkpointing import Checkpointing
 

@@ -289,17 +289,31 @@ class EarlyStopping(Hook):
 NONFINITE_EXIT_CODE = 3
 
 
+# Steps in a row the "skip" policy skips before it calls the run stuck: more than a float16
+# loss scale needs to come down from 2**15 (one halving per skipped step).
+STUCK_STEPS = 50
+STUCK_MSG = (
+    "every step from {start} to {step} was skipped (non-finite loss or gradients): the "
+    "parameters are stuck where the loss is not finite; lower the learning rate, or train with "
+    "`trainer.on_nonfinite=rollback`"
+)
+
+
 class NonFinitePolicy(Hook):
     """Acts on steps the non-finite guard skipped: "stop" training, or "rollback" (see
-    `Trainer.rollback`). Checks every `every` steps, one host transfer each time.
+    `Trainer.rollback`), or "skip" them and stop only when `STUCK_STEPS` steps in a row were
+    skipped (the state is stuck where the loss is not finite: the rest of the run would be
+    skipped too). Checks every `every` steps, one host transfer each time.
 
     Example:
         >>> trainer.add_hook(NonFinitePolicy("stop", every=50))  # doctest: +SKIP
     """
 
     def __init__(self, action: str, every: int, lr_factor: float = 0.5):
-        if action not in ("stop", "rollback"):
-            raise ValueError(f"NonFinitePolicy action must be 'stop' or 'rollback', got {action!r}")
+        if action not in ("skip", "stop", "rollback"):
+            raise ValueError(
+                f"NonFinitePolicy action must be 'skip', 'stop' or 'rollback', got {action!r}"
+            )
         if not 0 < lr_factor <= 1:  # 0 would stop training; above 1 each rollback speeds it up
             raise ValueError(f"rollback_lr_factor must be in (0, 1], e.g. 0.5; got {lr_factor}")
         self.action, self.every, self.lr_factor = action, every, lr_factor
@@ -307,6 +321,7 @@ class NonFinitePolicy(Hook):
 
     def on_train_start(self, trainer: Trainer) -> None:
         self._seen = int(trainer.state.extras.get("skipped_steps", 0))
+        self._checked_step, self._stuck_since = trainer.step, None
 
     def on_step(self, trainer: Trainer, metrics: dict[str, jax.Array]) -> None:
         if not (
@@ -315,7 +330,18 @@ class NonFinitePolicy(Hook):
         ):
             return
         skipped = int(np.max(jax.device_get(metrics["skipped_steps"])))
+        since, self._checked_step = self._checked_step, trainer.step
         if skipped <= self._seen:
+            self._stuck_since = None
+            return
+        if self.action == "skip":
+            every_one = skipped - self._seen >= trainer.step - since
+            if not every_one or self._stuck_since is None:
+                self._stuck_since = since if every_one else None
+            if every_one and trainer.step - self._stuck_since >= STUCK_STEPS:
+                trainer.stopped_on_nonfinite = True
+                trainer.stop(STUCK_MSG.format(start=self._stuck_since + 1, step=trainer.step))
+            self._seen = skipped
             return
         if self.action == "stop":
             trainer.stopped_on_nonfinite = True
@@ -325,7 +351,7 @@ class NonFinitePolicy(Hook):
             return
         bad_step = trainer.step
         step = trainer.rollback(self.lr_factor)
-        self._seen = int(trainer.state.extras["skipped_steps"])
+        self._seen, self._checked_step = int(trainer.state.extras["skipped_steps"]), step
         scale = float(trainer.state.extras["update_scale"])
         trainer.log({"rollback/to_step": step, "rollback/update_scale": scale})
         print(

@@ -142,7 +142,7 @@ class Trainer:
         `train.precision`). Computing in float16 turns on dynamic loss scaling.
       ema_decay: keep an EMA of the parameters when set.
       on_nonfinite: what a step with a NaN/Inf loss or gradient does: "skip" it (counted in
-        `train/skipped_steps`), "stop" training, or "rollback" to the newest checkpoint,
+        `train/skipped_steps`; after 50 skipped in a row training stops, stuck), "stop" training, or "rollback" to the newest checkpoint,
         skipping the batches since then and scaling the learning rate by `rollback_lr_factor`.
         Detected at log steps, so within `log_every` steps. "none" turns the guard off.
       rollback_lr_factor: learning-rate factor applied at each rollback.
@@ -235,7 +235,7 @@ class Trainer:
             *([early_stopping] if early_stopping else []),
             *(
                 [NonFinitePolicy(on_nonfinite, log_every, rollback_lr_factor)]
-                if on_nonfinite in ("stop", "rollback")
+                if on_nonfinite != "none"
                 else []
             ),
             Progress(progress),
