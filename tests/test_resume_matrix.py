@@ -152,6 +152,14 @@ ROWS = {
         {},
         {"bad_steps": {3}, "k": 5, "every": 3, "n": 8, "resume_at": 3},
     ),
+    "rollback_steps_per_call": (
+        {"on_nonfinite": "rollback", "log_every": 2, "steps_per_call": 2},
+        {},
+        {"bad_steps": {3}, "k": 6, "every": 2, "n": 8},
+    ),
+    # Skipped (on_nonfinite="skip"): step 3 reads bad batch 2; interrupted at step 3, between
+    # two log steps, with its NaN loss pending in the checkpoint.
+    "skipped_step_pending": ({"log_every": 2}, {}, {"bad_steps": {2}}),
     # A graceful stop (SIGUSR1) between two log steps and two checkpoints.
     "preempted": ({}, {}, {"interrupt": "signal", "every": 100}),
     "preempted_eval_early_stopping": (
@@ -309,3 +317,25 @@ def test_an_early_stopped_run_logs_its_last_steps_and_a_resume_has_nothing_to_tr
     # More patience: it trains on, and stops where a run with that patience stops.
     longer, _ = build_and_fit(stopping(3, log_every=2), tmp_path / "run")
     assert longer.step == every_step.step == 4 and not longer.nothing_to_train
+
+
+def test_a_rollback_logs_the_bad_steps_at_their_step_and_records_the_data_position(tmp_path):
+    trainer, state = build_and_fit(ROWS["rollback"], tmp_path)
+    # Steps 3-4 (bad batch 3 read at step 4) are logged at step 4, then the rollback at step 3.
+    logged = [
+        (r["step"], r.get("train/skipped_steps"), "rollback/to_step" in r)
+        for r in read_jsonl(tmp_path)
+        if "eval/loss" not in r
+    ]
+    assert logged == [
+        (2, 0.0, False),
+        (4, 1.0, False),
+        (3, None, True),
+        (4, 0.0, False),
+        (6, 0.0, False),
+        (8, 0.0, False),
+    ]
+    # The checkpoints record the stream position they resume at: step plus the skipped batch.
+    manager = trainer.checkpointing.manager
+    assert int(state.extras["data_offset"]) == 1
+    assert [manager.meta(step)["data_position"] for step in manager.steps()] == [7, 8, 9]

@@ -121,6 +121,8 @@ class Checkpointing(Hook):
         metrics = (
             {f"eval/{k}": v for k, v in trainer.eval_history[-1][1].items()} if evaluated else None
         )
-        meta = {**self.meta, "hooks": hook_states(trainer.hooks)}
+        # The batch the run goes on from: a rollback skips batches (`extras["data_offset"]`).
+        position = trainer.step + int(trainer.state.extras.get("data_offset", 0))
+        meta = {**self.meta, "data_position": position, "hooks": hook_states(trainer.hooks)}
         self.manager.save(state, metrics=metrics, meta=meta, wait=wait)
         self._last_save_time, self._last_saved_step = time.monotonic(), trainer.step

@@ -591,6 +591,7 @@ class Trainer:
         if self.checkpointing.manager.latest_step() is None:
             raise CheckpointError(ROLLBACK_BEFORE_FIRST_SAVE_MSG.format(step=bad_step))
         restored, _ = self.checkpointing.manager.restore(self.checkpoint_state)
+        self._write_scalars()  # logged so far (the bad steps' metrics): at the step they belong to
         extras = restored.extras
         self.state = restored.with_extras(
             data_offset=extras["data_offset"] + (bad_step - int(restored.step)),
