@@ -155,6 +155,30 @@ class PoisonedData(RegressionData):
         return batch
 
 
+def test_an_ema_is_evaluated_beside_the_model(tmp_path):
+    def mse(weight, bias):  # NumPy, over the eval batches (equal sizes)
+        batches = list(RegressionData().eval_batches())
+        return np.mean([np.mean((b["x"] @ weight + bias - b["y"]) ** 2) for b in batches])
+
+    for ema_decay in (0.5, None):
+        pax.seed_rng_key(0)
+        trainer = Trainer(
+            max_steps=3, run_dir=tmp_path / str(ema_decay), progress="off", plot=False,
+            tensorboard=False, ema_decay=ema_decay,
+        )  # fmt: skip
+        state = trainer.fit(Regression(), RegressionData(), optax.adam(0.1))
+        final = trainer.eval_history[-1][1]
+        fc = state.model.fc
+        np.testing.assert_allclose(final["loss"], mse(fc.weight, fc.bias), rtol=1e-5)
+        if ema_decay is None:
+            assert not any(k.startswith("ema_") for k in final)
+            continue
+        ema = state.ema_model.fc
+        assert not np.allclose(ema.weight, fc.weight)  # a different model, evaluated as such
+        np.testing.assert_allclose(final["ema_loss"], mse(ema.weight, ema.bias), rtol=1e-5)
+        assert set(final) == {"loss", "abs_err", "ema_loss", "ema_abs_err"}
+
+
 def test_on_nonfinite_stop(tmp_path):
     pax.seed_rng_key(0)
     trainer = Trainer(

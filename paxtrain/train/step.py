@@ -316,7 +316,7 @@ def make_train_step(
 
 
 def make_eval_step(
-    eval_fn: Callable, use_ema: bool = False
+    eval_fn: Callable, use_ema: bool = False, also_ema: bool = False
 ) -> Callable[[TrainState, Batch], Metrics]:
     """A jitted `eval_step(state, batch) -> metrics` running the model in eval mode.
 
@@ -326,6 +326,8 @@ def make_eval_step(
     Args:
       eval_fn: `eval_fn(model, batch) -> metrics`.
       use_ema: evaluate the EMA parameters (needs a step built with `ema_decay`).
+      also_ema: the model's metrics and, named `ema_*`, those of the EMA parameters, in one call
+        (what the `Trainer` reports when it keeps an EMA).
 
     Example:
         >>> eval_step = make_eval_step(lambda model, batch: {"loss": ...})  # doctest: +SKIP
@@ -335,6 +337,10 @@ def make_eval_step(
     @jax.jit
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
         model = state.ema_model if use_ema else state.model
-        return eval_fn(model.eval(), batch)
+        metrics = eval_fn(model.eval(), batch)
+        if also_ema:
+            ema = eval_fn(state.ema_model.eval(), batch)
+            metrics = {**metrics, **{f"ema_{k}": v for k, v in ema.items()}}
+        return metrics
 
     return eval_step

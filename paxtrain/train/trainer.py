@@ -140,7 +140,8 @@ class Trainer:
       precision: "float32"; "bfloat16" or "float16" for that compute with f32 parameters; or a
         policy string ("params=float32,compute=bfloat16,output=float32", see
         `train.precision`). Computing in float16 turns on dynamic loss scaling.
-      ema_decay: keep an EMA of the parameters when set.
+      ema_decay: keep an EMA of the parameters when set; evaluations then report its metrics
+        too, as `eval/ema_*` (`eval/ema_loss`: a monitor for checkpoints or early stopping).
       on_nonfinite: what a step with a NaN/Inf loss or gradient does: "skip" it (counted in
         `train/skipped_steps`; after 50 skipped in a row training stops, stuck), "stop" training, or "rollback" to the newest checkpoint,
         skipping the batches since then and scaling the learning rate by `rollback_lr_factor`.
@@ -417,7 +418,9 @@ class Trainer:
                 build_with, self.seed, plan_for, load=None if self.init_from is None else load
             )
         self._train_step = make_train_step(loss_fn, **self.step_options, **self.plan.step_kwargs)
-        self._eval_step = make_eval_step(eval_fn or model_eval)
+        # With an EMA, its metrics too (`eval/ema_loss`...): what it is kept for.
+        ema = self.step_options["ema_decay"] is not None
+        self._eval_step = make_eval_step(eval_fn or model_eval, also_ema=ema)
         self.state = state
         self.step = int(state.step)
         first_batch = data.train_batch(0)
