@@ -50,17 +50,17 @@ RUN python3 -m venv "${VIRTUAL_ENV}" \
 WORKDIR /opt/paxtrain
 COPY pyproject.toml README.md ./
 COPY paxtrain ./paxtrain
-# With the recipes extra, so that every recipe shipped in /workspace runs.
+# With the recipes extra, so that every recipe shipped in the package runs.
 RUN pip install "/opt/paxtrain[recipes]" && rm -rf /opt/paxtrain
 
 # Training runs as an unprivileged user, named by number so that Kubernetes' runAsNonRoot can
-# check it; runs/ is where a volume goes.
+# check it; runs/ is where a volume goes. configs/ links to the packaged configs, as in the
+# repository, so `fit configs/char_rnn.yaml` works as `fit char_rnn` does.
 RUN groupadd --gid 1000 paxtrain \
     && useradd --create-home --uid 1000 --gid 1000 paxtrain \
-    && mkdir -p /workspace/runs && chown -R paxtrain:paxtrain /workspace
+    && mkdir -p /workspace/runs && chown -R paxtrain:paxtrain /workspace \
+    && ln -s "$(python3 -c 'from paxtrain.packaged_configs import packaged_configs_dir as d; print(d())')" /workspace/configs
 WORKDIR /workspace
-COPY --chown=paxtrain:paxtrain configs ./configs
-COPY --chown=paxtrain:paxtrain recipes ./recipes
 USER 1000:1000
 
 ENTRYPOINT ["paxtrain"]

@@ -10,7 +10,6 @@ depth with scan. Writes a section of `benchmarks/RESULTS.md`.
 from __future__ import annotations
 
 import argparse
-import pathlib
 import sys
 import time
 
@@ -21,19 +20,14 @@ import optax
 from report import machine_line, section_title, write_section
 
 import paxtrain as pax
+from paxtrain.recipes.transformer_lm import TransformerLM
 from paxtrain.train import TrainState, make_train_step
 from paxtrain.train.trainer import model_loss
 
 SEQ, BATCH, VOCAB = 64, 8, 98
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def compile_and_first_loss(num_layers: int, scan_layers: bool) -> tuple[float, float]:
-    # `python benchmarks/...` puts benchmarks/ on sys.path, not the repository's root.
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    from recipes.transformer_lm import TransformerLM
-
     pax.seed_rng_key(0)  # the same initial weights for both variants
     model = TransformerLM(VOCAB, SEQ, num_layers, num_heads=4, model_dim=64,
                           scan_layers=scan_layers)  # fmt: skip

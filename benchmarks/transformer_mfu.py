@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import pathlib
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -46,10 +45,10 @@ from report import machine_line, section_title, write_section
 from timing import interleaved
 
 import paxtrain as pax
+from paxtrain.recipes.transformer_lm import TransformerLM
 from paxtrain.train import TrainState, make_train_step
 from paxtrain.train.trainer import model_loss
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 # The `Trainer`'s policy for `precision="bfloat16"`.
 MP_POLICY = "params=float32,compute=bfloat16,output=float32"
 LEARNING_RATE = 3e-4
@@ -82,13 +81,13 @@ LOGITS_MISMATCH_MSG = """\
 paxtrain and raw JAX do not compute the same model: from the same parameters and token ids,
 their logits differ by {error:.3g} (relative norm of the difference; tolerance {rtol},
 {precision}). The timings would compare different models. Make `raw_forward` in
-benchmarks/transformer_mfu.py do what recipes/transformer_lm.py does."""
+benchmarks/transformer_mfu.py do what paxtrain/recipes/transformer_lm.py does."""
 
 SHAPES_MISMATCH_MSG = """\
 The recipe's parameters do not have the shapes that `init_params` gives the raw-JAX model:
   recipe:  {recipe}
   raw JAX: {raw}
-recipes/transformer_lm.py has changed; update `init_params` and `params_from_recipe`."""
+paxtrain/recipes/transformer_lm.py has changed; update `init_params` and `params_from_recipe`."""
 
 MATMUL_DTYPES_MSG = """\
 warning: the timings compare different computations; the forward matmuls' output dtypes are
@@ -122,12 +121,6 @@ def recipe_model(
         >>> recipe_model(TINY, "bfloat16").num_layers  # doctest: +SKIP
         2
     """
-    # `python benchmarks/...` puts benchmarks/ on sys.path, not the repository's root, and
-    # the recipes are not an installed package.
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    from recipes.transformer_lm import TransformerLM
-
     pax.seed_rng_key(0)
     model = TransformerLM(
         size.vocab_size, size.seq_len, size.num_layers, size.num_heads, size.model_dim,

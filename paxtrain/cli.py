@@ -6,6 +6,8 @@
     paxtrain fit configs/char_rnn.yaml -m optimizer.learning_rate.peak_value=1e-3,3e-4 --launcher slurm \
         --launcher-config configs/launcher/slurm.yaml                # nodes, GPUs, partition...
     paxtrain fit configs/char_rnn.yaml --cfg job                     # print the resolved config
+    paxtrain options configs/char_rnn.yaml                           # every key: type, value, help
+    paxtrain fit char_rnn trainer.max_steps=500                       # a config shipped with paxtrain
     paxtrain resume runs/char_rnn-20260101-120000 trainer.max_steps=3000
     paxtrain eval runs/char_rnn-20260101-120000 --step best
     paxtrain eval runs/char_rnn-20260101-120000 mesh.data=-1 mesh.fsdp=1   # on other devices
@@ -33,6 +35,7 @@ from paxtrain.checkpoint import CheckpointError
 from paxtrain.config import ConfigError
 from paxtrain.data.source import DataError
 from paxtrain.launch import LaunchError
+from paxtrain.packaged_configs import find_config, packaged_config_names
 from paxtrain.parallel import LayoutError
 from paxtrain.train.preemption import PREEMPTED_EXIT_CODE, PreemptedBeforeTraining, before_training
 
@@ -86,14 +89,29 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="paxtrain", description="Train JAX models with paxtrain.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    fit = commands.add_parser("fit", help="train from a YAML config with Hydra overrides")
-    fit.add_argument("config", help="path to a YAML config, e.g. configs/char_rnn.yaml")
+    fit = commands.add_parser(
+        "fit",
+        help="train from a YAML config with Hydra overrides",
+        epilog="Every key a config can set, with its type, value and help: paxtrain options CONFIG",
+    )
+    fit.add_argument(
+        "config",
+        help="path to a YAML config, e.g. configs/char_rnn.yaml, or the name of one shipped "
+        f"with paxtrain, from any directory: {', '.join(packaged_config_names())}",
+    )
     fit.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.max_steps=500")
     fit.set_defaults(accepts_overrides=True)
     fit.add_argument("-m", "--multirun", action="store_true", help="one run per swept value")
     fit.add_argument("--cfg", choices=["job"], help="print the resolved config and exit")
     fit.add_argument("--launcher", choices=["local", "slurm"], help="with -m: submit via submitit")
     fit.add_argument("--launcher-config", help="YAML of launcher options (configs/launcher/)")
+
+    options = commands.add_parser(
+        "options", help="list every key a config can set: type, value, help (then exit)"
+    )
+    options.add_argument("config", help="a YAML config or a packaged config's name, as for fit")
+    options.add_argument("overrides", nargs="*", help="overrides, e.g. model=gru")
+    options.set_defaults(accepts_overrides=True)
 
     resume = commands.add_parser("resume", help="continue a run from its newest checkpoint")
     resume.add_argument("run_dir", help="a run directory written by `paxtrain fit`")
@@ -135,13 +153,19 @@ def _fit(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from paxtrain.config import compose
-    from paxtrain.run import fit_from_config, sweep_overrides
+    from paxtrain.run import fit_from_config
+    from paxtrain.sweep import sweep_overrides
 
+    config = find_config(args.config)
     # `_target_` objects may live in the user's project: importable from where paxtrain runs,
-    # and from the project root of the config file (the parent of its `configs/` folder).
-    sys.path[:0] = [os.getcwd(), str(pathlib.Path(args.config).resolve().parent.parent)]
+    # and from the project root of a config file (the parent of its `configs/` folder; not
+    # through links, which would lead into paxtrain's own folder from the repository's root).
+    roots = [os.getcwd()]
+    if config == args.config:
+        roots.append(str(pathlib.Path(os.path.abspath(config)).parent.parent))
+    sys.path[:0] = roots
     jobs = sweep_overrides(args.overrides) if args.multirun else [list(args.overrides)]
-    configs = [compose(args.config, overrides) for overrides in jobs]
+    configs = [compose(config, overrides) for overrides in jobs]
     if args.cfg == "job":
         for cfg in configs:
             print(OmegaConf.to_yaml(cfg), end="")
@@ -153,23 +177,34 @@ def _fit(args: argparse.Namespace) -> int:
     if args.multirun:
         from paxtrain.run import assign_sweep_dirs
 
-        configs = assign_sweep_dirs(configs, jobs, args.config)
+        configs = assign_sweep_dirs(configs, jobs, config)
     if args.launcher:
         from paxtrain.launch import launcher_options, submit_sweep
 
         options = launcher_options(args.launcher, args.launcher_config)
-        # The jobs import `_target_`s from the same two project paths put in front above.
-        jobs = submit_sweep(configs, args.config, args.launcher, options, sys_path=sys.path[:2])
+        # The jobs import `_target_`s from the same project paths put in front above.
+        jobs = submit_sweep(configs, config, args.launcher, options, sys_path=roots)
         preempted = args.launcher == "local" and any(job.result()["preempted"] for job in jobs)
         return PREEMPTED_EXIT_CODE if preempted else 0
     from paxtrain.run import exit_code
 
     codes = []
     for cfg in configs:
-        codes.append(exit_code(fit_from_config(cfg, config_path=args.config)))
+        codes.append(exit_code(fit_from_config(cfg, config_path=config)))
         if codes[-1] == PREEMPTED_EXIT_CODE:  # the job is being stopped: the rest waits too
             return PREEMPTED_EXIT_CODE
     return max(codes, default=0)  # a diverged job of a sweep does not stop the others
+
+
+def _options(args: argparse.Namespace) -> int:
+    from paxtrain.config import compose
+    from paxtrain.options import config_options, format_options
+
+    config = find_config(args.config)
+    sys.path[:0] = [os.getcwd()]
+    cfg = compose(config, list(args.overrides), check=False)  # `???` values: listed, to set
+    print(format_options(config_options(cfg)))
+    return 0
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -232,7 +267,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown_flags or rest)}")
     if rest:
         args.overrides = [*args.overrides, *rest]
-    commands = {"fit": _fit, "resume": _resume, "eval": _eval, "plot": _plot, "data": _data}
+    commands = {
+        "fit": _fit,
+        "options": _options,
+        "resume": _resume,
+        "eval": _eval,
+        "plot": _plot,
+        "data": _data,
+    }
     try:
         # A preemption signal while data and model are built: nothing to save, exit 75.
         with before_training():

@@ -11,6 +11,7 @@ import collections.abc
 import contextlib
 import dataclasses
 import difflib
+import enum
 import importlib
 import inspect
 import pathlib
@@ -19,62 +20,121 @@ import types
 import typing
 from typing import Any
 
+import jax
+import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 
 class ConfigError(ValueError):
     """A config problem, reported to the user as one message (exit code 2 on the CLI)."""
 
 
+class Mode(enum.StrEnum):
+    """Whether a smaller or a larger monitored metric is better."""
+
+    min = "min"
+    max = "max"
+
+
+class Progress(enum.StrEnum):
+    """How training progress is shown: a bar on a terminal, log lines otherwise (auto)."""
+
+    auto = "auto"
+    bar = "bar"
+    log = "log"
+    off = "off"
+
+
+class NonFinite(enum.StrEnum):
+    """What a step with a non-finite loss or gradient does (see `Trainer`)."""
+
+    skip = "skip"
+    stop = "stop"
+    rollback = "rollback"
+    none = "none"
+
+
+class Strategy(enum.StrEnum):
+    """How steps run on several devices: jit over a mesh, or pmap (data parallel only)."""
+
+    jit = "jit"
+    pmap = "pmap"
+
+
+# The schemas mirror the objects they configure (`MIRRORS`), with the same defaults and types
+# (tests/test_config_schema.py fails when they drift, and lists the deliberate differences).
+
+
 @dataclasses.dataclass
 class EarlyStoppingConfig:
-    monitor: str | None = None  # a logged metric, e.g. "eval/loss"; None disables
-    mode: str = "min"  # "min" or "max"
-    patience: int = 3  # evaluations without improvement before stopping
+    """`paxtrain.train.hooks.EarlyStopping`'s parameters.
+
+    Attributes:
+      monitor: eval metric, e.g. "eval/loss"; null: no early stopping.
+    """
+
+    monitor: str | None = None
+    mode: Mode = Mode.min
+    patience: int = 3
     min_delta: float = 0.0
 
 
 @dataclasses.dataclass
 class CheckpointConfig:
-    every_steps: int | None = 500  # None: only at the end
+    """`paxtrain.train.checkpointing.Checkpointing`'s parameters.
+
+    Attributes:
+      enabled: false: no checkpoints (and no resume).
+    """
+
+    every_steps: int | None = 500
     every_seconds: float | None = None
     keep_last: int = 3
-    keep_best: int = 0  # also keep the best N by `monitor`
-    monitor: str | None = None  # e.g. "eval/loss"
-    mode: str = "min"
+    keep_best: int = 0
+    monitor: str | None = None
+    mode: Mode = Mode.min
     async_save: bool = True
     enabled: bool = True
 
 
 @dataclasses.dataclass
 class ProfileConfig:
-    start_step: int | None = None  # trace steps start_step.. into RUN_DIR/profile/; None: off
+    """`paxtrain.train.profile.Profile`'s parameters.
+
+    Attributes:
+      start_step: trace `num_steps` steps from this one into RUN_DIR/profile/; null: no trace.
+    """
+
+    start_step: int | None = None
     num_steps: int = 3
 
 
 @dataclasses.dataclass
 class TrainerConfig:
+    """`paxtrain.train.trainer.Trainer`'s parameters (its docstring has their help).
+
+    Attributes:
+      loggers: tensorboard, jsonl, mlflow, wandb, or `_target_` sections building Loggers.
+    """
+
     max_steps: int = 1000
-    eval_every: int | None = 250  # None: evaluate only at the end
+    eval_every: int | None = None
     log_every: int = 50
     steps_per_call: int = 1
     grad_accum_steps: int = 1
-    precision: str = (
-        "float32"  # float32 | bfloat16 | float16 | "params=float32,compute=bfloat16,..."
-    )
+    precision: str = "float32"
     ema_decay: float | None = None
-    on_nonfinite: str = "skip"  # skip | stop | rollback | none
+    on_nonfinite: NonFinite = NonFinite.skip
     rollback_lr_factor: float = 0.5
-    grad_norm: bool = True  # log train/grad_norm (free with the non-finite guard, which needs it)
-    progress: str = "auto"  # auto | bar | log | off
-    plot: bool = True  # write curves.png at the end
-    # Metrics sinks: tensorboard | jsonl | mlflow | wandb, or `_target_` sections (Logger objects)
+    grad_norm: bool = True
+    progress: Progress = Progress.auto
+    plot: bool = True
     loggers: list[Any] = dataclasses.field(default_factory=lambda: ["tensorboard", "jsonl"])
     early_stopping: EarlyStoppingConfig = dataclasses.field(default_factory=EarlyStoppingConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     profile: ProfileConfig = dataclasses.field(default_factory=ProfileConfig)
-    compile_cache: str | None = "auto"  # JAX's persistent compilation cache: auto | a dir | null
+    compile_cache: str | None = "auto"
     preemption_signals: list[str] = dataclasses.field(
         default_factory=lambda: ["SIGTERM", "SIGINT", "SIGUSR1"]
     )
@@ -82,45 +142,75 @@ class TrainerConfig:
 
 @dataclasses.dataclass
 class MeshConfig:
-    """Device layout (`paxtrain.parallel.make_mesh`); -1 takes the devices the others leave."""
+    """Device layout (`paxtrain.parallel.make_mesh`); -1 takes the devices the others leave.
 
-    data: int = -1  # data parallel
-    fsdp: int = 1  # batch and large parameters split
-    tensor: int = 1  # parameters split by the tensor-parallel rules
+    Attributes:
+      data: devices on the data-parallel axis.
+      fsdp: devices the batch and the large parameters are split over (FSDP).
+      tensor: devices the parameters are split over by the tensor-parallel rules.
+    """
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
 
 
 @dataclasses.dataclass
 class ParallelConfig:
-    strategy: str = "jit"  # jit (mesh: data, FSDP, tensor) | pmap (data parallel only)
-    distributed: bool = True  # join a multi-process run when the environment describes one
-    # [[regex, [entry per axis]], ...] (see `paxtrain.parallel.as_rules`); None: the defaults
+    """How the steps run on several devices and processes.
+
+    Attributes:
+      strategy: jit (a mesh: data, FSDP, tensor parallel) or pmap (data parallel only).
+      distributed: join a multi-process run when the environment describes one (Slurm...).
+      tensor_rules: [[regex, [entry per axis]], ...] (`paxtrain.parallel.as_rules`); null: defaults.
+    """
+
+    strategy: Strategy = Strategy.jit
+    distributed: bool = True
     tensor_rules: list[Any] | None = None
 
 
 @dataclasses.dataclass
 class FitConfig:
+    """A `paxtrain fit` run (`paxtrain options CONFIG` lists every key with its help).
+
+    Attributes:
+      name: the run's name, the start of its default run directory.
+      run_dir: the run directory; null: runs/<name>-<timestamp>.
+      seed: seed of the model's initialization and of the training RNG.
+      optimizer: a `_target_` section over optax (`paxtrain.optax_config`).
+      model: a `_target_` section building the model; it may take `data.info` values.
+      data: a `_target_` section building the `DataSource`.
+      callbacks: `_target_` sections building more hooks.
+      init_from: fine-tuning: a run directory or checkpoint to load parameters from.
+      init_from_include: regexes on parameter paths: load only those that match.
+      freeze: regexes on submodule paths: those are not trained.
+    """
+
     name: str = "run"
-    run_dir: str | None = None  # None: runs/<name>-<timestamp>
+    run_dir: str | None = None
     seed: int = 0
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
-    optimizer: Any = None  # a `_target_` section over optax (`paxtrain.optax_config`)
+    optimizer: Any = None
     model: Any = None
     data: Any = None
     callbacks: list[Any] = dataclasses.field(default_factory=list)
-    init_from: str | None = None  # fine-tuning: a run dir or checkpoint to load parameters from
-    init_from_include: list[str] = dataclasses.field(default_factory=list)  # regexes on paths
-    freeze: list[str] = dataclasses.field(default_factory=list)  # regexes on submodule paths
+    init_from: str | None = None
+    init_from_include: list[str] = dataclasses.field(default_factory=list)
+    freeze: list[str] = dataclasses.field(default_factory=list)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
 
 
-_CHOICES = {
-    "trainer.progress": ("auto", "bar", "log", "off"),
-    "trainer.on_nonfinite": ("skip", "stop", "rollback", "none"),
-    "trainer.early_stopping.mode": ("min", "max"),
-    "trainer.checkpoint.mode": ("min", "max"),
-    "parallel.strategy": ("jit", "pmap"),
+# The object each schema configures: its docstring's `Args:` are the keys' help (`paxtrain
+# options`); tests/test_config_schema.py checks the defaults and types agree.
+MIRRORS = {
+    TrainerConfig: "paxtrain.train.trainer.Trainer",
+    CheckpointConfig: "paxtrain.train.checkpointing.Checkpointing",
+    EarlyStoppingConfig: "paxtrain.train.hooks.EarlyStopping",
+    ProfileConfig: "paxtrain.train.profile.Profile",
 }
+
 
 UNKNOWN_KEY_MSG = "Unknown config key `{key}`.{hint}"
 WRONG_TYPE_MSG = "Config key `{key}`: {detail}"
@@ -144,6 +234,9 @@ ARG_TYPE_MSG = (
 ARG_SIZE_MSG = (
     "`{key}.{arg}` is {value}; a size or count must be at least 1, e.g. `{key}.{arg}={example}`."
 )
+NOT_YAML_MSG = (
+    "The config {path} is not a YAML file (.yaml): give one, e.g. `paxtrain fit {example}`."
+)
 CONFIG_IS_DIR_MSG = (
     "The config path {path} is a directory: give a YAML file, e.g. `paxtrain fit {example}`."
 )
@@ -156,6 +249,17 @@ _AT_LEAST_ONE = (
     "trainer.grad_accum_steps", "trainer.checkpoint.every_steps", "trainer.checkpoint.keep_last",
     "trainer.early_stopping.patience", "optimizer.horizon", "trainer.profile.num_steps",
 )  # fmt: skip
+
+# Keys that are fractions: (lower bound, upper bound, the interval in words, an example).
+_INTERVALS = {
+    "trainer.ema_decay": (lambda v: v >= 0, lambda v: v < 1, "[0, 1)", 0.999),
+    "trainer.rollback_lr_factor": (lambda v: v > 0, lambda v: v <= 1, "(0, 1]", 0.5),
+}
+PROFILE_START_MSG = (
+    "`trainer.profile.start_step` is {start}, outside the run's steps 0 to {last}: no trace "
+    "would be written; choose a step in that range, e.g. `trainer.profile.start_step=10`."
+)
+INTERVAL_MSG = "Config key `{key}` is {value}; it must be in {interval}, e.g. `{key}={example}`."
 
 # Parameters of `_target_`s that are sizes or counts by their name: `batch_size`, `seq_len`,
 # `hidden_dim`, `num_layers`... An int given to one must be at least 1.
@@ -178,13 +282,19 @@ def _keys_at(node: Any, prefix: str) -> list[str]:
 
 
 def _sibling_keys(full_key: str, *configs: Any) -> list[str]:
-    """Full keys beside `full_key` in the schema and in `configs`."""
+    """Full keys beside `full_key` in the schema and in `configs`, with the parameters of the
+    target of a `_target_` section there."""
     parent = full_key.rpartition(".")[0]
+    prefix = f"{parent}." if parent else ""
     keys: set[str] = set()
     for node in (OmegaConf.structured(FitConfig), *configs):
         for part in filter(None, parent.split(".")):
             node = node.get(part) if isinstance(node, (DictConfig, dict)) else None
-        keys.update(_keys_at(node, f"{parent}." if parent else ""))
+        keys.update(_keys_at(node, prefix))
+        if _is_target(node):
+            with contextlib.suppress(ConfigError, TypeError, ValueError):
+                target = locate(str(node["_target_"]), parent)
+                keys.update(f"{prefix}{name}" for name in inspect.signature(target).parameters)
     return sorted(keys)
 
 
@@ -196,7 +306,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     Example:
         >>> cfg = OmegaConf.create({
         ...     "data": {"_target_": "paxtrain.data.CharCorpus", "seq_len": 16},
-        ...     "model": {"_target_": "recipes.char_rnn.CharRNN", "hidden_dim": 32},
+        ...     "model": {"_target_": "paxtrain.recipes.char_rnn.CharRNN", "hidden_dim": 32},
         ...     "trainer": {"max_steps": 10},
         ... })
         >>> validate(cfg).trainer.log_every  # the schema's default
@@ -208,24 +318,16 @@ def validate(cfg: DictConfig) -> DictConfig:
     schema = OmegaConf.structured(FitConfig)
     try:
         merged = OmegaConf.merge(schema, cfg)
-    except ConfigKeyError as error:
-        key = str(error.full_key)
-        raise ConfigError(
-            UNKNOWN_KEY_MSG.format(key=key, hint=_hint(key, _sibling_keys(key)))
-        ) from None
-    except ValidationError as error:
+    except (ConfigKeyError, ValidationError) as error:
         detail = str(error).splitlines()[0]
-        raise ConfigError(WRONG_TYPE_MSG.format(key=error.full_key, detail=detail)) from None
+        value = getattr(error, "value", None)
+        raise _schema_error(type(error).__name__, str(error.full_key), detail, value) from None
     from paxtrain.optax_config import complete_optimizer, validate_optimizer
 
     complete_optimizer(merged)
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         raise ConfigError(MISSING_VALUE_MSG.format(key=missing[0]))
-    for key, choices in _CHOICES.items():
-        value = OmegaConf.select(merged, key)
-        if value not in choices:
-            raise ConfigError(BAD_CHOICE_MSG.format(key=key, value=value, choices=choices))
     _check_numbers(merged)
     _check_precision(merged.trainer.precision)
     _check_loggers(merged.trainer.loggers)
@@ -235,6 +337,9 @@ def validate(cfg: DictConfig) -> DictConfig:
             f"`trainer.max_steps` ({merged.trainer.max_steps}) must be a multiple of "
             f"`trainer.steps_per_call` ({merged.trainer.steps_per_call})."
         )
+    start, max_steps = merged.trainer.profile.start_step, merged.trainer.max_steps
+    if start is not None and not 0 <= start < max_steps:
+        raise ConfigError(PROFILE_START_MSG.format(start=start, last=max_steps - 1))
     check_target(merged.data, "data")
     check_target(merged.model, "model", provided=None)  # some arguments come from the data
     for i, callback in enumerate(merged.callbacks):
@@ -272,6 +377,12 @@ def _check_numbers(cfg: DictConfig) -> None:
         if value is not None and value < 1:
             example = OmegaConf.select(defaults, key) or 10
             raise ConfigError(AT_LEAST_ONE_MSG.format(key=key, value=value, example=example))
+    for key, (low, high, interval, example) in _INTERVALS.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not (low(value) and high(value)):
+            raise ConfigError(
+                INTERVAL_MSG.format(key=key, value=value, interval=interval, example=example)
+            )
     keep_best = cfg.trainer.checkpoint.keep_best
     if keep_best and not cfg.trainer.checkpoint.monitor:
         raise ConfigError(KEEP_BEST_MSG.format(keep_best=keep_best))
@@ -295,29 +406,70 @@ def _fits(value: Any, hint: Any) -> bool:
         return isinstance(value, str)
     if origin in (list, tuple, collections.abc.Sequence) or hint in (list, tuple):
         return isinstance(value, (list, tuple, ListConfig))
+    if origin is collections.abc.Callable or hint is collections.abc.Callable:
+        return _is_target(value)  # a config gives a function only as a `_target_` section
+    if hint in _ARRAY_TYPES:
+        return isinstance(value, (int, float, list, ListConfig)) and not isinstance(value, bool)
     return True
 
 
+# Where an annotation takes arrays (`jax.Array`, numpy's, optax's `ArrayLike`), a config gives a
+# number or a list of them.
+_ARRAY_TYPES = (jax.Array, np.ndarray, np.number, np.bool_, complex)
+
+
 def _type_name(hint: Any) -> str:
+    """What a config may give where `hint` is annotated, in words: `int`, `int | None`, or for
+    array-like and callable unions (optax's) `a number | a _target_ section`."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        numbers = (int, float, *_ARRAY_TYPES) if set(args) & set(_ARRAY_TYPES) else ()
+        names = dict.fromkeys("a number" if a in numbers else _type_name(a) for a in args)
+        return " | ".join(names)
+    if hint in _ARRAY_TYPES:
+        return "a number"
+    if typing.get_origin(hint) is collections.abc.Callable or hint is collections.abc.Callable:
+        return "a _target_ section"
+    if hint is type(None):
+        return "None"
     return re.sub(
         r"\b(typing|collections\.abc)\.", "", getattr(hint, "__name__", None) or str(hint)
     )
+
+
+def _parameter_hints(target: Any) -> dict[str, Any]:
+    """Each parameter's annotation, evaluated on its own: one naming what its module imports only
+    for type checkers (optax's `ArrayTree`) leaves only that parameter unchecked, where
+    `typing.get_type_hints` would give up on all of them."""
+    function = target.__init__ if inspect.isclass(target) else target
+    namespace = getattr(inspect.unwrap(function), "__globals__", {})
+    hints = {}
+    for name, parameter in inspect.signature(function).parameters.items():
+        annotation = parameter.annotation
+        if isinstance(annotation, str):
+            try:
+                annotation = eval(annotation, namespace)  # what get_type_hints does, one by one
+            except Exception:
+                continue
+        if annotation is not parameter.empty:
+            hints[name] = annotation
+    return hints
 
 
 def _check_values(node: Any, key: str, target: Any) -> None:
     """Checks a `_target_` section's values against the target's annotations, and that sizes
     and counts (by parameter name) are at least 1, before the target is called."""
     try:
-        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
         values = (
             OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
         )
-    except Exception:  # unresolvable annotations or interpolations: the call itself reports
+    except Exception:  # unresolvable interpolations: the call itself reports
         return
+    hints = _parameter_hints(target)
     params = inspect.signature(target).parameters
     for arg, value in values.items():
         hint = hints.get(arg)
-        if arg.startswith("_") or hint is None:
+        if arg.startswith("_") or hint is None or _is_target(value):
             continue
         default = params[arg].default if arg in params else inspect.Parameter.empty
         example = default if default not in (inspect.Parameter.empty, None) else "..."
@@ -351,10 +503,15 @@ def check_target(node: Any, key: str, provided: tuple[str, ...] | None = ()) -> 
     """Checks that a `_target_` section's keys match the target's parameters.
 
     `provided` names parameters the caller will pass itself (e.g. `vocab_size` from the data);
-    None skips the check for missing required parameters, when those are not known yet.
+    None skips the check for missing required parameters, when those are not known yet, as
+    does `_partial_: true` (the rest is passed later). Nested `_target_` sections, which
+    `hydra.utils.instantiate` builds first, are checked the same way.
 
     Example:
         >>> check_target({"_target_": "paxtrain.data.CharCorpus", "seq_len": 8}, "data")
+        >>> check_target({"_target_": "optax.chain", "_args_": [{"_target_": "optax.sgd"}]}, "opt")
+        Traceback (most recent call last):
+        paxtrain.config.ConfigError: `opt._args_[0]` is missing required parameter(s) ['learning_rate'] of optax.sgd.
     """
     if node is None:
         raise ConfigError(NO_TARGET_MSG.format(key=key))
@@ -382,31 +539,52 @@ def check_target(node: Any, key: str, provided: tuple[str, ...] | None = ()) -> 
         and n not in given
         and n not in (provided or ())
     ]
-    if required and provided is not None:
+    if required and provided is not None and not node.get("_partial_", False):
         raise ConfigError(MISSING_ARG_MSG.format(key=key, args=required, target=node["_target_"]))
     _check_values(node, key, target)
+    for arg, value in node.items():
+        if _is_target(value):
+            check_target(value, f"{key}.{arg}")
+        elif isinstance(value, (ListConfig, list)):
+            for i, item in enumerate(value):
+                if _is_target(item):
+                    check_target(item, f"{key}.{arg}[{i}]")
 
 
-def _add_known_key(override: str, base: DictConfig) -> str:
-    """Lets `key=value` set a key the YAML file leaves out when the schema or the section's
-    `_target_` signature defines it (rewritten to Hydra's `++key=value`)."""
+def _is_target(node: Any) -> bool:
+    return isinstance(node, (DictConfig, dict)) and "_target_" in node
+
+
+def _add_target_parameter(override: str, base: DictConfig) -> str:
+    """`section.arg=value` for a parameter of a `_target_` section's target that the YAML file
+    leaves out (`data.max_chars=5000`), as Hydra's `++section.arg=value`.
+
+    The schema types `model`, `data`... as any value, so Hydra cannot know their keys; the
+    target's signature does. Other keys are left to Hydra, and a typo in a target's parameter
+    stays an error naming the closest parameter.
+
+    Example:
+        >>> base = OmegaConf.create({"data": {"_target_": "paxtrain.data.CharCorpus"}})
+        >>> _add_target_parameter("data.seq_len=8", base), _add_target_parameter("data.sq=8", base)
+        ('++data.seq_len=8', 'data.sq=8')
+    """
     key, sep, _ = override.partition("=")
     if not sep or key.startswith(("+", "~")) or OmegaConf.select(base, key) is not None:
         return override
     parent, _, leaf = key.rpartition(".")
-    schema = OmegaConf.structured(FitConfig)
-    schema_node = OmegaConf.select(schema, parent) if parent else schema
-    known = isinstance(schema_node, DictConfig) and leaf in schema_node
     section = OmegaConf.select(base, parent) if parent else None
-    if isinstance(section, DictConfig) and "_target_" in section:
-        # A bad target is reported by validation, with the right message.
-        with contextlib.suppress(ConfigError, TypeError, ValueError):
-            target = locate(str(section._target_), parent)
-            known = known or leaf in inspect.signature(target).parameters
-    return f"++{override}" if known else override
+    if not _is_target(section):
+        return override
+    # A bad target is reported by validation, with the right message.
+    with contextlib.suppress(ConfigError, TypeError, ValueError):
+        if leaf in inspect.signature(locate(str(section._target_), parent)).parameters:
+            return f"++{override}"
+    return override
 
 
-_OVERRIDE_KEY = re.compile(r"Could not override '([^']+)'")
+# A YAML file's value refused by the schema, as Hydra reports it (the cause is not kept).
+_FILE_REFUSED = re.compile(r"(\w+Error) raised while composing config:\n(.*)\n\s+full_key: (\S+)")
+_INVALID_VALUE = re.compile(r"Invalid value '(.*)', expected one of")
 _GROUP_OPTIONS = re.compile(r"Available options in '([^']+)':\n((?:\t.*\n?)+)")
 
 
@@ -422,11 +600,86 @@ def _one_line(hydra_message: str) -> str:
     )
 
 
-def compose(config_path: str | pathlib.Path, overrides: list[str]) -> DictConfig:
-    """Loads a YAML config with Hydra (config groups, defaults lists, overrides) and validates it.
+# Hydra's "schema in the defaults list": `FitConfig` is stored in Hydra's ConfigStore, and the
+# primary config `compose` stores lists it before the user's file, which needs no change.
+SCHEMA_NAME = "paxtrain_fit_schema"
+PRIMARY_NAME = "paxtrain_compose"
+
+
+def store_schema(config_name: str) -> None:
+    """Stores `FitConfig` in Hydra's ConfigStore as `paxtrain_fit_schema`, and the primary
+    config `paxtrain_compose`: defaults `[paxtrain_fit_schema, config_name, _self_]`. The file
+    `config_name` merges onto the typed schema, so its values are checked as it loads, and an
+    override can set a schema key it leaves out (`trainer.ema_decay=0.99`).
 
     Example:
-        >>> cfg = compose("configs/char_rnn.yaml", ["trainer.max_steps=5"])  # doctest: +SKIP
+        >>> store_schema("char_rnn")
+        >>> from hydra.core.config_store import ConfigStore
+        >>> ConfigStore.instance().load(f"{PRIMARY_NAME}.yaml").node.defaults
+        ['paxtrain_fit_schema', 'char_rnn', '_self_']
+    """
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name=SCHEMA_NAME, node=FitConfig)
+    store.store(name=PRIMARY_NAME, node={"defaults": [SCHEMA_NAME, config_name, "_self_"]})
+
+
+def _schema_error(
+    kind: str, key: str, detail: str, value: Any = None, config: Any = None
+) -> ConfigError:
+    """A value or key the schema refuses, as one message naming the key: the closest valid
+    keys (of the schema and of `config`) for an unknown one, the choices of an `Enum` field,
+    else the type expected."""
+    if kind in ("ConfigKeyError", "ConfigAttributeError"):
+        hint = _hint(key, _sibling_keys(key, *([] if config is None else [config])))
+        return ConfigError(UNKNOWN_KEY_MSG.format(key=key, hint=hint))
+    field = _schema_type(key)
+    if isinstance(field, type) and issubclass(field, enum.Enum):
+        if value is None and (given := _INVALID_VALUE.search(detail)):
+            value = given.group(1)
+        choices = tuple(member.value for member in field)
+        return ConfigError(BAD_CHOICE_MSG.format(key=key, value=value, choices=choices))
+    return ConfigError(WRONG_TYPE_MSG.format(key=key, detail=detail))
+
+
+def _schema_type(key: str) -> Any:
+    """The annotation of a schema key (`trainer.progress` -> `Progress`), or None."""
+    hint: Any = FitConfig
+    for part in key.split("."):
+        hint = typing.get_type_hints(hint).get(part) if dataclasses.is_dataclass(hint) else None
+    return hint
+
+
+def _hydra_error(error: Exception, config: Any) -> ConfigError:
+    """Hydra's composition error as one `ConfigError`; `config` is the user's file, whose keys
+    are candidates for a misspelt one."""
+    cause, message = error.__cause__, str(error)
+    if isinstance(cause, OmegaConfBaseException) and cause.full_key:  # from an override
+        first, value = str(cause).splitlines()[0], getattr(cause, "value", None)
+        return _schema_error(type(cause).__name__, cause.full_key, first, value, config)
+    refused = _FILE_REFUSED.search(message)  # from the file
+    if refused:
+        return _schema_error(refused.group(1), refused.group(3), refused.group(2))
+    return ConfigError(_one_line(message))
+
+
+def compose(
+    config_path: str | pathlib.Path, overrides: list[str], check: bool = True
+) -> DictConfig:
+    """Loads a YAML config with Hydra (config groups, defaults lists, overrides) onto the
+    schema (`store_schema`) and validates it (`check=False`: typed by the schema only, values
+    still to set (`???`) allowed, as `paxtrain options` lists them).
+
+    `key=value` may set any schema key, and a parameter of a `_target_` section's target that
+    the file leaves out (`data.max_chars=5000`, see `_add_target_parameter`); `+key=value` and
+    `++key=value` work as in Hydra.
+
+    Example:
+        >>> from paxtrain.packaged_configs import find_config
+        >>> cfg = compose(find_config("char_rnn"), ["trainer.ema_decay=0.99", "data.max_chars=5000"])
+        >>> cfg.trainer.ema_decay, cfg.data.max_chars, cfg.trainer.max_steps
+        (0.99, 5000, 1500)
     """
     import yaml
     from hydra import compose as hydra_compose
@@ -440,11 +693,15 @@ def compose(config_path: str | pathlib.Path, overrides: list[str]) -> DictConfig
         )
     if not path.is_file():
         raise ConfigError(f"Config file not found: {config_path}")
+    if path.suffix not in (".yaml", ".yml"):  # Hydra would look for `STEM.yaml` beside it
+        raise ConfigError(NOT_YAML_MSG.format(path=config_path, example="configs/char_rnn.yaml"))
     try:
+        store_schema(path.stem)
         with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
-            base = hydra_compose(config_name=path.stem)
-            overrides = [_add_known_key(o, base) for o in overrides]
-            cfg = hydra_compose(config_name=path.stem, overrides=overrides)
+            if overrides:
+                base = hydra_compose(config_name=PRIMARY_NAME)
+                overrides = [_add_target_parameter(o, base) for o in overrides]
+            cfg = hydra_compose(config_name=PRIMARY_NAME, overrides=overrides)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         raise ConfigError(
@@ -454,12 +711,6 @@ def compose(config_path: str | pathlib.Path, overrides: list[str]) -> DictConfig
             )
         ) from None  # fmt: skip
     except HydraException as error:
-        message = str(error)
-        match = _OVERRIDE_KEY.search(message)
-        if match:
-            key = match.group(1)
-            hint = _hint(key, _sibling_keys(key, OmegaConf.load(path)))
-            raise ConfigError(UNKNOWN_KEY_MSG.format(key=key, hint=hint)) from None
-        raise ConfigError(_one_line(message)) from None
+        raise _hydra_error(error, OmegaConf.load(path)) from None
     OmegaConf.set_struct(cfg, False)
-    return validate(cfg)
+    return validate(cfg) if check else cfg

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import jax
-import numpy as np
 
 import paxtrain as pax
 from paxtrain.checkpoint import CheckpointError, flatten_state
@@ -50,7 +49,12 @@ def _step_dir(source: pathlib.Path) -> pathlib.Path:
 
 
 def load_parameters(model: M, source: str | pathlib.Path, include: Sequence[str] = ()) -> M:
-    """`model` with its trainable parameters taken from a checkpoint's model.
+    """`model` with its parameters (frozen ones too) taken from a checkpoint's model.
+
+    Only those parameters are read from the checkpoint, not the optimizer's moments nor the
+    rest of it, each straight into the layout of the parameter it replaces: its `sharding`,
+    which `model` may give as `jax.ShapeDtypeStruct` leaves (what `Trainer.prepare` passes to
+    `init_from` for a sharded build, see `parallel.laid_out`).
 
     Args:
       model: the model to initialize; its structure decides what is looked up.
@@ -68,17 +72,17 @@ def load_parameters(model: M, source: str | pathlib.Path, include: Sequence[str]
     state_dir = step_dir.absolute() / "state"
     metadata = checkpointer.metadata(state_dir)
     saved = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
-    params = flatten_state(pax.select_parameters(model))
+    # Freezing changes no leaf, so the unfrozen model's parameters are the model's, in order.
+    thawed = pax.unfreeze_parameters(model)
+    params = flatten_state(pax.select_parameters(thawed))
     wanted = [p for p in params if not include or any(re.search(rx, p) for rx in include)]
     found = [path for path in wanted if f"model.{path}" in saved]
     for path in found:
-        shape = tuple(saved[f"model.{path}"].shape)
-        if shape != np.shape(params[path]):
+        shape, current = tuple(saved[f"model.{path}"].shape), tuple(params[path].shape)
+        if shape != current:
             raise CheckpointError(
-                SHAPE_MSG.format(
-                    source=str(source), path=path, saved=shape, current=np.shape(params[path])
-                )
-            )  # fmt: skip
+                SHAPE_MSG.format(source=str(source), path=path, saved=shape, current=current)
+            )
     if not found:
         raise CheckpointError(
             NOTHING_LOADED_MSG.format(
@@ -88,11 +92,11 @@ def load_parameters(model: M, source: str | pathlib.Path, include: Sequence[str]
                 saved=next((k for k in saved if k.startswith("model.")), "?"),
             )
         )
-    # Only these parameters are read (not the optimizer's moments nor the rest), each straight
-    # into the layout of the parameter it replaces.
     item = {
         f"model.{path}": jax.ShapeDtypeStruct(
-            np.shape(params[path]), saved[f"model.{path}"].dtype, sharding=params[path].sharding
+            params[path].shape,
+            saved[f"model.{path}"].dtype,
+            sharding=getattr(params[path], "sharding", None),
         )
         for path in found
     }
@@ -105,9 +109,12 @@ def load_parameters(model: M, source: str | pathlib.Path, include: Sequence[str]
         ),
     )
     loaded = {path: restored[f"model.{path}"].astype(params[path].dtype) for path in found}
-    leaves, treedef = jax.tree_util.tree_flatten(pax.select_parameters(model))
+    leaves, treedef = jax.tree_util.tree_flatten(pax.select_parameters(thawed))
     new_leaves = [loaded.get(path, leaf) for path, leaf in zip(params, leaves)]
-    return pax.update_parameters(model, jax.tree_util.tree_unflatten(treedef, new_leaves))
+    thawed = pax.update_parameters(thawed, jax.tree_util.tree_unflatten(treedef, new_leaves))
+    return jax.tree_util.tree_unflatten(
+        jax.tree_util.tree_structure(model), jax.tree_util.tree_leaves(thawed)
+    )
 
 
 def _submodule_paths(module: pax.Module, prefix: str = "") -> list[str]:

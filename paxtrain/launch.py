@@ -1,9 +1,11 @@
-"""Submitting the jobs of a sweep through submitit: one Slurm job, or one local subprocess, each.
+"""Submitting the jobs of a sweep through submitit: one Slurm job array, or local subprocesses.
 
 `paxtrain fit CONFIG -m a=1,2 --launcher slurm` composes one config per sweep point, as the
-in-process sweep does, and hands them to `submit_sweep`. Each job runs `fit_from_config` on its
-config; on Slurm a job has `tasks_per_node` processes per node, started by `srun`, which
-`paxtrain.parallel.initialize_distributed` joins into one run through the `SLURM_*` variables.
+in-process sweep does, and hands them to `submit_sweep`, which submits them in one
+`executor.batch()`: on Slurm one `sbatch` of a job array (`#SBATCH --array=0-N%P`, at most
+`array_parallelism` running at once), one array task per sweep point. Each task runs
+`fit_from_config` on its config with `tasks_per_node` processes per node, started by `srun`,
+which `paxtrain.parallel.initialize_distributed` joins into one run through `SLURM_*`.
 
 submitit is optional: `pip install -e ".[launch]"`.
 """
@@ -38,6 +40,7 @@ EXECUTOR_PARAMETERS = {
     "constraint": "slurm_constraint",
     "setup": "slurm_setup",
     "additional_parameters": "slurm_additional_parameters",
+    "array_parallelism": "slurm_array_parallelism",
 }
 # A constructor argument in submitit, not an `update_parameters` one.
 CONSTRUCTOR_PARAMETERS = {"max_num_timeout": "slurm_max_num_timeout"}
@@ -55,6 +58,7 @@ LAUNCHER_DEFAULTS: dict[str, dict[str, Any]] = {
         "cpus_per_task": 12,
         "signal_delay_s": 120,
         "max_num_timeout": 3,
+        "array_parallelism": 256,
     },
 }
 
@@ -175,7 +179,8 @@ def submit_sweep(
     options: Mapping[str, Any] | None = None,
     sys_path: Sequence[str] = (),
 ) -> list[Any]:
-    """Submits one job per config through submitit; for `local`, waits for them all.
+    """Submits one job per config through submitit, all in one batch (on Slurm, one job
+    array); for `local`, waits for them all.
 
     Each config must have its `run_dir` set (`paxtrain.run.assign_sweep_dirs`); submitit's
     files and logs go to `submitit/<job id>/` in the sweep directory, the parent of the run
@@ -194,7 +199,7 @@ def submit_sweep(
 
     Example:
         >>> jobs = submit_sweep(configs, "configs/char_rnn.yaml", "slurm")  # doctest: +SKIP
-        paxtrain: submitted sweep job 0 as submitit job 4242 (slurm): runs/.../0_optimizer.learning_rate.peak_value=1e-3
+        paxtrain: submitted sweep job 0 as submitit job 4242_0 (slurm): runs/.../0_optimizer.learning_rate.peak_value=1e-3
     """
     if launcher not in LAUNCHERS:
         raise ConfigError(
@@ -220,21 +225,17 @@ def submit_sweep(
     parameters = {EXECUTOR_PARAMETERS[k]: v for k, v in options.items() if k in EXECUTOR_PARAMETERS}
     executor.update_parameters(**{k: v for k, v in parameters.items() if v is not None})
 
-    jobs = []
-    for index, cfg in enumerate(configs):
-        executor.update_parameters(name=f"paxtrain-{cfg.name}-{index}")
-        job = executor.submit(
-            FitJob(
-                OmegaConf.to_yaml(cfg),
-                str(pathlib.Path(config_path).resolve()),
-                workdir,
-                list(sys_path),
-            )
-        )
+    executor.update_parameters(name=f"paxtrain-{configs[0].name}" if configs else "paxtrain")
+    path = str(pathlib.Path(config_path).resolve())
+    with executor.batch():  # one submission: a Slurm job array, its tasks in `configs`' order
+        jobs = [
+            executor.submit(FitJob(OmegaConf.to_yaml(cfg), path, workdir, list(sys_path)))
+            for cfg in configs
+        ]
+    for index, (job, cfg) in enumerate(zip(jobs, configs)):
         print(
             f"paxtrain: submitted sweep job {index} as submitit job {job.job_id} ({launcher}): {cfg.run_dir}"
         )
-        jobs.append(job)
     if launcher == "local":
         # The jobs run at once, so one failing leaves the others running: all are waited for,
         # then every failure is reported with its log.

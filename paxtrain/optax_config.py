@@ -56,6 +56,11 @@ ALIASES = {
 
 CLIP_KEY = "clip_grad_norm"
 HORIZON_KEY = "horizon"
+# The help of paxtrain's own keys of the section (`paxtrain options`).
+OWN_KEYS = {
+    CLIP_KEY: "clip the gradients' global norm to this first (optax.clip_by_global_norm).",
+    HORIZON_KEY: "steps the schedule spans (`${optimizer.horizon}`); null: trainer.max_steps.",
+}
 
 DEFAULT_OPTIMIZER = {
     "_target_": "optax.adamw",
@@ -67,6 +72,11 @@ DEFAULT_OPTIMIZER = {
 # Keys whose number is a learning rate, in optax's factories and schedules.
 _RATE_KEYS = ("learning_rate", "peak_value", "init_value", "end_value", "value")
 
+WARMUP_MSG = (
+    "`{key}.warmup_steps` is {warmup}, but the schedule spans only {steps} steps "
+    "(`{key}.decay_steps`: `${{optimizer.horizon}}` is `trainer.max_steps` unless set): "
+    "warm up for fewer steps, e.g. `{key}.warmup_steps={example}`."
+)
 BUILD_FAILED_MSG = "Config section `{key}` could not be built: {reason}"
 NEGATIVE_LR_MSG = (
     "`{key}` is {value}: a negative learning rate climbs the loss instead of descending it. "
@@ -111,6 +121,7 @@ def complete_optimizer(cfg: DictConfig) -> None:
 
 def _check_numbers(node: Any, key: str) -> None:
     if isinstance(node, dict):
+        _check_warmup(node, key)
         for k, v in node.items():
             _check_numbers(v, f"{key}.{k}")
     elif isinstance(node, list):
@@ -120,6 +131,18 @@ def _check_numbers(node: Any, key: str) -> None:
         raise ConfigError(NOT_FINITE_MSG.format(key=key, value=node, example=1e-3))
     elif isinstance(node, (int, float)) and node < 0 and key.rpartition(".")[2] in _RATE_KEYS:
         warnings.warn(NEGATIVE_LR_MSG.format(key=key, value=node, positive=-node), stacklevel=4)
+
+
+def _check_warmup(section: dict, key: str) -> None:
+    """A warmup that outlasts its schedule (optax's `warmup_*_decay_schedule`s refuse it with
+    "requires positive decay_steps, got -90", which names neither key): a short run of a
+    config made for a long one, e.g. `trainer.max_steps=10` and `warmup_steps: 100`."""
+    warmup, steps = section.get("warmup_steps"), section.get("decay_steps")
+    numbers = all(isinstance(n, int) and not isinstance(n, bool) for n in (warmup, steps))
+    if numbers and warmup >= steps:
+        raise ConfigError(
+            WARMUP_MSG.format(key=key, warmup=warmup, steps=steps, example=max(1, steps // 10))
+        )
 
 
 def _target_path(name: str) -> str:

@@ -34,8 +34,8 @@ LAZY: dict[str, dict[str, tuple[str, str | None]]] = {
 
 _NETS = (
     "pax.nets (ResNet18..ResNet200, Transformer) is not part of paxtrain. Build the model from "
-    "paxtrain.nn layers; recipes/image_classifier.py (a CNN with BatchNorm2D) and "
-    "recipes/transformer_lm.py (a GPT-style Transformer) are starting points."
+    "paxtrain.nn layers; paxtrain.recipes.image_classifier (a CNN with BatchNorm2D) and "
+    "paxtrain.recipes.transformer_lm (a GPT-style Transformer) are starting points."
 )
 _EXPERIMENTAL = (
     "pax.experimental is not part of paxtrain. Replacements: save_weights_to_dict / "

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import importlib.metadata
+import importlib.util
 import inspect
 import json
+import math
 import os
 import pathlib
 import platform
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -62,32 +66,31 @@ def _timestamp() -> str:
     return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def sweep_overrides(overrides: list[str]) -> list[list[str]]:
-    """Expands Hydra sweep overrides (`a=1,2 b=x`) into one override list per job.
-
-    Example:
-        >>> sweep_overrides(["seed=1,2", "trainer.max_steps=5"])
-        [['seed=1', 'trainer.max_steps=5'], ['seed=2', 'trainer.max_steps=5']]
-    """
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-
-
 def assign_sweep_dirs(
     configs: list[DictConfig], jobs: list[list[str]], config_path: str
 ) -> list[DictConfig]:
-    """Gives each job of a sweep its own run directory under one sweep directory.
+    """Gives each job of a sweep its own run directory under one sweep directory: the `run_dir`
+    the config sets (or the command line), else `runs/NAME-multirun-TIMESTAMP`. A swept
+    `run_dir` (`run_dir=a,b`) already gives each job its own.
 
     Example:
         >>> jobs = [["seed=1", "trainer.max_steps=5"], ["seed=2", "trainer.max_steps=5"]]
-        >>> cfgs = [OmegaConf.create({"seed": 1}), OmegaConf.create({"seed": 2})]
+        >>> cfgs = [OmegaConf.create({"seed": s, "run_dir": None}) for s in (1, 2)]
         >>> assign_sweep_dirs(cfgs, jobs, "configs/char_rnn.yaml")[1].run_dir
         'runs/char_rnn-multirun-...-.../1_seed=2'
+        >>> cfgs = [OmegaConf.create({"seed": s, "run_dir": "sweeps/a"}) for s in (1, 2)]
+        >>> assign_sweep_dirs(cfgs, jobs, "configs/char_rnn.yaml")[1].run_dir
+        'sweeps/a/1_seed=2'
     """
-    base = pathlib.Path("runs") / f"{pathlib.Path(config_path).stem}-multirun-{_timestamp()}"
+    given = {cfg.run_dir for cfg in configs}
+    if len(given) > 1:
+        return configs
+    (run_dir,) = given or {None}
+    base = (
+        pathlib.Path(run_dir)
+        if run_dir
+        else pathlib.Path("runs") / f"{pathlib.Path(config_path).stem}-multirun-{_timestamp()}"
+    )
     shared = set.intersection(*(set(job) for job in jobs)) if jobs else set()
     out = []
     for i, (cfg, overrides) in enumerate(zip(configs, jobs)):
@@ -99,26 +102,58 @@ def assign_sweep_dirs(
 
 
 BUILD_FAILED_MSG = "`{key}` ({target}): {error}"
+# Errors a constructor raises for a bad value or file; any other exception is a bug, and keeps
+# its traceback.
+_BAD_INPUT_ERRORS = (ValueError, OSError, ImportError)
+_HYDRA_FULL_KEY = re.compile(r"full_key: (\S+)")
+_HYDRA_TARGET = re.compile(r"target '([^']+)'")
 
 
 def instantiate(node: DictConfig, key: str, **provided: Any) -> Any:
-    """Builds a `_target_` section, passing those `provided` values its signature asks for.
+    """Builds a `_target_` section with `hydra.utils.instantiate`: nested `_target_` sections
+    are built first, `_partial_: true` gives a `functools.partial`; the `provided` values the
+    target's signature asks for and the section leaves out are passed too (the model's
+    `vocab_size` from `data.info`), as they are, not through OmegaConf.
 
-    A `ValueError` or `OSError` of the constructor (a bad value, a missing file) is a
-    `ConfigError` naming the section.
+    The section is checked against the target's signature first (`check_target`, nested
+    sections included). A `ValueError`, `OSError` or `ImportError` of a constructor (a bad value,
+    a missing file) is a `ConfigError` naming the (nested) section.
 
     Example:
-        >>> model = instantiate(cfg.model, "model", vocab_size=97)  # doctest: +SKIP
+        >>> section = OmegaConf.create({"_target_": "paxtrain.data.CharCorpus", "seq_len": 8,
+        ...                             "batch_size": 2, "max_chars": 2000})
+        >>> instantiate(section, "data").info["vocab_size"] > 10
+        True
+        >>> ramp = OmegaConf.create({"_target_": "optax.linear_schedule", "_partial_": True,
+        ...                          "init_value": 0.0, "end_value": 1.0})
+        >>> float(instantiate(ramp, "schedule")(transition_steps=4)(2))
+        0.5
     """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
     target = locate(str(node["_target_"]), key)
     params = inspect.signature(target).parameters
     extra = {k: v for k, v in provided.items() if k in params and k not in node}
     check_target(node, key, provided=tuple(extra))
-    kwargs = OmegaConf.to_container(node, resolve=True)
-    kwargs.pop("_target_")
+    later = bool(extra) and not node.get("_partial_", False)  # called below with `extra`
     try:
-        return target(**kwargs, **extra)
-    except (ValueError, OSError, ImportError) as error:
+        built = hydra_instantiate(node, _convert_="all", **({"_partial_": True} if later else {}))
+        return built(**extra) if later else built
+    except InstantiationException as error:
+        cause, text = error.__cause__, str(error)
+        if cause is not None and not isinstance(cause, _BAD_INPUT_ERRORS):
+            raise cause from None
+        where = _HYDRA_FULL_KEY.search(text)
+        named = _HYDRA_TARGET.search(text)
+        raise ConfigError(
+            BUILD_FAILED_MSG.format(
+                key=where.group(1) if where else key,
+                target=named.group(1) if named else node["_target_"],
+                error=" ".join(str(cause or text.splitlines()[0]).split()),
+            )
+        ) from None
+    except _BAD_INPUT_ERRORS as error:  # from `built(**extra)`
         message = " ".join(str(error).split())
         raise ConfigError(
             BUILD_FAILED_MSG.format(key=key, target=node["_target_"], error=message)
@@ -136,7 +171,7 @@ def config_hash(cfg: DictConfig) -> str:
         >>> len(config_hash(OmegaConf.create({"a": 1})))
         12
     """
-    text = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True)
+    text = json.dumps(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -179,7 +214,7 @@ def arguments_for(target: Callable, section: DictConfig) -> dict[str, Any]:
         {'monitor': 'eval/loss'}
     """
     parameters = inspect.signature(target).parameters
-    values = OmegaConf.to_container(section, resolve=True)
+    values = OmegaConf.to_container(section, resolve=True, enum_to_str=True)  # choices: str
     return {
         key: value
         for key, value in values.items()
@@ -233,6 +268,20 @@ def schedule_horizon(cfg: DictConfig, run_dir: pathlib.Path) -> int:
     return horizon
 
 
+def _checkpoint_steps(run_dir: pathlib.Path) -> list[int]:
+    """The steps saved in a run directory's checkpoints (none for a new run)."""
+    from paxtrain.checkpoint import CheckpointManager
+    from paxtrain.train.checkpointing import CHECKPOINT_DIR
+
+    if not (run_dir / CHECKPOINT_DIR).is_dir():
+        return []
+    manager = CheckpointManager(run_dir / CHECKPOINT_DIR, read_only=True)
+    try:
+        return manager.steps()
+    finally:
+        manager.close()
+
+
 def _saved_meta(directory: pathlib.Path) -> dict[str, Any]:
     """The JSON record of the newest readable checkpoint in `directory`, or {}."""
     from paxtrain.checkpoint import CheckpointManager
@@ -260,6 +309,10 @@ def build_trainer(
     """The data, model, optimizer and `Trainer` a validated config describes; the optimizer's
     schedule spans `horizon` steps (default `trainer.max_steps`).
 
+    The model comes as the function that builds it (frozen by `freeze`), so that the trainer
+    builds the state sharded; `init_from`'s parameters are read into that layout (see
+    `Trainer.prepare`).
+
     Example:
         >>> trainer, model, data, optimizer = build_trainer(cfg, pathlib.Path("runs/x"))  # doctest: +SKIP
     """
@@ -272,15 +325,21 @@ def build_trainer(
     if cfg.parallel.distributed:
         join_processes()
     data = instantiate(cfg.data, "data")
-    pax.seed_rng_key(cfg.seed)
-    model = instantiate(cfg.model, "model", **data.info)
-    if cfg.init_from:
-        model = load_parameters(model, cfg.init_from, include=list(cfg.init_from_include))
-    if cfg.freeze:
+
+    def model() -> pax.Module:
+        # Called by the trainer under `jax.jit` with the layout's shardings: built sharded.
+        built = instantiate(cfg.model, "model", **data.info)
         try:
-            model = freeze_by_path(model, list(cfg.freeze))
+            return freeze_by_path(built, list(cfg.freeze)) if cfg.freeze else built
         except ValueError as error:
             raise ConfigError(f"`freeze`: {error}") from None
+
+    include = list(cfg.init_from_include)
+    init_from = functools.partial(load_parameters, source=cfg.init_from, include=include)
+    # A run directory with checkpoints restores every parameter from them (or fails naming the
+    # damaged ones), so `init_from` is read only for a fresh start: a resume or an eval of a
+    # fine-tuned run then works after the run it started from is gone.
+    restores = cfg.trainer.checkpoint.enabled and bool(_checkpoint_steps(run_dir))
     callbacks = [instantiate(c, f"callbacks[{i}]") for i, c in enumerate(cfg.callbacks)]
     if cfg.trainer.profile.start_step is not None:  # a jax.profiler trace of some steps
         callbacks.append(Profile(**arguments_for(Profile, cfg.trainer.profile)))
@@ -296,7 +355,8 @@ def build_trainer(
         hooks=callbacks,
         seed=cfg.seed,
         mesh=dict(cfg.mesh),
-        strategy=cfg.parallel.strategy,
+        strategy=str(cfg.parallel.strategy),
+        init_from=init_from if cfg.init_from and not restores else None,
         **({} if rules is None else {"tensor_rules": OmegaConf.to_container(rules)}),
     )
     trainer.loggers = [  # `_target_` sections build Logger objects
@@ -324,14 +384,17 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
     info = _run_info(cfg, config_path)
     horizon = schedule_horizon(cfg, run_dir)
     info["schedule_horizon"] = horizon
+    from paxtrain import parallel
+
     # The run directory is made by `trainer.fit` once data, model and config proved good.
     trainer, model, data, optimizer = build_trainer(cfg, run_dir, meta=info, horizon=horizon)
     trainer.add_hook(RunFiles(cfg, info))
-    trainer.hyperparams = OmegaConf.to_container(cfg, resolve=True)  # for the loggers
+    trainer.hyperparams = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     # One process speaks for a multi-process run.
     say = print if trainer.is_main_process else lambda *_: None
     say(f"paxtrain: run directory {run_dir}")
-    say(model.summary() if hasattr(model, "summary") else model)
+    abstract = jax.eval_shape(parallel.seeded(model, cfg.seed))  # `model` builds it, sharded
+    say(abstract.summary() if hasattr(abstract, "summary") else abstract)
     started = time.perf_counter()
     trainer.fit(model, data, optimizer=optimizer)
     elapsed = time.perf_counter() - started
@@ -345,7 +408,27 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
         say(f"paxtrain: finished at step {trainer.step} in {elapsed:.0f}s; {shown}")
     if trainer.stop_reason:
         say(f"paxtrain: {trainer.stop_reason}")
+    if not final_eval_is_finite(trainer):
+        say(NONFINITE_EVAL_MSG)
     return trainer
+
+
+NONFINITE_EVAL_MSG = (
+    "paxtrain: the final evaluation is not finite, so the run failed (exit code 3): lower the "
+    "learning rate, or look for NaN/Inf in the data or the loss."
+)
+
+
+def final_eval_is_finite(trainer: Any) -> bool:
+    """Whether every metric of the trainer's last evaluation is a finite number (true when it
+    never evaluated).
+
+    Example:
+        >>> final_eval_is_finite(fit_from_config(cfg))  # doctest: +SKIP
+        True
+    """
+    final = trainer.eval_history[-1][1] if trainer.eval_history else {}
+    return all(math.isfinite(value) for value in final.values())
 
 
 RUN_DIR_IS_FILE_MSG = "run_dir={run_dir} is a file, not a directory: choose another `run_dir=...`."
@@ -373,7 +456,8 @@ def check_run_dir(run_dir: pathlib.Path) -> None:
 
 def exit_code(trainer: Any) -> int:
     """The exit code of a finished `paxtrain fit`/`resume`: 0, 75 after a preemption (run
-    the command again), 3 after stopping on non-finite steps (`on_nonfinite=stop`).
+    the command again), 3 after stopping on non-finite steps (`on_nonfinite=stop`, or a run
+    stuck skipping them) or when the final evaluation is not finite.
 
     Example:
         >>> exit_code(fit_from_config(cfg))  # doctest: +SKIP
@@ -384,7 +468,8 @@ def exit_code(trainer: Any) -> int:
 
     if trainer.preempted:
         return PREEMPTED_EXIT_CODE
-    return NONFINITE_EXIT_CODE if trainer.stopped_on_nonfinite else 0
+    failed = trainer.stopped_on_nonfinite or not final_eval_is_finite(trainer)
+    return NONFINITE_EXIT_CODE if failed else 0
 
 
 NO_RUN_DIR_MSG = (
@@ -395,6 +480,7 @@ NOT_A_RUN_MSG = "{run_dir} has no {file}: is it a paxtrain run directory?"
 # Modules whose `_target_`s a run directory's config may name; a run directory is data, and
 # anything else must be allowed by the user (`--allow-target`, or this environment variable).
 # optax's factories build optimizers and schedules, nothing else; `ALIASES` name optax targets.
+# `recipes` is where the recipes were before they moved into the package: old runs name it.
 ALLOWED_TARGET_MODULES = ("paxtrain", "recipes", "optax")
 ALLOW_TARGETS_ENV = "PAXTRAIN_ALLOW_TARGETS"
 
@@ -426,6 +512,39 @@ def _overridden(key: str, overrides: list[str]) -> bool:
     return False
 
 
+def _saved_targets(path: pathlib.Path) -> list[tuple[str, str]]:
+    """The `(key, _target_)` pairs of a saved run config, none if it is malformed (`compose`
+    reports that, with its line)."""
+    try:
+        return _targets(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+    except Exception:
+        return []
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def legacy_recipe_overrides(path: pathlib.Path) -> list[str]:
+    """Overrides pointing a saved run config's `recipes.X` targets at `paxtrain.recipes.X`, the
+    recipes' home since they moved into the package, unless a module `recipes.X` is importable.
+
+    Example:
+        >>> legacy_recipe_overrides(pathlib.Path("runs/old/config.yaml"))  # doctest: +SKIP
+        ['model._target_=paxtrain.recipes.char_rnn.CharRNN']
+    """
+    return [
+        f"{key}._target_=paxtrain.{target}"
+        for key, target in _saved_targets(path)
+        if target.startswith("recipes.")
+        and key != "<root>"
+        and not _importable(target.rpartition(".")[0])
+    ]
+
+
 def check_run_targets(
     path: pathlib.Path, overrides: list[str], allow: tuple[str, ...] = ()
 ) -> None:
@@ -438,11 +557,7 @@ def check_run_targets(
     """
     allowed = [*ALLOWED_TARGET_MODULES, *allow]
     allowed += [m.strip() for m in os.environ.get(ALLOW_TARGETS_ENV, "").split(",") if m.strip()]
-    try:
-        saved = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except Exception:  # malformed YAML: `compose` reports it, with its line
-        return
-    for key, target in _targets(saved):
+    for key, target in _saved_targets(path):
         module = target.rpartition(".")[0]
         if (
             _overridden(key, overrides)
@@ -476,7 +591,7 @@ def load_run_config(
     if not path.is_file():
         raise ConfigError(NOT_A_RUN_MSG.format(run_dir=run_dir, file=CONFIG_FILE))
     check_run_targets(path, overrides, allow_targets)
-    cfg = compose(path, overrides)
+    cfg = compose(path, [*legacy_recipe_overrides(path), *overrides])
     cfg.run_dir = str(pathlib.Path(run_dir))
     return cfg
 

@@ -62,3 +62,34 @@ def test_the_cache_stays_off_on_several_cpu_devices(tmp_path):
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     lines = run(str(tmp_path / "cache"), env)
     assert lines[0] == "None" and not (tmp_path / "cache").exists()
+
+
+# A config's start-up in a fresh process (data, model, state, compiled steps): the persistent
+# cache's misses and hits, and the compilations that did not go through the cache at all.
+BUILD_SCRIPT = """
+import collections, pathlib, sys, jax
+from paxtrain.config import compose
+from paxtrain.run import build_trainer
+events = collections.Counter()
+jax.monitoring.register_event_listener(lambda name, **kw: events.update([name.rpartition("/")[2]]))
+cfg = compose(sys.argv[1], [f"trainer.compile_cache={sys.argv[2]}", "model.hidden_dim=16"])
+trainer, model, data, optimizer = build_trainer(cfg, pathlib.Path(sys.argv[3]))
+data.train_batch(0)  # as the loop will; the data's own eager ops
+trainer.prepare(model, data, optimizer)
+print(events["cache_misses"], events["cache_hits"])
+"""
+
+
+def test_a_configs_start_up_compiles_through_the_cache(tmp_path):
+    def misses_and_hits():
+        result = subprocess.run(
+            [sys.executable, "-c", BUILD_SCRIPT, str(ROOT / "configs/char_rnn.yaml"),
+             str(tmp_path / "cache"), str(tmp_path / "run")],
+            capture_output=True, text=True, timeout=120, cwd=ROOT,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        return tuple(map(int, result.stdout.split()[-2:]))
+
+    misses, _ = misses_and_hits()
+    assert misses >= 1  # the sharded build of the state, compiled through the cache
+    assert misses_and_hits() == (0, misses)  # the next run reads every one of them back

@@ -16,7 +16,7 @@ def test_char_rnn_config_composes_with_overrides():
         ["trainer.max_steps=700", "optimizer.learning_rate.peak_value=0.01"],
     )
     assert cfg.trainer.max_steps == 700 and cfg.optimizer.learning_rate.peak_value == 0.01
-    assert cfg.model._target_ == "recipes.char_rnn.CharRNN"
+    assert cfg.model._target_ == "paxtrain.recipes.char_rnn.CharRNN"
     assert cfg.trainer.log_every == 50  # from the file
     assert cfg.trainer.grad_accum_steps == 1  # from the schema default
 
@@ -32,7 +32,7 @@ def test_unknown_key_in_a_file_is_reported(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(
         "data: {_target_: paxtrain.data.CharCorpus}\n"
-        "model: {_target_: recipes.char_rnn.CharRNN}\n"
+        "model: {_target_: paxtrain.recipes.char_rnn.CharRNN}\n"
         "trainer: {max_step: 10}\n"
     )
     with pytest.raises(ConfigError, match=r"`trainer.max_step`"):
@@ -60,15 +60,16 @@ def test_unknown_optimizer_target_is_named():
 def test_target_arguments_are_checked_against_the_signature():
     with pytest.raises(ConfigError) as info:
         compose(CONFIGS / "char_rnn.yaml", ["+model.hiden_dim=3"])
-    assert "`model.hiden_dim` is not a parameter of recipes.char_rnn.CharRNN" in str(info.value)
-    assert "`hidden_dim`" in str(info.value)
-    with pytest.raises(ConfigError, match="cannot import 'recipes.nope.Model'"):
-        compose(CONFIGS / "char_rnn.yaml", ["model._target_=recipes.nope.Model"])
+    message = str(info.value)
+    assert "`model.hiden_dim` is not a parameter of paxtrain.recipes.char_rnn.CharRNN" in message
+    assert "`hidden_dim`" in message
+    with pytest.raises(ConfigError, match="cannot import 'paxtrain.recipes.nope.Model'"):
+        compose(CONFIGS / "char_rnn.yaml", ["model._target_=paxtrain.recipes.nope.Model"])
 
 
 def test_missing_sections_and_files():
     with pytest.raises(ConfigError, match="`data` needs a `_target_`"):
-        validate(OmegaConf.create({"model": {"_target_": "recipes.char_rnn.CharRNN"}}))
+        validate(OmegaConf.create({"model": {"_target_": "paxtrain.recipes.char_rnn.CharRNN"}}))
     with pytest.raises(ConfigError, match="Config file not found"):
         compose("configs/nope.yaml", [])
 

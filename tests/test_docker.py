@@ -114,9 +114,11 @@ def test_the_project_is_installed_with_pip_and_its_recipes_extra(dockerfile):
     assert install.group(1) in PYPROJECT["optional-dependencies"]
     copies = [arg.split() for kind, arg in final_stage(dockerfile) if kind == "COPY"]
     sources = {part for parts in copies for part in parts[:-1] if not part.startswith("--")}
-    assert sources == {"pyproject.toml", "README.md", "paxtrain", "configs", "recipes"}
+    assert sources == {"pyproject.toml", "README.md", "paxtrain"}  # recipes and configs inside
     for source in sources:
         assert (ROOT / source).exists(), source
+    # /workspace/configs links to the installed configs, as configs/ does in the repository.
+    assert "packaged_configs_dir" in runs(dockerfile) and "/workspace/configs" in runs(dockerfile)
 
 
 def test_runs_as_a_non_root_user_with_paxtrain_as_entrypoint(dockerfile):
@@ -140,7 +142,7 @@ def test_build_context_leaves_out_local_state():
         if line.strip() and not line.startswith("#")
     }
     assert {".git", ".venv", "runs", "**/__pycache__", "*.egg-info"} <= ignored
-    assert not ignored & {"paxtrain", "configs", "recipes", "pyproject.toml", "README.md"}
+    assert not ignored & {"paxtrain", "pyproject.toml", "README.md"}
 
 
 def test_build_and_smoke_skips_cleanly_without_podman(tmp_path):

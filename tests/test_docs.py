@@ -3,8 +3,7 @@
 A failing docstring is reported with its module, line, the example and what it printed. The
 examples see the names the docs assume are imported: `jax`, `jnp`, `np`, `optax`, `pax`
 (paxtrain) and `nn` (paxtrain.nn), plus the public names of the module's package (`make_mesh`
-in `paxtrain/parallel/*.py`). `paxtrain.nn`'s examples run in `tests/test_nn_docs.py`, the
-recipes' in `tests/test_recipes_models.py`.
+in `paxtrain/parallel/*.py`). `paxtrain.nn`'s examples run in `tests/test_nn_docs.py`.
 """
 
 from __future__ import annotations
@@ -82,7 +81,6 @@ def _blocks(language: str) -> list[str]:
 def test_readme_python_blocks_run_in_order(tmp_path, monkeypatch):
     """The README's Python blocks, run one after the other in one namespace, as a reader would."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(ROOT))  # `from recipes...` as from the repository root
     namespace: dict = {"__name__": "__readme__"}
     blocks = _blocks("python")
     assert len(blocks) >= 2

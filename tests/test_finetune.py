@@ -4,11 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 
 import paxtrain as pax
 import paxtrain.nn as nn
-from paxtrain.checkpoint import CheckpointError, CheckpointManager
+from paxtrain import parallel
+from paxtrain.checkpoint import CheckpointError, CheckpointManager, flatten_state
 from paxtrain.finetune import freeze_by_path, load_parameters
 from paxtrain.train import TrainState
 
@@ -53,6 +55,45 @@ def test_load_a_subset_by_path_and_from_a_step_directory(pretrained):
         load_parameters(fresh, run_dir, include=["^nothing"])
     with pytest.raises(CheckpointError, match="is not a run directory"):
         load_parameters(fresh, run_dir / "checkpoints" / "5" / "state" / "nope")
+
+
+def test_only_the_parameters_asked_for_are_read(pretrained, monkeypatch):
+    run_dir, source = pretrained
+    read = []
+    for cls in (ocp.Checkpointer, ocp.AsyncCheckpointer, ocp.StandardCheckpointer):
+
+        def restore(self, *args, _original=cls.restore, **kwargs):
+            restored = _original(self, *args, **kwargs)
+            read.extend(flatten_state(restored))
+            return restored
+
+        monkeypatch.setattr(cls, "restore", restore)
+    pax.seed_rng_key(2)
+    model = load_parameters(Net(), run_dir, include=[r"^encoder\."])
+    # The encoder's parameters and nothing else: no optimizer moments, no head, no step.
+    assert sorted(read) == [
+        f"model.encoder.layers.{i}.{name}" for i in (0, 1) for name in ("bias", "weight")
+    ]
+    np.testing.assert_array_equal(model.encoder[1].weight, source.encoder[1].weight)
+
+
+def test_an_abstract_model_is_read_into_the_layout_its_leaves_give(pretrained):
+    run_dir, source = pretrained
+    # As `Trainer.prepare` passes it to `init_from` for a sharded build.
+    abstract = parallel.laid_out(jax.eval_shape(parallel.seeded(Net, 2)), None)
+    model = load_parameters(abstract, run_dir, include=[r"^encoder\."])
+    np.testing.assert_array_equal(model.encoder[1].weight, source.encoder[1].weight)
+    assert model.encoder[1].weight.sharding == abstract.encoder[1].weight.sharding
+    assert isinstance(model.head.weight, jax.ShapeDtypeStruct)  # not loaded: left to the build
+
+
+def test_frozen_parameters_are_loaded_and_stay_frozen(pretrained):
+    run_dir, source = pretrained
+    pax.seed_rng_key(2)
+    model = load_parameters(freeze_by_path(Net(), [r"^encoder$"]), run_dir)
+    assert model.encoder.__dict__["_pax_info"].frozen
+    np.testing.assert_array_equal(model.encoder[0].weight, source.encoder[0].weight)
+    np.testing.assert_array_equal(model.head.weight, source.head.weight)
 
 
 def test_freeze_by_path_freezes_matching_submodules_only():

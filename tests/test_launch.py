@@ -1,10 +1,12 @@
 """`paxtrain fit -m --launcher`: sweeps submitted through submitit (its local executor here)."""
 
+import os
+
 import pytest
 import yaml
 from cli_support import CHAR_RNN, TINY_CHAR_RNN, run_paxtrain
 
-pytest.importorskip("submitit")
+submitit = pytest.importorskip("submitit")
 
 FAST = [
     "trainer.max_steps=2",
@@ -74,3 +76,44 @@ def test_failed_local_job_names_its_log(tmp_path):
     for log in sweep.glob("submitit/*/*_log.err"):
         assert str(log) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _stand_in_slurm(bin_dir, record_dir):
+    """`srun` and `sbatch` stand-ins: sbatch keeps each script it is given and answers with a
+    job id, as Slurm's does; nothing runs."""
+    bin_dir.mkdir()
+    record_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(
+        f'#!/bin/sh\ncp "$1" "{record_dir}/$(ls {record_dir} | wc -l).sh"\n'
+        'echo "Submitted batch job 4242"\n'
+    )
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+
+
+def test_slurm_sweep_is_one_job_array(tmp_path, monkeypatch):
+    bin_dir, record_dir = tmp_path / "bin", tmp_path / "sbatch_calls"
+    _stand_in_slurm(bin_dir, record_dir)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    options = tmp_path / "launcher.yaml"
+    options.write_text("array_parallelism: 2\npartition: gpu\n")
+    result = run_paxtrain(
+        "fit", CHAR_RNN, "-m", *FAST, "seed=1,2,3", "--launcher", "slurm",
+        "--launcher-config", str(options), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (script,) = record_dir.iterdir()  # one sbatch for the whole sweep
+    lines = script.read_text().splitlines()
+    assert [line for line in lines if "--array" in line] == ["#SBATCH --array=0-2%2"]
+    assert "#SBATCH --partition=gpu" in lines
+    assert "#SBATCH --ntasks-per-node=8" in lines  # the Slurm defaults: a process per GPU
+    for index in range(3):
+        assert f"sweep job {index} as submitit job 4242_{index} (slurm)" in result.stdout
+    # Array task i unpickles sweep point i, which trains in its own run directory.
+    (sweep,) = (tmp_path / "runs").iterdir()
+    for index, seed in enumerate((1, 2, 3)):
+        pickled = sweep / "submitit" / f"4242_{index}" / f"4242_{index}_submitted.pkl"
+        job = submitit.helpers.DelayedSubmission.load(pickled).function
+        cfg = yaml.safe_load(job.config_yaml)
+        assert cfg["seed"] == seed and cfg["run_dir"] == str(sweep / f"{index}_seed={seed}")

@@ -7,7 +7,7 @@ import pytest
 
 import paxtrain as pax
 import paxtrain.nn as nn
-from recipes.transformer_lm import TransformerLM
+from paxtrain.recipes.transformer_lm import TransformerLM
 
 X = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4)), jnp.float32)
 

@@ -19,8 +19,12 @@ import pytest
 from jax.sharding import AbstractMesh, PartitionSpec
 from parallel_scripts import toy
 
+import paxtrain as pax
 from paxtrain import parallel
+from paxtrain.config import compose
+from paxtrain.packaged_configs import find_config, packaged_config_names
 from paxtrain.parallel import batch, distributed, mesh, plan, pmap, sharding
+from paxtrain.run import build_trainer
 from paxtrain.train import make_train_step
 from paxtrain.train.step import PMAP_AND_SHARDINGS_MSG
 
@@ -443,3 +447,48 @@ def test_a_state_built_from_a_function_is_never_whole_on_one_device():
     # ... and building it needs at most 1.5x that per device, where the eager build put the
     # whole state (8x the share) on one device before placing it.
     assert result["build_peak"] <= 1.5 * result["share"]
+
+
+def test_paxtrain_fit_builds_sharded_and_init_from_reads_into_the_shards(tmp_path):
+    """Through the config (`build_trainer`, as `paxtrain fit`), with `mesh.fsdp=8`."""
+    done = subprocess.run(
+        [sys.executable, os.path.join(SCRIPTS, "sharded_init_config.py"), str(tmp_path)],
+        env=cpu_env(8, PYTHONPATH=os.path.dirname(os.path.dirname(SCRIPTS))),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = last_json_line(done.stdout)
+    fresh, tuned = result["fresh"], result["tuned"]
+    for start in (fresh, tuned):
+        assert start["sharded_builds"] == 1
+        assert start["spec"] == "P(None, 'fsdp')"
+        # No device held more than 1.5x its final share at any point of the start-up (the
+        # eager build had the whole model on device 0 once `build_trainer` returned).
+        assert start["peak"] <= 1.5 * start["share"]
+    assert fresh["equal_eager"]  # bitwise the parameters of the eager build, same seed
+    assert tuned["loaded_equal_saved"] and tuned["others_equal_eager"] and tuned["frozen"]
+    assert tuned["loaded"] > 10
+
+
+# The recipes as their configs describe them, smaller.
+SMALL_RECIPES = {
+    "char_rnn": ["data.max_chars=20000"],
+    "image_classifier": ["model.channels=[4,8]"],
+    "transformer_lm": ["data.max_chars=20000", "model.model_dim=32", "model.num_layers=1"],
+}
+
+
+@pytest.mark.parametrize("name", packaged_config_names())
+def test_every_recipe_builds_traced_as_it_builds_eagerly(name, tmp_path):
+    """The model function `paxtrain fit` hands the trainer runs under `jax.jit` (no host-side
+    randomness or concrete values at build) and gives the eager build's parameters bitwise."""
+    cfg = compose(find_config(name), [*SMALL_RECIPES[name], f"run_dir={tmp_path}"])
+    model = build_trainer(cfg, tmp_path)[1]
+    traced = jax.jit(parallel.seeded(model, cfg.seed))()
+    pax.seed_rng_key(cfg.seed)
+    eager = model()
+    assert jax.tree_util.tree_structure(traced) == jax.tree_util.tree_structure(eager)
+    for a, b in zip(jax.tree_util.tree_leaves(traced), jax.tree_util.tree_leaves(eager)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

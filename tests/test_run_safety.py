@@ -3,6 +3,7 @@ codes, and a run directory that is data, never code."""
 
 import json
 
+import numpy as np
 import optax
 import pytest
 import yaml
@@ -14,7 +15,7 @@ import paxtrain as pax
 from paxtrain.checkpoint import CheckpointManager
 from paxtrain.cli import main
 from paxtrain.config import ConfigError, compose
-from paxtrain.run import check_run_targets, exit_code, schedule_horizon
+from paxtrain.run import check_run_targets, exit_code, final_eval_is_finite, schedule_horizon
 from paxtrain.train import EarlyStopping, Hook, Trainer
 from paxtrain.train.checkpointing import Checkpointing
 
@@ -111,6 +112,17 @@ def test_stopping_on_nonfinite_steps_has_its_own_exit_code(tmp_path):
     assert exit_code(clean) == 0
 
 
+def test_a_run_whose_final_evaluation_is_not_finite_fails_with_exit_code_3(tmp_path):
+    class NaNEval(RegressionData):
+        def eval_batches(self):
+            return ({"x": b["x"], "y": b["y"] * np.nan} for b in super().eval_batches())
+
+    trainer = trainer_for(tmp_path, 4)
+    trainer.fit(Regression(), NaNEval(), optax.adam(0.1))
+    assert not trainer.stopped_on_nonfinite and not final_eval_is_finite(trainer)
+    assert exit_code(trainer) == 3
+
+
 def test_resume_keeps_the_schedule_horizon_of_the_checkpoint(tmp_path, capsys):
     manager = CheckpointManager(tmp_path / "checkpoints", async_save=False)
     manager.save(make_state(step=4), meta={"schedule_horizon": 10})
@@ -137,7 +149,7 @@ def test_eval_best_on_a_run_without_monitor_says_how_to_enable_it(tmp_path, caps
 def pax_to_container(cfg):
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(cfg, resolve=True)
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
 @pytest.mark.parametrize("command", ["resume", "eval"])

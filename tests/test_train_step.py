@@ -242,6 +242,19 @@ def test_nonfinite_guard_skips_counts_and_leaves_everything_unchanged(select):
     assert not np.array_equal(state.model.fc.weight, kept[0].fc.weight)
 
 
+@pytest.mark.parametrize("backend, branches", [("cpu", True), ("tpu", True), ("gpu", False)])
+def test_the_guard_branches_except_on_gpus(monkeypatch, backend, branches):
+    """XLA's GPU runtime waits on the host for a conditional's predicate: a select there."""
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    step = make_train_step(mse_loss)
+    state = step.init(fresh_state(optax.adam(0.1)))
+    jaxpr = str(jax.make_jaxpr(step._step)(state, regression_batch()))
+    leaves = len(jax.tree_util.tree_leaves(state))
+    assert ("cond[" in jaxpr) is branches
+    # A `jnp.where` of every leaf of the state but the two that advance anyway (step, rng).
+    assert (jaxpr.count("jit[name=_where") >= leaves - 2) is not branches
+
+
 def test_a_finite_guarded_step_equals_the_unguarded_step():
     """The guard runs the update under `lax.cond`: on finite steps it computes the same update
     (XLA may fuse the branch differently, so to float32 rounding, not bitwise)."""
@@ -458,6 +471,12 @@ def test_eval_step_uses_eval_mode_and_changes_nothing():
     layer = state.model.layers[0]
     expected = (batch["x"] - state.model.center.mean) @ layer.weight + layer.bias
     np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("decay", [1.0, 1.5, -0.1])
+def test_an_ema_decay_outside_0_1_is_refused(decay):
+    with pytest.raises(ValueError, match=r"ema_decay is .*must be in \[0, 1\)"):
+        make_train_step(mse_loss, ema_decay=decay)
 
 
 def test_eval_step_can_use_the_ema():

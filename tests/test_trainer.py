@@ -155,6 +155,30 @@ class PoisonedData(RegressionData):
         return batch
 
 
+def test_an_ema_is_evaluated_beside_the_model(tmp_path):
+    def mse(weight, bias):  # NumPy, over the eval batches (equal sizes)
+        batches = list(RegressionData().eval_batches())
+        return np.mean([np.mean((b["x"] @ weight + bias - b["y"]) ** 2) for b in batches])
+
+    for ema_decay in (0.5, None):
+        pax.seed_rng_key(0)
+        trainer = Trainer(
+            max_steps=3, run_dir=tmp_path / str(ema_decay), progress="off", plot=False,
+            tensorboard=False, ema_decay=ema_decay,
+        )  # fmt: skip
+        state = trainer.fit(Regression(), RegressionData(), optax.adam(0.1))
+        final = trainer.eval_history[-1][1]
+        fc = state.model.fc
+        np.testing.assert_allclose(final["loss"], mse(fc.weight, fc.bias), rtol=1e-5)
+        if ema_decay is None:
+            assert not any(k.startswith("ema_") for k in final)
+            continue
+        ema = state.ema_model.fc
+        assert not np.allclose(ema.weight, fc.weight)  # a different model, evaluated as such
+        np.testing.assert_allclose(final["ema_loss"], mse(ema.weight, ema.bias), rtol=1e-5)
+        assert set(final) == {"loss", "abs_err", "ema_loss", "ema_abs_err"}
+
+
 def test_on_nonfinite_stop(tmp_path):
     pax.seed_rng_key(0)
     trainer = Trainer(
@@ -163,6 +187,29 @@ def test_on_nonfinite_stop(tmp_path):
     )  # fmt: skip
     state = trainer.fit(Regression(), PoisonedData({5}), optax.adam(0.1))
     assert trainer.step == 6 and "non-finite" in trainer.stop_reason
+    assert np.isfinite(np.asarray(state.model.fc.weight)).all()
+
+
+@pytest.mark.parametrize(
+    "bad_steps, stuck",
+    [(range(3, 200), True), (range(3, 40), False), ({*range(3, 20), *range(30, 60)}, False)],
+    ids=["every step from 3 on", "37 in a row, then finite", "two runs of skips"],
+)
+def test_skip_stops_a_run_stuck_skipping_but_not_a_run_that_recovers(tmp_path, bad_steps, stuck):
+    from paxtrain.train.hooks import STUCK_STEPS
+
+    pax.seed_rng_key(0)
+    trainer = Trainer(
+        max_steps=100, run_dir=tmp_path, log_every=10, progress="off", plot=False,
+        tensorboard=False,
+    )  # fmt: skip
+    state = trainer.fit(Regression(), PoisonedData(bad_steps), optax.adam(0.1))
+    assert trainer.stopped_on_nonfinite is stuck
+    if stuck:  # stopped at the first check with STUCK_STEPS skipped in a row
+        assert trainer.step == 60 and STUCK_STEPS == 50
+        assert "every step from 11 to 60 was skipped" in trainer.stop_reason
+    else:
+        assert trainer.step == 100 and trainer.stop_reason is None
     assert np.isfinite(np.asarray(state.model.fc.weight)).all()
 
 
@@ -191,6 +238,12 @@ def test_on_nonfinite_rollback_restores_skips_batches_and_lowers_the_lr(tmp_path
     records = read_jsonl(tmp_path)
     assert any(r.get("rollback/to_step") == 4 for r in records)
     assert np.isfinite(np.asarray(state.model.fc.weight)).all()
+
+
+@pytest.mark.parametrize("factor", [0.0, -0.5, 2.0])
+def test_a_rollback_lr_factor_outside_0_1_is_refused(tmp_path, factor):
+    with pytest.raises(ValueError, match=r"rollback_lr_factor must be in \(0, 1\]"):
+        Trainer(4, run_dir=tmp_path, on_nonfinite="rollback", rollback_lr_factor=factor)
 
 
 def test_rollback_without_checkpoints_is_explained(tmp_path):

@@ -825,7 +825,7 @@ def _short_repr(value: Any) -> str | None:
 
 
 def _array_repr(x: Any) -> str:
-    if _is_array(x):
+    if _is_array(x) or isinstance(x, jax.ShapeDtypeStruct):  # an abstract module prints alike
         dtype = np.dtype(x.dtype)
         short = {"f": "f", "i": "i", "u": "u", "b": "bool", "c": "c"}.get(dtype.kind, dtype.name)
         bits = "" if short == "bool" else str(dtype.itemsize * 8)

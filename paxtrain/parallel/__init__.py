@@ -43,7 +43,14 @@ from paxtrain.parallel.distributed import (
     is_main_process,
     on_cloud_tpu_vm,
 )
-from paxtrain.parallel.init import build_sharded, seeded
+from paxtrain.parallel.init import (
+    arrays_by_leaf,
+    build_sharded,
+    jit_build,
+    laid_out,
+    seeded,
+    with_leaves,
+)
 from paxtrain.parallel.mesh import (
     AXES,
     BATCH_AXES,
@@ -84,6 +91,7 @@ __all__ = [
     "ProcessRows",
     "Rule",
     "accepts_rows",
+    "arrays_by_leaf",
     "as_rules",
     "batch_sharding",
     "build_sharded",
@@ -94,6 +102,8 @@ __all__ = [
     "detect_distributed",
     "initialize_distributed",
     "is_main_process",
+    "jit_build",
+    "laid_out",
     "make_mesh",
     "on_cloud_tpu_vm",
     "partition_spec",
@@ -110,4 +120,5 @@ __all__ = [
     "state_shardings",
     "take_rows",
     "unreplicate",
+    "with_leaves",
 ]

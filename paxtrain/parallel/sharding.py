@@ -102,7 +102,7 @@ def row_parallel(module: str) -> tuple[Rule, Rule]:
 
 # Megatron-LM's layout: attention heads split over "tensor" (the query, key and value projections
 # column parallel, the output projection row parallel), and likewise the first and the later
-# layers of a transformer block's `mlp` Sequential (as in recipes/transformer_lm.py). Each
+# layers of a transformer block's `mlp` Sequential (as in paxtrain/recipes/transformer_lm.py). Each
 # attention or MLP block then needs one all-reduce forward and one backward.
 DEFAULT_TENSOR_RULES: tuple[Rule, ...] = (
     *column_parallel(r"(query_proj|key_proj|value_proj)"),

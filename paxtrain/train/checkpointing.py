@@ -9,12 +9,20 @@ from typing import TYPE_CHECKING, Any
 import jax
 
 from paxtrain.checkpoint import CheckpointManager
+from paxtrain.config import ConfigError
 from paxtrain.train.hooks import Hook, crossed, hook_states, load_hook_states
 
 if TYPE_CHECKING:
     from paxtrain.train.trainer import Trainer
 
 CHECKPOINT_DIR = "checkpoints"
+
+RESUME_STEPS_PER_CALL_MSG = (
+    "the checkpoint in {directory} is at step {step}, not a multiple of trainer.steps_per_call "
+    "({spc}): its calls would end at other steps than the log, checkpoint and last steps "
+    "(past trainer.max_steps={max_steps}). Resume with a trainer.steps_per_call that divides "
+    "{step} (1 always does)."
+)
 
 
 class Checkpointing(Hook):
@@ -26,7 +34,8 @@ class Checkpointing(Hook):
     hooks that have one (`state_dict()`), restored on resume.
 
     Args:
-      every_steps: save when the step count crosses a multiple of this.
+      every_steps: save when the step count crosses a multiple of this; None: only at the
+        end (and on a preemption signal).
       every_seconds: save when this much time passed since the last save.
       keep_last: number of newest checkpoints kept.
       keep_best: number of best checkpoints (by `monitor`) kept besides.
@@ -43,7 +52,7 @@ class Checkpointing(Hook):
 
     def __init__(
         self,
-        every_steps: int | None = None,
+        every_steps: int | None = 500,
         every_seconds: float | None = None,
         keep_last: int = 3,
         keep_best: int = 0,
@@ -74,6 +83,15 @@ class Checkpointing(Hook):
         if self.resume and self.manager.latest_step() is not None:
             trainer.state, meta = self.manager.restore(trainer.checkpoint_state)
             trainer.step = self.resumed_from = int(trainer.state.step)
+            # Saved by a run with other steps_per_call; nothing is compiled yet.
+            if trainer.step % trainer.steps_per_call:
+                self.manager.close()
+                raise ConfigError(
+                    RESUME_STEPS_PER_CALL_MSG.format(
+                        directory=directory, step=trainer.step, spc=trainer.steps_per_call,
+                        max_steps=trainer.max_steps,
+                    )
+                )  # fmt: skip
             load_hook_states(trainer.hooks, meta.get("hooks", {}))
             if trainer.is_main_process:
                 print(f"paxtrain: resumed from {directory} at step {trainer.step}", flush=True)
@@ -103,6 +121,8 @@ class Checkpointing(Hook):
         metrics = (
             {f"eval/{k}": v for k, v in trainer.eval_history[-1][1].items()} if evaluated else None
         )
-        meta = {**self.meta, "hooks": hook_states(trainer.hooks)}
+        # The batch the run goes on from: a rollback skips batches (`extras["data_offset"]`).
+        position = trainer.step + int(trainer.state.extras.get("data_offset", 0))
+        meta = {**self.meta, "data_position": position, "hooks": hook_states(trainer.hooks)}
         self.manager.save(state, metrics=metrics, meta=meta, wait=wait)
         self._last_save_time, self._last_saved_step = time.monotonic(), trainer.step

@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import paxtrain as pax
 from paxtrain.core.module import STATE
@@ -91,6 +92,27 @@ def loss_and_grads(loss_fn: Callable) -> GradFn:
     return grad_fn
 
 
+def check_micro_batches(batch: Batch, steps: int) -> None:
+    """Raises ValueError unless every leaf of `batch` splits into `steps` equal micro-batches
+    along its leading axis (`accumulate_gradients`); the `Trainer` checks its first batch.
+
+    Example:
+        >>> check_micro_batches({"x": jnp.zeros((32, 4))}, 4)
+        >>> check_micro_batches({"x": jnp.zeros((32, 4))}, 3)
+        Traceback (most recent call last):
+        ValueError: grad_accum_steps=3 does not divide the batch's leading dimension 32 (at ['x']).
+        Use a batch size that is a multiple of grad_accum_steps.
+    """
+
+    def check(path, x):
+        if np.shape(x)[0] % steps:
+            raise ValueError(
+                ACCUM_SPLIT_MSG.format(k=steps, n=np.shape(x)[0], path=jax.tree_util.keystr(path))
+            )
+
+    jax.tree_util.tree_map_with_path(check, batch)
+
+
 def accumulate_gradients(grad_fn: GradFn, steps: int) -> GradFn:
     """Splits the batch into `steps` micro-batches, scans `grad_fn` over them, averages.
 
@@ -109,15 +131,12 @@ def accumulate_gradients(grad_fn: GradFn, steps: int) -> GradFn:
         >>> grad_fn = accumulate_gradients(loss_and_grads(loss_fn), 4)  # doctest: +SKIP
     """
 
-    def split(path, x):
-        if x.shape[0] % steps:
-            raise ValueError(
-                ACCUM_SPLIT_MSG.format(k=steps, n=x.shape[0], path=jax.tree_util.keystr(path))
-            )
+    def split(x):
         return x.reshape(steps, x.shape[0] // steps, *x.shape[1:])
 
     def accumulated(state: TrainState, batch: Batch, key: jax.Array | None):
-        micro = jax.tree_util.tree_map_with_path(split, batch)
+        check_micro_batches(batch, steps)
+        micro = jax.tree_util.tree_map(split, batch)
 
         def body(carry, inputs):
             model, totals = carry

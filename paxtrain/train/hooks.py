@@ -120,7 +120,8 @@ COUNTER_METRICS = ("skipped_steps",)
 
 class TrainMetrics(Hook):
     """Logs the mean of each training metric over the last `every` steps, as `train/<name>`
-    (counters such as `skipped_steps`: their latest value).
+    (counters such as `skipped_steps`: their latest value); when training stops early (not
+    preempted), also over the steps since the last log step.
 
     Metrics stay on device between log steps; one host transfer per log. The steps not logged
     yet are part of the hook's state, so a run resumed from a checkpoint between two log steps
@@ -137,18 +138,31 @@ class TrainMetrics(Hook):
             crossed(trainer.step, trainer.steps_per_call, self.every)
             or trainer.step >= trainer.max_steps
         ):
-            host = jax.device_get(self._pending)
+            self._log_pending(trainer)
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        # Stopped early (early stopping, a hook's stop): the steps since the last log step are
+        # logged, and stay pending in the checkpoint, so that a resumed run logs at the next
+        # log step what an uninterrupted run does. A preempted run logs them once resumed.
+        if self._pending and not trainer.preempted:
+            self._log_pending(trainer, keep=True)
+
+    def _log_pending(self, trainer: Trainer, keep: bool = False) -> None:
+        host = jax.device_get(self._pending)
+        if not keep:
             self._pending = []
-            trainer.log(
-                {
-                    f"train/{k}": float(
-                        np.max(host[-1][k])
-                        if k in COUNTER_METRICS
-                        else np.mean([m[k] for m in host])
-                    )
-                    for k in host[0]
-                }
-            )
+        # Per step: a call's metrics are stacked, and steps restored from a checkpoint of a
+        # run with other steps_per_call are not.
+        trainer.log(
+            {
+                f"train/{k}": float(
+                    np.max(host[-1][k])
+                    if k in COUNTER_METRICS
+                    else np.mean(np.concatenate([np.ravel(m[k]) for m in host]))
+                )
+                for k in host[0]
+            }
+        )
 
     def state_dict(self) -> dict[str, Any]:
         host = jax.device_get(self._pending)
@@ -254,10 +268,20 @@ class EarlyStopping(Hook):
             self.best, self.bad_evals = value, 0
             return
         self.bad_evals += 1
-        if self.bad_evals >= self.patience:
-            trainer.stop(
-                f"early stopping: eval/{self.monitor} has not improved for {self.patience} evaluations"
-            )
+        if self.exhausted:
+            trainer.stop(self.reason)
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether the patience is used up: the run stopped, or a resumed one has nothing to do."""
+        return self.bad_evals >= self.patience
+
+    @property
+    def reason(self) -> str:
+        """Why it stopped the run, as `trainer.stop_reason` says."""
+        return (
+            f"early stopping: eval/{self.monitor} has not improved for {self.patience} evaluations"
+        )
 
 
 # The exit code of `paxtrain fit` stopped by on_nonfinite="stop": neither success (0) nor a
@@ -265,22 +289,39 @@ class EarlyStopping(Hook):
 NONFINITE_EXIT_CODE = 3
 
 
+# Steps in a row the "skip" policy skips before it calls the run stuck: more than a float16
+# loss scale needs to come down from 2**15 (one halving per skipped step).
+STUCK_STEPS = 50
+STUCK_MSG = (
+    "every step from {start} to {step} was skipped (non-finite loss or gradients): the "
+    "parameters are stuck where the loss is not finite; lower the learning rate, or train with "
+    "`trainer.on_nonfinite=rollback`"
+)
+
+
 class NonFinitePolicy(Hook):
     """Acts on steps the non-finite guard skipped: "stop" training, or "rollback" (see
-    `Trainer.rollback`). Checks every `every` steps, one host transfer each time.
+    `Trainer.rollback`), or "skip" them and stop only when `STUCK_STEPS` steps in a row were
+    skipped (the state is stuck where the loss is not finite: the rest of the run would be
+    skipped too). Checks every `every` steps, one host transfer each time.
 
     Example:
         >>> trainer.add_hook(NonFinitePolicy("stop", every=50))  # doctest: +SKIP
     """
 
     def __init__(self, action: str, every: int, lr_factor: float = 0.5):
-        if action not in ("stop", "rollback"):
-            raise ValueError(f"NonFinitePolicy action must be 'stop' or 'rollback', got {action!r}")
+        if action not in ("skip", "stop", "rollback"):
+            raise ValueError(
+                f"NonFinitePolicy action must be 'skip', 'stop' or 'rollback', got {action!r}"
+            )
+        if not 0 < lr_factor <= 1:  # 0 would stop training; above 1 each rollback speeds it up
+            raise ValueError(f"rollback_lr_factor must be in (0, 1], e.g. 0.5; got {lr_factor}")
         self.action, self.every, self.lr_factor = action, every, lr_factor
         self._seen = 0
 
     def on_train_start(self, trainer: Trainer) -> None:
         self._seen = int(trainer.state.extras.get("skipped_steps", 0))
+        self._checked_step, self._stuck_since = trainer.step, None
 
     def on_step(self, trainer: Trainer, metrics: dict[str, jax.Array]) -> None:
         if not (
@@ -289,7 +330,18 @@ class NonFinitePolicy(Hook):
         ):
             return
         skipped = int(np.max(jax.device_get(metrics["skipped_steps"])))
+        since, self._checked_step = self._checked_step, trainer.step
         if skipped <= self._seen:
+            self._stuck_since = None
+            return
+        if self.action == "skip":
+            every_one = skipped - self._seen >= trainer.step - since
+            if not every_one or self._stuck_since is None:
+                self._stuck_since = since if every_one else None
+            if every_one and trainer.step - self._stuck_since >= STUCK_STEPS:
+                trainer.stopped_on_nonfinite = True
+                trainer.stop(STUCK_MSG.format(start=self._stuck_since + 1, step=trainer.step))
+            self._seen = skipped
             return
         if self.action == "stop":
             trainer.stopped_on_nonfinite = True
@@ -299,7 +351,7 @@ class NonFinitePolicy(Hook):
             return
         bad_step = trainer.step
         step = trainer.rollback(self.lr_factor)
-        self._seen = int(trainer.state.extras["skipped_steps"])
+        self._seen, self._checked_step = int(trainer.state.extras["skipped_steps"]), step
         scale = float(trainer.state.extras["update_scale"])
         trainer.log({"rollback/to_step": step, "rollback/update_scale": scale})
         print(

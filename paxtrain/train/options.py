@@ -3,9 +3,9 @@
 A `StepOption` is a name, the extras it adds to `TrainState.extras` (an EMA, a loss scale, a
 counter) and up to two wrappers. `wrap(step) -> step` wraps the whole step (loss, gradients and
 update); `wrap_update(update) -> update` wraps only the part that applies the gradients, an
-`UpdateFn`. The non-finite guard runs that part under `lax.cond`, so a finite step costs what an
-unguarded one does (no select over the whole state, no copies of the optimizer's moments), and
-what the options inside it do (the EMA, the rollback scale) is skipped with it.
+`UpdateFn`. The non-finite guard keeps or skips that part as a whole (under `lax.cond`, or a
+select on GPUs, see `skip_nonfinite`), so what the options inside it do (the EMA, the rollback
+scale) is skipped with it.
 `make_train_step` applies its options from the inside out; an option sees every state change
 made by the options inside it.
 """
@@ -76,21 +76,38 @@ def _finite(metrics: Metrics) -> jax.Array:
     return jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
 
 
-def skip_nonfinite(select: bool = False) -> StepOption:
+def guard_by_select() -> bool:
+    """Whether the non-finite guard selects (`jnp.where`) rather than branches (`lax.cond`) on
+    the default backend: on GPUs.
+
+    XLA's GPU runtime reads a conditional's predicate back to the host and waits for it (its
+    `ConditionalThunk` copies it from the device, then blocks until the stream is done), so a
+    branch stalls the launch of the rest of the step every step; there a select fuses into the
+    optimizer's elementwise update. XLA:CPU fuses that select less well (it copies the
+    optimizer's moments: 1.46x raw JAX's bytes accessed for a small MLP, against 1.03x with the
+    branch), and TPUs branch on the device.
+
+    Example:
+        >>> guard_by_select()  # on a CPU
+        False
+    """
+    return jax.default_backend() == "gpu"
+
+
+def skip_nonfinite(select: bool | None = None) -> StepOption:
     """Steps whose loss or gradient norm is NaN/Inf leave the state as it was.
 
     On such a step the model (its states included), the optimizer and the extras of the options
-    inside this one (e.g. the EMA) are kept; only `state.step` and `state.rng` advance. The
-    update runs under `lax.cond` on device (no host sync), so a finite step does exactly the
-    unguarded step's work plus the gradient norm. Skipped steps are counted in
-    `extras["skipped_steps"]`, also reported as the metric `skipped_steps`.
+    inside this one (e.g. the EMA) are kept; only `state.step` and `state.rng` advance. A finite
+    step does the unguarded step's work plus the gradient norm (computed once, shared with the
+    `grad_norm` metric). Skipped steps are counted in `extras["skipped_steps"]`, also reported as
+    the metric `skipped_steps`.
 
     Args:
-      select: choose between the updated and the old state with `jnp.where` after the update
-        instead. Same results; on a CPU it costs a copy of the optimizer's moments (1.46x raw
-        JAX's bytes accessed for a small MLP, against 1.03x with `lax.cond`), but it keeps the
-        whole step free of conditionals, which an accelerator may run with less host work.
-        `benchmarks/train_step.py` measures both.
+      select: True keeps the updated or the old state with `jnp.where` after the update; False
+        runs the update under `lax.cond`. Same results; None (the default) chooses per backend
+        (`guard_by_select`: a select on GPUs, the branch elsewhere). `benchmarks/train_step.py`
+        measures both.
 
     Example:
         >>> step = make_train_step(loss_fn, nonfinite_guard=True)  # doctest: +SKIP
@@ -105,7 +122,7 @@ def skip_nonfinite(select: bool = False) -> StepOption:
                 return state.with_extras(skipped_steps=skipped)
 
             finite = _finite(metrics)
-            if select:
+            if guard_by_select() if select is None else select:
                 kept = jax.tree_util.tree_map(
                     lambda new, old: jnp.where(finite, new, old),
                     update(state, model, grads, metrics),
@@ -175,6 +192,9 @@ def dynamic_loss_scale(
     return StepOption("dynamic_loss_scale", init, wrap)
 
 
+EMA_DECAY_MSG = "ema_decay is {decay}; it must be in [0, 1), e.g. 0.999."
+
+
 def ema_of_parameters(decay: float) -> StepOption:
     """Keeps `extras["ema"] = decay * ema + (1 - decay) * params` after every step.
 
@@ -188,6 +208,8 @@ def ema_of_parameters(decay: float) -> StepOption:
         >>> step = make_train_step(loss_fn, ema_decay=0.999)  # doctest: +SKIP
         >>> ema_model = state.ema_model                          # doctest: +SKIP
     """
+    if not 0 <= decay < 1:  # 1 never moves; above it, or below 0, the average diverges
+        raise ValueError(EMA_DECAY_MSG.format(decay=decay))
 
     def wrap_update(update: UpdateFn) -> UpdateFn:
         def with_ema(state: TrainState, model: pax.Module, grads: Any, metrics: Metrics):

@@ -27,6 +27,10 @@ STEP_NAME = "train"
 class Profile(Hook):
     """Traces `num_steps` steps from step `start_step` into `RUN_DIR/profile/`.
 
+    Args:
+      start_step: the first traced step.
+      num_steps: the number of traced steps.
+
     Example:
         >>> trainer.add_hook(Profile(start_step=10, num_steps=3))  # doctest: +SKIP
     """

@@ -8,8 +8,9 @@
 where `grad_fn` is `loss_and_grads(loss_fn)`, possibly wrapped by `accumulate_gradients`, and
 each optional layer is a `StepOption` (see `paxtrain.train.options`): the guard, the EMA and the
 rollback scale wrap the update (applying the gradients), the loss scale and options of your own
-(`options=[...]`) the whole step. The guard runs the update under `lax.cond`, so a skipped
-non-finite step also leaves the EMA alone, while the loss scale still reacts to it.
+(`options=[...]`) the whole step. The guard keeps or skips the update as a whole (under
+`lax.cond`; a select on GPUs), so a skipped non-finite step also leaves the EMA alone, while the
+loss scale still reacts to it.
 
 On several devices, `in_shardings` / `out_shardings` lay the state and the batch out on a mesh
 (`jax.jit` partitions the step), or `pmap_axis_name` runs it under `jax.pmap` with gradients
@@ -315,7 +316,7 @@ def make_train_step(
 
 
 def make_eval_step(
-    eval_fn: Callable, use_ema: bool = False
+    eval_fn: Callable, use_ema: bool = False, also_ema: bool = False
 ) -> Callable[[TrainState, Batch], Metrics]:
     """A jitted `eval_step(state, batch) -> metrics` running the model in eval mode.
 
@@ -325,6 +326,8 @@ def make_eval_step(
     Args:
       eval_fn: `eval_fn(model, batch) -> metrics`.
       use_ema: evaluate the EMA parameters (needs a step built with `ema_decay`).
+      also_ema: the model's metrics and, named `ema_*`, those of the EMA parameters, in one call
+        (what the `Trainer` reports when it keeps an EMA).
 
     Example:
         >>> eval_step = make_eval_step(lambda model, batch: {"loss": ...})  # doctest: +SKIP
@@ -334,6 +337,10 @@ def make_eval_step(
     @jax.jit
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
         model = state.ema_model if use_ema else state.model
-        return eval_fn(model.eval(), batch)
+        metrics = eval_fn(model.eval(), batch)
+        if also_ema:
+            ema = eval_fn(state.ema_model.eval(), batch)
+            metrics = {**metrics, **{f"ema_{k}": v for k, v in ema.items()}}
+        return metrics
 
     return eval_step

@@ -22,6 +22,7 @@ from paxtrain.data.source import DataSource, Prefetcher
 from paxtrain.train.checkpointing import Checkpointing
 from paxtrain.train.compile_cache import AUTO as AUTO_CACHE
 from paxtrain.train.compile_cache import enable_compile_cache
+from paxtrain.train.gradients import check_micro_batches
 from paxtrain.train.hooks import (
     EarlyStopping,
     Evaluation,
@@ -65,6 +66,11 @@ DISK_FULL_MSG = (
 NOTHING_TO_TRAIN_MSG = (
     "nothing to train: the checkpoint is at step {step} and trainer.max_steps is {max_steps}; "
     "raise `trainer.max_steps` to train further."
+)
+
+EARLY_STOPPED_MSG = (
+    "nothing to train: {reason} when the run saved step {step}; raise "
+    "`trainer.early_stopping.patience` to train further."
 )
 
 STEPS_PER_CALL_MSG = "max_steps ({max_steps}) must be a multiple of steps_per_call ({spc})."
@@ -134,9 +140,10 @@ class Trainer:
       precision: "float32"; "bfloat16" or "float16" for that compute with f32 parameters; or a
         policy string ("params=float32,compute=bfloat16,output=float32", see
         `train.precision`). Computing in float16 turns on dynamic loss scaling.
-      ema_decay: keep an EMA of the parameters when set.
+      ema_decay: keep an EMA of the parameters when set; evaluations then report its metrics
+        too, as `eval/ema_*` (`eval/ema_loss`: a monitor for checkpoints or early stopping).
       on_nonfinite: what a step with a NaN/Inf loss or gradient does: "skip" it (counted in
-        `train/skipped_steps`), "stop" training, or "rollback" to the newest checkpoint,
+        `train/skipped_steps`; after 50 skipped in a row training stops, stuck), "stop" training, or "rollback" to the newest checkpoint,
         skipping the batches since then and scaling the learning rate by `rollback_lr_factor`.
         Detected at log steps, so within `log_every` steps. "none" turns the guard off.
       rollback_lr_factor: learning-rate factor applied at each rollback.
@@ -161,6 +168,8 @@ class Trainer:
       strategy: "jit" (the state laid out on the mesh: data parallel, FSDP, tensor parallel)
         or "pmap" (data parallel with a replicated state); see `parallel.setup`.
       tensor_rules: the tensor-parallel rules of the "jit" strategy (`parallel.partition_spec`).
+      init_from: `init_from(model) -> model` replaces parameters of the built model before the
+        state is made from it: fine-tuning's `functools.partial(load_parameters, source=...)`.
 
     Example:
         >>> from paxtrain.train import Trainer
@@ -196,6 +205,7 @@ class Trainer:
         mesh: Mesh | Mapping[str, int] | None = None,
         strategy: str = "jit",
         tensor_rules: Sequence[parallel.Rule] = parallel.DEFAULT_TENSOR_RULES,
+        init_from: Callable[[pax.Module], pax.Module] | None = None,
     ):
         if max_steps % steps_per_call:
             raise ValueError(STEPS_PER_CALL_MSG.format(max_steps=max_steps, spc=steps_per_call))
@@ -226,7 +236,7 @@ class Trainer:
             *([early_stopping] if early_stopping else []),
             *(
                 [NonFinitePolicy(on_nonfinite, log_every, rollback_lr_factor)]
-                if on_nonfinite in ("stop", "rollback")
+                if on_nonfinite != "none"
                 else []
             ),
             Progress(progress),
@@ -239,13 +249,14 @@ class Trainer:
         self._tail = bool(checkpointing) + bool(plot)
         self.preemption_signals = tuple(preemption_signals)
         self.mesh, self.strategy, self.tensor_rules = mesh, strategy, tuple(tensor_rules)
+        self.init_from = init_from
         self.is_main_process = parallel.is_main_process()
         self.step = 0
         self.should_stop = False
         self.stop_reason: str | None = None
         self.preempted: str | None = None
         self.stopped_on_nonfinite = False
-        self.nothing_to_train = False  # resumed at or past max_steps
+        self.nothing_to_train = False  # resumed at or past max_steps, or early-stopped
         self.hurry = False  # a repeated stop signal: exit as soon as the checkpoint is saved
         self.last_data_wait = 0.0
         self.last_eval_step: int | None = None
@@ -354,6 +365,8 @@ class Trainer:
         `model` may be a function that builds it: the state is then built under `jax.jit` with
         the layout's shardings, so no device ever holds all of it (FSDP's point); its keys come
         from pax's global key seeded with the trainer's `seed`.
+        The trainer's `init_from` then gets the abstract model laid out as the state will be
+        (`parallel.laid_out`), so what it reads goes straight into each device's shards.
         """
         from paxtrain.train.state import TrainState
         from paxtrain.train.step import make_eval_step, make_train_step
@@ -389,16 +402,35 @@ class Trainer:
             )
 
         if factory is None:
-            state = build(model)
+            state = build(model if self.init_from is None else self.init_from(model))
             self.plan = plan_for(state)
         else:
-            state, self.plan = parallel.build_sharded(lambda: build(factory()), self.seed, plan_for)
+
+            def build_with(loaded: Mapping[int, jax.Array] | None = None) -> Any:
+                return build(parallel.with_leaves(factory(), loaded or {}))
+
+            def load(plan: parallel.ParallelPlan) -> tuple[dict[int, jax.Array]]:
+                shardings = None if plan.state_shardings is None else plan.state_shardings.model
+                abstract = parallel.laid_out(model, shardings)
+                return (parallel.arrays_by_leaf(self.init_from(abstract)),)
+
+            state, self.plan = parallel.build_sharded(
+                build_with, self.seed, plan_for, load=None if self.init_from is None else load
+            )
         self._train_step = make_train_step(loss_fn, **self.step_options, **self.plan.step_kwargs)
-        self._eval_step = make_eval_step(eval_fn or model_eval)
+        # With an EMA, its metrics too (`eval/ema_loss`...): what it is kept for.
+        ema = self.step_options["ema_decay"] is not None
+        self._eval_step = make_eval_step(eval_fn or model_eval, also_ema=ema)
         self.state = state
         self.step = int(state.step)
         first_batch = data.train_batch(0)
         self.plan.check_batch(first_batch)
+        accumulate = self.step_options["grad_accum_steps"]
+        if accumulate > 1:  # now, not as a traceback from inside the first compile
+            try:
+                check_micro_batches(first_batch, accumulate)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
         # Now, not at the first evaluation hours later.
         first_eval = next(iter(data.eval_batches()), None)
         if first_eval is not None:
@@ -492,9 +524,10 @@ class Trainer:
     def _resume_and_train(self) -> None:
         if self.checkpointing is not None:
             self.checkpointing.resume_into(self)
-            if self.step >= self.max_steps:
+            reason = self._why_nothing_to_train()
+            if reason:
                 self.nothing_to_train = True
-                self.stop(NOTHING_TO_TRAIN_MSG.format(step=self.step, max_steps=self.max_steps))
+                self.stop(reason)
                 self.checkpointing.manager.close()
                 return
         self._run_hooks("on_train_start")
@@ -502,6 +535,15 @@ class Trainer:
         if self.preempted:  # the step the loop ended at, not the one the signal came in
             self.stop_reason = f"preempted by {self.preempted} at step {self.step}"
         self._run_hooks("on_train_end")
+
+    def _why_nothing_to_train(self) -> str | None:
+        """Why a resumed run is already done: at max_steps, or ended by its early stopping."""
+        if self.step >= self.max_steps:
+            return NOTHING_TO_TRAIN_MSG.format(step=self.step, max_steps=self.max_steps)
+        for hook in self.hooks:
+            if isinstance(hook, EarlyStopping) and hook.exhausted:
+                return EARLY_STOPPED_MSG.format(step=self.step, reason=hook.reason)
+        return None
 
     def _loop(self) -> None:
         group = self.steps_per_call if self.steps_per_call > 1 else None
@@ -549,6 +591,7 @@ class Trainer:
         if self.checkpointing.manager.latest_step() is None:
             raise CheckpointError(ROLLBACK_BEFORE_FIRST_SAVE_MSG.format(step=bad_step))
         restored, _ = self.checkpointing.manager.restore(self.checkpoint_state)
+        self._write_scalars()  # logged so far (the bad steps' metrics): at the step they belong to
         extras = restored.extras
         self.state = restored.with_extras(
             data_offset=extras["data_offset"] + (bad_step - int(restored.step)),

@@ -28,7 +28,7 @@ PAX_NN_ALL = (
 )  # fmt: skip
 PAX_UTILS_ALL = ("build_update_fn", "grad", "scan")
 # Names PAX had that paxtrain deliberately does not: the error must say what to use instead.
-REFUSED = {"nets": "recipes/transformer_lm.py", "experimental": "paxtrain.checkpoint"}
+REFUSED = {"nets": "paxtrain.recipes.transformer_lm", "experimental": "paxtrain.checkpoint"}
 
 CASES = (
     [("paxtrain", n) for n in PAX_ALL]

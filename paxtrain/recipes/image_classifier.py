@@ -1,6 +1,6 @@
 """A small convolutional classifier: conv -> batch norm -> relu -> pool blocks, then a linear head.
 
-    paxtrain fit configs/image_classifier.yaml
+    paxtrain fit image_classifier    # from any directory: the config in paxtrain/configs/
 
 Trains on scikit-learn's 8x8 digits by default (no download), or on MNIST IDX files with
 `data.source=mnist data.path=/dir/with/idx/files`, and reports test accuracy.

@@ -1,6 +1,6 @@
 """A GPT-style character language model: a decoder-only transformer with pre-LayerNorm blocks.
 
-    paxtrain fit configs/transformer_lm.yaml
+    paxtrain fit transformer_lm    # from any directory: the config in paxtrain/configs/
 
 Trains on the Python standard library's source by default (or `data.path=any.txt`), reports
 bits per character on held-out text, and prints a sample at the end (`PrintSample` of the

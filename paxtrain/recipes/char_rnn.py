@@ -2,7 +2,7 @@
 
 `model=gru` (a config group) swaps the cell for a GRU.
 
-    paxtrain fit configs/char_rnn.yaml
+    paxtrain fit char_rnn    # from any directory: the config in paxtrain/configs/
 
 Trains on the Python standard library's source by default (or `data.path=any.txt`), reports
 bits per character on held-out text, and prints a sample at the end.
@@ -32,6 +32,12 @@ CELLS = {
 
 class CharRNN(pax.Module):
     """Embedding, one recurrent layer (LSTM by default) run with `pax.scan`, a linear read-out.
+
+    Args:
+      vocab_size: number of token ids (from the data: `data.info`).
+      embed_dim: width of the token embedding.
+      hidden_dim: width of the recurrent state.
+      cell: "lstm" or "gru".
 
     Example:
         >>> model = CharRNN(vocab_size=98, embed_dim=8, hidden_dim=16)
@@ -95,6 +101,12 @@ class CharRNN(pax.Module):
 
 class PrintSample(Hook):
     """Prints (and saves as `sample.txt`) text sampled from the model at the end of training.
+
+    Args:
+      prompt: the text the sample continues.
+      num_chars: characters sampled.
+      temperature: softmax temperature of the sampling (lower: more likely characters).
+      seed: seed of the sampling.
 
     Example:
         >>> trainer.add_hook(PrintSample(prompt="def ", num_chars=200))  # doctest: +SKIP
