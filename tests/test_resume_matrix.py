@@ -168,12 +168,14 @@ ROWS = {
         {},
         {"interrupt": "signal", "lr": 0.3, "every": 100},
     ),
-    "frozen_fc1": ({}, {}, {"freeze": True}),
+    "frozen_fc1": ({"ema_decay": 0.9}, {}, {"freeze": True}),
     "everything": (
         {"ema_decay": 0.9, "grad_accum_steps": 2, "steps_per_call": 2, "precision": "bfloat16"},
         {"dropout": True, "batch_norm": True},
         {"lr": SCHEDULE, "k": 2, "async_save": True, "factory": True},
     ),
+    "no_guard": ({"on_nonfinite": "none", "grad_norm": False}, {}, {}),
+    "pmap": ({"strategy": "pmap", "ema_decay": 0.9}, {"batch_norm": True}, {}),
     # As `paxtrain fit` builds it: a function that builds the model, the state built under jit.
     "model_factory": ({}, {"dropout": True}, {"factory": True}),
 }
