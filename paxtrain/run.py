@@ -268,6 +268,20 @@ def schedule_horizon(cfg: DictConfig, run_dir: pathlib.Path) -> int:
     return horizon
 
 
+def _checkpoint_steps(run_dir: pathlib.Path) -> list[int]:
+    """The steps saved in a run directory's checkpoints (none for a new run)."""
+    from paxtrain.checkpoint import CheckpointManager
+    from paxtrain.train.checkpointing import CHECKPOINT_DIR
+
+    if not (run_dir / CHECKPOINT_DIR).is_dir():
+        return []
+    manager = CheckpointManager(run_dir / CHECKPOINT_DIR, read_only=True)
+    try:
+        return manager.steps()
+    finally:
+        manager.close()
+
+
 def _saved_meta(directory: pathlib.Path) -> dict[str, Any]:
     """The JSON record of the newest readable checkpoint in `directory`, or {}."""
     from paxtrain.checkpoint import CheckpointManager
@@ -322,6 +336,10 @@ def build_trainer(
 
     include = list(cfg.init_from_include)
     init_from = functools.partial(load_parameters, source=cfg.init_from, include=include)
+    # A run directory with checkpoints restores every parameter from them (or fails naming the
+    # damaged ones), so `init_from` is read only for a fresh start: a resume or an eval of a
+    # fine-tuned run then works after the run it started from is gone.
+    restores = cfg.trainer.checkpoint.enabled and bool(_checkpoint_steps(run_dir))
     callbacks = [instantiate(c, f"callbacks[{i}]") for i, c in enumerate(cfg.callbacks)]
     if cfg.trainer.profile.start_step is not None:  # a jax.profiler trace of some steps
         callbacks.append(Profile(**arguments_for(Profile, cfg.trainer.profile)))
@@ -338,7 +356,7 @@ def build_trainer(
         seed=cfg.seed,
         mesh=dict(cfg.mesh),
         strategy=str(cfg.parallel.strategy),
-        init_from=init_from if cfg.init_from else None,
+        init_from=init_from if cfg.init_from and not restores else None,
         **({} if rules is None else {"tensor_rules": OmegaConf.to_container(rules)}),
     )
     trainer.loggers = [  # `_target_` sections build Logger objects

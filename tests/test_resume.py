@@ -217,6 +217,19 @@ def test_fine_tune_from_a_run_with_a_frozen_embedding(workdir):
     before, after = checkpoint_arrays(source, 8), checkpoint_arrays(run, 4)
     np.testing.assert_array_equal(after["model.embed.weight"], before["model.embed.weight"])
     assert not np.array_equal(after["model.head.weight"], before["model.head.weight"])
+    # Resumed and evaluated from its own checkpoints once the run it started from is gone.
+    source.rename(workdir / "A_gone")
+    try:
+        resumed = paxtrain(workdir, "resume", str(run), "trainer.max_steps=6")
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        evaluated = paxtrain(workdir, "eval", str(run))
+        assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    finally:
+        (workdir / "A_gone").rename(source)
+    resumed_arrays = checkpoint_arrays(run, 6)
+    np.testing.assert_array_equal(
+        resumed_arrays["model.embed.weight"], before["model.embed.weight"]
+    )
 
 
 @pytest.mark.slow
