@@ -255,6 +255,10 @@ _INTERVALS = {
     "trainer.ema_decay": (lambda v: v >= 0, lambda v: v < 1, "[0, 1)", 0.999),
     "trainer.rollback_lr_factor": (lambda v: v > 0, lambda v: v <= 1, "(0, 1]", 0.5),
 }
+PROFILE_START_MSG = (
+    "`trainer.profile.start_step` is {start}, outside the run's steps 0 to {last}: no trace "
+    "would be written; choose a step in that range, e.g. `trainer.profile.start_step=10`."
+)
 INTERVAL_MSG = "Config key `{key}` is {value}; it must be in {interval}, e.g. `{key}={example}`."
 
 # Parameters of `_target_`s that are sizes or counts by their name: `batch_size`, `seq_len`,
@@ -333,6 +337,9 @@ def validate(cfg: DictConfig) -> DictConfig:
             f"`trainer.max_steps` ({merged.trainer.max_steps}) must be a multiple of "
             f"`trainer.steps_per_call` ({merged.trainer.steps_per_call})."
         )
+    start, max_steps = merged.trainer.profile.start_step, merged.trainer.max_steps
+    if start is not None and not 0 <= start < max_steps:
+        raise ConfigError(PROFILE_START_MSG.format(start=start, last=max_steps - 1))
     check_target(merged.data, "data")
     check_target(merged.model, "model", provided=None)  # some arguments come from the data
     for i, callback in enumerate(merged.callbacks):

@@ -57,6 +57,8 @@ ROWS = [
     ("negative ema decay", fit("trainer.ema_decay=-0.1"), ["`trainer.ema_decay`", "[0, 1)"]),
     ("zero rollback factor", fit("trainer.rollback_lr_factor=0"), ["`trainer.rollback_lr_factor` is 0", "(0, 1]"]),
     ("batch not split by grad_accum_steps", fit("trainer.grad_accum_steps=3"), ["grad_accum_steps=3 does not divide", "multiple of grad_accum_steps"]),
+    ("cuDNN attention on a CPU", ["fit", "transformer_lm", "model.attention=cudnn", "optimizer.learning_rate.warmup_steps=1", "trainer.max_steps=4", "run_dir={run}"], ["needs an NVIDIA GPU", "model.attention=xla"]),
+    ("profile past the last step", fit("trainer.profile.start_step=10"), ["`trainer.profile.start_step` is 10", "no trace"]),
     ("warmup longer than the run", fit("optimizer.learning_rate.warmup_steps=4"), ["`optimizer.learning_rate.warmup_steps` is 4", "warm up for fewer steps"]),
     ("zero max_steps", fit("trainer.max_steps=0"), ["`trainer.max_steps`", "at least 1"]),
     ("negative max_steps", fit("trainer.max_steps=-1"), ["`trainer.max_steps`", "at least 1"]),

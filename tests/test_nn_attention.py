@@ -138,3 +138,11 @@ def test_fused_attention_matches_an_einsum_reference(dtype, tol):
     expected = out @ params.output_proj.weight + params.output_proj.bias
     assert got.dtype == jnp.float32
     np.testing.assert_allclose(got, expected.astype(jnp.float32), rtol=tol, atol=tol)
+
+
+def test_an_attention_implementation_the_backend_lacks_is_refused_at_construction():
+    with pytest.raises(ValueError, match=r"'cudnn'.*needs an NVIDIA GPU.*runs on cpu.*'xla'"):
+        nn.MultiHeadAttention(2, 4, implementation="cudnn")
+    with pytest.raises(ValueError, match=r"implementation='flash': choose None"):
+        nn.MultiHeadAttention(2, 4, implementation="flash")
+    nn.MultiHeadAttention(2, 4, implementation="xla")

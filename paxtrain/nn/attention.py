@@ -17,6 +17,12 @@ from paxtrain.nn.initializers import Initializer, split_rng_key
 from paxtrain.nn.linear import Linear
 from paxtrain.nn.sequential import Chainable
 
+IMPLEMENTATIONS = (None, "xla", "cudnn")
+IMPLEMENTATION_MSG = "implementation={got!r}: choose None (JAX picks), 'xla' or 'cudnn'."
+CUDNN_MSG = (
+    "implementation='cudnn' (cuDNN flash attention) needs an NVIDIA GPU, and JAX runs on "
+    "{backend} here: use 'xla' (or None), e.g. `model.attention=xla`."
+)
 BOTH_INITS_MSG = """\
 MultiHeadAttention: pass w_init_scale (PAX's variance-scaling factor) or w_init (an \
 initializer), not both."""
@@ -86,6 +92,10 @@ implementation=None)
         name: str | None = None,
     ):
         super().__init__(name=name)
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(IMPLEMENTATION_MSG.format(got=implementation))
+        if implementation == "cudnn" and jax.default_backend() != "gpu":  # not at the 1st step
+            raise ValueError(CUDNN_MSG.format(backend=jax.default_backend()))
         if w_init_scale is not None:
             if w_init is not None:
                 raise ValueError(BOTH_INITS_MSG)

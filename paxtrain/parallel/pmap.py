@@ -53,14 +53,36 @@ def replicate(tree: Any) -> Any:
     )
 
 
+def _device_copy(shard: jax.Shard) -> jax.Array:
+    """One device's copy of a replicated leaf, without the device axis, on that device alone.
+
+    Read from the device's own buffer, never by indexing the whole array (`x[0]`): that
+    compiles a program over every local device with an all-reduce. On several processes
+    XLA:CPU runs it through gloo, and such programs, one per leaf each time the state is read,
+    interleaved with the step's cross-process all-reduce, hang the processes (issue 12).
+    """
+    return shard.data[0]
+
+
+def _first_row(shard: jax.Shard) -> int:
+    return shard.index[0].start or 0
+
+
 def unreplicate(tree: Any) -> Any:
-    """The first device's copy of a replicated tree: no device axis.
+    """The first local device's copy of a replicated tree: no device axis, on that device.
 
     Example:
-        >>> unreplicate(replicate({"w": np.ones(3)}))["w"].shape
-        (3,)
+        >>> w = unreplicate(replicate({"w": np.ones(3)}))["w"]
+        >>> w.shape, w.devices() == {jax.local_devices()[0]}
+        ((3,), True)
     """
-    return jax.tree_util.tree_map(lambda x: x[0], tree)
+
+    def leaf(x: Any) -> Any:
+        if not isinstance(x, jax.Array):
+            return x[0]
+        return _device_copy(min(x.addressable_shards, key=_first_row))
+
+    return jax.tree_util.tree_map(leaf, tree)
 
 
 def global_copy(tree: Any) -> Any:
@@ -75,7 +97,7 @@ def global_copy(tree: Any) -> Any:
     sharding = NamedSharding(Mesh(np.array(jax.devices()), (PMAP_AXIS,)), PartitionSpec())
 
     def leaf(x: jax.Array) -> jax.Array:
-        copies = [shard.data.reshape(x.shape[1:]) for shard in x.addressable_shards]
+        copies = [_device_copy(shard) for shard in x.addressable_shards]
         return jax.make_array_from_single_device_arrays(x.shape[1:], sharding, copies)
 
     return jax.tree_util.tree_map(leaf, tree)

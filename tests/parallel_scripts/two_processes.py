@@ -64,6 +64,24 @@ def trainer_run(mesh) -> dict:
     return {"losses": record.losses, "asked": source.asked}
 
 
+def pmap_state_read_between_steps(state, plan) -> dict:
+    """The "pmap" state read 20 times between cross-process steps, without waiting for them: the
+    Trainer's pattern (eval, checkpoints). Reading each leaf with `x[0]` (an all-reduce over the
+    local devices) hung here every time (issue 12)."""
+    step = jax.pmap(lambda x: jax.lax.psum(x, parallel.PMAP_AXIS), parallel.PMAP_AXIS)
+    count = parallel.replicate(np.ones((), np.float32))
+    for _ in range(20):
+        count = step(count)
+        copy = plan.unreplicate(state)
+    jax.block_until_ready((count, copy))
+    return {
+        "count": float(parallel.unreplicate(count)),
+        "on_first_device": all(
+            x.devices() == {jax.local_devices()[0]} for x in jax.tree_util.tree_leaves(copy)
+        ),
+    }
+
+
 def main() -> None:
     settings = parallel.initialize_distributed(timeout_s=60)
     mesh = parallel.make_mesh(data=2, fsdp=2)
@@ -81,6 +99,7 @@ def main() -> None:
         "weight_shard_shape": list(weight.addressable_shards[0].data.shape),
         "weight_fully_addressable": weight.is_fully_addressable,
         "pmap_losses": pmap_losses,
+        "pmap_reads": pmap_state_read_between_steps(pmap_state, pmap_plan),
         "trainer": {"default": trainer_run(None), "interleaved": trainer_run(interleaved_mesh())},
     }
     if parallel.is_main_process():
