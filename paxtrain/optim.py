@@ -163,7 +163,9 @@ def make_transformation(
     """
     if name not in _FACTORIES:
         raise ValueError(UNKNOWN_OPTIMIZER_MSG.format(name=name, choices=sorted(_FACTORIES)))
-    transformation = optax.inject_hyperparams(_FACTORIES[name])(
+    # Hyperparameters in float32 whatever the parameters' dtype: in bfloat16, Adam's b2=0.999
+    # rounds to 1.0 and every update is NaN.
+    transformation = optax.inject_hyperparams(_FACTORIES[name], hyperparam_dtype=jnp.float32)(
         learning_rate=learning_rate, **kwargs
     )
     if clip_grad_norm is not None:

@@ -30,9 +30,10 @@ from paxtrain.checkpoint import flatten_state
 from paxtrain.cli import main
 from paxtrain.config import ConfigError
 from paxtrain.optim import make_transformation
-from paxtrain.train import EarlyStopping, Hook
+from paxtrain.train import EarlyStopping, Hook, TrainState, make_train_step
 from paxtrain.train.checkpointing import Checkpointing
 from paxtrain.train.hooks import hook_states
+from paxtrain.train.trainer import model_loss
 
 N, K = 6, 3
 CLASSES = np.random.default_rng(99).normal(size=(8, 4)).astype(np.float32)
@@ -168,12 +169,14 @@ ROWS = {
         {},
         {"interrupt": "signal", "lr": 0.3, "every": 100},
     ),
-    "frozen_fc1": ({}, {}, {"freeze": True}),
+    "frozen_fc1": ({"ema_decay": 0.9}, {}, {"freeze": True}),
     "everything": (
         {"ema_decay": 0.9, "grad_accum_steps": 2, "steps_per_call": 2, "precision": "bfloat16"},
         {"dropout": True, "batch_norm": True},
         {"lr": SCHEDULE, "k": 2, "async_save": True, "factory": True},
     ),
+    "no_guard": ({"on_nonfinite": "none", "grad_norm": False}, {}, {}),
+    "pmap": ({"strategy": "pmap", "ema_decay": 0.9}, {"batch_norm": True}, {}),
     # As `paxtrain fit` builds it: a function that builds the model, the state built under jit.
     "model_factory": ({}, {"dropout": True}, {"factory": True}),
 }
@@ -350,3 +353,22 @@ def test_a_rollback_logs_the_bad_steps_at_their_step_and_records_the_data_positi
     manager = trainer.checkpointing.manager
     assert int(state.extras["data_offset"]) == 1
     assert [manager.meta(step)["data_position"] for step in manager.steps()] == [7, 8, 9]
+
+
+def test_turning_rollbacks_on_changes_no_number_until_a_rollback(tmp_path):
+    _, skipping = build_and_fit(({}, {}, {}), tmp_path / "skip")
+    _, rolling = build_and_fit(({"on_nonfinite": "rollback"}, {}, {}), tmp_path / "rollback")
+    for path, leaf in flatten_state(skipping.model).items():
+        np.testing.assert_array_equal(flatten_state(rolling.model)[path], leaf, err_msg=path)
+
+
+def test_a_rollback_step_keeps_bfloat16_parameters_bfloat16():
+    pax.seed_rng_key(0)
+    model = pax.apply_mp_policy(Net(), "params=bfloat16,compute=bfloat16,output=float32")
+    state = TrainState.create(model, optax.sgd(0.1))
+    step = make_train_step(model_loss, rollback=True)
+    state = step.init(state).with_extras(update_scale=jnp.array(0.5, jnp.float32))
+    new, metrics = step(state, Blobs().train_batch(0))
+    assert int(metrics["skipped_steps"]) == 0
+    for leaf in jax.tree_util.tree_leaves(pax.select_parameters(new.model)):
+        assert leaf.dtype == jnp.bfloat16

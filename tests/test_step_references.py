@@ -13,6 +13,7 @@ import pytest
 from test_resume_matrix import Blobs, Net
 
 import paxtrain as pax
+from paxtrain.optim import make_transformation
 from paxtrain.train import TrainState, make_train_step
 from paxtrain.train.trainer import model_loss
 
@@ -62,3 +63,21 @@ def test_a_step_and_two_accumulated_micro_batches_equal_raw_jax_on_the_full_batc
     }  # fmt: skip
     for name in params:
         check(got[name], params[name], err_msg=name)
+
+
+def test_adam_on_bfloat16_parameters_follows_float32_adam():
+    # optim's injected hyperparameters once took the parameters' dtype: b2=0.999 became 1.0.
+    params = {"w": jnp.linspace(-1.0, 1.0, 8)}
+    grads = {"w": jnp.linspace(0.5, -0.3, 8)}
+    low = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), params)
+    tx, reference = make_transformation("adam", 0.05), optax.adam(0.05)
+    state, ref_state = tx.init(low), reference.init(params)
+    for _ in range(3):
+        updates, state = tx.update(
+            jax.tree_util.tree_map(lambda g: g.astype(jnp.bfloat16), grads), state, low
+        )
+        low = optax.apply_updates(low, updates)
+        ref_updates, ref_state = reference.update(grads, ref_state, params)
+        params = optax.apply_updates(params, ref_updates)
+    assert low["w"].dtype == jnp.bfloat16
+    np.testing.assert_allclose(low["w"].astype(jnp.float32), params["w"], rtol=1e-2, atol=1e-2)

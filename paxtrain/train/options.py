@@ -244,10 +244,16 @@ def rollback_support() -> StepOption:
         def scaled(state: TrainState, model: pax.Module, grads: Any, metrics: Metrics):
             new = update(state, model, grads, metrics)
             scale = state.extras["update_scale"]
+
+            def scale_update(old: jax.Array, updated: jax.Array) -> jax.Array:
+                # At scale 1 the update itself: `old + 1 * (updated - old)` rounds otherwise, so
+                # turning rollbacks on would change every run, one that never rolls back too.
+                # In the parameters' dtype (the float32 scale would promote bfloat16 ones).
+                scaled = (old + scale * (updated - old)).astype(updated.dtype)
+                return jnp.where(scale == 1, updated, scaled)
+
             params = jax.tree_util.tree_map(
-                lambda old, updated: old + scale * (updated - old),
-                pax.select_parameters(state.model),
-                pax.select_parameters(new.model),
+                scale_update, pax.select_parameters(state.model), pax.select_parameters(new.model)
             )
             return new.replace(model=pax.update_parameters(new.model, params))
 
