@@ -30,9 +30,10 @@ from paxtrain.checkpoint import flatten_state
 from paxtrain.cli import main
 from paxtrain.config import ConfigError
 from paxtrain.optim import make_transformation
+from paxtrain.run import exit_code
 from paxtrain.train import EarlyStopping, Hook, TrainState, make_train_step
 from paxtrain.train.checkpointing import Checkpointing
-from paxtrain.train.hooks import hook_states
+from paxtrain.train.hooks import ROLLBACKS_IN_A_ROW, hook_states
 from paxtrain.train.trainer import model_loss
 
 N, K = 6, 3
@@ -162,6 +163,19 @@ ROWS = {
     # Skipped (on_nonfinite="skip"): step 3 reads bad batch 2; interrupted at step 3, between
     # two log steps, with its NaN loss pending in the checkpoint.
     "skipped_step_pending": ({"log_every": 2}, {}, {"bad_steps": {2}}),
+    # Every batch from 2 on is bad: the skip policy calls the run stuck after STUCK_STEPS
+    # skipped in a row; interrupted at 30, between two checks (log steps).
+    "stuck_skipping": (
+        {"log_every": 4},
+        {},
+        {"bad_steps": range(2, 999), "k": 30, "every": 10, "n": 80},
+    ),
+    # Every batch from 3 on is bad: rollbacks to step 3 until the policy gives up.
+    "rollback_gives_up": (
+        {"on_nonfinite": "rollback", "log_every": 1},
+        {},
+        {"bad_steps": range(3, 999), "every": 1, "n": 30},
+    ),
     # A graceful stop (SIGUSR1) between two log steps and two checkpoints.
     "preempted": ({}, {}, {"interrupt": "signal", "every": 100}),
     "preempted_eval_early_stopping": (
@@ -372,3 +386,33 @@ def test_a_rollback_step_keeps_bfloat16_parameters_bfloat16():
     assert int(metrics["skipped_steps"]) == 0
     for leaf in jax.tree_util.tree_leaves(pax.select_parameters(new.model)):
         assert leaf.dtype == jnp.bfloat16
+
+
+def test_rollbacks_that_do_not_help_stop_the_run_with_the_nonfinite_exit_code(tmp_path):
+    row = (
+        {"on_nonfinite": "rollback", "log_every": 1},
+        {},
+        {"bad_steps": range(3, 999), "every": 1},
+    )
+    trainer, state = build_and_fit(row, tmp_path)
+    assert trainer.stopped_on_nonfinite and exit_code(trainer) == 3
+    assert trainer.stop_reason.startswith(
+        f"non-finite loss or gradients before step 4 after {ROLLBACKS_IN_A_ROW} rollbacks in a row to step 3"
+    )
+    assert trainer.step == 4 and float(state.extras["update_scale"]) == 0.5**ROLLBACKS_IN_A_ROW
+    rollbacks = [r["rollback/to_step"] for r in read_jsonl(tmp_path) if "rollback/to_step" in r]
+    assert rollbacks == [3] * ROLLBACKS_IN_A_ROW
+
+
+def test_a_second_rollback_to_one_checkpoint_skips_on_and_lowers_the_rate_again(tmp_path):
+    # Bad batches 3 and 4: the first rollback (to 3) goes on with batch 4, the second skips it.
+    row = ({"on_nonfinite": "rollback", "log_every": 1}, {}, {"bad_steps": {3, 4}, "every": 1})
+    trainer, state = build_and_fit(row, tmp_path)
+    assert not trainer.stopped_on_nonfinite and trainer.step == N
+    assert int(state.extras["data_offset"]) == 2 and float(state.extras["update_scale"]) == 0.25
+    rollbacks = [
+        (r["step"], r["rollback/update_scale"])
+        for r in read_jsonl(tmp_path)
+        if "rollback/to_step" in r
+    ]
+    assert rollbacks == [(3, 0.5), (3, 0.25)]

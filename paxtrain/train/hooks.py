@@ -299,11 +299,23 @@ STUCK_MSG = (
 )
 
 
+# Rollbacks to one checkpoint, with no newer one saved in between, before the "rollback"
+# policy gives up: each halves the learning rate (by default) and skips more batches, and
+# non-finite steps that persist through that would make the run roll back forever.
+ROLLBACKS_IN_A_ROW = 5
+ROLLBACKS_EXHAUSTED_MSG = (
+    "non-finite loss or gradients before step {bad_step} after {count} rollbacks in a row to "
+    "step {step}: lowering the learning rate and skipping batches did not help; check the "
+    "data and the model for NaN/Inf, or lower `optimizer.learning_rate`"
+)
+
+
 class NonFinitePolicy(Hook):
     """Acts on steps the non-finite guard skipped: "stop" training, or "rollback" (see
-    `Trainer.rollback`), or "skip" them and stop only when `STUCK_STEPS` steps in a row were
-    skipped (the state is stuck where the loss is not finite: the rest of the run would be
-    skipped too). Checks every `every` steps, one host transfer each time.
+    `Trainer.rollback`; it stops after `ROLLBACKS_IN_A_ROW` to one checkpoint), or "skip" them
+    and stop only when `STUCK_STEPS` steps in a row were skipped (the state is stuck where the
+    loss is not finite: the rest of the run would be skipped too). Checks every `every` steps,
+    one host transfer each time; what the checks saw is part of the hook's state.
 
     Example:
         >>> trainer.add_hook(NonFinitePolicy("stop", every=50))  # doctest: +SKIP
@@ -317,9 +329,29 @@ class NonFinitePolicy(Hook):
         if not 0 < lr_factor <= 1:  # 0 would stop training; above 1 each rollback speeds it up
             raise ValueError(f"rollback_lr_factor must be in (0, 1], e.g. 0.5; got {lr_factor}")
         self.action, self.every, self.lr_factor = action, every, lr_factor
-        self._seen = 0
+        self._seen, self._checked_step, self._stuck_since = 0, 0, None
+        self._restored: dict[str, Any] | None = None
+        self._rolled_back_to, self._rollbacks_in_a_row = None, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        # What the last check saw: a resumed run then calls a run stuck, or gives up rolling
+        # back, at the step the uninterrupted run does.
+        return {
+            "seen": self._seen, "checked_step": self._checked_step,
+            "stuck_since": self._stuck_since, "rolled_back_to": self._rolled_back_to,
+            "rollbacks_in_a_row": self._rollbacks_in_a_row,
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._restored = state
 
     def on_train_start(self, trainer: Trainer) -> None:
+        if self._restored is not None:
+            state, self._restored = self._restored, None
+            self._seen, self._checked_step = state["seen"], state["checked_step"]
+            self._stuck_since, self._rolled_back_to = state["stuck_since"], state["rolled_back_to"]
+            self._rollbacks_in_a_row = state["rollbacks_in_a_row"]
+            return
         self._seen = int(trainer.state.extras.get("skipped_steps", 0))
         self._checked_step, self._stuck_since = trainer.step, None
 
@@ -350,7 +382,24 @@ class NonFinitePolicy(Hook):
             )
             return
         bad_step = trainer.step
+        manager = trainer.checkpointing.manager if trainer.checkpointing else None
+        if (
+            manager is not None
+            and self._rollbacks_in_a_row >= ROLLBACKS_IN_A_ROW
+            and manager.latest_step() == self._rolled_back_to
+        ):
+            trainer.stopped_on_nonfinite = True
+            trainer.stop(
+                ROLLBACKS_EXHAUSTED_MSG.format(
+                    count=self._rollbacks_in_a_row, step=self._rolled_back_to, bad_step=bad_step
+                )
+            )
+            return
         step = trainer.rollback(self.lr_factor)
+        self._rollbacks_in_a_row = 1 + (
+            self._rollbacks_in_a_row if step == self._rolled_back_to else 0
+        )
+        self._rolled_back_to = step
         self._seen, self._checked_step = int(trainer.state.extras["skipped_steps"]), step
         scale = float(trainer.state.extras["update_scale"])
         trainer.log({"rollback/to_step": step, "rollback/update_scale": scale})

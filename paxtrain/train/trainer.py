@@ -590,9 +590,12 @@ class Trainer:
         bad_step = self.step
         if self.checkpointing.manager.latest_step() is None:
             raise CheckpointError(ROLLBACK_BEFORE_FIRST_SAVE_MSG.format(step=bad_step))
+        # From the current extras, not the checkpoint's: a second rollback to the same
+        # checkpoint then skips the batches the first one went on with, and lowers the scale
+        # again, instead of reading them again at the same learning rate.
+        extras = self.state.extras
         restored, _ = self.checkpointing.manager.restore(self.checkpoint_state)
         self._write_scalars()  # logged so far (the bad steps' metrics): at the step they belong to
-        extras = restored.extras
         self.state = restored.with_extras(
             data_offset=extras["data_offset"] + (bad_step - int(restored.step)),
             update_scale=extras["update_scale"] * lr_factor,
