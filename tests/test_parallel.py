@@ -237,6 +237,7 @@ def test_two_processes_train_like_one_device(two_processes, one_device):
         np.testing.assert_allclose(result["pmap_losses"], one_device["default"][0], rtol=1e-5)
         # 20 steps summing over the 4 devices of both processes, the state read between them.
         assert result["pmap_reads"] == {"count": 4.0**20, "on_first_device": True}
+        assert result["decided"] == [True, False]
     assert main["is_main"] and not other["is_main"]
     assert (main["batch_slice"], other["batch_slice"]) == (str(slice(0, 8)), str(slice(8, 16)))
     # Through the Trainer, each process reads only its own rows (after one whole batch at

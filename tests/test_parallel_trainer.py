@@ -208,6 +208,21 @@ def test_a_sigterm_to_one_process_stops_both_after_the_same_step(tmp_path):
     assert losses_by_step(run_dir) == losses_by_step(reference)
 
 
+@pytest.mark.slow
+def test_saves_every_n_seconds_are_taken_by_both_processes_at_the_same_steps(tmp_path):
+    # Before, each process timed its own saves: one entered the collective save while the
+    # other trained on, and both hung (two runs in three).
+    timed = [*CLI_RUN, "trainer.max_steps=40", "trainer.eval_every=null"]
+    timed += ["trainer.checkpoint.every_steps=null", "trainer.checkpoint.every_seconds=0.2"]
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "paxtrain", "fit", CHAR_RNN, *timed, f"run_dir={run_dir}"]
+    outputs = run_two_processes(command, PYTHONPATH=str(ROOT))
+    assert "paxtrain: finished at step 40" in outputs[0]
+    # The first step (compiling) takes longer than 0.2 s: saved then, and at the end.
+    saved = sorted(int(path.name) for path in (run_dir / "checkpoints").iterdir())
+    assert saved[-1] == 40 and len(saved) >= 2
+
+
 # ------------------------------------------------------- checkpoints across device layouts
 @pytest.fixture(scope="module")
 def saved_on_8(tmp_path_factory):

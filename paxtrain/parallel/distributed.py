@@ -1,4 +1,4 @@
-"""Multi-process training: `initialize_distributed` and `is_main_process`.
+"""Multi-process training: `initialize_distributed`, `is_main_process`, `main_process_decides`.
 
 Every process runs the same program on its own devices; `jax.distributed.initialize` connects
 them, after which `jax.devices()` lists the devices of all processes and one mesh spans them.
@@ -23,6 +23,8 @@ import pathlib
 from collections.abc import Mapping
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 # Set by `srun` for each task; JAX's Slurm detection reads all of them.
 SLURM_VARIABLES = (
@@ -198,3 +200,17 @@ def is_main_process() -> bool:
         True
     """
     return jax.process_index() == 0
+
+
+def main_process_decides(flag: bool) -> bool:
+    """Process 0's `flag`, on every process: for a choice each process would make by its own
+    clock (a save every N seconds) that all must make alike, because what follows is
+    collective. A broadcast between the processes; a single process keeps its own flag.
+
+    Example:
+        >>> main_process_decides(True)
+        True
+    """
+    if jax.process_count() == 1:
+        return flag
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))

@@ -10,6 +10,7 @@ import jax
 
 from paxtrain.checkpoint import CheckpointManager
 from paxtrain.config import ConfigError
+from paxtrain.parallel.distributed import main_process_decides
 from paxtrain.train.hooks import Hook, crossed, hook_states, load_hook_states
 
 if TYPE_CHECKING:
@@ -98,10 +99,11 @@ class Checkpointing(Hook):
         self._last_save_time, self._last_saved_step = time.monotonic(), trainer.step
 
     def on_step(self, trainer: Trainer, metrics: dict[str, jax.Array]) -> None:
-        due = crossed(trainer.step, trainer.steps_per_call, self.every_steps) or (
-            self.every_seconds is not None
-            and time.monotonic() - self._last_save_time >= self.every_seconds
-        )
+        due = crossed(trainer.step, trainer.steps_per_call, self.every_steps)
+        if self.every_seconds is not None:
+            # Each process has its own clock, but a save is collective: process 0's decides.
+            elapsed = time.monotonic() - self._last_save_time
+            due = main_process_decides(due or elapsed >= self.every_seconds)
         # The last step is saved by `on_train_end`, after its evaluation. After a rollback the
         # step may already have its checkpoint: the state it was restored from.
         if due and trainer.step < trainer.max_steps and trainer.step not in self.manager.steps():

@@ -16,6 +16,7 @@ import toy
 from jax.sharding import AxisType, Mesh
 
 from paxtrain import parallel
+from paxtrain.parallel.distributed import main_process_decides
 from paxtrain.train import Trainer
 from paxtrain.train.hooks import Hook
 
@@ -100,6 +101,8 @@ def main() -> None:
         "weight_fully_addressable": weight.is_fully_addressable,
         "pmap_losses": pmap_losses,
         "pmap_reads": pmap_state_read_between_steps(pmap_state, pmap_plan),
+        # Each process passes its own flag; both get process 0's.
+        "decided": [main_process_decides(jax.process_index() == p) for p in (0, 1)],
         "trainer": {"default": trainer_run(None), "interleaved": trainer_run(interleaved_mesh())},
     }
     if parallel.is_main_process():
