@@ -416,3 +416,6 @@ def test_a_second_rollback_to_one_checkpoint_skips_on_and_lowers_the_rate_again(
         if "rollback/to_step" in r
     ]
     assert rollbacks == [(3, 0.5), (3, 0.25)]
+    # The logged learning rate is the rate of the updates made: the optimizer's times the scale.
+    rates = {r["step"]: r["train/learning_rate"] for r in read_jsonl(tmp_path) if "train/loss" in r}
+    assert rates[2] == float(np.float32(0.05)) and rates[N] == float(np.float32(0.05) * 0.25)
