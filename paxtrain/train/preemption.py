@@ -111,18 +111,19 @@ def preemption_service_active() -> bool:
 class PreemptionSync(Hook):
     """Stops the trainer at the step JAX's preemption service picks for every process.
 
-    `reached_preemption_sync_point` must be called with the same ids on every process, once
-    per step; it counts the loop's calls rather than `trainer.step`, which advances by
-    `steps_per_call`.
+    `reached_preemption_sync_point` takes one id per step, the same on every process, one
+    more each time: the service picks the largest id any process passed last, plus one. The
+    ids are the step numbers, one per step of a `steps_per_call` group, because Orbax asks the
+    same service at every save with the step it saves (`CheckpointManager.save`): with ids
+    of another count (calls since start-up, 0 again after a resume) a notice arriving just
+    after a save picked a step the loop would not reach, and the run kept training.
     """
 
-    def __init__(self):
-        self.calls = 0
-
     def on_step(self, trainer: Any, metrics: Any) -> None:
-        reached = multihost_utils.reached_preemption_sync_point(self.calls)
-        self.calls += 1
-        if reached:
+        first = trainer.step - trainer.steps_per_call + 1
+        steps = range(first, trainer.step + 1)
+        reached = [multihost_utils.reached_preemption_sync_point(step) for step in steps]
+        if any(reached):
             trainer.preempted = trainer.preempted or OTHER_PROCESS
             trainer.stop(f"preempted by {trainer.preempted}")
 
