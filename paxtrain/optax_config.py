@@ -36,6 +36,7 @@ import math
 import warnings
 from typing import Any
 
+import jax.numpy as jnp
 import optax
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -229,4 +230,7 @@ def inject_learning_rate(factory: str, **kwargs: Any) -> optax.GradientTransform
     """
     function = locate(_target_path(factory), "optimizer")
     static = [name for name in _parameters(function) if name != "learning_rate"]
-    return optax.inject_hyperparams(function, static_args=static)(**kwargs)
+    # float32 whatever the parameters' dtype: in bfloat16 a rate of 3e-4 would be 2.9945e-4.
+    return optax.inject_hyperparams(function, static_args=static, hyperparam_dtype=jnp.float32)(
+        **kwargs
+    )

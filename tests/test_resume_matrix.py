@@ -176,6 +176,14 @@ ROWS = {
         {},
         {"bad_steps": range(3, 999), "every": 1, "n": 30},
     ),
+    # float16: the bad step halves the loss scale; then a rollback with that scale restored.
+    "float16_skipped": ({"precision": "float16"}, {}, {"bad_steps": {1}}),
+    "float16_rollback": (
+        {"precision": "float16", "on_nonfinite": "rollback", "ema_decay": 0.9},
+        {},
+        {"bad_steps": {3}, "k": 5, "every": 1, "n": 8},
+    ),
+    "preempted_steps_per_call": ({"steps_per_call": 2}, {}, {"interrupt": "signal", "k": 4}),
     # A graceful stop (SIGUSR1) between two log steps and two checkpoints.
     "preempted": ({}, {}, {"interrupt": "signal", "every": 100}),
     "preempted_eval_early_stopping": (
@@ -416,3 +424,6 @@ def test_a_second_rollback_to_one_checkpoint_skips_on_and_lowers_the_rate_again(
         if "rollback/to_step" in r
     ]
     assert rollbacks == [(3, 0.5), (3, 0.25)]
+    # The logged learning rate is the rate of the updates made: the optimizer's times the scale.
+    rates = {r["step"]: r["train/learning_rate"] for r in read_jsonl(tmp_path) if "train/loss" in r}
+    assert rates[2] == float(np.float32(0.05)) and rates[N] == float(np.float32(0.05) * 0.25)

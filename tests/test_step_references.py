@@ -13,6 +13,7 @@ import pytest
 from test_resume_matrix import Blobs, Net
 
 import paxtrain as pax
+from paxtrain.optax_config import inject_learning_rate
 from paxtrain.optim import make_transformation
 from paxtrain.train import TrainState, make_train_step
 from paxtrain.train.trainer import model_loss
@@ -81,3 +82,9 @@ def test_adam_on_bfloat16_parameters_follows_float32_adam():
         params = optax.apply_updates(params, ref_updates)
     assert low["w"].dtype == jnp.bfloat16
     np.testing.assert_allclose(low["w"].astype(jnp.float32), params["w"], rtol=1e-2, atol=1e-2)
+
+
+def test_the_configs_injected_learning_rate_stays_float32_for_bfloat16_parameters():
+    tx = inject_learning_rate("optax.adam", learning_rate=3e-4)
+    rate = tx.init({"w": jnp.zeros(2, jnp.bfloat16)}).hyperparams["learning_rate"]
+    assert rate.dtype == jnp.float32 and float(rate) == float(np.float32(3e-4))

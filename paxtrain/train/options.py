@@ -234,7 +234,8 @@ def rollback_support() -> StepOption:
     """Keeps what a rollback after non-finite steps changes: `extras["update_scale"]`, a factor
     on every parameter update (lowering it lowers the learning rate of any optimizer whose last
     transformation scales by the learning rate), and `extras["data_offset"]`, how many batches
-    of the stream were skipped, which the trainer adds to the step to pick batches.
+    of the stream were skipped, which the trainer adds to the step to pick batches. The
+    reported `learning_rate` is the optimizer's times the scale: the rate of the update made.
 
     Example:
         >>> step = make_train_step(loss_fn, options=[rollback_support()])  # doctest: +SKIP
@@ -259,10 +260,20 @@ def rollback_support() -> StepOption:
 
         return scaled
 
+    def wrap(step: StepFn) -> StepFn:
+        def reported(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+            new, metrics = step(state, batch)
+            if "learning_rate" in metrics:  # the rate the update was made with
+                rate = metrics["learning_rate"] * state.extras["update_scale"]
+                metrics = {**metrics, "learning_rate": rate}
+            return new, metrics
+
+        return reported
+
     def init(state: TrainState) -> dict[str, Any]:
         return {
             "update_scale": jnp.array(1.0, jnp.float32),
             "data_offset": jnp.array(0, jnp.int32),
         }
 
-    return StepOption("rollback", init, wrap_update=wrap_update)
+    return StepOption("rollback", init, wrap, wrap_update)
