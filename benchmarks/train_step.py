@@ -5,7 +5,8 @@ Run: `pip install -e ".[bench]" && python benchmarks/train_step.py` (`--quick` f
 1. An MLP 784-256-256-10, batch 128, Adam: median time per step of the step the `Trainer`'s
    defaults give (non-finite guard, grad-norm metric, called as the loop calls it), paxtrain's
    lean step (the others' work), a raw-JAX step (parameters as dicts, `jax.jit`, donated
-   buffers), `eqx.filter_jit` and `nnx.jit`; paxtrain with `steps_per_call=10`, and with the
+   buffers) alone and with the non-finite guard written by hand, `eqx.filter_jit` and
+   `nnx.jit`; paxtrain with `steps_per_call=10`, and with the
    non-finite guard as `lax.cond` and as a select (the default picks per backend). Also XLA's
    cost analysis (bytes accessed) of the default, lean and raw-JAX programs.
 2. A char-level LSTM (embed 64, hidden 256, batch 32, 128 steps of `lax.scan`): tokens/s of
@@ -94,7 +95,10 @@ COND_GUARD = {"grad_norm": True, "options": [skip_nonfinite(select=False)]}
 
 
 # ------------------------------------------------------------------------------- raw JAX
-def raw_step_and_args():
+def raw_step_and_args(guard: bool = False):
+    """Raw JAX's step; with `guard`, also paxtrain's default guard written by hand (the
+    gradients' norm, then optax's update under `lax.cond` on its finiteness), to tell what the
+    guard itself costs from what paxtrain adds around it."""
     keys = jax.random.split(jax.random.PRNGKey(0), len(SIZES) - 1)
     params = [
         {"w": jax.random.normal(k, (a, b)) / np.sqrt(a), "b": jnp.zeros(b)}
@@ -109,16 +113,25 @@ def raw_step_and_args():
             x = jax.nn.relu(x @ layer["w"] + layer["b"])
         return _xent(x @ params[-1]["w"] + params[-1]["b"], batch["y"])
 
+    def update(params, opt_state, grads):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
     def step(params, opt_state, batch):
         loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+        if not guard:
+            return *update(params, opt_state, grads), loss
+        finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+        kept = jax.lax.cond(
+            finite, lambda: update(params, opt_state, grads), lambda: (params, opt_state)
+        )
+        return *kept, loss
 
     return jax.jit(step, donate_argnums=(0, 1)), params, opt_state, _mlp_batch()
 
 
-def raw_runner() -> Callable[[], None]:
-    step, params, opt_state, batch = raw_step_and_args()
+def raw_runner(guard: bool = False) -> Callable[[], None]:
+    step, params, opt_state, batch = raw_step_and_args(guard)
     holder = [params, opt_state]
 
     def run():
@@ -294,6 +307,7 @@ def main() -> None:
 
     mlp = {
         "raw JAX": raw_runner(),
+        "raw JAX + the guard by hand (norm, lax.cond)": raw_runner(guard=True),
         "paxtrain Trainer (defaults)": trainer_runner(
             PaxMLP(), pax_loss, _mlp_batch(), optax.adam(1e-3)
         ),
@@ -312,6 +326,7 @@ def main() -> None:
     rows = [f"| {name} | {t * 1e6:.0f} | {t / raw:.3f} |" for name, t in mlp_times.items()]
     cost = {
         "raw JAX": bytes_accessed(*raw_step_and_args()),
+        "raw JAX + the guard by hand (norm, lax.cond)": bytes_accessed(*raw_step_and_args(True)),
         "paxtrain Trainer (defaults)": trainer_step_bytes(
             PaxMLP(), pax_loss, _mlp_batch(), optax.adam(1e-3)
         ),
