@@ -6,8 +6,9 @@ hash, versions). Saving is asynchronous by default: training goes on while Orbax
 temporary directory, which it renames only when complete, so a process killed mid-save leaves
 the previous checkpoints intact. Restoring checks every path, shape and dtype against the state
 it restores into before reading anything, and falls back to an older checkpoint when the newest
-one cannot be read. Each checkpoint records a CRC-32 of every array (Orbax keeps no checksum of
-array data), verified on restore, so a flipped byte is caught instead of resumed from. A writer
+one cannot be read. Each checkpoint records a fingerprint of every array (Orbax keeps no checksum
+of array data), computed on the devices and verified on restore, so a flipped byte is caught
+instead of resumed from, on one process or several. A writer
 moves a corrupt or unfinished step directory aside (`STEP.corrupt`, never deleted) so the run can
 save that step again; a reader (`read_only`) changes nothing.
 
@@ -29,6 +30,7 @@ import zlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
@@ -83,7 +85,7 @@ UNFINISHED_MSG = (
     "Step directory {path} is no complete checkpoint (an interrupted save or a damaged one); "
     "moved it aside to {moved} so that the step can be saved again."
 )
-CHECKSUM_MSG = "the CRC-32 of `{path}` is {actual}, not the {expected} recorded when it was saved"
+CHECKSUM_MSG = "the {kind} of `{path}` is {actual}, not the {expected} recorded when it was saved"
 
 NO_CHECKPOINT_MSG = "No readable checkpoint in {directory}{detail}."
 ALL_UNREADABLE_MSG = (
@@ -129,8 +131,42 @@ def flatten_state(state: Any) -> dict[str, jax.Array]:
     return {jax.tree_util.keystr(path, simple=True, separator="."): leaf for path, leaf in leaves}
 
 
+def _fingerprint(x: jax.Array) -> jax.Array:
+    """Sum over the array's bits of `word[i] * (2i + 1)` mod 2**32: any one flipped bit, or two
+    words swapped, changes it; integer sums, so the same for every layout of the array."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        words = x.astype(jnp.uint32)
+    elif x.dtype.itemsize == 8:
+        words = jax.lax.bitcast_convert_type(x, jnp.uint32)  # two words an element
+    else:
+        unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+        words = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+    words = words.reshape(-1)
+    weights = jnp.arange(words.size, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
+    return jnp.sum(words * weights, dtype=jnp.uint32)
+
+
+_fingerprints = jax.jit(lambda arrays: {path: _fingerprint(x) for path, x in arrays.items()})
+
+
+def array_fingerprints(flat: dict[str, Any]) -> dict[str, str]:
+    """A 32-bit fingerprint of each array's bits (hex), keyed by path, computed where the arrays
+    are: one small transfer, not a host copy of the state, and the same on every process for
+    arrays split over several (every process must call it, like a save).
+
+    Example:
+        >>> array_fingerprints({"w": jnp.arange(3.0)})
+        {'w': 'fe800000'}
+    """
+    sums = _fingerprints({path: jnp.asarray(x) for path, x in flat.items()})
+    return {path: f"{int(np.asarray(x.addressable_data(0))):08x}" for path, x in sums.items()}
+
+
 def array_checksums(flat: dict[str, Any]) -> dict[str, str]:
-    """A CRC-32 of the bytes of each array this process holds whole (hex), keyed by path.
+    """A CRC-32 of the bytes of each array this process holds whole (hex), keyed by path: what
+    checkpoints from before `array_fingerprints` recorded, and are still verified with.
 
     Example:
         >>> array_checksums({"w": np.zeros(3, np.float32)})
@@ -286,7 +322,8 @@ class CheckpointManager:
         step = int(state.step)
         flat = flatten_state(state)
         record = {
-            "step": step, "data_position": step, **(meta or {}), "checksums": array_checksums(flat)
+            "step": step, "data_position": step, **(meta or {}),
+            "fingerprints": array_fingerprints(flat),
         }  # fmt: skip
         args = ocp.args.Composite(state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(record))
         self.wait()  # a background save that failed is reported as that save, not this one
@@ -366,12 +403,15 @@ class CheckpointManager:
             ),
         )
         meta = dict(restored.meta)
-        expected = meta.get("checksums", {})
-        actual = array_checksums(dict(restored.state))
-        for path, value in actual.items():
+        # Older checkpoints recorded CRC-32s of the arrays a process held whole.
+        kind, sums = ("fingerprint", array_fingerprints) if "fingerprints" in meta else (
+            "CRC-32", array_checksums
+        )  # fmt: skip
+        expected = meta.get("fingerprints", meta.get("checksums", {}))
+        for path, value in sums(dict(restored.state)).items():
             if path in expected and expected[path] != value:
                 raise _ChecksumMismatch(
-                    CHECKSUM_MSG.format(path=path, actual=value, expected=expected[path])
+                    CHECKSUM_MSG.format(kind=kind, path=path, actual=value, expected=expected[path])
                 )
         leaves = [restored.state[path] for path in flat]
         state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)

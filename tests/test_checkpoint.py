@@ -1,6 +1,7 @@
 """CheckpointManager: round trips, policies, mismatches, corruption, failing saves."""
 
 import errno
+import json
 import os
 import pathlib
 import shutil
@@ -14,7 +15,13 @@ import pytest
 import paxtrain as pax
 import paxtrain.nn as nn
 from paxtrain import checkpoint
-from paxtrain.checkpoint import CheckpointError, CheckpointManager, flatten_state
+from paxtrain.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    array_checksums,
+    array_fingerprints,
+    flatten_state,
+)
 from paxtrain.train import TrainState
 
 
@@ -43,7 +50,7 @@ def test_round_trip_is_exact_and_meta_is_kept(tmp_path):
     manager.wait()
     restored, meta = manager.restore(make_state())
     assert_trees_equal(restored, state)
-    checksums = meta.pop("checksums")
+    checksums = meta.pop("fingerprints")
     assert meta == {"step": 7, "data_position": 7, "config_hash": "abc"}
     assert checksums.keys() == flatten_state(state).keys()
     assert type(restored.model[0]) is nn.Linear
@@ -254,7 +261,7 @@ def test_all_checkpoints_corrupt_is_one_message_listing_them(tmp_path):
     with pytest.warns(UserWarning), pytest.raises(CheckpointError) as info:
         manager.restore(make_state(512))
     message = str(info.value)
-    assert "tried step 8 (" in message and "; step 4 (" in message and "CRC-32" in message
+    assert "tried step 8 (" in message and "; step 4 (" in message and "fingerprint" in message
     assert "moved aside as STEP.corrupt" in message
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["4.corrupt", "8.corrupt"]
 
@@ -265,9 +272,47 @@ def test_a_named_step_that_is_corrupt_is_a_checkpoint_error(tmp_path):
     manager.close()
     CORRUPTIONS["one flipped byte"](tmp_path / "4")
     reader = CheckpointManager(tmp_path, read_only=True)
+    with pytest.raises(CheckpointError, match=r"step 4 .* unreadable .*fingerprint"):
+        reader.restore(make_state(512), step=4)
+    reader.close()
+
+
+def as_checkpoint_before_fingerprints(step_dir):
+    """Rewrites a checkpoint's record as older versions wrote it: CRC-32s, no fingerprints."""
+    path = step_dir / "meta" / "metadata"
+    record = json.loads(path.read_text())
+    flat = CheckpointManager(step_dir.parent, read_only=True).restore(make_state(512))[0]
+    record.pop("fingerprints")
+    record["checksums"] = array_checksums(flatten_state(flat))
+    path.write_text(json.dumps(record))
+
+
+def test_checkpoints_from_before_fingerprints_are_verified_with_their_crc(tmp_path):
+    manager = CheckpointManager(tmp_path, async_save=False)
+    manager.save(make_state(512, step=4))
+    manager.close()
+    as_checkpoint_before_fingerprints(tmp_path / "4")
+    reader = CheckpointManager(tmp_path, read_only=True)
+    assert int(reader.restore(make_state(512))[0].step) == 4
+    CORRUPTIONS["one flipped byte"](tmp_path / "4")
     with pytest.raises(CheckpointError, match=r"step 4 .* unreadable .*CRC-32"):
         reader.restore(make_state(512), step=4)
     reader.close()
+
+
+def test_fingerprints_catch_each_flipped_bit_and_do_not_depend_on_the_layout():
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
+    (reference,) = array_fingerprints({"x": x}).values()
+    words = x.view(np.uint32).reshape(-1)
+    expected = int(np.sum(words.astype(np.uint64) * (2 * np.arange(words.size) + 1)) % 2**32)
+    assert reference == f"{expected:08x}"  # the definition, in NumPy
+    for i, bit in [(0, 0), (17, 31), (511, 5)]:
+        flipped = x.copy().view(np.uint32).reshape(-1)
+        flipped[i] ^= np.uint32(1 << bit)
+        assert array_fingerprints({"x": flipped.view(np.float32)})["x"] != reference
+    swapped = x.copy()
+    swapped[[0, 1]] = swapped[[1, 0]]
+    assert array_fingerprints({"x": swapped})["x"] != reference
 
 
 def test_a_reader_never_cleans_up_a_writers_temporary_directory(tmp_path):

@@ -135,6 +135,11 @@ def two_process_fit(run_dir, one_device_fit, *layout: str) -> list[dict]:
     for key in ("train/loss", "eval/loss"):
         np.testing.assert_allclose(series(records, key), series(one_device_fit, key), rtol=2e-5)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["2", "4"]
+    for step in ("2", "4"):  # a fingerprint of every array, those split over processes too
+        step_dir = run_dir / "checkpoints" / step
+        arrays = json.loads((step_dir / "state" / "_METADATA").read_text())["tree_metadata"]
+        record = json.loads((step_dir / "meta" / "metadata").read_text())
+        assert len(record["fingerprints"]) == len(arrays)
     return records
 
 
