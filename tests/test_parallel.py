@@ -43,6 +43,19 @@ def last_json_line(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
+def run_script(name: str, *args: str, **env: str) -> dict:
+    """`parallel_scripts/NAME` on 8 virtual CPU devices; the JSON of its last line."""
+    done = subprocess.run(
+        [sys.executable, os.path.join(SCRIPTS, name), *args],
+        env=cpu_env(8, **env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return last_json_line(done.stdout)
+
+
 @pytest.fixture(scope="module")
 def one_device():
     """Losses and final model of the toy trained on this process's single device."""
@@ -55,15 +68,7 @@ def one_device():
 
 @pytest.fixture(scope="module")
 def eight_devices():
-    done = subprocess.run(
-        [sys.executable, os.path.join(SCRIPTS, "eight_devices.py")],
-        env=cpu_env(8),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return last_json_line(done.stdout)
+    return run_script("eight_devices.py")
 
 
 def start_two_processes(command: list[str], **env: str) -> list[subprocess.Popen]:
@@ -432,15 +437,7 @@ def test_an_unused_tensor_axis_is_refused_and_a_rule_for_the_model_fixes_it():
 
 # ------------------------------------------------------------------ sharded initialization
 def test_a_state_built_from_a_function_is_never_whole_on_one_device():
-    done = subprocess.run(
-        [sys.executable, os.path.join(SCRIPTS, "sharded_init.py")],
-        env=cpu_env(8),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = last_json_line(done.stdout)
+    result = run_script("sharded_init.py")
     assert result["equal"]  # bitwise the state of the eager build
     assert result["spec"] == "P('fsdp', None)"
     # FSDP over 8: each device keeps about an eighth (small leaves stay replicated) ...
@@ -452,15 +449,8 @@ def test_a_state_built_from_a_function_is_never_whole_on_one_device():
 
 def test_paxtrain_fit_builds_sharded_and_init_from_reads_into_the_shards(tmp_path):
     """Through the config (`build_trainer`, as `paxtrain fit`), with `mesh.fsdp=8`."""
-    done = subprocess.run(
-        [sys.executable, os.path.join(SCRIPTS, "sharded_init_config.py"), str(tmp_path)],
-        env=cpu_env(8, PYTHONPATH=os.path.dirname(os.path.dirname(SCRIPTS))),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = last_json_line(done.stdout)
+    root = os.path.dirname(os.path.dirname(SCRIPTS))
+    result = run_script("sharded_init_config.py", str(tmp_path), PYTHONPATH=root)
     fresh, tuned = result["fresh"], result["tuned"]
     for start in (fresh, tuned):
         assert start["sharded_builds"] == 1
