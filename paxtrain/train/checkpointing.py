@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from paxtrain.train.trainer import Trainer
 
 CHECKPOINT_DIR = "checkpoints"
+# On several processes, `every_seconds` is checked every this many steps (see `on_step`).
+CLOCK_SYNC_STEPS = 10
 
 RESUME_STEPS_PER_CALL_MSG = (
     "the checkpoint in {directory} is at step {step}, not a multiple of trainer.steps_per_call "
@@ -37,7 +39,8 @@ class Checkpointing(Hook):
     Args:
       every_steps: save when the step count crosses a multiple of this; None: only at the
         end (and on a preemption signal).
-      every_seconds: save when this much time passed since the last save.
+      every_seconds: save when this much time passed since the last save (on several
+        processes checked every `CLOCK_SYNC_STEPS` steps, by process 0's clock).
       keep_last: number of newest checkpoints kept.
       keep_best: number of best checkpoints (by `monitor`) kept besides.
       monitor: eval metric ranking checkpoints, e.g. "eval/loss".
@@ -101,9 +104,13 @@ class Checkpointing(Hook):
     def on_step(self, trainer: Trainer, metrics: dict[str, jax.Array]) -> None:
         due = crossed(trainer.step, trainer.steps_per_call, self.every_steps)
         if self.every_seconds is not None:
-            # Each process has its own clock, but a save is collective: process 0's decides.
-            elapsed = time.monotonic() - self._last_save_time
-            due = main_process_decides(due or elapsed >= self.every_seconds)
+            by_clock = time.monotonic() - self._last_save_time >= self.every_seconds
+            if jax.process_count() > 1:
+                # Each process has its own clock, but a save is collective: process 0's
+                # decides, through a broadcast that waits for every process, so not every step.
+                asked = crossed(trainer.step, trainer.steps_per_call, CLOCK_SYNC_STEPS)
+                by_clock = asked and main_process_decides(by_clock)
+            due = due or by_clock
         # The last step is saved by `on_train_end`, after its evaluation. After a rollback the
         # step may already have its checkpoint: the state it was restored from.
         if due and trainer.step < trainer.max_steps and trainer.step not in self.manager.steps():
