@@ -59,7 +59,7 @@ RUN pip install "/opt/paxtrain[recipes]" && rm -rf /opt/paxtrain
 RUN groupadd --gid 1000 paxtrain \
     && useradd --create-home --uid 1000 --gid 1000 paxtrain \
     && mkdir -p /workspace/runs && chown -R paxtrain:paxtrain /workspace \
-    && ln -s "$(python3 -c 'from paxtrain.packaged_configs import packaged_configs_dir as d; print(d())')" /workspace/configs
+    && ln -s "$(python3 -c 'from paxtrain.config.packaged import packaged_configs_dir as d; print(d())')" /workspace/configs
 WORKDIR /workspace
 USER 1000:1000
 

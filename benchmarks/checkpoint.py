@@ -32,7 +32,7 @@ from report import machine_line, section_title, write_section
 
 import paxtrain as pax
 import paxtrain.nn as nn
-from paxtrain.checkpoint import CheckpointManager, flatten_state
+from paxtrain.checkpoint.store import CheckpointManager, flatten_state
 from paxtrain.train import TrainState, make_train_step
 
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from paxtrain.cli import main
+from paxtrain.cli.app import main
 
 sys.exit(main())

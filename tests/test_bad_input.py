@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from cli_support import CHAR_RNN, ROOT, TINY_CHAR_RNN
 
-from paxtrain.cli import main
-from paxtrain.config import compose
+from paxtrain.cli.app import main
+from paxtrain.config.composition import compose
 
 IMAGES = str(ROOT / "configs" / "image_classifier.yaml")
 TINY = [*TINY_CHAR_RNN, "callbacks=[]", "trainer.max_steps=4", "trainer.eval_every=2"]

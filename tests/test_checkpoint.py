@@ -14,14 +14,10 @@ import pytest
 
 import paxtrain as pax
 import paxtrain.nn as nn
-from paxtrain import checkpoint
-from paxtrain.checkpoint import (
-    CheckpointError,
-    CheckpointManager,
-    array_checksums,
-    array_fingerprints,
-    flatten_state,
-)
+from paxtrain.checkpoint import store
+from paxtrain.checkpoint.integrity import array_checksums, array_fingerprints
+from paxtrain.checkpoint.store import CheckpointManager, flatten_state
+from paxtrain.errors import CheckpointError
 from paxtrain.train import TrainState
 
 
@@ -167,7 +163,7 @@ def test_failing_save_is_reported(tmp_path, monkeypatch):
         manager.save(make_state(step=2))
     assert "No space left on device" in str(info.value)
     assert "the last complete checkpoint (step 1) is intact" in str(info.value)
-    assert str(info.value).endswith(checkpoint.SAVE_ADVICE[errno.ENOSPC])
+    assert str(info.value).endswith(store.SAVE_ADVICE[errno.ENOSPC])
     monkeypatch.undo()
     restored, _ = manager.restore(make_state())
     assert int(restored.step) == 1
@@ -191,7 +187,7 @@ def test_a_failed_save_quotes_orbax_and_advises_by_the_cause(tmp_path, monkeypat
         manager.save(make_state(step=3), wait=True)
     message = str(error.value)
     assert "failed: ValueError: Cannot serialize host local jax.Array." in message
-    assert message.endswith(checkpoint.SAVE_ADVICE_OTHER)
+    assert message.endswith(store.SAVE_ADVICE_OTHER)
     assert "disk space" not in message and "permissions" not in message
     monkeypatch.undo()
     manager.close()

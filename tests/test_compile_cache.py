@@ -5,7 +5,7 @@ import sys
 
 from cli_support import ROOT
 
-from paxtrain.config import compose
+from paxtrain.config.composition import compose
 from paxtrain.train.compile_cache import default_cache_dir
 
 # In a fresh process: the cache directory is process-wide JAX state.
@@ -68,8 +68,8 @@ def test_the_cache_stays_off_on_several_cpu_devices(tmp_path):
 # cache's misses and hits, and the compilations that did not go through the cache at all.
 BUILD_SCRIPT = """
 import collections, pathlib, sys, jax
-from paxtrain.config import compose
-from paxtrain.run import build_trainer
+from paxtrain.config.composition import compose
+from paxtrain.cli.build import build_trainer
 events = collections.Counter()
 jax.monitoring.register_event_listener(lambda name, **kw: events.update([name.rpartition("/")[2]]))
 cfg = compose(sys.argv[1], [f"trainer.compile_cache={sys.argv[2]}", "model.hidden_dim=16"])

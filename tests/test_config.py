@@ -5,7 +5,9 @@ import pathlib
 import pytest
 from omegaconf import OmegaConf
 
-from paxtrain.config import ConfigError, compose, validate
+from paxtrain.config.composition import compose
+from paxtrain.config.schema import validate
+from paxtrain.errors import ConfigError
 
 CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 

@@ -16,20 +16,18 @@ import typing
 import pytest
 from omegaconf import OmegaConf
 
-from paxtrain import config
-from paxtrain.config import (
-    PRIMARY_NAME,
-    SCHEMA_NAME,
+from paxtrain.config import schema
+from paxtrain.config.composition import PRIMARY_NAME, SCHEMA_NAME, compose
+from paxtrain.config.schema import (
     CheckpointConfig,
-    ConfigError,
     EarlyStoppingConfig,
     FitConfig,
     ProfileConfig,
-    Progress,
+    ProgressMode,
     TrainerConfig,
-    compose,
-    locate,
 )
+from paxtrain.config.targets import locate
+from paxtrain.errors import ConfigError
 from paxtrain.train.checkpointing import Checkpointing
 from paxtrain.train.hooks import EarlyStopping
 from paxtrain.train.profile import Profile
@@ -77,7 +75,7 @@ EXTRA_FIELDS = {
     ProfileConfig: set(),
 }
 
-MIRRORS = [(schema, locate(target, "")) for schema, target in config.MIRRORS.items()]
+MIRRORS = [(schema, locate(target, "")) for schema, target in schema.MIRRORS.items()]
 
 
 def _plain(hint):
@@ -141,7 +139,7 @@ def test_the_schema_is_in_hydras_config_store_ahead_of_the_file():
         SCHEMA_NAME, "char_rnn", "_self_",
     ]  # fmt: skip
     assert cfg.trainer.max_steps == 1500 and cfg.trainer.grad_accum_steps == 1  # file, schema
-    assert cfg.trainer.progress is Progress.auto and cfg.trainer.progress == "auto"
+    assert cfg.trainer.progress is ProgressMode.auto and cfg.trainer.progress == "auto"
 
 
 def test_overrides_set_schema_keys_and_target_parameters_the_file_leaves_out():
@@ -167,7 +165,7 @@ def test_a_file_value_the_schema_refuses_names_the_key(tmp_path):
 
 
 def test_fit_sets_keys_the_file_leaves_out(capsys):
-    from paxtrain.cli import main
+    from paxtrain.cli.app import main
 
     args = ["fit", CHAR_RNN, "trainer.ema_decay=0.99", "data.max_chars=5000", "--cfg", "job"]
     assert main(args) == 0

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from data_support import Regression, assert_preempted_resume_is_bitwise_exact
 
-from paxtrain.data import DataError, GrainSource, NpyColumns
+from paxtrain.data import GrainSource, NpyColumns
+from paxtrain.errors import DataError
 
 grain = pytest.importorskip("grain")
 
@@ -146,8 +147,8 @@ def npy_overrides(folder):
 
 
 def test_the_image_recipe_reads_npy_files_through_grain_from_yaml(tmp_path):
-    from paxtrain.config import compose
-    from paxtrain.run import instantiate
+    from paxtrain.cli.build import instantiate
+    from paxtrain.config.composition import compose
 
     arrays = write_npy_images(tmp_path)
     overrides = [*npy_overrides(tmp_path), "data.batch_size=16", "+data.shuffle=false"]
@@ -164,7 +165,7 @@ def test_the_image_recipe_reads_npy_files_through_grain_from_yaml(tmp_path):
 
 @pytest.mark.slow
 def test_paxtrain_fit_trains_the_image_recipe_from_npy_with_grain_workers(tmp_path, capsys):
-    from paxtrain.cli import main
+    from paxtrain.cli.app import main
 
     write_npy_images(tmp_path)
     run = [

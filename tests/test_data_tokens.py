@@ -9,8 +9,9 @@ from data_support import Bigram, assert_preempted_resume_is_bitwise_exact
 
 import paxtrain.data.tokenize
 import paxtrain.data.tokens
-from paxtrain.cli import main
-from paxtrain.data import ByteVocab, CharVocab, DataError, TokenFile
+from paxtrain.cli.app import main
+from paxtrain.data import ByteVocab, CharVocab, TokenFile
+from paxtrain.errors import DataError
 
 VOCAB, N = 50, 5000
 

@@ -18,7 +18,7 @@ import tomllib
 
 import pytest
 
-from paxtrain.config import compose
+from paxtrain.config.composition import compose
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

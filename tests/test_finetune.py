@@ -10,8 +10,9 @@ import pytest
 import paxtrain as pax
 import paxtrain.nn as nn
 from paxtrain import parallel
-from paxtrain.checkpoint import CheckpointError, CheckpointManager, flatten_state
-from paxtrain.finetune import freeze_by_path, load_parameters
+from paxtrain.checkpoint.finetune import freeze_by_path, load_parameters
+from paxtrain.checkpoint.store import CheckpointManager, flatten_state
+from paxtrain.errors import CheckpointError
 from paxtrain.train import TrainState
 
 

@@ -1,10 +1,10 @@
-"""`paxtrain.run.instantiate`: Hydra's `instantiate` after the signature checks."""
+"""`paxtrain.cli.build.instantiate`: Hydra's `instantiate` after the signature checks."""
 
 import pytest
 from omegaconf import OmegaConf
 
-from paxtrain.config import ConfigError
-from paxtrain.run import instantiate
+from paxtrain.cli.build import instantiate
+from paxtrain.errors import ConfigError
 
 
 def section(**values):

@@ -7,7 +7,8 @@ import pytest
 from test_trainer import Regression, RegressionData
 
 import paxtrain as pax
-from paxtrain.config import ConfigError, compose
+from paxtrain.config.composition import compose
+from paxtrain.errors import ConfigError
 from paxtrain.train import Trainer
 from paxtrain.train.logger import Logger, LoggerGroup, read_metrics
 from paxtrain.train.trackers import flatten

@@ -1,4 +1,4 @@
-"""Any optax optimizer and schedule from the `optimizer` config section (`paxtrain.optax_config`)."""
+"""Any optax optimizer and schedule from the `optimizer` config section (`paxtrain.config.optimizer`)."""
 
 import json
 import re
@@ -12,9 +12,10 @@ import yaml
 from cli_support import CHAR_RNN, ROOT, TINY_CHAR_RNN
 
 import paxtrain as pax
-from paxtrain.cli import main
-from paxtrain.config import ConfigError, compose
-from paxtrain.optax_config import build_optimizer
+from paxtrain.cli.app import main
+from paxtrain.config.composition import compose
+from paxtrain.config.optimizer import build_optimizer
+from paxtrain.errors import ConfigError
 from paxtrain.optim import Optimizer
 
 P = np.array([[0.5, -1.0, 2.0], [0.25, 0.0, -3.0]], np.float32)

@@ -6,9 +6,10 @@ import pytest
 from cli_support import CHAR_RNN
 from omegaconf import OmegaConf
 
-from paxtrain.cli import main
-from paxtrain.config import FitConfig, compose
-from paxtrain.options import REQUIRED, argument_help, config_options
+from paxtrain.cli.app import main
+from paxtrain.config.composition import compose
+from paxtrain.config.keys import REQUIRED, argument_help, config_options
+from paxtrain.config.schema import FitConfig
 
 
 def _leaf_keys(node, prefix=""):

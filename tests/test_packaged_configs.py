@@ -8,10 +8,10 @@ import yaml
 from cli_support import CHAR_RNN, ROOT
 from omegaconf import OmegaConf
 
-from paxtrain.cli import main
-from paxtrain.config import compose
-from paxtrain.packaged_configs import find_config, packaged_config_names, packaged_configs_dir
-from paxtrain.run import legacy_recipe_overrides, load_run_config
+from paxtrain.cli.app import main
+from paxtrain.cli.runs import legacy_recipe_overrides, load_run_config
+from paxtrain.config.composition import compose
+from paxtrain.config.packaged import find_config, packaged_config_names, packaged_configs_dir
 
 
 def test_the_repository_configs_are_the_packaged_ones():

@@ -21,10 +21,10 @@ from parallel_scripts import toy
 
 import paxtrain as pax
 from paxtrain import parallel
-from paxtrain.config import compose
-from paxtrain.packaged_configs import find_config, packaged_config_names
+from paxtrain.cli.build import build_trainer
+from paxtrain.config.composition import compose
+from paxtrain.config.packaged import find_config, packaged_config_names
 from paxtrain.parallel import batch, distributed, mesh, plan, pmap, sharding
-from paxtrain.run import build_trainer
 from paxtrain.train import make_train_step
 from paxtrain.train.step import PMAP_AND_SHARDINGS_MSG
 

@@ -21,9 +21,9 @@ from jax.sharding import AbstractMesh, PartitionSpec
 from test_parallel import SCRIPTS, cpu_env, last_json_line, run_two_processes, start_two_processes
 
 from paxtrain import parallel
-from paxtrain.cli import main
-from paxtrain.config import compose
-from paxtrain.run import build_trainer
+from paxtrain.cli.app import main
+from paxtrain.cli.build import build_trainer
+from paxtrain.config.composition import compose
 from paxtrain.train.logger import read_metrics
 
 STEPS, MORE_STEPS = 4, 6

@@ -11,7 +11,8 @@ from test_trainer import RegressionData
 
 import paxtrain as pax
 import paxtrain.nn as nn
-from paxtrain.config import ConfigError, compose
+from paxtrain.config.composition import compose
+from paxtrain.errors import ConfigError
 from paxtrain.train import Trainer
 
 CHAR_RNN = "configs/char_rnn.yaml"

@@ -11,12 +11,12 @@ import pytest
 
 import paxtrain as pax
 import paxtrain.nn as nn
-from paxtrain.config import compose
+from paxtrain.cli.build import instantiate
+from paxtrain.config.composition import compose
 from paxtrain.data import CharCorpus
 from paxtrain.data.images import LabeledImages
 from paxtrain.recipes.image_classifier import ImageClassifier
 from paxtrain.recipes.transformer_lm import TransformerLM
-from paxtrain.run import instantiate
 
 CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 SMALL_OVERRIDES = {

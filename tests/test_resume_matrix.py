@@ -26,11 +26,11 @@ from test_trainer import read_jsonl
 
 import paxtrain as pax
 import paxtrain.nn as nn
-from paxtrain.checkpoint import flatten_state
-from paxtrain.cli import main
-from paxtrain.config import ConfigError
+from paxtrain.checkpoint.store import flatten_state
+from paxtrain.cli.app import main
+from paxtrain.cli.commands import exit_code
+from paxtrain.errors import ConfigError
 from paxtrain.optim import make_transformation
-from paxtrain.run import exit_code
 from paxtrain.train import EarlyStopping, Hook, TrainState, make_train_step
 from paxtrain.train.checkpointing import Checkpointing
 from paxtrain.train.hooks import ROLLBACKS_IN_A_ROW, hook_states

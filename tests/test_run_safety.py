@@ -12,10 +12,13 @@ from test_checkpoint import make_state
 from test_trainer import PoisonedData, Regression, RegressionData, read_jsonl
 
 import paxtrain as pax
-from paxtrain.checkpoint import CheckpointManager
-from paxtrain.cli import main
-from paxtrain.config import ConfigError, compose
-from paxtrain.run import check_run_targets, exit_code, final_eval_is_finite, schedule_horizon
+from paxtrain.checkpoint.store import CheckpointManager
+from paxtrain.cli.app import main
+from paxtrain.cli.build import schedule_horizon
+from paxtrain.cli.commands import exit_code, final_eval_is_finite
+from paxtrain.cli.runs import check_run_targets
+from paxtrain.config.composition import compose
+from paxtrain.errors import ConfigError
 from paxtrain.train import EarlyStopping, Hook, Trainer
 from paxtrain.train.checkpointing import Checkpointing
 

@@ -13,7 +13,7 @@ import pytest
 from test_resume_matrix import Blobs, Net
 
 import paxtrain as pax
-from paxtrain.optax_config import inject_learning_rate
+from paxtrain.config.optimizer import inject_learning_rate
 from paxtrain.optim import make_transformation
 from paxtrain.train import TrainState, make_train_step
 from paxtrain.train.trainer import model_loss

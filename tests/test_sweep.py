@@ -2,8 +2,8 @@
 
 import pytest
 
-from paxtrain.config import ConfigError
-from paxtrain.sweep import sweep_overrides
+from paxtrain.cli.sweep import sweep_overrides
+from paxtrain.errors import ConfigError
 
 
 def test_cartesian_product_in_key_order_with_fixed_overrides_in_each():

@@ -171,7 +171,7 @@ def test_wandb_offline_run_holds_config_and_metrics_and_a_resume_continues_it(tm
 
 def test_mlflow_resume_on_another_server_is_one_clear_error(tmp_path):
     pytest.importorskip("mlflow")
-    from paxtrain.config import ConfigError
+    from paxtrain.errors import ConfigError
     from paxtrain.train.trackers import TRACKERS_FILE, MLflowLogger
 
     (tmp_path / TRACKERS_FILE).write_text(json.dumps({"mlflow": "0" * 32}))

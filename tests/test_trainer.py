@@ -311,7 +311,7 @@ def test_checkpoints_save_the_state_itself_not_a_device_copy(tmp_path, monkeypat
     # device memory a save needs.
     import jax
 
-    from paxtrain.checkpoint import CheckpointManager
+    from paxtrain.checkpoint.store import CheckpointManager
     from paxtrain.train.checkpointing import Checkpointing
 
     handed = []

@@ -7,10 +7,11 @@ never replays the stream on resume.
 from paxtrain.data.columns import NpyColumns
 from paxtrain.data.grain_source import GrainSource
 from paxtrain.data.images import ImageSplits, LabeledImages, load_digits, load_mnist, read_idx
-from paxtrain.data.source import DataError, DataSource, Prefetcher
+from paxtrain.data.source import DataSource, Prefetcher
 from paxtrain.data.text import ByteVocab, CharCorpus, CharVocab, stdlib_corpus
 from paxtrain.data.tokenize import tokenize_files
 from paxtrain.data.tokens import TokenFile
+from paxtrain.errors import DataError
 
 __all__ = [
     "ByteVocab",

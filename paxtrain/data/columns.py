@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from paxtrain.data.source import DataError
+from paxtrain.errors import DataError
 
 MISSING_NPY_MSG = """\
 {key}: file not found: {path}

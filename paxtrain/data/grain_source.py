@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from paxtrain.data.columns import NpyColumns
-from paxtrain.data.source import DataError
+from paxtrain.errors import DataError
 
 NO_GRAIN_MSG = """\
 GrainSource needs grain, which is not installed: pip install grain    (or `pip install -e ".[data]"` \
@@ -69,7 +69,7 @@ def as_map_dataset(spec: Any, key: str = "train") -> Any:
     if isinstance(spec, grain.MapDataset):
         return spec
     if isinstance(spec, Mapping) and "_target_" in spec:
-        from paxtrain.config import locate
+        from paxtrain.config.targets import locate
 
         kwargs = {k: v for k, v in spec.items() if k != "_target_"}
         dataset = locate(str(spec["_target_"]), f"data.{key}")(**kwargs)

@@ -11,12 +11,6 @@ import jax
 import numpy as np
 
 
-class DataError(ValueError):
-    """A data set that cannot be used as configured (empty, corrupt, too short, ids out of the
-    vocabulary); its message names the file and the fix. `paxtrain` reports it in one line and
-    exits with code 2."""
-
-
 @runtime_checkable
 class DataSource(Protocol):
     """What the trainer needs from a dataset.

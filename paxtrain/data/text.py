@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from paxtrain.data.source import DataError
+from paxtrain.errors import DataError
 
 # A fixed list, so the default corpus is the same on every machine with the same Python version.
 STDLIB_FILES = (

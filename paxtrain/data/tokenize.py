@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from paxtrain.data.source import DataError
 from paxtrain.data.text import VOCABS
 from paxtrain.data.tokens import sidecar_path
+from paxtrain.errors import DataError
 
 CHUNK_CHARS = 1 << 22  # 4M characters per read
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from paxtrain.data.source import DataError
 from paxtrain.data.text import VOCABS
+from paxtrain.errors import DataError
 
 DTYPES = ("uint16", "uint32")
 SIDECAR_SUFFIX = ".json"

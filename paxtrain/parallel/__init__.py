@@ -24,6 +24,7 @@ One plan covers the state, the batches and the compiled step (see `setup`):
 | `distributed.py` | `initialize_distributed`, `is_main_process` |
 """
 
+from paxtrain.errors import LayoutError
 from paxtrain.parallel.batch import (
     ProcessRows,
     accepts_rows,
@@ -57,7 +58,6 @@ from paxtrain.parallel.mesh import (
     DATA,
     FSDP,
     TENSOR,
-    LayoutError,
     data_parallel_size,
     make_mesh,
 )

@@ -20,7 +20,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from paxtrain.parallel.mesh import BATCH_AXES, LayoutError, data_parallel_size
+from paxtrain.errors import LayoutError
+from paxtrain.parallel.mesh import BATCH_AXES, data_parallel_size
 
 BATCH_DIVISIBLE_MSG = """\
 The global batch size {size} ({where}) is not divisible by the data-parallel size \

@@ -9,13 +9,7 @@ import jax
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
-
-class LayoutError(ValueError):
-    """A device layout that cannot work: a mesh, a batch or a sharding rule that does not fit.
-
-    Its message names the fix; the `paxtrain` command line reports it without a traceback.
-    """
-
+from paxtrain.errors import LayoutError
 
 DATA, FSDP, TENSOR = "data", "fsdp", "tensor"
 AXES = (DATA, FSDP, TENSOR)

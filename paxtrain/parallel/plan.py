@@ -10,6 +10,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from paxtrain.errors import LayoutError
 from paxtrain.parallel import pmap
 from paxtrain.parallel.batch import (
     ProcessRows,
@@ -19,14 +20,7 @@ from paxtrain.parallel.batch import (
     process_row_blocks,
     shard_batch,
 )
-from paxtrain.parallel.mesh import (
-    DATA,
-    FSDP,
-    TENSOR,
-    LayoutError,
-    data_parallel_size,
-    make_mesh,
-)
+from paxtrain.parallel.mesh import DATA, FSDP, TENSOR, data_parallel_size, make_mesh
 from paxtrain.parallel.pmap import PMAP_AXIS, replicate, shard_over_devices, unreplicate
 from paxtrain.parallel.sharding import (
     DEFAULT_FSDP_MIN_SIZE,

@@ -27,7 +27,8 @@ import jax
 import numpy as np
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
-from paxtrain.parallel.mesh import FSDP, TENSOR, LayoutError
+from paxtrain.errors import LayoutError
+from paxtrain.parallel.mesh import FSDP, TENSOR
 
 Rule = tuple[str, PartitionSpec]
 

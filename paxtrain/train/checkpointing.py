@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 
-from paxtrain.checkpoint import CheckpointManager
-from paxtrain.config import ConfigError
+from paxtrain.checkpoint.store import CheckpointManager
+from paxtrain.errors import ConfigError
 from paxtrain.parallel.distributed import main_process_decides
 from paxtrain.train.hooks import Hook, crossed, hook_states, load_hook_states
 

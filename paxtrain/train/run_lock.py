@@ -9,7 +9,7 @@ import pathlib
 import socket
 from typing import Any
 
-from paxtrain.config import ConfigError
+from paxtrain.errors import ConfigError
 
 LOCK_FILE = ".paxtrain.lock"
 
@@ -31,7 +31,7 @@ class RunLock:
         >>> RunLock("runs/demo").acquire()
         Traceback (most recent call last):
         ...
-        paxtrain.config.ConfigError: run_dir=runs/demo is in use by another paxtrain run (...)...
+        paxtrain.errors.ConfigError: run_dir=runs/demo is in use by another paxtrain run (...)...
         >>> lock.release()
     """
 

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from paxtrain.config import ConfigError
+from paxtrain.errors import ConfigError
 from paxtrain.train.logger import Logger
 
 TRACKERS_FILE = "trackers.json"

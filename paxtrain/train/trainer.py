@@ -16,9 +16,8 @@ from jax.sharding import Mesh
 
 import paxtrain as pax
 from paxtrain import parallel
-from paxtrain.checkpoint import CheckpointError
-from paxtrain.config import ConfigError
 from paxtrain.data.source import DataSource, Prefetcher
+from paxtrain.errors import CheckpointError, ConfigError
 from paxtrain.train.checkpointing import Checkpointing
 from paxtrain.train.compile_cache import AUTO as AUTO_CACHE
 from paxtrain.train.compile_cache import enable_compile_cache

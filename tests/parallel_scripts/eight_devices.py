@@ -14,7 +14,7 @@ import toy
 from jax.sharding import PartitionSpec
 
 from paxtrain import parallel
-from paxtrain.checkpoint import CheckpointManager
+from paxtrain.checkpoint.store import CheckpointManager
 from paxtrain.train import Trainer, make_eval_step
 from paxtrain.train.compile_cache import enable_compile_cache
 

@@ -25,9 +25,9 @@ from sharded_init import build_peak, per_device_share
 
 import paxtrain as pax
 from paxtrain import parallel
-from paxtrain.checkpoint import CheckpointManager, flatten_state
-from paxtrain.config import compose
-from paxtrain.run import build_trainer, instantiate
+from paxtrain.checkpoint.store import CheckpointManager, flatten_state
+from paxtrain.cli.build import build_trainer, instantiate
+from paxtrain.config.composition import compose
 from paxtrain.train import TrainState
 
 ROOT = pathlib.Path(__file__).parents[2]

@@ -18,9 +18,9 @@ import sys
 import jax
 import numpy as np
 
-from paxtrain.checkpoint import flatten_state
-from paxtrain.config import compose
-from paxtrain.run import build_trainer
+from paxtrain.checkpoint.store import flatten_state
+from paxtrain.cli.build import build_trainer
+from paxtrain.config.composition import compose
 from paxtrain.train.hooks import Hook
 from paxtrain.train.logger import read_metrics
 

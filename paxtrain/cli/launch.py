@@ -20,9 +20,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from paxtrain.config import ConfigError
+from paxtrain.errors import ConfigError, LaunchError
 
 LAUNCHERS = ("local", "slurm")
+
 
 # Launcher option -> submitit parameter. Options without a Slurm prefix apply to both executors;
 # submitit's local executor ignores the `slurm_` ones, so one file can serve both.
@@ -42,9 +43,14 @@ EXECUTOR_PARAMETERS = {
     "additional_parameters": "slurm_additional_parameters",
     "array_parallelism": "slurm_array_parallelism",
 }
+
+
 # A constructor argument in submitit, not an `update_parameters` one.
 CONSTRUCTOR_PARAMETERS = {"max_num_timeout": "slurm_max_num_timeout"}
+
+
 LAUNCHER_OPTIONS = (*EXECUTOR_PARAMETERS, *CONSTRUCTOR_PARAMETERS)
+
 
 # Used where no launcher config is given; a `--launcher-config` file overrides them key by key.
 # Slurm: one node of 8 GPUs, one process per GPU (see configs/launcher/slurm.yaml).
@@ -62,21 +68,28 @@ LAUNCHER_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
+
 NO_SUBMITIT_MSG = """\
 --launcher needs submitit, which is not installed: pip install -e ".[launch]" \
 (or pip install "submitit>=1.5,<2")."""
+
+
 NO_SLURM_MSG = "--launcher slurm submits with sbatch from a Slurm login node: {error}"
+
+
 UNKNOWN_LAUNCHER_MSG = "unknown launcher {launcher!r}; choose one of: {valid}."
+
+
 UNKNOWN_OPTION_MSG = """\
 unknown launcher option{s} {unknown} in {source}; valid options: {valid}."""
+
+
 NOT_A_MAPPING_MSG = "{source} must be a YAML mapping of launcher options, e.g. `timeout_min: 60`."
+
+
 JOB_FAILED_MSG = """\
 sweep job {index} (submitit job {job_id}, run directory {run_dir}) failed; its log: {log}
 {error}"""
-
-
-class LaunchError(RuntimeError):
-    """Submitted jobs failed; the message names each one and its log file."""
 
 
 def _submitit() -> Any:
@@ -157,8 +170,8 @@ class FitJob:
         self.sys_path = sys_path
 
     def __call__(self) -> dict[str, Any]:
-        from paxtrain.config import validate
-        from paxtrain.run import fit_from_config
+        from paxtrain.cli.commands import fit_from_config
+        from paxtrain.config.schema import validate
 
         # As in the submitting process: relative paths in the config and `_target_` imports
         # resolve against the directory and the paths `paxtrain fit` was started with.
@@ -182,7 +195,7 @@ def submit_sweep(
     """Submits one job per config through submitit, all in one batch (on Slurm, one job
     array); for `local`, waits for them all.
 
-    Each config must have its `run_dir` set (`paxtrain.run.assign_sweep_dirs`); submitit's
+    Each config must have its `run_dir` set (`paxtrain.cli.sweep.assign_sweep_dirs`); submitit's
     files and logs go to `submitit/<job id>/` in the sweep directory, the parent of the run
     directories. Job ids are printed as they are submitted.
 

@@ -18,7 +18,7 @@ is logged as `train/learning_rate`; its other arguments stay static.
 
 Two keys are paxtrain's own. `clip_grad_norm` chains `optax.clip_by_global_norm` in front.
 `horizon` is what `${optimizer.horizon}` resolves to: `trainer.max_steps` when null, and on a
-resume the horizon the run's checkpoint recorded (`paxtrain.run.schedule_horizon`), so a longer
+resume the horizon the run's checkpoint recorded (`paxtrain.cli.build.schedule_horizon`), so a longer
 resumed run keeps its schedule instead of jumping to another learning rate.
 
     >>> from omegaconf import OmegaConf
@@ -40,7 +40,8 @@ import jax.numpy as jnp
 import optax
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from paxtrain.config import NO_TARGET_MSG, NOT_FINITE_MSG, ConfigError, check_target, locate
+from paxtrain.config.targets import NO_TARGET_MSG, NOT_FINITE_MSG, check_target, locate
+from paxtrain.errors import ConfigError
 
 # Short names of the common targets: the same `_target_` mechanism, spelled shorter.
 ALIASES = {
@@ -55,13 +56,19 @@ ALIASES = {
     "warmup_cosine": "optax.warmup_cosine_decay_schedule",
 }
 
+
 CLIP_KEY = "clip_grad_norm"
+
+
 HORIZON_KEY = "horizon"
+
+
 # The help of paxtrain's own keys of the section (`paxtrain options`).
 OWN_KEYS = {
     CLIP_KEY: "clip the gradients' global norm to this first (optax.clip_by_global_norm).",
     HORIZON_KEY: "steps the schedule spans (`${optimizer.horizon}`); null: trainer.max_steps.",
 }
+
 
 DEFAULT_OPTIMIZER = {
     "_target_": "optax.adamw",
@@ -70,15 +77,21 @@ DEFAULT_OPTIMIZER = {
     CLIP_KEY: 1.0,
 }
 
+
 # Keys whose number is a learning rate, in optax's factories and schedules.
 _RATE_KEYS = ("learning_rate", "peak_value", "init_value", "end_value", "value")
+
 
 WARMUP_MSG = (
     "`{key}.warmup_steps` is {warmup}, but the schedule spans only {steps} steps "
     "(`{key}.decay_steps`: `${{optimizer.horizon}}` is `trainer.max_steps` unless set): "
     "warm up for fewer steps, e.g. `{key}.warmup_steps={example}`."
 )
+
+
 BUILD_FAILED_MSG = "Config section `{key}` could not be built: {reason}"
+
+
 NEGATIVE_LR_MSG = (
     "`{key}` is {value}: a negative learning rate climbs the loss instead of descending it. "
     "Is the sign a typo (`{key}={positive}`)?"

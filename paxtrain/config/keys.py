@@ -18,11 +18,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from paxtrain.config import MIRRORS, FitConfig, locate
+from paxtrain.config.schema import MIRRORS, FitConfig
+from paxtrain.config.targets import locate
 
 REQUIRED = "<required>"
+
+
 # The model's parameters without a default may come from the data (`data.info`: vocab_size...).
 FROM_DATA = "<data.info or required>"
+
+
 _SECTION = re.compile(r"^(Args|Arguments|Attributes|Parameters):\s*$")
 
 
@@ -148,7 +153,7 @@ def config_options(cfg: DictConfig) -> list[Option]:
         >>> next(o for o in config_options(cfg) if o.key == "trainer.max_steps")
         Option(key='trainer.max_steps', type='int', value='7', help='number of optimizer steps.')
     """
-    from paxtrain.optax_config import ALIASES, OWN_KEYS
+    from paxtrain.config.optimizer import ALIASES, OWN_KEYS
 
     merged = OmegaConf.merge(OmegaConf.structured(FitConfig), cfg)
     values = OmegaConf.to_container(merged, resolve=False, enum_to_str=True)

@@ -24,27 +24,27 @@ a checkpoint, or before training started): run the same command again.
 from __future__ import annotations
 
 import argparse
-import os
-import pathlib
 import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
 
-from paxtrain.checkpoint import CheckpointError
-from paxtrain.config import ConfigError
-from paxtrain.data.source import DataError
-from paxtrain.launch import LaunchError
-from paxtrain.packaged_configs import find_config, packaged_config_names
-from paxtrain.parallel import LayoutError
+from paxtrain.cli.commands import _data, _env, _eval, _fit, _options, _plot, _resume
+from paxtrain.config.packaged import packaged_config_names
+from paxtrain.errors import CheckpointError, ConfigError, DataError, LaunchError, LayoutError
 from paxtrain.train.preemption import PREEMPTED_EXIT_CODE, PreemptedBeforeTraining, before_training
 
 EXIT_CONFIG_ERROR = 2
 
+
 USAGE_MSG = "paxtrain: {message} (see `paxtrain {command} --help`)"
+
+
 FLAG_AS_KEY_MSG = (
     "paxtrain: unrecognized argument {flag}: config keys are set as overrides, e.g. `{key}={value}`"
 )
+
+
 BAD_STEP_MSG = "--step is {value!r}: use latest, best or a step number, e.g. `--step 500`"
 
 
@@ -69,7 +69,7 @@ def _flag_as_key(flag: str, value: str) -> str | None:
     """`--max-steps` given as a flag: the message naming the config key it meant, if any."""
     from omegaconf import OmegaConf
 
-    from paxtrain.config import FitConfig
+    from paxtrain.config.schema import FitConfig
 
     leaf = flag.lstrip("-").partition("=")[0].replace("-", "_")
     value = flag.partition("=")[2] or value or "..."
@@ -147,103 +147,6 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir")
     plot.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
     return parser
-
-
-def _fit(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
-
-    from paxtrain.config import compose
-    from paxtrain.run import fit_from_config
-    from paxtrain.sweep import sweep_overrides
-
-    config = find_config(args.config)
-    # `_target_` objects may live in the user's project: importable from where paxtrain runs,
-    # and from the project root of a config file (the parent of its `configs/` folder; not
-    # through links, which would lead into paxtrain's own folder from the repository's root).
-    roots = [os.getcwd()]
-    if config == args.config:
-        roots.append(str(pathlib.Path(os.path.abspath(config)).parent.parent))
-    sys.path[:0] = roots
-    jobs = sweep_overrides(args.overrides) if args.multirun else [list(args.overrides)]
-    configs = [compose(config, overrides) for overrides in jobs]
-    if args.cfg == "job":
-        for cfg in configs:
-            print(OmegaConf.to_yaml(cfg), end="")
-        return 0
-    if args.launcher_config and not args.launcher:
-        raise ConfigError("--launcher-config needs --launcher local or --launcher slurm")
-    if args.launcher and not args.multirun:
-        raise ConfigError("--launcher submits the jobs of a sweep: use it with -m")
-    if args.multirun:
-        from paxtrain.run import assign_sweep_dirs
-
-        configs = assign_sweep_dirs(configs, jobs, config)
-    if args.launcher:
-        from paxtrain.launch import launcher_options, submit_sweep
-
-        options = launcher_options(args.launcher, args.launcher_config)
-        # The jobs import `_target_`s from the same project paths put in front above.
-        jobs = submit_sweep(configs, config, args.launcher, options, sys_path=roots)
-        preempted = args.launcher == "local" and any(job.result()["preempted"] for job in jobs)
-        return PREEMPTED_EXIT_CODE if preempted else 0
-    from paxtrain.run import exit_code
-
-    codes = []
-    for cfg in configs:
-        codes.append(exit_code(fit_from_config(cfg, config_path=config)))
-        if codes[-1] == PREEMPTED_EXIT_CODE:  # the job is being stopped: the rest waits too
-            return PREEMPTED_EXIT_CODE
-    return max(codes, default=0)  # a diverged job of a sweep does not stop the others
-
-
-def _options(args: argparse.Namespace) -> int:
-    from paxtrain.config import compose
-    from paxtrain.options import config_options, format_options
-
-    config = find_config(args.config)
-    sys.path[:0] = [os.getcwd()]
-    cfg = compose(config, list(args.overrides), check=False)  # `???` values: listed, to set
-    print(format_options(config_options(cfg)))
-    return 0
-
-
-def _resume(args: argparse.Namespace) -> int:
-    from paxtrain.run import exit_code, fit_from_config, load_run_config
-
-    sys.path[:0] = [os.getcwd()]
-    cfg = load_run_config(args.run_dir, list(args.overrides), tuple(args.allow_target))
-    return exit_code(fit_from_config(cfg))
-
-
-def _eval(args: argparse.Namespace) -> int:
-    from paxtrain.run import evaluate_run
-
-    sys.path[:0] = [os.getcwd()]
-    metrics = evaluate_run(args.run_dir, args.step, list(args.overrides), tuple(args.allow_target))
-    print(" ".join(f"eval/{k}={v:.6g}" for k, v in metrics.items()))
-    return 0
-
-
-def _env() -> int:
-    from paxtrain.run import environment_report
-
-    print(environment_report())
-    return 0
-
-
-def _data(args: argparse.Namespace) -> int:
-    from paxtrain.data.tokenize import tokenize_files
-
-    meta = tokenize_files(args.inputs, args.out, args.vocab)
-    print(f"paxtrain: wrote {meta['num_tokens']} tokens ({args.vocab}) to {args.out}")
-    return 0
-
-
-def _plot(args: argparse.Namespace) -> int:
-    from paxtrain.train.plot import plot_run
-
-    print(plot_run(args.run_dir, args.out))
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

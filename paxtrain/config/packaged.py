@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.resources
 import pathlib
 
-from paxtrain.config import ConfigError
+from paxtrain.errors import ConfigError
 
 UNKNOWN_CONFIG_MSG = (
     "{name!r} is neither a config file nor a config shipped with paxtrain: give the path of a "

@@ -26,14 +26,20 @@ import os
 import pathlib
 import re
 import warnings
-import zlib
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
+
+from paxtrain.checkpoint.integrity import (
+    CHECKSUM_MSG,
+    _ChecksumMismatch,
+    array_checksums,
+    array_fingerprints,
+)
+from paxtrain.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +68,8 @@ class _QuietOrbaxTasks(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_QuietExpectedWarnings())
+
+
 logging.getLogger("asyncio").addFilter(_QuietOrbaxTasks())
 
 
@@ -71,31 +79,41 @@ checkpoint has {saved} and the state has {current}.
 The model or optimizer was built from a different config. Restore with the run's own config \
 (`paxtrain resume RUN_DIR`), or start a new run directory."""
 
+
 MISSING_PATH_MSG = """\
 Checkpoint step {step} in {directory} does not fit the state being restored: `{path}` is \
 {where}.
 The model or optimizer was built from a different config. Restore with the run's own config \
 (`paxtrain resume RUN_DIR`), or start a new run directory."""
 
+
 UNREADABLE_MSG = (
     "Checkpoint step {step} in {directory} is unreadable ({reason}){moved}; trying step {fallback}."
 )
+
+
 MOVED_ASIDE_MSG = "; moved it aside to {path}"
+
+
 UNFINISHED_MSG = (
     "Step directory {path} is no complete checkpoint (an interrupted save or a damaged one); "
     "moved it aside to {moved} so that the step can be saved again."
 )
-CHECKSUM_MSG = "the {kind} of `{path}` is {actual}, not the {expected} recorded when it was saved"
+
 
 NO_CHECKPOINT_MSG = "No readable checkpoint in {directory}{detail}."
+
+
 ALL_UNREADABLE_MSG = (
     ": tried {tried}. The damaged ones are kept, moved aside as STEP.corrupt; restore a good "
     "copy into the directory, or run again to start from step 0"
 )
 
+
 SAVE_FAILED_MSG = """\
 Saving checkpoint step {step} to {directory} failed: {reason}
 Training stops here; the last complete checkpoint ({last}) is intact. {advice}"""
+
 
 # What to do about a failed save, by the error's errno; anything else: Orbax's reason says.
 SAVE_ADVICE = {
@@ -105,6 +123,8 @@ SAVE_ADVICE = {
     errno.EPERM: "Fix the directory's permissions, then resume.",
     errno.EROFS: "Point the run directory at a writable filesystem, then resume.",
 }
+
+
 SAVE_ADVICE_OTHER = "Fix what the reason above names, then resume."
 
 
@@ -116,10 +136,6 @@ def _save_advice(error: BaseException) -> str:
     return SAVE_ADVICE.get(getattr(cause, "errno", None), SAVE_ADVICE_OTHER)
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be saved or restored; the message says which and what to do."""
-
-
 def flatten_state(state: Any) -> dict[str, jax.Array]:
     """The arrays of a pytree keyed by their paths, e.g. `model.layers.0.weight`.
 
@@ -129,59 +145,6 @@ def flatten_state(state: Any) -> dict[str, jax.Array]:
     """
     leaves = jax.tree_util.tree_flatten_with_path(state)[0]
     return {jax.tree_util.keystr(path, simple=True, separator="."): leaf for path, leaf in leaves}
-
-
-def _fingerprint(x: jax.Array) -> jax.Array:
-    """Sum over the array's bits of `word[i] * (2i + 1)` mod 2**32: any one flipped bit, or two
-    words swapped, changes it; integer sums, so the same for every layout of the array."""
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-        x = jax.random.key_data(x)
-    if x.dtype == jnp.bool_:
-        words = x.astype(jnp.uint32)
-    elif x.dtype.itemsize == 8:
-        words = jax.lax.bitcast_convert_type(x, jnp.uint32)  # two words an element
-    else:
-        unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
-        words = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
-    words = words.reshape(-1)
-    weights = jnp.arange(words.size, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
-    return jnp.sum(words * weights, dtype=jnp.uint32)
-
-
-_fingerprints = jax.jit(lambda arrays: {path: _fingerprint(x) for path, x in arrays.items()})
-
-
-def array_fingerprints(flat: dict[str, Any]) -> dict[str, str]:
-    """A 32-bit fingerprint of each array's bits (hex), keyed by path, computed where the arrays
-    are: one small transfer, not a host copy of the state, and the same on every process for
-    arrays split over several (every process must call it, like a save).
-
-    Example:
-        >>> array_fingerprints({"w": jnp.arange(3.0)})
-        {'w': 'fe800000'}
-    """
-    sums = _fingerprints({path: jnp.asarray(x) for path, x in flat.items()})
-    return {path: f"{int(np.asarray(x.addressable_data(0))):08x}" for path, x in sums.items()}
-
-
-def array_checksums(flat: dict[str, Any]) -> dict[str, str]:
-    """A CRC-32 of the bytes of each array this process holds whole (hex), keyed by path: what
-    checkpoints from before `array_fingerprints` recorded, and are still verified with.
-
-    Example:
-        >>> array_checksums({"w": np.zeros(3, np.float32)})
-        {'w': '7bd5c66f'}
-    """
-    sums = {}
-    for path, x in flat.items():
-        if getattr(x, "is_fully_addressable", True):
-            data = np.ascontiguousarray(np.asarray(x))
-            sums[path] = f"{zlib.crc32(data.reshape(-1).view(np.uint8)):08x}"
-    return sums
-
-
-class _ChecksumMismatch(Exception):
-    """Restored arrays differ from what was saved: a damaged checkpoint."""
 
 
 def _describe(shape: tuple, dtype: Any) -> str:

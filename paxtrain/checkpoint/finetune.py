@@ -17,22 +17,27 @@ from typing import Any, TypeVar
 import jax
 
 import paxtrain as pax
-from paxtrain.checkpoint import CheckpointError, flatten_state
+from paxtrain.checkpoint.store import flatten_state
 from paxtrain.core.module import MODULE, child_fields, rebuild
+from paxtrain.errors import CheckpointError
 
 M = TypeVar("M", bound=pax.Module)
+
 
 NO_SOURCE_MSG = """\
 init_from={source!r} is not a run directory, a checkpoints directory or a step checkpoint.
 Point it at `runs/NAME`, `runs/NAME/checkpoints` or `runs/NAME/checkpoints/STEP`."""
 
+
 NOTHING_LOADED_MSG = """\
 init_from={source!r} loaded no parameter: none of the model's parameter paths{filtered} is in \
 the checkpoint. Model paths look like {example}; the checkpoint's look like {saved}."""
 
+
 SHAPE_MSG = """\
 init_from={source!r}: `{path}` has shape {saved} in the checkpoint and {current} in the model. \
 Leave it out with `init_from_include` patterns that do not match it."""
+
 
 NO_MATCH_MSG = "freeze pattern {pattern!r} matches no submodule path; paths are {paths}."
 

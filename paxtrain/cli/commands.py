@@ -1,0 +1,267 @@
+"""The commands behind `paxtrain fit/resume/eval/options/env/data/plot`, and their exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import math
+import os
+import pathlib
+import platform
+import sys
+import time
+from typing import Any
+
+import jax
+from omegaconf import DictConfig, OmegaConf
+
+from paxtrain.cli.build import build_trainer, join_processes, schedule_horizon
+from paxtrain.cli.runs import RunFiles, _run_info, _timestamp, check_run_dir, load_run_config
+from paxtrain.config.packaged import find_config
+from paxtrain.errors import ConfigError
+from paxtrain.train.preemption import PREEMPTED_EXIT_CODE
+
+
+def environment_report() -> str:
+    """Versions of Python, paxtrain and its core dependencies, and the devices JAX sees.
+
+    Example:
+        >>> print(environment_report())  # doctest: +SKIP
+    """
+    lines = [f"python      {platform.python_version()} ({platform.platform()})"]
+    for package in (
+        "paxtrain",
+        "jax",
+        "jaxlib",
+        "optax",
+        "orbax-checkpoint",
+        "hydra-core",
+        "tensorboardX",
+    ):
+        try:
+            lines.append(f"{package:<11} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            lines.append(f"{package:<11} not installed")
+    lines.append(f"backend     {jax.default_backend()}")
+    lines.extend(f"device {d.id:<4} {d.platform}: {d.device_kind}" for d in jax.devices())
+    return "\n".join(lines)
+
+
+def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
+    """Runs `paxtrain fit` for one validated config; returns the trainer after training.
+
+    A run directory that already holds checkpoints is resumed from the newest complete one.
+
+    Example:
+        >>> trainer = fit_from_config(compose("configs/char_rnn.yaml", []))  # doctest: +SKIP
+    """
+    run_dir = pathlib.Path(cfg.run_dir or f"runs/{cfg.name}-{_timestamp()}")
+    check_run_dir(run_dir)
+    cfg = cfg.copy()
+    cfg.run_dir = str(run_dir)
+    if cfg.parallel.distributed:
+        join_processes()  # before anything starts JAX's backends (reading checkpoints does)
+    info = _run_info(cfg, config_path)
+    horizon = schedule_horizon(cfg, run_dir)
+    info["schedule_horizon"] = horizon
+    from paxtrain import parallel
+
+    # The run directory is made by `trainer.fit` once data, model and config proved good.
+    trainer, model, data, optimizer = build_trainer(cfg, run_dir, meta=info, horizon=horizon)
+    trainer.add_hook(RunFiles(cfg, info))
+    trainer.hyperparams = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    # One process speaks for a multi-process run.
+    say = print if trainer.is_main_process else lambda *_: None
+    say(f"paxtrain: run directory {run_dir}")
+    abstract = jax.eval_shape(parallel.seeded(model, cfg.seed))  # `model` builds it, sharded
+    say(abstract.summary() if hasattr(abstract, "summary") else abstract)
+    started = time.perf_counter()
+    trainer.fit(model, data, optimizer=optimizer)
+    elapsed = time.perf_counter() - started
+    final = trainer.eval_history[-1][1] if trainer.eval_history else {}
+    shown = ", ".join(f"eval/{k}={v:.4f}" for k, v in final.items())
+    if trainer.preempted:
+        saved = "checkpoint saved" if trainer.checkpointing else "no checkpointing, nothing saved"
+        say(f"paxtrain: {trainer.stop_reason}; {saved}. Continue with: paxtrain resume {run_dir}")
+        return trainer
+    if not trainer.nothing_to_train:
+        say(f"paxtrain: finished at step {trainer.step} in {elapsed:.0f}s; {shown}")
+    if trainer.stop_reason:
+        say(f"paxtrain: {trainer.stop_reason}")
+    if not final_eval_is_finite(trainer):
+        say(NONFINITE_EVAL_MSG)
+    return trainer
+
+
+NONFINITE_EVAL_MSG = (
+    "paxtrain: the final evaluation is not finite, so the run failed (exit code 3): lower the "
+    "learning rate, or look for NaN/Inf in the data or the loss."
+)
+
+
+def final_eval_is_finite(trainer: Any) -> bool:
+    """Whether every metric of the trainer's last evaluation is a finite number (true when it
+    never evaluated).
+
+    Example:
+        >>> final_eval_is_finite(fit_from_config(cfg))  # doctest: +SKIP
+        True
+    """
+    final = trainer.eval_history[-1][1] if trainer.eval_history else {}
+    return all(math.isfinite(value) for value in final.values())
+
+
+def exit_code(trainer: Any) -> int:
+    """The exit code of a finished `paxtrain fit`/`resume`: 0, 75 after a preemption (run
+    the command again), 3 after stopping on non-finite steps (`on_nonfinite=stop`, or a run
+    stuck skipping them) or when the final evaluation is not finite.
+
+    Example:
+        >>> exit_code(fit_from_config(cfg))  # doctest: +SKIP
+        0
+    """
+    from paxtrain.train.hooks import NONFINITE_EXIT_CODE
+    from paxtrain.train.preemption import PREEMPTED_EXIT_CODE
+
+    if trainer.preempted:
+        return PREEMPTED_EXIT_CODE
+    failed = trainer.stopped_on_nonfinite or not final_eval_is_finite(trainer)
+    return NONFINITE_EXIT_CODE if failed else 0
+
+
+NO_MONITOR_MSG = (
+    "`--step best` needs the metric that ranks checkpoints, and this run recorded none: train "
+    "with `trainer.checkpoint.monitor=eval/loss` (and `trainer.checkpoint.keep_best=1` to keep "
+    "the best one), or evaluate `--step latest` or a step number."
+)
+
+
+def evaluate_run(
+    run_dir: str | pathlib.Path,
+    step: str = "latest",
+    overrides: list[str] | None = None,
+    allow_targets: tuple[str, ...] = (),
+) -> dict[str, float]:
+    """Evaluates a run's checkpoint ("latest", "best" or a step number) on its eval data.
+
+    `overrides` change the saved config, e.g. the `mesh` on other devices than the run's.
+
+    Example:
+        >>> evaluate_run("runs/char_rnn-20260101-120000", step="best")  # doctest: +SKIP
+        {'loss': 1.43, 'bits_per_char': 2.07}
+    """
+    from paxtrain.checkpoint.store import CheckpointManager
+    from paxtrain.train.checkpointing import CHECKPOINT_DIR
+
+    cfg = load_run_config(run_dir, overrides or [], allow_targets)
+    ck = cfg.trainer.checkpoint
+    if step == "best" and not ck.monitor:
+        raise ConfigError(NO_MONITOR_MSG)
+    trainer, model, data, optimizer = build_trainer(cfg, pathlib.Path(run_dir))
+    trainer.prepare(model, data, optimizer)
+    manager = CheckpointManager(
+        pathlib.Path(run_dir) / CHECKPOINT_DIR, monitor=ck.monitor, mode=ck.mode, read_only=True
+    )
+    trainer.state, meta = manager.restore(trainer.checkpoint_state, step=step)
+    trainer.step = int(trainer.state.step)
+    manager.close()
+    return trainer.eval_metrics()
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from paxtrain.cli.commands import fit_from_config
+    from paxtrain.cli.sweep import sweep_overrides
+    from paxtrain.config.composition import compose
+
+    config = find_config(args.config)
+    # `_target_` objects may live in the user's project: importable from where paxtrain runs,
+    # and from the project root of a config file (the parent of its `configs/` folder; not
+    # through links, which would lead into paxtrain's own folder from the repository's root).
+    roots = [os.getcwd()]
+    if config == args.config:
+        roots.append(str(pathlib.Path(os.path.abspath(config)).parent.parent))
+    sys.path[:0] = roots
+    jobs = sweep_overrides(args.overrides) if args.multirun else [list(args.overrides)]
+    configs = [compose(config, overrides) for overrides in jobs]
+    if args.cfg == "job":
+        for cfg in configs:
+            print(OmegaConf.to_yaml(cfg), end="")
+        return 0
+    if args.launcher_config and not args.launcher:
+        raise ConfigError("--launcher-config needs --launcher local or --launcher slurm")
+    if args.launcher and not args.multirun:
+        raise ConfigError("--launcher submits the jobs of a sweep: use it with -m")
+    if args.multirun:
+        from paxtrain.cli.sweep import assign_sweep_dirs
+
+        configs = assign_sweep_dirs(configs, jobs, config)
+    if args.launcher:
+        from paxtrain.cli.launch import launcher_options, submit_sweep
+
+        options = launcher_options(args.launcher, args.launcher_config)
+        # The jobs import `_target_`s from the same project paths put in front above.
+        jobs = submit_sweep(configs, config, args.launcher, options, sys_path=roots)
+        preempted = args.launcher == "local" and any(job.result()["preempted"] for job in jobs)
+        return PREEMPTED_EXIT_CODE if preempted else 0
+    from paxtrain.cli.commands import exit_code
+
+    codes = []
+    for cfg in configs:
+        codes.append(exit_code(fit_from_config(cfg, config_path=config)))
+        if codes[-1] == PREEMPTED_EXIT_CODE:  # the job is being stopped: the rest waits too
+            return PREEMPTED_EXIT_CODE
+    return max(codes, default=0)  # a diverged job of a sweep does not stop the others
+
+
+def _options(args: argparse.Namespace) -> int:
+    from paxtrain.config.composition import compose
+    from paxtrain.config.keys import config_options, format_options
+
+    config = find_config(args.config)
+    sys.path[:0] = [os.getcwd()]
+    cfg = compose(config, list(args.overrides), check=False)  # `???` values: listed, to set
+    print(format_options(config_options(cfg)))
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from paxtrain.cli.commands import exit_code, fit_from_config
+    from paxtrain.cli.runs import load_run_config
+
+    sys.path[:0] = [os.getcwd()]
+    cfg = load_run_config(args.run_dir, list(args.overrides), tuple(args.allow_target))
+    return exit_code(fit_from_config(cfg))
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from paxtrain.cli.commands import evaluate_run
+
+    sys.path[:0] = [os.getcwd()]
+    metrics = evaluate_run(args.run_dir, args.step, list(args.overrides), tuple(args.allow_target))
+    print(" ".join(f"eval/{k}={v:.6g}" for k, v in metrics.items()))
+    return 0
+
+
+def _env() -> int:
+    from paxtrain.cli.commands import environment_report
+
+    print(environment_report())
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from paxtrain.data.tokenize import tokenize_files
+
+    meta = tokenize_files(args.inputs, args.out, args.vocab)
+    print(f"paxtrain: wrote {meta['num_tokens']} tokens ({args.vocab}) to {args.out}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from paxtrain.train.plot import plot_run
+
+    print(plot_run(args.run_dir, args.out))
+    return 0
