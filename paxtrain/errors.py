@@ -41,3 +41,19 @@ class CheckpointError(PaxtrainError, RuntimeError):
 class LaunchError(PaxtrainError, RuntimeError):
     """Submitted jobs failed; the message names each one and its log file."""
 
+
+class ArgumentError(PaxtrainError, ValueError):
+    """An argument outside its domain, raised by the constructor that the Python API calls.
+
+    `argument` names the parameter, so that the config layer, which checks no rule itself,
+    can name the config key that set it (`trainer.max_steps`, not `max_steps`).
+
+    Example:
+        >>> error = ArgumentError("max_steps", "max_steps (10) must be a multiple of 3.")
+        >>> error.argument, str(error)
+        ('max_steps', 'max_steps (10) must be a multiple of 3.')
+    """
+
+    def __init__(self, argument: str, message: str):
+        super().__init__(message)
+        self.argument = argument
