@@ -14,6 +14,7 @@ import paxtrain.nn as nn
 from paxtrain.config.composition import compose
 from paxtrain.errors import ConfigError
 from paxtrain.train import Trainer
+from paxtrain.train.precision import loss_scale
 
 CHAR_RNN = "configs/char_rnn.yaml"
 
@@ -66,7 +67,7 @@ def test_float16_trains_with_a_dynamic_loss_scale(tmp_path):
     counts = [0] + [int(r["train/skipped_steps"]) for r in records if "train/skipped_steps" in r]
     skipped = {i for i in range(6) if counts[i + 1] > counts[i]}
     assert 1 <= len(skipped) < 6
-    assert float(state.extras["loss_scale"]) == 2.0 ** (15 - len(skipped))
+    assert float(loss_scale(state)) == 2.0 ** (15 - len(skipped))
     # The other steps used the unscaled float16 gradients: they match float32 SGD in NumPy on
     # the same batches, to float16's precision.
     pax.seed_rng_key(0)

@@ -33,7 +33,13 @@ from paxtrain.errors import ConfigError
 from paxtrain.optim import make_transformation
 from paxtrain.train import EarlyStopping, Hook, TrainState, make_train_step
 from paxtrain.train.checkpointing import Checkpointing
-from paxtrain.train.hooks import ROLLBACKS_IN_A_ROW, hook_states
+from paxtrain.train.hooks import hook_states
+from paxtrain.train.nonfinite import (
+    ROLLBACKS_IN_A_ROW,
+    data_position,
+    rolled_back,
+    update_scale,
+)
 from paxtrain.train.trainer import model_loss
 
 N, K = 6, 3
@@ -373,7 +379,7 @@ def test_a_rollback_logs_the_bad_steps_at_their_step_and_records_the_data_positi
     ]
     # The checkpoints record the stream position they resume at: step plus the skipped batch.
     manager = trainer.checkpointing.manager
-    assert int(state.extras["data_offset"]) == 1
+    assert data_position(state, 0) == 1
     assert [manager.meta(step)["data_position"] for step in manager.steps()] == [7, 8, 9]
 
 
@@ -389,7 +395,8 @@ def test_a_rollback_step_keeps_bfloat16_parameters_bfloat16():
     model = pax.apply_mp_policy(Net(), "params=bfloat16,compute=bfloat16,output=float32")
     state = TrainState.create(model, optax.sgd(0.1))
     step = make_train_step(model_loss, rollback=True)
-    state = step.init(state).with_extras(update_scale=jnp.array(0.5, jnp.float32))
+    state = step.init(state)
+    state = rolled_back(state, state, bad_step=0, lr_factor=0.5)  # updates at half scale
     new, metrics = step(state, Blobs().train_batch(0))
     assert int(metrics["skipped_steps"]) == 0
     for leaf in jax.tree_util.tree_leaves(pax.select_parameters(new.model)):
@@ -407,7 +414,7 @@ def test_rollbacks_that_do_not_help_stop_the_run_with_the_nonfinite_exit_code(tm
     assert trainer.stop_reason.startswith(
         f"non-finite loss or gradients before step 4 after {ROLLBACKS_IN_A_ROW} rollbacks in a row to step 3"
     )
-    assert trainer.step == 4 and float(state.extras["update_scale"]) == 0.5**ROLLBACKS_IN_A_ROW
+    assert trainer.step == 4 and update_scale(state) == 0.5**ROLLBACKS_IN_A_ROW
     rollbacks = [r["rollback/to_step"] for r in read_jsonl(tmp_path) if "rollback/to_step" in r]
     assert rollbacks == [3] * ROLLBACKS_IN_A_ROW
 
@@ -417,7 +424,7 @@ def test_a_second_rollback_to_one_checkpoint_skips_on_and_lowers_the_rate_again(
     row = ({"on_nonfinite": "rollback", "log_every": 1}, {}, {"bad_steps": {3, 4}, "every": 1})
     trainer, state = build_and_fit(row, tmp_path)
     assert not trainer.stopped_on_nonfinite and trainer.step == N
-    assert int(state.extras["data_offset"]) == 2 and float(state.extras["update_scale"]) == 0.25
+    assert data_position(state, 0) == 2 and update_scale(state) == 0.25
     rollbacks = [
         (r["step"], r["rollback/update_scale"])
         for r in read_jsonl(tmp_path)

@@ -20,6 +20,9 @@ from paxtrain.train import (
     make_train_step,
     skip_nonfinite,
 )
+from paxtrain.train.nonfinite import skipped_steps
+from paxtrain.train.options import ema_parameters
+from paxtrain.train.precision import loss_scale
 from paxtrain.utils import build_update_fn
 
 COEFFICIENTS = np.array([[1.5], [-2.0], [0.5]], np.float32)
@@ -226,15 +229,15 @@ def test_nonfinite_guard_skips_counts_and_leaves_everything_unchanged(select):
     step = make_train_step(mse_loss, ema_decay=0.9, **guard)
     state, metrics = step(state, regression_batch())
     assert int(metrics["skipped_steps"]) == 0
-    kept = snapshot((state.model, state.optimizer, state.extras["ema"]))
+    kept = snapshot((state.model, state.optimizer, ema_parameters(state)))
 
     bad = regression_batch()
     bad["y"] = bad["y"].at[0, 0].set(jnp.nan)
     state, metrics = step(state, bad)
     assert np.isnan(metrics["loss"])
     # Model (its call counter included), optimizer and EMA are as before the bad step.
-    assert_trees_equal(snapshot((state.model, state.optimizer, state.extras["ema"])), kept)
-    assert int(metrics["skipped_steps"]) == 1 and int(state.extras["skipped_steps"]) == 1
+    assert_trees_equal(snapshot((state.model, state.optimizer, ema_parameters(state))), kept)
+    assert int(metrics["skipped_steps"]) == 1 and int(skipped_steps(state)) == 1
     assert int(state.step) == 2
 
     state, metrics = step(state, regression_batch())
@@ -270,7 +273,7 @@ def test_a_finite_guarded_step_equals_the_unguarded_step():
         (
             guarded.model,
             guarded.optimizer,
-            {k: v for k, v in guarded.extras.items() if k != "skipped_steps"},
+            {k: v for k, v in guarded.extras.items() if k != "skip_nonfinite"},
         )
     )
     for a, b in zip(guarded_leaves, leaves[1], strict=True):
@@ -286,7 +289,7 @@ def test_an_update_option_inside_the_guard_is_skipped_with_the_update():
         return counted
 
     counter = StepOption(
-        "updates", lambda state: {"updates": jnp.array(0, jnp.int32)}, wrap_update=count_updates
+        "updates", lambda state: jnp.array(0, jnp.int32), wrap_update=count_updates
     )
     # Options of one's own go outside the built-in ones, so this one counts every step...
     step = make_train_step(mse_loss, options=[counter])
@@ -407,9 +410,9 @@ def test_float16_with_dynamic_loss_scale_recovers_from_overflow():
     step = make_train_step(mse_loss, loss_scale="dynamic", steps_per_call=100)
     for _ in range(3):
         state, metrics = step(state, stack([regression_batch(n=64)] * 100))
-    skipped = int(state.extras["skipped_steps"])
+    skipped = int(skipped_steps(state))
     assert 1 <= skipped < 20
-    assert float(state.extras["loss_scale"]) == 2.0 ** (15 - skipped)
+    assert float(loss_scale(state)) == 2.0 ** (15 - skipped)
     np.testing.assert_allclose(state.model.fc.weight, COEFFICIENTS, atol=5e-2)
 
 
@@ -515,14 +518,14 @@ def test_a_custom_option_composes_and_names_must_be_unique():
 
         return counted
 
-    option = StepOption("finite", lambda state: {"finite": jnp.array(0, jnp.int32)}, count_finite)
+    option = StepOption("finite", lambda state: jnp.array(0, jnp.int32), count_finite)
     step = make_train_step(mse_loss, options=[option])
     state = fresh_state()
     bad = regression_batch()
     bad["y"] = bad["y"].at[0, 0].set(jnp.nan)
     for batch in (regression_batch(), bad, regression_batch()):
         state, _ = step(state, batch)
-    assert int(state.extras["finite"]) == 2 and int(state.extras["skipped_steps"]) == 1
+    assert int(state.extras["finite"]) == 2 and int(skipped_steps(state)) == 1
     with pytest.raises(ValueError, match="Two step options are named 'skip_nonfinite'"):
         make_train_step(mse_loss, options=[skip_nonfinite()])
     with pytest.raises(ValueError, match="loss_scale must be"):

@@ -10,6 +10,7 @@ import pytest
 import paxtrain as pax
 import paxtrain.nn as nn
 from paxtrain.train import EarlyStopping, Hook, Trainer
+from paxtrain.train.nonfinite import data_position, update_scale
 
 
 class Regression(pax.Module):
@@ -196,7 +197,7 @@ def test_on_nonfinite_stop(tmp_path):
     ids=["every step from 3 on", "37 in a row, then finite", "two runs of skips"],
 )
 def test_skip_stops_a_run_stuck_skipping_but_not_a_run_that_recovers(tmp_path, bad_steps, stuck):
-    from paxtrain.train.hooks import STUCK_STEPS
+    from paxtrain.train.nonfinite import STUCK_STEPS
 
     pax.seed_rng_key(0)
     trainer = Trainer(
@@ -232,8 +233,8 @@ def test_on_nonfinite_rollback_restores_skips_batches_and_lowers_the_lr(tmp_path
     state = trainer.fit(Regression(), Recording({5}), optax.adam(0.1))
     # Bad batch 5 is seen at step 6 (a log step): back to checkpoint 4, batches 4-5 skipped,
     # so steps 5..12 read batches 7..14.
-    assert int(state.step) == 12 and float(state.extras["update_scale"]) == 0.25
-    assert int(state.extras["data_offset"]) == 2
+    assert int(state.step) == 12 and update_scale(state) == 0.25
+    assert data_position(state, 0) == 2
     assert 5 not in seen[seen.index(5) + 1 :] and max(seen) >= 13
     records = read_jsonl(tmp_path)
     assert any(r.get("rollback/to_step") == 4 for r in records)

@@ -121,7 +121,7 @@ def exit_code(trainer: Any) -> int:
         >>> exit_code(fit_from_config(cfg))  # doctest: +SKIP
         0
     """
-    from paxtrain.train.hooks import NONFINITE_EXIT_CODE
+    from paxtrain.train.nonfinite import NONFINITE_EXIT_CODE
     from paxtrain.train.preemption import PREEMPTED_EXIT_CODE
 
     if trainer.preempted:

@@ -12,6 +12,7 @@ from paxtrain.checkpoint.store import CheckpointManager
 from paxtrain.errors import ConfigError
 from paxtrain.parallel.distributed import main_process_decides
 from paxtrain.train.hooks import Hook, crossed, hook_states, load_hook_states
+from paxtrain.train.nonfinite import data_position
 
 if TYPE_CHECKING:
     from paxtrain.train.trainer import Trainer
@@ -130,8 +131,8 @@ class Checkpointing(Hook):
         metrics = (
             {f"eval/{k}": v for k, v in trainer.eval_history[-1][1].items()} if evaluated else None
         )
-        # The batch the run goes on from: a rollback skips batches (`extras["data_offset"]`).
-        position = trainer.step + int(trainer.state.extras.get("data_offset", 0))
+        # The batch the run goes on from: a rollback skips batches.
+        position = data_position(trainer.state, trainer.step)
         meta = {**self.meta, "data_position": position, "hooks": hook_states(trainer.hooks)}
         self.manager.save(state, metrics=metrics, meta=meta, wait=wait)
         self._last_save_time, self._last_saved_step = time.monotonic(), trainer.step

@@ -24,6 +24,9 @@ Batch = Any
 Metrics = dict[str, jax.Array]
 # (state, batch, key or None) -> (loss, new model, metrics, grads).
 GradFn = Callable[[TrainState, Batch, jax.Array | None], tuple[jax.Array, pax.Module, Metrics, Any]]
+# (state, objective, model) -> ((value, aux), grads): differentiates `objective(model) -> (value,
+# aux)` w.r.t. the model's trainable parameters. Step options wrap it (`StepOption.wrap_grad`).
+Differentiate = Callable[[TrainState, Callable, pax.Module], tuple[tuple[jax.Array, Any], Any]]
 
 ACCUM_SPLIT_MSG = """\
 grad_accum_steps={k} does not divide the batch's leading dimension {n} (at {path}).
@@ -59,15 +62,24 @@ def _call_loss(loss_fn: Callable) -> Callable[[pax.Module, Batch, jax.Array | No
     return call
 
 
-def loss_and_grads(loss_fn: Callable) -> GradFn:
-    """Gradients of `loss_fn` w.r.t. the model's trainable parameters.
+def value_and_grad(
+    state: TrainState, objective: Callable, model: pax.Module
+) -> tuple[tuple[jax.Array, Any], Any]:
+    """The plain `Differentiate`: `pax.value_and_grad` of `objective` at `model`.
 
-    When `state.extras` holds a `"loss_scale"` (dynamic loss scaling), the loss is multiplied by
-    it before differentiation and the gradients are divided by it after, so float16 gradients
-    do not underflow while the update stays the same.
+    Example:
+        >>> (value, aux), grads = value_and_grad(state, objective, state.model)  # doctest: +SKIP
+    """
+    return pax.value_and_grad(objective, has_aux=True)(model)
+
+
+def loss_and_grads(loss_fn: Callable, differentiate: Differentiate = value_and_grad) -> GradFn:
+    """Gradients of `loss_fn` w.r.t. the model's trainable parameters.
 
     Args:
       loss_fn: `loss_fn(model, batch[, key]) -> (loss, (model, metrics))`.
+      differentiate: how the loss is differentiated; step options wrap `value_and_grad` (the
+        dynamic loss scale multiplies the loss before and divides the gradients after).
 
     Returns:
       A `GradFn`.
@@ -78,15 +90,11 @@ def loss_and_grads(loss_fn: Callable) -> GradFn:
     call = _call_loss(loss_fn)
 
     def grad_fn(state: TrainState, batch: Batch, key: jax.Array | None):
-        scale = state.extras.get("loss_scale")
-
-        def scaled(model):
+        def objective(model):
             loss, (model, metrics) = call(model, batch, key)
-            return (loss if scale is None else loss * scale), (loss, model, metrics)
+            return loss, (loss, model, metrics)
 
-        (_, (loss, model, metrics)), grads = pax.value_and_grad(scaled, has_aux=True)(state.model)
-        if scale is not None:
-            grads = jax.tree_util.tree_map(lambda g: g / scale, grads)
+        (_, (loss, model, metrics)), grads = differentiate(state, objective, state.model)
         return loss, model, metrics, grads
 
     return grad_fn

@@ -7,15 +7,26 @@
     >>> parse_precision("float32") is None  # no policy: everything in the parameters' dtype
     True
 
-A policy computing in float16 trains with dynamic loss scaling (`needs_loss_scale`): float16's
-range is too small for the gradients of an unscaled loss, bfloat16's is not.
+A policy computing in float16 trains with dynamic loss scaling (`dynamic_loss_scale`, asked
+for by `step_kwargs`): float16's range is too small for the gradients of an unscaled loss,
+bfloat16's is not. The loss scale's option owns its state (`LossScaleState`), its update, its
+metric and the scaling of the loss and the gradients.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
 import jax.numpy as jnp
 
+import paxtrain as pax
 from paxtrain.core.mixed_precision import MpPolicy
+from paxtrain.train.gradients import Batch, Differentiate, Metrics
+from paxtrain.train.nonfinite import is_finite
+from paxtrain.train.options import StepFn, StepOption
+from paxtrain.train.state import TrainState
 
 # The short names, as the policies they stand for; "float32" applies none.
 SHORT_NAMES = {
@@ -65,3 +76,92 @@ def needs_loss_scale(policy: MpPolicy | None) -> bool:
         policy.compute_dtype,
         policy.param_dtype,
     )
+
+
+def step_kwargs(policy: MpPolicy | None) -> dict[str, Any]:
+    """The `make_train_step` arguments that training under `policy` needs: a dynamic loss scale
+    for float16.
+
+    Example:
+        >>> step_kwargs(parse_precision("float16")), step_kwargs(parse_precision("bfloat16"))
+        ({'loss_scale': 'dynamic'}, {})
+    """
+    return {"loss_scale": "dynamic"} if needs_loss_scale(policy) else {}
+
+
+class LossScaleState(NamedTuple):
+    """The state of `dynamic_loss_scale`: the scale, and the finite steps in a row since it last
+    changed."""
+
+    loss_scale: jax.Array
+    good_steps: jax.Array
+
+
+LOSS_SCALE = "dynamic_loss_scale"
+
+
+def dynamic_loss_scale(
+    initial: float = 2.0**15, period: int = 2000, factor: float = 2.0
+) -> StepOption:
+    """Dynamic loss scaling for float16 compute.
+
+    The loss is multiplied by the scale before differentiation and the gradients are divided by
+    it after, so float16 gradients do not underflow while the update stays the same. A
+    non-finite step divides the scale by `factor` (not below 1); `period` finite steps in a row
+    multiply it by `factor`. It must wrap `skip_nonfinite`, so the overflowing step is also
+    skipped: `make_train_step(loss_scale=...)` arranges both. The scale is reported as the
+    metric `loss_scale`.
+
+    Args:
+      initial: the starting scale.
+      period: finite steps in a row before the scale grows.
+      factor: the growth and shrink factor.
+
+    Example:
+        >>> step = make_train_step(loss_fn, loss_scale="dynamic")  # doctest: +SKIP
+        >>> step = make_train_step(loss_fn, loss_scale=dynamic_loss_scale(period=500))  # doctest: +SKIP
+    """
+
+    def init(state: TrainState) -> LossScaleState:
+        return LossScaleState(jnp.array(initial, jnp.float32), jnp.array(0, jnp.int32))
+
+    def wrap_grad(differentiate: Differentiate) -> Differentiate:
+        def scaled(state: TrainState, objective: Callable, model: pax.Module):
+            scale = state.extras[LOSS_SCALE].loss_scale
+
+            def scaled_objective(model: pax.Module):
+                value, aux = objective(model)
+                return value * scale, aux
+
+            (value, aux), grads = differentiate(state, scaled_objective, model)
+            return (value, aux), jax.tree_util.tree_map(lambda g: g / scale, grads)
+
+        return scaled
+
+    def wrap(step: StepFn) -> StepFn:
+        def updated(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+            new, metrics = step(state, batch)
+            finite = is_finite(metrics)
+            scale, good = state.extras[LOSS_SCALE]
+            good = good + 1
+            grow = finite & (good >= period)
+            scale = jnp.where(
+                finite, jnp.where(grow, scale * factor, scale), jnp.maximum(scale / factor, 1.0)
+            )
+            good = jnp.where(finite & ~grow, good, 0)
+            new = new.with_extras(**{LOSS_SCALE: LossScaleState(scale, good)})
+            return new, {**metrics, "loss_scale": scale}
+
+        return updated
+
+    return StepOption(LOSS_SCALE, init, wrap, wrap_grad=wrap_grad)
+
+
+def loss_scale(state: TrainState) -> jax.Array | None:
+    """The loss scale `state` trains with; None without dynamic loss scaling.
+
+    Example:
+        >>> loss_scale(TrainState.create(pax.nn.Linear(2, 1), optax.sgd(0.1))) is None
+        True
+    """
+    return state.extras[LOSS_SCALE].loss_scale if LOSS_SCALE in state.extras else None

@@ -1,9 +1,17 @@
-"""`TrainState`: everything a training step reads and writes, as one module."""
+"""`TrainState`: everything a training step reads and writes, as one module.
+
+Each step option keeps its own state in `TrainState.extras`, an `OptionStates` mapping from the
+option's name to its state (a NamedTuple for the built-in ones: `RollbackState`...). Only the
+option's module reads it, and offers functions for everyone else (`nonfinite.data_position`,
+`precision.loss_scale`, `TrainState.ema_model`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -14,13 +22,103 @@ NO_EMA_MSG = """\
 This state keeps no EMA of the parameters: build the step with `make_train_step(..., ema_decay=0.999)`
 and call it at least once."""
 
+SHARED_PATH_MSG = """\
+Step options {first!r} and {second!r} both keep state at `extras.{path}`: a checkpoint path \
+names one array. Rename a field of one option's state (or the option, for a state that is not \
+a NamedTuple)."""
+
+
+def _fields(state: Any) -> tuple[str, ...] | None:
+    """The field names of a NamedTuple state; None for any other pytree."""
+    return getattr(state, "_fields", None) if isinstance(state, tuple) else None
+
+
+class OptionStates(Mapping[str, Any]):
+    """The states of a step's options, by option name; a pytree.
+
+    Options come in the order of their names. A NamedTuple state keeps its fields directly under `extras` (`extras.data_offset`), any
+    other state under the option's name (`extras.calls`): the paths checkpoints have always
+    had, so one written before options had typed states restores unchanged. Field names are
+    therefore unique across the options of a step.
+
+    Example:
+        >>> from typing import NamedTuple
+        >>> class Calls(NamedTuple):
+        ...     calls: jax.Array
+        >>> states = OptionStates({"counter": Calls(jnp.array(0))})
+        >>> [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(states)]
+        ["['calls']"]
+        >>> int(states["counter"].calls)
+        0
+    """
+
+    def __init__(self, states: Mapping[str, Any] | None = None):
+        # Sorted, as JAX sorts a dict's keys: the structure does not depend on the order the
+        # options' states were added in (a fresh state and a restored one compile once).
+        self._states = dict(sorted((states or {}).items()))
+        owners: dict[str, str] = {}
+        for name, state in self._states.items():
+            for path in _fields(state) or (name,):
+                if path in owners:
+                    raise ValueError(
+                        SHARED_PATH_MSG.format(first=owners[path], second=name, path=path)
+                    )
+                owners[path] = name
+
+    def __getitem__(self, name: str) -> Any:
+        return self._states[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._states)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def __repr__(self) -> str:
+        return f"OptionStates({self._states!r})"
+
+    def set(self, **states: Any) -> OptionStates:
+        """A copy with some options' states set.
+
+        Example:
+            >>> OptionStates().set(calls=jnp.array(1))["calls"]
+            Array(1, dtype=int32, weak_type=True)
+        """
+        return OptionStates({**self._states, **states})
+
+
+def _flatten_with_keys(states: OptionStates) -> tuple[list, tuple]:
+    children, layout = [], []
+    for name, state in states._states.items():
+        fields = _fields(state)
+        if fields is None:
+            children.append((jax.tree_util.DictKey(name), state))
+        else:
+            children.extend((jax.tree_util.DictKey(f), v) for f, v in zip(fields, state))
+        layout.append((name, None if fields is None else type(state)))
+    return children, tuple(layout)
+
+
+def _unflatten(layout: tuple, children: Any) -> OptionStates:
+    children, states = iter(children), {}
+    for name, cls in layout:
+        states[name] = (
+            next(children) if cls is None else cls(*(next(children) for _ in cls._fields))
+        )
+    new = object.__new__(OptionStates)
+    new._states = states  # checked when built from a mapping; the layout is the checked one's
+    return new
+
+
+jax.tree_util.register_pytree_with_keys(OptionStates, _flatten_with_keys, _unflatten)
+
 
 class TrainState(pax.Module):
-    """The model, its optimizer, a training RNG, the step count, and the extras of step options.
+    """The model, its optimizer, a training RNG, the step count, and the states of step options.
 
     `step` (int32) counts train-step calls, skipped non-finite steps included; the optimizer's
     own count, which drives learning-rate schedules, counts applied updates only. `extras`
-    holds what step options keep between steps (`"ema"`, `"loss_scale"`, `"skipped_steps"`...).
+    holds each step option's state under the option's name (see `OptionStates`).
 
     Example:
         >>> state = TrainState.create(model, optax.adam(1e-3), seed=0)  # doctest: +SKIP
@@ -34,14 +132,14 @@ class TrainState(pax.Module):
         optimizer: Optimizer,
         rng: pax.RngSeq,
         step: Any = 0,
-        extras: dict[str, Any] | None = None,
+        extras: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.model = model
         self.optimizer = optimizer
         self.rng = rng
         self.register_state("step", jnp.asarray(step, jnp.int32))
-        self.register_state("extras", dict(extras or {}))
+        self.register_state("extras", OptionStates(extras))
 
     @classmethod
     def create(
@@ -56,13 +154,13 @@ class TrainState(pax.Module):
             optimizer = Optimizer(model, optimizer)
         return cls(model, optimizer, pax.RngSeq(seed=seed))
 
-    def with_extras(self, **extras: Any) -> TrainState:
-        """A copy with some extras set.
+    def with_extras(self, **states: Any) -> TrainState:
+        """A copy with the states of some options set, by option name.
 
         Example:
-            >>> state = state.with_extras(skipped_steps=jnp.array(0))  # doctest: +SKIP
+            >>> state = state.with_extras(calls=jnp.array(0))  # doctest: +SKIP
         """
-        return self.replace(extras={**self.extras, **extras})
+        return self.replace(extras=self.extras.set(**states))
 
     @property
     def ema_model(self) -> pax.Module:
@@ -71,6 +169,10 @@ class TrainState(pax.Module):
         Example:
             >>> ema_model = state.ema_model  # doctest: +SKIP
         """
-        if "ema" not in self.extras:
+        # The EMA option's module imports this one.
+        from paxtrain.train.options import ema_parameters
+
+        params = ema_parameters(self)
+        if params is None:
             raise KeyError(NO_EMA_MSG)
-        return pax.update_parameters(self.model, self.extras["ema"])
+        return pax.update_parameters(self.model, params)

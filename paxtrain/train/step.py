@@ -10,7 +10,8 @@ each optional layer is a `StepOption` (see `paxtrain.train.options`): the guard,
 rollback scale wrap the update (applying the gradients), the loss scale and options of your own
 (`options=[...]`) the whole step. The guard keeps or skips the update as a whole (under
 `lax.cond`; a select on GPUs), so a skipped non-finite step also leaves the EMA alone, while the
-loss scale still reacts to it.
+loss scale still reacts to it; the loss scale also wraps how the loss is differentiated
+(`StepOption.wrap_grad`).
 
 On several devices, `in_shardings` / `out_shardings` lay the state and the batch out on a mesh
 (`jax.jit` partitions the step), or `pmap_axis_name` runs it under `jax.pmap` with gradients
@@ -38,17 +39,17 @@ from paxtrain.train.gradients import (
     average_over_devices,
     loss_and_grads,
     takes_key,
+    value_and_grad,
 )
+from paxtrain.train.nonfinite import rollback_support, skip_nonfinite
 from paxtrain.train.options import (
     StepFn,
     StepOption,
     UpdateFn,
     apply_gradients,
-    dynamic_loss_scale,
     ema_of_parameters,
-    rollback_support,
-    skip_nonfinite,
 )
+from paxtrain.train.precision import dynamic_loss_scale
 from paxtrain.train.state import TrainState
 
 LOSS_SCALE_MSG = """\
@@ -59,7 +60,7 @@ make_train_step got both `pmap_axis_name` and `in_shardings`/`out_shardings`: ch
 `pmap_axis_name` runs the step under `jax.pmap`; shardings run it under `jax.jit` on a mesh."""
 
 DUPLICATE_OPTION_MSG = """\
-Two step options are named {name!r}; each keeps its extras under its name, so they would collide.
+Two step options are named {name!r}; each keeps its state under its name, so they would collide.
 Built-in options come from the flags: pass `ema_decay=...`, `nonfinite_guard=...` or
 `loss_scale=...` instead of adding the same option to `options`."""
 
@@ -117,15 +118,15 @@ The train step changed the structure of the state it was given (its modules, ext
 {before}
 became
 {after}
-A step must return a state of the structure it was given; add extras before training
-(`train_step.init(state)`), not inside the step."""
+A step must return a state of the structure it was given; add the options' states before
+training (`train_step.init(state)`), not inside the step."""
 
 
 class TrainStep:
     """A jitted `train_step(state, batch) -> (state, metrics)`; see `make_train_step`.
 
-    Extras that its options need and the state lacks are added on the first call (or by
-    `init`), outside `jit`. `flat(treedef)` is the same step on the state's leaves, for loops
+    The states of its options that the state lacks are added on the first call (or by `init`),
+    outside `jit`. `flat(treedef)` is the same step on the state's leaves, for loops
     that keep the state flat: it skips rebuilding every module of the returned state in Python
     on each call, which is most of a small step's host time.
 
@@ -142,15 +143,13 @@ class TrainStep:
         self._required: frozenset[str] | None = None
 
     def init(self, state: TrainState) -> TrainState:
-        """`state` with the extras of every option that it lacks.
+        """`state` with the state of every option that it lacks.
 
         Example:
             >>> state = train_step.init(state)  # doctest: +SKIP
         """
-        extras = {}
-        for option in self.options:
-            extras.update({k: v for k, v in option.init(state).items() if k not in state.extras})
-        return state.with_extras(**extras) if extras else state
+        missing = {o.name: o.init(state) for o in self.options if o.name not in state.extras}
+        return state.with_extras(**missing) if missing else state
 
     def __call__(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         if self._required is None or not self._required <= state.extras.keys():
@@ -164,7 +163,7 @@ class TrainStep:
         """`flat_step(leaves, batch) -> (leaves, metrics)` for states of structure `treedef`.
 
         The state goes in and comes out as its list of leaves (donated like the state), so no
-        module is built on the host; the state must already have its options' extras.
+        module is built on the host; the state must already have its options' states.
 
         Example:
             >>> leaves, treedef = jax.tree_util.tree_flatten(train_step.init(state))  # doctest: +SKIP
@@ -263,7 +262,7 @@ def make_train_step(
       nonfinite_guard: skip (and count) steps whose loss or gradients are not finite.
       ema_decay: keep an EMA of the parameters (`state.ema_model`).
       loss_scale: "dynamic" (or a `dynamic_loss_scale(...)` option) for float16 compute.
-      rollback: keep the extras a rollback after non-finite steps adjusts (`rollback_support`).
+      rollback: keep the state a rollback after non-finite steps adjusts (`rollback_support`).
       options: more `StepOption`s, applied outside the built-in ones, in order.
       donate: donate the input state's buffers (do not use that state after the call).
       in_shardings: `jax.jit`'s, for `(state, batch)`: the step is partitioned over their mesh.
@@ -297,7 +296,10 @@ def make_train_step(
             raise ValueError(DUPLICATE_OPTION_MSG.format(name=name))
     if pmap_axis_name is not None and (in_shardings is not None or out_shardings is not None):
         raise ValueError(PMAP_AND_SHARDINGS_MSG)
-    grad_fn = loss_and_grads(loss_fn)
+    differentiate = value_and_grad
+    for option in chosen:
+        differentiate = option.wrap_grad(differentiate)
+    grad_fn = loss_and_grads(loss_fn, differentiate)
     if grad_accum_steps > 1:
         grad_fn = accumulate_gradients(grad_fn, grad_accum_steps)
     if pmap_axis_name is not None:

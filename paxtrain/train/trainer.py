@@ -27,13 +27,13 @@ from paxtrain.train.hooks import (
     Evaluation,
     EveryN,
     Hook,
-    NonFinitePolicy,
     PlotCurves,
     Throughput,
     TrainMetrics,
 )
 from paxtrain.train.logger import DEFAULT_LOGGERS, Logger, LoggerGroup
-from paxtrain.train.precision import needs_loss_scale, parse_precision
+from paxtrain.train.nonfinite import NonFinitePolicy, data_position, rolled_back
+from paxtrain.train.precision import parse_precision, step_kwargs
 from paxtrain.train.preemption import DEFAULT_PREEMPTION_SIGNALS, stop_on_signals
 from paxtrain.train.progress import Progress
 from paxtrain.train.run_lock import RunLock
@@ -219,8 +219,7 @@ class Trainer:
             "grad_norm": grad_norm,
         }
         self.policy = parse_precision(precision)
-        if needs_loss_scale(self.policy):
-            self.step_options["loss_scale"] = "dynamic"
+        self.step_options.update(step_kwargs(self.policy))
         self.precision, self.seed = precision, seed
         self.loggers = [lg for lg in loggers if tensorboard or lg != "tensorboard"]
         self.hyperparams = dict(hyperparams or {})
@@ -549,7 +548,7 @@ class Trainer:
         while self.step < self.max_steps and not self.should_stop:
             self._restart = False
             # Batches are indexed by step plus the batches a rollback skipped.
-            first = self.step + int(self.state.extras.get("data_offset", 0))
+            first = data_position(self.state, self.step)
             # Each process reads and places only its own devices' rows of each batch.
             rows = self.plan.process_rows(self.data, self.examples_per_step)
             with Prefetcher(rows, first, group=group, put=rows.place) as batches:
@@ -589,16 +588,10 @@ class Trainer:
         bad_step = self.step
         if self.checkpointing.manager.latest_step() is None:
             raise CheckpointError(ROLLBACK_BEFORE_FIRST_SAVE_MSG.format(step=bad_step))
-        # From the current extras, not the checkpoint's: a second rollback to the same
-        # checkpoint then skips the batches the first one went on with, and lowers the scale
-        # again, instead of reading them again at the same learning rate.
-        extras = self.state.extras
+        current = self.state
         restored, _ = self.checkpointing.manager.restore(self.checkpoint_state)
         self._write_scalars()  # logged so far (the bad steps' metrics): at the step they belong to
-        self.state = restored.with_extras(
-            data_offset=extras["data_offset"] + (bad_step - int(restored.step)),
-            update_scale=extras["update_scale"] * lr_factor,
-        )
+        self.state = rolled_back(current, restored, bad_step, lr_factor)
         self.step = int(restored.step)
         self._restart = True
         return self.step
