@@ -532,6 +532,56 @@ def test_a_custom_option_composes_and_names_must_be_unique():
         make_train_step(mse_loss, loss_scale="static")
 
 
+class FlatExtrasState(pax.Module):
+    """A `TrainState` as main wrote it before step options had typed states: one flat dict of
+    extras, keyed by the names the options used."""
+
+    def __init__(self, state, extras):
+        super().__init__()
+        self.model, self.optimizer, self.rng = state.model, state.optimizer, state.rng
+        self.register_state("step", state.step)
+        self.register_state("extras", dict(extras))
+
+
+def test_a_checkpoint_with_the_flat_extras_restores_into_the_typed_option_states(tmp_path):
+    from paxtrain.checkpoint.store import CheckpointManager, flatten_state
+    from paxtrain.train.nonfinite import data_position, update_scale
+
+    step = make_train_step(mse_loss, ema_decay=0.9, loss_scale="dynamic", rollback=True)
+    state, _ = step(fresh_state(optax.adam(0.1)), regression_batch())
+    ema = jax.tree_util.tree_map(lambda p: p + 1, pax.select_parameters(state.model))
+    old = FlatExtrasState(
+        state,
+        {
+            "skipped_steps": jnp.array(2, jnp.int32), "loss_scale": jnp.array(512.0),
+            "good_steps": jnp.array(7, jnp.int32), "update_scale": jnp.array(0.25),
+            "data_offset": jnp.array(3, jnp.int32), "ema": ema,
+        },
+    )  # fmt: skip
+    assert flatten_state(old).keys() == flatten_state(state).keys()
+    manager = CheckpointManager(tmp_path, async_save=False)
+    manager.save(old)
+    restored, _ = manager.restore(state)
+    manager.close()
+    assert int(skipped_steps(restored)) == 2 and float(loss_scale(restored)) == 512.0
+    assert int(restored.extras["dynamic_loss_scale"].good_steps) == 7
+    assert data_position(restored, 1) == 4 and update_scale(restored) == 0.25
+    assert_trees_equal(ema_parameters(restored), ema)
+    restored, metrics = step(restored, regression_batch())  # the step takes it as it is
+    assert float(metrics["loss_scale"]) == 512.0
+
+
+def test_two_options_may_not_keep_state_at_one_checkpoint_path():
+    from paxtrain.train.nonfinite import SkipNonFiniteState
+
+    counter = StepOption("counter", lambda state: SkipNonFiniteState(jnp.array(0, jnp.int32)))
+    with pytest.raises(
+        ValueError,
+        match=r"Step options 'counter' and 'skip_nonfinite' both keep state at `extras.skipped_steps`",
+    ):
+        make_train_step(mse_loss, options=[counter]).init(fresh_state())
+
+
 def test_wrong_loss_fn_return_is_explained():
     with pytest.raises(TypeError, match=r"must return \(loss, \(model, metrics\)\)"):
         make_train_step(lambda m, b: jnp.sum(m.fc(b["x"])))(fresh_state(), regression_batch())
@@ -576,6 +626,8 @@ def test_build_update_fn_in_scan_mode_equals_the_loop():
         "paxtrain.train.state",
         "paxtrain.train.gradients",
         "paxtrain.train.options",
+        "paxtrain.train.nonfinite",
+        "paxtrain.train.precision",
         "paxtrain.train.step",
     ],
 )

@@ -188,6 +188,17 @@ def rollback_support() -> StepOption:
     return StepOption(ROLLBACK, init, wrap, wrap_update)
 
 
+def guard_kwargs(action: str) -> dict[str, bool]:
+    """The `make_train_step` arguments of an `on_nonfinite` action: the guard unless "none",
+    and the rollback's state for "rollback".
+
+    Example:
+        >>> guard_kwargs("rollback")
+        {'nonfinite_guard': True, 'rollback': True}
+    """
+    return {"nonfinite_guard": action != "none", "rollback": action == "rollback"}
+
+
 def data_position(state: TrainState, step: int) -> int:
     """The index of the batch that `state` at `step` trains on next: the step plus the batches
     that rollbacks skipped (one host transfer with rollbacks on).

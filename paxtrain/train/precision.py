@@ -7,8 +7,8 @@
     >>> parse_precision("float32") is None  # no policy: everything in the parameters' dtype
     True
 
-A policy computing in float16 trains with dynamic loss scaling (`dynamic_loss_scale`, asked
-for by `step_kwargs`): float16's range is too small for the gradients of an unscaled loss,
+A policy computing in float16 trains with dynamic loss scaling (`dynamic_loss_scale`, asked for
+by `loss_scale_kwargs`): float16's range is too small for the gradients of an unscaled loss,
 bfloat16's is not. The loss scale's option owns its state (`LossScaleState`), its update, its
 metric and the scaling of the loss and the gradients.
 """
@@ -78,13 +78,15 @@ def needs_loss_scale(policy: MpPolicy | None) -> bool:
     )
 
 
-def step_kwargs(policy: MpPolicy | None) -> dict[str, Any]:
+def loss_scale_kwargs(policy: MpPolicy | None) -> dict[str, Any]:
     """The `make_train_step` arguments that training under `policy` needs: a dynamic loss scale
     for float16.
 
     Example:
-        >>> step_kwargs(parse_precision("float16")), step_kwargs(parse_precision("bfloat16"))
-        ({'loss_scale': 'dynamic'}, {})
+        >>> loss_scale_kwargs(parse_precision("float16"))
+        {'loss_scale': 'dynamic'}
+        >>> loss_scale_kwargs(parse_precision("bfloat16"))
+        {}
     """
     return {"loss_scale": "dynamic"} if needs_loss_scale(policy) else {}
 

@@ -36,10 +36,10 @@ def _fields(state: Any) -> tuple[str, ...] | None:
 class OptionStates(Mapping[str, Any]):
     """The states of a step's options, by option name; a pytree.
 
-    Options come in the order of their names. A NamedTuple state keeps its fields directly under `extras` (`extras.data_offset`), any
+    A NamedTuple state keeps its fields directly under `extras` (`extras.data_offset`), any
     other state under the option's name (`extras.calls`): the paths checkpoints have always
     had, so one written before options had typed states restores unchanged. Field names are
-    therefore unique across the options of a step.
+    therefore unique across the options of a step. Options come in the order of their names.
 
     Example:
         >>> from typing import NamedTuple

@@ -32,8 +32,8 @@ from paxtrain.train.hooks import (
     TrainMetrics,
 )
 from paxtrain.train.logger import DEFAULT_LOGGERS, Logger, LoggerGroup
-from paxtrain.train.nonfinite import NonFinitePolicy, data_position, rolled_back
-from paxtrain.train.precision import parse_precision, step_kwargs
+from paxtrain.train.nonfinite import NonFinitePolicy, data_position, guard_kwargs, rolled_back
+from paxtrain.train.precision import loss_scale_kwargs, parse_precision
 from paxtrain.train.preemption import DEFAULT_PREEMPTION_SIGNALS, stop_on_signals
 from paxtrain.train.progress import Progress
 from paxtrain.train.run_lock import RunLock
@@ -213,13 +213,12 @@ class Trainer:
         self.step_options = {
             "steps_per_call": steps_per_call,
             "grad_accum_steps": grad_accum_steps,
-            "nonfinite_guard": on_nonfinite != "none",
-            "rollback": on_nonfinite == "rollback",
+            **guard_kwargs(on_nonfinite),
             "ema_decay": ema_decay,
             "grad_norm": grad_norm,
         }
         self.policy = parse_precision(precision)
-        self.step_options.update(step_kwargs(self.policy))
+        self.step_options.update(loss_scale_kwargs(self.policy))
         self.precision, self.seed = precision, seed
         self.loggers = [lg for lg in loggers if tensorboard or lg != "tensorboard"]
         self.hyperparams = dict(hyperparams or {})
