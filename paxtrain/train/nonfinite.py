@@ -274,6 +274,10 @@ ROLLBACKS_EXHAUSTED_MSG = (
 )
 
 
+POLICY_ACTION_MSG = "NonFinitePolicy action must be 'skip', 'stop' or 'rollback', got {action!r}"
+LR_FACTOR_MSG = "rollback_lr_factor must be in (0, 1], e.g. 0.5; got {lr_factor}"
+
+
 class NonFinitePolicy(Hook):
     """Acts on steps the non-finite guard skipped: "stop" training, or "rollback" (see
     `Trainer.rollback`; it stops after `ROLLBACKS_IN_A_ROW` to one checkpoint), or "skip" them
@@ -287,11 +291,9 @@ class NonFinitePolicy(Hook):
 
     def __init__(self, action: str, every: int, lr_factor: float = 0.5):
         if action not in ("skip", "stop", "rollback"):
-            raise ValueError(
-                f"NonFinitePolicy action must be 'skip', 'stop' or 'rollback', got {action!r}"
-            )
+            raise ValueError(POLICY_ACTION_MSG.format(action=action))
         if not 0 < lr_factor <= 1:  # 0 would stop training; above 1 each rollback speeds it up
-            raise ValueError(f"rollback_lr_factor must be in (0, 1], e.g. 0.5; got {lr_factor}")
+            raise ValueError(LR_FACTOR_MSG.format(lr_factor=lr_factor))
         self.action, self.every, self.lr_factor = action, every, lr_factor
         self._seen, self._checked_step, self._stuck_since = 0, 0, None
         self._restored: dict[str, Any] | None = None
