@@ -56,9 +56,11 @@ class OptionStates(Mapping[str, Any]):
         # Sorted, as JAX sorts a dict's keys: the structure does not depend on the order the
         # options' states were added in (a fresh state and a restored one compile once).
         self._states = dict(sorted((states or {}).items()))
+        self._flat: tuple[tuple, tuple] | None = None
         owners: dict[str, str] = {}
         for name, state in self._states.items():
-            for path in _fields(state) or (name,):
+            fields = _fields(state)
+            for path in (name,) if fields is None else fields:
                 if path in owners:
                     raise ValueError(
                         SHARED_PATH_MSG.format(first=owners[path], second=name, path=path)
@@ -87,30 +89,49 @@ class OptionStates(Mapping[str, Any]):
         return OptionStates({**self._states, **states})
 
 
-def _flatten_with_keys(states: OptionStates) -> tuple[list, tuple]:
+def _layout(states: Mapping[str, Any]) -> tuple[tuple, tuple]:
+    """`(children, layout)`: the states' leaves-to-be, and per option `(name, NamedTuple class or
+    None, number of children)`, the static part JAX compares on every jitted call."""
     children, layout = [], []
-    for name, state in states._states.items():
+    for name, state in states.items():
         fields = _fields(state)
-        if fields is None:
-            children.append((jax.tree_util.DictKey(name), state))
-        else:
-            children.extend((jax.tree_util.DictKey(f), v) for f, v in zip(fields, state))
-        layout.append((name, None if fields is None else type(state)))
-    return children, tuple(layout)
+        children.extend((state,) if fields is None else state)
+        layout.append((name, None, 1) if fields is None else (name, type(state), len(fields)))
+    return tuple(children), tuple(layout)
+
+
+# Computed once per instance (they are immutable), as `pax.Module` caches its flat form: JAX
+# flattens the state on every call of a jitted step.
+def _flatten(states: OptionStates) -> tuple[tuple, tuple]:
+    if states._flat is None:
+        states._flat = _layout(states._states)
+    return states._flat
+
+
+def _flatten_with_keys(states: OptionStates) -> tuple[list, tuple]:
+    children, layout = _flatten(states)
+    keys = []
+    for name, cls, _ in layout:
+        keys.extend([name] if cls is None else cls._fields)
+    return [(jax.tree_util.DictKey(k), c) for k, c in zip(keys, children)], layout
 
 
 def _unflatten(layout: tuple, children: Any) -> OptionStates:
-    children, states = iter(children), {}
-    for name, cls in layout:
+    children, states, start = tuple(children), {}, 0
+    for name, cls, count in layout:
         states[name] = (
-            next(children) if cls is None else cls(*(next(children) for _ in cls._fields))
+            children[start] if cls is None else cls._make(children[start : start + count])
         )
+        start += count
     new = object.__new__(OptionStates)
-    new._states = states  # checked when built from a mapping; the layout is the checked one's
+    # Not checked again: the layout is that of a checked instance.
+    new._states, new._flat = states, (children, layout)
     return new
 
 
-jax.tree_util.register_pytree_with_keys(OptionStates, _flatten_with_keys, _unflatten)
+jax.tree_util.register_pytree_with_keys(
+    OptionStates, _flatten_with_keys, _unflatten, flatten_func=_flatten
+)
 
 
 class TrainState(pax.Module):
