@@ -49,7 +49,7 @@ from paxtrain.train.options import (
     apply_gradients,
     ema_of_parameters,
 )
-from paxtrain.train.precision import dynamic_loss_scale
+from paxtrain.train.precision import LOSS_SCALE, dynamic_loss_scale
 from paxtrain.train.state import TrainState
 
 LOSS_SCALE_MSG = """\
@@ -220,7 +220,7 @@ def _builtin_options(
     if loss_scale == "dynamic":
         loss_scale = dynamic_loss_scale()
     elif loss_scale is not None and not (
-        isinstance(loss_scale, StepOption) and loss_scale.name == "dynamic_loss_scale"
+        isinstance(loss_scale, StepOption) and loss_scale.name == LOSS_SCALE
     ):
         raise ValueError(LOSS_SCALE_MSG.format(got=loss_scale))
     chosen = [rollback_support()] if rollback else []
