@@ -24,9 +24,16 @@ from paxtrain import parallel
 from paxtrain.cli.build import build_trainer
 from paxtrain.config.composition import compose
 from paxtrain.config.packaged import find_config, packaged_config_names
-from paxtrain.parallel import batch, distributed, mesh, plan, pmap, sharding
-from paxtrain.train import make_train_step
-from paxtrain.train.step import PMAP_AND_SHARDINGS_MSG
+from paxtrain.parallel import (
+    batch,
+    distributed,
+    jit_strategy,
+    mesh,
+    plan,
+    pmap_strategy,
+    sharding,
+    strategy,
+)
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), "parallel_scripts")
 SCAN_ACCUM = {"steps_per_call": 2, "grad_accum_steps": 2}
@@ -214,7 +221,9 @@ def test_multi_device_errors_name_the_problem_and_the_fix(eight_devices):
         pattern=r"head\.weight$", axis=1, path=".model.head.weight", shape=(16, 1),
         names="tensor", size=8, dim=1,
     )  # fmt: skip
-    assert errors["pmap_with_fsdp"] == plan.PMAP_MESH_MSG.format(layout="data=4, fsdp=2, tensor=1")
+    assert errors["pmap_with_fsdp"] == pmap_strategy.PMAP_MESH_MSG.format(
+        layout="data=4, fsdp=2, tensor=1"
+    )
     # A tensor axis that no rule uses would only duplicate work: refused, naming a parameter.
     assert errors["tensor_axis_unused"] == sharding.UNUSED_TENSOR_AXIS_MSG.format(
         size=2, path=".model.attention.query_proj.weight", example=r"query_proj\.weight$"
@@ -332,16 +341,13 @@ def test_batch_divisibility_check_runs_on_the_host():
 def test_one_device_plan_places_state_and_batches():
     losses, state, train_step, plan_ = toy.train("jit", steps=2)
     assert plan_.unreplicate(state) is state
-    assert set(plan_.step_kwargs) == {"in_shardings", "out_shardings"}
+    assert plan_.step_kwargs == {
+        "compile_step": plan_.compile_step,
+        "reduce_gradients": plan_.reduce_gradients,
+    }
     assert train_step._jitted._cache_size() == 1
     with pytest.raises(ValueError, match="Unknown parallel strategy 'dp'"):
         parallel.setup(state, "dp")
-
-
-def test_pmap_and_shardings_are_exclusive():
-    with pytest.raises(ValueError) as error:
-        make_train_step(toy.loss_fn, pmap_axis_name="devices", in_shardings=())
-    assert str(error.value) == PMAP_AND_SHARDINGS_MSG
 
 
 # --------------------------------------------------------------- multi-process detection
@@ -394,7 +400,10 @@ def test_single_process_needs_no_initialization():
     assert parallel.is_main_process()
 
 
-@pytest.mark.parametrize("module", [mesh, sharding, batch, pmap, plan, distributed, parallel])
+@pytest.mark.parametrize(
+    "module",
+    [mesh, sharding, batch, strategy, jit_strategy, pmap_strategy, plan, distributed, parallel],
+)
 def test_docstring_examples_run(module):
     globs = {"jax": jax, "np": np, "parallel": parallel, "make_mesh": parallel.make_mesh}
     result = doctest.testmod(module, extraglobs=globs, optionflags=doctest.ELLIPSIS)
