@@ -34,6 +34,7 @@ from paxtrain.parallel import (
     sharding,
     strategy,
 )
+from paxtrain.train import make_train_step
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), "parallel_scripts")
 SCAN_ACCUM = {"steps_per_call": 2, "grad_accum_steps": 2}
@@ -348,6 +349,50 @@ def test_one_device_plan_places_state_and_batches():
     assert train_step._jitted._cache_size() == 1
     with pytest.raises(ValueError, match="Unknown parallel strategy 'dp'"):
         parallel.setup(state, "dp")
+
+
+def test_every_strategy_is_found_by_name_and_has_every_method():
+    state = toy.fresh_state(toy.make_train_step(toy.loss_fn))
+    for name, cls in plan.STRATEGIES.items():
+        assert not cls.__abstractmethods__, name
+        assert cls.name == name and type(parallel.setup(state, name)) is cls
+
+
+def test_on_one_device_the_pmap_strategy_trains_like_jit():
+    jit_losses, jit_state, _, jit_plan = toy.train("jit", steps=2)
+    pmap_losses, pmap_state, _, pmap_plan = toy.train("pmap", steps=2)
+    np.testing.assert_allclose(pmap_losses, jit_losses, rtol=1e-6)
+    jit_model = toy.leaves_by_path(jit_plan.unreplicate(jit_state).model)
+    pmap_model = toy.leaves_by_path(pmap_plan.unreplicate(pmap_state).model)
+    for path, value in jit_model.items():
+        np.testing.assert_allclose(pmap_model[path], value, rtol=1e-5, atol=1e-7, err_msg=path)
+
+
+def test_the_step_is_compiled_and_its_gradients_reduced_by_the_given_functions():
+    compiled = []
+
+    def compile_step(step, *, donate, flat_state=False):
+        compiled.append((donate, flat_state))
+        return jax.jit(step)
+
+    def no_gradients(grad_fn):
+        def zeroed(state, batch, key):
+            loss, model, metrics, grads = grad_fn(state, batch, key)
+            return loss, model, metrics, jax.tree_util.tree_map(jax.numpy.zeros_like, grads)
+
+        return zeroed
+
+    train_step = make_train_step(
+        toy.loss_fn, donate=False, compile_step=compile_step, reduce_gradients=no_gradients
+    )
+    state = toy.fresh_state(train_step)
+    new, metrics = train_step(state, toy.batch_of(0))
+    assert compiled == [(False, False)]
+    assert float(metrics["grad_norm"]) == 0.0
+    # Adam's update of zero gradients is zero: the parameters are bitwise unchanged.
+    before = toy.leaves_by_path(state.model.parameters())
+    after = toy.leaves_by_path(new.model.parameters())
+    assert all(np.array_equal(after[k], before[k]) for k in before)
 
 
 # --------------------------------------------------------------- multi-process detection
