@@ -30,15 +30,20 @@ def test_tokenize_writes_ids_and_a_sidecar_for_either_vocabulary(tmp_path):
     inputs = [tmp_path / "a.txt", tmp_path / "b.txt"]
     for name, vocab in (("bytes", ByteVocab()), ("chars", CharVocab())):
         out = tmp_path / f"{name}.bin"
-        assert main(["data", "tokenize", *map(str, inputs), str(out), "--vocab", name]) == 0
+        # One "é" in 25 characters: 4% unknown to `--vocab chars`, accepted up to 5%.
+        argv = [*map(str, inputs), str(out), "--vocab", name, "--max-unknown", "0.05"]
+        assert main(["data", "tokenize", *argv]) == 0
         ids = np.fromfile(out, dtype=np.uint16)
         np.testing.assert_array_equal(ids, vocab.encode(text))
         meta = json.loads((tmp_path / f"{name}.bin.json").read_text())
+        unknown = {"unknown_chars": text.count("é")} if name == "chars" else {}
         assert meta == {
             "dtype": "uint16",
             "vocab": name,
             "vocab_size": len(vocab),
             "num_tokens": len(ids),
+            "max_id": int(ids.max()),
+            **unknown,
         }
         data = TokenFile(out, seq_len=8, batch_size=2)
         assert data.info["vocab_size"] == len(vocab) and type(data.vocab) is type(vocab)

@@ -258,4 +258,6 @@ def describe_unknown(meta: dict[str, object]) -> str:
         return ""
     share = count / int(meta["num_tokens"])
     examples = _format_unknown(collections.Counter(dict(meta["unknown_examples"])))
-    return f"{count} characters ({share:.1%}) outside the vocabulary became the unknown id: {examples}"
+    return (
+        f"{count} characters ({share:.1%}) outside the vocabulary became the unknown id: {examples}"
+    )
