@@ -32,9 +32,11 @@ def files(tmp_path_factory):
     (root / "medium.txt").write_text("def f(x):\n    return x\n" * 30)
     (root / "a_directory").mkdir()
     (root / "bad.yaml").write_text("name: x\ntrainer: {max_steps: 5\n  oops: [\n")
-    ocp.StandardCheckpointer().save(
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(
         (root / "other_model" / "state").absolute(), {"model.embed.weight": np.zeros((5, 8))}
     )
+    checkpointer.wait_until_finished()  # the rows compare the files before and after
     write_text_inputs(root)
     write_token_files(root)
     write_image_files(root)
@@ -202,16 +204,16 @@ ROWS = [
     ("token sidecar of another file", tokens("stale.bin"), ["stale.bin holds 1000 uint16 ids", "describes 5", "--force"]),
     ("eval_fraction above 1", fit("data.eval_fraction=1.5"), ["eval_fraction=1.5", "between 0 and 1", "data.eval_fraction=0.1"]),
     ("eval_fraction above 1 of a token file", tokens("big.bin", "data.eval_fraction=1.5"), ["eval_fraction=1.5", "data.eval_fraction=0.1"]),
-    (".npy labels stored as floats", npy(y="y_float"), ["data.train.labels", "y_float.npy", "float32 labels", "astype(np.int32)"]),
-    (".npy label equal to num_classes", npy(y="y_ten"), ["data.train.labels", "holds label 10 (example 9; 3 labels", "data.info.num_classes", "at least 11"]),
-    (".npy negative labels", npy(y="y_negative"), ["y_negative.npy", "holds label -1 (example 3; 3 negative labels"]),
-    (".npy eval label equal to num_classes", npy("data.eval.labels={files}/y_ten.npy"), ["data.eval.labels", "holds label 10"]),
-    (".npy images with NaN", npy(x="x_nan"), ["data.train.images", "x_nan.npy", "NaN or Inf values in 1 images (the first: example 5)", "np.nan_to_num"]),
-    (".npy int16 images", npy(x="x_int16"), ["int16 images", "float32"]),
-    (".npy images of another shape", npy(x="x_rgb"), ["shape [32, 8, 8, 3]", "`data.info.image_shape=[8,8,3]`"]),
+    (".npy labels stored as floats", npy(y="y_float"), ["data.train.labels", "y_float.npy", "the labels are float32", "astype(np.int32)"]),
+    (".npy label equal to num_classes", npy(y="y_ten"), ["data.train.labels", "label 10 at example 9 (3 labels outside [0, 10))", "data.info.num_classes", "at least 11"]),
+    (".npy negative labels", npy(y="y_negative"), ["y_negative.npy", "label -1 at example 3 (3 negative labels)"]),
+    (".npy eval label equal to num_classes", npy("data.eval.labels={files}/y_ten.npy"), ["data.eval.labels", "label 10 at example 9"]),
+    (".npy images with NaN", npy(x="x_nan"), ["data.train.images", "x_nan.npy", "1 images hold NaN or Inf values (the first: example 5)", "np.nan_to_num"]),
+    (".npy int16 images", npy(x="x_int16"), ["the images are int16", "float32"]),
+    (".npy images of another shape", npy(x="x_rgb"), ["the images have shape [32, 8, 8, 3]", "`data.info.image_shape=[8,8,3]`"]),
     ("negative data.workers", npy("data.workers=-1"), ["workers=-1", "data.workers=2"]),
-    ("MNIST images with NaN", ["fit", IMAGES, "data.source=mnist", "data.path={files}/mnist_nan"], ["train images of the MNIST files", "mnist_nan", "NaN or Inf values in 1 images"]),
-    ("MNIST negative labels", ["fit", IMAGES, "data.source=mnist", "data.path={files}/mnist_negative"], ["train labels of the MNIST files", "holds label -1"]),
+    ("MNIST images with NaN", ["fit", IMAGES, "data.source=mnist", "data.path={files}/mnist_nan"], ["train split of the MNIST files", "mnist_nan", "1 images hold NaN or Inf values"]),
+    ("MNIST negative labels", ["fit", IMAGES, "data.source=mnist", "data.path={files}/mnist_negative"], ["train split of the MNIST files", "label -1 at example 3"]),
 ]  # fmt: skip
 
 

@@ -23,32 +23,32 @@ from paxtrain.errors import DataError
 CHUNK_ROWS = 4096
 
 LABEL_DTYPE_MSG = """\
-{where} holds {dtype} labels, but labels are integer class ids in [0, num_classes): save them \
+{where}: the labels are {dtype}, but labels are integer class ids in [0, num_classes): save them \
 as integers, e.g. `np.save(path, labels.astype(np.int32))`."""
 
 LABEL_SHAPE_MSG = """\
-{where} holds labels of shape {shape}, but labels are one class id per example, shape [N]: save \
+{where}: the labels have shape {shape}, but labels are one class id per example, shape [N]: save \
 them flat, e.g. `np.save(path, labels.reshape(-1))`."""
 
 LABEL_RANGE_MSG = """\
-{where} holds label {label} (example {index}; {count} labels outside [0, {num_classes})), but \
+{where}: label {label} at example {index} ({count} labels outside [0, {num_classes})), but \
 labels are class ids in [0, num_classes={num_classes}): the model cannot learn them. Set \
 `data.info.num_classes` to the number of classes (at least {needed}), or fix the labels."""
 
 NEGATIVE_LABEL_MSG = """\
-{where} holds label {label} (example {index}; {count} negative labels), but labels are class \
+{where}: label {label} at example {index} ({count} negative labels), but labels are class \
 ids in [0, num_classes): the model cannot learn them. Fix the labels (e.g. map -1 to a class)."""
 
 NONFINITE_IMAGE_MSG = """\
-{where} holds NaN or Inf values in {count} images (the first: example {index}): every step \
+{where}: {count} images hold NaN or Inf values (the first: example {index}); every step \
 that reads one would be skipped. Replace them (`np.nan_to_num`) or drop those examples."""
 
 IMAGE_DTYPE_MSG = """\
-{where} holds {dtype} images; images are float (any range: the model normalizes nothing) or \
-uint8 (scaled to [0, 1]). Save them as float32: `np.save(path, images.astype(np.float32))`."""
+{where}: the images are {dtype}, but images are float (taken as they are) or uint8 (scaled \
+to [0, 1]). Save them as float32: `np.save(path, images.astype(np.float32))`."""
 
 IMAGE_SHAPE_MSG = """\
-{where} holds images of shape {shape}, but `data.info.image_shape` is {expected}: set \
+{where}: the images have shape {shape}, but `data.info.image_shape` is {expected}: set \
 `data.info.image_shape={fix}`, or save images of shape [N, {expected_list}]."""
 
 
@@ -65,7 +65,7 @@ def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
         >>> check_labels(np.array([0, 3, 1]), 3, "data.train.labels")
         Traceback (most recent call last):
         ...
-        paxtrain.errors.DataError: data.train.labels holds label 3 (example 1; 1 labels ...
+        paxtrain.errors.DataError: data.train.labels: label 3 at example 1 (1 labels outside ...
     """
     if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(LABEL_DTYPE_MSG.format(where=where, dtype=labels.dtype))
@@ -106,7 +106,7 @@ def check_finite_images(images: np.ndarray, where: str) -> None:
         >>> check_finite_images(np.full((2, 4, 4, 1), np.nan), "data.train.images")
         Traceback (most recent call last):
         ...
-        paxtrain.errors.DataError: data.train.images holds NaN or Inf values in 2 images ...
+        paxtrain.errors.DataError: data.train.images: 2 images hold NaN or Inf values ...
     """
     if not np.issubdtype(images.dtype, np.floating):
         return

@@ -264,8 +264,8 @@ class LabeledImages:
         where = "the digits" if source == "digits" else f"the MNIST files in {path}"
         for split in ("train", "test"):
             images, labels = getattr(splits, f"{split}_images"), getattr(splits, f"{split}_labels")
-            check_finite_images(images, f"The {split} images of {where}")
-            check_labels(labels, num_classes, f"The {split} labels of {where}")
+            check_finite_images(images, f"The {split} split of {where}")
+            check_labels(labels, num_classes, f"The {split} split of {where}")
         num_train, num_test = len(splits.train_labels), len(splits.test_labels)
         if batch_size > num_train:
             raise ValueError(BATCH_SIZE_MSG.format(batch_size=batch_size, num_train=num_train))
