@@ -212,8 +212,8 @@ ROWS = [
     (".npy int16 images", npy(x="x_int16"), ["the images are int16", "float32"]),
     (".npy images of another shape", npy(x="x_rgb"), ["the images have shape [32, 8, 8, 3]", "`data.info.image_shape=[8,8,3]`"]),
     ("negative data.workers", npy("data.workers=-1"), ["workers=-1", "data.workers=2"]),
-    ("MNIST images with NaN", ["fit", IMAGES, "data.source=mnist", "data.path={files}/mnist_nan"], ["train split of the MNIST files", "mnist_nan", "1 images hold NaN or Inf values"]),
-    ("MNIST negative labels", ["fit", IMAGES, "data.source=mnist", "data.path={files}/mnist_negative"], ["train split of the MNIST files", "label -1 at example 3"]),
+    ("MNIST images with NaN", ["fit", IMAGES, "data.source=mnist", "data.path={files}/mnist_nan", "data.batch_size=8"], ["train split of the MNIST files", "mnist_nan", "1 images hold NaN or Inf values"]),
+    ("MNIST negative labels", ["fit", IMAGES, "data.source=mnist", "data.path={files}/mnist_negative", "data.batch_size=8"], ["train split of the MNIST files", "label -1 at example 3"]),
 ]  # fmt: skip
 
 
