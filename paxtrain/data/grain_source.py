@@ -147,8 +147,10 @@ class GrainSource:
       seed: seed of the epoch permutations.
       shuffle: shuffle the training examples (every epoch anew).
       workers: grain worker processes producing batches ahead (`mp_prefetch`); 0 reads in the
-        calling thread (the trainer's prefetch thread). Batches are the same either way.
-      info: facts the model's constructor may ask for, e.g. `{num_classes: 10}`.
+        calling thread (the trainer's prefetch thread). Batches are the same either way. More
+        workers than the CPU cores the process may use get a warning: they would compete.
+      info: facts the model's constructor may ask for, e.g. `{num_classes: 10}`; `.npy`
+        columns `labels` and `images` are checked against its `num_classes` and `image_shape`.
 
     Example:
         >>> import grain, numpy as np

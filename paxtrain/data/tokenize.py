@@ -61,7 +61,7 @@ OUT {out} is a directory: give the token file to write, e.g. `{suggestion}`."""
 
 TOO_MANY_UNKNOWN_MSG = """\
 {unknown} of the {total} characters ({share:.1%}) are outside `--vocab chars` (printable ASCII, \
-newline, tab), e.g. {examples}; above {limit:.0%} the file is refused, since they all become one \
+newline, tab), e.g. {examples}; above {limit:.1%} the file is refused, since they all become one \
 unknown id. Use `--vocab bytes` (any UTF-8 text), or accept them with `--max-unknown {needed}`."""
 
 
