@@ -208,15 +208,20 @@ def test_tokenize_chars_reports_unknown_characters_under_the_threshold(tmp_path,
     assert json.loads((tmp_path / "t.bin.json").read_text())["unknown_chars"] == 1
 
 
-def test_the_max_id_of_the_sidecar_is_checked_against_the_vocabulary(tmp_path):
+def test_the_max_id_of_the_sidecar_is_checked_against_the_vocabulary(tmp_path, monkeypatch):
     path = tmp_path / "t.bin"
     tokens = np.zeros(3_000_000, np.uint16)
     tokens[2_000_000 + 20_000] = 300  # between two blocks of the sample (one every ~47k ids)
     tokens.tofile(path)
     meta = {"dtype": "uint16", "vocab_size": 301, "num_tokens": len(tokens)}
-    # A sidecar without max_id (written before it was recorded): only the sample is checked.
+    # A sidecar without max_id (written before it was recorded): every id is read.
     (tmp_path / "t.bin.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="holds id 300 at position 2020000, but vocab_size=300"):
+        TokenFile(path, vocab_size=300)
+    # Beyond FULL_CHECK_IDS only a sample is read, which misses this id ...
+    monkeypatch.setattr(paxtrain.data.tokens, "FULL_CHECK_IDS", 1_000_000)
     assert TokenFile(path, vocab_size=300).info["vocab_size"] == 300
+    # ... but not the largest id recorded at tokenize time.
     (tmp_path / "t.bin.json").write_text(json.dumps({**meta, "max_id": 300}))
     with pytest.raises(DataError, match=r"holds ids up to 300 .*vocab_size=300.*at least 301"):
         TokenFile(path, vocab_size=300)

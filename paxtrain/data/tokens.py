@@ -23,7 +23,10 @@ from paxtrain.errors import ArgumentError, DataError
 
 DTYPES = ("uint16", "uint32")
 SIDECAR_SUFFIX = ".json"
-# Ids checked against the vocabulary: the first ones and evenly spaced blocks, a fixed sample.
+# Ids checked against the vocabulary when no sidecar records the largest: every id of a file up
+# to FULL_CHECK_IDS (0.2 s per 32M ids read from the page cache), else a fixed sample: the
+# first ids and evenly spaced blocks.
+FULL_CHECK_IDS, FULL_CHECK_CHUNK = 1 << 27, 1 << 22
 CHECK_BLOCKS, CHECK_BLOCK_SIZE = 64, 16_384
 
 MISSING_TOKENS_MSG = """\
@@ -115,8 +118,9 @@ def count_tokens(path: str | pathlib.Path, dtype: str) -> int:
 
 
 def check_ids(path: pathlib.Path, dtype: str, vocab_size: int) -> None:
-    """Raises a `DataError` if a sample of a token file (its first ids and evenly spaced
-    blocks, at most ~1M ids whatever its size) holds an id >= `vocab_size`.
+    """Raises a `DataError` if a token file holds an id >= `vocab_size`: any id of a file of
+    up to 128M ids; in a larger one, an id of a sample (its first ids and evenly spaced blocks,
+    ~1M ids whatever its size).
 
     The blocks are read, not mapped, so the check leaves nothing resident.
 
@@ -128,9 +132,14 @@ def check_ids(path: pathlib.Path, dtype: str, vocab_size: int) -> None:
     """
     itemsize = np.dtype(dtype).itemsize
     count = path.stat().st_size // itemsize
-    starts = np.linspace(0, max(count - CHECK_BLOCK_SIZE, 0), CHECK_BLOCKS).astype(np.int64)
+    if count <= FULL_CHECK_IDS:
+        size = FULL_CHECK_CHUNK
+        starts = np.arange(0, count, size)
+    else:
+        size = CHECK_BLOCK_SIZE
+        starts = np.linspace(0, count - size, CHECK_BLOCKS).astype(np.int64)
     for start in np.unique(starts):
-        block = np.fromfile(path, dtype=dtype, count=CHECK_BLOCK_SIZE, offset=int(start) * itemsize)
+        block = np.fromfile(path, dtype=dtype, count=size, offset=int(start) * itemsize)
         if block.size and int(block.max()) >= vocab_size:
             offset = int(np.argmax(block >= vocab_size))
             raise DataError(
@@ -222,8 +231,8 @@ not a positive integer); ...
 
 
 def check_recorded_ids(path: pathlib.Path, dtype: str, vocab_size: int) -> None:
-    """Checks a token file's ids against `vocab_size`: every id, through the largest id its
-    sidecar records (`paxtrain data tokenize` writes it), or a sample (`check_ids`) for a file
+    """Checks a token file's ids against `vocab_size`: through the largest id its sidecar
+    records (`paxtrain data tokenize` writes it), or by reading them (`check_ids`) for a file
     without one (nanoGPT's). A sidecar that does not describe the file is a `DataError`.
 
     Example:
