@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 import paxtrain as pax
-from paxtrain.nn.initializers import Initializer, lecun_normal, split_rng_key, zeros
+from paxtrain.nn.initializers import Initializer, fan_in_normal, split_rng_key, zeros
 from paxtrain.nn.sequential import Chainable
 
 
@@ -35,7 +35,7 @@ class Linear(Chainable, pax.Module):
         super().__init__(name=name)
         self.in_dim, self.out_dim, self.with_bias = in_dim, out_dim, with_bias
         w_key, b_key = split_rng_key(rng_key, 2)
-        w_init = w_init or lecun_normal
+        w_init = w_init or fan_in_normal
         self.register_parameter("weight", w_init(w_key, (in_dim, out_dim), jnp.float32))
         bias = (b_init or zeros)(b_key, (out_dim,), jnp.float32) if with_bias else None
         self.register_parameter("bias", bias)
