@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import inspect
 import itertools
 import operator
@@ -77,33 +76,20 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-# Values that cannot change in place, or that PAX shared instead of copying (functions, classes,
-# partials and jitted functions); any other static attribute value is copied by `pax.pure`.
-_SHARED_STATIC_TYPES = (
-    type(None),
-    bool,
-    int,
-    float,
-    complex,
-    str,
-    bytes,
-    frozenset,
-    range,
-    slice,
-    type,
-    np.dtype,
-    np.generic,
-    enum.Enum,
-)
-
-
 def _is_mutable_static(value: Any) -> bool:
-    """Whether a static attribute value could be changed in place (a list, a plain object)."""
+    """Whether a static attribute value could be changed in place (a list, a plain object).
+
+    Shared, not copied: a value whose class defines its own `__hash__` (numbers, strings,
+    dtypes, enums, frozen dataclasses, a `Mesh`: by Python's convention, hashing by value
+    means immutable), a tuple of such values, and callables (functions, activation functions,
+    partials, jitted functions, which PAX did not copy either). Slices and ranges hash by value
+    only from Python 3.12 on.
+    """
     if isinstance(value, tuple):
         return any(map(_is_mutable_static, value))
-    if isinstance(value, _SHARED_STATIC_TYPES) or callable(value):
+    if value is None or callable(value) or isinstance(value, (slice, range)):
         return False
-    return not (dataclasses.is_dataclass(value) and value.__dataclass_params__.frozen)
+    return type(value).__hash__ in (None, object.__hash__)
 
 
 class _Structure(int):

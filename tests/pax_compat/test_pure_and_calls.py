@@ -78,6 +78,26 @@ def test_a_module_of_lists_keeps_its_jit_cache_across_pure_calls():
     assert len(traces) == 1
 
 
+def test_values_hashed_by_value_and_functions_are_shared_not_copied():
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        width: int = 2
+
+    class Holder(pax.Module):
+        def __init__(self):
+            super().__init__()
+            self.config, self.act, self.sizes = Config(), jax.nn.relu, (1, 2)
+
+        def __call__(self, x):
+            return x
+
+    m = Holder()
+    new, _ = pax.purecall(m, 1.0)
+    assert new.config is m.config and new.act is m.act and new.sizes is m.sizes
+
+
 class SGD(pax.Module):  # PAX v0.4.3's tests/test_optim.py, an opax-era optimizer module
     def __init__(self, params, learning_rate=1e-2, momentum=0.9):
         super().__init__()
