@@ -28,12 +28,16 @@ fan_in_normal: Initializer = jax.nn.initializers.variance_scaling(1.0, "fan_in",
 def normal(stddev: float = 1.0) -> Initializer:
     """Samples a plain normal with `stddev` (PAX's `Embed` default is `normal(0.01)`).
 
+    Compiled on its own, so that a model built eagerly and one built under `jax.jit` (the
+    sharded build of `paxtrain fit`) get the same bits: inlined into a larger program, XLA
+    folds the `* stddev` into the sampler and rounds differently.
+
     Example:
         >>> init = normal(0.01)
         >>> init(jax.random.PRNGKey(0), (2, 3), jnp.float32).shape
         (2, 3)
     """
-    return jax.nn.initializers.normal(stddev)
+    return jax.jit(jax.nn.initializers.normal(stddev), static_argnums=(1, 2))
 
 
 def truncated_normal(stddev: float = 1.0) -> Initializer:

@@ -21,9 +21,6 @@ import paxtrain.nn as nn
 
 # Hugging Face Llama's `initializer_range`: every projection and the embedding N(0, 0.02).
 INIT_STDDEV = 0.02
-# Compiled on its own, so that a model built eagerly and one built under `jax.jit` (sharded,
-# `paxtrain fit`) get the same bits: inlined, XLA folds `* stddev` into the sampler differently.
-normal_init = jax.jit(jax.nn.initializers.normal(INIT_STDDEV), static_argnums=(1, 2))
 
 
 def default_mlp_dim(model_dim: int, multiple_of: int = 32) -> int:
@@ -59,7 +56,7 @@ class LlamaBlock(nn.Chainable, pax.Module):
         attention: str | None = None,
     ):
         super().__init__()
-        init = normal_init
+        init = nn.initializers.normal(INIT_STDDEV)
         self.attention_norm = nn.RMSNorm(model_dim, eps=norm_eps)
         self.attention = nn.GroupedQueryAttention(
             model_dim,
@@ -123,7 +120,7 @@ class LlamaLM(pax.Module):
         super().__init__()
         self.vocab_size, self.model_dim, self.num_layers = vocab_size, model_dim, num_layers
         self.bytes_per_token, self.remat = bytes_per_token, remat
-        init = normal_init
+        init = nn.initializers.normal(INIT_STDDEV)
         self.token_embed = nn.Embed(vocab_size, model_dim, w_init=init)
         blocks = [
             LlamaBlock(
