@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_trainer import RegressionData
+from conftest import RegressionData
 
 import paxtrain as pax
 import paxtrain.nn as nn

@@ -10,8 +10,8 @@ training. In this one process, the service is stood in for by a recorder.
 
 import optax
 import pytest
+from conftest import Regression, RegressionData
 from jax.experimental import multihost_utils
-from test_trainer import Regression, RegressionData
 
 import paxtrain as pax
 from paxtrain.train import Trainer, preemption

@@ -4,7 +4,7 @@ import re
 
 import optax
 import pytest
-from test_trainer import Regression, RegressionData
+from conftest import Regression, RegressionData
 
 import paxtrain as pax
 from paxtrain.train import Trainer

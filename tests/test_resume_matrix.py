@@ -21,8 +21,8 @@ import numpy as np
 import optax
 import pytest
 from cli_support import CHAR_RNN, TINY_CHAR_RNN
+from conftest import read_jsonl
 from test_run_safety import Counter, trainer_for
-from test_trainer import read_jsonl
 
 import paxtrain as pax
 import paxtrain.nn as nn

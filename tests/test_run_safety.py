@@ -8,8 +8,8 @@ import optax
 import pytest
 import yaml
 from cli_support import CHAR_RNN
+from conftest import PoisonedData, Regression, RegressionData, read_jsonl
 from test_checkpoint import make_state
-from test_trainer import PoisonedData, Regression, RegressionData, read_jsonl
 
 import paxtrain as pax
 from paxtrain.checkpoint.store import CheckpointManager

@@ -1,46 +1,13 @@
 """The Trainer's Python API: the loop, hooks, evaluation, early stopping, logging."""
 
-import json
-
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import PoisonedData, Regression, RegressionData, read_jsonl
 
 import paxtrain as pax
 import paxtrain.nn as nn
 from paxtrain.train import EarlyStopping, Hook, Trainer
-
-
-class Regression(pax.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(3, 1)
-
-    def loss(self, batch):
-        loss = jnp.mean((self.fc(batch["x"]) - batch["y"]) ** 2)
-        return loss, {"abs_err": jnp.sqrt(loss)}
-
-
-class RegressionData:
-    """y = x @ w, step-indexed; eval is a fixed set."""
-
-    info = {"tokens_per_batch": 0}
-
-    def __init__(self, noise=0.0):
-        self.noise = noise
-
-    def _batch(self, seed):
-        rng = np.random.default_rng(seed)
-        x = rng.normal(size=(16, 3)).astype(np.float32)
-        y = x @ np.array([[1.0], [-1.0], [2.0]], np.float32) + self.noise * rng.normal(size=(16, 1))
-        return {"x": x, "y": y.astype(np.float32)}
-
-    def train_batch(self, step):
-        return self._batch(step)
-
-    def eval_batches(self):
-        return (self._batch(10_000 + i) for i in range(2))
 
 
 class Recorder(Hook):
@@ -55,10 +22,6 @@ class Recorder(Hook):
 
     def on_train_end(self, trainer):
         self.events.append(("end", trainer.step))
-
-
-def read_jsonl(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_fit_trains_evaluates_logs_and_calls_hooks(tmp_path):
@@ -139,20 +102,6 @@ def test_progress_log_lines_and_plot(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "step 2/4 | loss" in out and "step 4/4" in out and "eta" in out
     assert (tmp_path / "curves.png").stat().st_size > 1000
-
-
-class PoisonedData(RegressionData):
-    """NaN targets in the batches of the given steps."""
-
-    def __init__(self, bad_steps):
-        super().__init__()
-        self.bad_steps = set(bad_steps)
-
-    def train_batch(self, step):
-        batch = self._batch(step)
-        if step in self.bad_steps:
-            batch["y"] = batch["y"] * np.nan
-        return batch
 
 
 def test_an_ema_is_evaluated_beside_the_model(tmp_path):
