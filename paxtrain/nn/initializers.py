@@ -37,7 +37,8 @@ def normal(stddev: float = 1.0) -> Initializer:
         >>> init(jax.random.PRNGKey(0), (2, 3), jnp.float32).shape
         (2, 3)
     """
-    return jax.jit(jax.nn.initializers.normal(stddev), static_argnums=(1, 2))
+    sample = jax.nn.initializers.normal(stddev)
+    return jax.jit(sample, static_argnums=(1, 2), static_argnames=("shape", "dtype"))
 
 
 def truncated_normal(stddev: float = 1.0) -> Initializer:
