@@ -111,3 +111,8 @@ class Layout:
         if isinstance(self.mesh, Mesh):
             return self.mesh
         return parallel.make_mesh(**(self.mesh or {}))
+
+
+# The defaults of `Trainer(step=..., layout=...)`: frozen, so one value serves every trainer.
+DEFAULT_STEP = StepSettings()
+DEFAULT_LAYOUT = Layout()

@@ -26,7 +26,7 @@ from paxtrain.train.hooks import EveryN, Hook
 from paxtrain.train.logger import DEFAULT_LOGGERS, Logger, LoggerGroup
 from paxtrain.train.preemption import DEFAULT_PREEMPTION_SIGNALS, stop_on_signals
 from paxtrain.train.run_lock import RunLock
-from paxtrain.train.settings import Layout, StepSettings
+from paxtrain.train.settings import DEFAULT_LAYOUT, DEFAULT_STEP, Layout, StepSettings
 from paxtrain.train.view import TrainerViewOf
 
 NO_LOSS_MSG = """\
@@ -161,8 +161,8 @@ class Trainer:
         *,
         run_dir: str | pathlib.Path = "runs/default",
         hooks: Iterable[Hook] | None = None,
-        step: StepSettings = StepSettings(),
-        layout: Layout = Layout(),
+        step: StepSettings = DEFAULT_STEP,
+        layout: Layout = DEFAULT_LAYOUT,
         seed: int = 0,
         loggers: Iterable[str | Logger] = DEFAULT_LOGGERS,
         hyperparams: Mapping[str, Any] | None = None,
