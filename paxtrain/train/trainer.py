@@ -351,7 +351,7 @@ class Trainer:
     def continue_from(self, state: Any) -> None:
         """Trains on from `state` at its step: the scalars logged so far are written at the
         step they belong to, then the loop restarts its batches from `state.step` (plus the
-        batches `extras["data_offset"]` skips).
+        batches a rollback skips, recorded in the state's extras).
 
         Example:
             >>> trainer.continue_from(trainer.restore_latest())  # doctest: +SKIP
