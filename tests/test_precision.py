@@ -61,7 +61,7 @@ def test_policy_string_is_the_short_name(tmp_path):
 
 def test_float16_trains_with_a_dynamic_loss_scale(tmp_path):
     trainer, state, records = train(tmp_path, "float16", steps=6, log_every=1)
-    assert trainer.step_options["loss_scale"] == "dynamic"
+    assert trainer.step_settings.step_options()["loss_scale"] == "dynamic"
     # Steps whose scaled loss overflows float16 (loss x 2**15 > 65504) are skipped, and each
     # halves the scale.
     counts = [0] + [int(r["train/skipped_steps"]) for r in records if "train/skipped_steps" in r]
@@ -89,7 +89,7 @@ def test_bfloat16_has_no_loss_scale(tmp_path):
         hooks=default_hooks(progress="off"),
         step=StepSettings(precision="bfloat16"),
     )
-    assert "loss_scale" not in trainer.step_options
+    assert "loss_scale" not in trainer.step_settings.step_options()
 
 
 def test_config_accepts_a_quoted_policy_and_rejects_a_bad_one():

@@ -1,4 +1,4 @@
-"""`Trainer(precision=...)`: a short name or a mixed-precision policy string.
+"""`StepSettings(precision=...)`: a short name or a mixed-precision policy string.
 
     >>> str(parse_precision("bfloat16"))
     'params=float32,compute=bfloat16,output=float32'
