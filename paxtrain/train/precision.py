@@ -1,4 +1,4 @@
-"""`StepSettings(precision=...)`: a short name or a mixed-precision policy string.
+"""`Trainer(precision=...)`: a short name or a mixed-precision policy string.
 
     >>> str(parse_precision("bfloat16"))
     'params=float32,compute=bfloat16,output=float32'
