@@ -16,12 +16,10 @@ from paxtrain.train.dispatch import HookList, due
 from paxtrain.train.progress import Progress
 
 
-def fit(tmp_path, max_steps=10, step=StepSettings(), **hook_options):
+def fit(tmp_path, max_steps=10, **hook_options):
     pax.seed_rng_key(0)
     options = {"log_every": 2, "progress": "off", "plot": False, **hook_options}
-    trainer = Trainer(
-        max_steps, run_dir=tmp_path, hooks=default_hooks(**options), step=step, loggers=["jsonl"]
-    )
+    trainer = Trainer(max_steps, run_dir=tmp_path, hooks=default_hooks(**options), loggers=["jsonl"])
     trainer.fit(Regression(), RegressionData(), optax.adam(0.1))
     return trainer
 

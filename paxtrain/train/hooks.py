@@ -253,6 +253,23 @@ class EveryN(Hook):
         self.fn(view, metrics)
 
 
+FUNCTION_HOOK_MSG = "add_hook(fn, every=N): a function hook needs `every`."
+
+
+def as_hook(hook: Hook | Callable[[TrainerView, Any], Any], every: int | None = None) -> Hook:
+    """`hook` itself, or a function `fn(view, metrics)` as a hook run every `every` steps.
+
+    Example:
+        >>> as_hook(lambda view, metrics: None, every=5).every
+        5
+    """
+    if isinstance(hook, Hook):
+        return hook
+    if every is None:
+        raise ArgumentError("every", FUNCTION_HOOK_MSG)
+    return EveryN(hook, every)
+
+
 # Metrics that count since the start (not per step): logged as their latest value, not a mean.
 COUNTER_METRICS = ("skipped_steps",)
 

@@ -22,7 +22,7 @@ from paxtrain.train.compile_cache import AUTO as AUTO_CACHE
 from paxtrain.train.compile_cache import enable_compile_cache
 from paxtrain.train.dispatch import HookList
 from paxtrain.train.gradients import check_micro_batches
-from paxtrain.train.hooks import EveryN, Hook
+from paxtrain.train.hooks import Hook, as_hook
 from paxtrain.train.logger import DEFAULT_LOGGERS, Logger, LoggerGroup
 from paxtrain.train.preemption import DEFAULT_PREEMPTION_SIGNALS, stop_on_signals
 from paxtrain.train.run_lock import RunLock
@@ -71,8 +71,6 @@ TWO_STORES_MSG = (
     "two hooks save checkpoints ({first} and {second}): a run has one checkpoint store; "
     "keep one `Checkpointing` hook."
 )
-
-FUNCTION_HOOK_MSG = "add_hook(fn, every=N): a function hook needs `every`."
 
 
 def model_loss(model: pax.Module, batch: Any) -> tuple[jax.Array, tuple[pax.Module, dict]]:
@@ -240,11 +238,7 @@ class Trainer:
         Example:
             >>> trainer.add_hook(lambda view, metrics: print(view.step), every=100)  # doctest: +SKIP
         """
-        if not isinstance(hook, Hook):
-            if every is None:
-                raise ArgumentError("every", FUNCTION_HOOK_MSG)
-            hook = EveryN(hook, every)
-        self.hooks.add(hook)
+        self.hooks.add(as_hook(hook, every))
 
     def log(self, scalars: dict[str, float]) -> None:
         """Records scalars for the current step; written once all hooks of the step ran."""
