@@ -199,3 +199,12 @@ def test_restore_latest_and_continue_from_go_back_to_the_newest_checkpoint(tmp_p
     assert trainer.step == 8 and trainer.checkpoints.steps() == [4, 8]
     logged = [r["step"] for r in read_jsonl(tmp_path) if "train/loss" in r]
     assert logged == [2, 4, 6, 6, 8]  # steps 5 and 6 ran twice, from checkpoint 4
+
+
+def test_a_nonfinite_policy_without_the_steps_guard_is_explained(tmp_path):
+    trainer = Trainer(
+        4, run_dir=tmp_path, hooks=default_hooks(on_nonfinite="rollback", progress="off", plot=False),
+        step=StepSettings(on_nonfinite="skip"), loggers=["jsonl"],
+    )  # fmt: skip
+    with pytest.raises(ArgumentError, match=r"StepSettings\(on_nonfinite='rollback'\)"):
+        trainer.fit(Regression(), RegressionData(), optax.adam(0.1))

@@ -374,7 +374,7 @@ class Evaluation(Hook):
     skip_last = True  # `on_train_end` evaluates the last step, also when stopped early
 
     def __init__(self, every: int | None):
-        check_at_least_one("eval_every", every, 200)
+        check_at_least_one("eval_every", every, 10)
         self.every = every
 
     def on_step(self, view: TrainerView, metrics: dict[str, jax.Array]) -> None:
@@ -452,6 +452,10 @@ EARLY_STOPPED_MSG = (
 )
 
 
+POLICY_WITHOUT_GUARD_MSG = (
+    "on_nonfinite={action!r} in the hooks (`default_hooks`) needs the same in the step: pass "
+    "`step=StepSettings(on_nonfinite={action!r})` to the Trainer."
+)
 LR_FACTOR_MSG = "rollback_lr_factor must be in (0, 1], e.g. 0.5; got {value}"
 
 # The exit code of `paxtrain fit` stopped by on_nonfinite="stop": neither success (0) nor a
@@ -520,6 +524,11 @@ class NonFinitePolicy(Hook):
         self._restored = state
 
     def on_train_start(self, view: TrainerView) -> None:
+        # The policy acts on what the step's guard records; a step built without it (or
+        # without a rollback's extras) would fail at the first check with a KeyError.
+        needs = ("skipped_steps", "data_offset") if self.action == "rollback" else ("skipped_steps",)
+        if not all(key in view.state.extras for key in needs):
+            raise ArgumentError("on_nonfinite", POLICY_WITHOUT_GUARD_MSG.format(action=self.action))
         if self._restored is not None:
             state, self._restored = self._restored, None
             self._seen, self._checked_step = state["seen"], state["checked_step"]
