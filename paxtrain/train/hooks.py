@@ -22,14 +22,15 @@ from __future__ import annotations
 import contextlib
 import pathlib
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import numpy as np
 
 from paxtrain.errors import ArgumentError
 from paxtrain.train.monitor import Monitor
+from paxtrain.train.view import TrainerView
 
 if TYPE_CHECKING:
     from paxtrain.checkpoint.store import CheckpointManager
@@ -49,102 +50,6 @@ def check_at_least_one(argument: str, value: int | None, example: int) -> None:
         raise ArgumentError(
             argument, AT_LEAST_ONE_MSG.format(argument=argument, value=value, example=example)
         )
-
-
-class TrainerView(Protocol):
-    """What a hook sees of the trainer: read the run, ask for things; never assign to it."""
-
-    @property
-    def step(self) -> int:
-        """Optimizer steps done."""
-
-    @property
-    def max_steps(self) -> int:
-        """The step training ends at."""
-
-    @property
-    def steps_per_call(self) -> int:
-        """Steps per jitted call: the step advances by this much."""
-
-    @property
-    def run_dir(self) -> pathlib.Path:
-        """The run directory."""
-
-    @property
-    def is_main_process(self) -> bool:
-        """Whether this is process 0, the one that writes files."""
-
-    @property
-    def state(self) -> Any:
-        """The `TrainState` (built from the loop's flat leaves when read)."""
-
-    @property
-    def data(self) -> Any:
-        """The `DataSource` being trained on."""
-
-    @property
-    def examples_per_step(self) -> int:
-        """Examples in one step's batch."""
-
-    @property
-    def tokens_per_step(self) -> int:
-        """Tokens in one step's batch (0: not counted)."""
-
-    @property
-    def last_data_wait(self) -> float:
-        """Seconds the last step call waited for its batch."""
-
-    @property
-    def preempted(self) -> str | None:
-        """The signal that asked the run to stop, if any."""
-
-    @property
-    def hurry(self) -> bool:
-        """A repeated stop signal: skip what comes after the checkpoint."""
-
-    @property
-    def eval_history(self) -> Sequence[tuple[int, dict[str, float]]]:
-        """(step, metrics) of each evaluation so far."""
-
-    @property
-    def checkpoints(self) -> CheckpointManager | None:
-        """The run's checkpoint store, None without checkpointing."""
-
-    def log(self, scalars: dict[str, float]) -> None:
-        """Records scalars for the current step."""
-
-    def stop(self, reason: str, *, nonfinite: bool = False) -> None:
-        """Asks the loop to stop after the current step (`nonfinite`: on non-finite steps)."""
-
-    def evaluate(self) -> dict[str, float]:
-        """Evaluates now, logs `eval/*` and runs the `on_eval_end` hooks."""
-
-    def flush_logs(self) -> None:
-        """Writes what the loggers buffer."""
-
-    def save_checkpoint(self, meta: dict[str, Any], wait: bool = False) -> None:
-        """Saves the state, this step's eval metrics and the hooks' states into `checkpoints`."""
-
-    def restore_latest(self) -> Any:
-        """The newest checkpoint's `TrainState` (see `Trainer.restore_latest`)."""
-
-    def continue_from(self, state: Any) -> None:
-        """Trains on from `state` (see `Trainer.continue_from`)."""
-
-    def rollback(self, lr_factor: float) -> int:
-        """Rolls back to the newest checkpoint (see `Trainer.rollback`); returns its step."""
-
-    def preempt(self, name: str) -> None:
-        """Records that `name` asked the run to stop (the first one is kept)."""
-
-    def hurry_up(self) -> None:
-        """Asks the end-of-training hooks to do only what saves the run."""
-
-    def add_hook(self, hook: Hook) -> None:
-        """Adds a hook."""
-
-    def remove_hook(self, hook: Hook) -> None:
-        """Removes a hook."""
 
 
 class CheckpointStore(NamedTuple):

@@ -8,7 +8,7 @@ import errno
 import pathlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -28,6 +28,9 @@ from paxtrain.train.preemption import DEFAULT_PREEMPTION_SIGNALS, stop_on_signal
 from paxtrain.train.run_lock import RunLock
 from paxtrain.train.settings import DEFAULT_LAYOUT, DEFAULT_STEP, Layout, StepSettings
 from paxtrain.train.view import TrainerViewOf
+
+if TYPE_CHECKING:
+    from paxtrain.checkpoint.store import CheckpointManager
 
 NO_LOSS_MSG = """\
 {cls} has no `loss(batch)` method, and no `loss_fn` was given to `fit`.
@@ -188,7 +191,8 @@ class Trainer:
         self.hooks = HookList(default_hooks() if hooks is None else hooks)
         self.view = TrainerViewOf(self)
         self.is_main_process = parallel.is_main_process()
-        self.checkpoints: Any = None  # the store a checkpointing hook opens at `fit`
+        # The store the checkpointing hook opens at `fit`; resume and rollback read from it.
+        self.checkpoints: CheckpointManager | None = None
         self.resumed_from: int | None = None
         self.step = 0
         self.should_stop = False
