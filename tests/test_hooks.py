@@ -1,8 +1,6 @@
 """The Trainer <-> hooks seam: cadence declared once, state kept by identity, a narrow view,
 restoring owned by the trainer, one rule for `monitor`, constructors that check their rules."""
 
-import json
-
 import optax
 import pytest
 from test_trainer import Recorder, Regression, RegressionData, read_jsonl
@@ -89,17 +87,40 @@ def test_two_hooks_with_one_state_key_are_refused():
         HookList([EarlyStopping("loss"), EarlyStopping("eval/loss", patience=5)])
 
 
-def test_old_checkpoints_hook_states_by_position_still_load(tmp_path):
-    # Checkpoints written before `state_key` saved hook states by class name, numbered.
-    run = fit(tmp_path / "old", 4, checkpointing=Checkpointing(every_steps=2, async_save=False))
-    manager = CheckpointManager(tmp_path / "old" / "checkpoints", read_only=True)
-    meta = json.loads(json.dumps(manager.restore(run.checkpoint_state)[1]))
-    assert "EarlyStopping" not in meta["hooks"]
-    old = {"EarlyStopping": {"best": 0.5, "bad_evals": 1}}
-    old["EarlyStopping#1"] = {"best": -0.25, "bad_evals": 2}
-    first, second = EarlyStopping("loss"), EarlyStopping("abs_err", mode="max")
-    HookList([first, second]).load_state_dicts(old)
-    assert (first.best, first.bad_evals, second.best, second.bad_evals) == (0.5, 1, -0.25, 2)
+def test_a_checkpoint_with_hook_states_saved_by_position_resumes_them(tmp_path, monkeypatch):
+    def by_position(self):  # how checkpoints recorded hook states before `state_key`
+        states = {}
+        for hook in self:
+            if hook.has_state:
+                index = [h for h in self if type(h) is type(hook)].index(hook)
+                states[type(hook).__name__ + (f"#{index}" if index else "")] = hook.state_dict()
+        return states
+
+    def stoppers():
+        return [EarlyStopping("loss", patience=99), EarlyStopping("abs_err", patience=99)]
+
+    def checkpointing():
+        return Checkpointing(every_steps=2, async_save=False)
+
+    monkeypatch.setattr(HookList, "state_dicts", by_position)
+    fit(tmp_path, 4, eval_every=2, hooks=stoppers(), checkpointing=checkpointing())
+    saved = CheckpointManager(tmp_path / "checkpoints", read_only=True).meta(4)["hooks"]
+    assert {"EarlyStopping", "EarlyStopping#1", "TrainMetrics"} <= set(saved)
+    monkeypatch.undo()
+
+    class Seen(Hook):
+        def on_train_start(self, view):
+            self.bests = [(h.best, h.bad_evals) for h in resumed]
+
+    resumed, seen = stoppers(), Seen()
+    trainer = fit(tmp_path, 6, eval_every=2, hooks=[*resumed, seen], checkpointing=checkpointing())
+    assert trainer.resumed_from == 4
+    expected = [saved[key]["best"] for key in ("EarlyStopping", "EarlyStopping#1")]
+    assert [best for best, _ in seen.bests] == expected and None not in expected
+    assert expected[0] != expected[1]  # each got its own, by position
+    # Saved again, now by identity.
+    again = CheckpointManager(tmp_path / "checkpoints", read_only=True).meta(6)["hooks"]
+    assert {"EarlyStopping{monitor=eval/loss,mode=min}", "EarlyStopping{monitor=eval/abs_err,mode=min}"} <= set(again)
 
 
 @pytest.mark.parametrize("monitor", ["loss", "eval/loss"])
