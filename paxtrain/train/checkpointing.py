@@ -19,7 +19,7 @@ from paxtrain.train.hooks import CheckpointStore, Hook, TrainerView, check_at_le
 from paxtrain.train.monitor import Monitor
 
 CHECKPOINT_DIR = "checkpoints"
-# On several processes, `every_seconds` is checked every this many step calls (see
+# On several processes, `every_seconds` is checked once per this many steps (see
 # `on_step_taken`).
 CLOCK_SYNC_STEPS = 10
 
@@ -40,7 +40,7 @@ class Checkpointing(Hook):
       every_steps: save when the step count crosses a multiple of this; None: only at the
         end (and on a preemption signal).
       every_seconds: save when this much time passed since the last save (on several
-        processes checked every `CLOCK_SYNC_STEPS` step calls, by process 0's clock).
+        processes checked once per `CLOCK_SYNC_STEPS` steps, by process 0's clock).
       keep_last: number of newest checkpoints kept.
       keep_best: number of best checkpoints (by `monitor`) kept besides.
       monitor: eval metric ranking checkpoints, e.g. "eval/loss" (or "loss": the same).
@@ -80,7 +80,7 @@ class Checkpointing(Hook):
         self.keep_last, self.keep_best, self.async_save = keep_last, keep_best, async_save
         self.resume, self.directory, self.meta = resume, directory, meta or {}
         self._manager: CheckpointManager | None = None
-        self._calls = 0
+        self._steps_unchecked = 0
 
     def open_checkpoints(self, run_dir: pathlib.Path) -> CheckpointStore:
         """Opens `directory` (default `run_dir/checkpoints`) for the trainer, which restores
@@ -101,12 +101,15 @@ class Checkpointing(Hook):
     def on_step_taken(self, view: TrainerView, metrics: dict[str, jax.Array]) -> None:
         if self.every_seconds is None:
             return
-        self._calls += 1
         by_clock = time.monotonic() - self._last_save_time >= self.every_seconds
         if jax.process_count() > 1:
             # Each process has its own clock, but a save is collective: process 0's decides,
-            # through a broadcast that waits for every process, so not every step.
-            by_clock = self._calls % CLOCK_SYNC_STEPS == 0 and main_process_decides(by_clock)
+            # through a broadcast that waits for every process, so not every step. Every
+            # process counts the same steps, so all of them ask at the same calls.
+            self._steps_unchecked += view.steps_per_call
+            asked = self._steps_unchecked >= CLOCK_SYNC_STEPS
+            self._steps_unchecked = 0 if asked else self._steps_unchecked
+            by_clock = asked and main_process_decides(by_clock)
         if by_clock and view.step < view.max_steps:
             self._save_unless_saved(view)
 
