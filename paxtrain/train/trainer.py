@@ -22,7 +22,7 @@ from paxtrain.train.compile_cache import AUTO as AUTO_CACHE
 from paxtrain.train.compile_cache import enable_compile_cache
 from paxtrain.train.dispatch import HookList
 from paxtrain.train.gradients import check_micro_batches
-from paxtrain.train.hooks import Hook, as_hook
+from paxtrain.train.hooks import Hook, as_hook, check_at_least_one
 from paxtrain.train.logger import DEFAULT_LOGGERS, Logger, LoggerGroup
 from paxtrain.train.preemption import DEFAULT_PREEMPTION_SIGNALS, stop_on_signals
 from paxtrain.train.run_lock import RunLock
@@ -171,10 +171,7 @@ class Trainer:
         preemption_signals: Iterable[str] = DEFAULT_PREEMPTION_SIGNALS,
         init_from: Callable[[pax.Module], pax.Module] | None = None,
     ):
-        if max_steps < 1:
-            raise ArgumentError(
-                "max_steps", f"max_steps is {max_steps}; it must be at least 1, e.g. max_steps=1000."
-            )
+        check_at_least_one("max_steps", max_steps, 1000)
         if max_steps % step.steps_per_call:
             raise ArgumentError(
                 "max_steps",
