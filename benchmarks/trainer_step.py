@@ -61,7 +61,8 @@ def trainer_step_bytes(model: pax.Module, loss_fn: Callable, batch: Any, optimiz
     """XLA's cost analysis of the Trainer's default step: bytes accessed per step."""
     trainer = default_trainer(model, loss_fn, batch, optimizer)
     leaves, treedef = jax.tree_util.tree_flatten(trainer.state)
-    step = make_train_step(loss_fn, **trainer.step_options, **trainer.plan.step_kwargs)
+    options = trainer.step_settings.step_options()
+    step = make_train_step(loss_fn, **options, **trainer.plan.step_kwargs)
     return bytes_accessed(step.flat(treedef), leaves, trainer.plan.put_batch(batch))
 
 
