@@ -193,8 +193,8 @@ class FitConfig:
 MIRRORS = {
     TrainerConfig: (
         "paxtrain.train.trainer.Trainer",
-        "paxtrain.train.settings.StepSettings",
-        "paxtrain.train.builtin_hooks.default_hooks",
+        "paxtrain.train.builtin_hooks.default_hooks",  # before StepSettings: its `on_nonfinite`
+        "paxtrain.train.settings.StepSettings",  # help says what a non-finite step does
     ),
     CheckpointConfig: ("paxtrain.train.checkpointing.Checkpointing",),
     EarlyStoppingConfig: ("paxtrain.train.hooks.EarlyStopping",),
