@@ -451,7 +451,9 @@ class Trainer:
         self._train_step = make_train_step(loss_fn, **options, **self.plan.step_kwargs)
         # With an EMA, its metrics too (`eval/ema_loss`...): what it is kept for.
         ema = self.step_settings.ema_decay is not None
-        self._eval_step = make_eval_step(eval_fn or model_eval, also_ema=ema)
+        self._eval_step = make_eval_step(
+            eval_fn or model_eval, also_ema=ema, compile_step=self.plan.compile_eval_step
+        )
         self.state = state
         self.step = int(state.step)
         self._check_data(data)
@@ -477,7 +479,7 @@ class Trainer:
 
         mesh = self.layout.make_mesh()
 
-        def plan_for(state: Any) -> parallel.ParallelPlan:
+        def plan_for(state: Any) -> parallel.ParallelStrategy:
             return parallel.setup(
                 state,
                 self.layout.strategy,
@@ -494,7 +496,7 @@ class Trainer:
         def build_with(loaded: Mapping[int, jax.Array] | None = None) -> Any:
             return build(parallel.with_leaves(factory(), loaded or {}))
 
-        def load(plan: parallel.ParallelPlan) -> tuple[dict[int, jax.Array]]:
+        def load(plan: parallel.ParallelStrategy) -> tuple[dict[int, jax.Array]]:
             shardings = None if plan.state_shardings is None else plan.state_shardings.model
             abstract = parallel.laid_out(model, shardings)
             return (parallel.arrays_by_leaf(self.init_from(abstract)),)
