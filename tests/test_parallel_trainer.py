@@ -110,10 +110,10 @@ def test_tensor_rules_come_from_the_config(tmp_path):
     override = f'parallel.tensor_rules=[["{rule}", [null, tensor]]]'
     cfg = compose(CHAR_RNN, [*CLI_RUN, override, f"run_dir={tmp_path}"])
     trainer = build_trainer(cfg, tmp_path)[0]
-    assert parallel.as_rules(trainer.tensor_rules) == ((rule, PartitionSpec(None, "tensor")),)
+    assert parallel.as_rules(trainer.layout.tensor_rules) == ((rule, PartitionSpec(None, "tensor")),)
     mesh = AbstractMesh((1, 1, 2), parallel.AXES)
     path = ".model.cell.input_to_gates.weight"
-    spec = parallel.partition_spec(path, (8, 64), mesh, parallel.as_rules(trainer.tensor_rules))
+    spec = parallel.partition_spec(path, (8, 64), mesh, parallel.as_rules(trainer.layout.tensor_rules))
     assert spec == PartitionSpec(None, "tensor")
 
 

@@ -45,7 +45,7 @@ class SignalAt(Hook):
     def on_step(self, trainer, metrics):
         if trainer.step == self.step:
             if self.wait:
-                trainer.checkpointing.manager.wait()
+                trainer.checkpoints.wait()
             os.kill(os.getpid(), self.signal)
 
 
