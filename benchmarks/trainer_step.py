@@ -14,7 +14,7 @@ from typing import Any
 import jax
 
 import paxtrain as pax
-from paxtrain.train import Trainer, make_train_step
+from paxtrain.train import Trainer, default_hooks, make_train_step
 
 
 class FixedBatch:
@@ -37,11 +37,8 @@ class FixedBatch:
 def default_trainer(model: pax.Module, loss_fn: Callable, batch: Any, optimizer: Any) -> Trainer:
     """A `Trainer` with default options, prepared (state built, step not yet compiled)."""
     trainer = Trainer(
-        max_steps=1,
-        run_dir=tempfile.mkdtemp(prefix="paxtrain-bench-"),
-        progress="off",
-        plot=False,
-        tensorboard=False,
+        max_steps=1, run_dir=tempfile.mkdtemp(prefix="paxtrain-bench-"), loggers=["jsonl"],
+        hooks=default_hooks(progress="off", plot=False),
     )
     trainer.prepare(model, FixedBatch(batch), optimizer, loss_fn=loss_fn)
     return trainer
@@ -64,7 +61,8 @@ def trainer_step_bytes(model: pax.Module, loss_fn: Callable, batch: Any, optimiz
     """XLA's cost analysis of the Trainer's default step: bytes accessed per step."""
     trainer = default_trainer(model, loss_fn, batch, optimizer)
     leaves, treedef = jax.tree_util.tree_flatten(trainer.state)
-    step = make_train_step(loss_fn, **trainer.step_options, **trainer.plan.step_kwargs)
+    options = trainer.step_settings.step_options()
+    step = make_train_step(loss_fn, **options, **trainer.plan.step_kwargs)
     return bytes_accessed(step.flat(treedef), leaves, trainer.plan.put_batch(batch))
 
 

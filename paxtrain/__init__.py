@@ -16,6 +16,7 @@
 """
 
 from paxtrain.core.default_kind import ParameterModule, PaxKind, StateModule
+from paxtrain.core.errors import PaxValueError
 from paxtrain.core.mixed_precision import (
     MpPolicy,
     apply_mp_policy,
@@ -55,6 +56,7 @@ __all__ = [
     "MpPolicy",
     "ParameterModule",
     "PaxKind",
+    "PaxValueError",
     "RngSeq",
     "StateModule",
     "apply_mp_policy",

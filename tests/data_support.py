@@ -10,7 +10,7 @@ import optax
 
 import paxtrain as pax
 import paxtrain.nn as nn
-from paxtrain.train import Hook, Trainer
+from paxtrain.train import Hook, Trainer, default_hooks
 from paxtrain.train.checkpointing import Checkpointing
 
 
@@ -54,9 +54,9 @@ class SigtermAt(Hook):
 def fit(model, data, run_dir, max_steps, hooks=()):
     """Trains with Adam, checkpointing into `run_dir` (resuming from it); returns the state."""
     trainer = Trainer(
-        max_steps=max_steps, run_dir=run_dir, log_every=2, progress="off", plot=False,
-        tensorboard=False, checkpointing=Checkpointing(async_save=False), hooks=hooks,
-    )  # fmt: skip
+        max_steps=max_steps, run_dir=run_dir, loggers=["jsonl"],
+        hooks=default_hooks(log_every=2, progress="off", plot=False, checkpointing=Checkpointing(async_save=False), hooks=hooks),
+    )
     return trainer, trainer.fit(model, data, optax.adam(0.05))
 
 
@@ -67,7 +67,7 @@ def assert_preempted_resume_is_bitwise_exact(make_model, make_data, tmp_path, st
     trainer, _ = fit(make_model(), make_data(), tmp_path / "cut", steps, [SigtermAt(steps // 2)])
     assert trainer.preempted and trainer.step == steps // 2
     trainer, resumed = fit(make_model(), make_data(), tmp_path / "cut", steps)
-    assert trainer.checkpointing.resumed_from == steps // 2 and trainer.step == steps
+    assert trainer.resumed_from == steps // 2 and trainer.step == steps
     expected = jax.tree_util.tree_leaves(straight.model.parameters())
     got = jax.tree_util.tree_leaves(resumed.model.parameters())
     assert len(expected) == len(got) > 0

@@ -25,6 +25,7 @@ def run_quick(script: str) -> str:
     return result.stdout
 
 
+@pytest.mark.slow  # the default step runs `overhead.py --quick`, the shortest of the three
 def test_transformer_mfu_quick():
     out = run_quick("transformer_mfu.py")
     for name in ("raw JAX", "paxtrain"):
@@ -42,6 +43,7 @@ def test_overhead_quick_measures_the_trainer_step_returning_the_state():
         assert row is not None and float(row.group(1)) > 0, out
 
 
+@pytest.mark.slow
 def test_scan_layers_quick_compiles_both_variants_with_equal_losses():
     out = run_quick("scan_layers.py")
     rows = re.findall(r"^\| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", out, re.M)

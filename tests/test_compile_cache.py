@@ -72,7 +72,8 @@ from paxtrain.config.composition import compose
 from paxtrain.cli.build import build_trainer
 events = collections.Counter()
 jax.monitoring.register_event_listener(lambda name, **kw: events.update([name.rpartition("/")[2]]))
-cfg = compose(sys.argv[1], [f"trainer.compile_cache={sys.argv[2]}", "model.hidden_dim=16"])
+small = ["model.hidden_dim=16", "data.seq_len=16", "data.batch_size=4", "data.max_chars=20000"]
+cfg = compose(sys.argv[1], [f"trainer.compile_cache={sys.argv[2]}", *small])
 trainer, model, data, optimizer = build_trainer(cfg, pathlib.Path(sys.argv[3]))
 data.train_batch(0)  # as the loop will; the data's own eager ops
 trainer.prepare(model, data, optimizer)

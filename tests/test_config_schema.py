@@ -28,43 +28,37 @@ from paxtrain.config.schema import (
 )
 from paxtrain.config.targets import locate
 from paxtrain.errors import ConfigError
-from paxtrain.train.checkpointing import Checkpointing
-from paxtrain.train.hooks import EarlyStopping
-from paxtrain.train.profile import Profile
-from paxtrain.train.trainer import Trainer
 
 # Parameter -> why the schema has no field of that name.
 NOT_FIELDS = {
-    Trainer: {
+    TrainerConfig: {
         "run_dir": "the top-level `run_dir` key (default runs/<name>-<timestamp>)",
+        "hooks": "built from the trainer section; the top-level `callbacks` add more",
+        "step": "built from the trainer section's step keys (`StepSettings`)",
+        "layout": "built from the top-level `mesh` and `parallel` sections",
         "checkpointing": "built from the `trainer.checkpoint` section",
-        "hooks": "the top-level `callbacks` list of `_target_` sections",
         "seed": "the top-level `seed` key, which also seeds the model's initialization",
-        "tensorboard": "a shorthand of the Python API; the config lists `trainer.loggers`",
         "hyperparams": "the whole resolved config is logged",
-        "mesh": "the top-level `mesh` section",
-        "strategy": "`parallel.strategy`",
-        "tensor_rules": "`parallel.tensor_rules`",
         "init_from": "built from the top-level `init_from` and `init_from_include` keys",
     },
-    Checkpointing: {
+    CheckpointConfig: {
         "resume": "`paxtrain fit` always resumes a run directory that has checkpoints",
         "directory": "always RUN_DIR/checkpoints, where `paxtrain resume/eval` look",
         "meta": "the run's record (versions, config hash), written by `paxtrain fit`",
     },
-    EarlyStopping: {},
-    Profile: {},
+    EarlyStoppingConfig: {},
+    ProfileConfig: {},
 }
 
 # Field -> its default, where it differs from the parameter's, and why.
 DIFFERENT_DEFAULTS = {
     # The Python API asks for the length of a run; a config file may leave it out.
-    (Trainer, "max_steps"): 1000,
+    (TrainerConfig, "max_steps"): 1000,
     # The parameter is required; None in the config means "no such hook", and builds none.
-    (EarlyStopping, "monitor"): None,
-    (Profile, "start_step"): None,
+    (EarlyStoppingConfig, "monitor"): None,
+    (ProfileConfig, "start_step"): None,
     # A section that builds the `EarlyStopping` object (none while its monitor is None).
-    (Trainer, "early_stopping"): EarlyStoppingConfig(),
+    (TrainerConfig, "early_stopping"): EarlyStoppingConfig(),
 }
 
 # Fields of the schema that are no parameter: each switches a hook or is a sub-section.
@@ -75,7 +69,21 @@ EXTRA_FIELDS = {
     ProfileConfig: set(),
 }
 
-MIRRORS = [(schema, locate(target, "")) for schema, target in schema.MIRRORS.items()]
+# Each schema with the objects it configures (`schema.MIRRORS`): the trainer section sets the
+# `Trainer`'s parameters, its `StepSettings` and its `default_hooks`.
+MIRRORS = [
+    (schema, tuple(locate(target, "") for target in targets))
+    for schema, targets in schema.MIRRORS.items()
+]
+
+
+def _signature(targets):
+    """The parameters of the targets together, and their type hints."""
+    parameters, hints = {}, {}
+    for target in targets:
+        parameters.update(inspect.signature(target).parameters)
+        hints.update(typing.get_type_hints(target.__init__ if inspect.isclass(target) else target))
+    return parameters, hints
 
 
 def _plain(hint):
@@ -106,18 +114,19 @@ def _field_default(field):
     return field.default
 
 
-@pytest.mark.parametrize("schema, target", MIRRORS, ids=lambda x: x.__name__)
+@pytest.mark.parametrize(
+    "schema, target", MIRRORS, ids=lambda x: x.__name__ if isinstance(x, type) else ""
+)
 def test_schema_fields_have_the_parameters_defaults_and_types(schema, target):
-    parameters = inspect.signature(target).parameters
-    hints = typing.get_type_hints(target.__init__)
+    parameters, hints = _signature(target)
     fields = {f.name: f for f in dataclasses.fields(schema)}
     field_hints = typing.get_type_hints(schema)
-    assert set(parameters) - set(fields) == set(NOT_FIELDS[target])
+    assert set(parameters) - set(fields) == set(NOT_FIELDS[schema])
     assert set(fields) - set(parameters) == EXTRA_FIELDS[schema]
     for name in set(fields) & set(parameters):
         field_type, parameter_type = _plain(field_hints[name]), _plain(hints[name])
-        if (target, name) in DIFFERENT_DEFAULTS:
-            expected = DIFFERENT_DEFAULTS[target, name]
+        if (schema, name) in DIFFERENT_DEFAULTS:
+            expected = DIFFERENT_DEFAULTS[schema, name]
             # A required parameter may be optional in the schema (None: not built).
             assert field_type in (parameter_type, frozenset({parameter_type, type(None)})), name
         else:

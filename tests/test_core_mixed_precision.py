@@ -162,7 +162,7 @@ def test_updates_below_a_bf16_ulp_reach_the_f32_weights():
 def test_batchnorm_statistics_under_a_policy_stay_float32(policy):
     import paxtrain.nn as nn
 
-    bn = pax.apply_mp_policy(nn.BatchNorm1D(3, decay_rate=0.5), policy)
+    bn = pax.apply_mp_policy(nn.BatchNorm(3, decay_rate=0.5), policy)  # [C] shapes
     x = jnp.asarray(np.random.default_rng(0).normal(3.0, 2.0, (64, 3)), jnp.float32)
     bn, y = pax.purecall(bn, x)
     compute = jnp.dtype(policy.split(",")[1].split("=")[1])

@@ -161,7 +161,7 @@ def test_repr_and_summary():
     pax.seed_rng_key(0)
     net = MLP([2, 3, 1])
     assert repr(net.layers[0]) == "Linear(in_dim=2, out_dim=3)"
-    assert repr(Linear(1, 1, name="fc")) == "Linear(name='fc', in_dim=1, out_dim=1)"
+    assert repr(Linear(1, 1, name="fc")) == "(fc) Linear(in_dim=1, out_dim=1)"
     assert net.summary() == "\n".join(
         [
             "MLP(sizes=(2, 3, 1))",

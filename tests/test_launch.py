@@ -17,6 +17,9 @@ FAST = [
 ]
 
 
+# The jobs that run (submitit's local executor) are in the slow step; the default one checks the
+# launcher's options and the Slurm submission, where nothing trains.
+@pytest.mark.slow
 def test_local_launcher_runs_one_job_per_sweep_point(tmp_path):
     result = run_paxtrain(
         "fit", CHAR_RNN, "-m", *TINY_CHAR_RNN, *FAST, "optimizer.learning_rate.peak_value=1e-3,3e-3",
@@ -62,6 +65,7 @@ def test_launcher_without_sweep_is_a_config_error(tmp_path):
     assert "use it with -m" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_failed_local_job_names_its_log(tmp_path):
     too_short = [*FAST, "data.seq_len=16", "data.max_chars=10"]  # fails as the data loads
     result = run_paxtrain(

@@ -4,12 +4,12 @@ import json
 
 import optax
 import pytest
-from test_trainer import Regression, RegressionData
+from conftest import Regression, RegressionData
 
 import paxtrain as pax
 from paxtrain.config.composition import compose
 from paxtrain.errors import ConfigError
-from paxtrain.train import Trainer
+from paxtrain.train import Trainer, default_hooks
 from paxtrain.train.logger import Logger, LoggerGroup, read_metrics
 from paxtrain.train.trackers import flatten
 
@@ -33,9 +33,9 @@ class Recorder(Logger):
 def fit(tmp_path, loggers, main_process=True):
     pax.seed_rng_key(0)
     trainer = Trainer(
-        max_steps=4, run_dir=tmp_path, log_every=2, progress="off", plot=False,
-        loggers=loggers, hyperparams={"lr": 0.1, "model": {"width": 3}},
-    )  # fmt: skip
+        max_steps=4, run_dir=tmp_path, loggers=loggers, hyperparams={"lr": 0.1, "model": {"width": 3}},
+        hooks=default_hooks(log_every=2, progress="off", plot=False),
+    )
     trainer.is_main_process = main_process
     trainer.fit(Regression(), RegressionData(), optax.sgd(0.1))
     return trainer

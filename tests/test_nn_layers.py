@@ -66,7 +66,7 @@ def test_embed_looks_up_rows_and_marks_bad_ids_with_nan():
     ("layer", "expected"),
     [
         (nn.Linear(3, 4), "Linear(in_dim=3, out_dim=4, with_bias=True)"),
-        (nn.Linear(3, 4, name="head"), "Linear(name='head', in_dim=3, out_dim=4, with_bias=True)"),
+        (nn.Linear(3, 4, name="head"), "(head) Linear(in_dim=3, out_dim=4, with_bias=True)"),
         (nn.Embed(10, 4), "Embed(vocab_size=10, embed_dim=4)"),
         (
             nn.Conv1D(3, 8, 5, stride=2, padding="VALID"),

@@ -81,7 +81,7 @@ def test_group_norm_channels_first_and_one_group_per_channel():
 
 
 def test_batch_norm_training_uses_batch_statistics_and_updates_running_ones():
-    bn = _with_random_affine(nn.BatchNorm1D(4, decay_rate=0.8))
+    bn = _with_random_affine(nn.BatchNorm(4, decay_rate=0.8))  # [C] shapes (1D/2D: PAX's)
     x = 2 * _randn(6, 4) + 3
     new_bn, y = pax.purecall(bn, x)
     expected = _standardize(x, (0,)) * np.asarray(bn.scale) + np.asarray(bn.offset)
@@ -99,7 +99,7 @@ def test_batch_norm_training_uses_batch_statistics_and_updates_running_ones():
 
 
 def test_batch_norm_eval_uses_running_statistics_and_changes_nothing():
-    bn = nn.BatchNorm2D(3, data_format="NCHW")
+    bn = nn.BatchNorm(3, data_format="NC...")  # [C] shapes (BatchNorm2D keeps PAX's)
     bn = bn.replace(
         ema_mean=bn.ema_mean.replace(averages=jnp.array([1.0, 2.0, 3.0])),
         ema_var=bn.ema_var.replace(averages=jnp.array([4.0, 1.0, 0.25])),
@@ -118,7 +118,7 @@ def test_batch_norm_eval_uses_running_statistics_and_changes_nothing():
 
 
 def test_batch_norm_train_step_under_jit_with_gradients():
-    bn = nn.BatchNorm2D(3)
+    bn = nn.BatchNorm(3)  # [C] shapes (BatchNorm2D keeps PAX's [1, 1, 1, C])
     x = _randn(2, 2, 2, 3) + 1
 
     @jax.jit

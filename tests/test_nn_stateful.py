@@ -66,7 +66,7 @@ def test_dropout_under_jit_threads_its_key_in_and_out():
 
 
 def test_stateful_layers_inside_a_sequential_update_under_purecall_and_jit():
-    model = nn.Linear(3, 3) >> nn.BatchNorm1D(3) >> nn.Dropout(0.5) >> nn.Linear(3, 1)
+    model = nn.Linear(3, 3) >> nn.BatchNorm(3) >> nn.Dropout(0.5) >> nn.Linear(3, 1)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 3)), jnp.float32)
 
     new_model, y = jax.jit(pax.purecall)(model, x)

@@ -240,6 +240,7 @@ def test_multi_device_errors_name_the_problem_and_the_fix(eight_devices):
 
 
 # ------------------------------------------------------------------ two processes, one job
+@pytest.mark.slow
 def test_two_processes_train_like_one_device(two_processes, one_device):
     main, other = sorted(two_processes, key=lambda r: r["process_index"])
     for result in (main, other):
@@ -501,6 +502,7 @@ def test_a_state_built_from_a_function_is_never_whole_on_one_device():
     assert result["build_peak"] <= 1.5 * result["share"]
 
 
+@pytest.mark.slow  # the sharded start itself: the test above, in the default step
 def test_paxtrain_fit_builds_sharded_and_init_from_reads_into_the_shards(tmp_path):
     """Through the config (`build_trainer`, as `paxtrain fit`), with `mesh.fsdp=8`."""
     root = os.path.dirname(os.path.dirname(SCRIPTS))

@@ -65,9 +65,12 @@ def one_device_fit(tmp_path_factory):
     return fit(tmp_path_factory.mktemp("one") / "run", 1)
 
 
-# FSDP through the Trainer: in the checkpoint tests below.
+# FSDP through the Trainer: in the checkpoint tests below. pmap on 8 devices is also checked in
+# the default step by `test_parallel.py`'s strategies; through the CLI here in the slow one.
 @pytest.mark.parametrize(
-    "layout", [["mesh.data=8"], ["parallel.strategy=pmap"]], ids=["data8", "pmap"]
+    "layout",
+    [["mesh.data=8"], pytest.param(["parallel.strategy=pmap"], marks=pytest.mark.slow)],
+    ids=["data8", "pmap"],
 )
 def test_fit_on_8_devices_matches_one_device(tmp_path, one_device_fit, layout):
     records = fit(tmp_path / "run", 8, *layout)
@@ -107,10 +110,10 @@ def test_tensor_rules_come_from_the_config(tmp_path):
     override = f'parallel.tensor_rules=[["{rule}", [null, tensor]]]'
     cfg = compose(CHAR_RNN, [*CLI_RUN, override, f"run_dir={tmp_path}"])
     trainer = build_trainer(cfg, tmp_path)[0]
-    assert parallel.as_rules(trainer.tensor_rules) == ((rule, PartitionSpec(None, "tensor")),)
+    assert parallel.as_rules(trainer.layout.tensor_rules) == ((rule, PartitionSpec(None, "tensor")),)
     mesh = AbstractMesh((1, 1, 2), parallel.AXES)
     path = ".model.cell.input_to_gates.weight"
-    spec = parallel.partition_spec(path, (8, 64), mesh, parallel.as_rules(trainer.tensor_rules))
+    spec = parallel.partition_spec(path, (8, 64), mesh, parallel.as_rules(trainer.layout.tensor_rules))
     assert spec == PartitionSpec(None, "tensor")
 
 
@@ -152,6 +155,7 @@ def assert_one_process_evaluates_the_last_checkpoint(run_dir, records):
     )
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_device_and_only_process_0_writes(tmp_path, one_device_fit):
     run_dir = tmp_path / "run"
     records = two_process_fit(run_dir, one_device_fit, "mesh.data=2", "mesh.fsdp=2")
@@ -256,8 +260,13 @@ def test_saved_state_really_was_split_over_8_devices(saved_on_8):
     ("source", "devices", "overrides", "shard_shape"),
     [
         ("saved_on_8", 1, [], [64, 256]),
-        ("saved_on_8", 4, ["mesh.data=2", "mesh.fsdp=2"], [64, 128]),
-        ("saved_on_1", 8, ["mesh.data=2", "mesh.fsdp=4"], [64, 64]),
+        # One layout change in the default step, the others in the slow one.
+        pytest.param(
+            "saved_on_8", 4, ["mesh.data=2", "mesh.fsdp=2"], [64, 128], marks=pytest.mark.slow
+        ),
+        pytest.param(
+            "saved_on_1", 8, ["mesh.data=2", "mesh.fsdp=4"], [64, 64], marks=pytest.mark.slow
+        ),
     ],
     ids=["8to1", "8to4", "1to8"],
 )
@@ -277,6 +286,7 @@ def test_checkpoint_restores_on_another_layout_and_training_goes_on(
     assert all(np.isfinite(losses[str(s)]) for s in range(STEPS + 1, MORE_STEPS + 1))
 
 
+@pytest.mark.slow
 def test_resumed_runs_continue_alike_on_every_layout(saved_on_8, tmp_path):
     on_1 = resume_copy(saved_on_8, tmp_path / "a", 1)
     on_8 = resume_copy(saved_on_8, tmp_path / "b", 8, "mesh.data=8")

@@ -7,13 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_trainer import RegressionData
+from conftest import RegressionData
 
 import paxtrain as pax
 import paxtrain.nn as nn
 from paxtrain.config.composition import compose
 from paxtrain.errors import ConfigError
-from paxtrain.train import Trainer
+from paxtrain.train import StepSettings, Trainer, default_hooks
 from paxtrain.train.precision import loss_scale
 
 CHAR_RNN = "configs/char_rnn.yaml"
@@ -36,9 +36,12 @@ class Regression(pax.Module):
 def train(tmp_path, precision, steps=6, log_every=2):
     pax.seed_rng_key(0)
     trainer = Trainer(
-        max_steps=steps, run_dir=tmp_path / precision.replace(",", "_"), log_every=log_every,
-        progress="off", plot=False, tensorboard=False, precision=precision,
-    )  # fmt: skip
+        max_steps=steps,
+        run_dir=tmp_path / precision.replace(",", "_"),
+        loggers=["jsonl"],
+        hooks=default_hooks(log_every=log_every, progress="off", plot=False),
+        step=StepSettings(precision=precision),
+    )
     state = trainer.fit(Regression(), RegressionData(), optax.sgd(0.05))
     records = (trainer.run_dir / "metrics.jsonl").read_text().splitlines()
     return trainer, state, [json.loads(r) for r in records]
@@ -61,7 +64,7 @@ def test_policy_string_is_the_short_name(tmp_path):
 
 def test_float16_trains_with_a_dynamic_loss_scale(tmp_path):
     trainer, state, records = train(tmp_path, "float16", steps=6, log_every=1)
-    assert trainer.step_options["loss_scale"] == "dynamic"
+    assert trainer.step_settings.step_options()["loss_scale"] == "dynamic"
     # Steps whose scaled loss overflows float16 (loss x 2**15 > 65504) are skipped, and each
     # halves the scale.
     counts = [0] + [int(r["train/skipped_steps"]) for r in records if "train/skipped_steps" in r]
@@ -84,8 +87,13 @@ def test_float16_trains_with_a_dynamic_loss_scale(tmp_path):
 
 
 def test_bfloat16_has_no_loss_scale(tmp_path):
-    trainer = Trainer(max_steps=2, run_dir=tmp_path, precision="bfloat16", progress="off")
-    assert "loss_scale" not in trainer.step_options
+    trainer = Trainer(
+        max_steps=2,
+        run_dir=tmp_path,
+        hooks=default_hooks(progress="off"),
+        step=StepSettings(precision="bfloat16"),
+    )
+    assert "loss_scale" not in trainer.step_settings.step_options()
 
 
 def test_config_accepts_a_quoted_policy_and_rejects_a_bad_one():

@@ -10,11 +10,11 @@ training. In this one process, the service is stood in for by a recorder.
 
 import optax
 import pytest
+from conftest import Regression, RegressionData
 from jax.experimental import multihost_utils
-from test_trainer import Regression, RegressionData
 
 import paxtrain as pax
-from paxtrain.train import Trainer, preemption
+from paxtrain.train import StepSettings, Trainer, default_hooks, preemption
 from paxtrain.train.checkpointing import Checkpointing
 
 
@@ -35,9 +35,10 @@ def fit(run_dir, monkeypatch, service, max_steps, steps_per_call=1):
     monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", service)
     pax.seed_rng_key(0)
     trainer = Trainer(
-        max_steps, run_dir=run_dir, progress="off", plot=False, steps_per_call=steps_per_call,
-        checkpointing=Checkpointing(every_steps=2, async_save=False),
-    )  # fmt: skip
+        max_steps, run_dir=run_dir,
+        hooks=default_hooks(progress="off", plot=False, checkpointing=Checkpointing(every_steps=2, async_save=False)),
+        step=StepSettings(steps_per_call=steps_per_call),
+    )
     trainer.fit(Regression(), RegressionData(), optax.sgd(0.1))
     return trainer
 
@@ -57,4 +58,4 @@ def test_every_process_stops_after_the_step_the_service_picks(tmp_path, monkeypa
     trainer = fit(tmp_path, monkeypatch, Service(stop_at=5), 8)
     assert trainer.step == 5
     assert trainer.preempted == preemption.OTHER_PROCESS
-    assert trainer.checkpointing.manager.steps() == [2, 4, 5]
+    assert trainer.checkpoints.steps() == [2, 4, 5]

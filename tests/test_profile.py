@@ -4,10 +4,10 @@ import re
 
 import optax
 import pytest
-from test_trainer import Regression, RegressionData
+from conftest import Regression, RegressionData
 
 import paxtrain as pax
-from paxtrain.train import Trainer
+from paxtrain.train import Trainer, default_hooks
 from paxtrain.train.profile import Profile
 
 
@@ -16,9 +16,9 @@ def test_profile_traces_the_chosen_train_steps(tmp_path):
     profile = Profile(start_step=2, num_steps=2)
     steps_seen = []
     trainer = Trainer(
-        max_steps=6, run_dir=tmp_path, log_every=2, progress="off", plot=False,
-        loggers=["jsonl"], hooks=[profile],
-    )  # fmt: skip
+        max_steps=6, run_dir=tmp_path, loggers=["jsonl"],
+        hooks=default_hooks(log_every=2, progress="off", plot=False, hooks=[profile]),
+    )
     trainer.add_hook(lambda tr, m: steps_seen.append((tr.step, profile.tracing)), every=1)
     trainer.fit(Regression(), RegressionData(), optax.sgd(0.1))
     # Tracing from after step 2 up to the end of step 4: the calls of steps 2 and 3 (0-based).

@@ -45,7 +45,7 @@ class SignalAt(Hook):
     def on_step(self, trainer, metrics):
         if trainer.step == self.step:
             if self.wait:
-                trainer.checkpointing.manager.wait()
+                trainer.checkpoints.wait()
             os.kill(os.getpid(), self.signal)
 
 
@@ -159,6 +159,7 @@ def test_sigterm_during_training_saves_and_exits_75_then_resume_finishes(workdir
     assert "at step 3" in resumed.stdout and "finished at step 8" in resumed.stdout
 
 
+@pytest.mark.slow  # compiles with no cache on purpose
 def test_sigterm_during_compile_finishes_the_first_step_and_saves(workdir):
     run = workdir / "compile"
     result = fit(
@@ -203,6 +204,8 @@ def test_eval_command_reports_checkpoint_metrics(workdir):
     assert reported == pytest.approx(final_eval, rel=1e-5)
 
 
+# Three `paxtrain` runs end to end; `test_finetune.py` checks the loading and freezing in-process.
+@pytest.mark.slow
 def test_fine_tune_from_a_run_with_a_frozen_embedding(workdir):
     source = workdir / "A"
     if not (source / "checkpoints").exists():

@@ -21,8 +21,8 @@ import numpy as np
 import optax
 import pytest
 from cli_support import CHAR_RNN, TINY_CHAR_RNN
+from conftest import read_jsonl
 from test_run_safety import Counter, trainer_for
-from test_trainer import read_jsonl
 
 import paxtrain as pax
 import paxtrain.nn as nn
@@ -33,7 +33,6 @@ from paxtrain.errors import ConfigError
 from paxtrain.optim import make_transformation
 from paxtrain.train import EarlyStopping, Hook, TrainState, make_train_step
 from paxtrain.train.checkpointing import Checkpointing
-from paxtrain.train.hooks import hook_states
 from paxtrain.train.nonfinite import (
     ROLLBACKS_IN_A_ROW,
     data_position,
@@ -104,18 +103,22 @@ class CopyRunDirAt(Hook):
     """Copies the run directory the first time the trainer is at `step`, after its checkpoint
     (if it saves one) is written: what a process killed then leaves on disk."""
 
+    order = 1  # after the checkpoint's save
+
     def __init__(self, step, target):
         self.step, self.target, self.done = step, target, False
 
     def on_step(self, trainer, metrics):
         if trainer.step == self.step and not self.done:
-            trainer.checkpointing.manager.wait()
+            trainer.checkpoints.wait()
             shutil.copytree(trainer.run_dir, self.target)
             self.done = True
 
 
 class SignalAt(Hook):
     """A preemption signal at `step`: the run saves and stops gracefully."""
+
+    order = 1  # after the checkpoint's save
 
     def __init__(self, step):
         self.step = step
@@ -277,18 +280,18 @@ def test_a_resumed_run_ends_bitwise_where_the_uninterrupted_one_does(row, tmp_pa
     written_before = len(read_jsonl(tmp_path / "resumed"))
     resumed, resumed_state = build_and_fit(ROWS[row], tmp_path / "resumed")
     k = settings.get("resume_at", k)
-    assert resumed.checkpointing.resumed_from == k  # it did resume, from step K
+    assert resumed.resumed_from == k  # it did resume, from step K
 
     expected, got = flatten_state(whole_state), flatten_state(resumed_state)
     assert got.keys() == expected.keys()
     for path in expected:
         assert np.dtype(got[path].dtype) == np.dtype(expected[path].dtype), path
         np.testing.assert_array_equal(got[path], expected[path], err_msg=path)
-    assert hook_states(resumed.hooks) == hook_states(whole.hooks)
+    assert resumed.hooks.state_dicts() == whole.hooks.state_dicts()
     # A preempted run also saved at K, which keep_last may still keep.
-    kept = [s for s in resumed.checkpointing.manager.steps() if s > k or not preempted]
-    assert kept == [s for s in whole.checkpointing.manager.steps() if s > k or not preempted]
-    assert resumed.checkpointing.manager.best_step() == whole.checkpointing.manager.best_step()
+    kept = [s for s in resumed.checkpoints.steps() if s > k or not preempted]
+    assert kept == [s for s in whole.checkpoints.steps() if s > k or not preempted]
+    assert resumed.checkpoints.best_step() == whole.checkpoints.best_step()
     expected_logs = logged_after(tmp_path / "whole", k)
     assert any("train/loss" in r for r in expected_logs)
     assert logged_after(tmp_path / "resumed", k, written_before) == expected_logs
@@ -355,7 +358,7 @@ def test_an_early_stopped_run_logs_its_last_steps_and_a_resume_has_nothing_to_tr
     assert again.nothing_to_train and again.step == int(state.step) == 3
     assert "raise `trainer.early_stopping.patience` to train further" in again.stop_reason
     assert len(read_jsonl(tmp_path / "run")) == written
-    assert again.checkpointing.manager.steps() == [3]
+    assert again.checkpoints.steps() == [3]
     # More patience: it trains on, and stops where a run with that patience stops.
     longer, _ = build_and_fit(stopping(3, log_every=2), tmp_path / "run")
     assert longer.step == every_step.step == 4 and not longer.nothing_to_train
@@ -378,7 +381,7 @@ def test_a_rollback_logs_the_bad_steps_at_their_step_and_records_the_data_positi
         (8, 0.0, False),
     ]
     # The checkpoints record the stream position they resume at: step plus the skipped batch.
-    manager = trainer.checkpointing.manager
+    manager = trainer.checkpoints
     assert data_position(state, 0) == 1
     assert [manager.meta(step)["data_position"] for step in manager.steps()] == [7, 8, 9]
 

@@ -1,6 +1,8 @@
 """No lost or wrong results: best checkpoints, resume horizon, hook state, non-finite exit
 codes, and a run directory that is data, never code."""
 
+import dataclasses
+import inspect
 import json
 
 import numpy as np
@@ -8,8 +10,8 @@ import optax
 import pytest
 import yaml
 from cli_support import CHAR_RNN
+from conftest import PoisonedData, Regression, RegressionData, read_jsonl
 from test_checkpoint import make_state
-from test_trainer import PoisonedData, Regression, RegressionData, read_jsonl
 
 import paxtrain as pax
 from paxtrain.checkpoint.store import CheckpointManager
@@ -19,16 +21,22 @@ from paxtrain.cli.commands import exit_code, final_eval_is_finite
 from paxtrain.cli.runs import check_run_targets
 from paxtrain.config.composition import compose
 from paxtrain.errors import ConfigError
-from paxtrain.train import EarlyStopping, Hook, Trainer
+from paxtrain.train import EarlyStopping, Hook, StepSettings, Trainer, default_hooks
 from paxtrain.train.checkpointing import Checkpointing
+
+HOOK_OPTIONS = set(inspect.signature(default_hooks).parameters)
+STEP_OPTIONS = {field.name for field in dataclasses.fields(StepSettings)}
 
 
 def trainer_for(run_dir, max_steps, **options):
-    options = {
-        "log_every": 2, "eval_every": 5, "progress": "off", "plot": False, "tensorboard": False,
-        **options,
-    }  # fmt: skip
-    return Trainer(max_steps=max_steps, run_dir=run_dir, **options)
+    """A trainer with `options` of `default_hooks`, `StepSettings` or `Trainer`."""
+    options = {"log_every": 2, "eval_every": 5, "progress": "off", "plot": False, **options}
+    step = StepSettings(**{k: v for k, v in options.items() if k in STEP_OPTIONS})
+    hooks = default_hooks(**{k: v for k, v in options.items() if k in HOOK_OPTIONS})
+    rest = {k: v for k, v in options.items() if k not in HOOK_OPTIONS | STEP_OPTIONS}
+    return Trainer(
+        max_steps=max_steps, run_dir=run_dir, hooks=hooks, step=step, loggers=["jsonl"], **rest
+    )
 
 
 def test_each_checkpoint_records_the_eval_of_its_own_step(tmp_path):

@@ -1,47 +1,14 @@
 """The Trainer's Python API: the loop, hooks, evaluation, early stopping, logging."""
 
-import json
-
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import PoisonedData, Regression, RegressionData, read_jsonl
 
 import paxtrain as pax
 import paxtrain.nn as nn
-from paxtrain.train import EarlyStopping, Hook, Trainer
+from paxtrain.train import EarlyStopping, Hook, StepSettings, Trainer, default_hooks
 from paxtrain.train.nonfinite import data_position, update_scale
-
-
-class Regression(pax.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(3, 1)
-
-    def loss(self, batch):
-        loss = jnp.mean((self.fc(batch["x"]) - batch["y"]) ** 2)
-        return loss, {"abs_err": jnp.sqrt(loss)}
-
-
-class RegressionData:
-    """y = x @ w, step-indexed; eval is a fixed set."""
-
-    info = {"tokens_per_batch": 0}
-
-    def __init__(self, noise=0.0):
-        self.noise = noise
-
-    def _batch(self, seed):
-        rng = np.random.default_rng(seed)
-        x = rng.normal(size=(16, 3)).astype(np.float32)
-        y = x @ np.array([[1.0], [-1.0], [2.0]], np.float32) + self.noise * rng.normal(size=(16, 1))
-        return {"x": x, "y": y.astype(np.float32)}
-
-    def train_batch(self, step):
-        return self._batch(step)
-
-    def eval_batches(self):
-        return (self._batch(10_000 + i) for i in range(2))
 
 
 class Recorder(Hook):
@@ -58,17 +25,17 @@ class Recorder(Hook):
         self.events.append(("end", trainer.step))
 
 
-def read_jsonl(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_fit_trains_evaluates_logs_and_calls_hooks(tmp_path):
     pax.seed_rng_key(0)
     recorder, every_5 = Recorder(), []
     trainer = Trainer(
-        max_steps=20, run_dir=tmp_path, log_every=5, eval_every=10, progress="off",
-        plot=False, hooks=[recorder], tensorboard=False,
-    )  # fmt: skip
+        max_steps=20,
+        run_dir=tmp_path,
+        loggers=["jsonl"],
+        hooks=default_hooks(
+            log_every=5, eval_every=10, progress="off", plot=False, hooks=[recorder]
+        ),
+    )
     trainer.add_hook(lambda tr, metrics: every_5.append((tr.step, float(metrics["loss"]))), every=5)
     state = trainer.fit(Regression(), RegressionData(), optax.adam(0.1))
 
@@ -91,22 +58,32 @@ def test_steps_per_call_gives_the_same_model(tmp_path):
     for spc in (1, 5):
         pax.seed_rng_key(0)
         trainer = Trainer(
-            max_steps=10, run_dir=tmp_path / str(spc), log_every=5, steps_per_call=spc,
-            progress="off", plot=False, tensorboard=False,
-        )  # fmt: skip
+            max_steps=10,
+            run_dir=tmp_path / str(spc),
+            loggers=["jsonl"],
+            hooks=default_hooks(log_every=5, progress="off", plot=False),
+            step=StepSettings(steps_per_call=spc),
+        )
         states.append(trainer.fit(Regression(), RegressionData(), optax.adam(0.1)))
     np.testing.assert_allclose(states[0].model.fc.weight, states[1].model.fc.weight, rtol=1e-5)
     with pytest.raises(ValueError, match="multiple of steps_per_call"):
-        Trainer(max_steps=10, steps_per_call=3)
+        Trainer(
+            max_steps=10,
+            step=StepSettings(steps_per_call=3),
+        )
 
 
 def test_early_stopping_stops_when_eval_stops_improving(tmp_path):
     pax.seed_rng_key(0)
     stopper = EarlyStopping("eval/loss", mode="min", patience=2, min_delta=10.0)
     trainer = Trainer(
-        max_steps=100, run_dir=tmp_path, log_every=5, eval_every=5, progress="off",
-        plot=False, early_stopping=stopper, tensorboard=False,
-    )  # fmt: skip
+        max_steps=100,
+        run_dir=tmp_path,
+        loggers=["jsonl"],
+        hooks=default_hooks(
+            log_every=5, eval_every=5, progress="off", plot=False, early_stopping=stopper
+        ),
+    )
     state = trainer.fit(Regression(), RegressionData(), optax.adam(0.1))
     # A min_delta of 10 means no evaluation after the first counts as an improvement.
     assert trainer.step == 15 and int(state.step) == 15
@@ -117,9 +94,13 @@ def test_early_stopping_stops_when_eval_stops_improving(tmp_path):
 
 def test_early_stopping_names_available_metrics_before_training(tmp_path):
     trainer = Trainer(
-        max_steps=10, run_dir=tmp_path / "run", eval_every=5, progress="off", plot=False,
-        early_stopping=EarlyStopping("eval/accuracy"), tensorboard=False,
-    )  # fmt: skip
+        max_steps=10,
+        run_dir=tmp_path / "run",
+        loggers=["jsonl"],
+        hooks=default_hooks(
+            eval_every=5, progress="off", plot=False, early_stopping=EarlyStopping("eval/accuracy")
+        ),
+    )
     with pytest.raises(
         ValueError, match=r"monitors `eval/accuracy`.*\['eval/abs_err', 'eval/loss'\]"
     ):
@@ -128,32 +109,26 @@ def test_early_stopping_names_available_metrics_before_training(tmp_path):
 
 
 def test_a_model_without_loss_is_explained(tmp_path):
-    trainer = Trainer(max_steps=2, run_dir=tmp_path, progress="off", plot=False)
+    trainer = Trainer(
+        max_steps=2,
+        run_dir=tmp_path,
+        hooks=default_hooks(progress="off", plot=False),
+    )
     with pytest.raises(TypeError, match=r"def loss\(self, batch\)"):
         trainer.fit(nn.Linear(3, 1), RegressionData(), optax.adam(0.1))
 
 
 def test_progress_log_lines_and_plot(tmp_path, capsys):
     pax.seed_rng_key(0)
-    trainer = Trainer(max_steps=4, run_dir=tmp_path, log_every=2, progress="log", plot=True)
+    trainer = Trainer(
+        max_steps=4,
+        run_dir=tmp_path,
+        hooks=default_hooks(log_every=2, progress="log", plot=True),
+    )
     trainer.fit(Regression(), RegressionData(), optax.adam(0.1))
     out = capsys.readouterr().out
     assert "step 2/4 | loss" in out and "step 4/4" in out and "eta" in out
     assert (tmp_path / "curves.png").stat().st_size > 1000
-
-
-class PoisonedData(RegressionData):
-    """NaN targets in the batches of the given steps."""
-
-    def __init__(self, bad_steps):
-        super().__init__()
-        self.bad_steps = set(bad_steps)
-
-    def train_batch(self, step):
-        batch = self._batch(step)
-        if step in self.bad_steps:
-            batch["y"] = batch["y"] * np.nan
-        return batch
 
 
 def test_an_ema_is_evaluated_beside_the_model(tmp_path):
@@ -164,9 +139,12 @@ def test_an_ema_is_evaluated_beside_the_model(tmp_path):
     for ema_decay in (0.5, None):
         pax.seed_rng_key(0)
         trainer = Trainer(
-            max_steps=3, run_dir=tmp_path / str(ema_decay), progress="off", plot=False,
-            tensorboard=False, ema_decay=ema_decay,
-        )  # fmt: skip
+            max_steps=3,
+            run_dir=tmp_path / str(ema_decay),
+            loggers=["jsonl"],
+            hooks=default_hooks(progress="off", plot=False),
+            step=StepSettings(ema_decay=ema_decay),
+        )
         state = trainer.fit(Regression(), RegressionData(), optax.adam(0.1))
         final = trainer.eval_history[-1][1]
         fc = state.model.fc
@@ -183,9 +161,12 @@ def test_an_ema_is_evaluated_beside_the_model(tmp_path):
 def test_on_nonfinite_stop(tmp_path):
     pax.seed_rng_key(0)
     trainer = Trainer(
-        max_steps=20, run_dir=tmp_path, log_every=2, progress="off", plot=False,
-        on_nonfinite="stop", tensorboard=False,
-    )  # fmt: skip
+        max_steps=20,
+        run_dir=tmp_path,
+        loggers=["jsonl"],
+        hooks=default_hooks(log_every=2, on_nonfinite="stop", progress="off", plot=False),
+        step=StepSettings(on_nonfinite="stop"),
+    )
     state = trainer.fit(Regression(), PoisonedData({5}), optax.adam(0.1))
     assert trainer.step == 6 and "non-finite" in trainer.stop_reason
     assert np.isfinite(np.asarray(state.model.fc.weight)).all()
@@ -201,9 +182,11 @@ def test_skip_stops_a_run_stuck_skipping_but_not_a_run_that_recovers(tmp_path, b
 
     pax.seed_rng_key(0)
     trainer = Trainer(
-        max_steps=100, run_dir=tmp_path, log_every=10, progress="off", plot=False,
-        tensorboard=False,
-    )  # fmt: skip
+        max_steps=100,
+        run_dir=tmp_path,
+        loggers=["jsonl"],
+        hooks=default_hooks(log_every=10, progress="off", plot=False),
+    )
     state = trainer.fit(Regression(), PoisonedData(bad_steps), optax.adam(0.1))
     assert trainer.stopped_on_nonfinite is stuck
     if stuck:  # stopped at the first check with STUCK_STEPS skipped in a row
@@ -226,10 +209,19 @@ def test_on_nonfinite_rollback_restores_skips_batches_and_lowers_the_lr(tmp_path
             return super().train_batch(step)
 
     trainer = Trainer(
-        max_steps=12, run_dir=tmp_path, log_every=2, progress="off", plot=False,
-        on_nonfinite="rollback", rollback_lr_factor=0.25, tensorboard=False,
-        checkpointing=Checkpointing(every_steps=4, async_save=False),
-    )  # fmt: skip
+        max_steps=12,
+        run_dir=tmp_path,
+        loggers=["jsonl"],
+        hooks=default_hooks(
+            log_every=2,
+            on_nonfinite="rollback",
+            rollback_lr_factor=0.25,
+            progress="off",
+            plot=False,
+            checkpointing=Checkpointing(every_steps=4, async_save=False),
+        ),
+        step=StepSettings(on_nonfinite="rollback"),
+    )
     state = trainer.fit(Regression(), Recording({5}), optax.adam(0.1))
     # Bad batch 5 is seen at step 6 (a log step): back to checkpoint 4, batches 4-5 skipped,
     # so steps 5..12 read batches 7..14.
@@ -244,14 +236,22 @@ def test_on_nonfinite_rollback_restores_skips_batches_and_lowers_the_lr(tmp_path
 @pytest.mark.parametrize("factor", [0.0, -0.5, 2.0])
 def test_a_rollback_lr_factor_outside_0_1_is_refused(tmp_path, factor):
     with pytest.raises(ValueError, match=r"rollback_lr_factor must be in \(0, 1\]"):
-        Trainer(4, run_dir=tmp_path, on_nonfinite="rollback", rollback_lr_factor=factor)
+        Trainer(
+            4,
+            run_dir=tmp_path,
+            hooks=default_hooks(on_nonfinite="rollback", rollback_lr_factor=factor),
+            step=StepSettings(on_nonfinite="rollback"),
+        )
 
 
 def test_rollback_without_checkpoints_is_explained(tmp_path):
     trainer = Trainer(
-        max_steps=8, run_dir=tmp_path, log_every=2, progress="off", plot=False,
-        on_nonfinite="rollback", tensorboard=False,
-    )  # fmt: skip
+        max_steps=8,
+        run_dir=tmp_path,
+        loggers=["jsonl"],
+        hooks=default_hooks(log_every=2, on_nonfinite="rollback", progress="off", plot=False),
+        step=StepSettings(on_nonfinite="rollback"),
+    )
     with pytest.raises(RuntimeError, match="needs checkpoints to roll back to"):
         trainer.fit(Regression(), PoisonedData({1}), optax.adam(0.1))
 
@@ -260,17 +260,28 @@ def test_rollback_before_the_first_save_says_so(tmp_path):
     from paxtrain.train.checkpointing import Checkpointing
 
     trainer = Trainer(
-        max_steps=8, run_dir=tmp_path, log_every=2, progress="off", plot=False,
-        on_nonfinite="rollback", tensorboard=False,
-        checkpointing=Checkpointing(every_steps=4, async_save=False),
-    )  # fmt: skip
+        max_steps=8,
+        run_dir=tmp_path,
+        loggers=["jsonl"],
+        hooks=default_hooks(
+            log_every=2,
+            on_nonfinite="rollback",
+            progress="off",
+            plot=False,
+            checkpointing=Checkpointing(every_steps=4, async_save=False),
+        ),
+        step=StepSettings(on_nonfinite="rollback"),
+    )
     with pytest.raises(RuntimeError, match=r"before step 2 asked for a rollback .* no checkpoint"):
         trainer.fit(Regression(), PoisonedData({1}), optax.adam(0.1))
 
 
 def test_skipped_steps_is_logged_as_a_count(tmp_path):
     trainer = Trainer(
-        max_steps=8, run_dir=tmp_path, log_every=4, progress="off", plot=False, tensorboard=False
+        max_steps=8,
+        run_dir=tmp_path,
+        loggers=["jsonl"],
+        hooks=default_hooks(log_every=4, progress="off", plot=False),
     )
     trainer.fit(Regression(), PoisonedData({1, 2, 5}), optax.adam(0.1))
     logged = {
@@ -292,7 +303,12 @@ class RaggedEvalData(RegressionData):
 
 def test_eval_weights_each_batch_by_its_examples(tmp_path):
     pax.seed_rng_key(0)
-    trainer = Trainer(max_steps=3, run_dir=tmp_path, progress="off", plot=False, tensorboard=False)
+    trainer = Trainer(
+        max_steps=3,
+        run_dir=tmp_path,
+        loggers=["jsonl"],
+        hooks=default_hooks(progress="off", plot=False),
+    )
     data = RaggedEvalData()
     state = trainer.fit(Regression(), data, optax.adam(0.1))
     examples = list(data.eval_batches())
@@ -325,6 +341,10 @@ def test_checkpoints_save_the_state_itself_not_a_device_copy(tmp_path, monkeypat
     monkeypatch.setattr(CheckpointManager, "save", spy)
     pax.seed_rng_key(0)
     checkpointing = Checkpointing(every_steps=2)
-    trainer = Trainer(4, run_dir=tmp_path, progress="off", plot=False, checkpointing=checkpointing)
+    trainer = Trainer(
+        4,
+        run_dir=tmp_path,
+        hooks=default_hooks(progress="off", plot=False, checkpointing=checkpointing),
+    )
     trainer.fit(Regression(), RegressionData(), optax.sgd(0.1))
     assert handed == [True, True]

@@ -166,9 +166,7 @@ def build_trainer(
     """
     import paxtrain as pax
     from paxtrain.checkpoint.finetune import freeze_by_path, load_parameters
-    from paxtrain.train.checkpointing import Checkpointing
-    from paxtrain.train.profile import Profile
-    from paxtrain.train.trainer import Trainer
+    from paxtrain.train import Layout, StepSettings, Trainer
 
     if cfg.parallel.distributed:
         join_processes()
@@ -188,24 +186,19 @@ def build_trainer(
     # damaged ones), so `init_from` is read only for a fresh start: a resume or an eval of a
     # fine-tuned run then works after the run it started from is gone.
     restores = cfg.trainer.checkpoint.enabled and bool(_checkpoint_steps(run_dir))
-    callbacks = [instantiate(c, f"callbacks[{i}]") for i, c in enumerate(cfg.callbacks)]
-    if cfg.trainer.profile.start_step is not None:  # a jax.profiler trace of some steps
-        callbacks.append(Profile(**arguments_for(Profile, cfg.trainer.profile)))
-    t, es, ck = cfg.trainer, cfg.trainer.early_stopping, cfg.trainer.checkpoint
-    rules = cfg.parallel.tensor_rules  # None: the default rules
+    t, rules = cfg.trainer, cfg.parallel.tensor_rules  # rules None: the default rules
     trainer = Trainer(
         **arguments_for(Trainer, t),
         run_dir=run_dir,
-        early_stopping=EarlyStopping(**arguments_for(EarlyStopping, es)) if es.monitor else None,
-        checkpointing=Checkpointing(**arguments_for(Checkpointing, ck), meta=meta)
-        if ck.enabled
-        else None,
-        hooks=callbacks,
+        hooks=build_hooks(cfg, meta),
+        step=StepSettings(**arguments_for(StepSettings, t)),
+        layout=Layout(
+            mesh=dict(cfg.mesh),
+            strategy=str(cfg.parallel.strategy),
+            **({} if rules is None else {"tensor_rules": OmegaConf.to_container(rules)}),
+        ),
         seed=cfg.seed,
-        mesh=dict(cfg.mesh),
-        strategy=str(cfg.parallel.strategy),
         init_from=init_from if cfg.init_from and not restores else None,
-        **({} if rules is None else {"tensor_rules": OmegaConf.to_container(rules)}),
     )
     trainer.loggers = [  # `_target_` sections build Logger objects
         lg if isinstance(lg, str) else instantiate(lg, f"trainer.loggers[{i}]")
@@ -213,3 +206,30 @@ def build_trainer(
     ]
     cfg.optimizer.horizon = horizon or t.max_steps  # what `${optimizer.horizon}` resolves to
     return trainer, model, data, build_optimizer(cfg.optimizer)
+
+
+def build_hooks(cfg: DictConfig, meta: dict[str, Any] | None = None) -> list[Any]:
+    """The hooks a validated config describes: `default_hooks` from the `trainer` section
+    (its `early_stopping`, `checkpoint` and `profile` sub-sections build those hooks), with
+    the `callbacks` besides; `meta` is saved with each checkpoint.
+
+    Example:
+        >>> [type(h).__name__ for h in build_hooks(cfg)][:3]  # doctest: +SKIP
+        ['TrainMetrics', 'Throughput', 'Evaluation']
+    """
+    from paxtrain.train import default_hooks
+    from paxtrain.train.checkpointing import Checkpointing
+    from paxtrain.train.profile import Profile
+
+    t, es, ck = cfg.trainer, cfg.trainer.early_stopping, cfg.trainer.checkpoint
+    callbacks = [instantiate(c, f"callbacks[{i}]") for i, c in enumerate(cfg.callbacks)]
+    if t.profile.start_step is not None:  # a jax.profiler trace of some steps
+        callbacks.append(Profile(**arguments_for(Profile, t.profile)))
+    return default_hooks(
+        **arguments_for(default_hooks, t),
+        early_stopping=EarlyStopping(**arguments_for(EarlyStopping, es)) if es.monitor else None,
+        checkpointing=Checkpointing(**arguments_for(Checkpointing, ck), meta=meta)
+        if ck.enabled
+        else None,
+        hooks=callbacks,
+    )

@@ -82,7 +82,7 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
     final = trainer.eval_history[-1][1] if trainer.eval_history else {}
     shown = ", ".join(f"eval/{k}={v:.4f}" for k, v in final.items())
     if trainer.preempted:
-        saved = "checkpoint saved" if trainer.checkpointing else "no checkpointing, nothing saved"
+        saved = "checkpoint saved" if trainer.checkpoints else "no checkpointing, nothing saved"
         say(f"paxtrain: {trainer.stop_reason}; {saved}. Continue with: paxtrain resume {run_dir}")
         return trainer
     if not trainer.nothing_to_train:
@@ -153,6 +153,7 @@ def evaluate_run(
     """
     from paxtrain.checkpoint.store import CheckpointManager
     from paxtrain.train.checkpointing import CHECKPOINT_DIR
+    from paxtrain.train.monitor import Monitor
 
     cfg = load_run_config(run_dir, overrides or [], allow_targets)
     ck = cfg.trainer.checkpoint
@@ -160,8 +161,12 @@ def evaluate_run(
         raise ConfigError(NO_MONITOR_MSG)
     trainer, model, data, optimizer = build_trainer(cfg, pathlib.Path(run_dir))
     trainer.prepare(model, data, optimizer)
+    monitor = Monitor(ck.monitor, ck.mode) if ck.monitor else None  # "loss" is "eval/loss"
     manager = CheckpointManager(
-        pathlib.Path(run_dir) / CHECKPOINT_DIR, monitor=ck.monitor, mode=ck.mode, read_only=True
+        pathlib.Path(run_dir) / CHECKPOINT_DIR,
+        monitor=monitor and monitor.key,
+        mode=ck.mode,
+        read_only=True,
     )
     trainer.state, meta = manager.restore(trainer.checkpoint_state, step=step)
     trainer.step = int(trainer.state.step)

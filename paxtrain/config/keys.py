@@ -164,8 +164,8 @@ def _schema_options(
     schema: type, values: dict, prefix: str, aliases: dict[str, str], own: dict[str, dict]
 ) -> list[Option]:
     helps = argument_help(schema)
-    if schema in MIRRORS:
-        helps = {**argument_help(locate(MIRRORS[schema], prefix.rstrip("."))), **helps}
+    for target in MIRRORS.get(schema, ()):
+        helps = {**argument_help(locate(target, prefix.rstrip("."))), **helps}
     hints = typing.get_type_hints(schema)
     options, sections = [], []
     for field in dataclasses.fields(schema):

@@ -96,7 +96,8 @@ class ProfileConfig:
 
 @dataclasses.dataclass
 class TrainerConfig:
-    """`paxtrain.train.trainer.Trainer`'s parameters (its docstring has their help).
+    """The parameters of `paxtrain.train.trainer.Trainer`, its `StepSettings` and its
+    `default_hooks` (their docstrings have the help).
 
     Attributes:
       loggers: tensorboard, jsonl, mlflow, wandb, or `_target_` sections building Loggers.
@@ -186,13 +187,18 @@ class FitConfig:
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
 
 
-# The object each schema configures: its docstring's `Args:` are the keys' help (`paxtrain
-# options`); tests/test_config_schema.py checks the defaults and types agree.
+# The objects each schema configures: their docstrings' `Args:` are the keys' help (`paxtrain
+# options`); tests/test_config_schema.py checks the defaults and types agree. The `trainer`
+# section sets the trainer's own parameters, its step settings and its built-in hooks.
 MIRRORS = {
-    TrainerConfig: "paxtrain.train.trainer.Trainer",
-    CheckpointConfig: "paxtrain.train.checkpointing.Checkpointing",
-    EarlyStoppingConfig: "paxtrain.train.hooks.EarlyStopping",
-    ProfileConfig: "paxtrain.train.profile.Profile",
+    TrainerConfig: (
+        "paxtrain.train.trainer.Trainer",
+        "paxtrain.train.builtin_hooks.default_hooks",  # before StepSettings: its `on_nonfinite`
+        "paxtrain.train.settings.StepSettings",  # help says what a non-finite step does
+    ),
+    CheckpointConfig: ("paxtrain.train.checkpointing.Checkpointing",),
+    EarlyStoppingConfig: ("paxtrain.train.hooks.EarlyStopping",),
+    ProfileConfig: ("paxtrain.train.profile.Profile",),
 }
 
 

@@ -4,6 +4,20 @@ Each message names the problem, shows the fix, and says why. They are constants 
 can match them and so that one wording is kept for one mistake.
 """
 
+
+class PaxValueError(ValueError, TypeError):
+    """A misuse PAX v0.4.3 reported with `ValueError`, where a `TypeError` is also natural.
+
+    PAX code catches `ValueError` for these (`__slots__`, class-level arrays, a non-module where a
+    module is expected, an input of the wrong width); code written for paxtrain may catch
+    `TypeError`. Both clauses catch this class.
+
+    Example:
+        >>> issubclass(PaxValueError, ValueError) and issubclass(PaxValueError, TypeError)
+        True
+    """
+
+
 IMMUTABLE_MSG = """\
 Cannot set `{cls}.{attr}`: `{cls}` is immutable here.
 

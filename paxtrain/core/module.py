@@ -76,6 +76,22 @@ def _hashable(value: Any) -> Any:
     return value
 
 
+def _is_mutable_static(value: Any) -> bool:
+    """Whether a static attribute value could be changed in place (a list, a plain object).
+
+    Shared, not copied: a value whose class defines its own `__hash__` (numbers, strings,
+    dtypes, enums, frozen dataclasses, a `Mesh`: by Python's convention, hashing by value
+    means immutable), a tuple of such values, and callables (functions, activation functions,
+    partials, jitted functions, which PAX did not copy either). Slices and ranges hash by value
+    only from Python 3.12 on.
+    """
+    if isinstance(value, tuple):
+        return any(map(_is_mutable_static, value))
+    if value is None or callable(value) or isinstance(value, (slice, range)):
+        return False
+    return type(value).__hash__ in (None, object.__hash__)
+
+
 class _Structure(int):
     """The static part of a flattened module: class, child names, static attributes, info.
 
@@ -88,6 +104,8 @@ class _Structure(int):
     tree_names: tuple[str, ...]
     keys: tuple[jax.tree_util.GetAttrKey, ...]
     static_dict: dict[str, Any]
+    # The static attributes that `pax.pure` deep-copies, so that its inputs never change.
+    mutable_static_names: tuple[str, ...]
     # The static attributes plus the internal ones of a fresh immutable instance.
     instance_template: dict[str, Any]
     info: ModuleInfo
@@ -119,6 +137,9 @@ def _intern_structure(cls: type, tree_names: tuple, static_items: tuple, info) -
         structure.tree_names = tree_names
         structure.keys = tuple(jax.tree_util.GetAttrKey(n) for n in tree_names)
         structure.static_dict = dict(static_items)
+        structure.mutable_static_names = tuple(
+            name for name, value in static_items if _is_mutable_static(value)
+        )
         structure.instance_template = {
             **structure.static_dict,
             "_pax_info": info,
@@ -234,7 +255,7 @@ class _ModuleMeta(type):
                 _check_not_shared(module)
             finally:
                 d["_pax_token"] = None
-                d.pop("_pax_adding", None)
+                d.pop("_pax_adding_kind", None)
         return module
 
 
@@ -267,10 +288,12 @@ class Module(metaclass=_ModuleMeta):
         super().__init_subclass__(**kwargs)
         if "__slots__" in cls.__dict__:
             # A slot is outside `__dict__`, so an array there would be invisible to the pytree.
-            raise TypeError(errors.SLOTS_MSG.format(cls=cls.__name__))
+            raise errors.PaxValueError(errors.SLOTS_MSG.format(cls=cls.__name__))
         for attr, value in cls.__dict__.items():
             if _is_array(value) or _is_module(value):
-                raise TypeError(errors.CLASS_ARRAY_MSG.format(cls=cls.__name__, attr=attr))
+                raise errors.PaxValueError(
+                    errors.CLASS_ARRAY_MSG.format(cls=cls.__name__, attr=attr)
+                )
         if "__call__" in cls.__dict__:
             cls.__call__ = _with_mp_policy(cls.__dict__["__call__"])
         # `_ModuleMeta.__call__(*args, **kwargs)` would otherwise hide the constructor's
@@ -298,8 +321,9 @@ class Module(metaclass=_ModuleMeta):
             )
         info = d["_pax_info"]
         if info.kind_of(name) is None:
-            adding = d.get("_pax_adding")
-            if adding is not None:
+            adding = d.get("_pax_adding_kind")
+            # As in PAX, a submodule assigned inside `add_parameters()` stays a submodule.
+            if adding is not None and not _contains_module(value):
                 self._pax_declare(name, adding)
             elif not _constructing(self):  # during __init__, checked when it returns
                 _check_undeclared_value(self, name, value)
@@ -349,7 +373,9 @@ class Module(metaclass=_ModuleMeta):
         if kind == MODULE:
             leaves = jax.tree_util.tree_leaves(value, is_leaf=_is_module)
             if not all(map(_is_module, leaves)):
-                raise TypeError(f"register_module(s)({name!r}, ...) expects modules, got {value!r}")
+                raise errors.PaxValueError(
+                    f"register_module(s)({name!r}, ...) expects modules, got {value!r}"
+                )
         self._pax_declare(name, kind)
         if kind != MODULE:
             value = jax.tree_util.tree_map(_as_array, value)
@@ -426,15 +452,17 @@ class Module(metaclass=_ModuleMeta):
     def _pax_adding(self, kind: str) -> Iterator[None]:
         self._pax_check_mutable(f"<{kind}s>")
         d = self.__dict__
-        previous = d.get("_pax_adding")
-        d["_pax_adding"] = kind
+        # Not `_pax_adding`: an instance entry of the method's own name would hide the method,
+        # and a nested `add_states()` inside `add_parameters()` would call a string.
+        previous = d.get("_pax_adding_kind")
+        d["_pax_adding_kind"] = kind
         try:
             yield
         finally:
             if previous is None:
-                d.pop("_pax_adding", None)
+                d.pop("_pax_adding_kind", None)
             else:
-                d["_pax_adding"] = previous
+                d["_pax_adding_kind"] = previous
 
     # ------------------------------------------------------------------------------ properties
     @property
@@ -594,7 +622,7 @@ class Module(metaclass=_ModuleMeta):
     def __repr__(self) -> str:
         d = self.__dict__
         info = d["_pax_info"]
-        fields = [f"name={info.name!r}"] if info.name is not None else []
+        fields = []
         for attr, value in d.items():
             if attr.startswith(_INTERNAL_PREFIX) or attr == "name" or info.kind_of(attr):
                 continue
@@ -605,7 +633,9 @@ class Module(metaclass=_ModuleMeta):
                 fields.append(f"{attr}={shown}")
         if info.mp_policy is not None:
             fields.append(f"mp_policy={info.mp_policy}")
-        return f"{type(self).__name__}({', '.join(fields)})"
+        # PAX's place for the name: `(fc1) Linear(in_dim=3, ...)`.
+        name = f"({info.name}) " if info.name is not None else ""
+        return f"{name}{type(self).__name__}({', '.join(fields)})"
 
     def summary(self, return_list: bool = False) -> str | list[str]:
         """A tree drawing of the module, its submodules and their arrays.

@@ -7,6 +7,7 @@ caller's modules are never touched; changes come back only through `f`'s return 
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from collections.abc import Callable, Sequence
@@ -14,7 +15,16 @@ from typing import Any, TypeVar
 
 import jax
 
-from paxtrain.core.module import MODULE, Module, _is_module, child_fields, iter_modules, rebuild
+from paxtrain.core import errors
+from paxtrain.core.module import (
+    MODULE,
+    Module,
+    _flatten,
+    _is_module,
+    child_fields,
+    iter_modules,
+    rebuild,
+)
 from paxtrain.core.mutability import MutationToken, mutable_context
 
 M = TypeVar("M", bound=Module)
@@ -22,7 +32,13 @@ F = TypeVar("F", bound=Callable)
 
 
 def _mutable_copy(module: Module, token: MutationToken, copies: list[Module]) -> Module:
+    # PAX's promise: the function sees copies, so mutating a list or a plain object attribute
+    # in place must not reach the caller's module. The names are computed once per structure,
+    # so a module of arrays, numbers and functions pays nothing.
     fields = {
+        name: _deep_copy(module.__dict__[name]) for name in _flatten(module)[1].mutable_static_names
+    }
+    fields |= {
         name: jax.tree_util.tree_map(
             lambda m: _mutable_copy(m, token, copies) if _is_module(m) else m,
             child,
@@ -35,6 +51,13 @@ def _mutable_copy(module: Module, token: MutationToken, copies: list[Module]) ->
     new.__dict__["_pax_token"] = token
     copies.append(new)
     return new
+
+
+def _deep_copy(value: Any) -> Any:
+    try:
+        return copy.deepcopy(value)
+    except TypeError:  # a lock, an open file: shared, as PAX did
+        return value
 
 
 def mutable_copies(tree: Any, token: MutationToken, copies: list[Module]) -> Any:
@@ -57,15 +80,33 @@ def _positions(static_argnums: int | Sequence[int] | None) -> frozenset[int]:
     return frozenset((static_argnums,) if isinstance(static_argnums, int) else static_argnums)
 
 
+def _bound_module(func: Callable) -> tuple[Callable, tuple[Module, ...]]:
+    """`func` as an unbound function and the module it is bound to, if any (as PAX did)."""
+    if isinstance(func, Module):
+        return _call_method(func), (func,)
+    if inspect.ismethod(func) and isinstance(func.__self__, Module):
+        return func.__func__, (func.__self__,)
+    if callable(func):
+        return func, ()
+    raise errors.PaxValueError(f"pax.pure expects a function; got {type(func).__name__}.")
+
+
 def pure(func: F, static_argnums: int | Sequence[int] | None = None, check_leaks: bool = True) -> F:
     """Makes `func` pure: it runs on mutable copies of its module arguments.
 
-    Inputs are never modified; modules in the result are immutable. Mutating a module that is not
-    an argument (a closed-over one) raises, as does mutating inside a JAX transformation that
-    started within `func` without passing the module in.
+    Inputs are never modified, including attributes that are not arrays (a list, a plain
+    object): each copy gets its own deep copy of those, as in PAX. Modules in the result are
+    immutable. Mutating a module that is not an argument (a closed-over one) raises, as does
+    mutating inside a JAX transformation that started within `func` without passing the
+    module in.
+
+    As in PAX, `func` may be a bound method of a module (`pax.pure(sgd.step)(grads, params)`) or
+    a module: the module is copied like an argument and may update itself; `func`'s return value
+    is returned (use `pax.module_and_value` to get the updated module too).
 
     `static_argnums` (as in PAX) are positions passed as they are, not copied: modules there
-    stay immutable. `check_leaks` is accepted for PAX code; paxtrain's leak check (see
+    stay immutable; for a bound method or a module, position 0 is the module, as in PAX.
+    `check_leaks` is accepted for PAX code; paxtrain's leak check (see
     `paxtrain/core/README.md`, section 3) cannot be turned off, so a leak always raises.
 
     Example:
@@ -78,6 +119,7 @@ def pure(func: F, static_argnums: int | Sequence[int] | None = None, check_leaks
 
     del check_leaks  # always on
     static = _positions(static_argnums)
+    unbound, bound = _bound_module(func)
 
     @functools.wraps(func)
     def pure_func(*args: Any, **kwargs: Any) -> Any:
@@ -86,10 +128,10 @@ def pure(func: F, static_argnums: int | Sequence[int] | None = None, check_leaks
             try:
                 args = tuple(
                     a if i in static else mutable_copies(a, token, copies)
-                    for i, a in enumerate(args)
+                    for i, a in enumerate((*bound, *args))
                 )
                 kwargs = mutable_copies(kwargs, token, copies)
-                out = func(*args, **kwargs)
+                out = unbound(*args, **kwargs)
             finally:
                 for module in copies:
                     module.__dict__["_pax_token"] = None
@@ -113,7 +155,7 @@ def _call_method(module: Module) -> Callable:
     for klass in type(module).__mro__:
         if "__call__" in klass.__dict__:
             return klass.__dict__["__call__"]
-    raise TypeError(
+    raise errors.PaxValueError(
         f"`{type(module).__name__}` defines no `__call__`; pass the method to call instead: "
         f"`pax.module_and_value(module.method)(...)`."
     )
@@ -158,7 +200,7 @@ def module_and_value(
             return call(method, self, *args, **kwargs)
 
         return method_returning_module
-    raise TypeError(
+    raise errors.PaxValueError(
         f"module_and_value expects a module, a bound method of a module or a method to decorate; "
         f"got {type(module_or_method).__name__}."
     )

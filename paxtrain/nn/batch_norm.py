@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from paxtrain.nn.ema import EMA
 from paxtrain.nn.initializers import Initializer
-from paxtrain.nn.normalization import _Normalization, along_axis
+from paxtrain.nn.normalization import PARAM_SHAPE_MSG, _Normalization, along_axis
 
 RANK_MSG = """\
 {cls} expects inputs of rank {ranks} (batch first, channels at axis {channel_axis}); got shape \
@@ -32,8 +32,10 @@ class BatchNorm(_Normalization):
     `pax.purecall` / `pax.module_and_value`. In eval mode (`bn.eval()`) it normalizes with the
     running averages and changes nothing.
 
-    `scale` and `offset` have shape [num_channels] (PAX kept the broadcast shape, e.g.
-    [1, 1, 1, C]); see docs/migrating_from_pax.md.
+    `scale`, `offset` and the running averages have shape [num_channels]; `BatchNorm1D` and
+    `BatchNorm2D` keep PAX's broadcast shape instead ([1, 1, 1, C] for "NHWC", [1, C, 1, 1] for
+    "NCHW"), so PAX's weight-conversion code runs unchanged. A value of another shape given by
+    `replace` is refused at the call, never broadcast.
 
     Example:
         >>> bn = nn.BatchNorm(2, decay_rate=0.5)
@@ -73,12 +75,21 @@ class BatchNorm(_Normalization):
         super().__init__(
             num_channels, eps, create_scale, create_offset, scale_init, offset_init, rng_key, name
         )
-        self.ema_mean = EMA(jnp.zeros((num_channels,), jnp.float32), decay_rate, debias=True)
-        self.ema_var = EMA(jnp.zeros((num_channels,), jnp.float32), decay_rate, debias=True)
+        zeros = jnp.zeros(self._param_shape(), jnp.float32)
+        self.ema_mean = EMA(zeros, decay_rate, debias=True)
+        self.ema_var = EMA(jnp.zeros_like(zeros), decay_rate, debias=True)
 
     @property
     def feature_axis(self) -> int:
         return 1 if self.data_format[1] == "C" else -1
+
+    def _param_shape(self) -> tuple[int, ...]:
+        if self.input_ranks is None:
+            return (self.num_channels,)
+        # PAX's shape: the rank of its input, ones but for the channel axis.
+        shape = [1] * max(self.input_ranks)
+        shape[self.feature_axis] = self.num_channels
+        return tuple(shape)
 
     def _check_rank(self, x: jax.Array) -> None:
         if x.ndim in self.input_ranks if self.input_ranks else x.ndim >= 2:
@@ -104,11 +115,26 @@ class BatchNorm(_Normalization):
             mean = jnp.mean(wide, axes)
             variance = jnp.mean(jnp.square(wide - along_axis(mean, x.ndim, axis)), axes)
             # Running statistics are bookkeeping, not part of the differentiated computation.
-            self.ema_mean(jax.lax.stop_gradient(mean))
-            self.ema_var(jax.lax.stop_gradient(variance))
+            self.ema_mean(jax.lax.stop_gradient(mean).reshape(self._param_shape()))
+            self.ema_var(jax.lax.stop_gradient(variance).reshape(self._param_shape()))
         else:
-            mean, variance = self.ema_mean.averages, self.ema_var.averages
-        return tuple(along_axis(s.astype(x.dtype), x.ndim, axis) for s in (mean, variance))
+            mean, variance = (self._own_average(ema) for ema in (self.ema_mean, self.ema_var))
+        return tuple(
+            along_axis(s.reshape(-1).astype(x.dtype), x.ndim, axis) for s in (mean, variance)
+        )
+
+    def _own_average(self, ema: EMA) -> jax.Array:
+        if ema.averages.shape != self._param_shape():
+            attr = "ema_mean" if ema is self.ema_mean else "ema_var"
+            raise ValueError(
+                PARAM_SHAPE_MSG.format(
+                    cls=type(self).__name__,
+                    attr=f"{attr}.averages",
+                    got=tuple(ema.averages.shape),
+                    expected=self._param_shape(),
+                )
+            )
+        return ema.averages
 
 
 class BatchNorm1D(BatchNorm):

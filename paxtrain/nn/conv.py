@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import paxtrain as pax
-from paxtrain.nn.initializers import Initializer, lecun_normal, split_rng_key, zeros
+from paxtrain.nn.initializers import Initializer, fan_in_normal, split_rng_key, zeros
 from paxtrain.nn.normalization import along_axis
 from paxtrain.nn.sequential import Chainable
 
@@ -50,9 +50,10 @@ INPUT_MSG = """\
 channels; got shape {shape}. Add a batch axis with `x[None]` for a single example."""
 
 
-# `lecun_normal` for an "HWOI" kernel: the fan-in is the receptive field times the last axis.
-_lecun_normal_oi: Initializer = jax.nn.initializers.variance_scaling(
-    1.0, "fan_in", "truncated_normal", in_axis=-1, out_axis=-2
+# `fan_in_normal` for an "HWOI" kernel: the fan-in is the receptive field times the last axis,
+# PAX's `prod(kernel_shape) * in_features`.
+_fan_in_normal_oi: Initializer = jax.nn.initializers.variance_scaling(
+    1.0, "fan_in", "normal", in_axis=-1, out_axis=-2
 )
 
 
@@ -172,7 +173,7 @@ class _ConvND(Chainable, pax.Module):
         group_in = in_features // feature_group_count
         channels = (out_features, group_in) if self.transpose else (group_in, out_features)
         w_shape = (*self.kernel_shape, *channels)
-        default_init = _lecun_normal_oi if self.transpose else lecun_normal
+        default_init = _fan_in_normal_oi if self.transpose else fan_in_normal
         self.register_parameter("weight", (w_init or default_init)(w_key, w_shape, jnp.float32))
         bias = (b_init or zeros)(b_key, (out_features,), jnp.float32) if with_bias else None
         self.register_parameter("bias", bias)

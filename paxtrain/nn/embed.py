@@ -6,12 +6,14 @@ import jax
 import jax.numpy as jnp
 
 import paxtrain as pax
-from paxtrain.nn.initializers import Initializer, split_rng_key, truncated_normal
+from paxtrain.nn.initializers import Initializer, normal, split_rng_key
 from paxtrain.nn.sequential import Chainable
 
 
 class Embed(Chainable, pax.Module):
     """Maps integer ids of any shape to rows of `weight` [vocab_size, embed_dim].
+
+    The default initializer is PAX v0.4.3's: a plain normal of std 0.01.
 
     Ids outside `[0, vocab_size)` give NaN rows (`jnp.take`'s "fill" mode), so a bad id shows up
     in the loss instead of silently reading a clamped row.
@@ -36,7 +38,8 @@ class Embed(Chainable, pax.Module):
         super().__init__(name=name)
         self.vocab_size, self.embed_dim = vocab_size, embed_dim
         (key,) = split_rng_key(rng_key, 1)
-        w_init = w_init or truncated_normal(1.0)
+        # PAX's default: its docstring says truncated normal, its code draws a plain normal.
+        w_init = w_init or normal(0.01)
         self.register_parameter("weight", w_init(key, (vocab_size, embed_dim), jnp.float32))
 
     def __call__(self, ids: jax.Array) -> jax.Array:

@@ -19,10 +19,26 @@ Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
 
 zeros: Initializer = jax.nn.initializers.zeros
 ones: Initializer = jax.nn.initializers.ones
-# Default for weights: variance 1/fan_in keeps the scale of activations roughly constant with
-# depth; truncation avoids rare large weights. The fan-in of a conv kernel [*k, in, out] counts
-# the receptive field too.
-lecun_normal: Initializer = jax.nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+# PAX v0.4.3's default for weights: a plain (untruncated) normal of variance 1/fan_in, which
+# keeps the scale of activations roughly constant with depth. The fan-in of a conv kernel
+# [*k, in, out] counts the receptive field too. A PAX model trains from the same distribution.
+fan_in_normal: Initializer = jax.nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+
+
+def normal(stddev: float = 1.0) -> Initializer:
+    """Samples a plain normal with `stddev` (PAX's `Embed` default is `normal(0.01)`).
+
+    Compiled on its own, so that a model built eagerly and one built under `jax.jit` (the
+    sharded build of `paxtrain fit`) get the same bits: inlined into a larger program, XLA
+    folds the `* stddev` into the sampler and rounds differently.
+
+    Example:
+        >>> init = normal(0.01)
+        >>> init(jax.random.PRNGKey(0), (2, 3), jnp.float32).shape
+        (2, 3)
+    """
+    sample = jax.nn.initializers.normal(stddev)
+    return jax.jit(sample, static_argnums=(1, 2), static_argnames=("shape", "dtype"))
 
 
 def truncated_normal(stddev: float = 1.0) -> Initializer:

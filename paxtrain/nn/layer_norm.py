@@ -73,6 +73,8 @@ class RMSNorm(_Normalization):
         [1.0, -1.0, 1.0, -1.0]
     """
 
+    size_attr = "num_features"
+
     def __init__(
         self,
         num_features: int,

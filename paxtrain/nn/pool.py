@@ -20,11 +20,13 @@ here; write it for the trailing axes with 1 for the channels ({trailing!r}) or g
 ({full!r})."""
 
 
-def _spatial_axes(x: jax.Array, channel_axis: int) -> list[int]:
-    return [a for a in range(x.ndim) if a not in (0, channel_axis % x.ndim)]
+def _spatial_axes(x: jax.Array, channel_axis: int | None) -> list[int]:
+    # channel_axis=None (PAX's spelling): no channel axis, every axis but the batch is pooled.
+    channel = None if channel_axis is None else channel_axis % x.ndim
+    return [a for a in range(1, x.ndim) if a != channel]
 
 
-def _full_rank(value: int | Sequence, x: jax.Array, channel_axis: int, what: str) -> list:
+def _full_rank(value: int | Sequence, x: jax.Array, channel_axis: int | None, what: str) -> list:
     """`value` given for every axis of `x`, as PAX v0.4.3 (and Haiku) read a window or stride.
 
     An int applies to the spatial axes (all but 0 and `channel_axis`); a tuple applies to the
@@ -80,22 +82,23 @@ def _pool(
 
 
 def max_pool(
-    x: jax.Array,
+    value: jax.Array,
     window_shape: int | Sequence[int],
     strides: int | Sequence[int] | None = None,
     padding: str | Sequence[tuple[int, int]] = "VALID",
-    channel_axis: int = -1,
+    channel_axis: int | None = -1,
 ) -> jax.Array:
     """The maximum over each window of the spatial axes of a batched input.
 
     Args:
-      x: [batch, *spatial, channels] (or channels at `channel_axis`).
+      value: [batch, *spatial, channels] (or channels at `channel_axis`); PAX's name.
       window_shape: window size: an int for every spatial axis, or as PAX v0.4.3 and Haiku a
         tuple for the trailing axes (`(2, 2, 1)` for NHWC) or for every axis (`(1, 2, 2, 1)`).
       strides: step between windows, given like `window_shape`; defaults to `window_shape`
         (non-overlapping windows).
       padding: "VALID", "SAME", or one (low, high) pair per spatial axis. Padding never wins.
-      channel_axis: the axis that is not pooled, besides the batch axis 0.
+      channel_axis: the axis that is not pooled, besides the batch axis 0; None pools every
+        axis but the batch axis (as in PAX).
 
     Returns:
       The pooled array.
@@ -105,6 +108,7 @@ def max_pool(
         >>> nn.max_pool(x, 2)[0, :, :, 0].tolist()
         [[5.0, 7.0], [13.0, 15.0]]
     """
+    x = value
     if jnp.issubdtype(x.dtype, jnp.floating):
         init = np.array(-np.inf, x.dtype)
     else:
@@ -113,11 +117,11 @@ def max_pool(
 
 
 def avg_pool(
-    x: jax.Array,
+    value: jax.Array,
     window_shape: int | Sequence[int],
     strides: int | Sequence[int] | None = None,
     padding: str | Sequence[tuple[int, int]] = "VALID",
-    channel_axis: int = -1,
+    channel_axis: int | None = -1,
 ) -> jax.Array:
     """The mean over each window of the spatial axes of a batched input.
 
@@ -132,6 +136,7 @@ def avg_pool(
         >>> nn.avg_pool(x, 2)[0, :, :, 0].tolist()
         [[2.5, 4.5], [10.5, 12.5]]
     """
+    x = value
     zero = np.array(0, x.dtype)
     sums = _pool(x, zero, jax.lax.add, window_shape, strides, padding, channel_axis)
     if padding == "VALID":

@@ -4,6 +4,11 @@ A cell is a pure step `cell(state, x) -> (new_state, output)` on [batch, feature
 unbatched [features]); its state is a NamedTuple of arrays made by `cell.initial_state(batch)`.
 Cells do not change themselves, so `unroll` closes over the cell inside `jax.lax.scan` and only
 the recurrent state is carried.
+
+Initialization is PAX v0.4.3's: PAX multiplies `concat(x, h)` by one matrix, drawn by `w_init`
+(default: a plain normal of std `1/sqrt(input_dim + hidden_dim)`). Here the input and hidden
+weights are separate Linears (their names are what sharding rules match), so that matrix is drawn
+whole and split by rows: every weight has PAX's distribution, whatever `w_init` is.
 """
 
 from __future__ import annotations
@@ -15,8 +20,16 @@ import jax
 import jax.numpy as jnp
 
 import paxtrain as pax
-from paxtrain.nn.initializers import Initializer, split_rng_key
+from paxtrain.nn.initializers import Initializer, fan_in_normal, split_rng_key
 from paxtrain.nn.linear import Linear
+
+
+def _concat_weight_rows(
+    w_init: Initializer | None, key: jax.Array, input_dim: int, hidden_dim: int, out_dim: int
+) -> tuple[Initializer, Initializer]:
+    """Initializers giving the input rows and the hidden rows of PAX's weight over concat(x, h)."""
+    weight = (w_init or fan_in_normal)(key, (input_dim + hidden_dim, out_dim), jnp.float32)
+    return (lambda *_: weight[:input_dim]), (lambda *_: weight[input_dim:])
 
 
 class VanillaRNNState(NamedTuple):
@@ -76,10 +89,11 @@ class VanillaRNN(_RecurrentCell):
     ):
         super().__init__(name=name)
         self.input_dim, self.hidden_dim, self.activation = input_dim, hidden_dim, activation
-        x_key, h_key = split_rng_key(rng_key, 2)
-        self.input_to_hidden = Linear(input_dim, hidden_dim, w_init=w_init, rng_key=x_key)
+        w_key, b_key = split_rng_key(rng_key, 2)
+        x_rows, h_rows = _concat_weight_rows(w_init, w_key, input_dim, hidden_dim, hidden_dim)
+        self.input_to_hidden = Linear(input_dim, hidden_dim, w_init=x_rows, rng_key=b_key)
         self.hidden_to_hidden = Linear(
-            hidden_dim, hidden_dim, with_bias=False, w_init=w_init, rng_key=h_key
+            hidden_dim, hidden_dim, with_bias=False, w_init=h_rows, rng_key=b_key
         )
 
     def __call__(self, state: VanillaRNNState, x: jax.Array) -> tuple[VanillaRNNState, jax.Array]:
@@ -120,10 +134,11 @@ class LSTM(_RecurrentCell):
         super().__init__(name=name)
         self.input_dim, self.hidden_dim = input_dim, hidden_dim
         self.forget_gate_bias = forget_gate_bias
-        x_key, h_key = split_rng_key(rng_key, 2)
-        self.input_to_gates = Linear(input_dim, 4 * hidden_dim, w_init=w_init, rng_key=x_key)
+        w_key, b_key = split_rng_key(rng_key, 2)
+        x_rows, h_rows = _concat_weight_rows(w_init, w_key, input_dim, hidden_dim, 4 * hidden_dim)
+        self.input_to_gates = Linear(input_dim, 4 * hidden_dim, w_init=x_rows, rng_key=b_key)
         self.hidden_to_gates = Linear(
-            hidden_dim, 4 * hidden_dim, with_bias=False, w_init=w_init, rng_key=h_key
+            hidden_dim, 4 * hidden_dim, with_bias=False, w_init=h_rows, rng_key=b_key
         )
 
     def __call__(self, state: LSTMState, x: jax.Array) -> tuple[LSTMState, jax.Array]:
@@ -164,15 +179,23 @@ class GRU(_RecurrentCell):
     ):
         super().__init__(name=name)
         self.input_dim, self.hidden_dim = input_dim, hidden_dim
-        x_key, h_key, c_key = split_rng_key(rng_key, 3)
+        gates_key, candidate_key, b_key = split_rng_key(rng_key, 3)
+        # PAX's two matrices over concat(x, h) and concat(x, r * h): [r, z] and the candidate.
+        x_rz, h_rz = _concat_weight_rows(w_init, gates_key, input_dim, hidden_dim, 2 * hidden_dim)
+        x_c, h_c = _concat_weight_rows(w_init, candidate_key, input_dim, hidden_dim, hidden_dim)
         # Input weights for [r, z, candidate] in one matrix; the hidden weights of the candidate
         # are separate because they multiply r * h rather than h.
-        self.input_to_gates = Linear(input_dim, 3 * hidden_dim, w_init=w_init, rng_key=x_key)
+        self.input_to_gates = Linear(
+            input_dim,
+            3 * hidden_dim,
+            w_init=lambda *_: jnp.concatenate([x_rz(), x_c()], axis=1),
+            rng_key=b_key,
+        )
         self.hidden_to_gates = Linear(
-            hidden_dim, 2 * hidden_dim, with_bias=False, w_init=w_init, rng_key=h_key
+            hidden_dim, 2 * hidden_dim, with_bias=False, w_init=h_rz, rng_key=b_key
         )
         self.hidden_to_candidate = Linear(
-            hidden_dim, hidden_dim, with_bias=False, w_init=w_init, rng_key=c_key
+            hidden_dim, hidden_dim, with_bias=False, w_init=h_c, rng_key=b_key
         )
 
     def __call__(self, state: GRUState, x: jax.Array) -> tuple[GRUState, jax.Array]:

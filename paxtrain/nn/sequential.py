@@ -57,7 +57,10 @@ class Identity(Chainable, pax.Module):
 
 
 class Lambda(Chainable, pax.Module):
-    """Wraps a function of one argument as a layer; `fn` is static data, not a parameter.
+    """Wraps a function as a layer; `fn` is static data, not a parameter.
+
+    The arguments are PAX v0.4.3's, `Lambda(func, name=None)`, and a call passes every argument
+    on (`Lambda(jnp.add)(x, y)`); in a `Sequential` the function gets one.
 
     Example:
         >>> relu = nn.Lambda(jax.nn.relu)
@@ -67,12 +70,12 @@ class Lambda(Chainable, pax.Module):
         [0.0, 2.0]
     """
 
-    def __init__(self, fn: Callable[[Any], Any], *, name: str | None = None):
+    def __init__(self, func: Callable[..., Any], name: str | None = None):
         super().__init__(name=name)
-        self.fn = fn
+        self.fn = func
 
-    def __call__(self, x: Any) -> Any:
-        return self.fn(x)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
 
     @property
     def func(self) -> Callable[[Any], Any]:
@@ -117,6 +120,18 @@ class Sequential(Chainable, pax.Module):
     def modules(self) -> tuple[pax.Module, ...]:
         """PAX v0.4.3's name for `layers`."""
         return self.layers
+
+    def replace(self, **fields: Any) -> Sequential:
+        """As `Module.replace`; `modules=` (PAX's name) replaces `layers`.
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(2, 3))
+            >>> len(model.replace(modules=model.modules + (jax.nn.relu,)))
+            2
+        """
+        if "modules" in fields:
+            fields["layers"] = tuple(map(_as_layer, fields.pop("modules")))
+        return super().replace(**fields)
 
     def __len__(self) -> int:
         return len(self.layers)

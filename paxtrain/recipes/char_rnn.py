@@ -53,7 +53,9 @@ class CharRNN(pax.Module):
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")
         self.vocab_size = vocab_size
-        self.embed = nn.Embed(vocab_size, embed_dim)
+        # Unit-scale embeddings feed the cell a full-size signal from the first step; PAX's
+        # default (normal, std 0.01) learns far slower here (eval loss 2.95 vs 2.33 at step 100).
+        self.embed = nn.Embed(vocab_size, embed_dim, w_init=nn.initializers.truncated_normal(1.0))
         self.cell = CELLS[cell](embed_dim, hidden_dim)
         self.head = nn.Linear(hidden_dim, vocab_size)
         # Set by `decoder`: the recurrent state that the next call starts from.

@@ -56,7 +56,7 @@ class LlamaBlock(nn.Chainable, pax.Module):
         attention: str | None = None,
     ):
         super().__init__()
-        init = jax.nn.initializers.normal(INIT_STDDEV)
+        init = nn.initializers.normal(INIT_STDDEV)
         self.attention_norm = nn.RMSNorm(model_dim, eps=norm_eps)
         self.attention = nn.GroupedQueryAttention(
             model_dim,
@@ -120,7 +120,7 @@ class LlamaLM(pax.Module):
         super().__init__()
         self.vocab_size, self.model_dim, self.num_layers = vocab_size, model_dim, num_layers
         self.bytes_per_token, self.remat = bytes_per_token, remat
-        init = jax.nn.initializers.normal(INIT_STDDEV)
+        init = nn.initializers.normal(INIT_STDDEV)
         self.token_embed = nn.Embed(vocab_size, model_dim, w_init=init)
         blocks = [
             LlamaBlock(

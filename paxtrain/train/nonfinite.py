@@ -23,13 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 
 import paxtrain as pax
+from paxtrain.errors import ArgumentError
 from paxtrain.train.gradients import Batch, Metrics
-from paxtrain.train.hooks import Hook, crossed
+from paxtrain.train.hooks import Hook, check_at_least_one
 from paxtrain.train.options import StepFn, StepOption, UpdateFn
 from paxtrain.train.state import TrainState
 
 if TYPE_CHECKING:
-    from paxtrain.train.trainer import Trainer
+    from paxtrain.train.view import TrainerView
 
 
 def is_finite(metrics: Metrics) -> jax.Array:
@@ -248,6 +249,12 @@ def rolled_back(
     )
 
 
+POLICY_WITHOUT_GUARD_MSG = (
+    "on_nonfinite={action!r} in the hooks (`default_hooks`) needs the same in the step: pass "
+    "`step=StepSettings(on_nonfinite={action!r})` to the Trainer."
+)
+LR_FACTOR_MSG = "rollback_lr_factor must be in (0, 1], e.g. 0.5; got {value}"
+
 # The exit code of `paxtrain fit` stopped by on_nonfinite="stop": neither success (0) nor a
 # config error (2), so a launcher can tell a diverged run from both.
 NONFINITE_EXIT_CODE = 3
@@ -274,10 +281,6 @@ ROLLBACKS_EXHAUSTED_MSG = (
 )
 
 
-POLICY_ACTION_MSG = "NonFinitePolicy action must be 'skip', 'stop' or 'rollback', got {action!r}"
-LR_FACTOR_MSG = "rollback_lr_factor must be in (0, 1], e.g. 0.5; got {lr_factor}"
-
-
 class NonFinitePolicy(Hook):
     """Acts on steps the non-finite guard skipped: "stop" training, or "rollback" (see
     `Trainer.rollback`; it stops after `ROLLBACKS_IN_A_ROW` to one checkpoint), or "skip" them
@@ -289,11 +292,17 @@ class NonFinitePolicy(Hook):
         >>> trainer.add_hook(NonFinitePolicy("stop", every=50))  # doctest: +SKIP
     """
 
+    at_end = True
+
     def __init__(self, action: str, every: int, lr_factor: float = 0.5):
         if action not in ("skip", "stop", "rollback"):
-            raise ValueError(POLICY_ACTION_MSG.format(action=action))
+            raise ArgumentError(
+                "on_nonfinite",
+                f"NonFinitePolicy action must be 'skip', 'stop' or 'rollback', got {action!r}",
+            )
         if not 0 < lr_factor <= 1:  # 0 would stop training; above 1 each rollback speeds it up
-            raise ValueError(LR_FACTOR_MSG.format(lr_factor=lr_factor))
+            raise ArgumentError("rollback_lr_factor", LR_FACTOR_MSG.format(value=lr_factor))
+        check_at_least_one("log_every", every, 50)
         self.action, self.every, self.lr_factor = action, every, lr_factor
         self._seen, self._checked_step, self._stuck_since = 0, 0, None
         self._restored: dict[str, Any] | None = None
@@ -311,64 +320,66 @@ class NonFinitePolicy(Hook):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._restored = state
 
-    def on_train_start(self, trainer: Trainer) -> None:
+    def on_train_start(self, view: TrainerView) -> None:
+        # The policy acts on what the step's guard records; a step built without it (or
+        # without a rollback's state) would fail at the first check with a KeyError.
+        needs = (SKIP, ROLLBACK) if self.action == "rollback" else (SKIP,)
+        if not all(name in view.state.extras for name in needs):
+            raise ArgumentError("on_nonfinite", POLICY_WITHOUT_GUARD_MSG.format(action=self.action))
         if self._restored is not None:
             state, self._restored = self._restored, None
             self._seen, self._checked_step = state["seen"], state["checked_step"]
             self._stuck_since, self._rolled_back_to = state["stuck_since"], state["rolled_back_to"]
             self._rollbacks_in_a_row = state["rollbacks_in_a_row"]
             return
-        self._seen = int(skipped_steps(trainer.state))
-        self._checked_step, self._stuck_since = trainer.step, None
+        self._seen = int(skipped_steps(view.state))
+        self._checked_step, self._stuck_since = view.step, None
 
-    def on_step(self, trainer: Trainer, metrics: dict[str, jax.Array]) -> None:
-        if not (
-            crossed(trainer.step, trainer.steps_per_call, self.every)
-            or trainer.step >= trainer.max_steps
-        ):
-            return
+    def on_step(self, view: TrainerView, metrics: dict[str, jax.Array]) -> None:
         skipped = int(np.max(jax.device_get(metrics["skipped_steps"])))
-        since, self._checked_step = self._checked_step, trainer.step
+        since, self._checked_step = self._checked_step, view.step
         if skipped <= self._seen:
             self._stuck_since = None
             return
         if self.action == "skip":
-            every_one = skipped - self._seen >= trainer.step - since
+            every_one = skipped - self._seen >= view.step - since
             if not every_one or self._stuck_since is None:
                 self._stuck_since = since if every_one else None
-            if every_one and trainer.step - self._stuck_since >= STUCK_STEPS:
-                trainer.stopped_on_nonfinite = True
-                trainer.stop(STUCK_MSG.format(start=self._stuck_since + 1, step=trainer.step))
+            if every_one and view.step - self._stuck_since >= STUCK_STEPS:
+                view.stop(
+                    STUCK_MSG.format(start=self._stuck_since + 1, step=view.step), nonfinite=True
+                )
             self._seen = skipped
             return
         if self.action == "stop":
-            trainer.stopped_on_nonfinite = True
-            trainer.stop(
-                f"non-finite loss or gradients: {skipped - self._seen} step(s) skipped before step {trainer.step}"
+            view.stop(
+                f"non-finite loss or gradients: {skipped - self._seen} step(s) skipped before "
+                f"step {view.step}",
+                nonfinite=True,
             )
             return
-        bad_step = trainer.step
-        manager = trainer.checkpointing.manager if trainer.checkpointing else None
+        bad_step = view.step
+        manager = view.checkpoints
         if (
             manager is not None
             and self._rollbacks_in_a_row >= ROLLBACKS_IN_A_ROW
             and manager.latest_step() == self._rolled_back_to
         ):
-            trainer.stopped_on_nonfinite = True
-            trainer.stop(
+            view.stop(
                 ROLLBACKS_EXHAUSTED_MSG.format(
                     count=self._rollbacks_in_a_row, step=self._rolled_back_to, bad_step=bad_step
-                )
+                ),
+                nonfinite=True,
             )
             return
-        step = trainer.rollback(self.lr_factor)
+        step = view.rollback(self.lr_factor)
         self._rollbacks_in_a_row = 1 + (
             self._rollbacks_in_a_row if step == self._rolled_back_to else 0
         )
         self._rolled_back_to = step
-        self._seen, self._checked_step = int(skipped_steps(trainer.state)), step
-        scale = update_scale(trainer.state)
-        trainer.log({"rollback/to_step": step, "rollback/update_scale": scale})
+        self._seen, self._checked_step = int(skipped_steps(view.state)), step
+        scale = update_scale(view.state)
+        view.log({"rollback/to_step": step, "rollback/update_scale": scale})
         print(
             f"paxtrain: non-finite steps before step {bad_step}: rolled back to step {step}, "
             f"skipping batches up to {bad_step}, learning rate x{scale:g}",

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 from jax.experimental import multihost_utils
 
-from paxtrain.train.hooks import Hook
+from paxtrain.train.hooks import Hook, TrainerView
 
 DEFAULT_PREEMPTION_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
 
@@ -63,12 +63,13 @@ def before_training(names: Iterable[str] = DEFAULT_PREEMPTION_SIGNALS) -> Iterat
 
 
 @contextlib.contextmanager
-def stop_on_signals(trainer: Any, names: Iterable[str]) -> Iterator[None]:
-    """While active, the named signals ask `trainer` to stop after its current step.
+def stop_on_signals(trainer: TrainerView, names: Iterable[str]) -> Iterator[None]:
+    """While active, the named signals ask `trainer` (the trainer's view) to stop after its
+    current step.
 
     The handler only records the request: the step in flight (even one being compiled) runs
     to completion, then the loop ends and the end-of-training hooks save and flush. Repeated
-    signals never interrupt the save: they set `trainer.hurry`, which skips what comes after
+    signals never interrupt the save: they call `trainer.hurry_up()`, which skips what comes after
     the checkpoint (the plot). SIGKILL remains the way to abort without saving.
 
     On several processes a signal reaches the hosts at different moments, but the final save
@@ -119,13 +120,13 @@ class PreemptionSync(Hook):
     after a save picked a step the loop would not reach, and the run kept training.
     """
 
-    def on_step(self, trainer: Any, metrics: Any) -> None:
-        first = trainer.step - trainer.steps_per_call + 1
-        steps = range(first, trainer.step + 1)
+    def on_step(self, view: TrainerView, metrics: Any) -> None:
+        first = view.step - view.steps_per_call + 1
+        steps = range(first, view.step + 1)
         reached = [multihost_utils.reached_preemption_sync_point(step) for step in steps]
         if any(reached):
-            trainer.preempted = trainer.preempted or OTHER_PROCESS
-            trainer.stop(f"preempted by {trainer.preempted}")
+            view.preempt(OTHER_PROCESS)
+            view.stop(f"preempted by {view.preempted}")
 
 
 # What `trainer.preempted` says when JAX's preemption service stopped the run: SIGTERM reaches
@@ -134,7 +135,7 @@ OTHER_PROCESS = "a preemption notice (SIGTERM to one of the processes)"
 
 
 @contextlib.contextmanager
-def _stop_all_processes(trainer: Any, names: tuple[str, ...]) -> Iterator[None]:
+def _stop_all_processes(trainer: TrainerView, names: tuple[str, ...]) -> Iterator[None]:
     # SIGTERM stays with the handler JAX's preemption service installed when the processes
     # joined; the other signals are passed on to it as a SIGTERM.
     others = [getattr(signal, name) for name in names if name != "SIGTERM"]
@@ -142,7 +143,7 @@ def _stop_all_processes(trainer: Any, names: tuple[str, ...]) -> Iterator[None]:
 
     def handle(number: int, frame: Any) -> None:
         name = signal.Signals(number).name
-        trainer.preempted = trainer.preempted or name
+        trainer.preempt(name)
         if trainer.is_main_process:
             print(STOPPING_ALL_MSG.format(name=name), flush=True)
         os.kill(os.getpid(), signal.SIGTERM)
@@ -154,7 +155,7 @@ def _stop_all_processes(trainer: Any, names: tuple[str, ...]) -> Iterator[None]:
     try:
         yield
     finally:
-        trainer.hooks.remove(sync)
+        trainer.remove_hook(sync)
         for number, handler in previous.items():
             signal.signal(number, handler)
 
@@ -180,15 +181,15 @@ def _handling(names: Iterable[str], handle: Any) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _stop_this_process(trainer: Any, names: Iterable[str]) -> Iterator[None]:
+def _stop_this_process(trainer: TrainerView, names: Iterable[str]) -> Iterator[None]:
 
     def handle(number: int, frame: Any) -> None:
         name = signal.Signals(number).name
         again = trainer.preempted is not None
         if again:
-            trainer.hurry = True
+            trainer.hurry_up()
         else:
-            trainer.preempted = name
+            trainer.preempt(name)
             trainer.stop(f"preempted by {name}")  # the loop names the step it ended at
         if trainer.is_main_process:
             print((HURRY_MSG if again else STOPPING_MSG).format(name=name), flush=True)

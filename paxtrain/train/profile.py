@@ -1,6 +1,6 @@
-"""`trainer.profile`: a `jax.profiler` trace of some training steps, in `RUN_DIR/profile/`.
+"""`view.profile`: a `jax.profiler` trace of some training steps, in `RUN_DIR/profile/`.
 
-    paxtrain fit configs/char_rnn.yaml trainer.profile.start_step=100 trainer.profile.num_steps=5
+    paxtrain fit configs/char_rnn.yaml view.profile.start_step=100 view.profile.num_steps=5
     tensorboard --logdir runs/char_rnn-.../profile     # with `pip install tensorboard-plugin-profile` (xprof)
 
 Steps `start_step` to `start_step + num_steps - 1` (counted from 0) are traced, each wrapped in
@@ -11,14 +11,11 @@ Skip the first steps: they compile.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
 
 import jax
 
-from paxtrain.train.hooks import Hook
-
-if TYPE_CHECKING:
-    from paxtrain.train.trainer import Trainer
+from paxtrain.errors import ArgumentError
+from paxtrain.train.hooks import Hook, TrainerView
 
 PROFILE_DIR = "profile"
 STEP_NAME = "train"
@@ -37,37 +34,38 @@ class Profile(Hook):
 
     def __init__(self, start_step: int, num_steps: int = 3):
         if start_step < 0 or num_steps < 1:
-            raise ValueError(
-                f"Profile needs start_step >= 0 and num_steps >= 1, got {start_step}, {num_steps}"
+            raise ArgumentError(
+                "start_step" if start_step < 0 else "num_steps",
+                f"Profile needs start_step >= 0 and num_steps >= 1, got {start_step}, {num_steps}",
             )
         self.start_step, self.stop_step = start_step, start_step + num_steps
         self.tracing = False
 
-    def on_train_start(self, trainer: Trainer) -> None:
-        self._maybe_start(trainer)
+    def on_train_start(self, view: TrainerView) -> None:
+        self._maybe_start(view)
 
-    def on_step(self, trainer: Trainer, metrics: dict[str, jax.Array]) -> None:
-        if self.tracing and trainer.step >= self.stop_step:
+    def on_step(self, view: TrainerView, metrics: dict[str, jax.Array]) -> None:
+        if self.tracing and view.step >= self.stop_step:
             jax.block_until_ready(metrics)  # the traced steps' device work belongs in the trace
-            self._stop(trainer)
-        self._maybe_start(trainer)
+            self._stop(view)
+        self._maybe_start(view)
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, view: TrainerView) -> None:
         if self.tracing:
-            self._stop(trainer)
+            self._stop(view)
 
-    def _maybe_start(self, trainer: Trainer) -> None:
-        if not self.tracing and self.start_step <= trainer.step < self.stop_step:
-            jax.profiler.start_trace(str(trainer.run_dir / PROFILE_DIR))
+    def _maybe_start(self, view: TrainerView) -> None:
+        if not self.tracing and self.start_step <= view.step < self.stop_step:
+            jax.profiler.start_trace(str(view.run_dir / PROFILE_DIR))
             self.tracing = True
-            trainer.trace_step = _annotation(trainer)
 
-    def _stop(self, trainer: Trainer) -> None:
+    def _stop(self, view: TrainerView) -> None:
         jax.profiler.stop_trace()
         self.tracing = False
-        trainer.trace_step = contextlib.nullcontext
         self.start_step = self.stop_step  # once per run
 
-
-def _annotation(trainer: Trainer) -> Any:
-    return lambda: jax.profiler.StepTraceAnnotation(STEP_NAME, step_num=trainer.step)
+    def step_context(self, view: TrainerView) -> contextlib.AbstractContextManager | None:
+        """While tracing, each step call is a step of the trace."""
+        if not self.tracing:
+            return None
+        return jax.profiler.StepTraceAnnotation(STEP_NAME, step_num=view.step)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from paxtrain.train.hooks import Hook
+from paxtrain.errors import ArgumentError
+from paxtrain.train.hooks import Hook, TrainerView
 
-if TYPE_CHECKING:
-    from paxtrain.train.trainer import Trainer
+MODES = ("auto", "bar", "log", "off")
+UNKNOWN_MODE_MSG = "progress is {mode!r}; choose one of {modes}."
 
 
 def _eta(seconds: float) -> str:
@@ -41,42 +42,48 @@ class Progress(Hook):
         a terminal, lines otherwise.
 
     Example:
-        >>> trainer.add_hook(Progress("log"))  # doctest: +SKIP
+        >>> Progress("log").mode
+        'log'
+        >>> Progress("bra")
+        Traceback (most recent call last):
+        paxtrain.errors.ArgumentError: progress is 'bra'; choose one of ('auto', 'bar', 'log', 'off').
     """
 
     main_process_only = True
 
     def __init__(self, mode: str = "auto"):
+        if mode not in MODES:
+            raise ArgumentError("progress", UNKNOWN_MODE_MSG.format(mode=mode, modes=MODES))
         if mode == "auto":
             mode = "bar" if sys.stdout.isatty() else "log"
         self.mode = mode
         self._bar: Any = None
 
-    def on_train_start(self, trainer: Trainer) -> None:
-        self._start_time, self._start_step = time.perf_counter(), trainer.step
+    def on_train_start(self, view: TrainerView) -> None:
+        self._start_time, self._start_step = time.perf_counter(), view.step
         if self.mode == "bar":
             from tqdm import tqdm
 
             self._bar = tqdm(
-                total=trainer.max_steps, initial=trainer.step, unit="step", dynamic_ncols=True
+                total=view.max_steps, initial=view.step, unit="step", dynamic_ncols=True
             )
 
-    def on_step(self, trainer: Trainer, metrics: Any) -> None:
+    def on_step(self, view: TrainerView, metrics: Any) -> None:
         if self._bar is not None:
-            self._bar.update(trainer.step - self._bar.n)
+            self._bar.update(view.step - self._bar.n)
 
-    def on_log(self, trainer: Trainer, scalars: dict[str, float]) -> None:
+    def on_log(self, view: TrainerView, scalars: dict[str, float]) -> None:
         text = _summary(scalars)
         if not text:
             return
         if self._bar is not None:
             self._bar.set_postfix_str(text, refresh=False)
         elif self.mode == "log":
-            done = trainer.step - self._start_step
+            done = view.step - self._start_step
             elapsed = time.perf_counter() - self._start_time
-            eta = elapsed / done * (trainer.max_steps - trainer.step) if done else 0.0
-            print(f"step {trainer.step}/{trainer.max_steps} | {text} | eta {_eta(eta)}", flush=True)
+            eta = elapsed / done * (view.max_steps - view.step) if done else 0.0
+            print(f"step {view.step}/{view.max_steps} | {text} | eta {_eta(eta)}", flush=True)
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, view: TrainerView) -> None:
         if self._bar is not None:
             self._bar.close()

@@ -8,35 +8,30 @@ import errno
 import pathlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
 
 import paxtrain as pax
 from paxtrain import parallel
 from paxtrain.data.source import DataSource, Prefetcher
-from paxtrain.errors import CheckpointError, ConfigError
-from paxtrain.train.checkpointing import Checkpointing
+from paxtrain.errors import ArgumentError, CheckpointError, ConfigError
+from paxtrain.train.builtin_hooks import default_hooks
 from paxtrain.train.compile_cache import AUTO as AUTO_CACHE
 from paxtrain.train.compile_cache import enable_compile_cache
+from paxtrain.train.dispatch import HookList
 from paxtrain.train.gradients import check_micro_batches
-from paxtrain.train.hooks import (
-    EarlyStopping,
-    Evaluation,
-    EveryN,
-    Hook,
-    PlotCurves,
-    Throughput,
-    TrainMetrics,
-)
+from paxtrain.train.hooks import Hook, as_hook, check_at_least_one
 from paxtrain.train.logger import DEFAULT_LOGGERS, Logger, LoggerGroup
-from paxtrain.train.nonfinite import NonFinitePolicy, data_position, guard_kwargs, rolled_back
-from paxtrain.train.precision import loss_scale_kwargs, parse_precision
+from paxtrain.train.nonfinite import data_position, rolled_back
 from paxtrain.train.preemption import DEFAULT_PREEMPTION_SIGNALS, stop_on_signals
-from paxtrain.train.progress import Progress
 from paxtrain.train.run_lock import RunLock
+from paxtrain.train.settings import DEFAULT_LAYOUT, DEFAULT_STEP, Layout, StepSettings
+from paxtrain.train.view import TrainerViewOf
+
+if TYPE_CHECKING:
+    from paxtrain.checkpoint.store import CheckpointManager
 
 NO_LOSS_MSG = """\
 {cls} has no `loss(batch)` method, and no `loss_fn` was given to `fit`.
@@ -67,12 +62,19 @@ NOTHING_TO_TRAIN_MSG = (
     "raise `trainer.max_steps` to train further."
 )
 
-EARLY_STOPPED_MSG = (
-    "nothing to train: {reason} when the run saved step {step}; raise "
-    "`trainer.early_stopping.patience` to train further."
+STEPS_PER_CALL_MSG = "max_steps ({max_steps}) must be a multiple of steps_per_call ({spc})."
+
+RESUME_STEPS_PER_CALL_MSG = (
+    "the checkpoint in {directory} is at step {step}, not a multiple of trainer.steps_per_call "
+    "({spc}): its calls would end at other steps than the log, checkpoint and last steps "
+    "(past trainer.max_steps={max_steps}). Resume with a trainer.steps_per_call that divides "
+    "{step} (1 always does)."
 )
 
-STEPS_PER_CALL_MSG = "max_steps ({max_steps}) must be a multiple of steps_per_call ({spc})."
+TWO_STORES_MSG = (
+    "two hooks save checkpoints ({first} and {second}): a run has one checkpoint store; "
+    "keep one `Checkpointing` hook."
+)
 
 
 def model_loss(model: pax.Module, batch: Any) -> tuple[jax.Array, tuple[pax.Module, dict]]:
@@ -131,49 +133,28 @@ class Trainer:
 
     Args:
       max_steps: number of optimizer steps.
-      run_dir: where metrics, event files and plots go (created if missing).
-      log_every: steps between logged training metrics.
-      eval_every: steps between evaluations (None: only at the end).
-      steps_per_call: steps run per jitted call (a `lax.scan` over stacked batches).
-      grad_accum_steps: micro-batches per step.
-      precision: "float32"; "bfloat16" or "float16" for that compute with f32 parameters; or a
-        policy string ("params=float32,compute=bfloat16,output=float32", see
-        `train.precision`). Computing in float16 turns on dynamic loss scaling.
-      ema_decay: keep an EMA of the parameters when set; evaluations then report its metrics
-        too, as `eval/ema_*` (`eval/ema_loss`: a monitor for checkpoints or early stopping).
-      on_nonfinite: what a step with a NaN/Inf loss or gradient does: "skip" it (counted in
-        `train/skipped_steps`; after 50 skipped in a row training stops, stuck), "stop" training, or "rollback" to the newest checkpoint,
-        skipping the batches since then and scaling the learning rate by `rollback_lr_factor`.
-        Detected at log steps, so within `log_every` steps. "none" turns the guard off.
-      rollback_lr_factor: learning-rate factor applied at each rollback.
-      grad_norm: log the gradients' global norm (`train/grad_norm`). The non-finite guard
-        computes it anyway; with `on_nonfinite="none"`, False saves a pass over the gradients.
-      progress: "auto", "bar", "log" or "off".
-      plot: write `curves.png` at the end.
-      early_stopping: an `EarlyStopping` hook, or None.
-      checkpointing: a `Checkpointing` hook (saves, resumes), or None.
-      hooks: more hooks.
+      run_dir: where metrics, event files, plots and checkpoints go (created if missing).
+      hooks: the run's hooks; None: `default_hooks()` (training metrics every 50 steps, a
+        final evaluation, progress, the plot). Build them with `default_hooks(...)`, which
+        takes the logging and evaluation cadence, early stopping and checkpointing.
+      step: how each step runs (`StepSettings`: steps per call, gradient accumulation,
+        precision, EMA, the non-finite guard, the gradient norm).
+      layout: where it runs (`Layout`: the mesh, the parallel strategy, the tensor rules).
       seed: seed of the training RNG (dropout keys...).
-      tensorboard: False drops "tensorboard" from `loggers`.
       loggers: where logged scalars go: names from `train.logger.LOGGERS` ("tensorboard",
         "jsonl", "mlflow", "wandb") or `Logger` objects; only the main process logs.
       hyperparams: recorded by each logger at the start (`paxtrain fit`: the resolved config).
       compile_cache: JAX's persistent compilation cache directory; "auto" (a user cache
         directory), a path, or None (JAX's setting as it is); see `train.compile_cache`.
       preemption_signals: signal names that stop training gracefully.
-      mesh: the devices and their layout: a `jax.sharding.Mesh`, or the sizes of
-        `parallel.make_mesh` (`{"data": -1, "fsdp": 1, "tensor": 1}`); None puts every device
-        on the data axis.
-      strategy: "jit" (the state laid out on the mesh: data parallel, FSDP, tensor parallel)
-        or "pmap" (data parallel with a replicated state); see `parallel.setup`.
-      tensor_rules: the tensor-parallel rules of the "jit" strategy (`parallel.partition_spec`).
       init_from: `init_from(model) -> model` replaces parameters of the built model before the
         state is made from it: fine-tuning's `functools.partial(load_parameters, source=...)`.
 
     Example:
-        >>> from paxtrain.train import Trainer
-        >>> trainer = Trainer(max_steps=1000, run_dir="runs/demo", eval_every=200)
-        >>> state = trainer.fit(model, data, optax.adamw(1e-3))  # doctest: +SKIP
+        >>> from paxtrain.train import Trainer, default_hooks
+        >>> trainer = Trainer(1000, run_dir="runs/demo", hooks=default_hooks(eval_every=200))
+        >>> trainer.max_steps, trainer.steps_per_call
+        (1000, 1)
     """
 
     def __init__(
@@ -181,73 +162,36 @@ class Trainer:
         max_steps: int,
         *,
         run_dir: str | pathlib.Path = "runs/default",
-        log_every: int = 50,
-        eval_every: int | None = None,
-        steps_per_call: int = 1,
-        grad_accum_steps: int = 1,
-        precision: str = "float32",
-        ema_decay: float | None = None,
-        on_nonfinite: str = "skip",
-        rollback_lr_factor: float = 0.5,
-        grad_norm: bool = True,
-        progress: str = "auto",
-        plot: bool = True,
-        early_stopping: EarlyStopping | None = None,
-        checkpointing: Checkpointing | None = None,
-        hooks: Iterable[Hook] = (),
+        hooks: Iterable[Hook] | None = None,
+        step: StepSettings = DEFAULT_STEP,
+        layout: Layout = DEFAULT_LAYOUT,
         seed: int = 0,
-        tensorboard: bool = True,
         loggers: Iterable[str | Logger] = DEFAULT_LOGGERS,
         hyperparams: Mapping[str, Any] | None = None,
         compile_cache: str | None = AUTO_CACHE,
         preemption_signals: Iterable[str] = DEFAULT_PREEMPTION_SIGNALS,
-        mesh: Mesh | Mapping[str, int] | None = None,
-        strategy: str = "jit",
-        tensor_rules: Sequence[parallel.Rule] = parallel.DEFAULT_TENSOR_RULES,
         init_from: Callable[[pax.Module], pax.Module] | None = None,
     ):
-        if max_steps % steps_per_call:
-            raise ValueError(STEPS_PER_CALL_MSG.format(max_steps=max_steps, spc=steps_per_call))
-        self.max_steps, self.steps_per_call = max_steps, steps_per_call
+        check_at_least_one("max_steps", max_steps, 1000)
+        if max_steps % step.steps_per_call:
+            raise ArgumentError(
+                "max_steps",
+                STEPS_PER_CALL_MSG.format(max_steps=max_steps, spc=step.steps_per_call),
+            )
+        self.max_steps, self.steps_per_call = max_steps, step.steps_per_call
         self.run_dir = pathlib.Path(run_dir)
-        self.step_options = {
-            "steps_per_call": steps_per_call,
-            "grad_accum_steps": grad_accum_steps,
-            **guard_kwargs(on_nonfinite),
-            "ema_decay": ema_decay,
-            "grad_norm": grad_norm,
-        }
-        self.policy = parse_precision(precision)
-        self.step_options.update(loss_scale_kwargs(self.policy))
-        self.precision, self.seed = precision, seed
-        self.loggers = [lg for lg in loggers if tensorboard or lg != "tensorboard"]
+        self.step_settings, self.layout = step, layout
+        self.seed, self.init_from = seed, init_from
+        self.loggers = list(loggers)
         self.hyperparams = dict(hyperparams or {})
         self.compile_cache = compile_cache
-        # Wraps each step call; the profiler (`train.profile`) sets it while it traces.
-        self.trace_step: Callable[[], Any] = contextlib.nullcontext
-        self.checkpointing = checkpointing
-        self.hooks: list[Hook] = [
-            TrainMetrics(log_every),
-            Throughput(log_every),
-            Evaluation(eval_every),
-            *([early_stopping] if early_stopping else []),
-            *(
-                [NonFinitePolicy(on_nonfinite, log_every, rollback_lr_factor)]
-                if on_nonfinite != "none"
-                else []
-            ),
-            Progress(progress),
-            *hooks,
-            # Near the end: a checkpoint records what the other hooks did at its step (its eval
-            # metrics, their state), and the final save comes before the slow plot.
-            *([checkpointing] if checkpointing else []),
-            *([PlotCurves()] if plot else []),
-        ]
-        self._tail = bool(checkpointing) + bool(plot)
         self.preemption_signals = tuple(preemption_signals)
-        self.mesh, self.strategy, self.tensor_rules = mesh, strategy, tuple(tensor_rules)
-        self.init_from = init_from
+        self.hooks = HookList(default_hooks() if hooks is None else hooks)
+        self.view = TrainerViewOf(self)
         self.is_main_process = parallel.is_main_process()
+        # The store the checkpointing hook opens at `fit`; resume and rollback read from it.
+        self.checkpoints: CheckpointManager | None = None
+        self.resumed_from: int | None = None
         self.step = 0
         self.should_stop = False
         self.stop_reason: str | None = None
@@ -256,7 +200,6 @@ class Trainer:
         self.nothing_to_train = False  # resumed at or past max_steps, or early-stopped
         self.hurry = False  # a repeated stop signal: exit as soon as the checkpoint is saved
         self.last_data_wait = 0.0
-        self.last_eval_step: int | None = None
         self.eval_history: list[tuple[int, dict[str, float]]] = []
         self._scalars: dict[str, float] = {}
         self._restart = False
@@ -290,28 +233,50 @@ class Trainer:
         """
         return self.plan.checkpoint_state(jax.tree_util.tree_unflatten(self._treedef, self._leaves))
 
-    def add_hook(
-        self, hook: Hook | Callable[[Trainer, Any], Any], every: int | None = None
-    ) -> None:
-        """Adds a hook, or a function `fn(trainer, metrics)` run every `every` steps.
+    def add_hook(self, hook: Hook | Callable[[Any, Any], Any], every: int | None = None) -> None:
+        """Adds a hook, or a function `fn(view, metrics)` run every `every` steps (`view`: the
+        trainer as hooks see it, `hooks.TrainerView`).
 
         Example:
-            >>> trainer.add_hook(lambda tr, metrics: print(tr.step), every=100)  # doctest: +SKIP
+            >>> trainer.add_hook(lambda view, metrics: print(view.step), every=100)  # doctest: +SKIP
         """
-        if not isinstance(hook, Hook):
-            if every is None:
-                raise ValueError("add_hook(fn, every=N): a function hook needs `every`.")
-            hook = EveryN(hook, every)
-        # Before the checkpointing and plotting hooks, which stay last.
-        self.hooks.insert(len(self.hooks) - self._tail, hook)
+        self.hooks.add(as_hook(hook, every))
 
     def log(self, scalars: dict[str, float]) -> None:
         """Records scalars for the current step; written once all hooks of the step ran."""
         self._scalars.update(scalars)
 
-    def stop(self, reason: str) -> None:
-        """Asks the loop to stop after the current step."""
+    def stop(self, reason: str, *, nonfinite: bool = False) -> None:
+        """Asks the loop to stop after the current step; `nonfinite`: because of non-finite
+        steps (`stopped_on_nonfinite`, exit code 3 on the command line).
+
+        Example:
+            >>> trainer = Trainer(10)
+            >>> trainer.stop("enough"); trainer.should_stop, trainer.stop_reason
+            (True, 'enough')
+        """
         self.should_stop, self.stop_reason = True, reason
+        self.stopped_on_nonfinite = self.stopped_on_nonfinite or nonfinite
+
+    def preempt(self, name: str) -> None:
+        """Records that signal `name` asked the run to stop; the first one is kept.
+
+        Example:
+            >>> trainer = Trainer(10)
+            >>> trainer.preempt("SIGTERM"); trainer.preempt("SIGINT"); trainer.preempted
+            'SIGTERM'
+        """
+        self.preempted = self.preempted or name
+
+    def hurry_up(self) -> None:
+        """A repeated stop signal: the end-of-training hooks skip what comes after the save.
+
+        Example:
+            >>> trainer = Trainer(10)
+            >>> trainer.hurry_up(); trainer.hurry
+            True
+        """
+        self.hurry = True
 
     def eval_metrics(self) -> dict[str, float]:
         """The eval metrics of the current state over `data.eval_batches()`, or {} when a
@@ -341,11 +306,107 @@ class Trainer:
         metrics = self.eval_metrics()
         if not metrics:
             return metrics
-        self.last_eval_step = self.step
         self.eval_history.append((self.step, metrics))
         self.log({f"eval/{k}": v for k, v in metrics.items()})
         self._run_hooks("on_eval_end", metrics)
         return metrics
+
+    # ------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, meta: Mapping[str, Any], wait: bool = False) -> None:
+        """Saves the state into the checkpoint store (synchronously with `wait`), with this
+        step's eval metrics (for `keep_best`), the batch position the run goes on from, the
+        hooks' states and `meta`.
+
+        Example:
+            >>> trainer.save_checkpoint({"note": "before the change"}, wait=True)  # doctest: +SKIP
+        """
+        # No copy of the state: Orbax copies every array to host memory before `save` returns
+        # (only the writing is in the background), so the next step may donate the buffers.
+        evaluated = self.eval_history and self.eval_history[-1][0] == self.step
+        metrics = (
+            {f"eval/{k}": v for k, v in self.eval_history[-1][1].items()} if evaluated else None
+        )
+        # The batch the run goes on from: a rollback skips batches.
+        position = data_position(self.state, self.step)
+        record = {**meta, "data_position": position, "hooks": self.hooks.state_dicts()}
+        self.checkpoints.save(self.checkpoint_state, metrics=metrics, meta=record, wait=wait)
+
+    def restore_latest(self) -> Any:
+        """The `TrainState` of the newest checkpoint (after the saves in flight), laid out as
+        the trainer's; the trainer goes on with its own state until `continue_from`. A
+        non-finite policy restores it, adjusts it, and continues from it.
+
+        Raises `CheckpointError` when none is saved yet (or with no checkpointing).
+
+        Example:
+            >>> state = trainer.restore_latest()  # doctest: +SKIP
+            >>> trainer.continue_from(state)  # doctest: +SKIP
+        """
+        return self._restore_newest()[0]
+
+    def continue_from(self, state: Any) -> None:
+        """Trains on from `state` at its step: the scalars logged so far are written at the
+        step they belong to, then the loop restarts its batches from `state.step` (plus the
+        batches a rollback skips, recorded in the state's extras).
+
+        Example:
+            >>> trainer.continue_from(trainer.restore_latest())  # doctest: +SKIP
+        """
+        self._write_scalars()
+        self.state = state
+        self.step = int(state.step)
+        self._restart = True
+
+    def rollback(self, lr_factor: float) -> int:
+        """Restores the newest checkpoint, skips the batches since then, scales the updates
+        (the learning rate) by `lr_factor`; returns the step trained from again.
+
+        Needs checkpointing and a step built with `rollback=True` (`on_nonfinite="rollback"`).
+        """
+        current = self.state
+        self.continue_from(rolled_back(current, self.restore_latest(), self.step, lr_factor))
+        return self.step
+
+    def _restore_newest(self) -> tuple[Any, dict[str, Any]]:
+        """The newest checkpoint's state and meta: the one road in for resume and rollback."""
+        if self.checkpoints is None:
+            raise CheckpointError(NO_ROLLBACK_CHECKPOINTS_MSG)
+        self.checkpoints.wait()
+        if self.checkpoints.latest_step() is None:
+            raise CheckpointError(ROLLBACK_BEFORE_FIRST_SAVE_MSG.format(step=self.step))
+        return self.checkpoints.restore(self.checkpoint_state)
+
+    def _open_checkpoints(self) -> bool:
+        """Opens the store of the hook that saves checkpoints; whether to resume from it."""
+        stores = [(h, h.open_checkpoints(self.run_dir)) for h in self.hooks]
+        stores = [(h, s) for h, s in stores if s is not None]
+        if len(stores) > 1:
+            names = [type(h).__name__ for h, _ in stores]
+            raise ArgumentError("hooks", TWO_STORES_MSG.format(first=names[0], second=names[1]))
+        self.checkpoints = stores[0][1].manager if stores else None
+        return bool(stores) and stores[0][1].resume
+
+    def _resume(self) -> None:
+        """Restores the newest checkpoint and the hooks' states, if there is one."""
+        if self.checkpoints.latest_step() is None:
+            return
+        state, meta = self._restore_newest()
+        self.state, self.step = state, int(state.step)
+        if self.step % self.steps_per_call:  # saved by a run with other steps_per_call
+            self.checkpoints.close()
+            raise ConfigError(
+                RESUME_STEPS_PER_CALL_MSG.format(
+                    directory=self.checkpoints.directory, step=self.step,
+                    spc=self.steps_per_call, max_steps=self.max_steps,
+                )
+            )  # fmt: skip
+        self.hooks.load_state_dicts(meta.get("hooks", {}))
+        self.resumed_from = self.step
+        if self.is_main_process:
+            print(
+                f"paxtrain: resumed from {self.checkpoints.directory} at step {self.step}",
+                flush=True,
+            )
 
     # ----------------------------------------------------------------------------- loop
     def prepare(
@@ -365,7 +426,6 @@ class Trainer:
         The trainer's `init_from` then gets the abstract model laid out as the state will be
         (`parallel.laid_out`), so what it reads goes straight into each device's shards.
         """
-        from paxtrain.train.state import TrainState
         from paxtrain.train.step import make_eval_step, make_train_step
 
         enable_compile_cache(self.compile_cache)  # before the first compilation
@@ -377,93 +437,101 @@ class Trainer:
             raise TypeError(NO_LOSS_MSG.format(cls=type(model).__name__))
         self.data = data
         loss_fn = loss_fn or model_loss
-        # With the options' extras, so the state has the structure that checkpoints record. The
-        # layout depends on that structure and the compiled step on the layout, so an uncompiled
-        # step adds the extras first.
-        init = make_train_step(loss_fn, **self.step_options).init
-
-        def build(model: pax.Module) -> Any:
-            if self.policy is not None:
-                model = pax.apply_mp_policy(model, self.policy)
-            return init(TrainState.create(model, optimizer, seed=self.seed))
-
-        mesh = self.mesh if isinstance(self.mesh, Mesh) else parallel.make_mesh(**(self.mesh or {}))
-
-        def plan_for(state: Any) -> parallel.ParallelStrategy:
-            return parallel.setup(
-                state,
-                self.strategy,
-                mesh,
-                batch_axis=int(self.steps_per_call > 1),
-                tensor_rules=self.tensor_rules,
-            )
-
-        if factory is None:
-            state = build(model if self.init_from is None else self.init_from(model))
-            self.plan = plan_for(state)
-        else:
-
-            def build_with(loaded: Mapping[int, jax.Array] | None = None) -> Any:
-                return build(parallel.with_leaves(factory(), loaded or {}))
-
-            def load(plan: parallel.ParallelStrategy) -> tuple[dict[int, jax.Array]]:
-                shardings = None if plan.state_shardings is None else plan.state_shardings.model
-                abstract = parallel.laid_out(model, shardings)
-                return (parallel.arrays_by_leaf(self.init_from(abstract)),)
-
-            state, self.plan = parallel.build_sharded(
-                build_with, self.seed, plan_for, load=None if self.init_from is None else load
-            )
-        self._train_step = make_train_step(loss_fn, **self.step_options, **self.plan.step_kwargs)
+        options = self.step_settings.step_options()
+        state = self._build_state(model, factory, optimizer, make_train_step(loss_fn, **options))
+        self._train_step = make_train_step(loss_fn, **options, **self.plan.step_kwargs)
         # With an EMA, its metrics too (`eval/ema_loss`...): what it is kept for.
-        ema = self.step_options["ema_decay"] is not None
+        ema = self.step_settings.ema_decay is not None
         self._eval_step = make_eval_step(
             eval_fn or model_eval, also_ema=ema, compile_step=self.plan.compile_eval_step
         )
         self.state = state
         self.step = int(state.step)
+        self._check_data(data)
+        self._check_monitors(state)
+
+    def _build_state(
+        self, model: Any, factory: Callable | None, optimizer: Any, uncompiled: Any
+    ) -> Any:
+        """The initial `TrainState` and the layout `self.plan` for it.
+
+        The state has the options' extras (from the uncompiled step's `init`), so it has the
+        structure that checkpoints record: the layout depends on that structure and the
+        compiled step on the layout.
+        """
+        from paxtrain.train.state import TrainState
+
+        policy = self.step_settings.policy
+
+        def build(model: pax.Module) -> Any:
+            if policy is not None:
+                model = pax.apply_mp_policy(model, policy)
+            return uncompiled.init(TrainState.create(model, optimizer, seed=self.seed))
+
+        mesh = self.layout.make_mesh()
+
+        def plan_for(state: Any) -> parallel.ParallelStrategy:
+            return parallel.setup(
+                state,
+                self.layout.strategy,
+                mesh,
+                batch_axis=int(self.steps_per_call > 1),
+                tensor_rules=tuple(self.layout.tensor_rules),
+            )
+
+        if factory is None:
+            state = build(model if self.init_from is None else self.init_from(model))
+            self.plan = plan_for(state)
+            return state
+
+        def build_with(loaded: Mapping[int, jax.Array] | None = None) -> Any:
+            return build(parallel.with_leaves(factory(), loaded or {}))
+
+        def load(plan: parallel.ParallelStrategy) -> tuple[dict[int, jax.Array]]:
+            shardings = None if plan.state_shardings is None else plan.state_shardings.model
+            abstract = parallel.laid_out(model, shardings)
+            return (parallel.arrays_by_leaf(self.init_from(abstract)),)
+
+        state, self.plan = parallel.build_sharded(
+            build_with, self.seed, plan_for, load=None if self.init_from is None else load
+        )
+        return state
+
+    def _check_data(self, data: DataSource) -> None:
+        """Checks the first training and evaluation batches against the layout now, not as a
+        traceback from the first compile (or the first evaluation hours later)."""
         first_batch = data.train_batch(0)
         self.plan.check_batch(first_batch)
-        accumulate = self.step_options["grad_accum_steps"]
-        if accumulate > 1:  # now, not as a traceback from inside the first compile
+        accumulate = self.step_settings.grad_accum_steps
+        if accumulate > 1:
             try:
                 check_micro_batches(first_batch, accumulate)
             except ValueError as error:
                 raise ConfigError(str(error)) from None
-        # Now, not at the first evaluation hours later.
         first_eval = next(iter(data.eval_batches()), None)
         if first_eval is not None:
             self.plan.check_eval_batch(first_eval)
         self.examples_per_step = _leading_dim(first_batch)
         self.tokens_per_step = data.info.get("tokens_per_batch", 0)
-        self._check_monitors(state)
 
     def _check_monitors(self, state: Any) -> None:
-        """Checks the metrics that early stopping and checkpoint ranking monitor against those
-        evaluation reports, from shapes only (nothing is compiled or run)."""
-        monitors = [
-            ("EarlyStopping", h.monitor, "trainer.early_stopping.monitor")
-            for h in self.hooks
-            if isinstance(h, EarlyStopping)
-        ]
-        if self.checkpointing is not None and self.checkpointing.manager_options["monitor"]:
-            monitor = self.checkpointing.manager_options["monitor"]
-            monitors.append(("Checkpointing", monitor, "trainer.checkpoint.monitor"))
-        if not monitors:
+        """Checks the metrics that hooks monitor (`Hook.monitor`: early stopping, checkpoint
+        ranking) against those evaluation reports, from shapes only (nothing is compiled)."""
+        watching = [hook for hook in self.hooks if hook.monitor is not None]
+        if not watching:
             return
         batch = next(iter(self.data.eval_batches()), None)
         if batch is None:  # no evaluation data: nothing to monitor, which the first eval says
             return
         names = sorted(jax.eval_shape(self._eval_step, state, batch))
         available = [f"eval/{k}" for k in names]
-        for owner, monitor, key in monitors:
-            if monitor.removeprefix("eval/") not in names:
-                monitor = f"eval/{monitor.removeprefix('eval/')}"
-                close = difflib.get_close_matches(monitor, available, 1)
+        for hook in watching:
+            if hook.monitor.name not in names:
+                close = difflib.get_close_matches(hook.monitor.key, available, 1)
                 raise ConfigError(
                     UNKNOWN_MONITOR_MSG.format(
-                        owner=owner, monitor=monitor, available=available, key=key,
-                        hint=f" Did you mean `{close[0]}`?" if close else "",
+                        owner=type(hook).__name__, monitor=hook.monitor.key, available=available,
+                        key=hook.monitor_setting, hint=f" Did you mean `{close[0]}`?" if close else "",
                     )
                 )  # fmt: skip
 
@@ -499,15 +567,14 @@ class Trainer:
             self.loggers if self.is_main_process else [], self.run_dir, self.hyperparams
         )
         try:
-            with stop_on_signals(self, self.preemption_signals):
+            with stop_on_signals(self.view, self.preemption_signals):
                 self._resume_and_train()
         except BaseException as error:
             # A full disk fails the logs' last flush too: the error on its way names the cause.
             with contextlib.suppress(OSError):
                 self.logger.close()
             if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-                manager = self.checkpointing.manager if self.checkpointing else None
-                last = manager.latest_step() if manager else None
+                last = self.checkpoints.latest_step() if self.checkpoints else None
                 raise CheckpointError(
                     DISK_FULL_MSG.format(
                         error=error, last=f"step {last}" if last is not None else "none yet"
@@ -521,28 +588,29 @@ class Trainer:
         return self.state
 
     def _resume_and_train(self) -> None:
-        if self.checkpointing is not None:
-            self.checkpointing.resume_into(self)
-            reason = self._why_nothing_to_train()
-            if reason:
-                self.nothing_to_train = True
-                self.stop(reason)
-                self.checkpointing.manager.close()
-                return
-        self._run_hooks("on_train_start")
-        self._loop()
-        if self.preempted:  # the step the loop ended at, not the one the signal came in
-            self.stop_reason = f"preempted by {self.preempted} at step {self.step}"
-        self._run_hooks("on_train_end")
+        if self._open_checkpoints():
+            self._resume()
+        reason = self._why_nothing_to_train()
+        if reason:
+            self.nothing_to_train = True
+            self.stop(reason)
+        else:
+            self._run_hooks("on_train_start")
+            self._loop()
+            if self.preempted:  # the step the loop ended at, not the one the signal came in
+                self.stop_reason = f"preempted by {self.preempted} at step {self.step}"
+            self._run_hooks("on_train_end")
+        if self.checkpoints is not None:  # after the final save, which waits for the write
+            self.checkpoints.close()
 
     def _why_nothing_to_train(self) -> str | None:
-        """Why a resumed run is already done: at max_steps, or ended by its early stopping."""
+        """Why a resumed run is already done: at max_steps, or ended by a hook (its early
+        stopping's patience used up)."""
+        if self.resumed_from is None:
+            return None
         if self.step >= self.max_steps:
             return NOTHING_TO_TRAIN_MSG.format(step=self.step, max_steps=self.max_steps)
-        for hook in self.hooks:
-            if isinstance(hook, EarlyStopping) and hook.exhausted:
-                return EARLY_STOPPED_MSG.format(step=self.step, reason=hook.reason)
-        return None
+        return next(filter(None, (hook.nothing_left(self.step) for hook in self.hooks)), None)
 
     def _loop(self) -> None:
         group = self.steps_per_call if self.steps_per_call > 1 else None
@@ -560,7 +628,25 @@ class Trainer:
                     with self.trace_step():
                         metrics = self.run_step(batch)
                     self.step += self.steps_per_call
-                    self._run_hooks("on_step", metrics)
+                    self.hooks.step_taken(self.view, metrics)
+                    self._write_scalars()
+
+    def trace_step(self) -> contextlib.AbstractContextManager:
+        """The context the next step call runs in: those the hooks give (`Hook.step_context`:
+        a profiler's step annotation), else a `nullcontext`.
+
+        Example:
+            >>> trainer = Trainer(10)
+            >>> type(trainer.trace_step()).__name__
+            'nullcontext'
+        """
+        contexts = [c for h in self.hooks if (c := h.step_context(self.view)) is not None]
+        if not contexts:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        for context in contexts:
+            stack.enter_context(context)
+        return stack
 
     def run_step(self, batch: Any) -> dict[str, jax.Array]:
         """Runs the compiled step on a placed batch, as the loop does; returns its metrics.
@@ -577,37 +663,12 @@ class Trainer:
         self._leaves, metrics = self._flat_step(self._leaves, batch)
         return metrics
 
-    def rollback(self, lr_factor: float) -> int:
-        """Restores the newest checkpoint, skips the batches since then, scales the updates
-        (the learning rate) by `lr_factor`; returns the step trained from again.
-
-        Needs checkpointing and a step built with `rollback=True` (`on_nonfinite="rollback"`).
-        """
-        if self.checkpointing is None or self.checkpointing.manager is None:
-            raise RuntimeError(NO_ROLLBACK_CHECKPOINTS_MSG)
-        self.checkpointing.manager.wait()
-        bad_step = self.step
-        if self.checkpointing.manager.latest_step() is None:
-            raise CheckpointError(ROLLBACK_BEFORE_FIRST_SAVE_MSG.format(step=bad_step))
-        current = self.state
-        restored, _ = self.checkpointing.manager.restore(self.checkpoint_state)
-        self._write_scalars()  # logged so far (the bad steps' metrics): at the step they belong to
-        self.state = rolled_back(current, restored, bad_step, lr_factor)
-        self.step = int(restored.step)
-        self._restart = True
-        return self.step
-
     def _run_hooks(self, event: str, *args: Any) -> None:
-        self._dispatch(event, *args)
+        self.hooks.run(event, self.view, *args)
         self._write_scalars()
-
-    def _dispatch(self, event: str, *args: Any) -> None:
-        for hook in self.hooks:
-            if self.is_main_process or not hook.main_process_only:
-                getattr(hook, event)(self, *args)
 
     def _write_scalars(self) -> None:
         if self._scalars:
             scalars, self._scalars = self._scalars, {}
             self.logger.write(self.step, scalars)
-            self._dispatch("on_log", scalars)
+            self.hooks.run("on_log", self.view, scalars)

@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec
 
 from paxtrain import parallel
 from paxtrain.checkpoint.store import CheckpointManager
-from paxtrain.train import Trainer, make_eval_step
+from paxtrain.train import Layout, Trainer, make_eval_step
 from paxtrain.train.compile_cache import enable_compile_cache
 
 SMALL = {"fsdp_min_size": 64}  # the toy's leaves are small; shard them anyway
@@ -117,7 +117,10 @@ class ScalarInEvalBatches:
 def eval_batch_error() -> str:
     import optax
 
-    trainer = Trainer(2, run_dir=tempfile.mkdtemp(), mesh={"data": 8})
+    trainer = Trainer(
+        2, run_dir=tempfile.mkdtemp(),
+        layout=Layout(mesh={"data": 8}),
+    )
     return error_of(
         lambda: trainer.prepare(toy.Block(), ScalarInEvalBatches(), optax.sgd(0.1), toy.loss_fn)
     )

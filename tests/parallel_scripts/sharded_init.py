@@ -22,7 +22,7 @@ import optax
 import paxtrain as pax
 import paxtrain.nn as nn
 from paxtrain import parallel
-from paxtrain.train import Trainer, TrainState, make_train_step
+from paxtrain.train import Layout, Trainer, TrainState, make_train_step
 
 WIDTH, LAYERS = 256, 4
 
@@ -70,7 +70,10 @@ def build_peak(compiled) -> int:
 
 
 def prepared(model) -> Trainer:
-    trainer = Trainer(2, run_dir=tempfile.mkdtemp(), mesh={"data": 1, "fsdp": 8}, seed=0)
+    trainer = Trainer(
+        2, run_dir=tempfile.mkdtemp(), seed=0,
+        layout=Layout(mesh={"data": 1, "fsdp": 8}),
+    )
     trainer.prepare(model, Data(), optax.adam(1e-3))
     return trainer
 

@@ -17,7 +17,7 @@ from jax.sharding import AxisType, Mesh
 
 from paxtrain import parallel
 from paxtrain.parallel.distributed import main_process_decides
-from paxtrain.train import Trainer
+from paxtrain.train import Layout, Trainer, default_hooks
 from paxtrain.train.hooks import Hook
 
 
@@ -58,9 +58,10 @@ def trainer_run(mesh) -> dict:
     """The toy through `Trainer.fit` on `mesh`: its losses and the rows this process read."""
     source, record = RowsAsked(), RecordLosses()
     trainer = Trainer(
-        toy.STEPS, run_dir=tempfile.mkdtemp(), mesh=mesh, progress="off", plot=False,
-        tensorboard=False, hooks=[record],
-    )  # fmt: skip
+        toy.STEPS, run_dir=tempfile.mkdtemp(), loggers=["jsonl"],
+        hooks=default_hooks(progress="off", plot=False, hooks=[record]),
+        layout=Layout(mesh=mesh),
+    )
     trainer.fit(toy.Block(), source, optax.adam(1e-2, eps=1e-3), loss_fn=toy.loss_fn)
     return {"losses": record.losses, "asked": source.asked}
 

@@ -157,8 +157,9 @@ def test_batch_norm_num_channels_flags_decay_rate_eps_data_format():
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
     x2 = _randn(4, 5, 3)
     bn3, _ = pax.purecall(bn2, x2)
-    mean = 0.9 * _np(x).mean((0, 1)) + 0.1 * _np(x2).mean((0, 1))
-    var = 0.9 * _np(x).var((0, 1)) + 0.1 * _np(x2).var((0, 1))
+    # PAX's shape for the running averages: [1, 1, C].
+    mean = 0.9 * _np(x).mean((0, 1), keepdims=True) + 0.1 * _np(x2).mean((0, 1), keepdims=True)
+    var = 0.9 * _np(x).var((0, 1), keepdims=True) + 0.1 * _np(x2).var((0, 1), keepdims=True)
     np.testing.assert_allclose(bn3.ema_mean.averages, mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(bn3.ema_var.averages, var, rtol=1e-5, atol=1e-6)
     x3 = _randn(2, 5, 3)

@@ -179,7 +179,7 @@ def test_name_assigned_in_init_and_arrays_declared_later_in_init():
             self.set_attribute_kind(weight=pax.P, count=pax.S)
 
     m = M()
-    assert m.name == "block" and repr(m) == "M(name='block')"
+    assert m.name == "block" and repr(m) == "(block) M()"
     assert jax.tree_util.tree_leaves(pax.select_parameters(m))[0].shape == (2,)
 
     class Undeclared(pax.Module):
