@@ -36,9 +36,7 @@ class Regression(pax.Module):
 def train(tmp_path, precision, steps=6, log_every=2):
     pax.seed_rng_key(0)
     trainer = Trainer(
-        max_steps=steps,
-        run_dir=tmp_path / precision.replace(",", "_"),
-        loggers=["jsonl"],
+        max_steps=steps, run_dir=tmp_path / precision.replace(",", "_"), loggers=["jsonl"],
         hooks=default_hooks(log_every=log_every, progress="off", plot=False),
         step=StepSettings(precision=precision),
     )
@@ -88,8 +86,7 @@ def test_float16_trains_with_a_dynamic_loss_scale(tmp_path):
 
 def test_bfloat16_has_no_loss_scale(tmp_path):
     trainer = Trainer(
-        max_steps=2,
-        run_dir=tmp_path,
+        max_steps=2, run_dir=tmp_path,
         hooks=default_hooks(progress="off"),
         step=StepSettings(precision="bfloat16"),
     )

@@ -29,12 +29,8 @@ def test_fit_trains_evaluates_logs_and_calls_hooks(tmp_path):
     pax.seed_rng_key(0)
     recorder, every_5 = Recorder(), []
     trainer = Trainer(
-        max_steps=20,
-        run_dir=tmp_path,
-        loggers=["jsonl"],
-        hooks=default_hooks(
-            log_every=5, eval_every=10, progress="off", plot=False, hooks=[recorder]
-        ),
+        max_steps=20, run_dir=tmp_path, loggers=["jsonl"],
+        hooks=default_hooks(log_every=5, eval_every=10, progress="off", plot=False, hooks=[recorder]),
     )
     trainer.add_hook(lambda tr, metrics: every_5.append((tr.step, float(metrics["loss"]))), every=5)
     state = trainer.fit(Regression(), RegressionData(), optax.adam(0.1))
@@ -58,9 +54,7 @@ def test_steps_per_call_gives_the_same_model(tmp_path):
     for spc in (1, 5):
         pax.seed_rng_key(0)
         trainer = Trainer(
-            max_steps=10,
-            run_dir=tmp_path / str(spc),
-            loggers=["jsonl"],
+            max_steps=10, run_dir=tmp_path / str(spc), loggers=["jsonl"],
             hooks=default_hooks(log_every=5, progress="off", plot=False),
             step=StepSettings(steps_per_call=spc),
         )
@@ -77,12 +71,8 @@ def test_early_stopping_stops_when_eval_stops_improving(tmp_path):
     pax.seed_rng_key(0)
     stopper = EarlyStopping("eval/loss", mode="min", patience=2, min_delta=10.0)
     trainer = Trainer(
-        max_steps=100,
-        run_dir=tmp_path,
-        loggers=["jsonl"],
-        hooks=default_hooks(
-            log_every=5, eval_every=5, progress="off", plot=False, early_stopping=stopper
-        ),
+        max_steps=100, run_dir=tmp_path, loggers=["jsonl"],
+        hooks=default_hooks(log_every=5, eval_every=5, progress="off", plot=False, early_stopping=stopper),
     )
     state = trainer.fit(Regression(), RegressionData(), optax.adam(0.1))
     # A min_delta of 10 means no evaluation after the first counts as an improvement.
@@ -94,12 +84,8 @@ def test_early_stopping_stops_when_eval_stops_improving(tmp_path):
 
 def test_early_stopping_names_available_metrics_before_training(tmp_path):
     trainer = Trainer(
-        max_steps=10,
-        run_dir=tmp_path / "run",
-        loggers=["jsonl"],
-        hooks=default_hooks(
-            eval_every=5, progress="off", plot=False, early_stopping=EarlyStopping("eval/accuracy")
-        ),
+        max_steps=10, run_dir=tmp_path / "run", loggers=["jsonl"],
+        hooks=default_hooks(eval_every=5, progress="off", plot=False, early_stopping=EarlyStopping("eval/accuracy")),
     )
     with pytest.raises(
         ValueError, match=r"monitors `eval/accuracy`.*\['eval/abs_err', 'eval/loss'\]"
@@ -110,8 +96,7 @@ def test_early_stopping_names_available_metrics_before_training(tmp_path):
 
 def test_a_model_without_loss_is_explained(tmp_path):
     trainer = Trainer(
-        max_steps=2,
-        run_dir=tmp_path,
+        max_steps=2, run_dir=tmp_path,
         hooks=default_hooks(progress="off", plot=False),
     )
     with pytest.raises(TypeError, match=r"def loss\(self, batch\)"):
@@ -121,8 +106,7 @@ def test_a_model_without_loss_is_explained(tmp_path):
 def test_progress_log_lines_and_plot(tmp_path, capsys):
     pax.seed_rng_key(0)
     trainer = Trainer(
-        max_steps=4,
-        run_dir=tmp_path,
+        max_steps=4, run_dir=tmp_path,
         hooks=default_hooks(log_every=2, progress="log", plot=True),
     )
     trainer.fit(Regression(), RegressionData(), optax.adam(0.1))
@@ -139,9 +123,7 @@ def test_an_ema_is_evaluated_beside_the_model(tmp_path):
     for ema_decay in (0.5, None):
         pax.seed_rng_key(0)
         trainer = Trainer(
-            max_steps=3,
-            run_dir=tmp_path / str(ema_decay),
-            loggers=["jsonl"],
+            max_steps=3, run_dir=tmp_path / str(ema_decay), loggers=["jsonl"],
             hooks=default_hooks(progress="off", plot=False),
             step=StepSettings(ema_decay=ema_decay),
         )
@@ -161,9 +143,7 @@ def test_an_ema_is_evaluated_beside_the_model(tmp_path):
 def test_on_nonfinite_stop(tmp_path):
     pax.seed_rng_key(0)
     trainer = Trainer(
-        max_steps=20,
-        run_dir=tmp_path,
-        loggers=["jsonl"],
+        max_steps=20, run_dir=tmp_path, loggers=["jsonl"],
         hooks=default_hooks(log_every=2, on_nonfinite="stop", progress="off", plot=False),
         step=StepSettings(on_nonfinite="stop"),
     )
@@ -182,9 +162,7 @@ def test_skip_stops_a_run_stuck_skipping_but_not_a_run_that_recovers(tmp_path, b
 
     pax.seed_rng_key(0)
     trainer = Trainer(
-        max_steps=100,
-        run_dir=tmp_path,
-        loggers=["jsonl"],
+        max_steps=100, run_dir=tmp_path, loggers=["jsonl"],
         hooks=default_hooks(log_every=10, progress="off", plot=False),
     )
     state = trainer.fit(Regression(), PoisonedData(bad_steps), optax.adam(0.1))
@@ -209,17 +187,8 @@ def test_on_nonfinite_rollback_restores_skips_batches_and_lowers_the_lr(tmp_path
             return super().train_batch(step)
 
     trainer = Trainer(
-        max_steps=12,
-        run_dir=tmp_path,
-        loggers=["jsonl"],
-        hooks=default_hooks(
-            log_every=2,
-            on_nonfinite="rollback",
-            rollback_lr_factor=0.25,
-            progress="off",
-            plot=False,
-            checkpointing=Checkpointing(every_steps=4, async_save=False),
-        ),
+        max_steps=12, run_dir=tmp_path, loggers=["jsonl"],
+        hooks=default_hooks(log_every=2, on_nonfinite="rollback", rollback_lr_factor=0.25, progress="off", plot=False, checkpointing=Checkpointing(every_steps=4, async_save=False)),
         step=StepSettings(on_nonfinite="rollback"),
     )
     state = trainer.fit(Regression(), Recording({5}), optax.adam(0.1))
@@ -237,8 +206,7 @@ def test_on_nonfinite_rollback_restores_skips_batches_and_lowers_the_lr(tmp_path
 def test_a_rollback_lr_factor_outside_0_1_is_refused(tmp_path, factor):
     with pytest.raises(ValueError, match=r"rollback_lr_factor must be in \(0, 1\]"):
         Trainer(
-            4,
-            run_dir=tmp_path,
+            4, run_dir=tmp_path,
             hooks=default_hooks(on_nonfinite="rollback", rollback_lr_factor=factor),
             step=StepSettings(on_nonfinite="rollback"),
         )
@@ -246,9 +214,7 @@ def test_a_rollback_lr_factor_outside_0_1_is_refused(tmp_path, factor):
 
 def test_rollback_without_checkpoints_is_explained(tmp_path):
     trainer = Trainer(
-        max_steps=8,
-        run_dir=tmp_path,
-        loggers=["jsonl"],
+        max_steps=8, run_dir=tmp_path, loggers=["jsonl"],
         hooks=default_hooks(log_every=2, on_nonfinite="rollback", progress="off", plot=False),
         step=StepSettings(on_nonfinite="rollback"),
     )
@@ -260,16 +226,8 @@ def test_rollback_before_the_first_save_says_so(tmp_path):
     from paxtrain.train.checkpointing import Checkpointing
 
     trainer = Trainer(
-        max_steps=8,
-        run_dir=tmp_path,
-        loggers=["jsonl"],
-        hooks=default_hooks(
-            log_every=2,
-            on_nonfinite="rollback",
-            progress="off",
-            plot=False,
-            checkpointing=Checkpointing(every_steps=4, async_save=False),
-        ),
+        max_steps=8, run_dir=tmp_path, loggers=["jsonl"],
+        hooks=default_hooks(log_every=2, on_nonfinite="rollback", progress="off", plot=False, checkpointing=Checkpointing(every_steps=4, async_save=False)),
         step=StepSettings(on_nonfinite="rollback"),
     )
     with pytest.raises(RuntimeError, match=r"before step 2 asked for a rollback .* no checkpoint"):
@@ -278,9 +236,7 @@ def test_rollback_before_the_first_save_says_so(tmp_path):
 
 def test_skipped_steps_is_logged_as_a_count(tmp_path):
     trainer = Trainer(
-        max_steps=8,
-        run_dir=tmp_path,
-        loggers=["jsonl"],
+        max_steps=8, run_dir=tmp_path, loggers=["jsonl"],
         hooks=default_hooks(log_every=4, progress="off", plot=False),
     )
     trainer.fit(Regression(), PoisonedData({1, 2, 5}), optax.adam(0.1))
@@ -304,9 +260,7 @@ class RaggedEvalData(RegressionData):
 def test_eval_weights_each_batch_by_its_examples(tmp_path):
     pax.seed_rng_key(0)
     trainer = Trainer(
-        max_steps=3,
-        run_dir=tmp_path,
-        loggers=["jsonl"],
+        max_steps=3, run_dir=tmp_path, loggers=["jsonl"],
         hooks=default_hooks(progress="off", plot=False),
     )
     data = RaggedEvalData()
@@ -342,8 +296,7 @@ def test_checkpoints_save_the_state_itself_not_a_device_copy(tmp_path, monkeypat
     pax.seed_rng_key(0)
     checkpointing = Checkpointing(every_steps=2)
     trainer = Trainer(
-        4,
-        run_dir=tmp_path,
+        4, run_dir=tmp_path,
         hooks=default_hooks(progress="off", plot=False, checkpointing=checkpointing),
     )
     trainer.fit(Regression(), RegressionData(), optax.sgd(0.1))

@@ -59,3 +59,4 @@ class Monitor:
     def sign(self) -> float:
         """+1 for "min", -1 for "max": `sign * value` is smaller when better."""
         return 1.0 if self.mode == "min" else -1.0
+

@@ -108,6 +108,7 @@ class TrainerView(Protocol):
         """Removes a hook."""
 
 
+
 class TrainerViewOf:
     """The `TrainerView` of `trainer`: reads go to the trainer, requests to its methods.
 
@@ -190,3 +191,5 @@ class TrainerViewOf:
     def remove_hook(self, hook: Any) -> None:
         """Removes a hook."""
         self._trainer.hooks.remove(hook)
+
+
