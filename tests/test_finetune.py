@@ -130,7 +130,9 @@ def test_a_corrupt_source_is_refused_with_the_integrity_message(tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_parameters(Net(hidden=512), tmp_path)
     message = str(info.value)
-    assert "step 5" in message and "the fingerprint of `model.encoder.layers.1.weight` is" in message
+    assert (
+        "step 5" in message and "the fingerprint of `model.encoder.layers.1.weight` is" in message
+    )
     assert "recorded when it was saved" in message
 
 

@@ -417,7 +417,9 @@ class CheckpointManager:
         _verify(self.meta(step), arrays)
         return arrays
 
-    def read_arrays(self, wanted: dict[str, Any], step: int | str = "latest") -> dict[str, jax.Array]:
+    def read_arrays(
+        self, wanted: dict[str, Any], step: int | str = "latest"
+    ) -> dict[str, jax.Array]:
         """Reads only the `wanted` arrays of one checkpoint (fine-tuning's road in), each into
         the shape, dtype and sharding of its `wanted` value (an array or a
         `jax.ShapeDtypeStruct`), verified against the checkpoint's fingerprints like a restore.
