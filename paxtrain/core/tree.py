@@ -17,13 +17,15 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+KeyPath = Sequence[Any]  # a leaf's keys, as `jax.tree_util.tree_flatten_with_path` gives them
+
 import jax
 
 # A dotted path's parts that are list positions: JAX's rendering writes them `[0]`.
 _INDEX_PART = re.compile(r"\.(\d+)(?=\.|$)")
 
 
-def path_str(key_path: Sequence[Any], prefix: str = "") -> str:
+def path_str(key_path: KeyPath, prefix: str = "") -> str:
     """The dotted path of a leaf from its JAX key path (`tree_flatten_with_path`), below
     `prefix` if given.
 
@@ -37,10 +39,15 @@ def path_str(key_path: Sequence[Any], prefix: str = "") -> str:
     return f"{prefix}.{path}" if prefix and path else prefix or path
 
 
-def path_search(pattern: str, path: str) -> bool:
-    """Whether the regex `pattern` is found in the dotted `path`, or in JAX's rendering of it
-    (`.layers[0].weight`), which tensor-parallel rules used before: `layers\\.0` and
-    `layers\\[0\\]` both select the first layer.
+def path_search(pattern: str, path: str | KeyPath) -> bool:
+    """Whether the regex `pattern` is found in a leaf's dotted path, or in JAX's rendering of it
+    (`.layers[0].weight`, `['cell']['weight']`), which tensor-parallel rules used before:
+    `layers\\.0` and `layers\\[0\\]` both select the first layer.
+
+    Args:
+      pattern: a regular expression.
+      path: the dotted path, or the JAX key path of the leaf (then JAX's rendering is exact,
+        dictionary keys included).
 
     Example:
         >>> path_search(r"layers\\.0\\.weight$", "model.layers.0.weight")
@@ -50,9 +57,8 @@ def path_search(pattern: str, path: str) -> bool:
         >>> path_search(r"layers\\.1", "model.layers.0.weight")
         False
     """
-    return bool(re.search(pattern, path) or re.search(pattern, _bracketed(path)))
-
-
-def _bracketed(path: str) -> str:
-    """`model.layers.0.weight` as JAX's `keystr` writes it: `.model.layers[0].weight`."""
-    return _INDEX_PART.sub(r"[\1]", f".{path}")
+    if isinstance(path, str):
+        dotted, jax_style = path, _INDEX_PART.sub(r"[\1]", f".{path}")
+    else:
+        dotted, jax_style = path_str(path), jax.tree_util.keystr(tuple(path))
+    return bool(re.search(pattern, dotted) or re.search(pattern, jax_style))
