@@ -112,6 +112,8 @@ def validate_optimizer(cfg: DictConfig) -> None:
     complete_optimizer(cfg)
     trial = cfg.copy()
     if trial.optimizer[HORIZON_KEY] is None:
+        if cfg.trainer.max_steps < 1:  # the Trainer refuses it, naming `trainer.max_steps`
+            return
         trial.optimizer[HORIZON_KEY] = cfg.trainer.max_steps
     _check_numbers(OmegaConf.to_container(trial.optimizer, resolve=True), "optimizer")
     build_optimizer(trial.optimizer)
