@@ -17,9 +17,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-KeyPath = Sequence[Any]  # a leaf's keys, as `jax.tree_util.tree_flatten_with_path` gives them
-
 import jax
+
+KeyPath = Sequence[Any]  # a leaf's keys, as `jax.tree_util.tree_flatten_with_path` gives them
 
 # A dotted path's parts that are list positions: JAX's rendering writes them `[0]`.
 _INDEX_PART = re.compile(r"\.(\d+)(?=\.|$)")

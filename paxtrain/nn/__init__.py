@@ -34,9 +34,6 @@ from paxtrain.nn.recurrent import (
 )
 from paxtrain.nn.scan_layers import ScanLayers, call_block
 from paxtrain.nn.sequential import Chainable, Identity, Lambda, Sequential
-from paxtrain.pax_names import names_of
-
-__getattr__ = names_of(__name__)
 
 __all__ = [
     "EMA",
