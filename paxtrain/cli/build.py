@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from paxtrain.cli.runs import _checkpoint_steps, _saved_meta
 from paxtrain.config.arguments import naming_keys
-from paxtrain.config.optimizer import build_optimizer
+from paxtrain.config.optimizer import build_optimizer, with_horizon
 from paxtrain.config.targets import check_target, locate
 from paxtrain.errors import ArgumentError, ConfigError
 from paxtrain.train.hooks import EarlyStopping
@@ -210,8 +210,7 @@ def build_trainer(
         **({} if rules is None else {"tensor_rules": OmegaConf.to_container(rules)}),
     )
     trainer.loggers = _loggers(t.loggers)
-    cfg.optimizer.horizon = horizon or t.max_steps  # what `${optimizer.horizon}` resolves to
-    return trainer, model, data, build_optimizer(cfg.optimizer)
+    return trainer, model, data, build_optimizer(with_horizon(cfg, horizon).optimizer)
 
 
 def _loggers(entries: list[Any]) -> list[Any]:

@@ -17,7 +17,16 @@ import jax
 from omegaconf import DictConfig, OmegaConf
 
 from paxtrain.cli.build import build_trainer, join_processes, schedule_horizon
-from paxtrain.cli.runs import RunFiles, _run_info, _timestamp, check_run_dir, load_run_config
+from paxtrain.cli.runs import (
+    CONFIG_FILE,
+    RunFiles,
+    _run_info,
+    _timestamp,
+    check_run_dir,
+    config_changes,
+    load_run_config,
+)
+from paxtrain.config.optimizer import with_horizon
 from paxtrain.config.packaged import find_config
 from paxtrain.errors import ConfigError
 from paxtrain.train.preemption import PREEMPTED_EXIT_CODE
@@ -48,6 +57,12 @@ def environment_report() -> str:
     return "\n".join(lines)
 
 
+CONFIG_CHANGED_MSG = (
+    "paxtrain: resuming with another config than the run's {file} (which this run now "
+    "replaces): {changes}"
+)
+
+
 def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
     """Runs `paxtrain fit` for one validated config; returns the trainer after training.
 
@@ -64,16 +79,21 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
         join_processes()  # before anything starts JAX's backends (reading checkpoints does)
     info = _run_info(cfg, config_path)
     horizon = schedule_horizon(cfg, run_dir)
-    info["schedule_horizon"] = horizon
     from paxtrain import parallel
 
-    # The run directory is made by `trainer.fit` once data, model and config proved good.
-    trainer, model, data, optimizer = build_trainer(cfg, run_dir, meta=info, horizon=horizon)
+    # The run directory is made by `trainer.fit` once data, model and config proved good. The
+    # horizon is recorded once, with each checkpoint, where a resume looks for it.
+    meta = {**info, "schedule_horizon": horizon}
+    trainer, model, data, optimizer = build_trainer(cfg, run_dir, meta=meta, horizon=horizon)
     trainer.add_hook(RunFiles(cfg, info))
-    trainer.hyperparams = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    resolved = with_horizon(cfg, horizon)  # what the run trains with
+    trainer.hyperparams = OmegaConf.to_container(resolved, resolve=True, enum_to_str=True)
     # One process speaks for a multi-process run.
     say = print if trainer.is_main_process else lambda *_: None
     say(f"paxtrain: run directory {run_dir}")
+    changes = config_changes(run_dir, cfg)
+    if changes:
+        say(CONFIG_CHANGED_MSG.format(file=CONFIG_FILE, changes="; ".join(changes)))
     abstract = jax.eval_shape(parallel.seeded(model, cfg.seed))  # `model` builds it, sharded
     say(abstract.summary() if hasattr(abstract, "summary") else abstract)
     started = time.perf_counter()
