@@ -174,3 +174,8 @@ def test_paxtrain_fit_trains_the_image_recipe_from_npy_with_grain_workers(tmp_pa
     ]  # fmt: skip
     assert main(["fit", "configs/image_classifier.yaml", *npy_overrides(tmp_path), *run]) == 0
     assert "finished at step 2" in capsys.readouterr().out
+
+
+def test_a_target_that_cannot_be_imported_names_the_key():
+    with pytest.raises(DataError, match=r"`data.train._target_`: cannot import 'nope.examples'"):
+        GrainSource({"_target_": "nope.examples"}, batch_size=4)

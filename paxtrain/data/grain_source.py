@@ -35,6 +35,8 @@ TOO_SHORT_MSG = """\
 The training dataset has {n} examples, too few for one batch of batch_size={batch_size}: lower \
 `data.batch_size` or give more data."""
 
+BAD_TARGET_MSG = "`data.{key}._target_`: cannot import {target!r} ({reason})."
+
 EMPTY_EVAL_MSG = "The eval dataset is empty: give it examples, or leave `data.eval` unset."
 
 
@@ -69,16 +71,32 @@ def as_map_dataset(spec: Any, key: str = "train") -> Any:
     if isinstance(spec, grain.MapDataset):
         return spec
     if isinstance(spec, Mapping) and "_target_" in spec:
-        from paxtrain.config.targets import locate
-
-        kwargs = {k: v for k, v in spec.items() if k != "_target_"}
-        dataset = locate(str(spec["_target_"]), f"data.{key}")(**kwargs)
+        dataset = _call_target(spec, key)
         if isinstance(dataset, grain.MapDataset):
             return dataset
         raise DataError(BAD_DATASET_MSG.format(key=key, kind=f"{type(dataset).__name__} from it"))
     if isinstance(spec, Mapping):
         return grain.MapDataset.source(NpyColumns(spec, key=f"data.{key}"))
     raise DataError(BAD_DATASET_MSG.format(key=key, kind=type(spec).__name__))
+
+
+def _call_target(spec: Mapping, key: str) -> Any:
+    """What the function a `{"_target_": "module.fn", **kwargs}` spec names returns, called
+    by Hydra's `instantiate` as the config's other `_target_`s are; errors of the function
+    itself are its own."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(dict(spec), _convert_="all")
+    except InstantiationException as error:
+        cause = error.__cause__
+        if cause is not None and not isinstance(cause, ImportError):
+            raise cause from None
+        reason = " ".join(str(cause or error).split())
+        raise DataError(
+            BAD_TARGET_MSG.format(key=key, target=spec["_target_"], reason=reason)
+        ) from None
 
 
 class _RowsOfStep:
