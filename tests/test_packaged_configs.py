@@ -16,7 +16,7 @@ from paxtrain.config.packaged import find_config, packaged_config_names, package
 
 def test_the_repository_configs_are_the_packaged_ones():
     assert (ROOT / "configs").resolve() == packaged_configs_dir()
-    assert packaged_config_names() == ["char_rnn", "image_classifier", "transformer_lm"]
+    assert packaged_config_names() == ["char_rnn", "image_classifier", "llama_lm", "transformer_lm"]
     assert {p.name for p in (packaged_configs_dir() / "model").glob("*.yaml")} == {
         "gru.yaml",
         "lstm.yaml",
@@ -27,6 +27,7 @@ def test_the_repository_configs_are_the_packaged_ones():
 RECIPES = {
     "char_rnn": ("paxtrain.recipes.char_rnn.CharRNN", ["paxtrain.recipes.char_rnn.PrintSample"]),
     "image_classifier": ("paxtrain.recipes.image_classifier.ImageClassifier", []),
+    "llama_lm": ("paxtrain.recipes.llama_lm.LlamaLM", ["paxtrain.recipes.char_rnn.PrintSample"]),
     "transformer_lm": (
         "paxtrain.recipes.transformer_lm.TransformerLM",
         ["paxtrain.recipes.char_rnn.PrintSample"],

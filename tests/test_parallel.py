@@ -467,6 +467,7 @@ def test_paxtrain_fit_builds_sharded_and_init_from_reads_into_the_shards(tmp_pat
 SMALL_RECIPES = {
     "char_rnn": ["data.max_chars=20000"],
     "image_classifier": ["model.channels=[4,8]"],
+    "llama_lm": ["data.max_chars=20000", "model.model_dim=32", "model.num_layers=1"],
     "transformer_lm": ["data.max_chars=20000", "model.model_dim=32", "model.num_layers=1"],
 }
 

@@ -16,11 +16,20 @@ from paxtrain.config.composition import compose
 from paxtrain.data import CharCorpus
 from paxtrain.data.images import LabeledImages
 from paxtrain.recipes.image_classifier import ImageClassifier
+from paxtrain.recipes.llama_lm import LlamaLM
 from paxtrain.recipes.transformer_lm import TransformerLM
 
 CONFIGS = pathlib.Path(__file__).parents[1] / "configs"
 SMALL_OVERRIDES = {
     "image_classifier": ["data.batch_size=8", "model.channels=[4,8]"],
+    "llama_lm": [
+        "data.max_chars=20000",
+        "data.seq_len=16",
+        "data.batch_size=8",
+        "model.model_dim=16",
+        "model.num_heads=2",
+        "model.num_kv_heads=1",
+    ],
     "transformer_lm": [
         "data.max_chars=20000",
         "data.seq_len=16",
@@ -150,7 +159,7 @@ def test_transformer_errors_name_the_fix(lm):
 
 @pytest.mark.parametrize(
     "name, model_type",
-    [("image_classifier", ImageClassifier), ("transformer_lm", TransformerLM)],
+    [("image_classifier", ImageClassifier), ("llama_lm", LlamaLM), ("transformer_lm", TransformerLM)],
 )
 def test_configs_build_their_data_and_model(name, model_type):
     overrides = SMALL_OVERRIDES[name]  # the tests' shapes: eager ops are compiled already

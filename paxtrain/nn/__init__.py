@@ -19,6 +19,7 @@ from paxtrain.nn.dropout import Dropout
 from paxtrain.nn.ema import EMA
 from paxtrain.nn.embed import Embed
 from paxtrain.nn.group_norm import GroupNorm
+from paxtrain.nn.grouped_query_attention import GroupedQueryAttention
 from paxtrain.nn.layer_norm import LayerNorm, RMSNorm
 from paxtrain.nn.linear import Linear
 from paxtrain.nn.normalization import normalize
@@ -32,8 +33,10 @@ from paxtrain.nn.recurrent import (
     VanillaRNNState,
     unroll,
 )
+from paxtrain.nn.rotary import apply_rope, rope_angles
 from paxtrain.nn.scan_layers import ScanLayers, call_block
 from paxtrain.nn.sequential import Chainable, Identity, Lambda, Sequential
+from paxtrain.nn.swiglu import SwiGLU
 
 __all__ = [
     "EMA",
@@ -51,6 +54,7 @@ __all__ = [
     "Embed",
     "GRUState",
     "GroupNorm",
+    "GroupedQueryAttention",
     "Identity",
     "LSTMState",
     "Lambda",
@@ -61,13 +65,16 @@ __all__ = [
     "RngSeq",
     "ScanLayers",
     "Sequential",
+    "SwiGLU",
     "VanillaRNN",
     "VanillaRNNState",
+    "apply_rope",
     "avg_pool",
     "call_block",
     "causal_mask",
     "initializers",
     "max_pool",
     "normalize",
+    "rope_angles",
     "unroll",
 ]

@@ -112,6 +112,9 @@ DEFAULT_TENSOR_RULES: tuple[Rule, ...] = (
     *row_parallel(r"output_proj"),
     *column_parallel(r"mlp\.layers\.0"),
     *row_parallel(r"mlp\.layers\.\d+"),
+    # A SwiGLU's (paxtrain/nn/swiglu.py) gate and up projections, then its down projection.
+    *column_parallel(r"(gate_proj|up_proj)"),
+    *row_parallel(r"down_proj"),
 )
 
 

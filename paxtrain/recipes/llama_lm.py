@@ -1,0 +1,185 @@
+"""A Llama-style decoder-only language model: RMSNorm, rotary positions, SwiGLU, grouped-query
+attention, optionally tied embeddings.
+
+    paxtrain fit llama_lm    # from any directory: the config in paxtrain/configs/
+
+Trains on the Python standard library's source by default (or `data.path=any.txt`, or a token
+file), and reports bits per byte on held-out text, so that runs with different tokenizers
+compare. The layout of its weights is Hugging Face's `LlamaForCausalLM` (rotate-half RoPE,
+bias-free projections), so converted weights need no permutation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import paxtrain as pax
+import paxtrain.nn as nn
+
+# Hugging Face Llama's `initializer_range`: every projection and the embedding N(0, 0.02).
+INIT_STDDEV = 0.02
+
+
+def default_mlp_dim(model_dim: int, multiple_of: int = 32) -> int:
+    """Llama's hidden width: 2/3 of 4 * model_dim (the gate costs a third projection), rounded
+    up to a multiple of `multiple_of`.
+
+    Example:
+        >>> default_mlp_dim(128), default_mlp_dim(4096, 256)
+        (352, 11008)
+    """
+    hidden = int(2 * 4 * model_dim / 3)
+    return multiple_of * math.ceil(hidden / multiple_of)
+
+
+class LlamaBlock(nn.Chainable, pax.Module):
+    """`x + attention(rms_norm(x))`, then `x + swiglu(rms_norm(x))`.
+
+    Example:
+        >>> block = LlamaBlock(model_dim=16, num_heads=4, num_kv_heads=2, mlp_dim=32)
+        >>> block(jnp.ones((2, 8, 16))).shape
+        (2, 8, 16)
+    """
+
+    def __init__(
+        self,
+        model_dim: int,
+        num_heads: int,
+        num_kv_heads: int,
+        mlp_dim: int,
+        rope_theta: float = 10000.0,
+        norm_eps: float = 1e-5,
+        *,
+        attention: str | None = None,
+    ):
+        super().__init__()
+        init = jax.nn.initializers.normal(INIT_STDDEV)
+        self.attention_norm = nn.RMSNorm(model_dim, eps=norm_eps)
+        self.attention = nn.GroupedQueryAttention(
+            model_dim,
+            num_heads,
+            num_kv_heads,
+            rope_theta=rope_theta,
+            w_init=init,
+            implementation=attention,
+        )
+        self.mlp_norm = nn.RMSNorm(model_dim, eps=norm_eps)
+        self.mlp = nn.SwiGLU(model_dim, mlp_dim, w_init=init)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x + self.attention(self.attention_norm(x))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class LlamaLM(pax.Module):
+    """Token embedding, `num_layers` `LlamaBlock`s, a final RMSNorm and a bias-free head (or the
+    embedding's transpose with `tie_embeddings`).
+
+    Args:
+      vocab_size: number of token ids (given by the data's `info`).
+      num_layers: number of blocks.
+      num_heads: query heads per block.
+      num_kv_heads: key/value heads per block; divides `num_heads`.
+      model_dim: width of the residual stream.
+      mlp_dim: hidden width of the SwiGLU; None: `default_mlp_dim(model_dim)`.
+      rope_theta: base of the rotary angles.
+      norm_eps: epsilon of the RMSNorms.
+      tie_embeddings: the head is the embedding's transpose (one matrix fewer).
+      bytes_per_token: bytes of text per token of the data, for `bits_per_byte` (1 for the
+        recipes' character vocabulary; given by the data's `info` when it knows better).
+      scan_layers: blocks stacked and run under `lax.scan` over depth (see `TransformerLM`).
+      remat: what `jax.checkpoint` keeps of each block: "none", "dots" or "full".
+      attention: the attention kernel, None/"xla" or "cudnn".
+
+    Example:
+        >>> model = LlamaLM(vocab_size=98, num_heads=4, num_kv_heads=2, model_dim=16)
+        >>> model(jnp.zeros((2, 8), jnp.int32)).shape
+        (2, 8, 98)
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        num_kv_heads: int = 2,
+        model_dim: int = 128,
+        mlp_dim: int | None = None,
+        rope_theta: float = 10000.0,
+        norm_eps: float = 1e-5,
+        tie_embeddings: bool = False,
+        bytes_per_token: float = 1.0,
+        *,
+        scan_layers: bool = False,
+        remat: str = "none",
+        attention: str | None = None,
+    ):
+        super().__init__()
+        self.vocab_size, self.model_dim, self.num_layers = vocab_size, model_dim, num_layers
+        self.bytes_per_token, self.remat = bytes_per_token, remat
+        init = jax.nn.initializers.normal(INIT_STDDEV)
+        self.token_embed = nn.Embed(vocab_size, model_dim, w_init=init)
+        blocks = [
+            LlamaBlock(
+                model_dim,
+                num_heads,
+                num_kv_heads,
+                mlp_dim or default_mlp_dim(model_dim),
+                rope_theta,
+                norm_eps,
+                attention=attention,
+            )
+            for _ in range(num_layers)
+        ]
+        self.blocks = nn.ScanLayers(blocks, remat=remat) if scan_layers else nn.Sequential(*blocks)
+        self.final_norm = nn.RMSNorm(model_dim, eps=norm_eps)
+        self.head = None if tie_embeddings else nn.Linear(model_dim, vocab_size, False, init)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        """Logits [batch, time, vocab_size] of ids [batch, time]; the logits at position t
+        depend only on ids up to t."""
+        x = self.token_embed(ids)
+        if isinstance(self.blocks, nn.ScanLayers) or self.remat == "none":
+            x = self.blocks(x)
+        else:  # each block of the loop under jax.checkpoint
+            blocks = []
+            for block in self.blocks.layers:
+                block, x = nn.call_block(block, x, self.remat)
+                blocks.append(block)
+            self.blocks = self.blocks.replace(layers=tuple(blocks))
+        x = self.final_norm(x)
+        return x @ self.token_embed.weight.T if self.head is None else self.head(x)
+
+    def loss(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Mean cross-entropy of the next token; also in bits per byte of text."""
+        logits = self(batch["inputs"])
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
+        return loss, {"bits_per_byte": loss / math.log(2) / self.bytes_per_token}
+
+    def generate(
+        self, prompt: jax.Array, num_chars: int, key: jax.Array, temperature: float = 0.8
+    ) -> jax.Array:
+        """Samples `num_chars` ids after the 1-d `prompt` ids (at least one), each from the
+        logits of the whole sequence so far (a static buffer: causality hides its zero tail).
+
+        Example:
+            >>> model = LlamaLM(vocab_size=98, num_heads=4, num_kv_heads=2, model_dim=16)
+            >>> model.generate(jnp.array([1, 2]), 6, jax.random.PRNGKey(0)).shape
+            (6,)
+        """
+        start, total = prompt.shape[0], prompt.shape[0] + num_chars
+        buffer = jnp.zeros(total, jnp.int32).at[:start].set(prompt)
+
+        def sample(buffer, inputs):
+            position, key = inputs  # the position to fill
+            logits = self(buffer[None])[0, position - 1]
+            token = jax.random.categorical(key, logits / temperature)
+            return buffer.at[position].set(token), None
+
+        positions = jnp.arange(start, total)
+        buffer, _ = jax.lax.scan(sample, buffer, (positions, jax.random.split(key, num_chars)))
+        return buffer[start:total]
