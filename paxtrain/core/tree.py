@@ -24,6 +24,9 @@ KeyPath = Sequence[Any]  # a leaf's keys, as `jax.tree_util.tree_flatten_with_pa
 # A dotted path's parts that are list positions: JAX's rendering writes them `[0]`.
 _INDEX_PART = re.compile(r"\.(\d+)(?=\.|$)")
 
+# A part of JAX's rendering: a list position `[0]` or a dictionary key `['w']`.
+_JAX_PART = re.compile(r"\[(?:'([^']+)'|(\d+))\]")
+
 
 def path_str(key_path: KeyPath, prefix: str = "") -> str:
     """The dotted path of a leaf from its JAX key path (`tree_flatten_with_path`), below
@@ -58,7 +61,9 @@ def path_search(pattern: str, path: str | KeyPath) -> bool:
         False
     """
     if isinstance(path, str):
-        dotted, jax_style = path, _INDEX_PART.sub(r"[\1]", f".{path}")
+        # A path written in JAX's rendering (`.layers[0]`, `['w']`) is read as its dotted form.
+        dotted = _JAX_PART.sub(lambda m: f".{m[1] or m[2]}", path).lstrip(".")
+        renderings = {dotted, _INDEX_PART.sub(r"[\1]", f".{dotted}"), path}
     else:
-        dotted, jax_style = path_str(path), jax.tree_util.keystr(tuple(path))
-    return bool(re.search(pattern, dotted) or re.search(pattern, jax_style))
+        renderings = {path_str(path), jax.tree_util.keystr(tuple(path))}
+    return any(re.search(pattern, rendering) for rendering in renderings)
