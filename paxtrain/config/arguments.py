@@ -58,14 +58,19 @@ def _section_of(argument: str, error: ArgumentError) -> str | None:
 
 def _keyed(message: str, section: str, names: set[str]) -> str:
     """`message` with the parameters of `section` it mentions written as their keys:
-    `name=value` as the override `section.name=value`, `` `name` ``, and `name` before
-    " is", " (" or " must" (`max_steps is 0`) as `` `section.name` ``."""
+    `name=value` as the override `section.name=value`, `` `name` `` and a leading `name`
+    (`max_steps is 0`) as `` `section.name` ``."""
     words = "|".join(sorted(map(re.escape, names), key=len, reverse=True))
     # A value ends before a space, a quote or punctuation; a sentence's full stop is not in it.
-    assignment = re.compile(rf"`?\b({words})=(['\"]?)((?:[^\s,;:)`'\"]*[^\s,;:)`'\".])?)\2`?")
+    # Not a key's last part (`trainer.precision=`): one the message names already.
+    value = r"(?:[^\s,;:)`'\"]*[^\s,;:)`'\".])?"
+    assignment = re.compile(rf"(?<![.\w])`?({words})=(['\"]?)({value})\2`?")
     message = assignment.sub(lambda m: f"`{section}{m[1]}={m[3]}`", message)
-    mention = re.compile(rf"(?<![.\w`])`?({words})`?(?=`| is\b| \(| must\b)")
-    return mention.sub(lambda m: f"`{section}{m[1]}`", message)
+    named = re.compile(rf"(?<![.\w])`({words})`")
+    message = named.sub(lambda m: f"`{section}{m[1]}`", message)
+    # A message that starts with the parameter's name is about it: `max_steps is 0; ...`.
+    leading = re.compile(rf"^({words})(?= is\b| \(| must\b)")
+    return leading.sub(lambda m: f"`{section}{m[1]}`", message)
 
 
 def config_error(error: ArgumentError) -> ConfigError:
