@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from paxtrain.config.optimizer import complete_optimizer, validate_optimizer
 from paxtrain.config.targets import _hint, _is_target, _keys_at, check_target, locate
 from paxtrain.errors import ConfigError
 
@@ -258,8 +259,6 @@ def validate(cfg: DictConfig) -> DictConfig:
         detail = str(error).splitlines()[0]
         value = getattr(error, "value", None)
         raise _schema_error(type(error).__name__, str(error.full_key), detail, value) from None
-    from paxtrain.config.optimizer import complete_optimizer, validate_optimizer
-
     complete_optimizer(merged)
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
