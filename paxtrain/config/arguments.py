@@ -47,13 +47,24 @@ def _section_of(argument: str, error: ArgumentError) -> str | None:
         if argument in {field.name for field in dataclasses.fields(schema)}
     ]
     if len(candidates) > 1:
-        targets = {locate(target, ""): schema for schema, target in MIRRORS.items()}
+        mirrored = _mirrored_classes()
         for cls in _raised_in(error):
-            schema = next((s for t, s in targets.items() if issubclass(cls, t)), None)
+            schema = next((s for c, s in mirrored if issubclass(cls, c)), None)
             owner = [s for s in candidates if _sections()[s] is schema]
             if owner:
                 return owner[0]
     return candidates[0] if candidates else None
+
+
+def _mirrored_classes() -> list[tuple[type, type]]:
+    """Each class a schema mirrors (`schema.MIRRORS`: one target or several), with the schema."""
+    pairs = []
+    for schema, targets in MIRRORS.items():
+        for target in (targets,) if isinstance(targets, str) else targets:
+            built = locate(target, "")
+            if isinstance(built, type):  # a function (`default_hooks`) raises as no object
+                pairs.append((built, schema))
+    return pairs
 
 
 def _keyed(message: str, section: str, names: set[str]) -> str:
