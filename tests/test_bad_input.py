@@ -79,7 +79,7 @@ ROWS = [
     ("batch larger than the images", ["fit", IMAGES, "data.batch_size=5000"], ["larger than the 1437 training images", "data.batch_size"]),
     ("malformed YAML", ["fit", "{files}/bad.yaml"], ["bad.yaml", "not valid YAML", "line 3"]),
     ("fit without a config", ["fit"], ["config", "required", "paxtrain fit --help"]),
-    ("neither a file nor a packaged config", ["fit", "char_rn"], ["'char_rn'", "packaged config: char_rnn, image_classifier, transformer_lm"]),
+    ("neither a file nor a packaged config", ["fit", "char_rn"], ["'char_rn'", "packaged config: char_rnn, image_classifier, llama_lm, transformer_lm"]),
     ("a flag for a config key", ["fit", CHAR_RNN, "--max-steps", "5"], ["--max-steps", "trainer.max_steps=5"]),
     ("eval --step foo", ["eval", "{files}", "--step", "foo"], ["--step", "'foo'", "latest, best or a step number"]),
     ("run_dir is a file", fit("run_dir={files}/empty.txt"), ["empty.txt", "is a file", "run_dir="]),
