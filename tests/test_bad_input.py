@@ -36,8 +36,88 @@ def files(tmp_path_factory):
     # A checkpoint of another model: its `model.embed.weight` has another shape than char_rnn's.
     manager = CheckpointManager(root / "other_model" / "checkpoints", async_save=False)
     manager.save(OtherState(model={"embed": {"weight": np.zeros((5, 8))}}, step=0))
-    manager.close()
+    manager.close()  # the rows compare the files before and after
+    write_text_inputs(root)
+    write_token_files(root)
+    write_image_files(root)
     return root
+
+
+def write_text_inputs(root):
+    """Text for `paxtrain data tokenize`: non-ASCII, not UTF-8 after its first KiB, a token file."""
+    (root / "unicode.txt").write_text("Grüße aus Köln, naïve café\n" * 40, encoding="utf-8")
+    (root / "latin1.txt").write_bytes(b"x = 1\n" * 500 + "café\n".encode("latin-1"))
+    np.arange(10, dtype=np.uint16).tofile(root / "existing.bin")
+
+
+def write_token_files(root):
+    """A transformer_lm config reading a token file, and token files with bad sidecars."""
+    from omegaconf import OmegaConf
+
+    from paxtrain.data import tokenize_files
+
+    config = OmegaConf.load(ROOT / "configs" / "transformer_lm.yaml")
+    config.data = {"_target_": "paxtrain.data.TokenFile", "path": "???", "seq_len": 16,
+                   "batch_size": 4, "eval_batches": 2}  # fmt: skip
+    config.model.num_layers, config.model.model_dim = 1, 16
+    config.trainer.max_steps, config.optimizer.learning_rate.warmup_steps = 4, 1
+    OmegaConf.save(config, root / "token_lm.yaml")
+    # One "é" (UTF-8 bytes 195, 169) 3 MB into the file, between the blocks of the sampled
+    # check: only the largest id recorded at tokenize time finds it.
+    text = "x" * 3_000_000 + "é" + "x" * 1_000_000
+    (root / "big.txt").write_text(text, encoding="utf-8")
+    tokenize_files([root / "big.txt"], root / "big.bin")
+    sidecars = {
+        "bad_json": '{"dtype": "uint16",\n',
+        "list": "[256, 1000]",
+        "abc": '{"dtype": "uint16", "vocab_size": "abc"}',
+        "stale": '{"dtype": "uint16", "vocab_size": 256, "num_tokens": 5, "max_id": 120}',
+    }
+    for name, sidecar in sidecars.items():
+        np.full(1000, 120, np.uint16).tofile(root / f"{name}.bin")
+        (root / f"{name}.bin.json").write_text(sidecar)
+
+
+def write_image_files(root):
+    """8x8 images and labels as configs/data/npy.yaml reads them, good and bad; MNIST-format
+    directories with NaN images and negative labels."""
+    rng = np.random.default_rng(0)
+    images, labels = rng.normal(size=(32, 8, 8, 1)).astype(np.float32), np.arange(32) % 10
+    nan_images = images.copy()
+    nan_images[5, 3, 3, 0] = np.nan
+    arrays = {
+        "x": images, "y": labels.astype(np.int32), "y_float": labels.astype(np.float32),
+        "y_ten": np.where(labels == 9, 10, labels), "y_negative": np.where(labels == 3, -1, labels),
+        "x_nan": nan_images, "x_int16": (images * 100).astype(np.int16),
+        "x_rgb": np.repeat(images, 3, axis=-1),
+    }  # fmt: skip
+    for name, array in arrays.items():
+        np.save(root / f"{name}.npy", array)
+    for name, idx_images, idx_labels in (
+        ("mnist_nan", nan_images[..., 0], labels.astype(np.uint8)),
+        ("mnist_negative", images[..., 0], np.where(labels == 3, -1, labels).astype(np.int8)),
+    ):
+        (root / name).mkdir()
+        for split in ("train", "t10k"):
+            write_idx(root / name / f"{split}-images-idx3-ubyte", idx_images)
+            write_idx(root / name / f"{split}-labels-idx1-ubyte", idx_labels)
+
+
+def write_idx(path, array):
+    """An IDX file from the format's definition: zero bytes, type code, dims, big-endian data."""
+    code = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.float32): 0x0D}
+    header = bytes([0, 0, code[array.dtype], array.ndim])
+    header += np.asarray(array.shape, dtype=">u4").tobytes()
+    path.write_bytes(header + array.astype(array.dtype.newbyteorder(">")).tobytes())
+
+
+def snapshot(folder):
+    """Every file under `folder` with its bytes: a row must change none of them."""
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 OtherState = collections.namedtuple("OtherState", "model step")
@@ -45,6 +125,24 @@ OtherState = collections.namedtuple("OtherState", "model step")
 
 def fit(*overrides):
     return ["fit", CHAR_RNN, *TINY, *overrides]
+
+
+def tokenize(*arguments):
+    return ["data", "tokenize", *arguments]
+
+
+def tokens(path, *overrides):
+    return ["fit", "{files}/token_lm.yaml", f"data.path={{files}}/{path}", *overrides]
+
+
+def npy(*overrides, x="x", y="y"):
+    """The image recipe on .npy columns; `x`, `y`: the training images' and labels' files."""
+    return [
+        "fit", IMAGES, "data=npy", f"data.train.images={{files}}/{x}.npy",
+        f"data.train.labels={{files}}/{y}.npy", "data.eval.images={files}/x.npy",
+        "data.eval.labels={files}/y.npy", "data.info.num_classes=10",
+        "data.info.image_shape=[8,8,1]", "data.batch_size=8", "model.channels=[4]", *overrides,
+    ]  # fmt: skip
 
 
 # (row id, argv with {files} and {run} placeholders, words the message must contain)
@@ -93,6 +191,32 @@ ROWS = [
     ("a sweep that cannot be listed", fit("-m", "seed=interval(0,1)"), ["`seed=interval(0,1)`", "seed=range("]),
     ("unparsable sweep", fit("-m", "seed=range(1,"), ["'seed=range(1,'", "cannot be parsed"]),
     ("resume a missing directory", ["resume", "{run}"], ["does not exist", "run"]),
+    ("tokenize without OUT", tokenize("{files}/short.txt"), ["required: OUT", "paxtrain data tokenize --help"]),
+    ("tokenize with OUT forgotten", tokenize("{files}/short.txt", "{files}/medium.txt"), ["medium.txt exists", "does not write over a file", "medium.bin", "--force"]),
+    ("tokenize over an existing token file", tokenize("{files}/short.txt", "{files}/existing.bin"), ["existing.bin exists", "--force"]),
+    ("tokenize over an input", tokenize("{files}/short.txt", "{files}/short.txt", "--force"), ["short.txt is also an input", "short.bin"]),
+    ("tokenize into a directory", tokenize("{files}/short.txt", "{files}/a_directory"), ["a_directory is a directory", "a_directory/tokens.bin"]),
+    ("tokenize a directory", tokenize("{files}/a_directory", "out.bin"), ["a_directory is a directory", "a_directory/*.txt"]),
+    ("tokenize a binary file", tokenize("{files}/binary.txt", "out.bin"), ["binary.txt is not UTF-8 text", "NUL byte at byte 0", "iconv"]),
+    ("tokenize text not UTF-8 after 1 KiB", tokenize("{files}/latin1.txt", "out.bin"), ["latin1.txt is not UTF-8 text", "byte 3003 is b'\\xe9'"]),
+    ("tokenize non-ASCII text as chars", tokenize("{files}/unicode.txt", "out.bin", "--vocab", "chars"), ["200 of the 1080 characters (18.5%) are outside `--vocab chars`", "'ü' x40", "--vocab bytes", "--max-unknown 0.186"]),
+    ("token ids above the vocabulary between sampled blocks", tokens("big.bin", "data.vocab_size=128"), ["big.bin holds ids up to 195", "big.bin.json", "vocab_size=128", "at least 196"]),
+    ("token sidecar not JSON", tokens("bad_json.bin"), ["bad_json.bin.json is malformed", "Expecting", "paxtrain data tokenize", "data.vocab_size"]),
+    ("token sidecar a JSON list", tokens("list.bin"), ["list.bin.json is malformed", "a JSON list, not an object", "data.vocab_size"]),
+    ("token sidecar with vocab_size abc", tokens("abc.bin"), ["abc.bin.json is malformed", "\"vocab_size\" is 'abc', not a positive integer"]),
+    ("token sidecar of another file", tokens("stale.bin"), ["stale.bin holds 1000 uint16 ids", "describes 5", "--force"]),
+    ("eval_fraction above 1", fit("data.eval_fraction=1.5"), ["eval_fraction=1.5", "between 0 and 1", "data.eval_fraction=0.1"]),
+    ("eval_fraction above 1 of a token file", tokens("big.bin", "data.eval_fraction=1.5"), ["eval_fraction=1.5", "data.eval_fraction=0.1"]),
+    (".npy labels stored as floats", npy(y="y_float"), ["data.train.labels", "y_float.npy", "the labels are float32", "astype(np.int32)"]),
+    (".npy label equal to num_classes", npy(y="y_ten"), ["data.train.labels", "label 10 at example 9 (3 labels outside [0, 10))", "data.info.num_classes", "at least 11"]),
+    (".npy negative labels", npy(y="y_negative"), ["y_negative.npy", "label -1 at example 3 (3 negative labels)"]),
+    (".npy eval label equal to num_classes", npy("data.eval.labels={files}/y_ten.npy"), ["data.eval.labels", "label 10 at example 9"]),
+    (".npy images with NaN", npy(x="x_nan"), ["data.train.images", "x_nan.npy", "1 images hold NaN or Inf values (the first: example 5)", "np.nan_to_num"]),
+    (".npy int16 images", npy(x="x_int16"), ["the images are int16", "float32"]),
+    (".npy images of another shape", npy(x="x_rgb"), ["the images have shape [32, 8, 8, 3]", "`data.info.image_shape=[8,8,3]`"]),
+    ("negative data.workers", npy("data.workers=-1"), ["workers=-1", "data.workers=2"]),
+    ("MNIST images with NaN", ["fit", IMAGES, "data.source=mnist", "data.path={files}/mnist_nan", "data.batch_size=8"], ["train split of the MNIST files", "mnist_nan", "1 images hold NaN or Inf values"]),
+    ("MNIST negative labels", ["fit", IMAGES, "data.source=mnist", "data.path={files}/mnist_negative", "data.batch_size=8"], ["train split of the MNIST files", "label -1 at example 3"]),
 ]  # fmt: skip
 
 
@@ -111,7 +235,9 @@ def test_bad_input_is_one_message_and_exit_code_2(
 ):
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
+    before = snapshot(files)
     code, err = run_row(argv, files, run, capsys)
+    assert snapshot(files) == before  # no user file changed
     assert code == 2, err
     assert err.startswith("paxtrain: ") and err.count("\n") == 1, err
     assert "Traceback" not in err

@@ -179,3 +179,37 @@ def test_paxtrain_fit_trains_the_image_recipe_from_npy_with_grain_workers(tmp_pa
 def test_a_target_that_cannot_be_imported_names_the_key():
     with pytest.raises(DataError, match=r"`data.train._target_`: cannot import 'nope.examples'"):
         GrainSource({"_target_": "nope.examples"}, batch_size=4)
+
+
+def test_uint8_images_are_scaled_and_a_channel_axis_added_as_documented(tmp_path):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (24, 8, 8), np.uint8)  # [N, H, W]: no channel axis
+    labels = rng.integers(0, 10, 24).astype(np.int64)
+    np.save(tmp_path / "x.npy", images)
+    np.save(tmp_path / "y.npy", labels)
+    columns = {"images": str(tmp_path / "x.npy"), "labels": str(tmp_path / "y.npy")}
+    info = {"num_classes": 10, "image_shape": [8, 8, 1]}
+    data = GrainSource(columns, batch_size=8, eval=columns, shuffle=False, info=info)
+    batch = data.train_batch(1)
+    expected = images[8:16, :, :, None].astype(np.float64) / 255  # NumPy, in float64
+    assert batch["images"].dtype == np.float32 and batch["images"].shape == (8, 8, 8, 1)
+    np.testing.assert_allclose(batch["images"], expected, rtol=1e-7, atol=0)
+    assert batch["images"].min() >= 0 and batch["images"].max() <= 1
+    np.testing.assert_array_equal(batch["labels"], labels[8:16])
+    evals = np.concatenate([b["images"] for b in data.eval_batches()])
+    np.testing.assert_allclose(evals, images[..., None] / 255, rtol=1e-7, atol=0)
+    # float images are taken as they are, a channel axis added when they have none
+    np.save(tmp_path / "x.npy", images.astype(np.float32))
+    data = GrainSource(columns, batch_size=8, shuffle=False, info=info)
+    np.testing.assert_array_equal(data.train_batch(0)["images"], images[:8, :, :, None])
+
+
+def test_more_workers_than_cores_warns_and_negative_workers_are_refused(monkeypatch):
+    import paxtrain.data.grain_source
+    from paxtrain.errors import ArgumentError
+
+    monkeypatch.setattr(paxtrain.data.grain_source, "available_cores", lambda: 2)
+    with pytest.warns(UserWarning, match=r"data.workers=64 is more than the 2 CPU cores.*=2"):
+        GrainSource(examples(), batch_size=BATCH, workers=64)
+    with pytest.raises(ArgumentError, match="workers=-1 is not a number of grain worker"):
+        GrainSource(examples(), batch_size=BATCH, workers=-1)

@@ -152,3 +152,10 @@ def test_digits_without_scikit_learn_says_how_to_install(monkeypatch):
 def test_docstring_examples_run():
     result = doctest.testmod(paxtrain.data.images, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_mnist_files_with_a_channel_axis_keep_it(tmp_path):
+    files = write_fake_mnist(tmp_path)
+    color = np.stack([files["t10k-images-idx3-ubyte"]] * 3, axis=-1)  # [N, H, W, 3]
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", color)
+    np.testing.assert_array_equal(load_mnist(tmp_path).test_images, color)

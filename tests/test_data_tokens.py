@@ -30,15 +30,20 @@ def test_tokenize_writes_ids_and_a_sidecar_for_either_vocabulary(tmp_path):
     inputs = [tmp_path / "a.txt", tmp_path / "b.txt"]
     for name, vocab in (("bytes", ByteVocab()), ("chars", CharVocab())):
         out = tmp_path / f"{name}.bin"
-        assert main(["data", "tokenize", *map(str, inputs), str(out), "--vocab", name]) == 0
+        # One "é" in 25 characters: 4% unknown to `--vocab chars`, accepted up to 5%.
+        argv = [*map(str, inputs), str(out), "--vocab", name, "--max-unknown", "0.05"]
+        assert main(["data", "tokenize", *argv]) == 0
         ids = np.fromfile(out, dtype=np.uint16)
         np.testing.assert_array_equal(ids, vocab.encode(text))
         meta = json.loads((tmp_path / f"{name}.bin.json").read_text())
+        unknown = {"unknown_chars": text.count("é")} if name == "chars" else {}
         assert meta == {
             "dtype": "uint16",
             "vocab": name,
             "vocab_size": len(vocab),
             "num_tokens": len(ids),
+            "max_id": int(ids.max()),
+            **unknown,
         }
         data = TokenFile(out, seq_len=8, batch_size=2)
         assert data.info["vocab_size"] == len(vocab) and type(data.vocab) is type(vocab)
@@ -145,3 +150,98 @@ def test_preempted_resume_through_a_token_file_is_bitwise_exact(token_file, tmp_
 def test_docstring_examples_run(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_tokenize_replaces_a_file_only_with_force_and_an_input_never(tmp_path, capsys):
+    (tmp_path / "a.txt").write_text("abc")
+    out = tmp_path / "a.bin"
+    np.arange(4, dtype=np.uint16).tofile(out)
+    old = out.read_bytes()
+    assert main(["data", "tokenize", str(tmp_path / "a.txt"), str(out)]) == 2
+    assert out.read_bytes() == old and not (tmp_path / "a.bin.json").exists()
+    assert main(["data", "tokenize", str(tmp_path / "a.txt"), str(out), "--force"]) == 0
+    assert np.fromfile(out, dtype=np.uint16).tolist() == [97, 98, 99]
+    assert json.loads((tmp_path / "a.bin.json").read_text())["max_id"] == 99
+    # A link to an input is the input.
+    (tmp_path / "link.txt").symlink_to(tmp_path / "a.txt")
+    with pytest.raises(DataError, match="link.txt is also an input"):
+        paxtrain.data.tokenize.tokenize_files(
+            [tmp_path / "a.txt"], tmp_path / "link.txt", force=True
+        )
+    assert (tmp_path / "a.txt").read_text() == "abc"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a.bin",
+        "a.bin.json",
+        "a.txt",
+        "link.txt",
+    ]
+
+
+def test_tokenize_decodes_strictly_across_chunks_and_leaves_nothing_when_refused(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(paxtrain.data.tokenize, "CHUNK_BYTES", 7)
+    text = "ab€cdé" * 300  # "€" is 3 bytes, "é" 2: chunks of 7 bytes cut through them
+    (tmp_path / "good.txt").write_text(text, encoding="utf-8")
+    paxtrain.data.tokenize.tokenize_files([tmp_path / "good.txt"], tmp_path / "good.bin")
+    ids = np.fromfile(tmp_path / "good.bin", dtype=np.uint16)
+    np.testing.assert_array_equal(ids, np.frombuffer(text.encode("utf-8"), np.uint8))
+    bad = text.encode("utf-8") + b"xyz\xff"
+    (tmp_path / "bad.txt").write_bytes(bad)
+    with pytest.raises(DataError, match=rf"bad.txt is not UTF-8 text \(byte {len(bad) - 1} is"):
+        paxtrain.data.tokenize.tokenize_files([tmp_path / "bad.txt"], tmp_path / "bad.bin")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bad.txt", "good.bin", "good.bin.json", "good.txt"
+    ]  # fmt: skip
+
+
+def test_tokenize_chars_reports_unknown_characters_under_the_threshold(tmp_path, capsys):
+    text = "plain ASCII text " * 30 + "naïve"  # 1 unknown in 515 characters: 0.19%
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    out = str(tmp_path / "t.bin")
+    assert main(["data", "tokenize", str(tmp_path / "t.txt"), out, "--vocab", "chars"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        f"paxtrain: wrote {len(text)} tokens (chars) to {out}",
+        "paxtrain: 1 characters (0.2%) outside the vocabulary became the unknown id: 'ï' x1",
+    ]
+    assert json.loads((tmp_path / "t.bin.json").read_text())["unknown_chars"] == 1
+
+
+def test_the_max_id_of_the_sidecar_is_checked_against_the_vocabulary(tmp_path, monkeypatch):
+    path = tmp_path / "t.bin"
+    tokens = np.zeros(3_000_000, np.uint16)
+    tokens[2_000_000 + 20_000] = 300  # between two blocks of the sample (one every ~47k ids)
+    tokens.tofile(path)
+    meta = {"dtype": "uint16", "vocab_size": 301, "num_tokens": len(tokens)}
+    # A sidecar without max_id (written before it was recorded): every id is read.
+    (tmp_path / "t.bin.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="holds id 300 at position 2020000, but vocab_size=300"):
+        TokenFile(path, vocab_size=300)
+    # Beyond FULL_CHECK_IDS only a sample is read, which misses this id ...
+    monkeypatch.setattr(paxtrain.data.tokens, "FULL_CHECK_IDS", 1_000_000)
+    assert TokenFile(path, vocab_size=300).info["vocab_size"] == 300
+    # ... but not the largest id recorded at tokenize time.
+    (tmp_path / "t.bin.json").write_text(json.dumps({**meta, "max_id": 300}))
+    with pytest.raises(DataError, match=r"holds ids up to 300 .*vocab_size=300.*at least 301"):
+        TokenFile(path, vocab_size=300)
+    assert TokenFile(path).info["vocab_size"] == 301
+
+
+@pytest.mark.parametrize(
+    "sidecar, problem",
+    [
+        ("{", "Expecting property name"),
+        ('"uint16"', "a JSON str, not an object"),
+        ('{"dtype": "int8"}', "\"dtype\" is 'int8', not one of ('uint16', 'uint32')"),
+        ('{"vocab_size": 0}', '"vocab_size" is 0, not a positive integer'),
+        ('{"vocab_size": true}', '"vocab_size" is True, not a positive integer'),
+        ('{"max_id": -1}', '"max_id" is -1, not an integer'),
+    ],
+)
+def test_a_malformed_sidecar_is_one_message_naming_it(token_file, sidecar, problem):
+    paxtrain.data.tokens.sidecar_path(token_file).write_text(sidecar)
+    with pytest.raises(DataError) as error:
+        TokenFile(token_file, vocab_size=VOCAB)
+    assert str(error.value).startswith(f"Token sidecar {token_file}.json is malformed ({problem}")
+    assert "paxtrain data tokenize ... --force" in str(error.value)

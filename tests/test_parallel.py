@@ -24,9 +24,17 @@ from paxtrain import parallel
 from paxtrain.cli.build import build_trainer
 from paxtrain.config.composition import compose
 from paxtrain.config.packaged import find_config, packaged_config_names
-from paxtrain.parallel import batch, distributed, mesh, plan, pmap, sharding
+from paxtrain.parallel import (
+    batch,
+    distributed,
+    jit_strategy,
+    mesh,
+    plan,
+    pmap_strategy,
+    sharding,
+    strategy,
+)
 from paxtrain.train import make_train_step
-from paxtrain.train.step import PMAP_AND_SHARDINGS_MSG
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), "parallel_scripts")
 SCAN_ACCUM = {"steps_per_call": 2, "grad_accum_steps": 2}
@@ -214,7 +222,9 @@ def test_multi_device_errors_name_the_problem_and_the_fix(eight_devices):
         pattern=r"head\.weight$", axis=1, path="model.head.weight", shape=(16, 1),
         names="tensor", size=8, dim=1,
     )  # fmt: skip
-    assert errors["pmap_with_fsdp"] == plan.PMAP_MESH_MSG.format(layout="data=4, fsdp=2, tensor=1")
+    assert errors["pmap_with_fsdp"] == pmap_strategy.PMAP_MESH_MSG.format(
+        layout="data=4, fsdp=2, tensor=1"
+    )
     # A tensor axis that no rule uses would only duplicate work: refused, naming a parameter.
     assert errors["tensor_axis_unused"] == sharding.UNUSED_TENSOR_AXIS_MSG.format(
         size=2, path="model.attention.query_proj.weight", example=r"query_proj\.weight$"
@@ -332,16 +342,57 @@ def test_batch_divisibility_check_runs_on_the_host():
 def test_one_device_plan_places_state_and_batches():
     losses, state, train_step, plan_ = toy.train("jit", steps=2)
     assert plan_.unreplicate(state) is state
-    assert set(plan_.step_kwargs) == {"in_shardings", "out_shardings"}
+    assert plan_.step_kwargs == {
+        "compile_step": plan_.compile_step,
+        "reduce_gradients": plan_.reduce_gradients,
+    }
     assert train_step._jitted._cache_size() == 1
     with pytest.raises(ValueError, match="Unknown parallel strategy 'dp'"):
         parallel.setup(state, "dp")
 
 
-def test_pmap_and_shardings_are_exclusive():
-    with pytest.raises(ValueError) as error:
-        make_train_step(toy.loss_fn, pmap_axis_name="devices", in_shardings=())
-    assert str(error.value) == PMAP_AND_SHARDINGS_MSG
+def test_every_strategy_is_found_by_name_and_has_every_method():
+    state = toy.fresh_state(toy.make_train_step(toy.loss_fn))
+    for name, cls in plan.STRATEGIES.items():
+        assert not cls.__abstractmethods__, name
+        assert cls.name == name and type(parallel.setup(state, name)) is cls
+
+
+def test_on_one_device_the_pmap_strategy_trains_like_jit():
+    jit_losses, jit_state, _, jit_plan = toy.train("jit", steps=2)
+    pmap_losses, pmap_state, _, pmap_plan = toy.train("pmap", steps=2)
+    np.testing.assert_allclose(pmap_losses, jit_losses, rtol=1e-6)
+    jit_model = toy.leaves_by_path(jit_plan.unreplicate(jit_state).model)
+    pmap_model = toy.leaves_by_path(pmap_plan.unreplicate(pmap_state).model)
+    for path, value in jit_model.items():
+        np.testing.assert_allclose(pmap_model[path], value, rtol=1e-5, atol=1e-7, err_msg=path)
+
+
+def test_the_step_is_compiled_and_its_gradients_reduced_by_the_given_functions():
+    compiled = []
+
+    def compile_step(step, *, donate, flat_state=False):
+        compiled.append((donate, flat_state))
+        return jax.jit(step)
+
+    def no_gradients(grad_fn):
+        def zeroed(state, batch, key):
+            loss, model, metrics, grads = grad_fn(state, batch, key)
+            return loss, model, metrics, jax.tree_util.tree_map(jax.numpy.zeros_like, grads)
+
+        return zeroed
+
+    train_step = make_train_step(
+        toy.loss_fn, donate=False, compile_step=compile_step, reduce_gradients=no_gradients
+    )
+    state = toy.fresh_state(train_step)
+    new, metrics = train_step(state, toy.batch_of(0))
+    assert compiled == [(False, False)]
+    assert float(metrics["grad_norm"]) == 0.0
+    # Adam's update of zero gradients is zero: the parameters are bitwise unchanged.
+    before = toy.leaves_by_path(state.model.parameters())
+    after = toy.leaves_by_path(new.model.parameters())
+    assert all(np.array_equal(after[k], before[k]) for k in before)
 
 
 # --------------------------------------------------------------- multi-process detection
@@ -394,7 +445,10 @@ def test_single_process_needs_no_initialization():
     assert parallel.is_main_process()
 
 
-@pytest.mark.parametrize("module", [mesh, sharding, batch, pmap, plan, distributed, parallel])
+@pytest.mark.parametrize(
+    "module",
+    [mesh, sharding, batch, strategy, jit_strategy, pmap_strategy, plan, distributed, parallel],
+)
 def test_docstring_examples_run(module):
     globs = {"jax": jax, "np": np, "parallel": parallel, "make_mesh": parallel.make_mesh}
     result = doctest.testmod(module, extraglobs=globs, optionflags=doctest.ELLIPSIS)

@@ -31,6 +31,7 @@ from typing import Any
 
 from paxtrain.cli.commands import _data, _env, _eval, _fit, _options, _plot, _resume
 from paxtrain.config.packaged import packaged_config_names
+from paxtrain.data.tokenize import MAX_UNKNOWN_FRACTION
 from paxtrain.errors import CheckpointError, ConfigError, DataError, LaunchError, LayoutError
 from paxtrain.train.preemption import PREEMPTED_EXIT_CODE, PreemptedBeforeTraining, before_training
 
@@ -142,6 +143,17 @@ def _parser() -> argparse.ArgumentParser:
     tokenize.add_argument("inputs", nargs="+", metavar="INPUT", help="UTF-8 text files")
     tokenize.add_argument("out", metavar="OUT", help="the token file to write, e.g. train.bin")
     tokenize.add_argument("--vocab", choices=["bytes", "chars"], default="bytes")
+    tokenize.add_argument(
+        "--force", action="store_true", help="replace OUT if it exists (an input: never)"
+    )
+    tokenize.add_argument(
+        "--max-unknown",
+        type=float,
+        default=MAX_UNKNOWN_FRACTION,
+        metavar="FRACTION",
+        help="--vocab chars: the largest share of characters outside the vocabulary accepted "
+        f"(default {MAX_UNKNOWN_FRACTION})",
+    )
 
     plot = commands.add_parser("plot", help="write curves.png for a run directory")
     plot.add_argument("run_dir")

@@ -159,10 +159,12 @@ def _env() -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from paxtrain.data.tokenize import tokenize_files
+    from paxtrain.data.tokenize import describe_unknown, tokenize_files
 
-    meta = tokenize_files(args.inputs, args.out, args.vocab)
+    meta = tokenize_files(args.inputs, args.out, args.vocab, args.force, args.max_unknown)
     print(f"paxtrain: wrote {meta['num_tokens']} tokens ({args.vocab}) to {args.out}")
+    if unknown := describe_unknown(meta):
+        print(f"paxtrain: {unknown}")
     return 0
 
 

@@ -60,13 +60,14 @@ class NpyColumns(Sequence):
             if not file.is_file():
                 raise FileNotFoundError(MISSING_NPY_MSG.format(key=where, path=file))
             self.paths[name] = file
-        lengths = {name: len(array) for name, array in self._open().items()}
+        lengths = {name: len(array) for name, array in self.arrays().items()}
         if len(set(lengths.values())) > 1:
             raise DataError(LENGTHS_MSG.format(lengths=lengths))
         self._length = next(iter(lengths.values()))
         self._arrays: dict[str, np.ndarray] | None = None
 
-    def _open(self) -> dict[str, np.ndarray]:
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Each column's whole array, memory-mapped (nothing is read until indexed)."""
         return {name: np.load(path, mmap_mode="r") for name, path in self.paths.items()}
 
     def __len__(self) -> int:
@@ -74,7 +75,7 @@ class NpyColumns(Sequence):
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         if self._arrays is None:
-            self._arrays = self._open()
+            self._arrays = self.arrays()
         return {name: np.asarray(array[index]) for name, array in self._arrays.items()}
 
     def __getstate__(self) -> dict[str, Any]:

@@ -12,7 +12,9 @@ per epoch costs one array of n ints; grain's per-element `shuffle` doubled the t
 from __future__ import annotations
 
 import atexit
+import os
 import sys
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -20,7 +22,8 @@ import jax
 import numpy as np
 
 from paxtrain.data.columns import NpyColumns
-from paxtrain.errors import DataError
+from paxtrain.data.image_columns import checked_image_columns
+from paxtrain.errors import ArgumentError, DataError
 
 NO_GRAIN_MSG = """\
 GrainSource needs grain, which is not installed: pip install grain    (or `pip install -e ".[data]"` \
@@ -37,6 +40,14 @@ The training dataset has {n} examples, too few for one batch of batch_size={batc
 
 BAD_TARGET_MSG = "`data.{key}._target_`: cannot import {target!r} ({reason})."
 
+NEGATIVE_WORKERS_MSG = """\
+workers={workers} is not a number of grain worker processes: use 0 (read in the trainer's \
+prefetch thread) or more, e.g. `data.workers=2`."""
+
+TOO_MANY_WORKERS_MSG = """\
+data.workers={workers} is more than the {cores} CPU cores this process may use: the workers \
+compete for them and batches come slower, not faster. Use `data.workers={cores}` or fewer."""
+
 EMPTY_EVAL_MSG = "The eval dataset is empty: give it examples, or leave `data.eval` unset."
 
 
@@ -48,6 +59,18 @@ def _grain() -> Any:
     return grain
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, where the OS has one).
+
+    Example:
+        >>> available_cores() >= 1
+        True
+    """
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _parse_absl_flags() -> None:
     # grain 0.2.18's workers read an absl flag, which fails unless flags were parsed
     # (google/grain#1355): a program that does not use absl.app leaves them at their defaults.
@@ -57,10 +80,13 @@ def _parse_absl_flags() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def as_map_dataset(spec: Any, key: str = "train") -> Any:
+def as_map_dataset(spec: Any, key: str = "train", info: Mapping[str, Any] | None = None) -> Any:
     """A `grain.MapDataset` from what a config or a caller gives: the dataset itself, a mapping
     of column names to `.npy` files (`NpyColumns`), or `{"_target_": "module.fn", **kwargs}`
     naming a function that returns one (any reader: ArrayRecord, Parquet, ...).
+
+    `.npy` columns named `images` and `labels` are checked against `info` (`num_classes`,
+    `image_shape`) and adapted to the model (`checked_image_columns`).
 
     Example:
         >>> import grain
@@ -76,7 +102,8 @@ def as_map_dataset(spec: Any, key: str = "train") -> Any:
             return dataset
         raise DataError(BAD_DATASET_MSG.format(key=key, kind=f"{type(dataset).__name__} from it"))
     if isinstance(spec, Mapping):
-        return grain.MapDataset.source(NpyColumns(spec, key=f"data.{key}"))
+        columns = NpyColumns(spec, key=f"data.{key}")
+        return grain.MapDataset.source(checked_image_columns(columns, info or {}, f"data.{key}"))
     raise DataError(BAD_DATASET_MSG.format(key=key, kind=type(spec).__name__))
 
 
@@ -138,8 +165,10 @@ class GrainSource:
       seed: seed of the epoch permutations.
       shuffle: shuffle the training examples (every epoch anew).
       workers: grain worker processes producing batches ahead (`mp_prefetch`); 0 reads in the
-        calling thread (the trainer's prefetch thread). Batches are the same either way.
-      info: facts the model's constructor may ask for, e.g. `{num_classes: 10}`.
+        calling thread (the trainer's prefetch thread). Batches are the same either way. More
+        workers than the CPU cores the process may use get a warning: they would compete.
+      info: facts the model's constructor may ask for, e.g. `{num_classes: 10}`; `.npy`
+        columns `labels` and `images` are checked against its `num_classes` and `image_shape`.
 
     Example:
         >>> import grain, numpy as np
@@ -163,10 +192,14 @@ class GrainSource:
         workers: int = 0,
         info: Mapping[str, Any] | None = None,
     ):
-        train = as_map_dataset(train, "train")
+        if workers < 0:
+            raise ArgumentError("workers", NEGATIVE_WORKERS_MSG.format(workers=workers))
+        if workers > (cores := available_cores()):
+            warnings.warn(TOO_MANY_WORKERS_MSG.format(workers=workers, cores=cores), stacklevel=2)
+        train = as_map_dataset(train, "train", info)
         if len(train) < batch_size:
             raise DataError(TOO_SHORT_MSG.format(n=len(train), batch_size=batch_size))
-        self.eval = None if eval is None else as_map_dataset(eval, "eval")
+        self.eval = None if eval is None else as_map_dataset(eval, "eval", info)
         if self.eval is not None and len(self.eval) == 0:
             raise DataError(EMPTY_EVAL_MSG)
         self.train, self.num_examples, self.seed, self.shuffle = train, len(train), seed, shuffle

@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from paxtrain.data.image_columns import check_finite_images, check_labels
+
 # The IDX format (http://yann.lecun.com/exdb/mnist/): two zero bytes, a type code, the number of
 # dimensions, one big-endian uint32 per dimension, then the data in C order, big-endian.
 IDX_DTYPES = {
@@ -185,11 +187,16 @@ def load_mnist(path: str | pathlib.Path) -> ImageSplits:
                 )
             )
     return ImageSplits(
-        arrays["train_images"][..., None],
+        _with_channel_axis(arrays["train_images"]),
         arrays["train_labels"].astype(np.int32),
-        arrays["test_images"][..., None],
+        _with_channel_axis(arrays["test_images"]),
         arrays["test_labels"].astype(np.int32),
     )
+
+
+def _with_channel_axis(images: np.ndarray) -> np.ndarray:
+    """[N, H, W] grayscale images (MNIST's) as [N, H, W, 1]; [N, H, W, C] ones as they are."""
+    return images[..., None] if images.ndim == 3 else images
 
 
 def _channel_moments(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -252,6 +259,13 @@ class LabeledImages:
         if source == "mnist" and path is None:
             raise ValueError(NO_PATH_MSG.format(names=", ".join(MNIST_FILES.values())))
         splits = load_digits() if source == "digits" else load_mnist(path)
+        # The classes are the labels seen: only a negative one is out of range.
+        num_classes = int(max(splits.train_labels.max(), splits.test_labels.max())) + 1
+        where = "the digits" if source == "digits" else f"the MNIST files in {path}"
+        for split in ("train", "test"):
+            images, labels = getattr(splits, f"{split}_images"), getattr(splits, f"{split}_labels")
+            check_finite_images(images, f"The {split} split of {where}")
+            check_labels(labels, num_classes, f"The {split} split of {where}")
         num_train, num_test = len(splits.train_labels), len(splits.test_labels)
         if batch_size > num_train:
             raise ValueError(BATCH_SIZE_MSG.format(batch_size=batch_size, num_train=num_train))
@@ -269,7 +283,7 @@ class LabeledImages:
         self.mean, self.std = _channel_moments(splits.train_images)
         self._permutation: tuple[int, np.ndarray] = (-1, np.empty(0, np.int64))
         self.info: dict[str, Any] = {
-            "num_classes": int(max(splits.train_labels.max(), splits.test_labels.max())) + 1,
+            "num_classes": num_classes,
             "image_shape": tuple(splits.train_images.shape[1:]),
             "num_examples": num_train,
             "steps_per_epoch": self.steps_per_epoch,

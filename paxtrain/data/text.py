@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from paxtrain.errors import DataError
+from paxtrain.errors import ArgumentError, DataError
 
 # A fixed list, so the default corpus is the same on every machine with the same Python version.
 STDLIB_FILES = (
@@ -39,6 +39,10 @@ IS_DIRECTORY_MSG = "path={path} is a directory: `data.path` must be one UTF-8 te
 NOT_UTF8_MSG = """\
 path={path} is not UTF-8 text ({reason}): `data.path` must be a text file; a binary file would \
 train on replacement characters."""
+
+EVAL_FRACTION_MSG = """\
+eval_fraction={eval_fraction} must be a share between 0 and 1 (exclusive) of the text held out \
+for evaluation, e.g. `data.eval_fraction=0.1`."""
 
 BATCH_TOO_LARGE_MSG = """\
 A batch of batch_size={batch_size} windows of seq_len={seq_len} ({needed} characters) is larger \
@@ -150,6 +154,10 @@ class CharCorpus:
         max_chars: int | None = None,
         seed: int = 0,
     ):
+        if not 0 < eval_fraction < 1:
+            raise ArgumentError(
+                "eval_fraction", EVAL_FRACTION_MSG.format(eval_fraction=eval_fraction)
+            )
         if path is None:
             text = stdlib_corpus(max_chars)
         else:

@@ -20,6 +20,7 @@ from paxtrain.nn.ema import EMA
 from paxtrain.nn.embed import Embed
 from paxtrain.nn.group_norm import GroupNorm
 from paxtrain.nn.grouped_query_attention import GroupedQueryAttention
+from paxtrain.nn.kv_cache import KVCache
 from paxtrain.nn.layer_norm import LayerNorm, RMSNorm
 from paxtrain.nn.linear import Linear
 from paxtrain.nn.normalization import normalize
@@ -56,6 +57,7 @@ __all__ = [
     "GroupNorm",
     "GroupedQueryAttention",
     "Identity",
+    "KVCache",
     "LSTMState",
     "Lambda",
     "LayerNorm",

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import paxtrain as pax
 from paxtrain.nn.attention import IMPLEMENTATION_MSG, IMPLEMENTATIONS
 from paxtrain.nn.initializers import Initializer, split_rng_key
+from paxtrain.nn.kv_cache import KVCache
 from paxtrain.nn.linear import Linear
 from paxtrain.nn.rotary import apply_rope
 from paxtrain.nn.sequential import Chainable
@@ -84,24 +85,50 @@ class GroupedQueryAttention(Chainable, pax.Module):
         self.value_proj = projection(model_dim, num_kv_heads * head_dim, v_key)
         self.output_proj = projection(num_heads * head_dim, model_dim, o_key)
 
-    def __call__(self, x: jax.Array, positions: jax.Array | None = None) -> jax.Array:
-        """Attends within `x`; `positions` [time] or [batch, time] default to 0, 1, 2, ..."""
+        self.cache: KVCache | None = None  # `with_cache`: decoding, one call after another
+
+    def with_cache(self, batch_size: int, max_len: int) -> GroupedQueryAttention:
+        """A copy that keeps the keys and values of what it has seen (a `KVCache` of `max_len`
+        positions): each call then continues the sequence of the calls before it. Call it
+        through `pax.purecall`, which returns the copy with its cache extended.
+
+        Example:
+            >>> attention = nn.GroupedQueryAttention(8, num_heads=2, num_kv_heads=1)
+            >>> decoder = attention.with_cache(batch_size=1, max_len=4)
+            >>> decoder, y = pax.purecall(decoder, jnp.ones((1, 3, 8)))  # the prompt
+            >>> decoder, y = pax.purecall(decoder, jnp.ones((1, 1, 8)))  # one more position
+            >>> int(decoder.cache.length)
+            4
+        """
+        cache = KVCache(batch_size, max_len, self.num_kv_heads, self.head_dim)
+        return self.replace(cache=cache)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Attends within `x` [batch, time, model_dim], and with a cache also to the positions
+        of the calls before."""
         batch, time = x.shape[:2]
         q = self.query_proj(x).reshape(batch, time, self.num_heads, self.head_dim)
         k = self.key_proj(x).reshape(batch, time, self.num_kv_heads, self.head_dim)
         v = self.value_proj(x).reshape(batch, time, self.num_kv_heads, self.head_dim)
+        start = 0 if self.cache is None else self.cache.length
         if self.rope_theta is not None:
-            positions = jnp.arange(time) if positions is None else positions
-            q, k = (
-                apply_rope(q, positions, self.rope_theta),
-                apply_rope(k, positions, self.rope_theta),
-            )
+            positions = start + jnp.arange(time)
+            q = apply_rope(q, positions, self.rope_theta)
+            k = apply_rope(k, positions, self.rope_theta)
+        mask = None
+        if self.cache is not None:
+            k, v, _ = self.cache.extend(k, v)
+            # Query i sits at position start + i: it sees the filled positions up to its own.
+            keys = jnp.arange(self.cache.max_len)[None, :]
+            last = (start + jnp.arange(time))[:, None] if self.causal else start + time - 1
+            mask = jnp.broadcast_to(keys <= last, (time, self.cache.max_len))
         out = jax.nn.dot_product_attention(
             q,
             k,
             v,
+            mask=mask,
             scale=1.0 / math.sqrt(self.head_dim),
-            is_causal=self.causal,
+            is_causal=self.causal and self.cache is None,
             implementation=self.implementation,
         )
         return self.output_proj(out.reshape(batch, time, self.num_heads * self.head_dim))

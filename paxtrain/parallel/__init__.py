@@ -5,22 +5,24 @@
     >>> mesh.shape["data"] == jax.device_count()
     True
 
-One plan covers the state, the batches and the compiled step (see `setup`):
+One strategy object covers the state, the batches and the compiled step (see `setup`):
 
     state = train_step.init(TrainState.create(model, optimizer))
-    plan = parallel.setup(state, "jit", parallel.make_mesh(data=2, fsdp=2, tensor=2))
-    train_step = make_train_step(loss_fn, **plan.step_kwargs)
-    state = plan.place(state)
-    state, metrics = train_step(state, plan.put_batch(batch))
+    strategy = parallel.setup(state, "jit", parallel.make_mesh(data=2, fsdp=2, tensor=2))
+    train_step = make_train_step(loss_fn, **strategy.step_kwargs)
+    state = strategy.place(state)
+    state, metrics = train_step(state, strategy.put_batch(batch))
 
 | file | idea |
 |---|---|
 | `mesh.py` | `make_mesh`: the ("data", "fsdp", "tensor") device mesh |
 | `sharding.py` | the state's layout: replicated, FSDP, tensor-parallel rules |
 | `batch.py` | batches split over the data axes; each process reads and places its own rows |
-| `pmap.py` | the `jax.pmap` strategy: replicated state, per-device batch slices |
+| `strategy.py` | `ParallelStrategy`: the methods every strategy has (place, put_batch, compile_step...) |
+| `jit_strategy.py` | the `jax.jit` strategy: the state sharded on the mesh |
+| `pmap_strategy.py` | the `jax.pmap` strategy: replicated state, per-device batch slices |
+| `plan.py` | `setup`: the strategy by name from the `STRATEGIES` registry |
 | `init.py` | `build_sharded`: the state built under `jax.jit`, each device making only its shards |
-| `plan.py` | `setup`: one `ParallelPlan` for the state, the batches and the step |
 | `distributed.py` | `initialize_distributed`, `is_main_process` |
 """
 
@@ -52,6 +54,7 @@ from paxtrain.parallel.init import (
     seeded,
     with_leaves,
 )
+from paxtrain.parallel.jit_strategy import JitStrategy
 from paxtrain.parallel.mesh import (
     AXES,
     BATCH_AXES,
@@ -61,8 +64,15 @@ from paxtrain.parallel.mesh import (
     data_parallel_size,
     make_mesh,
 )
-from paxtrain.parallel.plan import STRATEGIES, ParallelPlan, setup
-from paxtrain.parallel.pmap import PMAP_AXIS, replicate, shard_over_devices, unreplicate
+from paxtrain.parallel.plan import STRATEGIES, setup
+from paxtrain.parallel.pmap_strategy import (
+    PMAP_AXIS,
+    PmapStrategy,
+    average_over_devices,
+    replicate,
+    shard_over_devices,
+    unreplicate,
+)
 from paxtrain.parallel.sharding import (
     DEFAULT_FSDP_MIN_SIZE,
     DEFAULT_TENSOR_RULES,
@@ -74,6 +84,7 @@ from paxtrain.parallel.sharding import (
     row_parallel,
     state_shardings,
 )
+from paxtrain.parallel.strategy import ParallelStrategy
 
 __all__ = [
     "AXES",
@@ -86,13 +97,16 @@ __all__ = [
     "STRATEGIES",
     "TENSOR",
     "DistributedSettings",
+    "JitStrategy",
     "LayoutError",
-    "ParallelPlan",
+    "ParallelStrategy",
+    "PmapStrategy",
     "ProcessRows",
     "Rule",
     "accepts_rows",
     "arrays_by_leaf",
     "as_rules",
+    "average_over_devices",
     "batch_sharding",
     "build_sharded",
     "check_batch_divisible",

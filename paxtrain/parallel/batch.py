@@ -326,7 +326,8 @@ class ProcessRows:
 
     `train_batch(step)` gives one batch of rows per block (`read_rows`) and `place` builds the
     global batch from them, or from several steps' stacked along axis 0 (a `Prefetcher` with
-    `group`): `Prefetcher(rows, step, put=rows.place)`. Made by `ParallelPlan.process_rows`.
+    `group`): `Prefetcher(rows, step, put=rows.place)`. Made by a strategy's `process_rows`
+    (`ParallelStrategy`).
 
     Example:
         >>> rows = plan.process_rows(data, global_batch_size=32)  # doctest: +SKIP

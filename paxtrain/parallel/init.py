@@ -44,14 +44,14 @@ def build_sharded(
     The state's shapes come from `jax.eval_shape` (nothing is allocated), `plan_for` plans its
     layout from them (e.g. `lambda abstract: parallel.setup(abstract, "jit", mesh)`), and the
     build then runs under `jax.jit(..., out_shardings=plan.state_shardings)`: every device
-    computes only its shards. The "pmap" strategy, whose state is replicated anyway, builds
-    eagerly.
+    computes only its shards. A strategy without `state_shardings` (the "pmap" one, whose state
+    is replicated anyway) builds eagerly.
 
     Args:
       build: constructs the state (modules, optimizer state...); drawing keys from pax's
         global key is fine (see `seeded`).
       seed: the global key's seed during `build`.
-      plan_for: the `ParallelPlan` for the abstract state.
+      plan_for: the `ParallelStrategy` for the abstract state (`setup`).
       load: `load(plan)` reads arrays in the plan's layout (fine-tuning's parameters, see
         `laid_out`); `build(*load(plan))` then takes them, while `build()` gives the shapes.
 

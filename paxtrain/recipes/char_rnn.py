@@ -20,6 +20,7 @@ import optax
 
 import paxtrain as pax
 import paxtrain.nn as nn
+from paxtrain.recipes.sampling import sample
 from paxtrain.train.hooks import Hook
 
 # A forget-gate bias of 1 keeps the LSTM's memory open early in training (Jozefowicz et al., 2015).
@@ -55,6 +56,8 @@ class CharRNN(pax.Module):
         self.embed = nn.Embed(vocab_size, embed_dim)
         self.cell = CELLS[cell](embed_dim, hidden_dim)
         self.head = nn.Linear(hidden_dim, vocab_size)
+        # Set by `decoder`: the recurrent state that the next call starts from.
+        self.register_state("carry", None)
 
     def run_cell(self, state: Any, xs: jax.Array) -> tuple[Any, jax.Array]:
         """Runs the cell over xs [batch, time, embed]; returns the last state and the outputs."""
@@ -70,33 +73,30 @@ class CharRNN(pax.Module):
         return state, hiddens
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        state = self.cell.initial_state(ids.shape[0])
-        _, hiddens = self.run_cell(state, self.embed(ids))
+        state = self.cell.initial_state(ids.shape[0]) if self.carry is None else self.carry
+        state, hiddens = self.run_cell(state, self.embed(ids))
+        if self.carry is not None:
+            self.carry = state
         return self.head(hiddens)
+
+    def decoder(self, batch_size: int, max_len: int) -> CharRNN:
+        """A copy for decoding (`paxtrain.recipes.sampling`): each call continues from the
+        recurrent state the call before ended in (an RNN's carry is its cache; any length).
+
+        Example:
+            >>> model = CharRNN(vocab_size=98, embed_dim=8, hidden_dim=16)
+            >>> decoder, logits = pax.purecall(model.decoder(1, 8), jnp.array([[5, 6]]))
+            >>> decoder, logits = pax.purecall(decoder, jnp.array([[7]]))
+            >>> logits.shape
+            (1, 1, 98)
+        """
+        return self.replace(carry=self.cell.initial_state(batch_size))
 
     def loss(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Mean cross-entropy of the next character; also reported in bits per character."""
         logits = self(batch["inputs"])
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
         return loss, {"bits_per_char": loss / math.log(2)}
-
-    def generate(self, prompt: jax.Array, num_chars: int, key: jax.Array, temperature: float = 0.8):
-        """Samples `num_chars` ids after the 1-d `prompt` ids.
-
-        Example:
-            >>> ids = model.generate(jnp.array([1, 2]), 10, jax.random.PRNGKey(0))  # doctest: +SKIP
-        """
-        state, hiddens = self.run_cell(self.cell.initial_state(1), self.embed(prompt[None]))
-        logits = self.head(hiddens[:, -1])
-
-        def sample(carry, key):
-            state, logits = carry
-            char = jax.random.categorical(key, logits / temperature)
-            state, hidden = self.cell(state, self.embed(char))
-            return (state, self.head(hidden)), char[0]
-
-        _, chars = jax.lax.scan(sample, (state, logits), jax.random.split(key, num_chars))
-        return chars
 
 
 class PrintSample(Hook):
@@ -126,11 +126,12 @@ class PrintSample(Hook):
             print("paxtrain: no sample: the data has no vocabulary to decode it (`callbacks=[]`)")
             return
         model = trainer.state.model.eval()
-        generate = jax.jit(type(model).generate, static_argnums=(2, 4))
-        ids = generate(
-            model, jnp.asarray(vocab.encode(self.prompt)), self.num_chars,
-            jax.random.PRNGKey(self.seed), self.temperature,
-        )  # fmt: skip
+        prompt, key = jnp.asarray(vocab.encode(self.prompt)), jax.random.PRNGKey(self.seed)
+        if hasattr(model, "decoder"):  # decoded with its cache, as `paxtrain sample` does
+            ids = sample(model, prompt, self.num_chars, key, self.temperature)
+        else:
+            generate = jax.jit(type(model).generate, static_argnums=(2, 4))
+            ids = generate(model, prompt, self.num_chars, key, self.temperature)
         text = self.prompt + vocab.decode(ids)
         if not trainer.is_main_process:  # every process generates: the model may span them all
             return

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 
 import jax
-import jax.numpy as jnp
 import optax
 
 import paxtrain as pax
@@ -154,32 +153,30 @@ class LlamaLM(pax.Module):
         x = self.final_norm(x)
         return x @ self.token_embed.weight.T if self.head is None else self.head(x)
 
+    def decoder(self, batch_size: int, max_len: int) -> LlamaLM:
+        """A copy for decoding (`paxtrain.recipes.sampling`): every attention keeps a KV cache
+        of `max_len` positions, so each call continues the sequence of the calls before it.
+
+        Example:
+            >>> model = LlamaLM(vocab_size=98, num_heads=4, num_kv_heads=2, model_dim=16)
+            >>> decoder = model.decoder(batch_size=1, max_len=8)
+            >>> decoder, logits = pax.purecall(decoder, jnp.array([[5, 6, 7]]))
+            >>> decoder, logits = pax.purecall(decoder, jnp.array([[8]]))  # position 3
+            >>> logits.shape
+            (1, 1, 98)
+        """
+
+        def cached(block: LlamaBlock) -> LlamaBlock:
+            return block.replace(attention=block.attention.with_cache(batch_size, max_len))
+
+        if isinstance(self.blocks, nn.ScanLayers):
+            blocks = nn.ScanLayers([cached(b) for b in self.blocks.unstack()])
+        else:
+            blocks = self.blocks.replace(layers=tuple(cached(b) for b in self.blocks.layers))
+        return self.replace(blocks=blocks, remat="none")  # nothing to keep for a backward pass
+
     def loss(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Mean cross-entropy of the next token; also in bits per byte of text."""
         logits = self(batch["inputs"])
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
         return loss, {"bits_per_byte": loss / math.log(2) / self.bytes_per_token}
-
-    def generate(
-        self, prompt: jax.Array, num_chars: int, key: jax.Array, temperature: float = 0.8
-    ) -> jax.Array:
-        """Samples `num_chars` ids after the 1-d `prompt` ids (at least one), each from the
-        logits of the whole sequence so far (a static buffer: causality hides its zero tail).
-
-        Example:
-            >>> model = LlamaLM(vocab_size=98, num_heads=4, num_kv_heads=2, model_dim=16)
-            >>> model.generate(jnp.array([1, 2]), 6, jax.random.PRNGKey(0)).shape
-            (6,)
-        """
-        start, total = prompt.shape[0], prompt.shape[0] + num_chars
-        buffer = jnp.zeros(total, jnp.int32).at[:start].set(prompt)
-
-        def sample(buffer, inputs):
-            position, key = inputs  # the position to fill
-            logits = self(buffer[None])[0, position - 1]
-            token = jax.random.categorical(key, logits / temperature)
-            return buffer.at[position].set(token), None
-
-        positions = jnp.arange(start, total)
-        buffer, _ = jax.lax.scan(sample, buffer, (positions, jax.random.split(key, num_chars)))
-        return buffer[start:total]

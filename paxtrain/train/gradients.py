@@ -1,8 +1,8 @@
 """Gradient functions: the loss and its gradients for one batch, or accumulated over micro-batches.
 
 A `GradFn` maps `(state, batch, key)` to `(loss, new_model, metrics, grads)`; the train step calls
-one, and `accumulate_gradients` and `average_over_devices` wrap one, so they compose with every
-step option.
+one, and `accumulate_gradients` (and a parallel strategy's `reduce_gradients`, such as
+`parallel.average_over_devices`) wrap one, so they compose with every step option.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import paxtrain as pax
-from paxtrain.core.module import STATE
-from paxtrain.core.partition import map_array_fields
 from paxtrain.train.state import TrainState
 
 Batch = Any
@@ -161,43 +159,3 @@ def accumulate_gradients(grad_fn: GradFn, steps: int) -> GradFn:
 
 def _first(stacked: Any) -> Any:
     return jax.tree_util.tree_map(lambda x: x[0], stacked)
-
-
-def average_over_devices(grad_fn: GradFn, axis_name: str) -> GradFn:
-    """Data parallelism inside `jax.pmap`: averages over the devices of `axis_name`.
-
-    The loss, the floating-point metrics and the gradients are averaged with `lax.pmean`, so every
-    device applies the update of the whole batch; so are the model's floating-point states
-    (BatchNorm running statistics), so the copies stay equal; the batch statistics a BatchNorm
-    normalizes with are still those of the device's slice. The PRNG key is folded with the device
-    index, so each device draws different dropout masks for its examples.
-
-    Args:
-      grad_fn: the gradient function of one device's slice of the batch.
-      axis_name: the `axis_name` of the enclosing `jax.pmap`.
-
-    Returns:
-      A `GradFn` to call inside `jax.pmap(..., axis_name=axis_name)`.
-
-    Example:
-        >>> grad_fn = average_over_devices(loss_and_grads(loss_fn), "devices")  # doctest: +SKIP
-    """
-
-    def mean_of_floats(tree: Any) -> Any:
-        return jax.tree_util.tree_map(
-            lambda x: jax.lax.pmean(x, axis_name) if jnp.issubdtype(x.dtype, jnp.inexact) else x,
-            tree,
-        )
-
-    def averaged(state: TrainState, batch: Batch, key: jax.Array | None):
-        if key is not None:
-            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-        loss, model, metrics, grads = grad_fn(state, batch, key)
-        loss, metrics, grads = mean_of_floats((loss, metrics, grads))
-        # States only: frozen parameters are equal on every device and may be large.
-        model = map_array_fields(
-            lambda node, kind, value: mean_of_floats(value) if kind == STATE else value, model
-        )
-        return loss, model, metrics, grads
-
-    return averaged

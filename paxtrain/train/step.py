@@ -12,9 +12,9 @@ rollback scale wrap the update (applying the gradients), the loss scale and opti
 `lax.cond`; a select on GPUs), so a skipped non-finite step also leaves the EMA alone, while the
 loss scale still reacts to it.
 
-On several devices, `in_shardings` / `out_shardings` lay the state and the batch out on a mesh
-(`jax.jit` partitions the step), or `pmap_axis_name` runs it under `jax.pmap` with gradients
-averaged over devices; `paxtrain.parallel.setup` computes either set of arguments.
+On several devices a parallel strategy (`paxtrain.parallel.setup`) compiles the step
+(`compile_step`: `jax.jit` on a mesh, or `jax.pmap`) and may reduce the gradients inside it
+(`reduce_gradients`: pmap's average over devices); its `step_kwargs` pass both.
 
 Mixed precision is a property of the model, not of the step: build it with
 `pax.apply_mp_policy(model, "params=float32,compute=bfloat16,output=float32")` before the
@@ -23,6 +23,7 @@ Mixed precision is a property of the model, not of the step: build it with
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,7 +36,6 @@ from paxtrain.train.gradients import (
     GradFn,
     Metrics,
     accumulate_gradients,
-    average_over_devices,
     loss_and_grads,
     takes_key,
 )
@@ -53,10 +53,6 @@ from paxtrain.train.state import TrainState
 
 LOSS_SCALE_MSG = """\
 loss_scale must be None, "dynamic" or a `dynamic_loss_scale(...)` option; got {got!r}."""
-
-PMAP_AND_SHARDINGS_MSG = """\
-make_train_step got both `pmap_axis_name` and `in_shardings`/`out_shardings`: choose one strategy.
-`pmap_axis_name` runs the step under `jax.pmap`; shardings run it under `jax.jit` on a mesh."""
 
 DUPLICATE_OPTION_MSG = """\
 Two step options are named {name!r}; each keeps its extras under its name, so they would collide.
@@ -184,31 +180,18 @@ class TrainStep:
         return self._flat[treedef]
 
 
-def _compiler(
-    donate: bool, in_shardings: Any, out_shardings: Any, pmap_axis_name: str | None
-) -> Callable:
-    """`compile_step(step, flat_state=False)`: `jax.jit` (or `jax.pmap`) with the step's settings; a
-    flat state takes the state's shardings as a list of leaves."""
-    donate_argnums = (0,) if donate else ()
+def jit_compile(step: Callable, *, donate: bool = True, flat_state: bool = False) -> Callable:
+    """`jax.jit` of `step(state, batch)`, its state donated with `donate`: the compile function
+    of a step on one device, `make_train_step`'s default. A parallel strategy's `compile_step`
+    takes the same arguments (`flat_state`: the state is its list of leaves, which plain
+    `jax.jit` handles as any state).
 
-    def as_leaves(shardings: Any) -> Any:
-        if shardings is None:
-            return None
-        state, rest = shardings
-        return (jax.tree_util.tree_leaves(state), rest)
-
-    def compile_step(step: Callable, flat_state: bool = False) -> Callable:
-        if pmap_axis_name is not None:
-            # One copy of the metrics: the float ones are averaged, so equal on every device.
-            return jax.pmap(step, pmap_axis_name, donate_argnums=donate_argnums, out_axes=(0, None))
-        shardings = {"in_shardings": in_shardings, "out_shardings": out_shardings}
-        if flat_state:
-            shardings = {k: as_leaves(v) for k, v in shardings.items()}
-        # Only those given: jax.jit's defaults are sentinels that None does not stand for.
-        shardings = {k: v for k, v in shardings.items() if v is not None}
-        return jax.jit(step, donate_argnums=donate_argnums, **shardings)
-
-    return compile_step
+    Example:
+        >>> step = jit_compile(lambda state, batch: (state + batch, {}), donate=False)
+        >>> float(step(jax.numpy.ones(()), 2.0)[0])
+        3.0
+    """
+    return jax.jit(step, donate_argnums=(0,) if donate else ())
 
 
 def _builtin_options(
@@ -246,9 +229,8 @@ def make_train_step(
     rollback: bool = False,
     options: Sequence[StepOption] = (),
     donate: bool = True,
-    in_shardings: Any = None,
-    out_shardings: Any = None,
-    pmap_axis_name: str | None = None,
+    compile_step: Callable[..., Callable] = jit_compile,
+    reduce_gradients: Callable[[GradFn], GradFn] | None = None,
     grad_norm: bool = True,
 ) -> TrainStep:
     """Builds the jitted training step `train_step(state, batch) -> (state, metrics)`.
@@ -266,14 +248,12 @@ def make_train_step(
       rollback: keep the extras a rollback after non-finite steps adjusts (`rollback_support`).
       options: more `StepOption`s, applied outside the built-in ones, in order.
       donate: donate the input state's buffers (do not use that state after the call).
-      in_shardings: `jax.jit`'s, for `(state, batch)`: the step is partitioned over their mesh.
-      out_shardings: `jax.jit`'s, for `(state, metrics)`; give the state the same shardings as
-        in `in_shardings`, so each step's output is the next one's input without a copy or a
-        recompilation.
-      pmap_axis_name: run the step under `jax.pmap` with this axis name: the state then has a
-        leading device axis, the batch one slice per device, and the loss, the floating-point
-        metrics and the gradients are averaged over devices (`average_over_devices`). Metrics
-        come back once, without the device axis (integer ones from the first device).
+      compile_step: `compile_step(step, donate=..., flat_state=...)` compiles the step
+        (`jit_compile`, or a parallel strategy's: `jax.jit` with the state's shardings on a
+        mesh, `jax.pmap` with a device axis on the state and the batch).
+      reduce_gradients: wraps the gradient function inside the compiled step, as a strategy
+        needs (the "pmap" one averages the loss, the floating-point metrics and the gradients
+        over devices: `parallel.average_over_devices`); None leaves it as it is.
       grad_norm: report the gradients' global norm. It costs one more pass over the gradients:
         ~10% of a small model's step on a CPU, next to nothing on an accelerator. The
         non-finite guard and the loss scale read it, so they compute it regardless.
@@ -295,13 +275,11 @@ def make_train_step(
     for name in names:
         if names.count(name) > 1:
             raise ValueError(DUPLICATE_OPTION_MSG.format(name=name))
-    if pmap_axis_name is not None and (in_shardings is not None or out_shardings is not None):
-        raise ValueError(PMAP_AND_SHARDINGS_MSG)
     grad_fn = loss_and_grads(loss_fn)
     if grad_accum_steps > 1:
         grad_fn = accumulate_gradients(grad_fn, grad_accum_steps)
-    if pmap_axis_name is not None:
-        grad_fn = average_over_devices(grad_fn, pmap_axis_name)
+    if reduce_gradients is not None:
+        grad_fn = reduce_gradients(grad_fn)
     update = apply_gradients
     for option in chosen:
         update = option.wrap_update(update)
@@ -311,12 +289,14 @@ def make_train_step(
         step = option.wrap(step)
     if steps_per_call > 1:
         step = scan_steps(step, steps_per_call)
-    compile_step = _compiler(donate, in_shardings, out_shardings, pmap_axis_name)
-    return TrainStep(step, chosen, compile_step)
+    return TrainStep(step, chosen, functools.partial(compile_step, donate=donate))
 
 
 def make_eval_step(
-    eval_fn: Callable, use_ema: bool = False, also_ema: bool = False
+    eval_fn: Callable,
+    use_ema: bool = False,
+    also_ema: bool = False,
+    compile_step: Callable[[Callable], Callable] = jax.jit,
 ) -> Callable[[TrainState, Batch], Metrics]:
     """A jitted `eval_step(state, batch) -> metrics` running the model in eval mode.
 
@@ -328,13 +308,14 @@ def make_eval_step(
       use_ema: evaluate the EMA parameters (needs a step built with `ema_decay`).
       also_ema: the model's metrics and, named `ema_*`, those of the EMA parameters, in one call
         (what the `Trainer` reports when it keeps an EMA).
+      compile_step: compiles `eval_step(state, batch)`: `jax.jit`, or a parallel strategy's
+        `compile_eval_step`.
 
     Example:
         >>> eval_step = make_eval_step(lambda model, batch: {"loss": ...})  # doctest: +SKIP
         >>> metrics = eval_step(state, batch)                               # doctest: +SKIP
     """
 
-    @jax.jit
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
         model = state.ema_model if use_ema else state.model
         metrics = eval_fn(model.eval(), batch)
@@ -343,4 +324,4 @@ def make_eval_step(
             metrics = {**metrics, **{f"ema_{k}": v for k, v in ema.items()}}
         return metrics
 
-    return eval_step
+    return compile_step(eval_step)

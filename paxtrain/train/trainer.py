@@ -391,7 +391,7 @@ class Trainer:
 
         mesh = self.mesh if isinstance(self.mesh, Mesh) else parallel.make_mesh(**(self.mesh or {}))
 
-        def plan_for(state: Any) -> parallel.ParallelPlan:
+        def plan_for(state: Any) -> parallel.ParallelStrategy:
             return parallel.setup(
                 state,
                 self.strategy,
@@ -408,7 +408,7 @@ class Trainer:
             def build_with(loaded: Mapping[int, jax.Array] | None = None) -> Any:
                 return build(parallel.with_leaves(factory(), loaded or {}))
 
-            def load(plan: parallel.ParallelPlan) -> tuple[dict[int, jax.Array]]:
+            def load(plan: parallel.ParallelStrategy) -> tuple[dict[int, jax.Array]]:
                 shardings = None if plan.state_shardings is None else plan.state_shardings.model
                 abstract = parallel.laid_out(model, shardings)
                 return (parallel.arrays_by_leaf(self.init_from(abstract)),)
@@ -419,7 +419,9 @@ class Trainer:
         self._train_step = make_train_step(loss_fn, **self.step_options, **self.plan.step_kwargs)
         # With an EMA, its metrics too (`eval/ema_loss`...): what it is kept for.
         ema = self.step_options["ema_decay"] is not None
-        self._eval_step = make_eval_step(eval_fn or model_eval, also_ema=ema)
+        self._eval_step = make_eval_step(
+            eval_fn or model_eval, also_ema=ema, compile_step=self.plan.compile_eval_step
+        )
         self.state = state
         self.step = int(state.step)
         first_batch = data.train_batch(0)

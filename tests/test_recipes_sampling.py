@@ -1,0 +1,90 @@
+"""Decoding with a cache (`paxtrain.recipes.sampling`): greedy decoding equals recomputing the
+whole sequence each step, token for token; sampling is reproducible from its key; top-k and
+top-p keep the tokens NumPy says; bad settings are refused with a message naming them."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from paxtrain.recipes.char_rnn import CharRNN
+from paxtrain.recipes.llama_lm import LlamaLM
+from paxtrain.recipes.sampling import filter_logits, sample
+
+LLAMA = {"vocab_size": 23, "num_heads": 4, "num_kv_heads": 2, "model_dim": 16}
+MODELS = {
+    "llama": lambda: LlamaLM(**LLAMA),
+    "llama_scanned_mqa": lambda: LlamaLM(**{**LLAMA, "num_kv_heads": 1}, scan_layers=True),
+    "char_rnn": lambda: CharRNN(vocab_size=23, embed_dim=8, hidden_dim=16),
+}
+
+
+def greedy_without_cache(model, prompt, new):
+    """The reference: every step runs the model on the whole sequence so far."""
+    ids = list(prompt)
+    for _ in range(new):
+        ids.append(int(jnp.argmax(model(jnp.array([ids]))[0, -1])))
+    return ids[len(prompt) :]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_greedy_decoding_with_the_cache_equals_recomputing_everything(name):
+    model = MODELS[name]()
+    prompt = [3, 1, 4, 1, 5]
+    cached = sample(model, jnp.array(prompt), 12, jax.random.PRNGKey(0), temperature=0.0)
+    assert cached.tolist() == greedy_without_cache(model, prompt, 12)
+
+
+def test_sampling_is_reproducible_from_its_key():
+    model = MODELS["llama"]()
+    a, b, c = (sample(model, jnp.array([1, 2]), 20, jax.random.PRNGKey(s), temperature=1.5)
+               for s in (7, 7, 8))  # fmt: skip
+    assert a.tolist() == b.tolist() and a.tolist() != c.tolist()
+
+
+def test_top_k_one_is_greedy():
+    model = MODELS["char_rnn"]()
+    top1 = sample(model, jnp.array([2]), 10, jax.random.PRNGKey(3), temperature=1.0, top_k=1)
+    greedy = sample(model, jnp.array([2]), 10, jax.random.PRNGKey(4), temperature=0.0)
+    assert top1.tolist() == greedy.tolist()
+
+
+@pytest.mark.parametrize("top_k, top_p", [(5, 1.0), (None, 0.6), (8, 0.9), (None, 1.0)])
+def test_filter_keeps_the_tokens_numpy_keeps(top_k, top_p):
+    logits = np.random.default_rng(0).normal(size=(3, 20)).astype(np.float32)
+    got = np.isfinite(np.asarray(filter_logits(jnp.asarray(logits), top_k, top_p)))
+    for row, kept in zip(logits, got):
+        # As Hugging Face's warpers: top-k first, then top-p over what top-k left.
+        order = np.argsort(-row)[: top_k or 20]
+        probs = np.exp(row[order] - row.max())
+        probs /= probs.sum()
+        before = np.cumsum(probs) - probs
+        keep = np.zeros(20, bool)
+        keep[order[before < top_p]] = True
+        np.testing.assert_array_equal(kept, keep)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"prompt": []}, "The prompt is empty"),
+        ({"max_len": 10}, r"The prompt \(2 tokens\) plus 9 new tokens is 11 positions, more than the 10"),
+        ({"top_k": 0}, "top_k is 0; it must be at least 1"),
+        ({"top_p": 0.0}, r"top_p is 0.0; it must be in \(0, 1\]"),
+        ({"top_p": 1.5}, r"top_p is 1.5; it must be in \(0, 1\]"),
+        ({"temperature": -1.0}, "temperature is -1.0; it must be at least 0"),
+    ],
+)
+def test_bad_sampling_settings_are_refused_before_any_compile(kwargs, message):
+    args = {"prompt": [1, 2], "max_new_tokens": 9, "key": jax.random.PRNGKey(0), **kwargs}
+    args["prompt"] = jnp.array(args["prompt"], jnp.int32)
+    with pytest.raises(ValueError, match=message):
+        sample(MODELS["llama"](), **args)
+
+
+def test_a_model_without_a_decoder_is_named():
+    from paxtrain.recipes.transformer_lm import TransformerLM
+
+    model = TransformerLM(vocab_size=10, seq_len=8, num_heads=2, model_dim=8)
+    with pytest.raises(TypeError, match="TransformerLM cannot decode incrementally"):
+        sample(model, jnp.array([1]), 3, jax.random.PRNGKey(0))
