@@ -86,3 +86,77 @@ def test_special_tokens_in_text_are_not_special(vocab):
     ids = vocab.encode(f"a{EOS}b")
     assert vocab.eos_id not in ids.tolist()
     assert vocab.decode(ids) == f"a{EOS}b"
+
+
+# ---------------------------------------------------------------- the command line, end to end
+@pytest.fixture(scope="module")
+def bpe_files(tmp_path_factory):
+    """A tokenizer trained by the command, and two documents tokenized with it."""
+    from paxtrain.cli import main
+
+    folder = tmp_path_factory.mktemp("bpe")
+    docs = [folder / "a.txt", folder / "b.txt"]
+    docs[0].write_text((STDLIB / "textwrap.py").read_text(encoding="utf-8"))
+    docs[1].write_text((STDLIB / "shlex.py").read_text(encoding="utf-8"))
+    tok = folder / "tok" / "tokenizer.json"
+    argv = ["data", "tokenizer", "train", *map(str, docs), "--vocab-size", "512", "--out", str(tok)]
+    assert main(argv) == 0
+    assert main(["data", "tokenize", *map(str, docs), str(folder / "t.bin"), "--tokenizer", str(tok)]) == 0
+    return folder, docs, tok
+
+
+def test_documents_end_with_eos_and_the_sidecar_records_the_tokenizer(bpe_files):
+    import json
+
+    import numpy as np
+
+    folder, docs, tok = bpe_files
+    vocab = BpeVocab(tok)
+    ids = np.fromfile(folder / "t.bin", dtype=np.uint16)
+    first, second = (vocab.encode(d.read_text(encoding="utf-8")) for d in docs)
+    expected = [*first.tolist(), vocab.eos_id, *second.tolist(), vocab.eos_id]
+    assert ids.tolist() == expected
+    meta = json.loads((folder / "t.bin.json").read_text())
+    assert meta["vocab"] == "bpe" and meta["vocab_size"] == 512
+    assert meta["tokenizer"]["tokenizer_sha256"] == vocab.identity["tokenizer_sha256"]
+    assert meta["num_bytes"] == sum(len(d.read_bytes()) for d in docs)
+
+
+def test_a_token_file_reads_with_its_tokenizer_and_knows_its_bytes_per_token(bpe_files):
+    from paxtrain.data import TokenFile
+
+    folder, docs, tok = bpe_files
+    data = TokenFile(folder / "t.bin", seq_len=16, batch_size=2, tokenizer=tok)
+    text = data.vocab.decode(data.train_batch(0)["inputs"][0])
+    assert text in docs[0].read_text() + "<|eos|>" + docs[1].read_text()
+    assert data.info["vocab_size"] == 512 and 1.5 < data.info["bytes_per_token"] < 8
+
+
+def test_a_token_file_read_with_another_tokenizer_is_refused(bpe_files, tmp_path):
+    from paxtrain.data import TokenFile
+
+    folder, docs, _ = bpe_files
+    other = train_bpe([docs[0]], 300, tmp_path / "other.json")
+    with pytest.raises(DataError, match=r"t.bin was written with the tokenizer .* but `data.tokenizer` is .*other.json"):
+        TokenFile(folder / "t.bin", seq_len=16, batch_size=2, tokenizer=other.path)
+
+
+def test_a_bytes_token_file_read_with_a_tokenizer_is_refused(bpe_files, tmp_path):
+    from paxtrain.cli import main
+    from paxtrain.data import TokenFile
+
+    folder, docs, tok = bpe_files
+    assert main(["data", "tokenize", str(docs[0]), str(tmp_path / "b.bin")]) == 0
+    with pytest.raises(DataError, match="holds bytes ids .* but `data.tokenizer` is"):
+        TokenFile(tmp_path / "b.bin", seq_len=16, batch_size=2, tokenizer=tok)
+
+
+def test_tokenizer_train_never_writes_over_a_file(bpe_files, capsys):
+    from paxtrain.cli import main
+
+    folder, docs, tok = bpe_files
+    before = tok.read_bytes()
+    argv = ["data", "tokenizer", "train", str(docs[0]), "--vocab-size", "300", "--out"]
+    assert main([*argv, str(tok)]) == 2
+    assert main([*argv, str(docs[0])]) == 2
+    assert tok.read_bytes() == before and "is also an input" in capsys.readouterr().err

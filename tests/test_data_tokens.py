@@ -43,6 +43,7 @@ def test_tokenize_writes_ids_and_a_sidecar_for_either_vocabulary(tmp_path):
             "vocab_size": len(vocab),
             "num_tokens": len(ids),
             "max_id": int(ids.max()),
+            "num_bytes": sum(len(p.read_bytes()) for p in inputs),
             **unknown,
         }
         data = TokenFile(out, seq_len=8, batch_size=2)

@@ -144,6 +144,11 @@ def _parser() -> argparse.ArgumentParser:
     tokenize.add_argument("out", metavar="OUT", help="the token file to write, e.g. train.bin")
     tokenize.add_argument("--vocab", choices=["bytes", "chars"], default="bytes")
     tokenize.add_argument(
+        "--tokenizer",
+        metavar="TOKENIZER_JSON",
+        help="encode with this tokenizer.json instead of --vocab; an <|eos|> ends each input",
+    )
+    tokenize.add_argument(
         "--force", action="store_true", help="replace OUT if it exists (an input: never)"
     )
     tokenize.add_argument(
@@ -154,6 +159,16 @@ def _parser() -> argparse.ArgumentParser:
         help="--vocab chars: the largest share of characters outside the vocabulary accepted "
         f"(default {MAX_UNKNOWN_FRACTION})",
     )
+
+    tokenizer = data_commands.add_parser("tokenizer", help="train a BPE tokenizer")
+    tokenizer_commands = tokenizer.add_subparsers(dest="tokenizer_command", required=True)
+    train = tokenizer_commands.add_parser(
+        "train", help="text files -> a byte-level BPE tokenizer.json (needs `tokenizers`)"
+    )
+    train.add_argument("inputs", nargs="+", metavar="INPUT", help="UTF-8 text files")
+    train.add_argument("--vocab-size", type=int, required=True, help="ids, e.g. 4096")
+    train.add_argument("--out", required=True, help="the tokenizer.json to write")
+    train.add_argument("--force", action="store_true", help="replace --out if it exists")
 
     plot = commands.add_parser("plot", help="write curves.png for a run directory")
     plot.add_argument("run_dir")

@@ -159,12 +159,24 @@ def _env() -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
+    if args.data_command == "tokenizer":
+        return _train_tokenizer(args)
     from paxtrain.data.tokenize import describe_unknown, tokenize_files
 
-    meta = tokenize_files(args.inputs, args.out, args.vocab, args.force, args.max_unknown)
-    print(f"paxtrain: wrote {meta['num_tokens']} tokens ({args.vocab}) to {args.out}")
+    meta = tokenize_files(
+        args.inputs, args.out, args.vocab, args.force, args.max_unknown, args.tokenizer
+    )
+    print(f"paxtrain: wrote {meta['num_tokens']} tokens ({meta['vocab']}) to {args.out}")
     if unknown := describe_unknown(meta):
         print(f"paxtrain: {unknown}")
+    return 0
+
+
+def _train_tokenizer(args: argparse.Namespace) -> int:
+    from paxtrain.data.bpe import describe, train_bpe
+
+    vocab = train_bpe(args.inputs, args.vocab_size, args.out, force=args.force)
+    print(f"paxtrain: wrote {describe(vocab)}")
     return 0
 
 

@@ -38,6 +38,11 @@ VOCAB_SIZE_MSG = (
     "--vocab-size is {size}: a byte-level BPE has at least {minimum} ids (256 bytes and "
     "{bos}/{eos}); choose more, e.g. `--vocab-size 4096`."
 )
+OUT_EXISTS_MSG = (
+    "{out} exists: `paxtrain data tokenizer train` does not write over a file; add `--force` to "
+    "replace it, or choose another `--out`."
+)
+OUT_IS_INPUT_MSG = "--out {out} is also an input: training would destroy it; choose another --out."
 NO_TEXT_MSG = "{path} does not exist or is not a file: give text files to train the tokenizer on."
 NOT_A_TOKENIZER_MSG = (
     "{path} is not a readable tokenizer.json ({reason}): give a file written by `paxtrain data "
@@ -99,10 +104,14 @@ class BpeVocab:
 
 
 def train_bpe(
-    files: Sequence[str | pathlib.Path], vocab_size: int, out: str | pathlib.Path
+    files: Sequence[str | pathlib.Path],
+    vocab_size: int,
+    out: str | pathlib.Path,
+    force: bool = False,
 ) -> BpeVocab:
     """Learns a byte-level BPE of `vocab_size` ids on `files` (UTF-8 text), with `<|bos|>` = 0
-    and `<|eos|>` = 1, and writes it to `out` (a `tokenizer.json`); returns it loaded.
+    and `<|eos|>` = 1, and writes it to `out` (a `tokenizer.json`, never an input, an existing
+    file only with `force`); returns it loaded.
 
     Example:
         >>> vocab = train_bpe(["book.txt"], 4096, "runs/tok/tokenizer.json")  # doctest: +SKIP
@@ -111,9 +120,14 @@ def train_bpe(
     if vocab_size < MIN_VOCAB_SIZE:
         raise DataError(VOCAB_SIZE_MSG.format(size=vocab_size, minimum=MIN_VOCAB_SIZE, bos=BOS,
                                               eos=EOS))  # fmt: skip
+    out = pathlib.Path(out)
     for path in files:
         if not pathlib.Path(path).is_file():
             raise DataError(NO_TEXT_MSG.format(path=path))
+        if out.exists() and out.resolve() == pathlib.Path(path).resolve():
+            raise DataError(OUT_IS_INPUT_MSG.format(out=out))
+    if out.exists() and not force:
+        raise DataError(OUT_EXISTS_MSG.format(out=out))
     byte_level = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
     tokenizer.pre_tokenizer = byte_level
@@ -125,7 +139,6 @@ def train_bpe(
         show_progress=False,
     )
     tokenizer.train([str(f) for f in files], trainer)
-    out = pathlib.Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(out))
     return BpeVocab(out)

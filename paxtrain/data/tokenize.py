@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from paxtrain.data.bpe import BpeVocab
 from paxtrain.data.text import VOCABS, CharVocab
 from paxtrain.data.tokens import sidecar_path
 from paxtrain.errors import DataError
@@ -155,8 +156,10 @@ def tokenize_files(
     vocab: str = "bytes",
     force: bool = False,
     max_unknown: float = MAX_UNKNOWN_FRACTION,
+    tokenizer: str | pathlib.Path | None = None,
 ) -> dict[str, object]:
-    """Encodes text files, one after the other, into the uint16 token file `out`.
+    """Encodes text files, one after the other, into the token file `out` (uint16, or uint32
+    for a tokenizer of more than 65536 ids).
 
     Also writes the sidecar `out + ".json"` (dtype, vocabulary, size, largest id and, for
     "chars", the count of unknown characters) that `TokenFile` reads. `out` appears only once
@@ -169,6 +172,9 @@ def tokenize_files(
       force: replace an existing `out` (and its sidecar).
       max_unknown: with "chars", the largest share of characters outside the vocabulary that
         is accepted (they all become one unknown id).
+      tokenizer: a `tokenizer.json` (`paxtrain data tokenizer train`) to encode with instead of
+        `vocab`; each input is a document, followed by the tokenizer's `<|eos|>` id, and the
+        sidecar records the tokenizer's identity, so the file is read with that one only.
 
     Returns:
       The sidecar's contents, plus "unknown_examples" (the most frequent unknown characters
@@ -186,31 +192,38 @@ def tokenize_files(
     """
     if vocab not in VOCABS:
         raise DataError(BAD_VOCAB_MSG.format(vocab=vocab, vocabs=tuple(VOCABS)))
+    encoder = VOCABS[vocab]() if tokenizer is None else BpeVocab(tokenizer)
     paths = [pathlib.Path(p).expanduser() for p in inputs]
     for path in paths:
         _check_text(path)
     out = pathlib.Path(out).expanduser()
     targets = check_targets(paths, out, force)
-    encoder = VOCABS[vocab]()
     unknown_id = len(encoder) - 1 if isinstance(encoder, CharVocab) else None
     unknown: collections.Counter[str] = collections.Counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     # A fresh name beside `out`: no file of the user's is touched until the final rename.
     handle, partial_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     partial = pathlib.Path(partial_name)
-    count, max_id = 0, 0
+    dtype = np.uint16 if len(encoder) <= 1 << 16 else np.uint32
+    # A document ends with `<|eos|>`, so a model sees where one text stops and another starts.
+    end = [] if getattr(encoder, "eos_id", None) is None else [encoder.eos_id]
+    count, max_id, num_bytes = 0, 0, 0
     try:
         with os.fdopen(handle, "wb") as sink:
             for path in paths:
+                num_bytes += path.stat().st_size
                 for text in _read_text(path):
                     ids = encoder.encode(text)
                     if unknown_id is not None:
                         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
                         found, counts = np.unique(codes[ids == unknown_id], return_counts=True)
                         unknown.update(dict(zip(map(chr, found.tolist()), counts.tolist())))
-                    sink.write(ids.astype(np.uint16).tobytes())
+                    sink.write(ids.astype(dtype).tobytes())
                     count += len(ids)
-                    max_id = max(max_id, int(ids.max()))
+                    max_id = max(max_id, int(ids.max(initial=0)))
+                sink.write(np.asarray(end, dtype).tobytes())
+                count += len(end)
+                max_id = max([max_id, *end])
         if count == 0:
             raise DataError(EMPTY_TEXT_MSG.format(paths=", ".join(map(str, paths))))
         total_unknown = sum(unknown.values())
@@ -226,12 +239,15 @@ def tokenize_files(
                 )
             )
         meta: dict[str, object] = {
-            "dtype": "uint16",
-            "vocab": vocab,
+            "dtype": np.dtype(dtype).name,
+            "vocab": vocab if tokenizer is None else "bpe",
             "vocab_size": len(encoder),
             "num_tokens": count,
             "max_id": max_id,
+            "num_bytes": num_bytes,  # bits per byte = bits per token * tokens / bytes
         }
+        if tokenizer is not None:
+            meta["tokenizer"] = {**encoder.identity, "path": str(pathlib.Path(tokenizer).resolve())}
         if unknown_id is not None:
             meta["unknown_chars"] = total_unknown
         os.replace(partial, targets[0])

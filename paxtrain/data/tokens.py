@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from paxtrain.data.bpe import BpeVocab
 from paxtrain.data.text import VOCABS
 from paxtrain.errors import ArgumentError, DataError
 
@@ -73,6 +74,16 @@ again with `paxtrain data tokenize ... --force`, or delete the sidecar."""
 EVAL_FRACTION_MSG = """\
 eval_fraction={eval_fraction} must be a share between 0 and 1 (exclusive) of the tokens held \
 out for evaluation, e.g. `data.eval_fraction=0.1`."""
+
+OTHER_TOKENIZER_MSG = """\
+Token file {path} was written with the tokenizer {recorded} (sha256 {recorded_hash}), but \
+`data.tokenizer` is {given} (sha256 {given_hash}): its ids would mean other text. Give the \
+tokenizer it was written with, or tokenize the text again with this one."""
+
+NOT_BPE_MSG = """\
+Token file {path} holds {vocab} ids (its sidecar records no tokenizer), but `data.tokenizer` is \
+{given}: read it without `data.tokenizer`, or tokenize the text again with that tokenizer \
+(`paxtrain data tokenize ... --tokenizer {given}`)."""
 
 TOO_SHORT_TOKENS_MSG = """\
 {what} holds {n} tokens, too few for windows of seq_len+1={window} tokens. Use more text or a \
@@ -190,6 +201,8 @@ _SIDECAR_KEYS = {
     "num_tokens": (lambda v: _is_int(v) and v >= 0, "an integer"),
     "max_id": (lambda v: _is_int(v) and v >= 0, "an integer"),
     "unknown_chars": (lambda v: _is_int(v) and v >= 0, "an integer"),
+    "num_bytes": (lambda v: _is_int(v) and v >= 0, "an integer"),
+    "tokenizer": (lambda v: isinstance(v, dict), "an object (the tokenizer's identity)"),
 }
 
 
@@ -267,6 +280,32 @@ def check_recorded_ids(path: pathlib.Path, dtype: str, vocab_size: int) -> None:
         )
 
 
+def _vocabulary(
+    path: pathlib.Path, meta: dict[str, Any], tokenizer: str | pathlib.Path | None
+) -> Any:
+    """The vocabulary that decodes a token file's ids, checked against what its sidecar
+    records; None when nothing here can decode them."""
+    recorded = meta.get("tokenizer")
+    if tokenizer is None:
+        if recorded and pathlib.Path(recorded.get("path", "")).is_file():
+            tokenizer = recorded["path"]
+        else:
+            return VOCABS[meta["vocab"]]() if meta.get("vocab") in VOCABS else None
+    vocab = BpeVocab(tokenizer)
+    if not recorded:
+        raise DataError(NOT_BPE_MSG.format(path=path, vocab=meta.get("vocab", "unknown"),
+                                           given=tokenizer))  # fmt: skip
+    given_hash = vocab.identity["tokenizer_sha256"]
+    if recorded.get("tokenizer_sha256") != given_hash:
+        raise DataError(
+            OTHER_TOKENIZER_MSG.format(
+                path=path, recorded=recorded.get("path"), given=tokenizer, given_hash=given_hash[:12],
+                recorded_hash=str(recorded.get("tokenizer_sha256"))[:12],
+            )
+        )  # fmt: skip
+    return vocab
+
+
 class TokenFile:
     """Random windows of a token file for language modelling, indexed by step.
 
@@ -289,6 +328,9 @@ class TokenFile:
       eval_fraction: share of `path` held out for evaluation when `eval_path` is None.
       eval_batches: number of evaluation batches.
       seed: seed of the window positions.
+      tokenizer: the `tokenizer.json` the file was written with (`--tokenizer`): checked
+        against the identity its sidecar records, and used to decode samples; None: the one
+        the sidecar names, if it is still there.
 
     Example:
         >>> import tempfile
@@ -311,6 +353,7 @@ class TokenFile:
         eval_fraction: float = 0.1,
         eval_batches: int = 8,
         seed: int = 0,
+        tokenizer: str | pathlib.Path | None = None,
     ):
         if not 0 < eval_fraction < 1:
             raise ArgumentError(
@@ -326,7 +369,7 @@ class TokenFile:
                 NO_VOCAB_SIZE_MSG.format(path=self.path, sidecar=sidecar_path(self.path))
             )
         # A known vocabulary decodes samples; a file of other ids (GPT-2 BPE...) has none.
-        self.vocab = VOCABS[meta["vocab"]]() if meta.get("vocab") in VOCABS else None
+        self.vocab = _vocabulary(self.path, meta, tokenizer)
         window = seq_len + 1
         if eval_path is None:
             split = int(count * (1 - eval_fraction))
@@ -354,6 +397,8 @@ class TokenFile:
             "seq_len": seq_len,
             "tokens_per_batch": batch_size * seq_len,
         }
+        if meta.get("num_bytes") and meta.get("num_tokens"):  # for bits per byte
+            self.info["bytes_per_token"] = meta["num_bytes"] / meta["num_tokens"]
 
     def _windows(self, tokens: TokenSpan, starts: np.ndarray) -> dict[str, np.ndarray]:
         windows = tokens.windows(starts, self.seq_len + 1)
