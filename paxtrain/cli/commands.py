@@ -10,6 +10,7 @@ import os
 import pathlib
 import platform
 import sys
+from typing import Any
 
 import jax
 from omegaconf import OmegaConf
@@ -54,19 +55,34 @@ NO_MONITOR_MSG = (
 )
 
 
-def evaluate_run(
+NO_VOCABULARY_MSG = (
+    "{run_dir}'s data has no vocabulary to encode the prompt with (a token file of ids from "
+    "elsewhere): train on text, or on a token file written with `--tokenizer`."
+)
+NO_DECODER_MSG = (
+    "{model} cannot be sampled with a cache: `paxtrain sample` needs a model with "
+    "`decoder(batch_size, max_len)` (the recipes llama_lm and char_rnn have one)."
+)
+PROMPT_TOO_LONG_MSG = (
+    "The prompt is {length} tokens, longer than the {seq_len} the model was trained on "
+    "(`data.seq_len`): shorten it."
+)
+
+
+def restore_run(
     run_dir: str | pathlib.Path,
     step: str = "latest",
     overrides: list[str] | None = None,
     allow_targets: tuple[str, ...] = (),
-) -> dict[str, float]:
-    """Evaluates a run's checkpoint ("latest", "best" or a step number) on its eval data.
+) -> Any:
+    """A trainer prepared for a run's config, holding the state of one of its checkpoints
+    ("latest", "best" or a step number), read through the store (integrity-checked).
 
     `overrides` change the saved config, e.g. the `mesh` on other devices than the run's.
 
     Example:
-        >>> evaluate_run("runs/char_rnn-20260101-120000", step="best")  # doctest: +SKIP
-        {'loss': 1.43, 'bits_per_char': 2.07}
+        >>> trainer = restore_run("runs/char_rnn-20260101-120000", step="best")  # doctest: +SKIP
+        >>> trainer.state.model  # doctest: +SKIP
     """
     from paxtrain.checkpoint.store import CheckpointManager
     from paxtrain.train.checkpointing import CHECKPOINT_DIR
@@ -85,10 +101,70 @@ def evaluate_run(
         mode=ck.mode,
         read_only=True,
     )
-    trainer.state, meta = manager.restore(trainer.checkpoint_state, step=step)
+    try:
+        trainer.state, _ = manager.restore(trainer.checkpoint_state, step=step)
+    finally:
+        manager.close()
     trainer.step = int(trainer.state.step)
-    manager.close()
-    return trainer.eval_metrics()
+    return trainer
+
+
+def evaluate_run(
+    run_dir: str | pathlib.Path,
+    step: str = "latest",
+    overrides: list[str] | None = None,
+    allow_targets: tuple[str, ...] = (),
+) -> dict[str, float]:
+    """Evaluates a run's checkpoint ("latest", "best" or a step number) on its eval data.
+
+    Example:
+        >>> evaluate_run("runs/char_rnn-20260101-120000", step="best")  # doctest: +SKIP
+        {'loss': 1.43, 'bits_per_char': 2.07}
+    """
+    return restore_run(run_dir, step, overrides, allow_targets).eval_metrics()
+
+
+def sample_run(run_dir: str | pathlib.Path, prompt: str, options: dict[str, Any]) -> str:
+    """The text a run's model (one of its checkpoints) writes after `prompt`, decoded with its
+    cache (`paxtrain.recipes.sampling.sample`).
+
+    Args:
+      run_dir: a run directory.
+      prompt: the text to continue, encoded with the run's vocabulary.
+      options: `max_new_tokens`, `temperature`, `top_k`, `top_p`, `seed`, and `step`,
+        `overrides`, `allow_targets` as for `restore_run`.
+
+    Example:
+        >>> sample_run("runs/llama", "def ", {"max_new_tokens": 50})  # doctest: +SKIP
+        'self, x):\n        return ...'
+    """
+    from paxtrain.recipes.sampling import check_sampling, sample
+
+    temperature, top_k = options.get("temperature", 0.8), options.get("top_k")
+    top_p = options.get("top_p", 1.0)
+    try:  # before anything is built
+        check_sampling(temperature, top_k, top_p)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    trainer = restore_run(
+        run_dir, options.get("step", "latest"), options.get("overrides"),
+        options.get("allow_targets", ()),
+    )  # fmt: skip
+    vocab, model = getattr(trainer.data, "vocab", None), trainer.state.model.eval()
+    if vocab is None:
+        raise ConfigError(NO_VOCABULARY_MSG.format(run_dir=run_dir))
+    if not hasattr(model, "decoder"):
+        raise ConfigError(NO_DECODER_MSG.format(model=type(model).__name__))
+    ids = vocab.encode(prompt)
+    seq_len = trainer.data.info.get("seq_len")
+    if seq_len and len(ids) > seq_len:
+        raise ConfigError(PROMPT_TOO_LONG_MSG.format(length=len(ids), seq_len=seq_len))
+    key = jax.random.PRNGKey(options.get("seed", 0))
+    try:
+        new = sample(model, ids, options.get("max_new_tokens", 200), key, temperature, top_k, top_p)
+    except ValueError as error:  # an empty prompt
+        raise ConfigError(str(error)) from None
+    return vocab.decode(new)
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -155,6 +231,17 @@ def _eval(args: argparse.Namespace) -> int:
     sys.path[:0] = [os.getcwd()]
     metrics = evaluate_run(args.run_dir, args.step, list(args.overrides), tuple(args.allow_target))
     print(" ".join(f"eval/{k}={v:.6g}" for k, v in metrics.items()))
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    sys.path[:0] = [os.getcwd()]
+    options = {
+        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+        "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed, "step": args.step,
+        "overrides": list(args.overrides), "allow_targets": tuple(args.allow_target),
+    }  # fmt: skip
+    print(args.prompt + sample_run(args.run_dir, args.prompt, options))
     return 0
 
 
