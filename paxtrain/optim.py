@@ -51,8 +51,6 @@ got      {got}"""
 
 UNKNOWN_OPTIMIZER_MSG = "Unknown optimizer {name!r}; choose one of {choices}."
 
-UNKNOWN_SCHEDULE_MSG = "Unknown schedule {kind!r}; choose constant, cosine or warmup_cosine."
-
 _FACTORIES = {"adamw": optax.adamw, "adam": optax.adam, "sgd": optax.sgd}
 
 
@@ -303,30 +301,3 @@ def apply_gradients(
         (new_model, new_optimizer),
         (model, optimizer),
     )
-
-
-def make_schedule(kind: str, peak: float, total_steps: int, warmup_steps: int = 0) -> Schedule:
-    """A learning-rate schedule: "constant", "cosine" (decay to 0) or "warmup_cosine".
-
-    Args:
-      kind: the schedule's shape.
-      peak: the largest learning rate.
-      total_steps: steps until the cosine reaches 0.
-      warmup_steps: steps of linear warmup from 0 ("warmup_cosine" only).
-
-    Returns:
-      A float (constant) or an optax schedule.
-
-    Example:
-        >>> float(make_schedule("warmup_cosine", 1.0, 100, warmup_steps=10)(10))
-        1.0
-    """
-    if kind == "constant":
-        return peak
-    if kind == "cosine":
-        return optax.cosine_decay_schedule(peak, decay_steps=total_steps)
-    if kind == "warmup_cosine":
-        return optax.warmup_cosine_decay_schedule(
-            0.0, peak, warmup_steps=warmup_steps, decay_steps=total_steps
-        )
-    raise ValueError(UNKNOWN_SCHEDULE_MSG.format(kind=kind))

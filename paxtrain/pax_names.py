@@ -1,9 +1,10 @@
 """PAX v0.4.3's public names that paxtrain resolves lazily, or refuses with the replacement.
 
-This is the one table of deliberate differences in naming: `paxtrain`, `paxtrain.nn` and
-`paxtrain.utils` each end with `__getattr__ = names_of(__name__)`, so a PAX name either
-resolves (importing what it needs on first use, which keeps `import paxtrain` light and free
-of import cycles) or raises an `AttributeError` that says what to write instead.
+This is the one table of deliberate differences in naming: `paxtrain` ends with
+`__getattr__ = names_of(__name__)`, so a PAX name either resolves (importing what it needs on
+first use, which keeps `import paxtrain` light and free of import cycles) or raises an
+`AttributeError` that says what to write instead. `paxtrain.nn` and `paxtrain.utils` define
+every PAX name they have; a module that needs such a table adds its entry here.
 
     >>> import paxtrain as pax
     >>> pax.nn.Linear(2, 3)
@@ -28,8 +29,6 @@ LAZY: dict[str, dict[str, tuple[str, str | None]]] = {
         "build_update_fn": ("paxtrain.utils", "build_update_fn"),
         "dropout": ("paxtrain.nn.dropout", "dropout"),
     },
-    "paxtrain.nn": {},
-    "paxtrain.utils": {},
 }
 
 _NETS = (
@@ -51,8 +50,6 @@ REPLACED: dict[str, dict[str, str]] = {
         "nets": _NETS,
         "experimental": _EXPERIMENTAL,
     },
-    "paxtrain.nn": {},
-    "paxtrain.utils": {},
 }
 
 

@@ -14,7 +14,6 @@ import jax
 import paxtrain as pax
 from paxtrain.core.transforms import grad, scan
 from paxtrain.optim import Optimizer
-from paxtrain.pax_names import names_of
 
 __all__ = ["build_update_fn", "grad", "scan"]
 
@@ -74,6 +73,3 @@ def build_update_fn(loss_fn: Callable, *, scan_mode: bool = False) -> Callable:
         return (model, optimizer), aux
 
     return scan_update_fn
-
-
-__getattr__ = names_of(__name__)

@@ -4,6 +4,7 @@ the key or file and the fix, no traceback, and no run directory left behind.
 The rows call the command line's `main` in this process: each fails before anything is
 compiled, so the whole table takes seconds."""
 
+import collections
 import os
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ TINY = [*TINY_CHAR_RNN, "callbacks=[]", "trainer.max_steps=4", "trainer.eval_eve
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Data files and a checkpoint the rows point at, outside the per-row directory."""
-    import orbax.checkpoint as ocp
+    from paxtrain.checkpoint.store import CheckpointManager
 
     root = tmp_path_factory.mktemp("inputs")
     (root / "empty.txt").write_text("")
@@ -32,11 +33,10 @@ def files(tmp_path_factory):
     (root / "medium.txt").write_text("def f(x):\n    return x\n" * 30)
     (root / "a_directory").mkdir()
     (root / "bad.yaml").write_text("name: x\ntrainer: {max_steps: 5\n  oops: [\n")
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(
-        (root / "other_model" / "state").absolute(), {"model.embed.weight": np.zeros((5, 8))}
-    )
-    checkpointer.wait_until_finished()  # the rows compare the files before and after
+    # A checkpoint of another model: its `model.embed.weight` has another shape than char_rnn's.
+    manager = CheckpointManager(root / "other_model" / "checkpoints", async_save=False)
+    manager.save(OtherState(model={"embed": {"weight": np.zeros((5, 8))}}, step=0))
+    manager.close()  # the rows compare the files before and after
     write_text_inputs(root)
     write_token_files(root)
     write_image_files(root)
@@ -118,6 +118,9 @@ def snapshot(folder):
         for path in sorted(folder.rglob("*"))
         if path.is_file()
     }
+
+
+OtherState = collections.namedtuple("OtherState", "model step")
 
 
 def fit(*overrides):

@@ -80,3 +80,23 @@ def test_config_group_swaps_the_model():
     cfg = compose(CONFIGS / "char_rnn.yaml", ["model=gru", "model.hidden_dim=32"])
     assert cfg.model.cell == "gru" and cfg.model.hidden_dim == 32
     assert compose(CONFIGS / "char_rnn.yaml", []).model.cell == "lstm"
+
+
+def test_a_target_switched_on_the_command_line_takes_its_own_parameters(tmp_path):
+    """The README's nanoGPT line: `data._target_=TokenFile` with TokenFile's own keys, which
+    the file's CharCorpus does not have, needs no `+`."""
+    import numpy as np
+
+    tokens = tmp_path / "train.bin"
+    (np.arange(5000) % 50).astype(np.uint16).tofile(tokens)
+    cfg = compose(
+        "configs/transformer_lm.yaml",
+        ["data._target_=paxtrain.data.TokenFile", f"data.path={tokens}",
+         f"data.eval_path={tokens}", "data.vocab_size=50", "data.dtype=uint16"],
+    )  # fmt: skip
+    assert cfg.data._target_ == "paxtrain.data.TokenFile"
+    assert (cfg.data.eval_path, cfg.data.vocab_size) == (str(tokens), 50)
+    # The closest keys are TokenFile's (eval_fraction), not the file's CharCorpus's.
+    with pytest.raises(ConfigError, match=r"Unknown config key `data.eval_pth`. Did you mean .*`data.eval_fraction`"):
+        compose("configs/transformer_lm.yaml",
+                ["data._target_=paxtrain.data.TokenFile", f"data.path={tokens}", "data.eval_pth=x"])  # fmt: skip

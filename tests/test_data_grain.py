@@ -176,6 +176,11 @@ def test_paxtrain_fit_trains_the_image_recipe_from_npy_with_grain_workers(tmp_pa
     assert "finished at step 2" in capsys.readouterr().out
 
 
+def test_a_target_that_cannot_be_imported_names_the_key():
+    with pytest.raises(DataError, match=r"`data.train._target_`: cannot import 'nope.examples'"):
+        GrainSource({"_target_": "nope.examples"}, batch_size=4)
+
+
 def test_uint8_images_are_scaled_and_a_channel_axis_added_as_documented(tmp_path):
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (24, 8, 8), np.uint8)  # [N, H, W]: no channel axis

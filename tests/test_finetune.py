@@ -107,3 +107,52 @@ def test_freeze_by_path_freezes_matching_submodules_only():
     assert params.encoder[0].weight is None and params.encoder[1].weight is not None
     with pytest.raises(ValueError, match="matches no submodule path"):
         freeze_by_path(Net(), ["decoder"])
+
+
+def _flip_one_byte(step_dir):
+    """One bit of one stored array value, in the largest data file: decodes fine, wrong value."""
+    path = max(
+        (p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
+        key=lambda p: p.stat().st_size,
+    )
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupt_source_is_refused_with_the_integrity_message(tmp_path):
+    pax.seed_rng_key(1)
+    wide = Net(hidden=512)  # OCDBT stores its weights in a data file of their own
+    manager = CheckpointManager(tmp_path / "checkpoints", async_save=False)
+    manager.save(TrainState.create(wide, optax.sgd(0.1)).replace(step=jnp.array(5)))
+    manager.close()
+    _flip_one_byte(tmp_path / "checkpoints" / "5")
+    with pytest.raises(CheckpointError) as info:
+        load_parameters(Net(hidden=512), tmp_path)
+    message = str(info.value)
+    assert (
+        "step 5" in message and "the fingerprint of `model.encoder.layers.1.weight` is" in message
+    )
+    assert "recorded when it was saved" in message
+
+
+def test_paxtrain_fit_refuses_to_fine_tune_from_a_corrupt_checkpoint(tmp_path, capsys):
+    from cli_support import CHAR_RNN, TINY_CHAR_RNN
+
+    from paxtrain.cli.app import main
+    from paxtrain.cli.build import build_trainer
+    from paxtrain.config.composition import compose
+
+    tiny = [*TINY_CHAR_RNN, "callbacks=[]", "trainer.max_steps=4", "model.hidden_dim=512"]
+    _, model, _, _ = build_trainer(compose(CHAR_RNN, tiny), tmp_path / "unused")
+    pax.seed_rng_key(1)
+    source = tmp_path / "pretrain"
+    manager = CheckpointManager(source / "checkpoints", async_save=False)
+    manager.save(TrainState.create(model(), optax.sgd(0.1)))
+    manager.close()
+    _flip_one_byte(source / "checkpoints" / "0")
+    code = main(["fit", CHAR_RNN, *tiny, f"init_from={source}", f"run_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("paxtrain: ") and "Traceback" not in err
+    assert "the fingerprint of `model." in err and "recorded when it was saved" in err

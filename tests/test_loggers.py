@@ -7,6 +7,7 @@ import pytest
 from conftest import Regression, RegressionData
 
 import paxtrain as pax
+from paxtrain.cli.build import build_trainer
 from paxtrain.config.composition import compose
 from paxtrain.errors import ConfigError
 from paxtrain.train import Trainer, default_hooks
@@ -78,11 +79,11 @@ def test_tensorboard_records_the_hyperparams(tmp_path):
     assert json.loads(text.tensor_proto.string_val[0].decode().strip("`\n")) == {"seed": 3}
 
 
-def test_config_names_loggers_and_rejects_unknown_ones():
+def test_config_names_loggers_and_rejects_unknown_ones(tmp_path):
     cfg = compose(CHAR_RNN, ["trainer.loggers=[jsonl]"])
     assert list(cfg.trainer.loggers) == ["jsonl"]
     with pytest.raises(ConfigError, match=r"`trainer.loggers\[1\]`: Unknown logger 'tensorbord'"):
-        compose(CHAR_RNN, ["trainer.loggers=[jsonl,tensorbord]"])
+        build_trainer(compose(CHAR_RNN, ["trainer.loggers=[jsonl,tensorbord]"]), tmp_path)
 
 
 def test_flatten_gives_tracker_param_names():

@@ -90,7 +90,9 @@ def test_grouped_query_attention_with_every_head_is_multi_head_attention():
 
 
 def test_grouped_query_attention_refuses_heads_that_do_not_group():
-    with pytest.raises(ValueError, match=r"num_heads \(4\) must be a multiple of num_kv_heads \(3\)"):
+    with pytest.raises(
+        ValueError, match=r"num_heads \(4\) must be a multiple of num_kv_heads \(3\)"
+    ):
         nn.GroupedQueryAttention(16, num_heads=4, num_kv_heads=3)
 
 

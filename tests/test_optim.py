@@ -11,7 +11,7 @@ from core_modules import SeededLinear
 
 import paxtrain as pax
 import paxtrain.optim
-from paxtrain.optim import Optimizer, adam, adamw, make_schedule, make_transformation, sgd
+from paxtrain.optim import Optimizer, adam, adamw, make_transformation, sgd
 
 
 class Net(pax.Module):
@@ -192,16 +192,6 @@ def test_misuse_messages():
         Optimizer(Net(), optax.adam)
     with pytest.raises(ValueError, match="Unknown optimizer 'lamb'"):
         make_transformation("lamb", 0.1)
-    with pytest.raises(ValueError, match="Unknown schedule 'step'"):
-        make_schedule("step", 0.1, 10)
-
-
-def test_make_schedule():
-    assert make_schedule("constant", 0.3, 10) == 0.3
-    cosine = make_schedule("cosine", 1.0, total_steps=10)
-    assert float(cosine(0)) == 1.0 and float(cosine(10)) == pytest.approx(0.0)
-    warm = make_schedule("warmup_cosine", 1.0, total_steps=10, warmup_steps=2)
-    np.testing.assert_allclose([float(warm(i)) for i in (0, 1, 2)], [0.0, 0.5, 1.0])
 
 
 def test_docstring_examples_run():

@@ -219,7 +219,7 @@ def test_multi_device_errors_name_the_problem_and_the_fix(eight_devices):
         suggestion="8 or 16",
     )  # fmt: skip
     assert errors["rule_not_divisible"] == sharding.RULE_DIVISIBLE_MSG.format(
-        pattern=r"head\.weight$", axis=1, path=".model.head.weight", shape=(16, 1),
+        pattern=r"head\.weight$", axis=1, path="model.head.weight", shape=(16, 1),
         names="tensor", size=8, dim=1,
     )  # fmt: skip
     assert errors["pmap_with_fsdp"] == pmap_strategy.PMAP_MESH_MSG.format(
@@ -227,7 +227,7 @@ def test_multi_device_errors_name_the_problem_and_the_fix(eight_devices):
     )
     # A tensor axis that no rule uses would only duplicate work: refused, naming a parameter.
     assert errors["tensor_axis_unused"] == sharding.UNUSED_TENSOR_AXIS_MSG.format(
-        size=2, path=".model.attention.query_proj.weight", example=r"query_proj\.weight$"
+        size=2, path="model.attention.query_proj.weight", example=r"query_proj\.weight$"
     )
     # Evaluation batches are checked when training starts, not at the first evaluation.
     assert errors["eval_batch_without_batch_axis"] == batch.BATCH_RANK_MSG.format(
@@ -478,7 +478,7 @@ def test_an_unused_tensor_axis_is_refused_and_a_rule_for_the_model_fixes_it():
     with pytest.raises(ValueError) as error:
         parallel.check_tensor_axis_used(shardings, tensor2)
     assert str(error.value) == sharding.UNUSED_TENSOR_AXIS_MSG.format(
-        size=2, path="['model']['cell']['weight']", example=r"\['model'\]\['cell'\]\['weight'\]$"
+        size=2, path="model.cell.weight", example=r"cell\.weight$"
     )
     rules = parallel.as_rules([[r"cell'\]\['weight", [None, "tensor"]]])
     shardings = parallel.state_shardings(state, tensor2, rules)

@@ -11,6 +11,7 @@ from conftest import RegressionData
 
 import paxtrain as pax
 import paxtrain.nn as nn
+from paxtrain.cli.build import build_trainer
 from paxtrain.config.composition import compose
 from paxtrain.errors import ConfigError
 from paxtrain.train import StepSettings, Trainer, default_hooks
@@ -93,10 +94,12 @@ def test_bfloat16_has_no_loss_scale(tmp_path):
     assert "loss_scale" not in trainer.step_settings.step_options()
 
 
-def test_config_accepts_a_quoted_policy_and_rejects_a_bad_one():
+def test_config_accepts_a_quoted_policy_and_rejects_a_bad_one(tmp_path):
     policy = "params=float32,compute=bfloat16,output=float32"
     assert compose(CHAR_RNN, [f'trainer.precision="{policy}"']).trainer.precision == policy
     with pytest.raises(ConfigError, match=r"`trainer.precision`: precision 'float8'.*bfloat16"):
-        compose(CHAR_RNN, ["trainer.precision=float8"])
+        build_trainer(compose(CHAR_RNN, ["trainer.precision=float8"]), tmp_path)
     with pytest.raises(ConfigError, match=r"Unknown policy field 'comp'"):
-        compose(CHAR_RNN, ["trainer.precision='params=float32,comp=float16'"])
+        build_trainer(
+            compose(CHAR_RNN, ["trainer.precision='params=float32,comp=float16'"]), tmp_path
+        )

@@ -159,7 +159,11 @@ def test_transformer_errors_name_the_fix(lm):
 
 @pytest.mark.parametrize(
     "name, model_type",
-    [("image_classifier", ImageClassifier), ("llama_lm", LlamaLM), ("transformer_lm", TransformerLM)],
+    [
+        ("image_classifier", ImageClassifier),
+        ("llama_lm", LlamaLM),
+        ("transformer_lm", TransformerLM),
+    ],
 )
 def test_configs_build_their_data_and_model(name, model_type):
     overrides = SMALL_OVERRIDES[name]  # the tests' shapes: eager ops are compiled already

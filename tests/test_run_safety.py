@@ -17,7 +17,7 @@ import paxtrain as pax
 from paxtrain.checkpoint.store import CheckpointManager
 from paxtrain.cli.app import main
 from paxtrain.cli.build import schedule_horizon
-from paxtrain.cli.commands import exit_code, final_eval_is_finite
+from paxtrain.cli.fit import exit_code, final_eval_is_finite
 from paxtrain.cli.runs import check_run_targets
 from paxtrain.config.composition import compose
 from paxtrain.errors import ConfigError

@@ -3,22 +3,22 @@
     >>> model = load_parameters(model, "runs/pretrain", include=[r"encoder\\."])  # doctest: +SKIP
     >>> model = freeze_by_path(model, [r"^encoder"])                            # doctest: +SKIP
 
-Paths are those of `paxtrain.checkpoint.flatten_state` on the model (`encoder.layers.0.weight`);
-patterns are regular expressions searched in them.
+Paths are written in `paxtrain.core.tree`'s dotted dialect, as checkpoints key their arrays
+(`encoder.layers.0.weight`); patterns are regular expressions searched in them.
 """
 
 from __future__ import annotations
 
 import pathlib
-import re
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import jax
 
 import paxtrain as pax
-from paxtrain.checkpoint.store import flatten_state
+from paxtrain.checkpoint.store import CheckpointManager, flatten_state
 from paxtrain.core.module import MODULE, child_fields, rebuild
+from paxtrain.core.tree import path_search, path_str
 from paxtrain.errors import CheckpointError
 
 M = TypeVar("M", bound=pax.Module)
@@ -42,14 +42,14 @@ Leave it out with `init_from_include` patterns that do not match it."""
 NO_MATCH_MSG = "freeze pattern {pattern!r} matches no submodule path; paths are {paths}."
 
 
-def _step_dir(source: pathlib.Path) -> pathlib.Path:
-    """The step directory `source` designates: itself, or the newest step inside."""
-    if (source / "state").is_dir():
-        return source
+def _checkpoint(source: pathlib.Path) -> tuple[pathlib.Path, int | str]:
+    """The checkpoints directory and the step `source` designates: a step directory, or the
+    newest step of a checkpoints directory or of a run directory's."""
+    if source.name.isdigit() and (source / "state").is_dir():
+        return source.parent, int(source.name)
     for root in (source / "checkpoints", source):
-        steps = sorted((int(p.name), p) for p in root.glob("*") if p.name.isdigit())
-        if steps:
-            return steps[-1][1]
+        if any(p.name.isdigit() for p in root.glob("*")):
+            return root, "latest"
     raise CheckpointError(NO_SOURCE_MSG.format(source=str(source)))
 
 
@@ -59,60 +59,42 @@ def load_parameters(model: M, source: str | pathlib.Path, include: Sequence[str]
     Only those parameters are read from the checkpoint, not the optimizer's moments nor the
     rest of it, each straight into the layout of the parameter it replaces: its `sharding`,
     which `model` may give as `jax.ShapeDtypeStruct` leaves (what `Trainer.prepare` passes to
-    `init_from` for a sharded build, see `parallel.laid_out`).
+    `init_from` for a sharded build, see `parallel.laid_out`). They are read through the
+    checkpoint store (`CheckpointManager.read_arrays`), so a damaged checkpoint is refused with
+    the same integrity message as a resume's.
 
     Args:
       model: the model to initialize; its structure decides what is looked up.
       source: a run directory, its `checkpoints` directory, or one step checkpoint.
-      include: regular expressions; only parameter paths matching one are loaded (all if
-        empty). Parameters not loaded keep their fresh initialization.
+      include: regular expressions on the parameters' paths (`encoder.layers.0.weight`, see
+        `paxtrain.core.tree`); only those matching one are loaded (all if empty). Parameters
+        not loaded keep their fresh initialization.
 
     Example:
         >>> model = load_parameters(model, "runs/pretrain")  # doctest: +SKIP
     """
-    import orbax.checkpoint as ocp
-
-    step_dir = _step_dir(pathlib.Path(source))
-    checkpointer = ocp.StandardCheckpointer()
-    state_dir = step_dir.absolute() / "state"
-    metadata = checkpointer.metadata(state_dir)
-    saved = getattr(getattr(metadata, "item_metadata", metadata), "tree", metadata)
-    # Freezing changes no leaf, so the unfrozen model's parameters are the model's, in order.
-    thawed = pax.unfreeze_parameters(model)
-    params = flatten_state(pax.select_parameters(thawed))
-    wanted = [p for p in params if not include or any(re.search(rx, p) for rx in include)]
-    found = [path for path in wanted if f"model.{path}" in saved]
-    for path in found:
-        shape, current = tuple(saved[f"model.{path}"].shape), tuple(params[path].shape)
-        if shape != current:
-            raise CheckpointError(
-                SHAPE_MSG.format(source=str(source), path=path, saved=shape, current=current)
+    directory, step = _checkpoint(pathlib.Path(source))
+    manager = CheckpointManager(directory, read_only=True)
+    try:
+        step = manager.latest_step() if step == "latest" else step
+        if step is None or step not in manager.steps():
+            raise CheckpointError(NO_SOURCE_MSG.format(source=str(source)))
+        saved = manager.saved_arrays(step)
+        # Freezing changes no leaf, so the unfrozen model's parameters are the model's, in order.
+        thawed = pax.unfreeze_parameters(model)
+        params = flatten_state(pax.select_parameters(thawed))
+        found = _loadable(params, saved, str(source), include)
+        wanted = {
+            f"model.{path}": jax.ShapeDtypeStruct(
+                params[path].shape,
+                saved[f"model.{path}"].dtype,
+                sharding=getattr(params[path], "sharding", None),
             )
-    if not found:
-        raise CheckpointError(
-            NOTHING_LOADED_MSG.format(
-                source=str(source),
-                filtered=" matching `init_from_include`" if include else "",
-                example=next(iter(params), "?"),
-                saved=next((k for k in saved if k.startswith("model.")), "?"),
-            )
-        )
-    item = {
-        f"model.{path}": jax.ShapeDtypeStruct(
-            params[path].shape,
-            saved[f"model.{path}"].dtype,
-            sharding=getattr(params[path], "sharding", None),
-        )
-        for path in found
-    }
-    restored = ocp.PyTreeCheckpointer().restore(
-        state_dir,
-        args=ocp.args.PyTreeRestore(
-            item=item,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-            partial_restore=True,
-        ),
-    )
+            for path in found
+        }
+        restored = manager.read_arrays(wanted, step)
+    finally:
+        manager.close()
     loaded = {path: restored[f"model.{path}"].astype(params[path].dtype) for path in found}
     leaves, treedef = jax.tree_util.tree_flatten(pax.select_parameters(thawed))
     new_leaves = [loaded.get(path, leaf) for path, leaf in zip(params, leaves)]
@@ -122,6 +104,31 @@ def load_parameters(model: M, source: str | pathlib.Path, include: Sequence[str]
     )
 
 
+def _loadable(
+    params: dict[str, Any], saved: dict[str, Any], source: str, include: Sequence[str]
+) -> list[str]:
+    """The parameter paths to load: those `include` selects that the checkpoint's model has,
+    each of the model's shape; a CheckpointError when a shape differs or nothing is found."""
+    wanted = [p for p in params if not include or any(path_search(rx, p) for rx in include)]
+    found = [path for path in wanted if f"model.{path}" in saved]
+    for path in found:
+        shape, current = tuple(saved[f"model.{path}"].shape), tuple(params[path].shape)
+        if shape != current:
+            raise CheckpointError(
+                SHAPE_MSG.format(source=source, path=path, saved=shape, current=current)
+            )
+    if not found:
+        raise CheckpointError(
+            NOTHING_LOADED_MSG.format(
+                source=source,
+                filtered=" matching `init_from_include`" if include else "",
+                example=next(iter(params), "?"),
+                saved=next((k for k in saved if k.startswith("model.")), "?"),
+            )
+        )
+    return found
+
+
 def _submodule_paths(module: pax.Module, prefix: str = "") -> list[str]:
     paths = []
     for name, kind, child in child_fields(module):
@@ -129,7 +136,7 @@ def _submodule_paths(module: pax.Module, prefix: str = "") -> list[str]:
             continue
         for key_path, sub in jax.tree_util.tree_flatten_with_path(child, is_leaf=_is_module)[0]:
             if isinstance(sub, pax.Module):
-                path = prefix + name + "".join(f".{_key(k)}" for k in key_path)
+                path = path_str(key_path, prefix=prefix + name)
                 paths.append(path)
                 paths.extend(_submodule_paths(sub, path + "."))
     return paths
@@ -137,10 +144,6 @@ def _submodule_paths(module: pax.Module, prefix: str = "") -> list[str]:
 
 def _is_module(x: Any) -> bool:
     return isinstance(x, pax.Module)
-
-
-def _key(k: Any) -> str:
-    return str(getattr(k, "idx", getattr(k, "key", getattr(k, "name", k))))
 
 
 def freeze_by_path(model: M, patterns: Sequence[str]) -> M:
@@ -151,23 +154,18 @@ def freeze_by_path(model: M, patterns: Sequence[str]) -> M:
     """
     all_paths = _submodule_paths(model)
     for pattern in patterns:
-        if not any(re.search(pattern, p) for p in all_paths):
+        if not any(path_search(pattern, p) for p in all_paths):
             raise ValueError(NO_MATCH_MSG.format(pattern=pattern, paths=all_paths))
 
     def visit(module: pax.Module, path: str) -> pax.Module:
-        if path and any(re.search(rx, path) for rx in patterns):
+        if path and any(path_search(rx, path) for rx in patterns):
             return pax.freeze_parameters(module)
         fields = {}
         for name, kind, child in child_fields(module):
             if kind == MODULE:
                 fields[name] = jax.tree_util.tree_map_with_path(
                     lambda key_path, sub, name=name: (
-                        visit(
-                            sub,
-                            (f"{path}." if path else "")
-                            + name
-                            + "".join(f".{_key(k)}" for k in key_path),
-                        )
+                        visit(sub, path_str(key_path, prefix=f"{path}.{name}" if path else name))
                         if isinstance(sub, pax.Module)
                         else sub
                     ),

@@ -26,6 +26,7 @@ import os
 import pathlib
 import re
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -39,6 +40,7 @@ from paxtrain.checkpoint.integrity import (
     array_checksums,
     array_fingerprints,
 )
+from paxtrain.core.tree import path_str
 from paxtrain.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -137,14 +139,37 @@ def _save_advice(error: BaseException) -> str:
 
 
 def flatten_state(state: Any) -> dict[str, jax.Array]:
-    """The arrays of a pytree keyed by their paths, e.g. `model.layers.0.weight`.
+    """The arrays of a pytree keyed by their paths (`paxtrain.core.tree`'s dotted dialect),
+    e.g. `model.layers.0.weight`.
 
     Example:
         >>> list(flatten_state({"a": [1, 2]}))
         ['a.0', 'a.1']
     """
     leaves = jax.tree_util.tree_flatten_with_path(state)[0]
-    return {jax.tree_util.keystr(path, simple=True, separator="."): leaf for path, leaf in leaves}
+    return {path_str(path): leaf for path, leaf in leaves}
+
+
+def _abstract(flat: dict[str, Any]) -> dict[str, jax.ShapeDtypeStruct]:
+    """What Orbax restores each array into: its shape, dtype and sharding."""
+    return {
+        path: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None))
+        for path, x in flat.items()
+    }
+
+
+def _verify(meta: dict[str, Any], arrays: dict[str, Any]) -> None:
+    """Raises `_ChecksumMismatch` (CHECKSUM_MSG) when an array differs from what was saved."""
+    # Older checkpoints recorded CRC-32s of the arrays a process held whole.
+    kind, sums = ("fingerprint", array_fingerprints) if "fingerprints" in meta else (
+        "CRC-32", array_checksums
+    )  # fmt: skip
+    expected = meta.get("fingerprints", meta.get("checksums", {}))
+    for path, value in sums(arrays).items():
+        if path in expected and expected[path] != value:
+            raise _ChecksumMismatch(
+                CHECKSUM_MSG.format(kind=kind, path=path, actual=value, expected=expected[path])
+            )
 
 
 def _describe(shape: tuple, dtype: Any) -> str:
@@ -258,8 +283,9 @@ class CheckpointManager:
             >>> manager.meta(manager.latest_step())["config_hash"]  # doctest: +SKIP
             'a1b2c3d4e5f6'
         """
-        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        return dict(restored.meta)
+        # The item's handler alone: a record, not a checkpoint restore (fine-tuning reads it
+        # beside only the arrays it asked for).
+        return dict(ocp.JsonCheckpointHandler().restore(self.directory / str(step) / "meta"))
 
     def best_step(self) -> int | None:
         """The step whose saved `monitor` metric is best, or None if none was recorded."""
@@ -325,8 +351,7 @@ class CheckpointManager:
 
     def check_compatible(self, step: int, template: Any) -> None:
         """Raises CheckpointError naming the first path whose shape or dtype differs."""
-        saved = self._manager.item_metadata(step)["state"]
-        saved = getattr(saved, "tree", saved)
+        saved = self.saved_arrays(step)
         current = flatten_state(template)
 
         def only_in(path: str, where: str) -> CheckpointError:
@@ -352,38 +377,71 @@ class CheckpointManager:
             if path not in current:
                 raise only_in(path, "in the checkpoint but not in the state")
 
+    def saved_arrays(self, step: int) -> dict[str, Any]:
+        """The path of each array checkpoint `step` holds, with its metadata (`shape`, `dtype`),
+        without reading any array.
+
+        Example:
+            >>> manager.saved_arrays(5)["model.fc.weight"].shape  # doctest: +SKIP
+            (3, 4)
+        """
+        saved = self._manager.item_metadata(step)["state"]
+        return dict(getattr(saved, "tree", saved))
+
     def _restore_step(self, step: int, template: Any) -> tuple[Any, dict[str, Any]]:
         self.check_compatible(step, template)
         flat = flatten_state(template)
-        abstract = {
-            path: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None))
-            for path, x in flat.items()
-        }
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+                state=ocp.args.StandardRestore(_abstract(flat)), meta=ocp.args.JsonRestore()
             ),
         )
         meta = dict(restored.meta)
-        # Older checkpoints recorded CRC-32s of the arrays a process held whole.
-        kind, sums = ("fingerprint", array_fingerprints) if "fingerprints" in meta else (
-            "CRC-32", array_checksums
-        )  # fmt: skip
-        expected = meta.get("fingerprints", meta.get("checksums", {}))
-        for path, value in sums(dict(restored.state)).items():
-            if path in expected and expected[path] != value:
-                raise _ChecksumMismatch(
-                    CHECKSUM_MSG.format(kind=kind, path=path, actual=value, expected=expected[path])
-                )
+        _verify(meta, dict(restored.state))
         leaves = [restored.state[path] for path in flat]
         state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)
         return state, meta
 
-    def _restore_named(self, step: int, template: Any) -> tuple[Any, dict[str, Any]]:
-        """A step the caller asked for by name ("best", a number): no fallback."""
+    def _read_step(self, step: int, wanted: dict[str, Any]) -> dict[str, jax.Array]:
+        # Orbax's manager restores an item whole; a partial read goes to the item's directory.
+        item = _abstract(wanted)
+        arrays = ocp.PyTreeCheckpointer().restore(
+            self.directory / str(step) / "state",
+            args=ocp.args.PyTreeRestore(
+                item=item,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                partial_restore=True,
+            ),
+        )
+        _verify(self.meta(step), arrays)
+        return arrays
+
+    def read_arrays(
+        self, wanted: dict[str, Any], step: int | str = "latest"
+    ) -> dict[str, jax.Array]:
+        """Reads only the `wanted` arrays of one checkpoint (fine-tuning's road in), each into
+        the shape, dtype and sharding of its `wanted` value (an array or a
+        `jax.ShapeDtypeStruct`), verified against the checkpoint's fingerprints like a restore.
+
+        Args:
+          wanted: arrays keyed by their checkpoint paths (see `saved_arrays`).
+          step: "latest" or a step number; a damaged step is a CheckpointError, never a
+            silent fallback to another one.
+
+        Example:
+            >>> w = manager.read_arrays({"model.fc.weight": jnp.zeros((3, 4))})  # doctest: +SKIP
+        """
+        step = self.latest_step() if step == "latest" else int(step)
+        if step is None or step not in self.steps():
+            detail = "" if step is None else f" for step {step} (have {self.steps()})"
+            raise CheckpointError(NO_CHECKPOINT_MSG.format(directory=self.directory, detail=detail))
+        return self._named(step, lambda: self._read_step(step, wanted))
+
+    def _named(self, step: int, read: Callable[[], Any]) -> Any:
+        """`read()` of a step the caller asked for ("best", a number): no fallback."""
         try:
-            return self._restore_step(step, template)
+            return read()
         except CheckpointError:
             raise
         except Exception as error:
@@ -412,13 +470,13 @@ class CheckpointManager:
                 raise CheckpointError(NO_CHECKPOINT_MSG.format(
                     directory=self.directory, detail=f" with a recorded `{self.monitor}`"
                 ))  # fmt: skip
-            return self._restore_named(best, template)
+            return self._named(best, lambda: self._restore_step(best, template))
         if step != "latest":
             if int(step) not in self.steps():
                 raise CheckpointError(NO_CHECKPOINT_MSG.format(
                     directory=self.directory, detail=f" for step {step} (have {self.steps()})"
                 ))  # fmt: skip
-            return self._restore_named(int(step), template)
+            return self._named(int(step), lambda: self._restore_step(int(step), template))
         candidates = self.steps()[::-1]
         tried = []
         for i, candidate in enumerate(candidates):

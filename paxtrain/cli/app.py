@@ -29,7 +29,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from paxtrain.cli.commands import _data, _env, _eval, _fit, _options, _plot, _resume
+from paxtrain.cli.commands import _data, _env, _eval, _fit, _options, _plot, _resume, _sample
 from paxtrain.config.packaged import packaged_config_names
 from paxtrain.data.tokenize import MAX_UNKNOWN_FRACTION
 from paxtrain.errors import CheckpointError, ConfigError, DataError, LaunchError, LayoutError
@@ -89,7 +89,25 @@ def _flag_as_key(flag: str, value: str) -> str | None:
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="paxtrain", description="Train JAX models with paxtrain.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_config_commands(commands)
+    _add_run_commands(commands)
+    commands.add_parser("env", help="print versions and the devices JAX sees")
+    _add_data_commands(commands)
+    plot = commands.add_parser("plot", help="write curves.png for a run directory")
+    plot.add_argument("run_dir")
+    plot.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
+    return parser
 
+
+def _allow_target(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--allow-target", action="append", default=[], metavar="MODULE",
+        help="trust `_target_`s of this module in the run's config.yaml (repeatable)",
+    )  # fmt: skip
+
+
+def _add_config_commands(commands: Any) -> None:
+    """`fit` and `options`: what a config trains, and which keys it has."""
     fit = commands.add_parser(
         "fit",
         help="train from a YAML config with Hydra overrides",
@@ -114,14 +132,14 @@ def _parser() -> argparse.ArgumentParser:
     options.add_argument("overrides", nargs="*", help="overrides, e.g. model=gru")
     options.set_defaults(accepts_overrides=True)
 
+
+def _add_run_commands(commands: Any) -> None:
+    """`resume`, `eval` and `sample`: what a run directory's checkpoints do next."""
     resume = commands.add_parser("resume", help="continue a run from its newest checkpoint")
     resume.add_argument("run_dir", help="a run directory written by `paxtrain fit`")
     resume.add_argument("overrides", nargs="*", help="overrides, e.g. trainer.max_steps=3000")
     resume.set_defaults(accepts_overrides=True)
-    resume.add_argument(
-        "--allow-target", action="append", default=[], metavar="MODULE",
-        help="trust `_target_`s of this module in the run's config.yaml (repeatable)",
-    )  # fmt: skip
+    _allow_target(resume)
 
     evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint on its eval data")
     evaluate.add_argument("run_dir")
@@ -130,13 +148,24 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--step", default="latest", type=_step, help="latest (default), best, or a step"
     )
-    evaluate.add_argument(
-        "--allow-target", action="append", default=[], metavar="MODULE",
-        help="trust `_target_`s of this module in the run's config.yaml (repeatable)",
-    )  # fmt: skip
+    _allow_target(evaluate)
 
-    commands.add_parser("env", help="print versions and the devices JAX sees")
+    sample = commands.add_parser("sample", help="continue a prompt with a run's model")
+    sample.add_argument("run_dir")
+    sample.add_argument("overrides", nargs="*", help="overrides, e.g. mesh.data=1")
+    sample.set_defaults(accepts_overrides=True)
+    sample.add_argument("--prompt", required=True, help="the text to continue")
+    sample.add_argument("--max-new-tokens", type=int, default=200, help="tokens to add")
+    sample.add_argument("--temperature", type=float, default=0.8, help="0: the likeliest")
+    sample.add_argument("--top-k", type=int, help="sample among the k likeliest tokens")
+    sample.add_argument("--top-p", type=float, default=1.0, help="nucleus: probability mass")
+    sample.add_argument("--seed", type=int, default=0, help="the same seed, the same text")
+    sample.add_argument("--step", default="latest", type=_step, help="latest, best, or a step")
+    _allow_target(sample)
 
+
+def _add_data_commands(commands: Any) -> None:
+    """`data tokenize` and `data tokenizer train`: token files for `TokenFile`."""
     data = commands.add_parser("data", help="prepare data files")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     tokenize = data_commands.add_parser("tokenize", help="text files -> a token file (TokenFile)")
@@ -170,11 +199,6 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="the tokenizer.json to write")
     train.add_argument("--force", action="store_true", help="replace --out if it exists")
 
-    plot = commands.add_parser("plot", help="write curves.png for a run directory")
-    plot.add_argument("run_dir")
-    plot.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
-    return parser
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `paxtrain` console script.
@@ -204,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "eval": _eval,
         "plot": _plot,
         "data": _data,
+        "sample": _sample,
     }
     try:
         # A preemption signal while data and model are built: nothing to save, exit 75.

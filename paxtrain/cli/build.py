@@ -12,9 +12,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from paxtrain.cli.runs import _checkpoint_steps, _saved_meta
-from paxtrain.config.optimizer import build_optimizer
+from paxtrain.config.arguments import naming_keys
+from paxtrain.config.optimizer import build_optimizer, with_horizon
 from paxtrain.config.targets import check_target, locate
-from paxtrain.errors import ConfigError
+from paxtrain.errors import ArgumentError, ConfigError
 from paxtrain.train.hooks import EarlyStopping
 
 BUILD_FAILED_MSG = "`{key}` ({target}): {error}"
@@ -148,6 +149,7 @@ def schedule_horizon(cfg: DictConfig, run_dir: pathlib.Path) -> int:
     return horizon
 
 
+@naming_keys()  # a rule an object's constructor refuses, reported as the key that set it
 def build_trainer(
     cfg: DictConfig,
     run_dir: pathlib.Path,
@@ -200,12 +202,8 @@ def build_trainer(
         seed=cfg.seed,
         init_from=init_from if cfg.init_from and not restores else None,
     )
-    trainer.loggers = [  # `_target_` sections build Logger objects
-        lg if isinstance(lg, str) else instantiate(lg, f"trainer.loggers[{i}]")
-        for i, lg in enumerate(t.loggers)
-    ]
-    cfg.optimizer.horizon = horizon or t.max_steps  # what `${optimizer.horizon}` resolves to
-    return trainer, model, data, build_optimizer(cfg.optimizer)
+    trainer.loggers = _loggers(t.loggers)
+    return trainer, model, data, build_optimizer(with_horizon(cfg, horizon).optimizer)
 
 
 def build_hooks(cfg: DictConfig, meta: dict[str, Any] | None = None) -> list[Any]:
@@ -233,3 +231,27 @@ def build_hooks(cfg: DictConfig, meta: dict[str, Any] | None = None) -> list[Any
         else None,
         hooks=callbacks,
     )
+
+
+def _loggers(entries: list[Any]) -> list[Any]:
+    """The `trainer.loggers` entries: names, each checked by the loggers' own rule
+    (`check_logger_name`), and the Logger objects that `_target_` sections build.
+
+    Example:
+        >>> _loggers(["jsonl", "tensorbord"])
+        Traceback (most recent call last):
+        paxtrain.errors.ArgumentError: Unknown logger 'tensorbord'; choose from ['jsonl', 'mlflow', 'tensorboard', 'wandb'], or pass a Logger object.
+    """
+    from paxtrain.train.logger import check_logger_name
+
+    loggers = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, str):
+            loggers.append(instantiate(entry, f"trainer.loggers[{i}]"))
+            continue
+        try:
+            check_logger_name(entry)
+        except ValueError as error:
+            raise ArgumentError(f"loggers[{i}]", str(error)) from None
+        loggers.append(entry)
+    return loggers

@@ -1,23 +1,23 @@
-"""The commands behind `paxtrain fit/resume/eval/options/env/data/plot`, and their exit codes."""
+"""The commands behind `paxtrain fit/resume/eval/options/env/data/plot`; one fit is run by
+`cli.fit`, which the jobs of a launched sweep (`cli.launch`) call too."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
 import importlib.util
-import math
 import os
 import pathlib
 import platform
 import sys
-import time
 from typing import Any
 
 import jax
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from paxtrain.cli.build import build_trainer, join_processes, schedule_horizon
-from paxtrain.cli.runs import RunFiles, _run_info, _timestamp, check_run_dir, load_run_config
+from paxtrain.cli.build import build_trainer
+from paxtrain.cli.fit import exit_code, fit_from_config
+from paxtrain.cli.runs import load_run_config
 from paxtrain.config.packaged import find_config
 from paxtrain.errors import ConfigError
 from paxtrain.train.preemption import PREEMPTED_EXIT_CODE
@@ -48,88 +48,6 @@ def environment_report() -> str:
     return "\n".join(lines)
 
 
-def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
-    """Runs `paxtrain fit` for one validated config; returns the trainer after training.
-
-    A run directory that already holds checkpoints is resumed from the newest complete one.
-
-    Example:
-        >>> trainer = fit_from_config(compose("configs/char_rnn.yaml", []))  # doctest: +SKIP
-    """
-    run_dir = pathlib.Path(cfg.run_dir or f"runs/{cfg.name}-{_timestamp()}")
-    check_run_dir(run_dir)
-    cfg = cfg.copy()
-    cfg.run_dir = str(run_dir)
-    if cfg.parallel.distributed:
-        join_processes()  # before anything starts JAX's backends (reading checkpoints does)
-    info = _run_info(cfg, config_path)
-    horizon = schedule_horizon(cfg, run_dir)
-    info["schedule_horizon"] = horizon
-    from paxtrain import parallel
-
-    # The run directory is made by `trainer.fit` once data, model and config proved good.
-    trainer, model, data, optimizer = build_trainer(cfg, run_dir, meta=info, horizon=horizon)
-    trainer.add_hook(RunFiles(cfg, info))
-    trainer.hyperparams = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    # One process speaks for a multi-process run.
-    say = print if trainer.is_main_process else lambda *_: None
-    say(f"paxtrain: run directory {run_dir}")
-    abstract = jax.eval_shape(parallel.seeded(model, cfg.seed))  # `model` builds it, sharded
-    say(abstract.summary() if hasattr(abstract, "summary") else abstract)
-    started = time.perf_counter()
-    trainer.fit(model, data, optimizer=optimizer)
-    elapsed = time.perf_counter() - started
-    final = trainer.eval_history[-1][1] if trainer.eval_history else {}
-    shown = ", ".join(f"eval/{k}={v:.4f}" for k, v in final.items())
-    if trainer.preempted:
-        saved = "checkpoint saved" if trainer.checkpoints else "no checkpointing, nothing saved"
-        say(f"paxtrain: {trainer.stop_reason}; {saved}. Continue with: paxtrain resume {run_dir}")
-        return trainer
-    if not trainer.nothing_to_train:
-        say(f"paxtrain: finished at step {trainer.step} in {elapsed:.0f}s; {shown}")
-    if trainer.stop_reason:
-        say(f"paxtrain: {trainer.stop_reason}")
-    if not final_eval_is_finite(trainer):
-        say(NONFINITE_EVAL_MSG)
-    return trainer
-
-
-NONFINITE_EVAL_MSG = (
-    "paxtrain: the final evaluation is not finite, so the run failed (exit code 3): lower the "
-    "learning rate, or look for NaN/Inf in the data or the loss."
-)
-
-
-def final_eval_is_finite(trainer: Any) -> bool:
-    """Whether every metric of the trainer's last evaluation is a finite number (true when it
-    never evaluated).
-
-    Example:
-        >>> final_eval_is_finite(fit_from_config(cfg))  # doctest: +SKIP
-        True
-    """
-    final = trainer.eval_history[-1][1] if trainer.eval_history else {}
-    return all(math.isfinite(value) for value in final.values())
-
-
-def exit_code(trainer: Any) -> int:
-    """The exit code of a finished `paxtrain fit`/`resume`: 0, 75 after a preemption (run
-    the command again), 3 after stopping on non-finite steps (`on_nonfinite=stop`, or a run
-    stuck skipping them) or when the final evaluation is not finite.
-
-    Example:
-        >>> exit_code(fit_from_config(cfg))  # doctest: +SKIP
-        0
-    """
-    from paxtrain.train.nonfinite import NONFINITE_EXIT_CODE
-    from paxtrain.train.preemption import PREEMPTED_EXIT_CODE
-
-    if trainer.preempted:
-        return PREEMPTED_EXIT_CODE
-    failed = trainer.stopped_on_nonfinite or not final_eval_is_finite(trainer)
-    return NONFINITE_EXIT_CODE if failed else 0
-
-
 NO_MONITOR_MSG = (
     "`--step best` needs the metric that ranks checkpoints, and this run recorded none: train "
     "with `trainer.checkpoint.monitor=eval/loss` (and `trainer.checkpoint.keep_best=1` to keep "
@@ -137,19 +55,34 @@ NO_MONITOR_MSG = (
 )
 
 
-def evaluate_run(
+NO_VOCABULARY_MSG = (
+    "{run_dir}'s data has no vocabulary to encode the prompt with (a token file of ids from "
+    "elsewhere): train on text, or on a token file written with `--tokenizer`."
+)
+NO_DECODER_MSG = (
+    "{model} cannot be sampled with a cache: `paxtrain sample` needs a model with "
+    "`decoder(batch_size, max_len)` (the recipes llama_lm and char_rnn have one)."
+)
+PROMPT_TOO_LONG_MSG = (
+    "The prompt is {length} tokens, longer than the {seq_len} the model was trained on "
+    "(`data.seq_len`): shorten it."
+)
+
+
+def restore_run(
     run_dir: str | pathlib.Path,
     step: str = "latest",
     overrides: list[str] | None = None,
     allow_targets: tuple[str, ...] = (),
-) -> dict[str, float]:
-    """Evaluates a run's checkpoint ("latest", "best" or a step number) on its eval data.
+) -> Any:
+    """A trainer prepared for a run's config, holding the state of one of its checkpoints
+    ("latest", "best" or a step number), read through the store (integrity-checked).
 
     `overrides` change the saved config, e.g. the `mesh` on other devices than the run's.
 
     Example:
-        >>> evaluate_run("runs/char_rnn-20260101-120000", step="best")  # doctest: +SKIP
-        {'loss': 1.43, 'bits_per_char': 2.07}
+        >>> trainer = restore_run("runs/char_rnn-20260101-120000", step="best")  # doctest: +SKIP
+        >>> trainer.state.model  # doctest: +SKIP
     """
     from paxtrain.checkpoint.store import CheckpointManager
     from paxtrain.train.checkpointing import CHECKPOINT_DIR
@@ -168,16 +101,74 @@ def evaluate_run(
         mode=ck.mode,
         read_only=True,
     )
-    trainer.state, meta = manager.restore(trainer.checkpoint_state, step=step)
+    try:
+        trainer.state, _ = manager.restore(trainer.checkpoint_state, step=step)
+    finally:
+        manager.close()
     trainer.step = int(trainer.state.step)
-    manager.close()
-    return trainer.eval_metrics()
+    return trainer
+
+
+def evaluate_run(
+    run_dir: str | pathlib.Path,
+    step: str = "latest",
+    overrides: list[str] | None = None,
+    allow_targets: tuple[str, ...] = (),
+) -> dict[str, float]:
+    """Evaluates a run's checkpoint ("latest", "best" or a step number) on its eval data.
+
+    Example:
+        >>> evaluate_run("runs/char_rnn-20260101-120000", step="best")  # doctest: +SKIP
+        {'loss': 1.43, 'bits_per_char': 2.07}
+    """
+    return restore_run(run_dir, step, overrides, allow_targets).eval_metrics()
+
+
+def sample_run(run_dir: str | pathlib.Path, prompt: str, options: dict[str, Any]) -> str:
+    """The text a run's model (one of its checkpoints) writes after `prompt`, decoded with its
+    cache (`paxtrain.recipes.sampling.sample`).
+
+    Args:
+      run_dir: a run directory.
+      prompt: the text to continue, encoded with the run's vocabulary.
+      options: `max_new_tokens`, `temperature`, `top_k`, `top_p`, `seed`, and `step`,
+        `overrides`, `allow_targets` as for `restore_run`.
+
+    Example:
+        >>> sample_run("runs/llama", "def ", {"max_new_tokens": 50})  # doctest: +SKIP
+        'self, x):\n        return ...'
+    """
+    from paxtrain.recipes.sampling import check_sampling, sample
+
+    temperature, top_k = options.get("temperature", 0.8), options.get("top_k")
+    top_p = options.get("top_p", 1.0)
+    try:  # before anything is built
+        check_sampling(temperature, top_k, top_p)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    trainer = restore_run(
+        run_dir, options.get("step", "latest"), options.get("overrides"),
+        options.get("allow_targets", ()),
+    )  # fmt: skip
+    vocab, model = getattr(trainer.data, "vocab", None), trainer.state.model.eval()
+    if vocab is None:
+        raise ConfigError(NO_VOCABULARY_MSG.format(run_dir=run_dir))
+    if not hasattr(model, "decoder"):
+        raise ConfigError(NO_DECODER_MSG.format(model=type(model).__name__))
+    ids = vocab.encode(prompt)
+    seq_len = trainer.data.info.get("seq_len")
+    if seq_len and len(ids) > seq_len:
+        raise ConfigError(PROMPT_TOO_LONG_MSG.format(length=len(ids), seq_len=seq_len))
+    key = jax.random.PRNGKey(options.get("seed", 0))
+    try:
+        new = sample(model, ids, options.get("max_new_tokens", 200), key, temperature, top_k, top_p)
+    except ValueError as error:  # an empty prompt
+        raise ConfigError(str(error)) from None
+    return vocab.decode(new)
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
 
-    from paxtrain.cli.commands import fit_from_config
     from paxtrain.cli.sweep import sweep_overrides
     from paxtrain.config.composition import compose
 
@@ -211,8 +202,6 @@ def _fit(args: argparse.Namespace) -> int:
         jobs = submit_sweep(configs, config, args.launcher, options, sys_path=roots)
         preempted = args.launcher == "local" and any(job.result()["preempted"] for job in jobs)
         return PREEMPTED_EXIT_CODE if preempted else 0
-    from paxtrain.cli.commands import exit_code
-
     codes = []
     for cfg in configs:
         codes.append(exit_code(fit_from_config(cfg, config_path=config)))
@@ -233,26 +222,30 @@ def _options(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from paxtrain.cli.commands import exit_code, fit_from_config
-    from paxtrain.cli.runs import load_run_config
-
     sys.path[:0] = [os.getcwd()]
     cfg = load_run_config(args.run_dir, list(args.overrides), tuple(args.allow_target))
     return exit_code(fit_from_config(cfg))
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from paxtrain.cli.commands import evaluate_run
-
     sys.path[:0] = [os.getcwd()]
     metrics = evaluate_run(args.run_dir, args.step, list(args.overrides), tuple(args.allow_target))
     print(" ".join(f"eval/{k}={v:.6g}" for k, v in metrics.items()))
     return 0
 
 
-def _env() -> int:
-    from paxtrain.cli.commands import environment_report
+def _sample(args: argparse.Namespace) -> int:
+    sys.path[:0] = [os.getcwd()]
+    options = {
+        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+        "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed, "step": args.step,
+        "overrides": list(args.overrides), "allow_targets": tuple(args.allow_target),
+    }  # fmt: skip
+    print(args.prompt + sample_run(args.run_dir, args.prompt, options))
+    return 0
 
+
+def _env() -> int:
     print(environment_report())
     return 0
 

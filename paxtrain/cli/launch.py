@@ -170,7 +170,7 @@ class FitJob:
         self.sys_path = sys_path
 
     def __call__(self) -> dict[str, Any]:
-        from paxtrain.cli.commands import fit_from_config
+        from paxtrain.cli.fit import fit_from_config
         from paxtrain.config.schema import validate
 
         # As in the submitting process: relative paths in the config and `_target_` imports

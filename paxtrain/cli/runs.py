@@ -42,14 +42,48 @@ CONFIG_FILE = "config.yaml"
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """A short hash of the resolved config, recorded with each checkpoint.
+    """A short hash of the config as the run saves it (`config.yaml`, unresolved), recorded in
+    `run.json` and with each checkpoint; a resume compares it (`config_changes`).
 
     Example:
         >>> len(config_hash(OmegaConf.create({"a": 1})))
         12
     """
-    text = json.dumps(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return hashlib.sha256(OmegaConf.to_yaml(cfg).encode()).hexdigest()[:12]
+
+
+def config_changes(run_dir: pathlib.Path, cfg: DictConfig) -> list[str]:
+    """The keys whose values `cfg` changes from the config a run directory saved, as
+    `key: old -> new`, when its hash differs from the one in the run's `run.json`; none for a
+    new run or the same config.
+
+    Example:
+        >>> config_changes(pathlib.Path("runs/char_rnn"), cfg)  # doctest: +SKIP
+        ['trainer.max_steps: 1000 -> 3000']
+    """
+    info, saved = run_dir / RUN_INFO_FILE, run_dir / CONFIG_FILE
+    if not (info.is_file() and saved.is_file()):
+        return []
+    if json.loads(info.read_text()).get("config_hash") == config_hash(cfg):
+        return []
+    before = _leaves(OmegaConf.to_container(OmegaConf.load(saved), resolve=False))
+    after = _leaves(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
+    missing = "(not set)"
+    return [
+        f"{key}: {before.get(key, missing)} -> {after.get(key, missing)}"
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key, missing) != after.get(key, missing)
+    ]
+
+
+def _leaves(node: Any, key: str = "") -> dict[str, Any]:
+    """The values of a plain config tree by their dotted keys (lists as one value)."""
+    if not isinstance(node, dict):
+        return {key: node}
+    found: dict[str, Any] = {}
+    for k, v in node.items():
+        found.update(_leaves(v, f"{key}.{k}" if key else str(k)))
+    return found
 
 
 def _run_info(cfg: DictConfig, config_path: str | None) -> dict[str, Any]:

@@ -59,6 +59,18 @@ def _add_target_parameter(override: str, base: DictConfig) -> str:
     return override
 
 
+def _chooses_target(override: str) -> bool:
+    """Whether an override picks what a section builds: its `_target_`, or a config group
+    option (a top-level key such as `model=gru`).
+
+    Example:
+        >>> [_chooses_target(o) for o in ["data._target_=x.Y", "model=gru", "data.path=a"]]
+        [True, True, False]
+    """
+    key, sep, _ = override.lstrip("+~").partition("=")
+    return bool(sep) and ("." not in key or key.endswith("._target_"))
+
+
 # A YAML file's value refused by the schema, as Hydra reports it (the cause is not kept).
 _FILE_REFUSED = re.compile(r"(\w+Error) raised while composing config:\n(.*)\n\s+full_key: (\S+)")
 
@@ -153,7 +165,10 @@ def compose(
         store_schema(path.stem)
         with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
             if overrides:
-                base = hydra_compose(config_name=PRIMARY_NAME)
+                # The targets as the overrides set them (`data._target_=...`, `model=gru`): a
+                # target switched on the command line is asked about its own parameters.
+                chosen = [o for o in overrides if _chooses_target(o)]
+                base = hydra_compose(config_name=PRIMARY_NAME, overrides=chosen)
                 overrides = [_add_target_parameter(o, base) for o in overrides]
             cfg = hydra_compose(config_name=PRIMARY_NAME, overrides=overrides)
     except yaml.MarkedYAMLError as error:

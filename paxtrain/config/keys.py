@@ -18,6 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from paxtrain.config.optimizer import ALIASES, OWN_KEYS
 from paxtrain.config.schema import MIRRORS, FitConfig
 from paxtrain.config.targets import locate
 
@@ -153,7 +154,6 @@ def config_options(cfg: DictConfig) -> list[Option]:
         >>> next(o for o in config_options(cfg) if o.key == "trainer.max_steps")
         Option(key='trainer.max_steps', type='int', value='7', help='number of optimizer steps.')
     """
-    from paxtrain.config.optimizer import ALIASES, OWN_KEYS
 
     merged = OmegaConf.merge(OmegaConf.structured(FitConfig), cfg)
     values = OmegaConf.to_container(merged, resolve=False, enum_to_str=True)

@@ -110,11 +110,31 @@ def validate_optimizer(cfg: DictConfig) -> None:
         ('optax.adamw', None)
     """
     complete_optimizer(cfg)
-    trial = cfg.copy()
-    if trial.optimizer[HORIZON_KEY] is None:
-        trial.optimizer[HORIZON_KEY] = cfg.trainer.max_steps
+    if cfg.optimizer[HORIZON_KEY] is None and cfg.trainer.max_steps < 1:
+        return  # the Trainer refuses that max_steps, naming `trainer.max_steps`
+    trial = with_horizon(cfg)
     _check_numbers(OmegaConf.to_container(trial.optimizer, resolve=True), "optimizer")
     build_optimizer(trial.optimizer)
+
+
+def with_horizon(cfg: DictConfig, horizon: int | None = None) -> DictConfig:
+    """A copy of `cfg` whose `optimizer.horizon`, what `${optimizer.horizon}` resolves to, is
+    `horizon`, else the config's own, else `trainer.max_steps`. The config itself is left as the
+    user wrote it: the run saves it so, and a resume finds the horizon it trained with in the
+    checkpoint (`paxtrain.cli.build.schedule_horizon`).
+
+    Example:
+        >>> cfg = OmegaConf.create({"trainer": {"max_steps": 10}, "optimizer": {"horizon": None}})
+        >>> with_horizon(cfg).optimizer.horizon, with_horizon(cfg, 30).optimizer.horizon
+        (10, 30)
+        >>> cfg.optimizer.horizon is None
+        True
+    """
+    completed = cfg.copy()
+    completed.optimizer[HORIZON_KEY] = (
+        horizon or cfg.optimizer[HORIZON_KEY] or cfg.trainer.max_steps
+    )
+    return completed
 
 
 def complete_optimizer(cfg: DictConfig) -> None:

@@ -34,7 +34,7 @@ def packaged_config_names() -> list[str]:
 
     Example:
         >>> packaged_config_names()
-        ['char_rnn', 'image_classifier', 'transformer_lm']
+        ['char_rnn', 'image_classifier', 'llama_lm', 'transformer_lm']
     """
     return sorted(path.stem for path in packaged_configs_dir().glob("*.yaml"))
 

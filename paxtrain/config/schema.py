@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from paxtrain.config.optimizer import complete_optimizer, validate_optimizer
 from paxtrain.config.targets import _hint, _is_target, _keys_at, check_target, locate
 from paxtrain.errors import ConfigError
 
@@ -217,34 +218,10 @@ BAD_CHOICE_MSG = "Config key `{key}` is {value!r}; choose one of {choices}."
 AT_LEAST_ONE_MSG = "Config key `{key}` is {value}; it must be at least 1, e.g. `{key}={example}`."
 
 
-KEEP_BEST_MSG = (
-    "`trainer.checkpoint.keep_best={keep_best}` needs the metric that ranks checkpoints: add "
-    "`trainer.checkpoint.monitor=eval/loss` (or another eval metric), or set keep_best=0."
-)
-
-
-# Keys that count something and must be at least 1 (None, where allowed, means "not used").
-_AT_LEAST_ONE = (
-    "trainer.max_steps", "trainer.log_every", "trainer.eval_every", "trainer.steps_per_call",
-    "trainer.grad_accum_steps", "trainer.checkpoint.every_steps", "trainer.checkpoint.keep_last",
-    "trainer.early_stopping.patience", "optimizer.horizon", "trainer.profile.num_steps",
-)  # fmt: skip
-
-
-# Keys that are fractions: (lower bound, upper bound, the interval in words, an example).
-_INTERVALS = {
-    "trainer.ema_decay": (lambda v: v >= 0, lambda v: v < 1, "[0, 1)", 0.999),
-    "trainer.rollback_lr_factor": (lambda v: v > 0, lambda v: v <= 1, "(0, 1]", 0.5),
-}
-
-
 PROFILE_START_MSG = (
     "`trainer.profile.start_step` is {start}, outside the run's steps 0 to {last}: no trace "
     "would be written; choose a step in that range, e.g. `trainer.profile.start_step=10`."
 )
-
-
-INTERVAL_MSG = "Config key `{key}` is {value}; it must be in {interval}, e.g. `{key}={example}`."
 
 
 def _sibling_keys(full_key: str, *configs: Any) -> list[str]:
@@ -288,23 +265,17 @@ def validate(cfg: DictConfig) -> DictConfig:
         detail = str(error).splitlines()[0]
         value = getattr(error, "value", None)
         raise _schema_error(type(error).__name__, str(error.full_key), detail, value) from None
-    from paxtrain.config.optimizer import complete_optimizer, validate_optimizer
-
     complete_optimizer(merged)
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         raise ConfigError(MISSING_VALUE_MSG.format(key=missing[0]))
-    _check_numbers(merged)
-    _check_precision(merged.trainer.precision)
-    _check_loggers(merged.trainer.loggers)
+    # The rules of the objects the config builds are theirs, checked by their constructors
+    # when `paxtrain.cli.build` builds them (`config.arguments` names the key); these are the
+    # config's own: keys that no single object takes.
+    _check_horizon(merged)
     validate_optimizer(merged)
-    if merged.trainer.max_steps % merged.trainer.steps_per_call:
-        raise ConfigError(
-            f"`trainer.max_steps` ({merged.trainer.max_steps}) must be a multiple of "
-            f"`trainer.steps_per_call` ({merged.trainer.steps_per_call})."
-        )
     start, max_steps = merged.trainer.profile.start_step, merged.trainer.max_steps
-    if start is not None and not 0 <= start < max_steps:
+    if start is not None and max_steps >= 1 and start >= max_steps:  # the Profile can't know
         raise ConfigError(PROFILE_START_MSG.format(start=start, last=max_steps - 1))
     check_target(merged.data, "data")
     check_target(merged.model, "model", provided=None)  # some arguments come from the data
@@ -313,45 +284,13 @@ def validate(cfg: DictConfig) -> DictConfig:
     return merged
 
 
-def _check_loggers(loggers: list[Any]) -> None:
-    from paxtrain.train.logger import check_logger_name
-
-    for i, logger in enumerate(loggers):
-        if isinstance(logger, str):
-            try:
-                check_logger_name(logger)
-            except ValueError as error:
-                raise ConfigError(f"`trainer.loggers[{i}]`: {error}") from None
-        else:
-            check_target(logger, f"trainer.loggers[{i}]")
-
-
-def _check_precision(precision: str) -> None:
-    from paxtrain.train.precision import parse_precision
-
-    try:
-        parse_precision(precision)
-    except ValueError as error:
-        raise ConfigError(f"`trainer.precision`: {error}") from None
-
-
-def _check_numbers(cfg: DictConfig) -> None:
-    """Counts at least 1 and a monitor for keep_best (the optimizer's numbers: `optax_config`)."""
-    defaults = OmegaConf.structured(FitConfig)
-    for key in _AT_LEAST_ONE:
-        value = OmegaConf.select(cfg, key)
-        if value is not None and value < 1:
-            example = OmegaConf.select(defaults, key) or 10
-            raise ConfigError(AT_LEAST_ONE_MSG.format(key=key, value=value, example=example))
-    for key, (low, high, interval, example) in _INTERVALS.items():
-        value = OmegaConf.select(cfg, key)
-        if value is not None and not (low(value) and high(value)):
-            raise ConfigError(
-                INTERVAL_MSG.format(key=key, value=value, interval=interval, example=example)
-            )
-    keep_best = cfg.trainer.checkpoint.keep_best
-    if keep_best and not cfg.trainer.checkpoint.monitor:
-        raise ConfigError(KEEP_BEST_MSG.format(keep_best=keep_best))
+def _check_horizon(cfg: DictConfig) -> None:
+    """`optimizer.horizon`, a key of the config alone (what `${optimizer.horizon}` resolves to),
+    counts steps: at least 1 when set."""
+    value = cfg.optimizer.horizon
+    if value is not None and value < 1:
+        key = "optimizer.horizon"
+        raise ConfigError(AT_LEAST_ONE_MSG.format(key=key, value=value, example=1000))
 
 
 _INVALID_VALUE = re.compile(r"Invalid value '(.*)', expected one of")

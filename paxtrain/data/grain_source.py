@@ -38,6 +38,8 @@ TOO_SHORT_MSG = """\
 The training dataset has {n} examples, too few for one batch of batch_size={batch_size}: lower \
 `data.batch_size` or give more data."""
 
+BAD_TARGET_MSG = "`data.{key}._target_`: cannot import {target!r} ({reason})."
+
 NEGATIVE_WORKERS_MSG = """\
 workers={workers} is not a number of grain worker processes: use 0 (read in the trainer's \
 prefetch thread) or more, e.g. `data.workers=2`."""
@@ -95,10 +97,7 @@ def as_map_dataset(spec: Any, key: str = "train", info: Mapping[str, Any] | None
     if isinstance(spec, grain.MapDataset):
         return spec
     if isinstance(spec, Mapping) and "_target_" in spec:
-        from paxtrain.config.targets import locate
-
-        kwargs = {k: v for k, v in spec.items() if k != "_target_"}
-        dataset = locate(str(spec["_target_"]), f"data.{key}")(**kwargs)
+        dataset = _call_target(spec, key)
         if isinstance(dataset, grain.MapDataset):
             return dataset
         raise DataError(BAD_DATASET_MSG.format(key=key, kind=f"{type(dataset).__name__} from it"))
@@ -106,6 +105,25 @@ def as_map_dataset(spec: Any, key: str = "train", info: Mapping[str, Any] | None
         columns = NpyColumns(spec, key=f"data.{key}")
         return grain.MapDataset.source(checked_image_columns(columns, info or {}, f"data.{key}"))
     raise DataError(BAD_DATASET_MSG.format(key=key, kind=type(spec).__name__))
+
+
+def _call_target(spec: Mapping, key: str) -> Any:
+    """What the function a `{"_target_": "module.fn", **kwargs}` spec names returns, called
+    by Hydra's `instantiate` as the config's other `_target_`s are; errors of the function
+    itself are its own."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(dict(spec), _convert_="all")
+    except InstantiationException as error:
+        cause = error.__cause__
+        if cause is not None and not isinstance(cause, ImportError):
+            raise cause from None
+        reason = " ".join(str(cause or error).split())
+        raise DataError(
+            BAD_TARGET_MSG.format(key=key, target=spec["_target_"], reason=reason)
+        ) from None
 
 
 class _RowsOfStep:

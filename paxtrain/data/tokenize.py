@@ -14,6 +14,7 @@ import os
 import pathlib
 import tempfile
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -198,32 +199,13 @@ def tokenize_files(
         _check_text(path)
     out = pathlib.Path(out).expanduser()
     targets = check_targets(paths, out, force)
-    unknown_id = len(encoder) - 1 if isinstance(encoder, CharVocab) else None
-    unknown: collections.Counter[str] = collections.Counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     # A fresh name beside `out`: no file of the user's is touched until the final rename.
     handle, partial_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     partial = pathlib.Path(partial_name)
-    dtype = np.uint16 if len(encoder) <= 1 << 16 else np.uint32
-    # A document ends with `<|eos|>`, so a model sees where one text stops and another starts.
-    end = [] if getattr(encoder, "eos_id", None) is None else [encoder.eos_id]
-    count, max_id, num_bytes = 0, 0, 0
     try:
         with os.fdopen(handle, "wb") as sink:
-            for path in paths:
-                num_bytes += path.stat().st_size
-                for text in _read_text(path):
-                    ids = encoder.encode(text)
-                    if unknown_id is not None:
-                        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-                        found, counts = np.unique(codes[ids == unknown_id], return_counts=True)
-                        unknown.update(dict(zip(map(chr, found.tolist()), counts.tolist())))
-                    sink.write(ids.astype(dtype).tobytes())
-                    count += len(ids)
-                    max_id = max(max_id, int(ids.max(initial=0)))
-                sink.write(np.asarray(end, dtype).tobytes())
-                count += len(end)
-                max_id = max([max_id, *end])
+            count, max_id, num_bytes, dtype, unknown = _write_ids(paths, encoder, sink)
         if count == 0:
             raise DataError(EMPTY_TEXT_MSG.format(paths=", ".join(map(str, paths))))
         total_unknown = sum(unknown.values())
@@ -239,7 +221,7 @@ def tokenize_files(
                 )
             )
         meta: dict[str, object] = {
-            "dtype": np.dtype(dtype).name,
+            "dtype": dtype.name,
             "vocab": vocab if tokenizer is None else "bpe",
             "vocab_size": len(encoder),
             "num_tokens": count,
@@ -248,13 +230,42 @@ def tokenize_files(
         }
         if tokenizer is not None:
             meta["tokenizer"] = {**encoder.identity, "path": str(pathlib.Path(tokenizer).resolve())}
-        if unknown_id is not None:
+        if isinstance(encoder, CharVocab):
             meta["unknown_chars"] = total_unknown
         os.replace(partial, targets[0])
     finally:
         partial.unlink(missing_ok=True)
     targets[1].write_text(json.dumps(meta, indent=2) + "\n")
     return {**meta, "unknown_examples": unknown.most_common(SHOWN_UNKNOWN)} if unknown else meta
+
+
+def _write_ids(
+    paths: Sequence[pathlib.Path], encoder: Any, sink: Any
+) -> tuple[int, int, int, np.dtype, collections.Counter[str]]:
+    """Encodes each file into `sink`, each followed by the encoder's EOS id if it has one;
+    returns the count of ids, the largest, the bytes of text, the dtype and the characters
+    `CharVocab` did not know."""
+    dtype = np.dtype(np.uint16 if len(encoder) <= 1 << 16 else np.uint32)
+    unknown_id = len(encoder) - 1 if isinstance(encoder, CharVocab) else None
+    # A document ends with `<|eos|>`, so a model sees where one text stops and another starts.
+    end = [] if getattr(encoder, "eos_id", None) is None else [encoder.eos_id]
+    unknown: collections.Counter[str] = collections.Counter()
+    count, max_id, num_bytes = 0, 0, 0
+    for path in paths:
+        num_bytes += path.stat().st_size
+        for text in _read_text(path):
+            ids = encoder.encode(text)
+            if unknown_id is not None:
+                codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+                found, counts = np.unique(codes[ids == unknown_id], return_counts=True)
+                unknown.update(dict(zip(map(chr, found.tolist()), counts.tolist())))
+            sink.write(ids.astype(dtype).tobytes())
+            count += len(ids)
+            max_id = max(max_id, int(ids.max(initial=0)))
+        sink.write(np.asarray(end, dtype).tobytes())
+        count += len(end)
+        max_id = max([max_id, *end])
+    return count, max_id, num_bytes, dtype, unknown
 
 
 def _format_unknown(unknown: collections.Counter[str]) -> str:

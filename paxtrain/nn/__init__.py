@@ -38,9 +38,6 @@ from paxtrain.nn.rotary import apply_rope, rope_angles
 from paxtrain.nn.scan_layers import ScanLayers, call_block
 from paxtrain.nn.sequential import Chainable, Identity, Lambda, Sequential
 from paxtrain.nn.swiglu import SwiGLU
-from paxtrain.pax_names import names_of
-
-__getattr__ = names_of(__name__)
 
 __all__ = [
     "EMA",

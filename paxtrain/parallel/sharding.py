@@ -3,7 +3,8 @@
 The layout follows the mesh's axis sizes, one rule per leaf of the state:
 
 1. tensor parallelism: the first `(regex, PartitionSpec)` rule whose regex is found in the leaf's
-   path (`jax.tree_util.keystr`, e.g. `.model.blocks.layers[0].attention.query_proj.weight`)
+   path (`paxtrain.core.tree`'s dotted dialect, as checkpoints key it, e.g.
+   `model.blocks.layers.0.attention.query_proj.weight`; JAX's `layers[0]` still matches too)
    gives its spec over the "tensor" axis;
 2. FSDP: when the mesh's "fsdp" axis is larger than 1, a leaf of at least `fsdp_min_size`
    elements is also split over "fsdp" along its largest axis that divides evenly and that no
@@ -12,7 +13,7 @@ The layout follows the mesh's axis sizes, one rule per leaf of the state:
 
 So a mesh with `fsdp=1, tensor=1` is plain data parallelism. A leaf's spec depends only on the end
 of its path and on its shape, and the optimizer's moments and the EMA repeat the parameters'
-paths below their own prefix (`.optimizer.opt_state[0].mu.blocks...query_proj.weight`) with the
+paths below their own prefix (`optimizer.opt_state.0.mu.blocks...query_proj.weight`) with the
 same shapes: they are sharded exactly like the parameters they mirror.
 """
 
@@ -27,6 +28,7 @@ import jax
 import numpy as np
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
+from paxtrain.core.tree import KeyPath, path_search, path_str
 from paxtrain.errors import LayoutError
 from paxtrain.parallel.mesh import FSDP, TENSOR
 
@@ -70,7 +72,7 @@ def column_parallel(module: str) -> tuple[Rule, Rule]:
     until a `row_parallel` layer consumes them.
 
     Args:
-      module: a regex for the layer's path, e.g. `r"mlp\\.layers\\[0\\]"`.
+      module: a regex for the layer's path, e.g. `r"mlp\\.layers\\.0"`.
 
     Example:
         >>> weight_rule, bias_rule = column_parallel("query_proj")
@@ -108,8 +110,8 @@ def row_parallel(module: str) -> tuple[Rule, Rule]:
 DEFAULT_TENSOR_RULES: tuple[Rule, ...] = (
     *column_parallel(r"(query_proj|key_proj|value_proj)"),
     *row_parallel(r"output_proj"),
-    *column_parallel(r"mlp\.layers\[0\]"),
-    *row_parallel(r"mlp\.layers\[\d+\]"),
+    *column_parallel(r"mlp\.layers\.0"),
+    *row_parallel(r"mlp\.layers\.\d+"),
     # A SwiGLU's (paxtrain/nn/swiglu.py) gate and up projections, then its down projection.
     *column_parallel(r"(gate_proj|up_proj)"),
     *row_parallel(r"down_proj"),
@@ -164,24 +166,25 @@ def check_tensor_axis_used(shardings: Any, mesh: Mesh) -> None:
     for _, sharding in flat:
         if any(TENSOR in (e if isinstance(e, tuple) else (e,)) for e in sharding.spec):
             return
-    paths = [jax.tree_util.keystr(p) for p, s in flat if len(s.spec) == 2]
-    path = next((p for p in paths if p.startswith(".model.")), paths[0] if paths else ".fc.weight")
+    paths = [path_str(p) for p, s in flat if len(s.spec) == 2]
+    path = next((p for p in paths if p.startswith("model.")), paths[0] if paths else "fc.weight")
     example = re.escape(".".join(path.split(".")[-2:])) + "$"
     raise LayoutError(UNUSED_TENSOR_AXIS_MSG.format(size=size, path=path, example=example))
 
 
 def _tensor_spec(
-    path: str, shape: tuple[int, ...], mesh: Mesh | AbstractMesh, rules: Sequence[Rule]
+    path: str | KeyPath, shape: tuple[int, ...], mesh: Mesh | AbstractMesh, rules: Sequence[Rule]
 ) -> list:
     """The first matching rule's spec, one entry per axis of the leaf. Entries over mesh axes of
     size 1 become None, which leaves those axes free for FSDP."""
+    shown = path if isinstance(path, str) else path_str(path)  # messages name the dotted path
     for pattern, spec in rules:
-        if not re.search(pattern, path):
+        if not path_search(pattern, path):
             continue
         if len(spec) > len(shape):
             raise LayoutError(
                 RULE_RANK_MSG.format(
-                    pattern=pattern, spec=spec, rank=len(spec), path=path, shape=shape,
+                    pattern=pattern, spec=spec, rank=len(spec), path=shown, shape=shape,
                     ndim=len(shape),
                 )
             )  # fmt: skip
@@ -197,7 +200,7 @@ def _tensor_spec(
             if dim % size:
                 raise LayoutError(
                     RULE_DIVISIBLE_MSG.format(
-                        pattern=pattern, axis=axis, path=path, shape=shape, names=entry,
+                        pattern=pattern, axis=axis, path=shown, shape=shape, names=entry,
                         size=size, dim=dim,
                     )
                 )  # fmt: skip
@@ -207,7 +210,7 @@ def _tensor_spec(
 
 
 def partition_spec(
-    path: str,
+    path: str | KeyPath,
     shape: tuple[int, ...],
     mesh: Mesh | AbstractMesh,
     tensor_rules: Sequence[Rule] = DEFAULT_TENSOR_RULES,
@@ -216,7 +219,8 @@ def partition_spec(
     """The spec of one leaf of the state: its tensor rule, then FSDP (see the module docstring).
 
     Args:
-      path: the leaf's `jax.tree_util.keystr` path.
+      path: the leaf's dotted path (`model.fc.weight`, see `paxtrain.core.tree`), or its JAX
+        key path.
       shape: the leaf's shape.
       mesh: a mesh from `make_mesh` (or an `AbstractMesh` of the same axes: only the sizes
         matter).
@@ -229,7 +233,7 @@ def partition_spec(
 
     Example:
         >>> mesh = jax.sharding.AbstractMesh((1, 4, 1), ("data", "fsdp", "tensor"))
-        >>> partition_spec(".model.fc.weight", (1024, 4096), mesh)
+        >>> partition_spec("model.fc.weight", (1024, 4096), mesh)
         P(None, 'fsdp')
     """
     spec = _tensor_spec(path, shape, mesh, tensor_rules)
@@ -270,9 +274,7 @@ def state_shardings(
     """
 
     def sharding(path, leaf):
-        spec = partition_spec(
-            jax.tree_util.keystr(path), np.shape(leaf), mesh, tensor_rules, fsdp_min_size
-        )
+        spec = partition_spec(path, np.shape(leaf), mesh, tensor_rules, fsdp_min_size)
         return NamedSharding(mesh, spec)
 
     return jax.tree_util.tree_map_with_path(sharding, state)

@@ -20,8 +20,11 @@ import contextlib
 import json
 import math
 import pathlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from paxtrain.train.sink import Logger
+from paxtrain.train.trackers import MLflowLogger, WandbLogger
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -34,26 +37,6 @@ MISSING_EXTRA_MSG = (
 )
 # The package each optional logger imports.
 _EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}
-
-
-class Logger:
-    """Base class of a metrics sink; override what the sink needs.
-
-    A tracker that keeps a run of its own (MLflow, W&B) stores its run id in the run directory
-    at `start` and continues that run when the directory is resumed.
-    """
-
-    def start(self, run_dir: pathlib.Path, hyperparams: Mapping[str, Any]) -> None:
-        """Opens the sink before the first step (also on a resume) and records hyperparameters."""
-
-    def write(self, step: int, scalars: Mapping[str, float]) -> None:
-        """Records the scalars of one step."""
-
-    def flush(self) -> None:
-        """Makes what was written so far readable (e.g. before a plot is drawn)."""
-
-    def close(self) -> None:
-        """Flushes and releases the sink at the end of training."""
 
 
 class JsonlLogger(Logger):
@@ -126,19 +109,13 @@ class TensorBoardLogger(Logger):
         self._writer.close()
 
 
-def _tracker(name: str) -> type[Logger]:
-    from paxtrain.train import trackers
-
-    return getattr(trackers, name)
-
-
 # Names usable in `Trainer(loggers=...)` and `trainer.loggers=[...]`; the trackers need the
 # `mlflow` / `wandb` extras and import them only when used.
-LOGGERS = {
-    "jsonl": lambda: JsonlLogger(),
-    "tensorboard": lambda: TensorBoardLogger(),
-    "mlflow": lambda: _tracker("MLflowLogger")(),
-    "wandb": lambda: _tracker("WandbLogger")(),
+LOGGERS: dict[str, Callable[[], Logger]] = {
+    "jsonl": JsonlLogger,
+    "tensorboard": TensorBoardLogger,
+    "mlflow": MLflowLogger,
+    "wandb": WandbLogger,
 }
 
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from paxtrain.errors import ConfigError
-from paxtrain.train.logger import Logger
+from paxtrain.train.sink import Logger
 
 TRACKERS_FILE = "trackers.json"
 MLFLOW_RUN_MISSING_MSG = (
