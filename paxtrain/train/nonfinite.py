@@ -253,7 +253,10 @@ POLICY_WITHOUT_GUARD_MSG = (
     "on_nonfinite={action!r} in the hooks (`default_hooks`) needs the same in the step: pass "
     "`step=StepSettings(on_nonfinite={action!r})` to the Trainer."
 )
-LR_FACTOR_MSG = "rollback_lr_factor must be in (0, 1], e.g. 0.5; got {value}"
+LR_FACTOR_MSG = (
+    "rollback_lr_factor is {value}; the factor a rollback scales the learning rate by, "
+    "rollback_lr_factor must be in (0, 1], e.g. rollback_lr_factor=0.5."
+)
 
 # The exit code of `paxtrain fit` stopped by on_nonfinite="stop": neither success (0) nor a
 # config error (2), so a launcher can tell a diverged run from both.
