@@ -3,7 +3,7 @@ restoring owned by the trainer, one rule for `monitor`, constructors that check 
 
 import optax
 import pytest
-from test_trainer import Recorder, Regression, RegressionData, read_jsonl
+from test_train_trainer import Recorder, Regression, RegressionData, read_jsonl
 
 import paxtrain as pax
 from paxtrain.checkpoint.store import CheckpointManager

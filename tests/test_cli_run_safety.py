@@ -11,7 +11,7 @@ import pytest
 import yaml
 from cli_support import CHAR_RNN
 from conftest import PoisonedData, Regression, RegressionData, read_jsonl
-from test_checkpoint import make_state
+from test_checkpoint_store import make_state
 
 import paxtrain as pax
 from paxtrain.checkpoint.store import CheckpointManager

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_resume_matrix import Blobs, Net
+from test_train_resume_matrix import Blobs, Net
 
 import paxtrain as pax
 from paxtrain.config.optimizer import inject_learning_rate

@@ -22,7 +22,7 @@ import optax
 import pytest
 from cli_support import CHAR_RNN, TINY_CHAR_RNN
 from conftest import read_jsonl
-from test_run_safety import Counter, trainer_for
+from test_cli_run_safety import Counter, trainer_for
 
 import paxtrain as pax
 import paxtrain.nn as nn

@@ -204,7 +204,7 @@ def test_eval_command_reports_checkpoint_metrics(workdir):
     assert reported == pytest.approx(final_eval, rel=1e-5)
 
 
-# Three `paxtrain` runs end to end; `test_finetune.py` checks the loading and freezing in-process.
+# Three `paxtrain` runs end to end; `test_checkpoint_finetune.py` checks the loading and freezing in-process.
 @pytest.mark.slow
 def test_fine_tune_from_a_run_with_a_frozen_embedding(workdir):
     source = workdir / "A"
