@@ -54,7 +54,10 @@ def _add_target_parameter(override: str, base: DictConfig) -> str:
         return override
     # A bad target is reported by validation, with the right message.
     with contextlib.suppress(ConfigError, TypeError, ValueError):
-        if leaf in inspect.signature(locate(str(section._target_), parent)).parameters:
+        parameters = inspect.signature(locate(str(section._target_), parent)).parameters
+        # A target with **kwargs (a subclass passing them on) takes any key; it checks them.
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        if leaf in parameters or takes_any:
             return f"++{override}"
     return override
 

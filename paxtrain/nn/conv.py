@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import paxtrain as pax
-from paxtrain.nn.initializers import Initializer, fan_in_normal, split_rng_key, zeros
+from paxtrain.nn.initializers import Initializer, compiled, fan_in_normal, split_rng_key, zeros
 from paxtrain.nn.normalization import along_axis
 from paxtrain.nn.sequential import Chainable
 
@@ -52,8 +52,8 @@ channels; got shape {shape}. Add a batch axis with `x[None]` for a single exampl
 
 # `fan_in_normal` for an "HWOI" kernel: the fan-in is the receptive field times the last axis,
 # PAX's `prod(kernel_shape) * in_features`.
-_fan_in_normal_oi: Initializer = jax.nn.initializers.variance_scaling(
-    1.0, "fan_in", "normal", in_axis=-1, out_axis=-2
+_fan_in_normal_oi: Initializer = compiled(
+    jax.nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=-1, out_axis=-2)
 )
 
 

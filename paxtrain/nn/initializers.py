@@ -8,6 +8,7 @@ make two identically configured layers differ in their pytree structure.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -22,23 +23,36 @@ ones: Initializer = jax.nn.initializers.ones
 # PAX v0.4.3's default for weights: a plain (untruncated) normal of variance 1/fan_in, which
 # keeps the scale of activations roughly constant with depth. The fan-in of a conv kernel
 # [*k, in, out] counts the receptive field too. A PAX model trains from the same distribution.
-fan_in_normal: Initializer = jax.nn.initializers.variance_scaling(1.0, "fan_in", "normal")
 
 
+def compiled(init: Initializer) -> Initializer:
+    """`init` compiled on its own, so that a model built eagerly and one built under `jax.jit`
+    (the sharded build of `paxtrain fit`) draw the same bits: inlined into a larger program,
+    XLA folds a normal sampler's scaling differently and rounds differently.
+
+    Example:
+        >>> init = compiled(jax.nn.initializers.normal(0.5))
+        >>> init(jax.random.PRNGKey(0), (2, 3), jnp.float32).shape
+        (2, 3)
+    """
+    return jax.jit(init, static_argnums=(1, 2), static_argnames=("shape", "dtype"))
+
+
+fan_in_normal: Initializer = compiled(jax.nn.initializers.variance_scaling(1.0, "fan_in", "normal"))
+
+
+@functools.lru_cache  # one compiled sampler per stddev, so that building a layer again is free
 def normal(stddev: float = 1.0) -> Initializer:
     """Samples a plain normal with `stddev` (PAX's `Embed` default is `normal(0.01)`).
 
-    Compiled on its own, so that a model built eagerly and one built under `jax.jit` (the
-    sharded build of `paxtrain fit`) get the same bits: inlined into a larger program, XLA
-    folds the `* stddev` into the sampler and rounds differently.
+    Compiled on its own (see `compiled`).
 
     Example:
         >>> init = normal(0.01)
         >>> init(jax.random.PRNGKey(0), (2, 3), jnp.float32).shape
         (2, 3)
     """
-    sample = jax.nn.initializers.normal(stddev)
-    return jax.jit(sample, static_argnums=(1, 2), static_argnames=("shape", "dtype"))
+    return compiled(jax.nn.initializers.normal(stddev))
 
 
 def truncated_normal(stddev: float = 1.0) -> Initializer:

@@ -35,7 +35,7 @@ def default_hooks(
     `hooks` besides. Pass the result as `Trainer(hooks=...)`.
 
     Args:
-      log_every: steps between logged training metrics (and non-finite checks).
+      log_every: steps between logged training metrics.
       eval_every: steps between evaluations (None: only at the end).
       on_nonfinite: what a step with a NaN/Inf loss or gradient does: "skip" it (counted in
         `train/skipped_steps`; after 50 skipped in a row training stops, stuck), "stop"
