@@ -21,7 +21,7 @@ from paxtrain.train import (
     skip_nonfinite,
 )
 from paxtrain.train.nonfinite import skipped_steps
-from paxtrain.train.options import ema_parameters
+from paxtrain.train.options import ema_model, ema_parameters
 from paxtrain.train.precision import loss_scale
 from paxtrain.utils import build_update_fn
 
@@ -345,10 +345,10 @@ def test_ema_follows_the_formula():
         state, _ = step(state, regression_batch())
         params = pax.select_parameters(state.model)
         expected = jax.tree_util.tree_map(lambda e, p: 0.9 * e + 0.1 * p, expected, params)
-    assert_trees_close(pax.select_parameters(state.ema_model), expected)
-    assert not np.allclose(state.ema_model.fc.weight, state.model.fc.weight)
+    assert_trees_close(pax.select_parameters(ema_model(state)), expected)
+    assert not np.allclose(ema_model(state).fc.weight, state.model.fc.weight)
     with pytest.raises(KeyError, match="keeps no EMA"):
-        _ = fresh_state().ema_model
+        _ = ema_model(fresh_state())
 
 
 def test_learning_rate_of_a_schedule_is_reported():
@@ -490,7 +490,7 @@ def test_eval_step_can_use_the_ema():
         return {"weight": model.fc.weight}
 
     np.testing.assert_array_equal(
-        make_eval_step(eval_fn, use_ema=True)(state, None)["weight"], state.ema_model.fc.weight
+        make_eval_step(eval_fn, use_ema=True)(state, None)["weight"], ema_model(state).fc.weight
     )
 
 

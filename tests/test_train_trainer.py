@@ -9,6 +9,7 @@ import paxtrain as pax
 import paxtrain.nn as nn
 from paxtrain.train import EarlyStopping, Hook, StepSettings, Trainer, default_hooks
 from paxtrain.train.nonfinite import data_position, update_scale
+from paxtrain.train.options import ema_model
 
 
 class Recorder(Hook):
@@ -134,7 +135,7 @@ def test_an_ema_is_evaluated_beside_the_model(tmp_path):
         if ema_decay is None:
             assert not any(k.startswith("ema_") for k in final)
             continue
-        ema = state.ema_model.fc
+        ema = ema_model(state).fc
         assert not np.allclose(ema.weight, fc.weight)  # a different model, evaluated as such
         np.testing.assert_allclose(final["ema_loss"], mse(ema.weight, ema.bias), rtol=1e-5)
         assert set(final) == {"loss", "abs_err", "ema_loss", "ema_abs_err"}

@@ -88,12 +88,15 @@ class EmaState(NamedTuple):
 
 
 EMA = "ema"
+NO_EMA_MSG = """\
+This state keeps no EMA of the parameters: build the step with `make_train_step(..., ema_decay=0.999)`
+and call it at least once."""
 
 
 def ema_of_parameters(decay: float) -> StepOption:
     """Keeps `ema = decay * ema + (1 - decay) * params` after every step (an `EmaState`).
 
-    The EMA starts at the parameters of the first step's input state. `state.ema_model` is the
+    The EMA starts at the parameters of the first step's input state. `ema_model(state)` is the
     model with the EMA parameters; `make_eval_step(eval_fn, use_ema=True)` evaluates it.
 
     Args:
@@ -101,7 +104,7 @@ def ema_of_parameters(decay: float) -> StepOption:
 
     Example:
         >>> step = make_train_step(loss_fn, ema_decay=0.999)  # doctest: +SKIP
-        >>> ema_model = state.ema_model                          # doctest: +SKIP
+        >>> model = ema_model(state)                              # doctest: +SKIP
     """
     if not 0 <= decay < 1:  # 1 never moves; above it, or below 0, the average diverges
         raise ValueError(EMA_DECAY_MSG.format(decay=decay))
@@ -133,3 +136,18 @@ def ema_parameters(state: TrainState) -> Any:
         True
     """
     return state.extras[EMA].ema if EMA in state.extras else None
+
+
+def ema_model(state: TrainState) -> pax.Module:
+    """The model with its EMA parameters (requires the `ema_decay` step option).
+
+    Example:
+        >>> ema_model(TrainState.create(pax.nn.Linear(2, 1), optax.sgd(0.1)))
+        Traceback (most recent call last):
+        ...
+        KeyError: ...
+    """
+    params = ema_parameters(state)
+    if params is None:
+        raise KeyError(NO_EMA_MSG)
+    return pax.update_parameters(state.model, params)

@@ -3,7 +3,7 @@
 Each step option keeps its own state in `TrainState.extras`, an `OptionStates` mapping from the
 option's name to its state (a NamedTuple for the built-in ones: `RollbackState`...). Only the
 option's module reads it, and offers functions for everyone else (`nonfinite.data_position`,
-`precision.loss_scale`, `TrainState.ema_model`).
+`precision.loss_scale`, `options.ema_model`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,6 @@ import optax
 
 import paxtrain as pax
 from paxtrain.optim import Optimizer
-
-NO_EMA_MSG = """\
-This state keeps no EMA of the parameters: build the step with `make_train_step(..., ema_decay=0.999)`
-and call it at least once."""
 
 SHARED_PATH_MSG = """\
 Step options {first!r} and {second!r} both keep state at `extras.{path}`: a checkpoint path \
@@ -182,18 +178,3 @@ class TrainState(pax.Module):
             >>> state = state.with_extras(calls=jnp.array(0))  # doctest: +SKIP
         """
         return self.replace(extras=self.extras.set(**states))
-
-    @property
-    def ema_model(self) -> pax.Module:
-        """The model with its EMA parameters (requires the `ema_decay` step option).
-
-        Example:
-            >>> ema_model = state.ema_model  # doctest: +SKIP
-        """
-        # The EMA option's module imports this one.
-        from paxtrain.train.options import ema_parameters
-
-        params = ema_parameters(self)
-        if params is None:
-            raise KeyError(NO_EMA_MSG)
-        return pax.update_parameters(self.model, params)

@@ -47,6 +47,7 @@ from paxtrain.train.options import (
     StepOption,
     UpdateFn,
     apply_gradients,
+    ema_model,
     ema_of_parameters,
 )
 from paxtrain.train.precision import LOSS_SCALE, dynamic_loss_scale
@@ -242,7 +243,7 @@ def make_train_step(
       steps_per_call: steps per call; every batch leaf then has a leading axis of that size,
         and the metrics come back stacked along it.
       nonfinite_guard: skip (and count) steps whose loss or gradients are not finite.
-      ema_decay: keep an EMA of the parameters (`state.ema_model`).
+      ema_decay: keep an EMA of the parameters (`ema_model(state)`).
       loss_scale: "dynamic" (or a `dynamic_loss_scale(...)` option) for float16 compute.
       rollback: keep the state a rollback after non-finite steps adjusts (`rollback_support`).
       options: more `StepOption`s, applied outside the built-in ones, in order.
@@ -319,10 +320,10 @@ def make_eval_step(
     """
 
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
-        model = state.ema_model if use_ema else state.model
+        model = ema_model(state) if use_ema else state.model
         metrics = eval_fn(model.eval(), batch)
         if also_ema:
-            ema = eval_fn(state.ema_model.eval(), batch)
+            ema = eval_fn(ema_model(state).eval(), batch)
             metrics = {**metrics, **{f"ema_{k}": v for k, v in ema.items()}}
         return metrics
 
