@@ -84,6 +84,7 @@ def test_cfg_job_prints_the_resolved_config():
     assert yaml.safe_load(result.stdout)["trainer"]["max_steps"] == 900
 
 
+@pytest.mark.slow  # two fits end to end; tests/test_cli_sweep.py checks the sweep itself
 def test_multirun_makes_one_directory_per_value(tmp_path):
     result = paxtrain(
         "fit", CHAR_RNN, "-m", *TINY, "trainer.max_steps=3",

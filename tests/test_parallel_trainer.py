@@ -69,7 +69,8 @@ def one_device_fit(tmp_path_factory):
 # the default step by `test_parallel.py`'s strategies; through the CLI here in the slow one.
 @pytest.mark.parametrize(
     "layout",
-    [["mesh.data=8"], pytest.param(["parallel.strategy=pmap"], marks=pytest.mark.slow)],
+    [pytest.param(["mesh.data=8"], marks=pytest.mark.slow),
+     pytest.param(["parallel.strategy=pmap"], marks=pytest.mark.slow)],
     ids=["data8", "pmap"],
 )
 def test_fit_on_8_devices_matches_one_device(tmp_path, one_device_fit, layout):

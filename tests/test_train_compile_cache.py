@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 from cli_support import ROOT
 
 from paxtrain.config.composition import compose
@@ -81,6 +82,7 @@ print(events["cache_misses"], events["cache_hits"])
 """
 
 
+@pytest.mark.slow  # a fresh process per config; the cache itself is checked above
 def test_a_configs_start_up_compiles_through_the_cache(tmp_path):
     def misses_and_hits():
         result = subprocess.run(

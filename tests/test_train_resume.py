@@ -122,6 +122,7 @@ def last_losses_by_step(run_dir):
     return losses
 
 
+@pytest.mark.slow  # two CLI processes; the matrix checks bitwise resumes in-process
 def test_sigkill_after_a_checkpoint_then_resume_is_bitwise_exact(workdir):
     a, b = workdir / "A", workdir / "B"
     assert fit(workdir, a, "trainer.max_steps=8").returncode == 0
@@ -170,6 +171,7 @@ def test_sigterm_during_compile_finishes_the_first_step_and_saves(workdir):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["1"]
 
 
+@pytest.mark.slow  # a CLI process; SIGTERM during training stays in the default step
 def test_sigterm_during_eval_stops_the_eval_and_saves(workdir):
     run = workdir / "eval"
     result = fit(
