@@ -76,6 +76,14 @@ def write_token_files(root):
     for name, sidecar in sidecars.items():
         np.full(1000, 120, np.uint16).tofile(root / f"{name}.bin")
         (root / f"{name}.bin.json").write_text(sidecar)
+    # A token file of one BPE tokenizer, and another tokenizer to read it with.
+    from paxtrain.data.bpe import train_bpe
+
+    for name in ("tok_a", "tok_b"):
+        text = root / f"{name}.txt"
+        text.write_text((ROOT / "README.md").read_text(encoding="utf-8")[: 20000 if name == "tok_a" else 9000])
+        train_bpe([text], 300, root / f"{name}.json")
+    tokenize_files([root / "tok_a.txt"], root / "bpe.bin", tokenizer=root / "tok_a.json")
 
 
 def write_image_files(root):
@@ -216,6 +224,13 @@ ROWS = [
     (".npy images of another shape", npy(x="x_rgb"), ["the images have shape [32, 8, 8, 3]", "`data.info.image_shape=[8,8,3]`"]),
     ("negative data.workers", npy("data.workers=-1"), ["workers=-1", "data.workers=2"]),
     ("MNIST images with NaN", ["fit", IMAGES, "data.source=mnist", "data.path={files}/mnist_nan", "data.batch_size=8"], ["train split of the MNIST files", "mnist_nan", "1 images hold NaN or Inf values"]),
+    ("tokenizer with too few ids", ["data", "tokenizer", "train", "{files}/medium.txt", "--vocab-size", "100", "--out", "tok.json"], ["--vocab-size is 100", "at least 258", "--vocab-size 4096"]),
+    ("tokenizer over an existing file", ["data", "tokenizer", "train", "{files}/medium.txt", "--vocab-size", "300", "--out", "{files}/existing.bin"], ["existing.bin exists", "--force"]),
+    ("tokenizer over its input", ["data", "tokenizer", "train", "{files}/medium.txt", "--vocab-size", "300", "--out", "{files}/medium.txt", "--force"], ["medium.txt is also an input"]),
+    ("tokenize with a corrupt tokenizer.json", tokenize("{files}/medium.txt", "out.bin", "--tokenizer", "{files}/bad.yaml"), ["bad.yaml is not a readable tokenizer.json", "paxtrain data tokenizer train"]),
+    ("tokenize with a missing tokenizer.json", tokenize("{files}/medium.txt", "out.bin", "--tokenizer", "{files}/nope.json"), ["nope.json is not a readable tokenizer.json", "No such file"]),
+    ("token file read with another tokenizer", tokens("bpe.bin", "data.tokenizer={files}/tok_b.json"), ["bpe.bin was written with the tokenizer", "tok_a.json", "tok_b.json", "tokenize the text again"]),
+    ("bytes token file read with a tokenizer", tokens("big.bin", "data.tokenizer={files}/tok_a.json"), ["big.bin holds bytes ids", "records no tokenizer", "--tokenizer"]),
     ("MNIST negative labels", ["fit", IMAGES, "data.source=mnist", "data.path={files}/mnist_negative", "data.batch_size=8"], ["train split of the MNIST files", "label -1 at example 3"]),
 ]  # fmt: skip
 
