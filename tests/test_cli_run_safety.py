@@ -23,20 +23,25 @@ from paxtrain.config.composition import compose
 from paxtrain.errors import ConfigError
 from paxtrain.train import EarlyStopping, Hook, StepSettings, Trainer, default_hooks
 from paxtrain.train.checkpointing import Checkpointing
+from paxtrain.train.settings import Layout
 
 HOOK_OPTIONS = set(inspect.signature(default_hooks).parameters)
 STEP_OPTIONS = {field.name for field in dataclasses.fields(StepSettings)}
+LAYOUT_OPTIONS = {field.name for field in dataclasses.fields(Layout)}
 
 
 def trainer_for(run_dir, max_steps, **options):
-    """A trainer with `options` of `default_hooks`, `StepSettings` or `Trainer`."""
+    """A trainer with `options` of `default_hooks`, `StepSettings`, `Layout` or `Trainer`."""
     options = {"log_every": 2, "eval_every": 5, "progress": "off", "plot": False, **options}
     step = StepSettings(**{k: v for k, v in options.items() if k in STEP_OPTIONS})
     hooks = default_hooks(**{k: v for k, v in options.items() if k in HOOK_OPTIONS})
-    rest = {k: v for k, v in options.items() if k not in HOOK_OPTIONS | STEP_OPTIONS}
+    layout = Layout(**{k: v for k, v in options.items() if k in LAYOUT_OPTIONS})
+    taken = HOOK_OPTIONS | STEP_OPTIONS | LAYOUT_OPTIONS
+    rest = {k: v for k, v in options.items() if k not in taken}
     return Trainer(
-        max_steps=max_steps, run_dir=run_dir, hooks=hooks, step=step, loggers=["jsonl"], **rest
-    )
+        max_steps=max_steps, run_dir=run_dir, hooks=hooks, step=step, layout=layout,
+        loggers=["jsonl"], **rest,
+    )  # fmt: skip
 
 
 def test_each_checkpoint_records_the_eval_of_its_own_step(tmp_path):
