@@ -40,6 +40,7 @@ def files(tmp_path_factory):
     write_text_inputs(root)
     write_token_files(root)
     write_image_files(root)
+    write_table_inputs(root)
     return root
 
 
@@ -48,6 +49,13 @@ def write_text_inputs(root):
     (root / "unicode.txt").write_text("Grüße aus Köln, naïve café\n" * 40, encoding="utf-8")
     (root / "latin1.txt").write_bytes(b"x = 1\n" * 500 + "café\n".encode("latin-1"))
     np.arange(10, dtype=np.uint16).tofile(root / "existing.bin")
+
+
+def write_table_inputs(root):
+    """JSONL tables for `paxtrain data tokenize`: a good one, a number as text, a broken line."""
+    (root / "docs.jsonl").write_text('{"text": "def f(): pass", "id": 1}\n')
+    (root / "numbers.jsonl").write_text('{"text": "x = 1"}\n{"text": 7}\n')
+    (root / "broken.jsonl").write_text('{"text": "x = 1"}\n{"text": y}\n')
 
 
 def write_token_files(root):
@@ -232,6 +240,11 @@ ROWS = [
     ("token file read with another tokenizer", tokens("bpe.bin", "data.tokenizer={files}/tok_b.json"), ["bpe.bin was written with the tokenizer", "tok_a.json", "tok_b.json", "tokenize the text again"]),
     ("bytes token file read with a tokenizer", tokens("big.bin", "data.tokenizer={files}/tok_a.json"), ["big.bin holds bytes ids", "records no tokenizer", "--tokenizer"]),
     ("MNIST negative labels", ["fit", IMAGES, "data.source=mnist", "data.path={files}/mnist_negative", "data.batch_size=8"], ["train split of the MNIST files", "label -1 at example 3"]),
+    # --- lm ---
+    ("tokenize a JSONL column that is not there", tokenize("{files}/docs.jsonl", "out.bin", "--column", "body"), ["docs.jsonl:1 has no column 'body'", "['id', 'text']", "--column NAME"]),
+    ("tokenize a JSONL column holding a number", tokenize("{files}/numbers.jsonl", "out.bin"), ["numbers.jsonl:2: column 'text' holds 7 (int), not text", "--column NAME"]),
+    ("tokenize a malformed JSONL line", tokenize("{files}/broken.jsonl", "out.bin"), ["broken.jsonl:2 is not a JSON object (Expecting value at column 10)", "one JSON object per line"]),
+    ("tokenize text files with --column", tokenize("{files}/short.txt", "out.bin", "--column", "body"), ["--column 'body'", "short.txt", "drop `--column`"]),
 ]  # fmt: skip
 
 

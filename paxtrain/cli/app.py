@@ -169,13 +169,18 @@ def _add_data_commands(commands: Any) -> None:
     data = commands.add_parser("data", help="prepare data files")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     tokenize = data_commands.add_parser("tokenize", help="text files -> a token file (TokenFile)")
-    tokenize.add_argument("inputs", nargs="+", metavar="INPUT", help="UTF-8 text files")
+    tokenize.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="UTF-8 text files, .jsonl or .parquet tables"
+    )
     tokenize.add_argument("out", metavar="OUT", help="the token file to write, e.g. train.bin")
     tokenize.add_argument("--vocab", choices=["bytes", "chars"], default="bytes")
     tokenize.add_argument(
         "--tokenizer",
         metavar="TOKENIZER_JSON",
         help="encode with this tokenizer.json instead of --vocab; an <|eos|> ends each input",
+    )
+    tokenize.add_argument(
+        "--column", help="the text column of .jsonl/.parquet inputs, one document a row (text)"
     )
     tokenize.add_argument(
         "--force", action="store_true", help="replace OUT if it exists (an input: never)"

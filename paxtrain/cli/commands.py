@@ -61,7 +61,7 @@ NO_VOCABULARY_MSG = (
 )
 NO_DECODER_MSG = (
     "{model} cannot be sampled with a cache: `paxtrain sample` needs a model with "
-    "`decoder(batch_size, max_len)` (the recipes llama_lm and char_rnn have one)."
+    "`decoder(batch_size, max_len)` (the recipes llama_lm, transformer_lm and char_rnn have one)."
 )
 PROMPT_TOO_LONG_MSG = (
     "The prompt is {length} tokens, longer than the {seq_len} the model was trained on "
@@ -162,7 +162,7 @@ def sample_run(run_dir: str | pathlib.Path, prompt: str, options: dict[str, Any]
     key = jax.random.PRNGKey(options.get("seed", 0))
     try:
         new = sample(model, ids, options.get("max_new_tokens", 200), key, temperature, top_k, top_p)
-    except ValueError as error:  # an empty prompt
+    except ValueError as error:  # an empty prompt; more positions than learned ones
         raise ConfigError(str(error)) from None
     return vocab.decode(new)
 
@@ -256,8 +256,9 @@ def _data(args: argparse.Namespace) -> int:
     from paxtrain.data.tokenize import describe_unknown, tokenize_files
 
     meta = tokenize_files(
-        args.inputs, args.out, args.vocab, args.force, args.max_unknown, args.tokenizer
-    )
+        args.inputs, args.out, args.vocab, args.force, args.max_unknown, args.tokenizer,
+        args.column,
+    )  # fmt: skip
     print(f"paxtrain: wrote {meta['num_tokens']} tokens ({meta['vocab']}) to {args.out}")
     if unknown := describe_unknown(meta):
         print(f"paxtrain: {unknown}")

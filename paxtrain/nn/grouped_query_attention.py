@@ -118,10 +118,7 @@ class GroupedQueryAttention(Chainable, pax.Module):
         mask = None
         if self.cache is not None:
             k, v, _ = self.cache.extend(k, v)
-            # Query i sits at position start + i: it sees the filled positions up to its own.
-            keys = jnp.arange(self.cache.max_len)[None, :]
-            last = (start + jnp.arange(time))[:, None] if self.causal else start + time - 1
-            mask = jnp.broadcast_to(keys <= last, (time, self.cache.max_len))
+            mask = self.cache.visible(start, time, self.causal)
         out = jax.nn.dot_product_attention(
             q,
             k,

@@ -1,9 +1,10 @@
 """Sampling text from a language model with a cache: a prompt, then one token per step.
 
 A model that can decode incrementally has `decoder(batch_size, max_len)`, a copy whose calls
-continue one another (`LlamaLM`: a KV cache per attention; `CharRNN`: the recurrent carry). The
-whole loop is one jitted `lax.scan` that threads the decoder through `pax.purecall`: the prompt
-is read once, then each new token costs one position, not the whole sequence so far.
+continue one another (`LlamaLM`, `TransformerLM`: a KV cache per attention; `CharRNN`: the
+recurrent carry). The whole loop is one jitted `lax.scan` that threads the decoder through
+`pax.purecall`: the prompt is read once, then each new token costs one position, not the whole
+sequence so far.
 
     >>> import jax, jax.numpy as jnp
     >>> from paxtrain.recipes.llama_lm import LlamaLM
@@ -25,7 +26,7 @@ import paxtrain as pax
 
 NO_DECODER_MSG = (
     "{cls} cannot decode incrementally: it has no `decoder(batch_size, max_len)` method "
-    "(the recipes' LlamaLM and CharRNN have one)."
+    "(the recipes' LlamaLM, TransformerLM and CharRNN have one)."
 )
 EMPTY_PROMPT_MSG = "The prompt is empty: give at least one token to continue."
 TOO_LONG_MSG = (

@@ -4,7 +4,7 @@
 
 Trains on the Python standard library's source by default (or `data.path=any.txt`), reports
 bits per character on held-out text, and prints a sample at the end (`PrintSample` of the
-char_rnn recipe works for any model with the same `generate`).
+char_rnn recipe, decoding with the KV cache of `decoder`, as `paxtrain sample` does).
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ model_dim / num_heads dimensions. Change `model.model_dim` or `model.num_heads`.
 TOO_LONG_MSG = """\
 The input has {length} positions but the model has position embeddings for seq_len={seq_len}. \
 Feed at most seq_len tokens, or build the model with a larger `seq_len`."""
+
+DECODER_TOO_LONG_MSG = """\
+A decoder of {max_len} positions (prompt plus new tokens) is longer than the seq_len={seq_len} \
+position embeddings of the model: decode at most {seq_len} positions, e.g. fewer new tokens \
+(`--max-new-tokens`)."""
 
 
 class TransformerBlock(nn.Chainable, pax.Module):
@@ -158,7 +163,8 @@ class TransformerLM(pax.Module):
         length = ids.shape[-1]
         if length > self.seq_len:
             raise ValueError(TOO_LONG_MSG.format(length=length, seq_len=self.seq_len))
-        x = self.token_embed(ids) + self.position_embed(jnp.arange(length))
+        positions = self._decoded_length() + jnp.arange(length)
+        x = self.token_embed(ids) + self.position_embed(positions)
         x = self.embed_dropout(x)
         if isinstance(self.blocks, nn.ScanLayers) or self.remat == "none":
             x = self.blocks(x)
@@ -176,31 +182,36 @@ class TransformerLM(pax.Module):
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
         return loss, {"bits_per_char": loss / math.log(2)}
 
-    def generate(
-        self, prompt: jax.Array, num_chars: int, key: jax.Array, temperature: float = 0.8
-    ) -> jax.Array:
-        """Samples `num_chars` ids after the 1-d `prompt` ids (at least one).
-
-        Each new id is drawn from the logits of a `seq_len` window ending at the last id. The
-        window is a static slice of a buffer whose unfilled tail holds zeros; causality makes
-        those later positions invisible to the logits that are read.
+    def decoder(self, batch_size: int, max_len: int) -> TransformerLM:
+        """A copy for decoding (`paxtrain.recipes.sampling`): every attention keeps a KV cache
+        of `max_len` positions (at most `seq_len`: the positions are learned), so each call
+        continues the sequence of the calls before it.
 
         Example:
             >>> model = TransformerLM(vocab_size=98, seq_len=16, num_heads=2, model_dim=16)
-            >>> model.generate(jnp.array([1, 2]), 6, jax.random.PRNGKey(0)).shape
-            (6,)
+            >>> decoder = model.decoder(batch_size=1, max_len=8)
+            >>> decoder, logits = pax.purecall(decoder, jnp.array([[5, 6, 7]]))
+            >>> decoder, logits = pax.purecall(decoder, jnp.array([[8]]))  # position 3
+            >>> logits.shape
+            (1, 1, 98)
         """
-        start, total = prompt.shape[0], prompt.shape[0] + num_chars
-        buffer = jnp.zeros(max(total, self.seq_len), jnp.int32).at[:start].set(prompt)
+        # Past seq_len the position lookup would clamp its index: wrong logits, no error.
+        if max_len > self.seq_len:
+            raise ValueError(DECODER_TOO_LONG_MSG.format(max_len=max_len, seq_len=self.seq_len))
 
-        def sample(buffer, inputs):
-            position, key = inputs  # the position to fill
-            first = jnp.maximum(position - self.seq_len, 0)
-            window = jax.lax.dynamic_slice(buffer, (first,), (self.seq_len,))
-            logits = self(window[None])[0, position - 1 - first]
-            token = jax.random.categorical(key, logits / temperature)
-            return buffer.at[position].set(token), None
+        def cached(block: TransformerBlock) -> TransformerBlock:
+            return block.replace(attention=block.attention.with_cache(batch_size, max_len))
 
-        positions = jnp.arange(start, total)
-        buffer, _ = jax.lax.scan(sample, buffer, (positions, jax.random.split(key, num_chars)))
-        return buffer[start:total]
+        if isinstance(self.blocks, nn.ScanLayers):
+            blocks = nn.ScanLayers([cached(b) for b in self.blocks.unstack()])
+        else:
+            blocks = self.blocks.replace(layers=tuple(cached(b) for b in self.blocks.layers))
+        return self.replace(blocks=blocks, remat="none")  # nothing to keep for a backward pass
+
+    def _decoded_length(self) -> jax.Array | int:
+        """The position of the next id: 0, or in a decoder the positions its caches hold."""
+        if isinstance(self.blocks, nn.ScanLayers):  # arrays stacked over depth, equal
+            cache = self.blocks.block.attention.cache
+            return 0 if cache is None else cache.length[0]
+        cache = self.blocks.layers[0].attention.cache if self.blocks.layers else None
+        return 0 if cache is None else cache.length
