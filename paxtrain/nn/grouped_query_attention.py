@@ -85,7 +85,9 @@ class GroupedQueryAttention(Chainable, pax.Module):
         self.value_proj = projection(model_dim, num_kv_heads * head_dim, v_key)
         self.output_proj = projection(num_heads * head_dim, model_dim, o_key)
 
-        self.cache: KVCache | None = None  # `with_cache`: decoding, one call after another
+    # `with_cache`: decoding, one call after another. A class attribute, not an instance one: a
+    # layer without a cache shows none in its repr.
+    cache: KVCache | None = None
 
     def with_cache(self, batch_size: int, max_len: int) -> GroupedQueryAttention:
         """A copy that keeps the keys and values of what it has seen (a `KVCache` of `max_len`
