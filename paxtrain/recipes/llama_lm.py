@@ -18,6 +18,7 @@ import optax
 
 import paxtrain as pax
 import paxtrain.nn as nn
+from paxtrain.recipes.sampling import with_attention_caches
 
 # Hugging Face Llama's `initializer_range`: every projection and the embedding N(0, 0.02).
 INIT_STDDEV = 0.02
@@ -165,14 +166,7 @@ class LlamaLM(pax.Module):
             >>> logits.shape
             (1, 1, 98)
         """
-
-        def cached(block: LlamaBlock) -> LlamaBlock:
-            return block.replace(attention=block.attention.with_cache(batch_size, max_len))
-
-        if isinstance(self.blocks, nn.ScanLayers):
-            blocks = nn.ScanLayers([cached(b) for b in self.blocks.unstack()])
-        else:
-            blocks = self.blocks.replace(layers=tuple(cached(b) for b in self.blocks.layers))
+        blocks = with_attention_caches(self.blocks, batch_size, max_len)
         return self.replace(blocks=blocks, remat="none")  # nothing to keep for a backward pass
 
     def loss(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:

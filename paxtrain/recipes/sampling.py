@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 import paxtrain as pax
+import paxtrain.nn as nn
 
 NO_DECODER_MSG = (
     "{cls} cannot decode incrementally: it has no `decoder(batch_size, max_len)` method "
@@ -37,6 +38,27 @@ TOO_LONG_MSG = (
 TOP_K_MSG = "top_k is {top_k}; it must be at least 1 (or None: every token)."
 TOP_P_MSG = "top_p is {top_p}; it must be in (0, 1] (1: every token)."
 TEMPERATURE_MSG = "temperature is {temperature}; it must be at least 0 (0: always the likeliest)."
+
+
+def with_attention_caches(
+    blocks: nn.Sequential | nn.ScanLayers, batch_size: int, max_len: int
+) -> nn.Sequential | nn.ScanLayers:
+    """`blocks` whose every `attention` keeps a KV cache of `max_len` positions (its
+    `with_cache`): the layers of a model's `decoder`, stacked or not as they were.
+
+    Example:
+        >>> from paxtrain.recipes.llama_lm import LlamaBlock
+        >>> blocks = nn.ScanLayers([LlamaBlock(8, 2, 1, 16) for _ in range(3)])
+        >>> with_attention_caches(blocks, 1, 4).block.attention.cache.keys.shape
+        (3, 1, 4, 1, 4)
+    """
+
+    def cached(block: pax.Module) -> pax.Module:
+        return block.replace(attention=block.attention.with_cache(batch_size, max_len))
+
+    if isinstance(blocks, nn.ScanLayers):
+        return nn.ScanLayers([cached(b) for b in blocks.unstack()])
+    return blocks.replace(layers=tuple(cached(b) for b in blocks.layers))
 
 
 def filter_logits(logits: jax.Array, top_k: int | None = None, top_p: float = 1.0) -> jax.Array:

@@ -17,6 +17,7 @@ import optax
 
 import paxtrain as pax
 import paxtrain.nn as nn
+from paxtrain.recipes.sampling import with_attention_caches
 
 # GPT-2's initialization: embeddings and weights N(0, 0.02), and the projections that write into
 # the residual stream scaled down by sqrt(2 * num_layers) so that its variance stays constant
@@ -198,14 +199,7 @@ class TransformerLM(pax.Module):
         # Past seq_len the position lookup would clamp its index: wrong logits, no error.
         if max_len > self.seq_len:
             raise ValueError(DECODER_TOO_LONG_MSG.format(max_len=max_len, seq_len=self.seq_len))
-
-        def cached(block: TransformerBlock) -> TransformerBlock:
-            return block.replace(attention=block.attention.with_cache(batch_size, max_len))
-
-        if isinstance(self.blocks, nn.ScanLayers):
-            blocks = nn.ScanLayers([cached(b) for b in self.blocks.unstack()])
-        else:
-            blocks = self.blocks.replace(layers=tuple(cached(b) for b in self.blocks.layers))
+        blocks = with_attention_caches(self.blocks, batch_size, max_len)
         return self.replace(blocks=blocks, remat="none")  # nothing to keep for a backward pass
 
     def _decoded_length(self) -> jax.Array | int:
