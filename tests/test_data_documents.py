@@ -144,6 +144,23 @@ def test_a_file_that_is_not_parquet_is_one_message(tmp_path):
         list(read_documents(path))
 
 
+def test_a_parquet_file_damaged_inside_is_one_line_naming_the_row(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "docs.parquet"
+    rows = [f"document {i}" for i in range(5000)]
+    pq.write_table(pa.table({"text": rows}), path, row_group_size=1000, compression="none")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3 : len(data) // 2] = b"\xab" * (len(data) // 2 - len(data) // 3)
+    path.write_bytes(bytes(data))  # the footer (at the end) is intact: the file opens
+    with pytest.raises(
+        DataError, match=r"docs.parquet is not a readable Parquet file \(row \d+: "
+    ) as error:
+        list(read_documents(path))
+    assert "\n" not in str(error.value)
+
+
 def test_parquet_without_pyarrow_names_the_extra(tmp_path, capsys, monkeypatch):
     path = tmp_path / "docs.parquet"
     path.write_bytes(b"PAR1")

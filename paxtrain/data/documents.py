@@ -115,7 +115,8 @@ def _parquet_documents(path: pathlib.Path, column: str) -> Iterator[str]:
     try:
         table = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as error:
-        raise DataError(NOT_PARQUET_MSG.format(path=path, reason=error)) from None
+        reason = str(error).strip().splitlines()[0]
+        raise DataError(NOT_PARQUET_MSG.format(path=path, reason=reason)) from None
     schema = table.schema_arrow
     if column not in schema.names:
         raise DataError(MISSING_COLUMN_MSG.format(where=path, column=column, columns=schema.names))
@@ -123,7 +124,11 @@ def _parquet_documents(path: pathlib.Path, column: str) -> Iterator[str]:
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         raise DataError(NOT_TEXT_MSG.format(where=path, column=column, kind=f"{kind} values"))
     row = 0
-    for batch in table.iter_batches(batch_size=BATCH_ROWS, columns=[column]):
-        for value in batch.column(0).to_pylist():
-            yield _text(value, f"{path}, row {row}", column)
-            row += 1
+    try:
+        for batch in table.iter_batches(batch_size=BATCH_ROWS, columns=[column]):
+            for value in batch.column(0).to_pylist():
+                yield _text(value, f"{path}, row {row}", column)
+                row += 1
+    except (pa.ArrowException, OSError) as error:  # a row group damaged after a sound footer
+        reason = f"row {row}: {str(error).strip().splitlines()[0]}"
+        raise DataError(NOT_PARQUET_MSG.format(path=path, reason=reason)) from None
