@@ -81,6 +81,10 @@ def test_a_transformer_lm_run_samples_with_its_cache_within_its_positions(gpt_ru
     code, _, err = sample(capsys, gpt_run, "--prompt", "def f", "--max-new-tokens", 12)
     assert code == 2 and "Traceback" not in err, err
     assert "A decoder of 17 positions" in err and "seq_len=16" in err and "--max-new-tokens" in err
+    # Without --max-new-tokens: as many as the 16 learned positions hold after the prompt.
+    assert sample(capsys, gpt_run, "--prompt", "def f")[1] == text
+    code, full, _ = sample(capsys, gpt_run, "--prompt", "x" * 16)
+    assert code == 0 and full == "x" * 16 + "\n"
 
 
 def test_a_model_without_a_cache_is_named(gpt_run, capsys, monkeypatch):

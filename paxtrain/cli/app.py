@@ -155,7 +155,9 @@ def _add_run_commands(commands: Any) -> None:
     sample.add_argument("overrides", nargs="*", help="overrides, e.g. mesh.data=1")
     sample.set_defaults(accepts_overrides=True)
     sample.add_argument("--prompt", required=True, help="the text to continue")
-    sample.add_argument("--max-new-tokens", type=int, default=200, help="tokens to add")
+    sample.add_argument(
+        "--max-new-tokens", type=int, help="tokens to add (200, or what learned positions hold)"
+    )
     sample.add_argument("--temperature", type=float, default=0.8, help="0: the likeliest")
     sample.add_argument("--top-k", type=int, help="sample among the k likeliest tokens")
     sample.add_argument("--top-p", type=float, default=1.0, help="nucleus: probability mass")

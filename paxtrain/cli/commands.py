@@ -55,6 +55,7 @@ NO_MONITOR_MSG = (
 )
 
 
+DEFAULT_NEW_TOKENS = 200  # `paxtrain sample` without --max-new-tokens
 NO_VOCABULARY_MSG = (
     "{run_dir}'s data has no vocabulary to encode the prompt with (a token file of ids from "
     "elsewhere): train on text, or on a token file written with `--tokenizer`."
@@ -131,14 +132,15 @@ def sample_run(run_dir: str | pathlib.Path, prompt: str, options: dict[str, Any]
     Args:
       run_dir: a run directory.
       prompt: the text to continue, encoded with the run's vocabulary.
-      options: `max_new_tokens`, `temperature`, `top_k`, `top_p`, `seed`, and `step`,
+      options: `max_new_tokens` (None or absent: `DEFAULT_NEW_TOKENS`, fewer if the model's
+        learned positions hold fewer), `temperature`, `top_k`, `top_p`, `seed`, and `step`,
         `overrides`, `allow_targets` as for `restore_run`.
 
     Example:
         >>> sample_run("runs/llama", "def ", {"max_new_tokens": 50})  # doctest: +SKIP
         'self, x):\n        return ...'
     """
-    from paxtrain.recipes.sampling import check_sampling, sample
+    from paxtrain.recipes.sampling import check_sampling, room_for, sample
 
     temperature, top_k = options.get("temperature", 0.8), options.get("top_k")
     top_p = options.get("top_p", 1.0)
@@ -160,8 +162,11 @@ def sample_run(run_dir: str | pathlib.Path, prompt: str, options: dict[str, Any]
     if seq_len and len(ids) > seq_len:
         raise ConfigError(PROMPT_TOO_LONG_MSG.format(length=len(ids), seq_len=seq_len))
     key = jax.random.PRNGKey(options.get("seed", 0))
+    new_tokens = options.get("max_new_tokens")
+    if new_tokens is None:  # as many as asked for by default, or as a model's positions hold
+        new_tokens = room_for(model, len(ids), DEFAULT_NEW_TOKENS)
     try:
-        new = sample(model, ids, options.get("max_new_tokens", 200), key, temperature, top_k, top_p)
+        new = sample(model, ids, new_tokens, key, temperature, top_k, top_p)
     except ValueError as error:  # an empty prompt; more positions than learned ones
         raise ConfigError(str(error)) from None
     return vocab.decode(new)

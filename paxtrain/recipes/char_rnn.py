@@ -20,7 +20,7 @@ import optax
 
 import paxtrain as pax
 import paxtrain.nn as nn
-from paxtrain.recipes.sampling import sample
+from paxtrain.recipes.sampling import room_for, sample
 from paxtrain.train.hooks import Hook
 
 NO_DECODER_NOTE = (
@@ -140,14 +140,10 @@ class PrintSample(Hook):
             print(NO_DECODER_NOTE.format(model=type(model).__name__))
             return
         prompt, key = jnp.asarray(vocab.encode(self.prompt)), jax.random.PRNGKey(self.seed)
-        num_chars = self.num_chars
-        # Learned positions (transformer_lm) end at seq_len: the sample stops there.
-        seq_len = getattr(model, "seq_len", None)
-        if seq_len is not None and len(prompt) + num_chars > seq_len:
-            num_chars = max(seq_len - len(prompt), 0)
-            print(
-                SAMPLE_CUT_NOTE.format(num_chars=num_chars, seq_len=seq_len, asked=self.num_chars)
-            )
+        num_chars = room_for(model, len(prompt), self.num_chars)
+        if num_chars < self.num_chars:  # learned positions (transformer_lm) end at seq_len
+            cut = {"num_chars": num_chars, "seq_len": model.seq_len, "asked": self.num_chars}
+            print(SAMPLE_CUT_NOTE.format(**cut))
             if num_chars == 0:
                 return
         # Decoded with its cache, as `paxtrain sample` does.

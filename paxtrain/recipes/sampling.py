@@ -61,6 +61,20 @@ def with_attention_caches(
     return blocks.replace(layers=tuple(cached(b) for b in blocks.layers))
 
 
+def room_for(model: pax.Module, prompt_length: int, wanted: int) -> int:
+    """How many of `wanted` new tokens fit after a prompt of `prompt_length`: all of them, or,
+    for a model with learned positions (a `seq_len` attribute, as `TransformerLM`), as many as
+    its positions leave.
+
+    Example:
+        >>> from paxtrain.recipes.transformer_lm import TransformerLM
+        >>> room_for(TransformerLM(vocab_size=8, seq_len=16, num_heads=2, model_dim=8), 4, 100)
+        12
+    """
+    seq_len = getattr(model, "seq_len", None)
+    return wanted if seq_len is None else max(min(wanted, seq_len - prompt_length), 0)
+
+
 def filter_logits(logits: jax.Array, top_k: int | None = None, top_p: float = 1.0) -> jax.Array:
     """`logits` [..., vocab] with the tokens outside the `top_k` likeliest, and outside the
     smallest set whose probability reaches `top_p` (nucleus sampling, over what top-k left, as Hugging Face orders them), set to -inf.
