@@ -1,7 +1,7 @@
 """LoRA: low-rank adapters beside frozen `Linear` weights (Hu et al. 2021, as peft does it).
 
-`apply_lora` replaces the `Linear`s whose paths match a regex by `LoRALinear`s: the layer's
-weight and bias stay where they were (`layers.0.attn.q_proj.weight`, so `init_from` and the
+`apply_lora` freezes a model and replaces the `Linear`s whose paths match a regex by
+`LoRALinear`s: the layer's weight and bias stay where they were (`layers.0.attn.q_proj.weight`, so `init_from` and the
 tensor rules find them unchanged) as frozen parameters, and a trainable `LoRAAdapter` beside
 them (`layers.0.attn.q_proj.adapter.lora_a`, `.lora_b`) adds `dropout(x) @ A.T @ B.T * alpha/rank`.
 `B` starts at zero, so the adapted model computes exactly what the base did until it trains.
@@ -281,7 +281,8 @@ def apply_lora(
     key: jax.Array | None = None,
 ) -> M:
     """`model` with each `Linear` whose path matches a regex of `paths` made a `LoRALinear`
-    (`lora_linear`): base weights frozen, adapters trainable, outputs unchanged until B trains.
+    (`lora_linear`) and every other parameter frozen (as peft does): only the adapters train,
+    and the outputs are unchanged until B does.
 
     Args:
       model: any module; its `Linear`s are found at any depth, in `ScanLayers` stacks too.
@@ -324,7 +325,7 @@ def apply_lora(
         layer_key = jax.random.fold_in(key, selected.index(path))
         return lora_linear(sub, rank, alpha, dropout, rng_key=layer_key, path=path)
 
-    return _map_modules(model, visit)
+    return _map_modules(pax.freeze_parameters(model), visit)
 
 
 def merge_lora(model: M) -> M:
