@@ -38,14 +38,13 @@ Checkpoint step {step} in {directory} leaves out the frozen base array `{path}` 
 own config (`paxtrain resume RUN_DIR`), which loads the base again."""
 
 
-def frozen_paths(state: Any) -> list[str]:
-    """The paths (`paxtrain.core.tree`'s dialect) of the frozen parameters of `state`'s modules:
-    parameters that `pax.select_parameters` leaves out.
+def frozen_paths(state: pax.Module) -> list[str]:
+    """The paths (`paxtrain.core.tree`'s dialect) of the frozen parameters of a module (a
+    `TrainState`): the parameters that `pax.select_parameters` leaves out.
 
     Example:
-        >>> layer = nn.lora_linear(nn.Linear(4, 3), rank=2, alpha=2.0)
-        >>> frozen_paths({"model": layer})
-        ['model.bias', 'model.weight']
+        >>> frozen_paths(nn.lora_linear(nn.Linear(4, 3), rank=2, alpha=2.0))
+        ['bias', 'weight']
     """
 
     def paths(tree: Any) -> set[str]:

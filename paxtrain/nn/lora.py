@@ -41,9 +41,12 @@ from paxtrain.nn.sequential import Chainable
 M = TypeVar("M", bound=pax.Module)
 
 RANK_MSG = """\
-LoRA rank={rank} must be at least 1 and at most min(in, out) of every adapted layer: `{path}` \
-is [{in_dim}, {out_dim}], so its rank is at most {limit}. Choose e.g. rank=8 (or at most \
-{limit}), or leave that layer out of `paths`."""
+LoRA rank={rank} must be at least 1 (the adapters' inner width); e.g. rank=8."""
+
+RANK_TOO_LARGE_MSG = """\
+LoRA rank={rank} must be at most min(in, out) of every adapted layer: `{path}` is \
+[{in_dim}, {out_dim}], so its rank is at most {limit}. Choose a rank up to {limit}, or leave \
+that layer out of `paths`."""
 
 ALPHA_MSG = """\
 LoRA alpha={alpha} must be positive: the adapters' update is scaled by alpha/rank. peft's \
@@ -178,13 +181,22 @@ class LoRALinear(Chainable, pax.Module):
 
 def _check_hyperparameters(rank: int, alpha: float, dropout: float) -> None:
     if not isinstance(rank, int) or rank < 1:
-        raise ArgumentError(
-            "rank", RANK_MSG.format(rank=rank, path="?", in_dim="in", out_dim="out", limit="?")
-        )
+        raise ArgumentError("rank", RANK_MSG.format(rank=rank))
     if not alpha > 0:
         raise ArgumentError("alpha", ALPHA_MSG.format(alpha=alpha))
     if not 0 <= dropout < 1:
         raise ArgumentError("dropout", DROPOUT_MSG.format(dropout=dropout))
+
+
+def _check_rank(rank: int, path: str, linear: Linear) -> None:
+    limit = min(linear.in_dim, linear.out_dim)
+    if rank > limit:
+        raise ArgumentError(
+            "rank",
+            RANK_TOO_LARGE_MSG.format(
+                rank=rank, path=path, in_dim=linear.in_dim, out_dim=linear.out_dim, limit=limit
+            ),
+        )
 
 
 def lora_linear(
@@ -207,17 +219,10 @@ def lora_linear(
         False
         >>> lora_linear(nn.Linear(4, 3), rank=4, alpha=4.0)
         Traceback (most recent call last):
-        paxtrain.errors.ArgumentError: LoRA rank=4 must be at least 1 and at most min(in, out) ...
+        paxtrain.errors.ArgumentError: LoRA rank=4 must be at most min(in, out) of every adapted ...
     """
     _check_hyperparameters(rank, alpha, dropout)
-    limit = min(linear.in_dim, linear.out_dim)
-    if rank > limit:
-        raise ArgumentError(
-            "rank",
-            RANK_MSG.format(
-                rank=rank, path=path, in_dim=linear.in_dim, out_dim=linear.out_dim, limit=limit
-            ),
-        )
+    _check_rank(rank, path, linear)
     frozen = pax.freeze_parameters(LoRALinear(linear, rank, alpha, dropout, rng_key=rng_key))
     return frozen.replace(adapter=pax.unfreeze_parameters(frozen.adapter))
 
@@ -253,11 +258,15 @@ def linear_paths(model: pax.Module) -> list[str]:
         >>> linear_paths(nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1)))
         ['layers.0', 'layers.1']
     """
-    found: list[str] = []
+    return list(_linears(model))
+
+
+def _linears(model: pax.Module) -> dict[str, Linear]:
+    found: dict[str, Linear] = {}
 
     def visit(sub: pax.Module, path: str) -> None:
         if isinstance(sub, Linear):
-            found.append(path)
+            found[path] = sub
 
     _map_modules(model, visit)
     return found
@@ -306,7 +315,8 @@ def apply_lora(
         paxtrain.errors.ArgumentError: LoRA paths pattern 'q_proj' matches no `Linear` of the model. The model's `Linear`s are: ['layers.0', 'layers.1']. Write a regex on those paths, e.g. paths=['layers\\.0$'].
     """
     _check_hyperparameters(rank, alpha, dropout)
-    linears = linear_paths(model)
+    layers = _linears(model)
+    linears = list(layers)
     shown = linears[:SHOWN_PATHS] + (["..."] if len(linears) > SHOWN_PATHS else [])
     example = _example_pattern(linears)
     if not paths:
@@ -318,6 +328,9 @@ def apply_lora(
             )
     key = pax.next_rng_key() if key is None else key
     selected = [path for path in linears if any(path_search(rx, path) for rx in paths)]
+    # Before any layer is built: the message names the narrowest layer, not the first.
+    narrowest = min(selected, key=lambda path: min(layers[path].in_dim, layers[path].out_dim))
+    _check_rank(rank, narrowest, layers[narrowest])
 
     def visit(sub: pax.Module, path: str) -> pax.Module | None:
         if not isinstance(sub, Linear) or path not in selected:
@@ -330,12 +343,16 @@ def apply_lora(
 
 def merge_lora(model: M) -> M:
     """`model` with every `LoRALinear` replaced by the plain `Linear` it computes: the adapter
-    folded into the weight (`weight + (B @ A).T * alpha/rank`), trainable again. What
-    `paxtrain export --merge` writes.
+    folded into the weight (`weight + (B @ A).T * alpha/rank`), and every parameter trainable
+    again (`apply_lora` froze them all): the model a full fine-tune of the result starts from.
+    What `paxtrain export --merge` writes.
 
     Example:
         >>> adapted = apply_lora(nn.Sequential(nn.Linear(4, 4)), rank=2, alpha=2.0, paths=["0"])
         >>> type(merge_lora(adapted).layers[0]).__name__
         'Linear'
     """
-    return _map_modules(model, lambda sub, _: sub.merged() if isinstance(sub, LoRALinear) else None)
+    merged = _map_modules(
+        model, lambda sub, _: sub.merged() if isinstance(sub, LoRALinear) else None
+    )
+    return pax.unfreeze_parameters(merged)
