@@ -141,8 +141,8 @@ def test_adapter_dropout_acts_in_training_only():
         ({"rank": 20}, "rank", "`blocks.layers.0.attention.key_proj` is [16, 8], so its rank is at most 8"),
         ({"alpha": 0.0}, "alpha", "alpha=0.0 must be positive"),
         ({"dropout": 1.0}, "dropout", "dropout=1.0 must satisfy 0 <= dropout < 1"),
-        ({"paths": []}, "paths", "paths=[] selects no layer"),
-        ({"paths": ["q_proj$"]}, "paths", "'q_proj$' matches no `Linear` of the model. The model's `Linear`s are: ['blocks.layers.0.attention.query_proj'"),
+        ({"paths": []}, "paths", "`paths` is empty, so it selects no layer"),
+        ({"paths": ["q_proj$"]}, "paths", "`paths` pattern 'q_proj$' matches no `Linear` of the model. The model's `Linear`s are: ['blocks.layers.0.attention.query_proj'"),
     ],
 )  # fmt: skip
 def test_bad_arguments_are_refused_naming_the_argument(kwargs, argument, words):

@@ -57,12 +57,12 @@ LoRA dropout={dropout} must satisfy 0 <= dropout < 1 (the fraction of the adapte
 zeroed in training); e.g. dropout=0.05, or dropout=0.0 for none."""
 
 NO_PATHS_MSG = """\
-LoRA paths=[] selects no layer: give regexes on the paths of the `Linear`s to adapt, e.g. \
-paths=['{example}']. The model's `Linear`s are: {linears}."""
+LoRA `paths` is empty, so it selects no layer: give regexes on the paths of the `Linear`s to \
+adapt, e.g. {example!r}. The model's `Linear`s are: {linears}."""
 
 NO_MATCH_MSG = """\
-LoRA paths pattern {pattern!r} matches no `Linear` of the model. The model's `Linear`s are: \
-{linears}. Write a regex on those paths, e.g. paths=['{example}']."""
+LoRA `paths` pattern {pattern!r} matches no `Linear` of the model. The model's `Linear`s are: \
+{linears}. Write regexes on those paths in `paths`, e.g. {example!r}."""
 
 # Messages show this many of a model's `Linear` paths (a deep model has hundreds).
 SHOWN_PATHS = 8
@@ -312,7 +312,7 @@ def apply_lora(
         (2, 8)
         >>> apply_lora(model, rank=2, alpha=4.0, paths=["q_proj"])
         Traceback (most recent call last):
-        paxtrain.errors.ArgumentError: LoRA paths pattern 'q_proj' matches no `Linear` of the model. The model's `Linear`s are: ['layers.0', 'layers.1']. Write a regex on those paths, e.g. paths=['layers\\.0$'].
+        paxtrain.errors.ArgumentError: LoRA `paths` pattern 'q_proj' matches no `Linear` of the model. The model's `Linear`s are: ['layers.0', 'layers.1']. Write regexes on those paths in `paths`, e.g. 'layers\\\\.0$'.
     """
     _check_hyperparameters(rank, alpha, dropout)
     layers = _linears(model)
