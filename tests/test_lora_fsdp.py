@@ -1,5 +1,6 @@
-"""A LoRA fine-tune laid out with FSDP on 8 virtual devices (a subprocess): the frozen base
-weights are split over "fsdp" as a full fine-tune's are, and hold the base run's values."""
+"""A LoRA fine-tune laid out on 8 virtual devices (subprocesses): with FSDP the frozen base
+weights are split over "fsdp" as a full fine-tune's are, and hold the base run's values; with
+tensor parallelism the adapters are split with their layers and train as on one device."""
 
 import json
 import os
@@ -7,7 +8,9 @@ import pathlib
 import subprocess
 import sys
 
-from jax.sharding import AbstractMesh
+import numpy as np
+import pytest
+from jax.sharding import AbstractMesh, PartitionSpec
 
 from paxtrain.cli.app import main
 from paxtrain.parallel import sharding
@@ -78,3 +81,50 @@ def test_fsdp_splits_the_frozen_base_like_a_full_fine_tunes(tmp_path):
     assert result["specs"]["blocks.layers.0.mlp.up_proj.weight"].count("fsdp") == 1
     # The adapters (8 x 128) are under FSDP's minimum size: replicated.
     assert set(result["specs"]["blocks.layers.0.attention.query_proj.adapter.lora_a"]) <= {None}
+
+
+@pytest.mark.parametrize(
+    "path, shape, spec",
+    [
+        ("attention.query_proj.adapter.lora_a", (8, 128), PartitionSpec(None, None)),
+        ("attention.query_proj.adapter.lora_b", (128, 8), PartitionSpec("tensor", None)),
+        ("attention.output_proj.adapter.lora_a", (8, 128), PartitionSpec(None, "tensor")),
+        ("attention.output_proj.adapter.lora_b", (128, 8), PartitionSpec(None, None)),
+        ("mlp.up_proj.adapter.lora_b", (352, 8), PartitionSpec("tensor", None)),
+        ("mlp.down_proj.adapter.lora_a", (8, 352), PartitionSpec(None, "tensor")),
+        ("mlp.layers.0.adapter.lora_b", (128, 8), PartitionSpec("tensor", None)),
+        ("mlp.layers.0.adapter.lora_a", (8, 128), PartitionSpec(None, None)),
+        ("mlp.layers.2.adapter.lora_a", (8, 128), PartitionSpec(None, "tensor")),
+    ],
+)
+def test_adapters_are_split_with_their_layers_tensor_parallel_split(path, shape, spec):
+    mesh = AbstractMesh((1, 1, 2), ("data", "fsdp", "tensor"))
+    assert sharding.partition_spec(f"model.blocks.layers.0.{path}", shape, mesh) == spec
+
+
+def fit_losses(run_dir, devices, *overrides):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
+    env.update(
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(ROOT),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "paxtrain", "fit", LLAMA, *TINY, "trainer.max_steps=4",
+         "trainer.log_every=1", f"run_dir={run_dir}", *overrides],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [line["train/loss"] for line in lines if "train/loss" in line]
+
+
+@pytest.mark.slow
+def test_a_lora_run_trains_tensor_parallel_and_fsdp_as_on_one_device(tmp_path):
+    base = tmp_path / "base"
+    assert main(["fit", LLAMA, *TINY, f"run_dir={base}"]) == 0
+    lora = [f"init_from={base}", "finetune.lora.rank=8", "finetune.lora.paths=[proj$]"]
+    one = fit_losses(tmp_path / "one", 1, *lora)
+    eight = fit_losses(tmp_path / "eight", 8, *lora, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
+    assert len(one) == 4
+    np.testing.assert_allclose(eight, one, rtol=2e-5)
