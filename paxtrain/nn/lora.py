@@ -121,7 +121,13 @@ class LoRAAdapter(pax.Module):
         return (h @ self.lora_a.T) @ self.lora_b.T * self.scale
 
     def delta(self) -> jax.Array:
-        """The update of the weight [..., in, out] the adapter stands for: `(B @ A).T * scale`."""
+        """The update of the weight [..., in, out] the adapter stands for: `(B @ A).T * scale`.
+
+        Example:
+            >>> adapter = LoRAAdapter(4, 3, rank=2, alpha=4.0, rng_key=jax.random.PRNGKey(0))
+            >>> adapter.delta().shape, float(abs(adapter.delta()).max())  # B is still zero
+            ((4, 3), 0.0)
+        """
         ba = jnp.matmul(self.lora_b, self.lora_a, precision=jax.lax.Precision.HIGHEST)
         return jnp.swapaxes(ba, -1, -2) * self.scale
 
