@@ -3,9 +3,9 @@ llama_lm run at the recipe's size (2 layers, GQA, 128 dims), adapters of rank 8 
 value projections."""
 
 import pathlib
+import re
 import shutil
 
-import jax
 import numpy as np
 import pytest
 from conftest import read_jsonl
@@ -143,4 +143,14 @@ def test_a_lora_run_is_no_init_from_source(runs, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"init_from='{root / 'lora'}' is a LoRA run" in err and "--merge" in err
-    assert jax.device_count() >= 1
+
+
+def test_eval_and_sample_read_a_lora_run_with_its_base(runs, capsys):
+    root, lora, _ = runs
+    assert main(["eval", str(root / "lora")]) == 0
+    printed = re.search(r"eval/loss=([\d.]+)", capsys.readouterr().out)
+    assert printed is not None  # the run's own last evaluation, on the base `init_from` loads
+    np.testing.assert_allclose(float(printed[1]), lora.eval_history[-1][1]["loss"], rtol=1e-5)
+    argv = ["sample", str(root / "lora"), "--prompt", "def ", "--max-new-tokens", "5"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.startswith("def ")
