@@ -8,9 +8,10 @@ the previous checkpoints intact. Restoring checks every path, shape and dtype ag
 it restores into before reading anything, and falls back to an older checkpoint when the newest
 one cannot be read. Each checkpoint records a fingerprint of every array (Orbax keeps no checksum
 of array data), computed on the devices and verified on restore, so a flipped byte is caught
-instead of resumed from, on one process or several. A writer
-moves a corrupt or unfinished step directory aside (`STEP.corrupt`, never deleted) so the run can
-save that step again; a reader (`read_only`) changes nothing.
+instead of resumed from, on one process or several. A writer moves a corrupt or unfinished step
+directory aside (`STEP.corrupt`, never deleted) only when an older checkpoint is readable to fall
+back to, so the run can save that step again; when none is readable it changes nothing on disk.
+A reader (`read_only`) never changes anything.
 
 Example:
     >>> manager = CheckpointManager("runs/demo/checkpoints", keep_last=2)  # doctest: +SKIP
@@ -25,6 +26,7 @@ import logging
 import os
 import pathlib
 import re
+import shutil
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -90,11 +92,16 @@ The model or optimizer was built from a different config. Restore with the run's
 
 
 UNREADABLE_MSG = (
-    "Checkpoint step {step} in {directory} is unreadable ({reason}){moved}; trying step {fallback}."
+    "Checkpoint step {step} in {directory} is unreadable ({reason}){moved}; trying step {fallback}, "
+    "which is readable: the run goes on from it."
 )
 
 
-MOVED_ASIDE_MSG = "; moved it aside to {path}"
+MOVED_ASIDE_MSG = "; moved it aside to {path} (its files kept)"
+
+
+# A step directory Orbax does not list as a checkpoint (no commit marker): a damaged save.
+UNFINISHED_REASON = "no complete checkpoint: an interrupted or damaged save"
 
 
 UNFINISHED_MSG = (
@@ -106,9 +113,59 @@ UNFINISHED_MSG = (
 NO_CHECKPOINT_MSG = "No readable checkpoint in {directory}{detail}."
 
 
-ALL_UNREADABLE_MSG = (
-    ": tried {tried}. The damaged ones are kept, moved aside as STEP.corrupt; restore a good "
-    "copy into the directory, or run again to start from step 0"
+ALL_UNREADABLE_MSG = ": tried {tried}. Nothing was changed on disk. {advice}"
+
+
+# What to do when no checkpoint is readable: a writer can start over, a reader cannot.
+ALL_UNREADABLE_WRITER_ADVICE = (
+    "If the cause is passing (a network filesystem), run the same command again; else put a "
+    "good copy back, or train from step 0 with `--restart` (`Checkpointing(restart=True)`), "
+    "which moves them aside as STEP.corrupt, keeping their files"
+)
+
+
+ALL_UNREADABLE_READER_ADVICE = "Put a good copy of one of them back"
+
+
+NEWEST_UNREADABLE_MSG = (
+    "The newest checkpoint of {directory} is unreadable: {unreadable}. Nothing was changed on "
+    "disk. The newest readable checkpoint is step {readable}: ask for it by its number "
+    "(`--step {readable}`), or put a good copy of step {newest} back."
+)
+
+
+ONLY_SET_ASIDE_MSG = (
+    "{directory} holds no checkpoint, only damaged ones moved aside earlier ({names}): training "
+    "from step 0 would start this run over. Put a good copy back as checkpoints/STEP, or start "
+    "from step 0 on purpose with `--restart` (`Checkpointing(restart=True)`); the moved-aside "
+    "directories stay as they are."
+)
+
+
+RESTARTED_MSG = (
+    "No checkpoint in {directory} is readable ({tried}); --restart: moved them aside "
+    "({moved}, their files kept) and training starts from step 0."
+)
+
+
+VANISHED_MSG = (
+    "Checkpoint step {step} lost its temporary directory {path} while it was being written: most "
+    "likely another Orbax CheckpointManager opened on {directory} as a writer, which deletes a "
+    "live run's temporary directories (open a live run's checkpoints read-only: "
+    "`paxtrain.checkpoint.open_checkpoints(RUN_DIR)`). {retry}"
+)
+
+
+VANISHED_RETRY = "Saving step {step} again."
+
+
+VANISHED_NEXT = "Training goes on; its next save writes the state again."
+
+
+VANISHED_AGAIN_MSG = (
+    "the temporary directory {path} vanished again while it was being written: another writer "
+    "keeps deleting it (an Orbax CheckpointManager opened on this directory without "
+    "`read_only=True`)"
 )
 
 
@@ -176,8 +233,23 @@ def _describe(shape: tuple, dtype: Any) -> str:
     return f"shape {tuple(shape)} {np.dtype(dtype).name}"
 
 
-def _reason(error: Exception) -> str:
-    return f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+def _listing(unreadable: list[tuple[int, str]]) -> str:
+    return "; ".join(f"step {step} ({reason})" for step, reason in unreadable)
+
+
+class _NoneReadable(CheckpointError):
+    """No checkpoint of the directory could be read (a restart may move them aside)."""
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of the innermost error behind `error`: Orbax wraps tensorstore's reason
+    (the file and what is wrong with it) in a message that dumps the whole array spec."""
+    while (error.__cause__ or error.__context__) is not None and str(
+        error.__cause__ or error.__context__
+    ):
+        error = error.__cause__ or error.__context__
+    line = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {line[:240]}"
 
 
 class CheckpointManager:
@@ -245,8 +317,8 @@ class CheckpointManager:
         # Readers change nothing; in a multi-process job, process 0 alone renames directories.
         self._moves_bad_steps = not read_only and jax.process_index() == 0
         self._pending_step: int | None = None  # the step of a background save in flight
-        if self._moves_bad_steps:
-            self._move_aside_unfinished()
+        self._pending_tmp: tuple[pathlib.Path, int] | None = None  # its directory and inode
+        self._vanished_before = False  # the last save lost its directory: no second retry
 
     def _move_aside(self, step_dir: pathlib.Path) -> pathlib.Path:
         """Renames a bad step directory to `STEP.corrupt` (`STEP.corrupt-2`...): kept, but no
@@ -259,14 +331,28 @@ class CheckpointManager:
         self._manager.reload()
         return target
 
-    def _move_aside_unfinished(self) -> None:
-        """Moves aside step directories Orbax does not list as checkpoints (emptied, or left
-        without their commit marker): saving their step again would fail."""
+    def _unfinished_steps(self) -> list[int]:
+        """Step directories Orbax does not list as checkpoints (emptied, or left without their
+        commit marker). Only a writer counts them as damaged: on an object store a reader may
+        see a step directory that a live run is still writing."""
+        if not (self._moves_bad_steps and self.directory.is_dir()):
+            return []
         listed = set(self._manager.all_steps())
-        for path in sorted(self.directory.iterdir()) if self.directory.is_dir() else []:
-            if path.is_dir() and path.name.isdigit() and int(path.name) not in listed:
-                moved = self._move_aside(path)
-                warnings.warn(UNFINISHED_MSG.format(path=path, moved=moved.name), stacklevel=3)
+        return sorted(
+            int(path.name) for path in self.directory.iterdir()
+            if path.is_dir() and path.name.isdigit() and int(path.name) not in listed
+        )  # fmt: skip
+
+    def set_aside(self) -> list[str]:
+        """The names of the step directories moved aside as damaged (`STEP.corrupt`...).
+
+        Example:
+            >>> manager.set_aside()  # doctest: +SKIP
+            ['8.corrupt']
+        """
+        if not self.directory.is_dir():
+            return []
+        return sorted(p.name for p in self.directory.iterdir() if ".corrupt" in p.name)
 
     def steps(self) -> list[int]:
         """Steps of the complete checkpoints, oldest first."""
@@ -306,7 +392,10 @@ class CheckpointManager:
     ) -> None:
         """Saves `state` at its step (`state.step`); `wait` makes it synchronous.
 
-        Raises CheckpointError (naming the last good checkpoint) if the write fails.
+        A save whose temporary directory vanished while being written (another Orbax writer
+        opened on the directory deletes it) is retried once, with a warning naming the cause.
+        Raises CheckpointError (naming the last good checkpoint) if the write fails; the partial
+        temporary directory is removed.
         """
         step = int(state.step)
         flat = flatten_state(state)
@@ -316,21 +405,74 @@ class CheckpointManager:
         }  # fmt: skip
         args = ocp.args.Composite(state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(record))
         self.wait()  # a background save that failed is reported as that save, not this one
+        if self._moves_bad_steps and step in self._unfinished_steps():
+            path = self.directory / str(step)
+            moved = self._move_aside(path)
+            warnings.warn(UNFINISHED_MSG.format(path=path, moved=moved.name), stacklevel=2)
         try:
-            self._pending_step = step
-            self._manager.save(step, args=args, metrics=metrics, force=True)
-            if wait:
-                self.wait()
-        except CheckpointError:
-            raise
+            self._write(step, args, metrics, wait)
         except Exception as error:  # Orbax raises OSError, ValueError...: report them all alike
-            raise self._save_failed(step, error) from None
+            if not self._vanished(step, error):
+                raise self._save_failed(step, error) from None
+            self._lost(step, VANISHED_RETRY.format(step=step))
+            try:
+                self._write(step, args, metrics, wait)
+            except Exception as again:
+                raise self._save_failed(step, again) from None
+
+    def _write(self, step: int, args: Any, metrics: dict[str, float] | None, wait: bool) -> None:
+        self._pending_step, self._pending_tmp = step, None
+        self._manager.save(step, args=args, metrics=metrics, force=True)
+        # Known while Orbax writes in the background: whether it vanishes is told by its inode.
+        tmp = self._temporary(step)
+        self._pending_tmp = (tmp[0], tmp[0].stat().st_ino) if tmp else None
         if wait:
-            self._pending_step = None
+            self._manager.wait_until_finished()
+            self._finished()
+
+    def _temporary(self, step: int) -> list[pathlib.Path]:
+        """Orbax's temporary directory of a save in flight (`STEP.orbax-checkpoint-tmp...`)."""
+        return sorted(self.directory.glob(f"{step}.orbax-checkpoint-tmp*"))
+
+    def _vanished(self, step: int, error: BaseException) -> bool:
+        """Whether a failed save lost its directory (deleted, or deleted and created again by
+        a writer thread), the first time in a row: a second time is reported as a failure."""
+        if self._vanished_before or (self.directory / str(step)).exists():
+            return False
+        if self._pending_tmp is not None:
+            path, inode = self._pending_tmp
+            return not path.exists() or path.stat().st_ino != inode
+        while error is not None and not isinstance(error, FileNotFoundError):
+            error = error.__cause__ or error.__context__
+        return error is not None
+
+    def _lost(self, step: int, retry: str) -> None:
+        """Warns that save `step` lost its directory and clears what is left of it."""
+        path = self._pending_tmp[0] if self._pending_tmp else self.directory / f"{step}.*-tmp"
+        self._remove_partial(step)
+        self._pending_step, self._pending_tmp, self._vanished_before = None, None, True
+        warnings.warn(
+            VANISHED_MSG.format(step=step, path=path, directory=self.directory, retry=retry),
+            stacklevel=3,
+        )
+
+    def _finished(self) -> None:
+        self._pending_step, self._pending_tmp, self._vanished_before = None, None, False
+
+    def _remove_partial(self, step: int) -> None:
+        """Deletes what a failed save left of its temporary directory (on a full disk, the
+        space the next try needs); process 0 alone, like every change to the directory."""
+        if self._moves_bad_steps:
+            for path in self._temporary(step):
+                shutil.rmtree(path, ignore_errors=True)
 
     def _save_failed(self, step: int, error: Exception) -> CheckpointError:
-        self._pending_step = None
+        self._remove_partial(step)
+        vanished_again = self._vanished_before and self._pending_tmp is not None
         reason = str(error).splitlines()[0] if str(error) else ""
+        if vanished_again:
+            reason = VANISHED_AGAIN_MSG.format(path=self._pending_tmp[0])
+        self._pending_step, self._pending_tmp = None, None
         # Tensorstore reports an OSError as text: "... [os_error_code='28']".
         code = re.search(r"os_error_code='(\d+)'", reason)
         if len(reason) > 300:  # tensorstore's chain of contexts: the end names the cause
@@ -452,14 +594,20 @@ class CheckpointManager:
                 )
             ) from None  # fmt: skip
 
-    def restore(self, template: Any, step: int | str = "latest") -> tuple[Any, dict[str, Any]]:
+    def restore(
+        self, template: Any, step: int | str = "latest", *, fall_back: bool = True
+    ) -> tuple[Any, dict[str, Any]]:
         """Restores into the structure of `template`; returns `(state, meta)`.
 
         Args:
           template: a state of the same structure (e.g. freshly built from the config); its
             arrays' shardings are used for the restored arrays.
-          step: "latest" (falling back to older checkpoints when the newest is unreadable),
-            "best", or a step number.
+          step: "latest", "best", or a step number.
+          fall_back: for "latest": when the newest checkpoint is unreadable, restore the newest
+            readable one (a writer moves the unreadable newer ones aside, one warning each).
+            False: raise a CheckpointError naming them and the newest readable step instead
+            (an evaluation must not silently be of another step). None readable: a
+            CheckpointError listing them, and nothing changed on disk.
 
         Example:
             >>> state, meta = manager.restore(state, step="best")  # doctest: +SKIP
@@ -477,39 +625,124 @@ class CheckpointManager:
                     directory=self.directory, detail=f" for step {step} (have {self.steps()})"
                 ))  # fmt: skip
             return self._named(int(step), lambda: self._restore_step(int(step), template))
-        candidates = self.steps()[::-1]
-        tried = []
-        for i, candidate in enumerate(candidates):
+        unreadable: list[tuple[int, str]] = []
+        for candidate in self._candidates():
+            if candidate not in self.steps():
+                unreadable.append((candidate, UNFINISHED_REASON))
+                continue
             try:
-                return self._restore_step(candidate, template)
+                restored = self._restore_step(candidate, template)
             except CheckpointError:
                 raise
             except Exception as error:  # a corrupt or truncated checkpoint: try an older one
-                moved = ""
-                if self._moves_bad_steps:
-                    path = self._move_aside(self.directory / str(candidate))
-                    moved = MOVED_ASIDE_MSG.format(path=path)
-                tried.append(f"step {candidate} ({_reason(error)})")
-                fallback = candidates[i + 1] if i + 1 < len(candidates) else "none"
-                warnings.warn(
-                    UNREADABLE_MSG.format(
-                        step=candidate, directory=self.directory, reason=_reason(error),
-                        moved=moved, fallback=fallback,
-                    ),
-                    stacklevel=2,
-                )  # fmt: skip
-        detail = ALL_UNREADABLE_MSG.format(tried="; ".join(tried)) if tried else ""
-        raise CheckpointError(NO_CHECKPOINT_MSG.format(directory=self.directory, detail=detail))
+                unreadable.append((candidate, _reason(error)))
+                continue
+            if unreadable and not fall_back:
+                raise CheckpointError(NEWEST_UNREADABLE_MSG.format(
+                    directory=self.directory, unreadable=_listing(unreadable),
+                    readable=candidate, newest=unreadable[0][0],
+                ))  # fmt: skip
+            for bad, reason in unreadable:
+                self._fell_back(bad, reason, candidate)
+            return restored
+        raise self._none_readable(unreadable)
+
+    def _candidates(self) -> list[int]:
+        """The steps "latest" tries, newest first: the checkpoints and a writer's unfinished
+        step directories (damaged saves, which it can only fall back from)."""
+        return sorted({*self.steps(), *self._unfinished_steps()}, reverse=True)
+
+    def _fell_back(self, step: int, reason: str, used: int) -> None:
+        """One warning for an unreadable checkpoint passed over for step `used`; a writer moves
+        it aside so that the run can save its step again."""
+        moved = ""
+        if self._moves_bad_steps:
+            moved = MOVED_ASIDE_MSG.format(path=self._move_aside(self.directory / str(step)))
+        warnings.warn(
+            UNREADABLE_MSG.format(
+                step=step, directory=self.directory, reason=reason, moved=moved, fallback=used
+            ),
+            stacklevel=3,
+        )
+
+    def _none_readable(self, unreadable: list[tuple[int, str]]) -> _NoneReadable:
+        advice = (
+            ALL_UNREADABLE_WRITER_ADVICE if self._moves_bad_steps else ALL_UNREADABLE_READER_ADVICE
+        )
+        detail = (
+            ALL_UNREADABLE_MSG.format(tried=_listing(unreadable), advice=advice)
+            if unreadable else ""
+        )  # fmt: skip
+        return _NoneReadable(NO_CHECKPOINT_MSG.format(directory=self.directory, detail=detail))
+
+    def resume(self, template: Any, restart: bool = False) -> tuple[Any, dict[str, Any]] | None:
+        """What a run restores at its start: the newest readable checkpoint (falling back as
+        `restore` does), or None to start from step 0.
+
+        Without `restart`, starting from step 0 is refused (CheckpointError, nothing changed on
+        disk) when no checkpoint is readable or when only damaged ones moved aside
+        (`STEP.corrupt`) are left: the run trained before, and a silent start over would hide
+        it. `restart` starts from step 0 then, moving the unreadable ones aside (files kept).
+
+        Example:
+            >>> restored = manager.resume(state)  # doctest: +SKIP
+        """
+        if not self._candidates():
+            if self.set_aside() and not restart:
+                names = ", ".join(self.set_aside())
+                raise CheckpointError(
+                    ONLY_SET_ASIDE_MSG.format(directory=self.directory, names=names)
+                )
+            return None
+        try:
+            return self.restore(template)
+        except _NoneReadable:
+            if not restart:
+                raise
+        tried = self._candidates()
+        moved = [self._move_aside(self.directory / str(step)).name for step in tried]
+        warnings.warn(
+            RESTARTED_MSG.format(
+                directory=self.directory, tried=", ".join(f"step {s}" for s in tried),
+                moved=", ".join(moved),
+            ),
+            stacklevel=2,
+        )  # fmt: skip
+        return None
 
     def wait(self) -> None:
         """Blocks until a background save has finished; raises CheckpointError naming that
-        save if it failed."""
+        save if it failed. A save that lost its directory is warned about instead, once in a
+        row: the run's next save writes its state again.
+
+        Example:
+            >>> manager.wait()  # doctest: +SKIP
+        """
         try:
             self._manager.wait_until_finished()
         except Exception as error:
-            raise self._save_failed(self._pending_step or -1, error) from None
-        self._pending_step = None
+            step = -1 if self._pending_step is None else self._pending_step
+            if not self._vanished(step, error):
+                raise self._save_failed(step, error) from None
+            self._lost(step, VANISHED_NEXT)
+            return
+        self._finished()
+
+    def poll(self) -> None:
+        """Reports a background save that failed as soon as it has finished (`wait`), rather
+        than at the next save, a whole interval of training later; returns at once while it
+        is still writing.
+
+        Example:
+            >>> manager.poll()  # doctest: +SKIP
+        """
+        if self._pending_step is not None and not self._manager.is_saving_in_progress():
+            self.wait()
 
     def close(self) -> None:
-        """Waits for pending saves and releases Orbax's resources."""
-        self._manager.close()
+        """Waits for pending saves (reporting a failed one, see `wait`) and releases Orbax's
+        resources."""
+        try:
+            self.wait()
+        finally:
+            self._manager.close()

@@ -106,6 +106,14 @@ def _allow_target(command: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _restart(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--restart", action="store_true",
+        help="train from step 0 where the run directory has no readable checkpoint (moving "
+        "unreadable ones aside as STEP.corrupt); a readable checkpoint is always resumed",
+    )  # fmt: skip
+
+
 def _add_config_commands(commands: Any) -> None:
     """`fit` and `options`: what a config trains, and which keys it has."""
     fit = commands.add_parser(
@@ -124,6 +132,7 @@ def _add_config_commands(commands: Any) -> None:
     fit.add_argument("--cfg", choices=["job"], help="print the resolved config and exit")
     fit.add_argument("--launcher", choices=["local", "slurm"], help="with -m: submit via submitit")
     fit.add_argument("--launcher-config", help="YAML of launcher options (configs/launcher/)")
+    _restart(fit)
 
     options = commands.add_parser(
         "options", help="list every key a config can set: type, value, help (then exit)"
@@ -140,6 +149,7 @@ def _add_run_commands(commands: Any) -> None:
     resume.add_argument("overrides", nargs="*", help="overrides, e.g. trainer.max_steps=3000")
     resume.set_defaults(accepts_overrides=True)
     _allow_target(resume)
+    _restart(resume)
 
     evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint on its eval data")
     evaluate.add_argument("run_dir")

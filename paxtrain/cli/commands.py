@@ -17,10 +17,10 @@ from omegaconf import OmegaConf
 
 from paxtrain.cli.build import build_trainer
 from paxtrain.cli.fit import exit_code, fit_from_config
-from paxtrain.cli.runs import load_run_config
+from paxtrain.cli.runs import check_resumable, load_run_config
 from paxtrain.config.packaged import find_config
 from paxtrain.errors import ConfigError
-from paxtrain.train.preemption import PREEMPTED_EXIT_CODE
+from paxtrain.train.preemption import PREEMPTED_EXIT_CODE, raise_if_signalled
 
 
 def environment_report() -> str:
@@ -76,7 +76,9 @@ def restore_run(
     allow_targets: tuple[str, ...] = (),
 ) -> Any:
     """A trainer prepared for a run's config, holding the state of one of its checkpoints
-    ("latest", "best" or a step number), read through the store (integrity-checked).
+    ("latest", "best" or a step number), read through the store (integrity-checked). "latest"
+    is the newest checkpoint: when it is unreadable, a CheckpointError names it and the newest
+    readable step, never a silent restore of an older one.
 
     `overrides` change the saved config, e.g. the `mesh` on other devices than the run's.
 
@@ -102,10 +104,11 @@ def restore_run(
         read_only=True,
     )
     try:
-        trainer.state, _ = manager.restore(trainer.checkpoint_state, step=step)
+        trainer.state, _ = manager.restore(trainer.checkpoint_state, step=step, fall_back=False)
     finally:
         manager.close()
     trainer.step = int(trainer.state.step)
+    raise_if_signalled()  # before the evaluation or sampling, which may take long
     return trainer
 
 
@@ -204,7 +207,7 @@ def _fit(args: argparse.Namespace) -> int:
         return PREEMPTED_EXIT_CODE if preempted else 0
     codes = []
     for cfg in configs:
-        codes.append(exit_code(fit_from_config(cfg, config_path=config)))
+        codes.append(exit_code(fit_from_config(cfg, config_path=config, restart=args.restart)))
         if codes[-1] == PREEMPTED_EXIT_CODE:  # the job is being stopped: the rest waits too
             return PREEMPTED_EXIT_CODE
     return max(codes, default=0)  # a diverged job of a sweep does not stop the others
@@ -224,13 +227,18 @@ def _options(args: argparse.Namespace) -> int:
 def _resume(args: argparse.Namespace) -> int:
     sys.path[:0] = [os.getcwd()]
     cfg = load_run_config(args.run_dir, list(args.overrides), tuple(args.allow_target))
-    return exit_code(fit_from_config(cfg))
+    check_resumable(pathlib.Path(args.run_dir), cfg, restart=args.restart)
+    return exit_code(fit_from_config(cfg, restart=args.restart))
 
 
 def _eval(args: argparse.Namespace) -> int:
     sys.path[:0] = [os.getcwd()]
-    metrics = evaluate_run(args.run_dir, args.step, list(args.overrides), tuple(args.allow_target))
-    print(" ".join(f"eval/{k}={v:.6g}" for k, v in metrics.items()))
+    trainer = restore_run(args.run_dir, args.step, list(args.overrides), tuple(args.allow_target))
+    metrics = trainer.eval_metrics()
+    raise_if_signalled()  # a signal during the evaluation: exit 75, no metrics line
+    # Which checkpoint was evaluated, on the line of its metrics: "latest" names no step.
+    shown = " ".join(f"eval/{k}={v:.6g}" for k, v in metrics.items())
+    print(f"step={trainer.step} run_dir={args.run_dir} {shown}")
     return 0
 
 
@@ -241,7 +249,9 @@ def _sample(args: argparse.Namespace) -> int:
         "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed, "step": args.step,
         "overrides": list(args.overrides), "allow_targets": tuple(args.allow_target),
     }  # fmt: skip
-    print(args.prompt + sample_run(args.run_dir, args.prompt, options))
+    text = sample_run(args.run_dir, args.prompt, options)
+    raise_if_signalled()
+    print(args.prompt + text)
     return 0
 
 
