@@ -2,18 +2,23 @@
 codes, and a run directory that is data, never code."""
 
 import dataclasses
+import errno
 import inspect
 import json
+import pathlib
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 import yaml
-from cli_support import CHAR_RNN
+from cli_support import CHAR_RNN, TINY_CHAR_RNN
 from conftest import PoisonedData, Regression, RegressionData, read_jsonl
 from test_checkpoint_store import make_state
 
 import paxtrain as pax
+import paxtrain.nn as nn
 from paxtrain.checkpoint.store import CheckpointManager
 from paxtrain.cli.app import main
 from paxtrain.cli.build import schedule_horizon
@@ -263,3 +268,89 @@ def test_metrics_jsonl_is_strict_json_with_null_for_nonfinite_and_marks_repeats(
     assert read_metrics(tmp_path) == records
     assert latest_by_step(records, "train/loss") == [(1, 2.0), (2, 1.5), (3, 1.0)]
     assert plot_run(tmp_path).stat().st_size > 1000
+
+
+class Wide(pax.Module):
+    """Regression through a wide layer: megabytes of state, whose save is still being
+    written when the next hook runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Linear(3, 1024) >> nn.Linear(1024, 1024) >> nn.Linear(1024, 1)
+
+    def loss(self, batch):
+        loss = jnp.mean((self.net(batch["x"]) - batch["y"]) ** 2)
+        return loss, {}
+
+
+class SecondOrbaxWriter(Hook):
+    """What a user types in a notebook beside a live run: an Orbax `CheckpointManager` on its
+    checkpoints, as a writer that cleans up temporary directories (the save in flight's)."""
+
+    order = 2  # after the checkpointing hook's save of the step
+
+    def __init__(self, steps):
+        self.steps, self.in_flight = set(steps), []
+
+    def on_step(self, view, metrics):
+        import orbax.checkpoint as ocp
+
+        if view.step not in self.steps:
+            return
+        directory = view.checkpoints.directory
+        self.in_flight += [p.name for p in directory.glob("*.orbax-checkpoint-tmp*")]
+        options = ocp.CheckpointManagerOptions(cleanup_tmp_directories=True)
+        ocp.CheckpointManager(directory, options=options).close()
+
+
+def test_a_second_orbax_writer_deleting_a_save_in_flight_does_not_kill_the_run(tmp_path):
+    # Issue 23: the run exited 2 with FileNotFoundError on its save (4 of 4 tries).
+    writer = SecondOrbaxWriter(steps=[4])
+    ck = Checkpointing(every_steps=2, keep_last=10, async_save=True)
+    trainer = trainer_for(tmp_path, 8, checkpointing=ck, hooks=[writer], eval_every=100)
+    with pytest.warns(UserWarning) as caught:
+        trainer.fit(Wide(), RegressionData(), optax.adam(0.1))
+    assert writer.in_flight == ["4.orbax-checkpoint-tmp"]  # the save it deleted
+    (warning,) = [str(w.message) for w in caught if "temporary directory" in str(w.message)]
+    assert "Checkpoint step 4 lost its temporary directory" in warning
+    assert "another Orbax CheckpointManager" in warning and "open_checkpoints" in warning
+    assert trainer.step == 8
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["2", "6", "8"]  # step 4 lost, the next saves written, nothing left over
+    manager = CheckpointManager(tmp_path / "checkpoints", read_only=True)
+    restored, _ = manager.restore(trainer.checkpoint_state)
+    manager.close()
+    assert int(restored.step) == 8
+    for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(trainer.state)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_full_disk_at_a_save_is_one_line_and_leaves_no_partial_directory(
+    tmp_path, monkeypatch, capfd
+):
+    # Issue 23: 6-19 "Event loop is closed" tracebacks and absl ERROR lines, noticed one save
+    # late, and the partial `*.orbax-checkpoint-tmp` left on the full disk.
+    import orbax.checkpoint as ocp
+
+    written, original = [], ocp.JsonCheckpointHandler.async_save
+
+    async def disk_full_at_the_second_save(self, directory, *args, **kwargs):
+        written.append(pathlib.Path(str(directory)))
+        if len(written) == 2:  # after Orbax made the step's temporary directory
+            assert any(p.name.startswith("4.orbax-checkpoint-tmp") for p in written[1].parents)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await original(self, directory, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.JsonCheckpointHandler, "async_save", disk_full_at_the_second_save)
+    run = tmp_path / "run"
+    code = main([
+        "fit", CHAR_RNN, *TINY_CHAR_RNN, "callbacks=[]", "trainer.max_steps=8",
+        "trainer.checkpoint.every_steps=2", "trainer.eval_every=100", f"run_dir={run}",
+    ])  # fmt: skip
+    err = capfd.readouterr().err
+    assert code == 2, err
+    assert err.startswith("paxtrain: Saving checkpoint step 4 ") and err.count("\n") == 1, err
+    assert "No space left on device" in err and "last complete checkpoint (step 2)" in err
+    assert err.rstrip().endswith("Free disk space there, then resume.")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["2"]  # no partial left
+    assert {"config.yaml", "metrics.jsonl"} <= {p.name for p in run.iterdir()}

@@ -27,6 +27,8 @@ import os
 import pathlib
 import re
 import shutil
+import sys
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -50,16 +52,22 @@ log = logging.getLogger(__name__)
 
 # Orbax warnings about what this module does on purpose: saving at a step without evaluation
 # (kept by `keep_last` only) and opening a directory read-only (a reader).
-_EXPECTED_ORBAX_WARNINGS = ("did not provide metrics", "read_only=True", "directory is read only")
+_EXPECTED_ORBAX_WARNINGS = (
+    "did not provide metrics", "read_only=True", "directory is read only",
+    # a record this module reads by its item handler alone (`meta`), and the finalization of
+    # a save whose directory vanished (warned about, in one line)
+    "Metadata file does not exist",
+)  # fmt: skip
 
 
 class _QuietExpectedWarnings(logging.Filter):
-    """Drops those warnings, and the tracebacks of Orbax's errors: a failed save is raised
-    again as one CheckpointError naming the save and the last good checkpoint."""
+    """Drops those warnings, and Orbax's errors: a failed save is raised again as one
+    CheckpointError naming the save and the last good checkpoint (or warned about once, when
+    its directory vanished), an unreadable checkpoint is named by the restore."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "orbax" in record.pathname:
-            record.exc_info, record.exc_text = None, None
+        if "orbax" in record.pathname and record.levelno >= logging.ERROR:
+            return False
         return not any(text in record.getMessage() for text in _EXPECTED_ORBAX_WARNINGS)
 
 
@@ -76,6 +84,27 @@ logging.getLogger("absl").addFilter(_QuietExpectedWarnings())
 
 logging.getLogger("asyncio").addFilter(_QuietOrbaxTasks())
 
+
+def _quiet_closed_event_loops() -> None:
+    """After a failed save, the writer threads of tensorstore still finishing it call into
+    event loops Orbax has closed: "Exception ignored ... Event loop is closed", once per write,
+    about the failure already reported. Those alone are dropped; other unraisable errors pass."""
+    previous = sys.unraisablehook
+    if getattr(previous, "paxtrain_quiet", False):
+        return
+
+    def hook(info: Any) -> None:
+        if not (
+            isinstance(info.exc_value, RuntimeError)
+            and "Event loop is closed" in str(info.exc_value)
+        ):
+            previous(info)
+
+    hook.paxtrain_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+_quiet_closed_event_loops()
 
 MISMATCH_MSG = """\
 Checkpoint step {step} in {directory} does not fit the state being restored: at `{path}` the \
@@ -185,6 +214,10 @@ SAVE_ADVICE = {
 
 
 SAVE_ADVICE_OTHER = "Fix what the reason above names, then resume."
+
+
+# How long the writes of a failed save may go on landing in its temporary directory.
+PARTIAL_REMOVAL_SECONDS = 5.0
 
 
 def _save_advice(error: BaseException) -> str:
@@ -317,8 +350,11 @@ class CheckpointManager:
         # Readers change nothing; in a multi-process job, process 0 alone renames directories.
         self._moves_bad_steps = not read_only and jax.process_index() == 0
         self._pending_step: int | None = None  # the step of a background save in flight
-        self._pending_tmp: tuple[pathlib.Path, int] | None = None  # its directory and inode
+        # Its temporary directory, held open: once deleted, its link count is 0 (a new
+        # directory at the same path, made by a writer thread, is another one).
+        self._pending_tmp: tuple[pathlib.Path, int] | None = None  # path, file descriptor
         self._vanished_before = False  # the last save lost its directory: no second retry
+        self._tmp_gone_at_start = False
 
     def _move_aside(self, step_dir: pathlib.Path) -> pathlib.Path:
         """Renames a bad step directory to `STEP.corrupt` (`STEP.corrupt-2`...): kept, but no
@@ -421,11 +457,16 @@ class CheckpointManager:
                 raise self._save_failed(step, again) from None
 
     def _write(self, step: int, args: Any, metrics: dict[str, float] | None, wait: bool) -> None:
-        self._pending_step, self._pending_tmp = step, None
+        self._pending_step, self._tmp_gone_at_start = step, False
         self._manager.save(step, args=args, metrics=metrics, force=True)
-        # Known while Orbax writes in the background: whether it vanishes is told by its inode.
-        tmp = self._temporary(step)
-        self._pending_tmp = (tmp[0], tmp[0].stat().st_ino) if tmp else None
+        tmp = self._temporary(step)  # none once a synchronous save has finished
+        try:
+            self._pending_tmp = (tmp[0], os.open(tmp[0], os.O_RDONLY)) if tmp else None
+        except OSError:  # renamed (finished) or deleted meanwhile: the failure, if any, tells
+            self._pending_tmp = None
+        # Orbax makes the directory before `save` returns: missing in a background save, it
+        # was deleted before it could be held.
+        self._tmp_gone_at_start = not tmp and self._manager.is_saving_in_progress()
         if wait:
             self._manager.wait_until_finished()
             self._finished()
@@ -440,39 +481,56 @@ class CheckpointManager:
         if self._vanished_before or (self.directory / str(step)).exists():
             return False
         if self._pending_tmp is not None:
-            path, inode = self._pending_tmp
-            return not path.exists() or path.stat().st_ino != inode
+            return os.fstat(self._pending_tmp[1]).st_nlink == 0
+        if self._tmp_gone_at_start:
+            return True
         while error is not None and not isinstance(error, FileNotFoundError):
             error = error.__cause__ or error.__context__
         return error is not None
 
     def _lost(self, step: int, retry: str) -> None:
         """Warns that save `step` lost its directory and clears what is left of it."""
+        _quiet_closed_event_loops()
         path = self._pending_tmp[0] if self._pending_tmp else self.directory / f"{step}.*-tmp"
         self._remove_partial(step)
-        self._pending_step, self._pending_tmp, self._vanished_before = None, None, True
+        self._release_tmp()
+        self._pending_step, self._vanished_before = None, True
         warnings.warn(
             VANISHED_MSG.format(step=step, path=path, directory=self.directory, retry=retry),
             stacklevel=3,
         )
 
     def _finished(self) -> None:
-        self._pending_step, self._pending_tmp, self._vanished_before = None, None, False
+        self._release_tmp()
+        self._pending_step, self._vanished_before = None, False
+
+    def _release_tmp(self) -> None:
+        if self._pending_tmp is not None:
+            os.close(self._pending_tmp[1])
+            self._pending_tmp = None
 
     def _remove_partial(self, step: int) -> None:
         """Deletes what a failed save left of its temporary directory (on a full disk, the
         space the next try needs); process 0 alone, like every change to the directory."""
-        if self._moves_bad_steps:
+        if not self._moves_bad_steps:
+            return
+        # Tensorstore's writes of the failed save may still be landing (and making their
+        # directories again) for a moment after Orbax reported the failure.
+        deadline = time.monotonic() + PARTIAL_REMOVAL_SECONDS
+        while self._temporary(step) and time.monotonic() < deadline:
             for path in self._temporary(step):
                 shutil.rmtree(path, ignore_errors=True)
+            time.sleep(0.05)
 
     def _save_failed(self, step: int, error: Exception) -> CheckpointError:
+        _quiet_closed_event_loops()
         self._remove_partial(step)
         vanished_again = self._vanished_before and self._pending_tmp is not None
         reason = str(error).splitlines()[0] if str(error) else ""
         if vanished_again:
             reason = VANISHED_AGAIN_MSG.format(path=self._pending_tmp[0])
-        self._pending_step, self._pending_tmp = None, None
+        self._release_tmp()
+        self._pending_step = None
         # Tensorstore reports an OSError as text: "... [os_error_code='28']".
         code = re.search(r"os_error_code='(\d+)'", reason)
         if len(reason) > 300:  # tensorstore's chain of contexts: the end names the cause

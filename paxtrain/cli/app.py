@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -242,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         # A preemption signal while data and model are built: nothing to save, exit 75.
-        with before_training():
+        with before_training(), warnings.catch_warnings():
+            warnings.showwarning = _warning_line
             return _env() if args.command == "env" else commands[args.command](args)
     except PreemptedBeforeTraining as stopped:
         print(stopped, file=sys.stderr)
@@ -254,6 +256,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report(str(error), EXIT_CONFIG_ERROR)
     except LaunchError as error:
         return _report(str(error), 1)
+
+
+def _warning_line(message: Warning | str, category: type, *args: Any, **kwargs: Any) -> None:
+    """A warning as one `paxtrain:` line (a recovery: a checkpoint fallen back from, a save
+    lost), without Python's file, line and source line, which are paxtrain's, not the user's."""
+    print(f"paxtrain: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
 
 
 def _quiet_failing_writers_at_exit() -> None:
