@@ -40,6 +40,7 @@ def files(tmp_path_factory):
     write_text_inputs(root)
     write_token_files(root)
     write_image_files(root)
+    write_run_dirs(root)
     return root
 
 
@@ -84,6 +85,26 @@ def write_token_files(root):
         text.write_text((ROOT / "README.md").read_text(encoding="utf-8")[: 20000 if name == "tok_a" else 9000])
         train_bpe([text], 300, root / f"{name}.json")
     tokenize_files([root / "tok_a.txt"], root / "bpe.bin", tokenizer=root / "tok_a.json")
+
+
+RUN = ["trainer.checkpoint.every_steps=2"]  # the run directories' checkpoints: steps 2 and 4
+
+
+def write_run_dirs(root):
+    """A run directory of `fit(*RUN)` without checkpoints, one whose newest checkpoint is
+    unreadable, one whose checkpoints all are, one with only a checkpoint moved aside."""
+    import shutil
+
+    assert main([*fit(*RUN), f"run_dir={root / 'run'}"]) == 0
+    (root / "no_checkpoint").mkdir()
+    shutil.copy(root / "run" / "config.yaml", root / "no_checkpoint" / "config.yaml")
+    for name, damaged in (("newest_unreadable", [4]), ("all_unreadable", [2, 4])):
+        shutil.copytree(root / "run", root / name)
+        for step in damaged:
+            (root / name / "checkpoints" / str(step) / "meta" / "metadata").write_text("{not json")
+    shutil.copytree(root / "run", root / "set_aside")
+    shutil.rmtree(root / "set_aside" / "checkpoints" / "2")
+    (root / "set_aside" / "checkpoints" / "4").rename(root / "set_aside" / "checkpoints" / "4.corrupt")
 
 
 def write_image_files(root):
@@ -232,6 +253,15 @@ ROWS = [
     ("token file read with another tokenizer", tokens("bpe.bin", "data.tokenizer={files}/tok_b.json"), ["bpe.bin was written with the tokenizer", "tok_a.json", "tok_b.json", "tokenize the text again"]),
     ("bytes token file read with a tokenizer", tokens("big.bin", "data.tokenizer={files}/tok_a.json"), ["big.bin holds bytes ids", "records no tokenizer", "--tokenizer"]),
     ("MNIST negative labels", ["fit", IMAGES, "data.source=mnist", "data.path={files}/mnist_negative", "data.batch_size=8"], ["train split of the MNIST files", "label -1 at example 3"]),
+    # --- safety_ckpt ---
+    ("resume a run without a checkpoint", ["resume", "{files}/no_checkpoint"], ["no_checkpoint has no checkpoint to resume from", "paxtrain fit CONFIG run_dir=", "--restart"]),
+    ("eval --step latest of an unreadable newest checkpoint", ["eval", "{files}/newest_unreadable"], ["is unreadable: step 4 (", "Nothing was changed", "newest readable checkpoint is step 2", "`--step 2`"]),
+    ("eval of a run whose checkpoints are all unreadable", ["eval", "{files}/all_unreadable"], ["No readable checkpoint", "tried step 4 (", "; step 2 (", "Put a good copy"]),
+    ("eval of a named step that is unreadable", ["eval", "{files}/newest_unreadable", "--step", "4"], ["step 4", "unreadable", "none (this step was asked for)"]),
+    ("fit on a run whose checkpoints are all unreadable", fit(*RUN, "run_dir={files}/all_unreadable"), ["No readable checkpoint", "tried step 4 (", "; step 2 (", "Nothing was changed on disk", "--restart"]),
+    ("resume of a run whose checkpoints are all unreadable", ["resume", "{files}/all_unreadable"], ["No readable checkpoint", "Nothing was changed on disk", "--restart"]),
+    ("fit on a run with only a checkpoint moved aside", fit(*RUN, "run_dir={files}/set_aside"), ["holds no checkpoint, only damaged ones moved aside earlier (4.corrupt)", "--restart"]),
+    ("resume of a run with only a checkpoint moved aside", ["resume", "{files}/set_aside"], ["4.corrupt", "--restart"]),
 ]  # fmt: skip
 
 

@@ -354,3 +354,121 @@ def test_a_full_disk_at_a_save_is_one_line_and_leaves_no_partial_directory(
     assert err.rstrip().endswith("Free disk space there, then resume.")
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["2"]  # no partial left
     assert {"config.yaml", "metrics.jsonl"} <= {p.name for p in run.iterdir()}
+
+
+TINY_RUN = [
+    *TINY_CHAR_RNN, "callbacks=[]", "trainer.max_steps=8", "trainer.eval_every=4",
+    "trainer.checkpoint.every_steps=4", "trainer.plot=false",
+]  # fmt: skip
+
+
+def run_files(run):
+    """Every file of a run directory with its bytes, but the lock (it records the pid)."""
+    return {
+        str(p.relative_to(run)): p.read_bytes()
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and p.name != ".paxtrain.lock"
+    }
+
+
+def damage(step_dir, how):
+    if how == "deleted file":
+        for path in (step_dir / "state").rglob("*"):
+            if path.is_file() and path.parent.name == "d":
+                path.unlink()
+    else:  # random bytes
+        for path in (step_dir / "state").rglob("*"):
+            if path.is_file() and path.parent.name == "d":
+                path.write_bytes(np.random.default_rng(0).bytes(path.stat().st_size))
+
+
+@pytest.mark.parametrize("how", ["deleted file", "random bytes"])
+def test_a_corrupt_newest_checkpoint_is_one_line_and_the_resume_is_exact(tmp_path, capfd, how):
+    # Issue 23: a right and bitwise exact fallback, but 47 (deleted file) or 8 tracebacks.
+    import shutil
+
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    assert main(["fit", CHAR_RNN, *TINY_RUN, f"run_dir={whole}"]) == 0  # steps 4 and 8
+    shutil.copytree(whole, run)
+    damage(run / "checkpoints" / "8", how)
+    capfd.readouterr()
+    assert main(["resume", str(run)]) == 0
+    out, err = capfd.readouterr()
+    (line,) = err.splitlines()
+    assert line.startswith("paxtrain: warning: Checkpoint step 8 in ") and "unreadable (" in line
+    assert "moved it aside to" in line and "8.corrupt (its files kept); trying step 4" in line
+    assert "TensorStore details" not in line
+    assert "resumed from" in out and "at step 4" in out and "finished at step 8" in out
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["4", "8", "8.corrupt"]
+    for path in ("model.cell.input_to_gates.weight", "model.head.weight"):
+        np.testing.assert_array_equal(
+            checkpoint_array(run, 8, path), checkpoint_array(whole, 8, path), err_msg=path
+        )
+
+
+def checkpoint_array(run, step, path):
+    import orbax.checkpoint as ocp
+
+    return ocp.StandardCheckpointer().restore(run / "checkpoints" / str(step) / "state")[path]
+
+
+def test_all_unreadable_checkpoints_change_nothing_until_restart(tmp_path, capfd):
+    # Issue 23: all moved aside, then the same command trained from step 0 without a word.
+    run = tmp_path / "run"
+    assert main(["fit", CHAR_RNN, *TINY_RUN, f"run_dir={run}"]) == 0
+    for step in (4, 8):
+        damage(run / "checkpoints" / str(step), "random bytes")
+    before = run_files(run)
+    capfd.readouterr()
+    for _ in range(2):  # the same command again: the same answer, still nothing changed
+        assert main(["fit", CHAR_RNN, *TINY_RUN, f"run_dir={run}"]) == 2
+        err = capfd.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert "No readable checkpoint" in err and "tried step 8 (" in err and "; step 4 (" in err
+        assert "Nothing was changed on disk" in err and "--restart" in err
+        assert run_files(run) == before
+    assert main(["resume", str(run), "--restart"]) == 0
+    out, err = capfd.readouterr()
+    (line,) = err.splitlines()
+    assert "--restart: moved them aside (8.corrupt, 4.corrupt, their files kept)" in line
+    assert "finished at step 8" in out and "resumed from" not in out
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["4", "4.corrupt", "8", "8.corrupt"]
+    for name in ("4.corrupt", "8.corrupt"):  # the damaged files, byte for byte
+        kept = {k.replace(name, name.split(".")[0], 1): v for k, v in run_files(run).items()
+                if k.startswith(f"checkpoints/{name}/")}  # fmt: skip
+        assert kept == {
+            k: v for k, v in before.items() if k.startswith(f"checkpoints/{name.split('.')[0]}/")
+        }
+
+
+def test_resume_without_a_checkpoint_refuses_and_restart_trains_from_step_0(tmp_path, capfd):
+    # Issue 23: `paxtrain resume` of a run with no checkpoint silently started from step 0.
+    run = tmp_path / "run"
+    assert (
+        main(["fit", CHAR_RNN, *TINY_RUN, "trainer.checkpoint.enabled=false", f"run_dir={run}"])
+        == 0
+    )
+    capfd.readouterr()
+    assert main(["resume", str(run)]) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "has no checkpoint to resume from" in err
+    assert "trainer.checkpoint.enabled=false" in err and f"paxtrain resume {run} --restart" in err
+    assert main(["resume", str(run), "trainer.checkpoint.enabled=true", "--restart"]) == 0
+    out = capfd.readouterr().out
+    assert "finished at step 8" in out and "resumed from" not in out
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["4", "8"]
+
+
+def test_eval_says_which_step_of_which_run_it_evaluated(tmp_path, capfd):
+    # Issue 23: `paxtrain eval` never printed which step it evaluated.
+    run = tmp_path / "run"
+    assert main(["fit", CHAR_RNN, *TINY_RUN, f"run_dir={run}"]) == 0
+    logged = {r["step"]: r["eval/loss"] for r in read_jsonl(run) if "eval/loss" in r}
+    capfd.readouterr()
+    for step, expected in (("latest", 8), ("4", 4)):
+        assert main(["eval", str(run), "--step", step]) == 0
+        out = capfd.readouterr().out
+        printed = dict(item.split("=") for item in out.split())
+        assert printed["step"] == str(expected) and printed["run_dir"] == str(run)
+        assert float(printed["eval/loss"]) == pytest.approx(logged[expected], rel=1e-5)
