@@ -472,3 +472,37 @@ def test_eval_says_which_step_of_which_run_it_evaluated(tmp_path, capfd):
         printed = dict(item.split("=") for item in out.split())
         assert printed["step"] == str(expected) and printed["run_dir"] == str(run)
         assert float(printed["eval/loss"]) == pytest.approx(logged[expected], rel=1e-5)
+
+
+class SignalDuringCollection(RegressionData):
+    """Sends SIGTERM from inside a garbage collection, as JAX's `_xla_gc_callback` runs one,
+    while the trainer checks the first batch (the start-up)."""
+
+    def train_batch(self, step):
+        import gc
+        import os
+        import signal
+
+        def callback(phase, info):
+            if phase == "start":
+                gc.callbacks.remove(callback)
+                os.kill(os.getpid(), signal.SIGTERM)
+                self.handled_inside = sum(range(100))  # the handler runs here, in the callback
+
+        gc.callbacks.append(callback)
+        gc.collect()
+        return super().train_batch(step)
+
+
+def test_a_signal_during_garbage_collection_at_start_up_is_not_lost(tmp_path):
+    # Issue 23: raised from the handler inside `_xla_gc_callback`, it was printed as
+    # "Exception ignored" and dropped; the run trained to its end and exited 0.
+    from paxtrain.train.preemption import PreemptedBeforeTraining, before_training
+
+    trainer = trainer_for(tmp_path / "run", 4)
+    data = SignalDuringCollection()
+    with before_training(), pytest.raises(PreemptedBeforeTraining) as stopped:
+        trainer.fit(Regression(), data, optax.adam(0.1))
+    assert data.handled_inside == 4950  # the signal came during the collection
+    assert str(stopped.value).startswith("paxtrain: SIGTERM before training started")
+    assert not (tmp_path / "run").exists() and trainer.step == 0
