@@ -50,6 +50,9 @@ from paxtrain.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 
+CHECKPOINT_DIR = "checkpoints"  # a run directory's checkpoints: RUN_DIR/checkpoints
+
+
 # Orbax warnings about what this module does on purpose: saving at a step without evaluation
 # (kept by `keep_last` only) and opening a directory read-only (a reader).
 _EXPECTED_ORBAX_WARNINGS = (
@@ -618,14 +621,15 @@ class CheckpointManager:
         return arrays
 
     def read_arrays(
-        self, wanted: dict[str, Any], step: int | str = "latest"
+        self, wanted: dict[str, Any] | None = None, step: int | str = "latest"
     ) -> dict[str, jax.Array]:
         """Reads only the `wanted` arrays of one checkpoint (fine-tuning's road in), each into
         the shape, dtype and sharding of its `wanted` value (an array or a
         `jax.ShapeDtypeStruct`), verified against the checkpoint's fingerprints like a restore.
 
         Args:
-          wanted: arrays keyed by their checkpoint paths (see `saved_arrays`).
+          wanted: arrays keyed by their checkpoint paths (see `saved_arrays`); None: all of
+            them, as saved (no model or config needed: a notebook's look at a run).
           step: "latest" or a step number; a damaged step is a CheckpointError, never a
             silent fallback to another one.
 
@@ -636,6 +640,9 @@ class CheckpointManager:
         if step is None or step not in self.steps():
             detail = "" if step is None else f" for step {step} (have {self.steps()})"
             raise CheckpointError(NO_CHECKPOINT_MSG.format(directory=self.directory, detail=detail))
+        if wanted is None:
+            saved = self._named(step, lambda: self.saved_arrays(step))
+            wanted = {path: jax.ShapeDtypeStruct(a.shape, a.dtype) for path, a in saved.items()}
         return self._named(step, lambda: self._read_step(step, wanted))
 
     def _named(self, step: int, read: Callable[[], Any]) -> Any:
@@ -804,3 +811,23 @@ class CheckpointManager:
             self.wait()
         finally:
             self._manager.close()
+
+
+def open_checkpoints(run_dir: str | pathlib.Path) -> CheckpointManager:
+    """The checkpoints of a run directory (`RUN_DIR/checkpoints`) opened read-only: safe
+    beside the run while it trains, unlike an Orbax `CheckpointManager` opened as a writer,
+    which deletes the temporary directory of the save in flight. Close it when done.
+
+    Example:
+        >>> from paxtrain.train import TrainState
+        >>> writer = CheckpointManager("runs/demo/checkpoints", async_save=False)
+        >>> writer.save(TrainState.create(nn.Linear(2, 1), optax.sgd(0.1)))
+        >>> writer.close()
+        >>> checkpoints = open_checkpoints("runs/demo")
+        >>> checkpoints.steps()
+        [0]
+        >>> checkpoints.read_arrays()["model.weight"].shape  # every array, by its path
+        (2, 1)
+        >>> checkpoints.close()
+    """
+    return CheckpointManager(pathlib.Path(run_dir) / CHECKPOINT_DIR, read_only=True)

@@ -12,13 +12,12 @@ from typing import Any
 
 import jax
 
-from paxtrain.checkpoint.store import CheckpointManager
+from paxtrain.checkpoint.store import CHECKPOINT_DIR, CheckpointManager
 from paxtrain.errors import ArgumentError
 from paxtrain.parallel.distributed import main_process_decides
 from paxtrain.train.hooks import CheckpointStore, Hook, TrainerView, check_at_least_one
 from paxtrain.train.monitor import Monitor
 
-CHECKPOINT_DIR = "checkpoints"
 # On several processes, `every_seconds` is checked once per this many steps (see
 # `on_step_taken`).
 CLOCK_SYNC_STEPS = 10
