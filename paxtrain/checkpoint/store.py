@@ -269,6 +269,25 @@ def _describe(shape: tuple, dtype: Any) -> str:
     return f"shape {tuple(shape)} {np.dtype(dtype).name}"
 
 
+# How Orbax and tensorstore report files of a save that are missing: deleted under the writer.
+_MISSING_FILE_SIGNS = (
+    "NOT_FOUND", "No such file or directory", "os_error_code='2'", "Directory not empty",
+    "are missing", "No ArrayMetadata found",
+)  # fmt: skip
+
+
+def _held_open(paths: list[pathlib.Path]) -> list[int]:
+    """Descriptors of the directories among `paths` (those still there)."""
+    held = []
+    for path in paths:
+        try:
+            if path.is_dir():
+                held.append(os.open(path, os.O_RDONLY))
+        except OSError:  # renamed (the save finished) or deleted meanwhile
+            continue
+    return held
+
+
 def _listing(unreadable: list[tuple[int, str]]) -> str:
     return "; ".join(f"step {step} ({reason})" for step, reason in unreadable)
 
@@ -353,9 +372,10 @@ class CheckpointManager:
         # Readers change nothing; in a multi-process job, process 0 alone renames directories.
         self._moves_bad_steps = not read_only and jax.process_index() == 0
         self._pending_step: int | None = None  # the step of a background save in flight
-        # Its temporary directory, held open: once deleted, its link count is 0 (a new
-        # directory at the same path, made by a writer thread, is another one).
-        self._pending_tmp: tuple[pathlib.Path, int] | None = None  # path, file descriptor
+        # Its temporary directory and those in it, held open: a deleted one has a link count of
+        # 0 (a directory made again at its path by a writer thread is another one; one a
+        # writer thread kept from being removed still has its deleted subdirectories).
+        self._pending_tmp: tuple[pathlib.Path, list[int]] | None = None  # path, descriptors
         self._vanished_before = False  # the last save lost its directory: no second retry
         self._tmp_gone_at_start = False
 
@@ -463,10 +483,7 @@ class CheckpointManager:
         self._pending_step, self._tmp_gone_at_start = step, False
         self._manager.save(step, args=args, metrics=metrics, force=True)
         tmp = self._temporary(step)  # none once a synchronous save has finished
-        try:
-            self._pending_tmp = (tmp[0], os.open(tmp[0], os.O_RDONLY)) if tmp else None
-        except OSError:  # renamed (finished) or deleted meanwhile: the failure, if any, tells
-            self._pending_tmp = None
+        self._pending_tmp = (tmp[0], _held_open([tmp[0], *tmp[0].rglob("*")])) if tmp else None
         # Orbax makes the directory before `save` returns: missing in a background save, it
         # was deleted before it could be held.
         self._tmp_gone_at_start = not tmp and self._manager.is_saving_in_progress()
@@ -479,17 +496,24 @@ class CheckpointManager:
         return sorted(self.directory.glob(f"{step}.orbax-checkpoint-tmp*"))
 
     def _vanished(self, step: int, error: BaseException) -> bool:
-        """Whether a failed save lost its directory (deleted, or deleted and created again by
-        a writer thread), the first time in a row: a second time is reported as a failure."""
+        """Whether a failed save lost (part of) its directory, the first time in a row: a
+        second time is reported as a failure."""
         if self._vanished_before or (self.directory / str(step)).exists():
             return False
-        if self._pending_tmp is not None:
-            return os.fstat(self._pending_tmp[1]).st_nlink == 0
         if self._tmp_gone_at_start:
             return True
-        while error is not None and not isinstance(error, FileNotFoundError):
+        held = self._pending_tmp[1] if self._pending_tmp else []
+        if any(os.fstat(fd).st_nlink == 0 for fd in held):
+            return True
+        # The directory a writer thread kept from being removed (by making a file in it
+        # meanwhile), emptied: the errors name files that are missing.
+        while error is not None:
+            if isinstance(error, FileNotFoundError) or any(
+                sign in str(error) for sign in _MISSING_FILE_SIGNS
+            ):
+                return True
             error = error.__cause__ or error.__context__
-        return error is not None
+        return False
 
     def _lost(self, step: int, retry: str) -> None:
         """Warns that save `step` lost its directory and clears what is left of it."""
@@ -509,7 +533,8 @@ class CheckpointManager:
 
     def _release_tmp(self) -> None:
         if self._pending_tmp is not None:
-            os.close(self._pending_tmp[1])
+            for fd in self._pending_tmp[1]:
+                os.close(fd)
             self._pending_tmp = None
 
     def _remove_partial(self, step: int) -> None:
