@@ -506,3 +506,21 @@ def test_a_signal_during_garbage_collection_at_start_up_is_not_lost(tmp_path):
     assert data.handled_inside == 4950  # the signal came during the collection
     assert str(stopped.value).startswith("paxtrain: SIGTERM before training started")
     assert not (tmp_path / "run").exists() and trainer.step == 0
+
+
+def test_a_signal_during_a_command_that_does_not_train_ends_in_exit_75(monkeypatch, capsys):
+    # Recorded, not raised, by the handler: acted on once the command's work is done.
+    import os
+    import signal
+
+    import paxtrain.cli.app as app
+
+    def env_then_signalled():
+        os.kill(os.getpid(), signal.SIGTERM)
+        return 0
+
+    monkeypatch.setattr(app, "_env", env_then_signalled)
+    assert main(["env"]) == 75
+    assert capsys.readouterr().err == (
+        "paxtrain: SIGTERM before training started: nothing to save. Run the same command again.\n"
+    )

@@ -42,9 +42,11 @@ class PreemptedBeforeTraining(BaseException):
 
 
 class _Received:
-    """The first preemption signal `before_training` recorded and nobody has acted on yet."""
+    """The first preemption signal `before_training` recorded and nobody has acted on yet,
+    and whether training started (`stop_on_signals`) since it began."""
 
     name: str | None = None
+    trained = False
 
 
 @contextlib.contextmanager
@@ -67,7 +69,7 @@ def before_training(names: Iterable[str] = DEFAULT_PREEMPTION_SIGNALS) -> Iterat
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _Received.name = None
+    _Received.name, _Received.trained = None, False
 
     def handle(number: int, frame: Any) -> None:
         name = signal.Signals(number).name
@@ -78,6 +80,10 @@ def before_training(names: Iterable[str] = DEFAULT_PREEMPTION_SIGNALS) -> Iterat
     try:
         with _handling(names, handle):
             yield
+            # A command without training (eval, data...) ends here: the signal it ran through
+            # still ends in exit 75. After a training, the run's own exit code stands.
+            if not _Received.trained:
+                raise_if_signalled()
     finally:
         _Received.name = None
 
@@ -125,6 +131,7 @@ def stop_on_signals(trainer: TrainerView, names: Iterable[str]) -> Iterator[None
         ...     trainer._loop()
     """
     names = tuple(names)
+    _Received.trained = True
     if threading.current_thread() is not threading.main_thread():
         warnings.warn("Not in the main thread: preemption signals are not handled.", stacklevel=3)
         yield
