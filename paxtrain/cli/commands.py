@@ -117,14 +117,16 @@ def evaluate_run(
     step: str = "latest",
     overrides: list[str] | None = None,
     allow_targets: tuple[str, ...] = (),
-) -> dict[str, float]:
-    """Evaluates a run's checkpoint ("latest", "best" or a step number) on its eval data.
+) -> tuple[int, dict[str, float]]:
+    """Evaluates a run's checkpoint ("latest", "best" or a step number) on its eval data;
+    returns the step of the checkpoint evaluated and the metrics.
 
     Example:
         >>> evaluate_run("runs/char_rnn-20260101-120000", step="best")  # doctest: +SKIP
-        {'loss': 1.43, 'bits_per_char': 2.07}
+        (1500, {'loss': 1.43, 'bits_per_char': 2.07})
     """
-    return restore_run(run_dir, step, overrides, allow_targets).eval_metrics()
+    trainer = restore_run(run_dir, step, overrides, allow_targets)
+    return trainer.step, trainer.eval_metrics()
 
 
 def sample_run(run_dir: str | pathlib.Path, prompt: str, options: dict[str, Any]) -> str:
@@ -233,12 +235,13 @@ def _resume(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     sys.path[:0] = [os.getcwd()]
-    trainer = restore_run(args.run_dir, args.step, list(args.overrides), tuple(args.allow_target))
-    metrics = trainer.eval_metrics()
+    step, metrics = evaluate_run(
+        args.run_dir, args.step, list(args.overrides), tuple(args.allow_target)
+    )
     raise_if_signalled()  # a signal during the evaluation: exit 75, no metrics line
     # Which checkpoint was evaluated, on the line of its metrics: "latest" names no step.
     shown = " ".join(f"eval/{k}={v:.6g}" for k, v in metrics.items())
-    print(f"step={trainer.step} run_dir={args.run_dir} {shown}")
+    print(f"step={step} run_dir={args.run_dir} {shown}")
     return 0
 
 
