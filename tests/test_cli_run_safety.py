@@ -25,6 +25,7 @@ from paxtrain.cli.build import schedule_horizon
 from paxtrain.cli.fit import exit_code, final_eval_is_finite
 from paxtrain.cli.runs import check_run_targets
 from paxtrain.config.composition import compose
+from paxtrain.data import CharCorpus
 from paxtrain.errors import ConfigError
 from paxtrain.train import EarlyStopping, Hook, StepSettings, Trainer, default_hooks
 from paxtrain.train.checkpointing import Checkpointing
@@ -524,3 +525,31 @@ def test_a_signal_during_a_command_that_does_not_train_ends_in_exit_75(monkeypat
     assert capsys.readouterr().err == (
         "paxtrain: SIGTERM before training started: nothing to save. Run the same command again.\n"
     )
+
+
+class Usr2WhileChecked(CharCorpus):
+    """Sends SIGUSR2 while the trainer checks the first batch (the start-up)."""
+
+    def train_batch(self, step):
+        import os
+        import signal
+
+        if not getattr(self, "sent", False):
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGUSR2)
+        return super().train_batch(step)
+
+
+def test_a_configured_signal_during_start_up_exits_75(tmp_path, capsys):
+    # Not one of the defaults (SIGTERM, SIGINT, SIGUSR1): its default action would end the
+    # process at once, as if killed.
+    run = tmp_path / "run"
+    code = main([
+        "fit", CHAR_RNN, *TINY_RUN, f"run_dir={run}", "trainer.preemption_signals=[SIGTERM,SIGUSR2]",
+        f"data._target_={__name__}.Usr2WhileChecked",
+    ])  # fmt: skip
+    assert code == 75
+    assert capsys.readouterr().err == (
+        "paxtrain: SIGUSR2 before training started: nothing to save. Run the same command again.\n"
+    )
+    assert not run.exists()

@@ -21,6 +21,7 @@ from paxtrain.cli.runs import (
     config_changes,
 )
 from paxtrain.config.optimizer import with_horizon
+from paxtrain.train.preemption import before_training
 
 CONFIG_CHANGED_MSG = (
     "paxtrain: resuming with another config than the run's {file} (which this run now "
@@ -66,7 +67,8 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None, restart: bo
     abstract = jax.eval_shape(parallel.seeded(model, cfg.seed))  # `model` builds it, sharded
     say(abstract.summary() if hasattr(abstract, "summary") else abstract)
     started = time.perf_counter()
-    trainer.fit(model, data, optimizer=optimizer)
+    with before_training(cfg.trainer.preemption_signals):  # those the config adds, too
+        trainer.fit(model, data, optimizer=optimizer)
     elapsed = time.perf_counter() - started
     final = trainer.eval_history[-1][1] if trainer.eval_history else {}
     shown = ", ".join(f"eval/{k}={v:.4f}" for k, v in final.items())

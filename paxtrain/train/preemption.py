@@ -43,10 +43,11 @@ class PreemptedBeforeTraining(BaseException):
 
 class _Received:
     """The first preemption signal `before_training` recorded and nobody has acted on yet,
-    and whether training started (`stop_on_signals`) since it began."""
+    whether training started (`stop_on_signals`) since it began, and how many are active."""
 
     name: str | None = None
     trained = False
+    depth = 0
 
 
 @contextlib.contextmanager
@@ -62,6 +63,10 @@ def before_training(names: Iterable[str] = DEFAULT_PREEMPTION_SIGNALS) -> Iterat
     `__del__`, where Python prints "Exception ignored" and drops it. A second signal (Ctrl-C
     pressed again) raises at once, for start-up work that reaches no safe point soon.
 
+    Nested, the inner one adds its signals (a run's configured `preemption_signals`, known
+    once its config is read) to the outer one's record. Names that are no signal are left to
+    the trainer, which refuses them.
+
     Example:
         >>> with before_training():
         ...     raise_if_signalled()  # no signal yet: goes on
@@ -69,7 +74,9 @@ def before_training(names: Iterable[str] = DEFAULT_PREEMPTION_SIGNALS) -> Iterat
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _Received.name, _Received.trained = None, False
+    outermost = _Received.depth == 0
+    if outermost:
+        _Received.name, _Received.trained = None, False
 
     def handle(number: int, frame: Any) -> None:
         name = signal.Signals(number).name
@@ -77,15 +84,20 @@ def before_training(names: Iterable[str] = DEFAULT_PREEMPTION_SIGNALS) -> Iterat
             raise PreemptedBeforeTraining(_Received.name)
         _Received.name = name
 
+    _Received.depth += 1
     try:
-        with _handling(names, handle):
+        with _handling(
+            [n for n in names if isinstance(getattr(signal, n, None), signal.Signals)], handle
+        ):
             yield
             # A command without training (eval, data...) ends here: the signal it ran through
             # still ends in exit 75. After a training, the run's own exit code stands.
-            if not _Received.trained:
+            if outermost and not _Received.trained:
                 raise_if_signalled()
     finally:
-        _Received.name = None
+        _Received.depth -= 1
+        if outermost:
+            _Received.name = None
 
 
 def raise_if_signalled() -> None:
