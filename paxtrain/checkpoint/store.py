@@ -790,7 +790,9 @@ class CheckpointManager:
             if not restart:
                 raise
         tried = self._candidates()
-        moved = [self._move_aside(self.directory / str(step)).name for step in tried]
+        moved = []
+        if self._moves_bad_steps:  # process 0 alone renames; the others start over with it
+            moved = [self._move_aside(self.directory / str(step)).name for step in tried]
         warnings.warn(
             RESTARTED_MSG.format(
                 directory=self.directory, tried=", ".join(f"step {s}" for s in tried),

@@ -395,7 +395,11 @@ class Trainer:
         """Restores the newest readable checkpoint and the hooks' states, if there is one
         (`CheckpointManager.resume`: refuses to start over a run whose checkpoints are all
         unreadable or moved aside, unless the store says `restart`)."""
-        restored = self.checkpoints.resume(self.checkpoint_state, restart=self._restart_allowed)
+        try:
+            restored = self.checkpoints.resume(self.checkpoint_state, restart=self._restart_allowed)
+        except BaseException:
+            self.checkpoints.close()
+            raise
         if restored is None:
             return
         state, meta = restored
