@@ -257,7 +257,7 @@ ROWS = [
     ("resume a run without a checkpoint", ["resume", "{files}/no_checkpoint"], ["no_checkpoint has no checkpoint to resume from", "paxtrain fit CONFIG run_dir=", "--restart"]),
     ("eval --step latest of an unreadable newest checkpoint", ["eval", "{files}/newest_unreadable"], ["is unreadable: step 4 (", "Nothing was changed", "newest readable checkpoint is step 2", "`--step 2`"]),
     ("eval of a run whose checkpoints are all unreadable", ["eval", "{files}/all_unreadable"], ["No readable checkpoint", "tried step 4 (", "; step 2 (", "Put a good copy"]),
-    ("eval of a named step that is unreadable", ["eval", "{files}/newest_unreadable", "--step", "4"], ["step 4", "unreadable", "none (this step was asked for)"]),
+    ("eval of a named step that is unreadable", ["eval", "{files}/newest_unreadable", "--step", "4"], ["Checkpoint step 4 in", "is unreadable (", "no other step is used instead", "steps 2, 4"]),
     ("fit on a run whose checkpoints are all unreadable", fit(*RUN, "run_dir={files}/all_unreadable"), ["No readable checkpoint", "tried step 4 (", "; step 2 (", "Nothing was changed on disk", "--restart"]),
     ("resume of a run whose checkpoints are all unreadable", ["resume", "{files}/all_unreadable"], ["No readable checkpoint", "Nothing was changed on disk", "--restart"]),
     ("fit on a run with only a checkpoint moved aside", fit(*RUN, "run_dir={files}/set_aside"), ["holds no checkpoint, only damaged ones moved aside earlier (4.corrupt)", "--restart"]),

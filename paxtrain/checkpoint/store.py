@@ -132,6 +132,13 @@ UNREADABLE_MSG = (
 MOVED_ASIDE_MSG = "; moved it aside to {path} (its files kept)"
 
 
+NAMED_UNREADABLE_MSG = (
+    "Checkpoint step {step} in {directory} is unreadable ({reason}); it was asked for, so no "
+    "other step is used instead. Ask for another one (the run has steps {steps}), or put a good "
+    "copy of step {step} back."
+)
+
+
 # A step directory Orbax does not list as a checkpoint (no commit marker): a damaged save.
 UNFINISHED_REASON = "no complete checkpoint: an interrupted or damaged save"
 
@@ -678,9 +685,9 @@ class CheckpointManager:
             raise
         except Exception as error:
             raise CheckpointError(
-                UNREADABLE_MSG.format(
-                    step=step, directory=self.directory, reason=_reason(error), moved="",
-                    fallback="none (this step was asked for)",
+                NAMED_UNREADABLE_MSG.format(
+                    step=step, directory=self.directory, reason=_reason(error),
+                    steps=", ".join(map(str, self.steps())),
                 )
             ) from None  # fmt: skip
 
