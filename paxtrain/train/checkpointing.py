@@ -51,6 +51,9 @@ class Checkpointing(Hook):
         such a start is refused (`CheckpointManager.resume`): `paxtrain fit/resume --restart`.
       directory: defaults to `RUN_DIR/checkpoints`.
       meta: JSON-serializable facts saved with each checkpoint (config hash, versions).
+      frozen_base: the source of the model's frozen parameters (a LoRA run's `init_from`):
+        checkpoints then hold everything but those, and record the source with their
+        fingerprints, checked on restore (`CheckpointManager`'s `frozen_base`).
 
     Example:
         >>> hooks = default_hooks(checkpointing=Checkpointing(every_steps=100))  # doctest: +SKIP
@@ -73,6 +76,7 @@ class Checkpointing(Hook):
         restart: bool = False,
         directory: str | pathlib.Path | None = None,
         meta: dict[str, Any] | None = None,
+        frozen_base: str | None = None,
     ):
         check_at_least_one("every_steps", every_steps, 500)
         check_at_least_one("keep_last", keep_last, 3)
@@ -83,6 +87,7 @@ class Checkpointing(Hook):
         self.keep_last, self.keep_best, self.async_save = keep_last, keep_best, async_save
         self.resume, self.restart = resume, restart
         self.directory, self.meta = directory, meta or {}
+        self.frozen_base = frozen_base
         self._manager: CheckpointManager | None = None
         self._steps_unchecked = 0
 
@@ -96,6 +101,7 @@ class Checkpointing(Hook):
             monitor=self.monitor.key if self.monitor else None,  # checkpoints record `eval/*`
             mode=self.monitor.mode if self.monitor else "min",
             async_save=self.async_save,
+            frozen_base=self.frozen_base,
         )
         return CheckpointStore(self._manager, self.resume, self.restart)
 
