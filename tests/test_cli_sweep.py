@@ -1,8 +1,11 @@
-"""Sweep expansion (`paxtrain fit -m`) through Hydra's public override parser."""
+"""Sweep expansion (`paxtrain fit -m`) through Hydra's public override parser, and the sweep's
+result table."""
 
 import pytest
+from cli_support import CHAR_RNN, TINY_CHAR_RNN, run_paxtrain
 
 from paxtrain.cli.sweep import sweep_overrides
+from paxtrain.cli.sweep_results import JobOutcome, summary_table
 from paxtrain.errors import ConfigError
 
 
@@ -28,8 +31,16 @@ def test_a_list_value_is_one_value_not_a_sweep():
     ]
 
 
-def test_a_key_given_twice_keeps_its_last_value():
-    assert sweep_overrides(["seed=1,2", "seed=5"]) == [["seed=5"]]
+def test_a_swept_key_given_twice_is_refused_not_run_as_its_last_value():
+    # Issue 23 item 9: `-m seed=1,2,3 seed=5` ran one job (seed=5) in silence.
+    with pytest.raises(ConfigError) as error:
+        sweep_overrides(["seed=1,2,3", "seed=5"])
+    assert str(error.value) == (
+        "`seed` is given twice in a sweep ('seed=1,2,3' and 'seed=5'), which would run only the "
+        "last: give its values once, e.g. `seed=1,2,3,5`."
+    )
+    # Two plain values keep the last, as in one `paxtrain fit`.
+    assert sweep_overrides(["seed=1", "seed=5", "a=1,2"]) == [["seed=5", "a=1"], ["seed=5", "a=2"]]
 
 
 def test_interval_and_bad_syntax_are_config_errors():
@@ -39,3 +50,41 @@ def test_interval_and_bad_syntax_are_config_errors():
         sweep_overrides(["optimizer.learning_rate=interval(0,1)"])
     with pytest.raises(ConfigError, match=r"Override 'seed=range\(1,' cannot be parsed"):
         sweep_overrides(["seed=range(1,"])
+
+
+def test_the_table_shows_what_differs_marks_the_best_and_quotes_failures():
+    jobs = [
+        JobOutcome(0, ["a=1", "b=x"], "finished", "eval/accuracy", 0.5, "", "r/0", 0),
+        JobOutcome(1, ["a=2", "b=x"], "failed", "", None, "bad | data", "r/1", 2),
+        JobOutcome(2, ["a=3", "b=x"], "stopped early", "eval/accuracy", 0.75, "no gain", "r/2", 0),
+    ]
+    text, markdown = summary_table(jobs, mode="max")
+    assert text.splitlines() == [
+        "job,overrides,outcome,eval/accuracy,run_dir",
+        "0,a=1,finished,0.5,r/0",
+        "1,a=2,failed: bad | data,,r/1",
+        "2,a=3,stopped early: no gain,0.75,r/2",
+    ]
+    assert markdown.splitlines()[2:] == [
+        "| 0 | a=1 | finished | 0.5 | r/0 |",
+        "| 1 | a=2 | failed: bad \\| data |  | r/1 |",
+        "| 2 | a=3 | stopped early: no gain | 0.75 * | r/2 |",
+    ]
+
+
+@pytest.mark.slow
+def test_a_job_whose_data_fails_does_not_end_the_sweep(tmp_path):
+    # Issue 23 item 9: the first job's data error ended the sweep; the second never ran.
+    fast = ["trainer.max_steps=2", "trainer.eval_every=null", "callbacks=[]", "trainer.plot=false"]
+    result = run_paxtrain(
+        "fit", CHAR_RNN, "-m", *TINY_CHAR_RNN, *fast, "data.seq_len=100000,16", cwd=tmp_path
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "paxtrain: sweep job 0 (" in result.stderr and "too few for seq_len=100000" in result.stderr
+    (sweep,) = (tmp_path / "runs").iterdir()
+    lines = (sweep / "summary.csv").read_text().splitlines()
+    assert lines[0] == "job,overrides,outcome,eval/loss,run_dir"
+    assert lines[1].startswith("0,data.seq_len=100000,failed: `data` (paxtrain.data.text.CharCorpus)")
+    assert lines[2].startswith("1,data.seq_len=16,finished,")
+    assert (sweep / "1_data.seq_len=16" / "checkpoints").is_dir()
+    assert "| 1 | data.seq_len=16 | finished |" in result.stdout

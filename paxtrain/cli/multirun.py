@@ -19,8 +19,10 @@ the runs.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import pathlib
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -83,6 +85,9 @@ DIRECTION_MSG = (
 
 
 HYDRA_CONFIG_MSG = "Hydra's part of the sweep cannot be composed: {message}"
+
+
+UNKNOWN_HYDRA_KEY_MSG = "`{key}` is not a setting of `{parent}`.{hint} Its settings: {keys}."
 
 
 def uses_hydra(overrides: Sequence[str]) -> bool:
@@ -290,20 +295,37 @@ def _argv(argv: list[str]) -> Iterator[None]:
 
 def _sweeper_config(config_path: str, overrides: list[str]) -> Any:
     """Hydra's `hydra.sweeper` section as the overrides make it (Hydra's Compose API composes
-    the plugins' configs, though it never runs them)."""
+    the plugins' configs, though it never runs them); a key the plugins do not have is a
+    ConfigError naming the closest one."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
     from paxtrain.config.composition import PRIMARY_NAME
 
     folder = str(pathlib.Path(config_path).resolve().parent)
-    try:
-        with initialize_config_dir(config_dir=folder, version_base="1.3"):
+    with initialize_config_dir(config_dir=folder, version_base="1.3"):
+        try:
             cfg = compose(PRIMARY_NAME, overrides=overrides, return_hydra_config=True)
-    except HydraException as error:
-        message = " ".join(str(error).split())
-        raise ConfigError(HYDRA_CONFIG_MSG.format(message=message)) from None
+        except HydraException as error:
+            unknown = re.match(r"Could not override '(hydra\.[^']+)'", str(error))
+            if unknown is None:
+                message = " ".join(str(error).split())
+                raise ConfigError(HYDRA_CONFIG_MSG.format(message=message)) from None
+            groups = [o for o in overrides if "/" in o.partition("=")[0]]
+            plugins = compose(PRIMARY_NAME, overrides=groups, return_hydra_config=True)
+            raise ConfigError(_unknown_key_message(unknown.group(1), plugins)) from None
     return cfg.hydra.sweeper
+
+
+def _unknown_key_message(key: str, cfg: DictConfig) -> str:
+    parent, _, _ = key.rpartition(".")
+    section = OmegaConf.select(cfg, parent)
+    keys = sorted(section.keys()) if isinstance(section, DictConfig) else []
+    close = difflib.get_close_matches(key.rpartition(".")[2], keys, 1)
+    hint = f" Did you mean `{parent}.{close[0]}`?" if close else ""
+    return UNKNOWN_HYDRA_KEY_MSG.format(
+        key=key, parent=parent, hint=hint, keys=", ".join(keys) or "none"
+    )
 
 
 def _check_direction(sweeper: Any, monitor: Any) -> None:

@@ -259,13 +259,16 @@ def write_summary(sweep_dir: str | pathlib.Path, mode: str = "min") -> str:
     """
     sweep_dir = pathlib.Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    with open(sweep_dir / ".summary.lock", "w") as lock:
+    lock = os.open(sweep_dir, os.O_RDONLY)  # the directory itself: no lock file left beside
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         tables = summary_table(read_outcomes(sweep_dir), mode)
         for name, text in zip(SUMMARY_FILES, tables):
             partial = sweep_dir / f".{name}.partial"
             partial.write_text(text + ("" if text.endswith("\n") else "\n"))
             os.replace(partial, sweep_dir / name)
+    finally:
+        os.close(lock)  # and with it the lock
     return tables[1]
 
 
