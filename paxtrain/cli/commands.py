@@ -181,8 +181,8 @@ def _fit(args: argparse.Namespace) -> int:
         roots.append(str(pathlib.Path(os.path.abspath(config)).parent.parent))
     sys.path[:0] = roots
     if args.multirun and uses_hydra(args.overrides):  # Hydra's sweeper and launcher plugins
-        check_hydra_flags(args.overrides, args.launcher, args.cfg)
-        return run_hydra_sweep(config, args.overrides, sys_path=roots)
+        check_hydra_flags(args.overrides, args.launcher)
+        return run_hydra_sweep(config, args.overrides, roots, print_config=args.cfg == "job")
     jobs = sweep_overrides(args.overrides) if args.multirun else [list(args.overrides)]
     configs = [compose(config, overrides) for overrides in jobs]
     if args.cfg == "job":

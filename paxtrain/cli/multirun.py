@@ -72,12 +72,6 @@ TWO_LAUNCHERS_MSG = (
 )
 
 
-CFG_JOB_MSG = (
-    "--cfg job prints the config of each job of a grid; a sweep through Hydra's plugins "
-    "(`{override}`) has no list of jobs to print: leave `--cfg job` out, or the plugin."
-)
-
-
 DIRECTION_MSG = (
     "The sweeper's direction is {direction}, but the sweep's objective `{metric}` is better "
     "when {mode} (the config's monitor): set `hydra.sweeper.direction={wanted}`."
@@ -228,13 +222,18 @@ def hydra_settings(sweep_dir: pathlib.Path, fixed_keys: Sequence[str]) -> list[s
 
 
 def run_hydra_sweep(
-    config_path: str, overrides: Sequence[str], sys_path: Sequence[str] = ()
+    config_path: str,
+    overrides: Sequence[str],
+    sys_path: Sequence[str] = (),
+    print_config: bool = False,
 ) -> int:
     """Runs `paxtrain fit CONFIG -m OVERRIDES` through Hydra's multirun; returns the sweep's
     exit code (`cli.sweep_results.report_sweep`), after printing its result table.
 
-    The overrides are checked first as a grid's are (syntax, a key given twice, the plugins,
-    the non-swept overrides against the config), so a typo ends the sweep before any job.
+    The overrides are checked first (syntax, a key given twice, the plugins and their
+    settings, the config's keys and types at the sweep's first point: each swept key at its
+    first value or the start of its interval), so a typo ends the sweep before any job. `print_config`: print
+    that first point's config (`--cfg job`) instead of running.
 
     Example:
         >>> run_hydra_sweep("configs/char_rnn.yaml", ["hydra/launcher=joblib", "seed=1,2"])  # doctest: +SKIP
@@ -248,11 +247,17 @@ def run_hydra_sweep(
     hydra_side = [o for o in overrides if _is_hydra(o)]
     task = [(o, p) for o, p in zip(overrides, parsed) if not _is_hydra(o)]
     check_plugins(hydra_side)
-    fixed = [o for o, p in task if not p.is_sweep_override()]
-    cfg = compose(config_path, fixed)
+    # Keys and types at the first point (Hydra would stop the sweep on them); values are each
+    # job's to check, so that a trial with a bad one fails alone.
+    cfg = compose(config_path, [_first_point(o, p) for o, p in task], check=False)
     monitor = objective(cfg)
     sweeper = _sweeper_config(config_path, hydra_side)
     _check_direction(sweeper, monitor)
+    if print_config:
+        swept = " ".join(o for o, p in task if p.is_sweep_override())
+        print(f"# The sweep's first point; swept by Hydra: {swept}")
+        print(OmegaConf.to_yaml(cfg), end="")
+        return 0
     where = sweep_dir(cfg.run_dir, config_path)
     fixed_keys = [p.key_or_group for o, p in task if not p.is_sweep_override()]
     argv = [
@@ -264,6 +269,19 @@ def run_hydra_sweep(
         code = _run_hydra_app(app, config_path)
     sweep_code = report_sweep(where, monitor.mode)
     return max(code, sweep_code)
+
+
+def _first_point(text: str, override: Any) -> str:
+    """A swept override at its first value (the start of an interval); others as given."""
+    from hydra.core.override_parser.types import ValueType
+
+    if not override.is_sweep_override():
+        return text
+    if override.value_type == ValueType.INTERVAL_SWEEP:
+        first = str(override.value().start)
+    else:
+        first = next(iter(override.sweep_string_iterator()))
+    return f"{override.get_key_element()}={first}"
 
 
 def _run_hydra_app(task: HydraSweepTask, config_path: str) -> int:
@@ -341,15 +359,12 @@ def _check_direction(sweeper: Any, monitor: Any) -> None:
         )
 
 
-def check_hydra_flags(overrides: Sequence[str], launcher: str | None, cfg: str | None) -> None:
-    """Refuses the flags of `paxtrain fit` that a sweep through Hydra's plugins cannot honour:
-    `--launcher` beside a Hydra launcher, `--cfg job`.
+def check_hydra_flags(overrides: Sequence[str], launcher: str | None) -> None:
+    """Refuses `--launcher` (paxtrain's grid launcher) beside Hydra's plugins.
 
     Example:
-        >>> check_hydra_flags(["hydra/launcher=joblib", "seed=1,2"], None, None)
+        >>> check_hydra_flags(["hydra/launcher=joblib", "seed=1,2"], None)
     """
-    override = next(o for o in overrides if _is_hydra(o))
     if launcher:
+        override = next(o for o in overrides if _is_hydra(o))
         raise ConfigError(TWO_LAUNCHERS_MSG.format(launcher=launcher, override=override))
-    if cfg:
-        raise ConfigError(CFG_JOB_MSG.format(override=override))

@@ -23,7 +23,7 @@ BAD_OVERRIDE_MSG = "Override {override!r} cannot be parsed: {reason}"
 UNSWEEPABLE_MSG = (
     "`{override}` is a {kind} sweep, which cannot be listed as runs: give the values "
     "(`{key}=a,b`, `{key}=choice(a,b)`) or a range (`{key}=range(0,10,2)`), or search it with "
-    "a sweeper plugin, e.g. `hydra/sweeper=optuna` (pip install -e \".[sweep]\")."
+    'a sweeper plugin, e.g. `hydra/sweeper=optuna` (pip install -e ".[sweep]").'
 )
 
 

@@ -101,9 +101,7 @@ def objective(cfg: DictConfig) -> Monitor:
             )
         if str(checkpoint.mode) != str(early.mode):
             raise ConfigError(
-                TWO_MODES_MSG.format(
-                    checkpoint=checkpoint.mode, early=early.mode, metric=first.key
-                )
+                TWO_MODES_MSG.format(checkpoint=checkpoint.mode, early=early.mode, metric=first.key)
             )
     for section in (checkpoint, early):
         if section.monitor:
@@ -287,7 +285,11 @@ def report_sweep(sweep_dir: str | pathlib.Path, mode: str = "min") -> int:
         counts[o.outcome] = counts.get(o.outcome, 0) + 1
     print(table)
     shown = ", ".join(f"{n} {name}" for name, n in counts.items())
-    print(SUMMARY_MSG.format(count=len(outcomes), counts=shown, path=pathlib.Path(sweep_dir) / "summary.md"))
+    print(
+        SUMMARY_MSG.format(
+            count=len(outcomes), counts=shown, path=pathlib.Path(sweep_dir) / "summary.md"
+        )
+    )
     codes = [o.exit_code for o in outcomes]
     from paxtrain.train.preemption import PREEMPTED_EXIT_CODE
 
