@@ -95,3 +95,28 @@ def test_a_job_whose_data_fails_does_not_end_the_sweep(tmp_path):
     assert rows[2][:3] == ["1", "data.seq_len=16", "finished"] and float(rows[2][3]) > 0
     assert (sweep / "1_data.seq_len=16" / "checkpoints").is_dir()
     assert "| 1 | data.seq_len=16 | finished |" in result.stdout
+
+
+def test_each_job_records_its_outcome_and_hparams_for_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from paxtrain.cli.sweep_results import _record, read_outcomes, write_summary
+
+    run = tmp_path / "0_lr=0.003"
+    outcome = JobOutcome(
+        0, ["lr=0.003", "model=gru"], "finished", "eval/loss", 1.25, "", str(run), 0
+    )
+    _record(outcome)
+    assert read_outcomes(tmp_path) == [outcome]
+    events = EventAccumulator(str(run / "hparams"))
+    events.Reload()
+    assert events.Scalars("final/eval/loss")[0].value == 1.25
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    assert start.hparams["lr"].number_value == 0.003
+    assert start.hparams["model"].string_value == "gru"
+    assert start.hparams["outcome"].string_value == "finished"
+    table = write_summary(tmp_path).splitlines()  # one job: all its overrides shown
+    assert table[2] == f"| 0 | lr=0.003 model=gru | finished | 1.25 * | {run} |"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0_lr=0.003", "summary.csv", "summary.md"]

@@ -155,7 +155,7 @@ class HydraSweepTask:
     the final value of the objective. A job that fails (its config refused, its data unusable,
     no finite result) returns its one-line message instead of a number: Hydra's Optuna
     sweeper records such a trial as failed (the value is not float-castable) and the search
-    goes on; the basic sweeper runs the other jobs.
+    goes on; the basic sweeper runs the other jobs. A preempted job stops the sweep (exit 75).
 
     A picklable object (not a closure): joblib and submitit send it to other processes.
 
@@ -171,8 +171,9 @@ class HydraSweepTask:
     def __call__(self, cfg: DictConfig) -> float | str:
         from hydra.core.hydra_config import HydraConfig
 
-        from paxtrain.cli.sweep_results import FAILED, run_sweep_job, write_summary
+        from paxtrain.cli.sweep_results import FAILED, PREEMPTED, run_sweep_job, write_summary
         from paxtrain.config.schema import validate
+        from paxtrain.train.preemption import PREEMPTED_EXIT_CODE
 
         # As in the process that started the sweep: a launcher may run this elsewhere.
         os.chdir(self.workdir)
@@ -191,6 +192,10 @@ class HydraSweepTask:
         overrides = [o.removeprefix("++") for o in hydra.overrides.task]
         outcome = run_sweep_job(hydra.job.num, overrides, run_dir, self.config_path, config)
         write_summary(hydra.sweep.dir, self.mode)  # current for launchers that do not wait
+        if outcome.outcome == PREEMPTED:
+            # Not a failed trial to search past: the whole sweep is being stopped. SystemExit
+            # passes through Hydra's job runner (which catches Exceptions only).
+            raise SystemExit(PREEMPTED_EXIT_CODE)
         if outcome.outcome == FAILED or outcome.value is None:
             return f"paxtrain: {outcome.outcome}: {outcome.message or 'no final ' + outcome.metric}"
         return outcome.value
