@@ -3,6 +3,7 @@ the Optuna sweeper, the joblib launcher and submitit's local launcher. The fits 
 slow step; the checks made before anything runs are in the default one."""
 
 import csv
+import json
 import math
 
 import pytest
@@ -38,6 +39,11 @@ def run_dirs(sweep):
     return sorted(runs, key=lambda p: int(p.name.split("_")[0]))
 
 
+def final_eval_loss(run):
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [line["eval/loss"] for line in lines if "eval/loss" in line][-1]
+
+
 def check_usual_run_files(run):
     for name in ("config.yaml", "run.json", "metrics.jsonl", OUTCOME_FILE):
         assert (run / name).is_file(), (run, name)
@@ -61,6 +67,10 @@ def test_optuna_tpe_search_of_six_trials_records_the_best_trial(tmp_path):
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["name"] == "optuna"
     assert math.isclose(best["best_value"], min(values), rel_tol=1e-5)  # the table's 6 digits
+    # The objective Optuna got is, bit for bit, the run's last eval/loss in its metrics.jsonl.
+    finals = [final_eval_loss(run) for run in run_dirs(sweep)]
+    assert best["best_value"] == min(finals)
+    assert [f"{v:.6g}" for v in finals] == [r["eval/loss"] for r in table]
     (best_row,) = [r for r in table if float(r["eval/loss"]) == min(values)]
     assert best_row["overrides"] == f"{LR}={best['best_params'][LR]}"
     for run, row in zip(run_dirs(sweep), table):
