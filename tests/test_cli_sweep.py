@@ -120,3 +120,62 @@ def test_each_job_records_its_outcome_and_hparams_for_tensorboard(tmp_path):
     table = write_summary(tmp_path).splitlines()  # one job: all its overrides shown
     assert table[2] == f"| 0 | lr=0.003 model=gru | finished | 1.25 * | {run} |"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0_lr=0.003", "summary.csv", "summary.md"]
+
+
+class StubTrainer:
+    """What `run_sweep_job` reads of a trainer after `fit_from_config`."""
+
+    def __init__(self, loss, stop_reason=None, preempted=None, nonfinite=False):
+        self.eval_history = [(10, {"loss": loss, "bits_per_char": loss * 1.44})]
+        self.stop_reason, self.preempted, self.stopped_on_nonfinite = (
+            stop_reason,
+            preempted,
+            nonfinite,
+        )
+
+
+@pytest.mark.parametrize(
+    "trainer, outcome, value, code",
+    [
+        (StubTrainer(1.5), ("finished", ""), 1.5, 0),
+        (StubTrainer(1.5, stop_reason="no gain in 3 evals"), ("stopped early", "no gain in 3 evals"), 1.5, 0),
+        (StubTrainer(float("nan")), ("failed", "the final evaluation is not finite"), None, 3),
+        (StubTrainer(1.5, stop_reason="preempted by SIGTERM at step 10", preempted="SIGTERM"), ("preempted", "preempted by SIGTERM at step 10"), 1.5, 75),
+    ],
+)  # fmt: skip
+def test_a_job_outcome_says_how_the_fit_ended(trainer, outcome, value, code, tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from paxtrain.cli import fit
+    from paxtrain.cli.sweep_results import run_sweep_job
+
+    monkeypatch.setattr(fit, "fit_from_config", lambda cfg, config_path: trainer)
+    monitor = {"monitor": None, "mode": "min"}
+    cfg = OmegaConf.create(
+        {
+            "run_dir": str(tmp_path / "0"),
+            "trainer": {"checkpoint": monitor, "early_stopping": monitor},
+        }
+    )
+    job = run_sweep_job(0, ["seed=1"], cfg.run_dir, "c.yaml", cfg)
+    assert (job.outcome, job.message[: len(outcome[1])]) == outcome
+    assert (job.metric, job.value, job.exit_code) == ("eval/loss", value, code)
+
+
+def test_a_job_whose_config_is_refused_fails_alone(tmp_path, capsys):
+    from paxtrain.cli.sweep_results import run_sweep_job
+
+    def refused():
+        raise ConfigError("`trainer.max_steps` is 0: give at least 1.")
+
+    job = run_sweep_job(3, ["trainer.max_steps=0"], str(tmp_path / "3"), "c.yaml", refused)
+    assert (job.outcome, job.message, job.value, job.exit_code) == (
+        "failed",
+        "`trainer.max_steps` is 0: give at least 1.",
+        None,
+        2,
+    )
+    assert capsys.readouterr().err == (
+        f"paxtrain: sweep job 3 ({tmp_path / '3'}) failed: `trainer.max_steps` is 0: give at least 1.\n"
+    )
+    assert (tmp_path / "3" / "outcome.json").is_file()
