@@ -237,8 +237,8 @@ def run_hydra_sweep(
 
     The overrides are checked first (syntax, a key given twice, the plugins and their
     settings, the config's keys and types at the sweep's first point: each swept key at its
-    first value or the start of its interval), so a typo ends the sweep before any job. `print_config`: print
-    that first point's config (`--cfg job`) instead of running.
+    first value or the start of its interval), so a typo ends the sweep before any job.
+    `print_config`: print that first point's config (`--cfg job`) instead of running.
 
     Example:
         >>> run_hydra_sweep("configs/char_rnn.yaml", ["hydra/launcher=joblib", "seed=1,2"])  # doctest: +SKIP
