@@ -179,3 +179,18 @@ def test_a_job_whose_config_is_refused_fails_alone(tmp_path, capsys):
         f"paxtrain: sweep job 3 ({tmp_path / '3'}) failed: `trainer.max_steps` is 0: give at least 1.\n"
     )
     assert (tmp_path / "3" / "outcome.json").is_file()
+
+
+def test_a_sweep_directory_used_again_tables_the_newest_sweep_only(tmp_path):
+    from paxtrain.cli.sweep_results import _record, new_sweep_id, read_outcomes
+
+    def job(index, sweep):
+        run = str(tmp_path / f"{index}_seed={index}")
+        return JobOutcome(index, [f"seed={index}"], "finished", "eval/loss", 1.0, "", run, 0, sweep)
+
+    first, second = "2026-12-07T10:00:00.000001", new_sweep_id()
+    assert first < second
+    for index in range(3):
+        _record(job(index, first))
+    _record(job(0, second))  # the second sweep has one job: its dir is the first's job 0
+    assert read_outcomes(tmp_path) == [job(0, second)]

@@ -174,12 +174,13 @@ class FitJob:
         sys_path: list[str],
         job: int = 0,
         overrides: Sequence[str] = (),
+        sweep: str = "",
     ):
         self.config_yaml = config_yaml
         self.config_path = config_path
         self.workdir = workdir
         self.sys_path = sys_path
-        self.job, self.overrides = job, list(overrides)
+        self.job, self.overrides, self.sweep = job, list(overrides), sweep
 
     def __call__(self) -> dict[str, Any]:
         from paxtrain.cli.sweep_results import objective, run_sweep_job, write_summary
@@ -190,7 +191,9 @@ class FitJob:
         os.chdir(self.workdir)
         sys.path[:0] = [p for p in self.sys_path if p not in sys.path]
         cfg = validate(OmegaConf.create(self.config_yaml))
-        outcome = run_sweep_job(self.job, self.overrides, cfg.run_dir, self.config_path, cfg)
+        outcome = run_sweep_job(
+            self.job, self.overrides, cfg.run_dir, self.config_path, cfg, self.sweep
+        )
         write_summary(pathlib.Path(cfg.run_dir).parent, objective(cfg).mode)
         return dataclasses.asdict(outcome)
 
@@ -232,6 +235,8 @@ def submit_sweep(
         raise ConfigError(
             UNKNOWN_LAUNCHER_MSG.format(launcher=launcher, valid=", ".join(LAUNCHERS))
         )
+    from paxtrain.cli.sweep_results import new_sweep_id
+
     submitit = _submitit()
     options = check_options(LAUNCHER_DEFAULTS[launcher] if options is None else options)
     workdir = os.getcwd()
@@ -254,10 +259,11 @@ def submit_sweep(
 
     executor.update_parameters(name=f"paxtrain-{configs[0].name}" if configs else "paxtrain")
     path = str(pathlib.Path(config_path).resolve())
+    sweep = new_sweep_id()
     with executor.batch():  # one submission: a Slurm job array, its tasks in `configs`' order
         jobs = [
             executor.submit(
-                FitJob(OmegaConf.to_yaml(cfg), path, workdir, list(sys_path), index, job)
+                FitJob(OmegaConf.to_yaml(cfg), path, workdir, list(sys_path), index, job, sweep)
             )
             for index, (cfg, job) in enumerate(zip(configs, overrides or [[]] * len(configs)))
         ]

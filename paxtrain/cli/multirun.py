@@ -164,8 +164,10 @@ class HydraSweepTask:
         >>> hydra.main(config_path="configs", config_name=PRIMARY_NAME)(task)()  # doctest: +SKIP
     """
 
-    def __init__(self, config_path: str, mode: str, workdir: str, sys_path: list[str]):
-        self.config_path, self.mode = config_path, mode
+    def __init__(
+        self, config_path: str, mode: str, workdir: str, sys_path: list[str], sweep: str = ""
+    ):
+        self.config_path, self.mode, self.sweep = config_path, mode, sweep
         self.workdir, self.sys_path = workdir, sys_path
 
     def __call__(self, cfg: DictConfig) -> float | str:
@@ -190,7 +192,9 @@ class HydraSweepTask:
             return validate(job)
 
         overrides = [o.removeprefix("++") for o in hydra.overrides.task]
-        outcome = run_sweep_job(hydra.job.num, overrides, run_dir, self.config_path, config)
+        outcome = run_sweep_job(
+            hydra.job.num, overrides, run_dir, self.config_path, config, self.sweep
+        )
         write_summary(hydra.sweep.dir, self.mode)  # current for launchers that do not wait
         if outcome.outcome == PREEMPTED:
             # Not a failed trial to search past: the whole sweep is being stopped. SystemExit
@@ -245,7 +249,7 @@ def run_hydra_sweep(
         0
     """
     from paxtrain.cli.sweep import parse_sweep, sweep_dir
-    from paxtrain.cli.sweep_results import objective, report_sweep
+    from paxtrain.cli.sweep_results import new_sweep_id, objective, report_sweep
     from paxtrain.config.composition import compose, explicit_overrides
 
     parsed = parse_sweep(overrides)
@@ -269,7 +273,7 @@ def run_hydra_sweep(
         "paxtrain", "-m", *explicit_overrides(config_path, [o for o, _ in task]),
         *hydra_settings(where, fixed_keys), *hydra_side,
     ]  # fmt: skip
-    app = HydraSweepTask(config_path, monitor.mode, os.getcwd(), list(sys_path))
+    app = HydraSweepTask(config_path, monitor.mode, os.getcwd(), list(sys_path), new_sweep_id())
     with _argv(argv):
         code = _run_hydra_app(app, config_path)
     sweep_code = report_sweep(where, monitor.mode)

@@ -159,10 +159,17 @@ def run_grid(configs: list[DictConfig], jobs: list[list[str]], config_path: str)
         >>> run_grid(configs, [["seed=1"], ["seed=2"]], "configs/char_rnn.yaml")  # doctest: +SKIP
         0
     """
-    from paxtrain.cli.sweep_results import PREEMPTED, objective, report_sweep, run_sweep_job
+    from paxtrain.cli.sweep_results import (
+        PREEMPTED,
+        new_sweep_id,
+        objective,
+        report_sweep,
+        run_sweep_job,
+    )
 
+    sweep = new_sweep_id()
     for index, (cfg, overrides) in enumerate(zip(configs, jobs)):
-        outcome = run_sweep_job(index, overrides, cfg.run_dir, config_path, cfg)
+        outcome = run_sweep_job(index, overrides, cfg.run_dir, config_path, cfg, sweep)
         if outcome.outcome == PREEMPTED:
             break
     where = pathlib.Path(configs[0].run_dir).parent if configs else pathlib.Path(".")

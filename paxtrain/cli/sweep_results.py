@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime
 import fcntl
 import io
 import json
@@ -68,6 +69,8 @@ class JobOutcome:
       message: why a job failed or stopped, in one line.
       run_dir: the job's run directory.
       exit_code: what `paxtrain fit` alone would have exited with.
+      sweep: when the sweep started (`new_sweep_id`): a sweep directory used again shows
+        the newest sweep's jobs only.
     """
 
     job: int
@@ -78,6 +81,17 @@ class JobOutcome:
     message: str
     run_dir: str
     exit_code: int
+    sweep: str = ""
+
+
+def new_sweep_id() -> str:
+    """An id for a sweep about to start, which sorts after those of earlier sweeps.
+
+    Example:
+        >>> len(new_sweep_id())
+        26
+    """
+    return datetime.datetime.now().isoformat(timespec="microseconds")
 
 
 def objective(cfg: DictConfig) -> Monitor:
@@ -110,7 +124,12 @@ def objective(cfg: DictConfig) -> Monitor:
 
 
 def run_sweep_job(
-    job: int, overrides: Sequence[str], run_dir: str, config_path: str, config: Any
+    job: int,
+    overrides: Sequence[str],
+    run_dir: str,
+    config_path: str,
+    config: Any,
+    sweep: str = "",
 ) -> JobOutcome:
     """Runs one job of a sweep as `paxtrain fit` runs it (`cli.fit.fit_from_config`), and
     records its outcome; a problem that `paxtrain fit` reports in one line fails this job only.
@@ -122,6 +141,7 @@ def run_sweep_job(
       config_path: the YAML file the job's config was composed from.
       config: the job's config with its `run_dir` set, or a function returning it (where
         building it may fail: a trial's config validated in the job).
+      sweep: the sweep's id (`new_sweep_id`).
 
     Returns:
       The job's `JobOutcome`, also written to `outcome.json` in its run directory.
@@ -139,13 +159,14 @@ def run_sweep_job(
         trainer = fit_from_config(cfg, config_path=config_path)
     except PaxtrainError as error:
         message = " ".join(str(error).split())
-        outcome = JobOutcome(job, list(overrides), FAILED, "", None, message, run_dir, 2)
+        outcome = JobOutcome(job, list(overrides), FAILED, "", None, message, run_dir, 2, sweep)
         print(
             JOB_FAILED_MSG.format(job=job, run_dir=run_dir, message=message),
             file=sys.stderr,
         )
     else:
         outcome = _outcome(job, overrides, cfg, monitor, trainer, exit_code(trainer))
+        outcome.sweep = sweep
     _record(outcome)
     return outcome
 
@@ -198,7 +219,8 @@ def _hparam_value(text: str) -> bool | int | float | str:
 
 
 def read_outcomes(sweep_dir: str | pathlib.Path) -> list[JobOutcome]:
-    """The outcomes recorded in a sweep directory's run directories, by job number.
+    """The outcomes recorded in a sweep directory's run directories by its newest sweep, by
+    job number.
 
     Example:
         >>> read_outcomes("runs/char_rnn-multirun-20260101-120000")[0].outcome  # doctest: +SKIP
@@ -208,7 +230,8 @@ def read_outcomes(sweep_dir: str | pathlib.Path) -> list[JobOutcome]:
         JobOutcome(**json.loads(path.read_text()))
         for path in pathlib.Path(sweep_dir).glob(f"*/{OUTCOME_FILE}")
     ]
-    return sorted(found, key=lambda outcome: outcome.job)
+    newest = max((outcome.sweep for outcome in found), default="")
+    return sorted((o for o in found if o.sweep == newest), key=lambda outcome: outcome.job)
 
 
 def summary_table(outcomes: Sequence[JobOutcome], mode: str = "min") -> tuple[str, str]:
