@@ -249,16 +249,21 @@ def run_hydra_sweep(
         0
     """
     from paxtrain.cli.sweep import parse_sweep, sweep_dir
-    from paxtrain.cli.sweep_results import new_sweep_id, objective, report_sweep
+    from paxtrain.cli.sweep_results import new_sweep_id, objective, read_outcomes, report_sweep
     from paxtrain.config.composition import compose, explicit_overrides
 
     parsed = parse_sweep(overrides)
     hydra_side = [o for o in overrides if _is_hydra(o)]
     task = [(o, p) for o, p in zip(overrides, parsed) if not _is_hydra(o)]
     check_plugins(hydra_side)
-    # Keys and types at the first point (Hydra would stop the sweep on them); values are each
-    # job's to check, so that a trial with a bad one fails alone.
-    cfg = compose(config_path, [_first_point(o, p) for o, p in task], check=False)
+    # Keys and types (Hydra would stop the whole sweep on them, in its own words): at the
+    # first point, and each listed value of a swept key. Values are each job's to check, so
+    # that a trial with a bad one fails alone.
+    first = [_first_point(o, p) for o, p in task]
+    cfg = compose(config_path, first, check=False)
+    for i, (_, override) in enumerate(task):
+        for value in _listed_values(override):
+            compose(config_path, [*first[:i], value, *first[i + 1 :]], check=False)
     monitor = objective(cfg)
     sweeper = _sweeper_config(config_path, hydra_side)
     _check_direction(sweeper, monitor)
@@ -276,8 +281,9 @@ def run_hydra_sweep(
     app = HydraSweepTask(config_path, monitor.mode, os.getcwd(), list(sys_path), new_sweep_id())
     with _argv(argv):
         code = _run_hydra_app(app, config_path)
-    sweep_code = report_sweep(where, monitor.mode)
-    return max(code, sweep_code)
+    if code and not read_outcomes(where):  # Hydra stopped before any job, and said why
+        return code
+    return max(code, report_sweep(where, monitor.mode))
 
 
 def _first_point(text: str, override: Any) -> str:
@@ -291,6 +297,18 @@ def _first_point(text: str, override: Any) -> str:
     else:
         first = next(iter(override.sweep_string_iterator()))
     return f"{override.get_key_element()}={first}"
+
+
+def _listed_values(override: Any) -> list[str]:
+    """`key=value` for each value a choice or range sweep lists after its first; [] for
+    other overrides (an interval has no list)."""
+    from hydra.core.override_parser.types import ValueType
+
+    listed = (ValueType.CHOICE_SWEEP, ValueType.SIMPLE_CHOICE_SWEEP, ValueType.RANGE_SWEEP)
+    if override.value_type not in listed:
+        return []
+    key = override.get_key_element()
+    return [f"{key}={value}" for value in list(override.sweep_string_iterator())[1:]]
 
 
 def _run_hydra_app(task: HydraSweepTask, config_path: str) -> int:
