@@ -242,6 +242,7 @@ ROWS = [
     ("a swept key given twice", fit("-m", "seed=1,2,3", "seed=5"), ["`seed` is given twice", "seed=1,2,3,5"]),
     ("an interval without a sweeper", fit("-m", "optimizer.learning_rate.peak_value=interval(1e-4,1e-2)"), ["interval sweep", "hydra/sweeper=optuna"]),
     ("two launchers", fit("-m", "hydra/launcher=joblib", "seed=1,2", "--launcher", "local"), ["--launcher local", "hydra/launcher=joblib", "not both"]),
+    ("a Hydra setting paxtrain makes", fit("-m", "hydra.sweep.dir=elsewhere", "seed=1,2"), ["`hydra.sweep.dir=elsewhere`", "paxtrain sets", "run_dir=DIR"]),
     ("a swept value of the wrong type", fit("-m", "hydra/launcher=basic", "trainer.log_every=3,abc"), ["`trainer.log_every`", "'abc'", "Integer"]),
 ]  # fmt: skip
 

@@ -78,6 +78,12 @@ DIRECTION_MSG = (
 )
 
 
+PAXTRAIN_SETS_MSG = (
+    "`{override}`: paxtrain sets Hydra's {key} so that a sweep's runs land where paxtrain's runs "
+    "land, each with its usual files: leave it out (`run_dir=DIR` chooses the sweep directory)."
+)
+
+
 HYDRA_CONFIG_MSG = "Hydra's part of the sweep cannot be composed: {message}"
 
 
@@ -256,6 +262,7 @@ def run_hydra_sweep(
     hydra_side = [o for o in overrides if _is_hydra(o)]
     task = [(o, p) for o, p in zip(overrides, parsed) if not _is_hydra(o)]
     check_plugins(hydra_side)
+    _check_not_paxtrains(hydra_side)
     # Keys and types (Hydra would stop the whole sweep on them, in its own words): at the
     # first point, and each listed value of a swept key. Values are each job's to check, so
     # that a trial with a bad one fails alone.
@@ -284,6 +291,17 @@ def run_hydra_sweep(
     if code and not read_outcomes(where):  # Hydra stopped before any job, and said why
         return code
     return max(code, report_sweep(where, monitor.mode))
+
+
+def _check_not_paxtrains(overrides: Sequence[str]) -> None:
+    """Refuses an override of where and how Hydra puts the runs (`hydra_settings`); its
+    logging is the user's to change."""
+    settings = hydra_settings(pathlib.Path("."), [])
+    ours = {o.partition("=")[0] for o in settings if "logging" not in o}
+    for override in overrides:
+        key = override.lstrip("+~").partition("=")[0]
+        if key in ours or key.startswith("hydra.job.config.override_dirname"):
+            raise ConfigError(PAXTRAIN_SETS_MSG.format(override=override, key=key))
 
 
 def _first_point(text: str, override: Any) -> str:
