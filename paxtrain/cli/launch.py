@@ -183,7 +183,12 @@ class FitJob:
         self.job, self.overrides, self.sweep = job, list(overrides), sweep
 
     def __call__(self) -> dict[str, Any]:
-        from paxtrain.cli.sweep_results import objective, run_sweep_job, write_summary
+        from paxtrain.cli.sweep_results import (
+            objective,
+            records_here,
+            run_sweep_job,
+            write_summary,
+        )
         from paxtrain.config.schema import validate
 
         # As in the submitting process: relative paths in the config and `_target_` imports
@@ -194,7 +199,8 @@ class FitJob:
         outcome = run_sweep_job(
             self.job, self.overrides, cfg.run_dir, self.config_path, cfg, self.sweep
         )
-        write_summary(pathlib.Path(cfg.run_dir).parent, objective(cfg).mode)
+        if records_here():
+            write_summary(pathlib.Path(cfg.run_dir).parent, objective(cfg).mode)
         return dataclasses.asdict(outcome)
 
     def checkpoint(self) -> Any:

@@ -179,7 +179,13 @@ class HydraSweepTask:
     def __call__(self, cfg: DictConfig) -> float | str:
         from hydra.core.hydra_config import HydraConfig
 
-        from paxtrain.cli.sweep_results import FAILED, PREEMPTED, run_sweep_job, write_summary
+        from paxtrain.cli.sweep_results import (
+            FAILED,
+            PREEMPTED,
+            records_here,
+            run_sweep_job,
+            write_summary,
+        )
         from paxtrain.config.schema import validate
         from paxtrain.train.preemption import PREEMPTED_EXIT_CODE
 
@@ -201,7 +207,8 @@ class HydraSweepTask:
         outcome = run_sweep_job(
             hydra.job.num, overrides, run_dir, self.config_path, config, self.sweep
         )
-        write_summary(hydra.sweep.dir, self.mode)  # current for launchers that do not wait
+        if records_here():
+            write_summary(hydra.sweep.dir, self.mode)  # current for launchers that do not wait
         if outcome.outcome == PREEMPTED:
             # Not a failed trial to search past: the whole sweep is being stopped. SystemExit
             # passes through Hydra's job runner (which catches Exceptions only).

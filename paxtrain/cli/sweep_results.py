@@ -167,8 +167,22 @@ def run_sweep_job(
     else:
         outcome = _outcome(job, overrides, cfg, monitor, trainer, exit_code(trainer))
         outcome.sweep = sweep
-    _record(outcome)
+    if records_here():
+        _record(outcome)
     return outcome
+
+
+def records_here() -> bool:
+    """Whether this process writes a job's records: the first of a multi-process run (each
+    Slurm task of a job runs the same job), or the only one.
+
+    Example:
+        >>> records_here()
+        True
+    """
+    import jax
+
+    return jax.process_index() == 0
 
 
 def _outcome(
