@@ -135,6 +135,12 @@ def fit(*overrides):
     return ["fit", CHAR_RNN, *TINY, *overrides]
 
 
+def lora(*overrides):
+    """A LoRA fine-tune of char_rnn (its `Linear`s: the cell's two and the head)."""
+    return fit("init_from={files}/other_model", "finetune.lora.rank=4",
+               "finetune.lora.paths=[head]", *overrides)  # fmt: skip
+
+
 def tokenize(*arguments):
     return ["data", "tokenize", *arguments]
 
@@ -244,6 +250,15 @@ ROWS = [
     ("two launchers", fit("-m", "hydra/launcher=joblib", "seed=1,2", "--launcher", "local"), ["--launcher local", "hydra/launcher=joblib", "not both"]),
     ("a Hydra setting paxtrain makes", fit("-m", "hydra.sweep.dir=elsewhere", "seed=1,2"), ["`hydra.sweep.dir=elsewhere`", "paxtrain sets", "run_dir=DIR"]),
     ("a swept value of the wrong type", fit("-m", "hydra/launcher=basic", "trainer.log_every=3,abc"), ["`trainer.log_every`", "'abc'", "Integer"]),
+    # --- lora ---
+    ("LoRA paths matching no Linear", lora("finetune.lora.paths=[q_proj$]"), ["`finetune.lora.paths` pattern 'q_proj$' matches no `Linear`", "'cell.input_to_gates', 'cell.hidden_to_gates', 'head'"]),
+    ("LoRA with empty paths", lora("finetune.lora.paths=[]"), ["`finetune.lora.paths` is empty", "'input_to_gates$'"]),
+    ("LoRA rank 0", lora("finetune.lora.rank=0"), ["`finetune.lora.rank=0` must be at least 1", "`finetune.lora.rank=8`"]),
+    ("LoRA rank above min(in, out)", lora("finetune.lora.rank=400"), ["`finetune.lora.rank=400` must be at most min(in, out)", "`head` is [16, 98]", "at most 16"]),
+    ("LoRA alpha 0", lora("finetune.lora.alpha=0"), ["`finetune.lora.alpha=0.0` must be positive", "`finetune.lora.alpha=16`"]),
+    ("LoRA dropout 1", lora("finetune.lora.dropout=1.0"), ["`finetune.lora.dropout=1.0` must satisfy 0 <= dropout < 1"]),
+    ("LoRA without init_from", fit("finetune.lora.rank=4", "finetune.lora.paths=[head]"), ["`finetune.lora.rank=4`", "`init_from` is null", "init_from=runs/NAME"]),
+    ("LoRA paths without a rank", fit("init_from={files}/other_model", "finetune.lora.paths=[head]"), ["`finetune.lora.rank` is null", "`finetune.lora.rank=8`"]),
 ]  # fmt: skip
 
 
