@@ -459,25 +459,11 @@ class Trainer:
         structure that checkpoints record: the layout depends on that structure and the
         compiled step on the layout.
         """
-        from paxtrain.train.state import TrainState
-
-        policy = self.step_settings.policy
-
-        def build(model: pax.Module) -> Any:
-            if policy is not None:
-                model = pax.apply_mp_policy(model, policy)
-            return uncompiled.init(TrainState.create(model, optimizer, seed=self.seed))
-
+        build = self._state_builder(optimizer, uncompiled)
         mesh = self.layout.make_mesh()
 
         def plan_for(state: Any) -> parallel.ParallelStrategy:
-            return parallel.setup(
-                state,
-                self.layout.strategy,
-                mesh,
-                batch_axis=int(self.steps_per_call > 1),
-                tensor_rules=tuple(self.layout.tensor_rules),
-            )
+            return self._plan_for(state, mesh)
 
         if factory is None:
             state = build(model if self.init_from is None else self.init_from(model))
@@ -496,6 +482,48 @@ class Trainer:
             build_with, self.seed, plan_for, load=None if self.init_from is None else load
         )
         return state
+
+    def _state_builder(self, optimizer: Any, uncompiled: Any) -> Callable[[Any], Any]:
+        """`build(model) -> TrainState`: the model under the precision policy, its optimizer
+        state and the step options' states."""
+        from paxtrain.train.state import TrainState
+
+        policy = self.step_settings.policy
+
+        def build(model: pax.Module) -> Any:
+            if policy is not None:
+                model = pax.apply_mp_policy(model, policy)
+            return uncompiled.init(TrainState.create(model, optimizer, seed=self.seed))
+
+        return build
+
+    def _plan_for(self, state: Any, mesh: Any) -> parallel.ParallelStrategy:
+        """The layout's strategy for `state` (abstract or not) on `mesh`."""
+        return parallel.setup(
+            state,
+            self.layout.strategy,
+            mesh,
+            batch_axis=int(self.steps_per_call > 1),
+            tensor_rules=tuple(self.layout.tensor_rules),
+        )
+
+    def summary(
+        self,
+        model: pax.Module | Callable[[], pax.Module],
+        data: DataSource,
+        optimizer: Any,
+        loss_fn: Callable | None = None,
+    ) -> Any:
+        """What `fit` would train and what it needs, without allocating the state or running a
+        step: parameter counts by module, bytes per device of the laid-out state, the compiled
+        step's memory, the model FLOPs and whether it fits (`telemetry.summary.Summary`).
+
+        Example:
+            >>> print(Trainer(10).summary(make_model, data, optax.adam(1e-3)))  # doctest: +SKIP
+        """
+        from paxtrain.telemetry.summary import summarize
+
+        return summarize(self, model, data, optimizer, loss_fn or model_loss)
 
     def _check_data(self, data: DataSource) -> None:
         """Checks the first training and evaluation batches against the layout now, not as a
