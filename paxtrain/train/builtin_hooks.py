@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from paxtrain.telemetry.utilization import Utilization
 from paxtrain.train.checkpointing import Checkpointing
 from paxtrain.train.hooks import (
     EarlyStopping,
@@ -28,11 +29,12 @@ def default_hooks(
     plot: bool = True,
     early_stopping: EarlyStopping | None = None,
     checkpointing: Checkpointing | None = None,
+    peak_tflops: float | None = None,
     hooks: Iterable[Hook] = (),
 ) -> list[Hook]:
-    """The hooks of a training run: training metrics and throughput every `log_every` steps,
-    evaluation, early stopping, the non-finite policy, progress, checkpoints, the plot, and
-    `hooks` besides. Pass the result as `Trainer(hooks=...)`.
+    """The hooks of a training run: training metrics, throughput and utilisation (MFU, memory)
+    every `log_every` steps, evaluation, early stopping, the non-finite policy, progress,
+    checkpoints, the plot, and `hooks` besides. Pass the result as `Trainer(hooks=...)`.
 
     Args:
       log_every: steps between logged training metrics.
@@ -47,15 +49,18 @@ def default_hooks(
       plot: write `curves.png` at the end.
       early_stopping: an `EarlyStopping` hook, or None.
       checkpointing: a `Checkpointing` hook (saves; the trainer resumes from its store), or None.
+      peak_tflops: peak TFLOP/s of one device for `perf/mfu`; None: the table's
+        (`telemetry.peak_flops`), no MFU for a device kind not in it.
       hooks: more hooks.
 
     Example:
         >>> [type(h).__name__ for h in default_hooks(progress="off", plot=False)]
-        ['TrainMetrics', 'Throughput', 'Evaluation', 'NonFinitePolicy', 'Progress']
+        ['TrainMetrics', 'Throughput', 'Utilization', 'Evaluation', 'NonFinitePolicy', 'Progress']
     """
     return [
         TrainMetrics(log_every),
         Throughput(log_every),
+        Utilization(log_every, peak_tflops),
         Evaluation(eval_every),
         *([early_stopping] if early_stopping else []),
         *(

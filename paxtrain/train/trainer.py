@@ -437,6 +437,7 @@ class Trainer:
             raise TypeError(NO_LOSS_MSG.format(cls=type(model).__name__))
         self.data = data
         loss_fn = loss_fn or model_loss
+        self._loss_fn, self._model_info = loss_fn, None
         options = self.step_settings.step_options()
         state = self._build_state(model, factory, optimizer, make_train_step(loss_fn, **options))
         self._train_step = make_train_step(loss_fn, **options, **self.plan.step_kwargs)
@@ -524,6 +525,24 @@ class Trainer:
         from paxtrain.telemetry.summary import summarize
 
         return summarize(self, model, data, optimizer, loss_fn or model_loss)
+
+    @property
+    def model_info(self) -> Any:
+        """The model's parameter count, model FLOPs per step and compute dtype
+        (`telemetry.model_info.ModelInfo`), worked out once, after `prepare`.
+
+        Example:
+            >>> trainer.model_info.flops_per_step  # doctest: +SKIP
+            2.7e+10
+        """
+        if self._model_info is None:
+            from paxtrain.telemetry.model_info import model_info
+
+            self._model_info = model_info(
+                self.state.model, self._loss_fn, self.data.train_batch(0),
+                self.tokens_per_step, self.step_settings.policy,
+            )  # fmt: skip
+        return self._model_info
 
     def _check_data(self, data: DataSource) -> None:
         """Checks the first training and evaluation batches against the layout now, not as a
