@@ -19,7 +19,8 @@
 Exit codes: 0 done; 1 a job run with `--launcher local` failed (the message names its log); 2 a
 config, file, device layout or checkpoint problem (one message, no traceback); 3 stopped on
 non-finite steps (`trainer.on_nonfinite=stop`); 75 stopped by a preemption signal (after saving
-a checkpoint, or before training started): run the same command again.
+a checkpoint, or before training started): run the same command again; 86 the step watchdog
+(`trainer.watchdog`) found no step finishing, and dumped every thread's stack: restart the job.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from paxtrain.telemetry.utilization import Utilization
+from paxtrain.telemetry.watchdog import Watchdog
 from paxtrain.train.checkpointing import Checkpointing
 from paxtrain.train.hooks import (
     EarlyStopping,
@@ -30,6 +31,8 @@ def default_hooks(
     early_stopping: EarlyStopping | None = None,
     checkpointing: Checkpointing | None = None,
     peak_tflops: float | None = None,
+    watchdog: float | None = None,
+    watchdog_min_seconds: float = 60.0,
     hooks: Iterable[Hook] = (),
 ) -> list[Hook]:
     """The hooks of a training run: training metrics, throughput and utilisation (MFU, memory)
@@ -51,6 +54,9 @@ def default_hooks(
       checkpointing: a `Checkpointing` hook (saves; the trainer resumes from its store), or None.
       peak_tflops: peak TFLOP/s of one device for `perf/mfu`; None: the table's
         (`telemetry.peak_flops`), no MFU for a device kind not in it.
+      watchdog: exit with code 86 and every thread's stack when no step finishes within this
+        multiple of the median step time (`telemetry.watchdog.Watchdog`); None: no watchdog.
+      watchdog_min_seconds: the watchdog's shortest limit.
       hooks: more hooks.
 
     Example:
@@ -69,6 +75,7 @@ def default_hooks(
             else []
         ),
         Progress(progress),
+        *([Watchdog(watchdog, watchdog_min_seconds)] if watchdog is not None else []),
         *hooks,
         *([checkpointing] if checkpointing else []),  # `order` runs it after the hooks added
         *([PlotCurves()] if plot else []),  # and this after it

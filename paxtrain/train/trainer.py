@@ -17,6 +17,7 @@ import paxtrain as pax
 from paxtrain import parallel
 from paxtrain.data.source import DataSource, Prefetcher
 from paxtrain.errors import ArgumentError, CheckpointError, ConfigError
+from paxtrain.telemetry.watchdog import exempt
 from paxtrain.train.builtin_hooks import default_hooks
 from paxtrain.train.compile_cache import AUTO as AUTO_CACHE
 from paxtrain.train.compile_cache import enable_compile_cache
@@ -303,7 +304,8 @@ class Trainer:
         Example:
             >>> trainer.evaluate()["loss"]  # doctest: +SKIP
         """
-        metrics = self.eval_metrics()
+        with exempt():  # from the step watchdog: an evaluation takes as long as it takes
+            metrics = self.eval_metrics()
         if not metrics:
             return metrics
         self.eval_history.append((self.step, metrics))
@@ -329,7 +331,8 @@ class Trainer:
         # The batch the run goes on from: a rollback skips batches.
         position = data_position(self.state, self.step)
         record = {**meta, "data_position": position, "hooks": self.hooks.state_dicts()}
-        self.checkpoints.save(self.checkpoint_state, metrics=metrics, meta=record, wait=wait)
+        with exempt():
+            self.checkpoints.save(self.checkpoint_state, metrics=metrics, meta=record, wait=wait)
 
     def restore_latest(self) -> Any:
         """The `TrainState` of the newest checkpoint (after the saves in flight), laid out as
@@ -342,7 +345,8 @@ class Trainer:
             >>> state = trainer.restore_latest()  # doctest: +SKIP
             >>> trainer.continue_from(state)  # doctest: +SKIP
         """
-        return self._restore_newest()[0]
+        with exempt():
+            return self._restore_newest()[0]
 
     def continue_from(self, state: Any) -> None:
         """Trains on from `state` at its step: the scalars logged so far are written at the
