@@ -87,7 +87,7 @@ class Summary:
 
     @property
     def verdict(self) -> str:
-        """"fits: ..." or "will not fit: N GiB needed per device, M available; try ..."."""
+        """ "fits: ..." or "will not fit: N GiB needed per device, M available; try ..."."""
         values = {
             "needed": self.needed_bytes / GIB,
             "available": self.available_bytes / GIB,
@@ -183,7 +183,9 @@ def summarize(
     step_bytes = compiled_memory(compiled)
 
     tokens = int(data.info.get("tokens_per_batch", 0))
-    abstract_batch = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), batch)
+    abstract_batch = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), batch
+    )
     flops, source = model_flops(loss_fn, abstract.model, abstract_batch, tokens)
     available, where = device_memory_limit(mesh.devices.flat[0])
     needed = sum(step_bytes.values())

@@ -14,6 +14,7 @@ compiles, so the first MFU is the step's, not the compiler's.
 from __future__ import annotations
 
 import time
+
 import jax
 
 from paxtrain.errors import ArgumentError
