@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from paxtrain.telemetry.utilization import Utilization
-from paxtrain.telemetry.watchdog import Watchdog
 from paxtrain.train.checkpointing import Checkpointing
 from paxtrain.train.hooks import (
     EarlyStopping,
@@ -18,6 +16,8 @@ from paxtrain.train.hooks import (
 )
 from paxtrain.train.nonfinite import NonFinitePolicy
 from paxtrain.train.progress import Progress
+from paxtrain.train.utilization import Utilization
+from paxtrain.train.watchdog import Watchdog
 
 
 def default_hooks(
@@ -55,7 +55,7 @@ def default_hooks(
       peak_tflops: peak TFLOP/s of one device for `perf/mfu`; None: the table's
         (`telemetry.peak_flops`), no MFU for a device kind not in it.
       watchdog: exit with code 86 and every thread's stack when no step finishes within this
-        multiple of the median step time (`telemetry.watchdog.Watchdog`); None: no watchdog.
+        multiple of the median step time (`train.watchdog.Watchdog`); None: no watchdog.
       watchdog_min_seconds: the watchdog's shortest limit.
       hooks: more hooks.
 

@@ -17,7 +17,6 @@ import paxtrain as pax
 from paxtrain import parallel
 from paxtrain.data.source import DataSource, Prefetcher
 from paxtrain.errors import ArgumentError, CheckpointError, ConfigError
-from paxtrain.telemetry.watchdog import exempt
 from paxtrain.train.builtin_hooks import default_hooks
 from paxtrain.train.compile_cache import AUTO as AUTO_CACHE
 from paxtrain.train.compile_cache import enable_compile_cache
@@ -30,6 +29,7 @@ from paxtrain.train.preemption import DEFAULT_PREEMPTION_SIGNALS, stop_on_signal
 from paxtrain.train.run_lock import RunLock
 from paxtrain.train.settings import DEFAULT_LAYOUT, DEFAULT_STEP, Layout, StepSettings
 from paxtrain.train.view import TrainerViewOf
+from paxtrain.train.watchdog import exempt
 
 if TYPE_CHECKING:
     from paxtrain.checkpoint.store import CheckpointManager

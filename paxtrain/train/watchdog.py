@@ -11,15 +11,18 @@ no step has finished for `factor` times the median step time (at least `min_seco
 - a step "finishes" when its metrics are ready on the device: each step call waits for the
   previous call's metrics (one call stays in flight), so the step times are the device's;
 - it writes, to stderr, which process it is and the step it waited after, then each thread's
-  Python stack (`sys._current_frames`), and exits at once (`os._exit`): no checkpoint is saved
-  and the newest complete one is kept as it is. On several processes each one's watchdog fires
-  on its own: the stuck one shows where it is stuck, the others that they wait in the step.
+  Python stack (`sys._current_frames`), and exits (`os._exit`): no checkpoint is saved and the
+  newest complete one is kept as it is. On several processes each one's watchdog fires on its
+  own, so each log says which process it is and where its main thread is: the stuck one where
+  it is stuck, the others that they wait for the step (a few seconds pass before a process
+  leaves, so that the others fire before their step fails for want of it).
 
     paxtrain fit configs/transformer_lm.yaml trainer.watchdog=10     # 10 x the median step
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import statistics
@@ -175,4 +178,16 @@ class Watchdog(Hook):
         sys.stderr.write(f"{message}\n{thread_stacks()}\n")
         sys.stderr.flush()
         sys.stdout.flush()
+        if jax.process_count() > 1:
+            self._wait_for_the_others()
         os._exit(WATCHDOG_EXIT_CODE)
+
+    def _wait_for_the_others(self) -> None:
+        """Gives the other processes' watchdogs time to fire and write their stacks before this
+        process leaves: they see the same stalled collective within a step or two, but once a
+        peer is gone their step may fail instead of waiting. A failure in that time still
+        exits with the watchdog's code (`atexit`). Process 0 leaves last: it hosts
+        `jax.distributed`'s coordination service, whose end ends the others."""
+        atexit.register(os._exit, WATCHDOG_EXIT_CODE)
+        median = statistics.median(self._durations)
+        time.sleep(2.0 + 3 * median + (3.0 if jax.process_index() == 0 else 0.0))
