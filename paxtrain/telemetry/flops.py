@@ -103,14 +103,16 @@ def step_flops(loss_fn: Callable[[Any, Any], Any], model: Any, batch: Any) -> fl
     """
     from paxtrain.train.gradients import takes_key
 
-    params = model.parameters()
     key = (jax.random.PRNGKey(0),) if takes_key(loss_fn) else ()
 
-    def loss_of_params(params: Any, batch: Any) -> Any:
-        return loss_fn(model.update_parameters(params), batch, *key)
+    def value_and_grad(model: Any, batch: Any) -> Any:
+        def loss_of_params(params: Any) -> Any:
+            return loss_fn(model.update_parameters(params), batch, *key)
 
-    grad = jax.value_and_grad(loss_of_params, has_aux=True)
-    return count_jaxpr_flops(jax.make_jaxpr(grad)(params, batch))
+        return jax.value_and_grad(loss_of_params, has_aux=True)(model.parameters())
+
+    # The whole model is traced (its states too: abstract ones cannot be indexed eagerly).
+    return count_jaxpr_flops(jax.make_jaxpr(value_and_grad)(model, batch))
 
 
 def formula_flops(model: Any, batch: Any, tokens_per_batch: int) -> float | None:
