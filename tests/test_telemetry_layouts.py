@@ -4,7 +4,6 @@ allocated) are those device 0 holds once the state is built."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

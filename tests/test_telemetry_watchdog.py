@@ -11,7 +11,8 @@ import time
 import pytest
 
 from paxtrain.errors import ArgumentError
-from paxtrain.train.watchdog import WATCHDOG_EXIT_CODE, Watchdog, exempt
+from paxtrain.train.pauses import pause
+from paxtrain.train.watchdog import WATCHDOG_EXIT_CODE, Watchdog
 from tests.test_parallel import SCRIPTS, cpu_env, start_two_processes
 
 SCRIPT = os.path.join(SCRIPTS, "watchdog_sleep.py")
@@ -49,11 +50,11 @@ def test_a_hook_sleeping_on_one_of_two_processes_ends_both_with_the_code():
     assert "time.sleep(60)" not in waiting
 
 
-def test_exempt_work_stops_the_clock():
+def test_work_between_steps_stops_the_clock():
     watchdog = Watchdog(factor=2, min_seconds=0.1)
     watchdog._durations, watchdog._last = [0.01], time.monotonic()
-    with exempt():
-        time.sleep(0.3)  # longer than the limit, but exempt (an evaluation, a save)
+    with pause():
+        time.sleep(0.3)  # longer than the limit, but between steps (an evaluation, a save)
     assert watchdog.limit() == 0.1
 
 

@@ -25,11 +25,11 @@ from paxtrain.train.gradients import check_micro_batches
 from paxtrain.train.hooks import Hook, as_hook, check_at_least_one
 from paxtrain.train.logger import DEFAULT_LOGGERS, Logger, LoggerGroup
 from paxtrain.train.nonfinite import data_position, rolled_back
+from paxtrain.train.pauses import pause
 from paxtrain.train.preemption import DEFAULT_PREEMPTION_SIGNALS, stop_on_signals
 from paxtrain.train.run_lock import RunLock
 from paxtrain.train.settings import DEFAULT_LAYOUT, DEFAULT_STEP, Layout, StepSettings
 from paxtrain.train.view import TrainerViewOf
-from paxtrain.train.watchdog import exempt
 
 if TYPE_CHECKING:
     from paxtrain.checkpoint.store import CheckpointManager
@@ -304,7 +304,7 @@ class Trainer:
         Example:
             >>> trainer.evaluate()["loss"]  # doctest: +SKIP
         """
-        with exempt():  # from the step watchdog: an evaluation takes as long as it takes
+        with pause():  # not step time: the watchdog's clock stops, MFU leaves it out
             metrics = self.eval_metrics()
         if not metrics:
             return metrics
@@ -331,7 +331,7 @@ class Trainer:
         # The batch the run goes on from: a rollback skips batches.
         position = data_position(self.state, self.step)
         record = {**meta, "data_position": position, "hooks": self.hooks.state_dicts()}
-        with exempt():
+        with pause():
             self.checkpoints.save(self.checkpoint_state, metrics=metrics, meta=record, wait=wait)
 
     def restore_latest(self) -> Any:
@@ -345,7 +345,7 @@ class Trainer:
             >>> state = trainer.restore_latest()  # doctest: +SKIP
             >>> trainer.continue_from(state)  # doctest: +SKIP
         """
-        with exempt():
+        with pause():
             return self._restore_newest()[0]
 
     def continue_from(self, state: Any) -> None:

@@ -8,7 +8,8 @@
 Model FLOPs per step come from the trainer (`Trainer.model_info`: the model's formula
 or its jaxpr's matmuls, see `telemetry.flops`); the peak from `peak_flops.PEAK_TFLOPS` by device
 kind and compute dtype, or `peak_tflops`. The clock starts after the first step call, which
-compiles, so the first MFU is the step's, not the compiler's.
+compiles, so the first MFU is the step's, not the compiler's; evaluations and checkpoints
+(`train.pauses`) are left out of the time.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import jax
 from paxtrain.errors import ArgumentError
 from paxtrain.telemetry.memory import memory_in_use
 from paxtrain.telemetry.peak_flops import peak_flops
+from paxtrain.train import pauses
 from paxtrain.train.hooks import Hook, TrainerView, check_at_least_one
 
 NO_PEAK_MSG = (
@@ -76,7 +78,7 @@ class Utilization(Hook):
     def on_step_taken(self, view: TrainerView, metrics: dict[str, jax.Array]) -> None:
         if self._start is None:  # the first call compiled: time from its end
             jax.block_until_ready(metrics)
-            self._start = time.perf_counter()
+            self._start, self._paused = time.perf_counter(), pauses.total_seconds()
             return
         self._steps += view.steps_per_call
 
@@ -84,7 +86,8 @@ class Utilization(Hook):
         scalars = {f"perf/{k}": v for k, v in memory_in_use().items()}
         if self._steps:
             jax.block_until_ready(metrics)
-            steps_per_s = self._steps / (time.perf_counter() - self._start)
+            paused = pauses.total_seconds() - self._paused  # evaluations, checkpoints
+            steps_per_s = self._steps / (time.perf_counter() - self._start - paused)
             if view.tokens_per_step:
                 per_device = steps_per_s * view.tokens_per_step / self._devices
                 scalars["perf/tokens_per_s_per_device"] = per_device
@@ -96,4 +99,5 @@ class Utilization(Hook):
                     print(FIRST_MFU_MSG.format(step=view.step, mfu=mfu, flops=flops_per_device))
                     self._printed_mfu = True
             self._start, self._steps = time.perf_counter(), 0
+            self._paused = pauses.total_seconds()
         view.log(scalars)

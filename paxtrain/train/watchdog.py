@@ -6,8 +6,8 @@ hook) otherwise waits in a collective forever, with no error. The watchdog's thr
 no step has finished for `factor` times the median step time (at least `min_seconds`):
 
 - it arms after `warmup_steps` step calls (the first ones compile), and the clock stops while
-  the trainer evaluates, saves or restores a checkpoint (`exempt`), which take as long as they
-  take;
+  the trainer evaluates, saves or restores a checkpoint (`train.pauses`), which take as long as
+  they take;
 - a step "finishes" when its metrics are ready on the device: each step call waits for the
   previous call's metrics (one call stays in flight), so the step times are the device's;
 - it writes, to stderr, which process it is and the step it waited after, then each thread's
@@ -23,19 +23,18 @@ no step has finished for `factor` times the median step time (at least `min_seco
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 import statistics
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
 from typing import Any
 
 import jax
 
 from paxtrain.errors import ArgumentError
+from paxtrain.train import pauses
 from paxtrain.train.hooks import Hook, TrainerView
 
 WATCHDOG_EXIT_CODE = 86
@@ -49,30 +48,6 @@ FIRED_MSG = (
     "{median:.3g}s, at least {min_seconds:g}s); its main thread is in {where}. Exiting with code "
     "{code} so that the job can be restarted; the checkpoints are left as they are. Stacks:"
 )
-
-_exempt_lock = threading.Lock()
-_exempt_count = 0
-_exempt_ended = 0.0
-
-
-@contextlib.contextmanager
-def exempt() -> Iterator[None]:
-    """Stops every watchdog's clock while the block runs (an evaluation, a checkpoint save or
-    restore: work between steps that takes as long as it takes).
-
-    Example:
-        >>> with exempt():
-        ...     pass
-    """
-    global _exempt_count, _exempt_ended
-    with _exempt_lock:
-        _exempt_count += 1
-    try:
-        yield
-    finally:
-        with _exempt_lock:
-            _exempt_count -= 1
-            _exempt_ended = time.monotonic()
 
 
 def thread_stacks() -> str:
@@ -136,7 +111,7 @@ class Watchdog(Hook):
         self._in_flight = metrics
         now = time.monotonic()
         self._calls += 1
-        if self._calls > self.warmup_steps and _exempt_ended < self._last:
+        if self._calls > self.warmup_steps and pauses.last_end() < self._last:
             self._durations.append(now - self._last)
         self._last, self._step = now, view.step
 
@@ -161,10 +136,9 @@ class Watchdog(Hook):
     def _watch(self) -> None:
         while not self._stop.wait(min(1.0, self.min_seconds / 4)):
             limit = self.limit()
-            with _exempt_lock:
-                if limit is None or _exempt_count:
-                    continue
-                waited = time.monotonic() - max(self._last, _exempt_ended)
+            if limit is None or pauses.paused():
+                continue
+            waited = time.monotonic() - max(self._last, pauses.last_end())
             if waited > limit:
                 self._fire(waited, limit)
 
