@@ -77,7 +77,8 @@ def device_memory_limit(device: Any) -> tuple[int, str]:
         return int(stats["bytes_limit"]), "memory_stats()"
     host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     devices = max(1, sum(1 for d in jax.local_devices() if d.platform == device.platform))
-    return host // devices, f"host memory / {devices} devices"
+    shared = f" / {devices} devices" if devices > 1 else ""
+    return host // devices, f"host memory{shared}"
 
 
 def host_rss_bytes() -> int:

@@ -189,13 +189,13 @@ def summarize(
     flops, source = model_flops(loss_fn, abstract.model, abstract_batch, tokens)
     available, where = device_memory_limit(mesh.devices.flat[0])
     needed = sum(step_bytes.values())
-    strategy = plan.name
+    strategy, devices = plan.name, math.prod(mesh.shape.values())
     sizes = " ".join(f"{axis}={size}" for axis, size in mesh.shape.items())
     return Summary(
         model=type(model).__name__,
         parameters=count_parameters(model),
         tree=tuple(parameter_tree(model)),
-        layout=f"{strategy}, mesh {sizes} ({math.prod(mesh.shape.values())} devices)",
+        layout=f"{strategy}, mesh {sizes} ({devices} device{'s' if devices > 1 else ''})",
         state_bytes=state_bytes,
         step_bytes=step_bytes,
         flops_per_batch=flops,
