@@ -11,14 +11,12 @@ its outputs not written over donated arguments, and its temporaries (gradients, 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 
-import paxtrain as pax
 from paxtrain import parallel
 from paxtrain.telemetry.flops import model_flops
 from paxtrain.telemetry.memory import GIB, bytes_per_device, compiled_memory, device_memory_limit
@@ -143,28 +141,22 @@ def _fsdp_hint(mesh: Any, state_bytes: dict[str, int], needed: int, available: i
 
 
 def summarize(
-    trainer: Any,
-    model: pax.Module | Callable[[], pax.Module],
+    state: Any,
+    plan: Any,
+    train_step: Any,
     data: Any,
-    optimizer: Any,
     loss_fn: Callable,
+    steps_per_call: int = 1,
 ) -> Summary:
-    """The `Summary` of training `model` on `data` with `trainer` (see `Trainer.summary`).
+    """The `Summary` of training with `train_step` (a `TrainStep` compiled by `plan`, the
+    layout's strategy) from the abstract `TrainState` `state` on `data` (see `Trainer.summary`,
+    which makes them). The step is lowered with abstract state leaves and compiled, not run.
 
     Example:
-        >>> print(summarize(trainer, make_model, data, optimizer, model_loss))  # doctest: +SKIP
+        >>> print(summarize(abstract_state, plan, train_step, data, model_loss))  # doctest: +SKIP
     """
-    from paxtrain.train.step import make_train_step
-
-    factory = model if callable(model) and not isinstance(model, pax.Module) else None
-    if factory is not None:
-        model = jax.eval_shape(parallel.seeded(factory, trainer.seed))
-    options = trainer.step_settings.step_options()
-    build = trainer._state_builder(optimizer, make_train_step(loss_fn, **options))
-    abstract = jax.eval_shape(parallel.seeded(lambda: build(model), trainer.seed))
-    mesh = trainer.layout.make_mesh()
-    plan = trainer._plan_for(abstract, mesh)
-    laid_out = parallel.laid_out(abstract, plan.state_shardings)
+    mesh = plan.mesh
+    laid_out = parallel.laid_out(state, plan.state_shardings)
     params = bytes_per_device(laid_out.model.parameters())
     optimizer_bytes = bytes_per_device(laid_out.optimizer)
     state_bytes = {
@@ -175,27 +167,25 @@ def summarize(
     }
 
     batch = data.train_batch(0)
-    spc = trainer.steps_per_call
-    stacked = batch if spc == 1 else jax.tree_util.tree_map(lambda x: np.stack([x] * spc), batch)
-    train_step = make_train_step(loss_fn, **options, **plan.step_kwargs)
-    leaves, treedef = jax.tree_util.tree_flatten(_placed_abstract(plan, abstract))
+    stacked = batch
+    if steps_per_call > 1:
+        stacked = jax.tree_util.tree_map(lambda x: np.stack([x] * steps_per_call), batch)
+    leaves, treedef = jax.tree_util.tree_flatten(_placed_abstract(plan, state))
     compiled = train_step.flat(treedef).lower(leaves, plan.put_batch(stacked)).compile()
     step_bytes = compiled_memory(compiled)
 
     tokens = int(data.info.get("tokens_per_batch", 0))
-    abstract_batch = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), batch
-    )
-    flops, source = model_flops(loss_fn, abstract.model, abstract_batch, tokens)
+    shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), batch)
+    flops, source = model_flops(loss_fn, state.model, shapes, tokens)
     available, where = device_memory_limit(mesh.devices.flat[0])
     needed = sum(step_bytes.values())
-    strategy, devices = plan.name, math.prod(mesh.shape.values())
+    devices = mesh.size
     sizes = " ".join(f"{axis}={size}" for axis, size in mesh.shape.items())
     return Summary(
-        model=type(model).__name__,
-        parameters=count_parameters(model),
-        tree=tuple(parameter_tree(model)),
-        layout=f"{strategy}, mesh {sizes} ({devices} device{'s' if devices > 1 else ''})",
+        model=type(state.model).__name__,
+        parameters=count_parameters(state.model),
+        tree=tuple(parameter_tree(state.model)),
+        layout=f"{plan.name}, mesh {sizes} ({devices} device{'s' if devices > 1 else ''})",
         state_bytes=state_bytes,
         step_bytes=step_bytes,
         flops_per_batch=flops,

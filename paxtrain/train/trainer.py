@@ -527,8 +527,17 @@ class Trainer:
             >>> print(Trainer(10).summary(make_model, data, optax.adam(1e-3)))  # doctest: +SKIP
         """
         from paxtrain.telemetry.summary import summarize
+        from paxtrain.train.step import make_train_step
 
-        return summarize(self, model, data, optimizer, loss_fn or model_loss)
+        loss_fn = loss_fn or model_loss
+        if callable(model) and not isinstance(model, pax.Module):  # built abstractly
+            model = jax.eval_shape(parallel.seeded(model, self.seed))
+        options = self.step_settings.step_options()
+        build = self._state_builder(optimizer, make_train_step(loss_fn, **options))
+        abstract = jax.eval_shape(parallel.seeded(lambda: build(model), self.seed))
+        plan = self._plan_for(abstract, self.layout.make_mesh())
+        train_step = make_train_step(loss_fn, **options, **plan.step_kwargs)
+        return summarize(abstract, plan, train_step, data, loss_fn, self.steps_per_call)
 
     @property
     def model_info(self) -> Any:
