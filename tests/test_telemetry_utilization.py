@@ -65,7 +65,7 @@ def test_a_device_without_a_peak_logs_no_mfu(tmp_path, capsys):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert any("perf/memory_peak_gib" in r for r in records)
     assert not any("perf/mfu" in r for r in records)
-    assert "no peak FLOP/s known for cpu (float32)" in capsys.readouterr().out
+    assert "no peak FLOP/s" not in capsys.readouterr().out  # said on accelerators only
 
 
 def test_memory_profile_at_the_chosen_step(tmp_path):

@@ -72,7 +72,7 @@ class Utilization(Hook):
                 ),
                 flush=True,
             )
-            if self._peak is None:
+            if self._peak is None and device.platform != "cpu":  # a CPU's MFU is rarely wanted
                 print(NO_PEAK_MSG.format(kind=device.device_kind, dtype=info.compute_dtype))
 
     def on_step_taken(self, view: TrainerView, metrics: dict[str, jax.Array]) -> None:
