@@ -66,3 +66,34 @@ def test_work_between_steps_stops_the_clock():
 def test_bad_settings_are_refused(arguments, words):
     with pytest.raises(ArgumentError, match=words):
         Watchdog(**arguments)
+
+
+def test_a_fit_that_raises_leaves_no_watchdog_behind(tmp_path):
+    """A run that fails is not ended by its watchdog later (in a notebook, say)."""
+    import optax
+
+    from paxtrain.train import Trainer, default_hooks
+    from paxtrain.train.hooks import Hook
+    from tests.parallel_scripts import toy
+
+    class Fail(Hook):
+        def on_step(self, view, metrics):
+            if view.step == 6:
+                raise RuntimeError("a failing hook")
+
+    class Data:
+        info: dict = {}
+
+        def train_batch(self, step):
+            return toy.batch_of(step)
+
+        def eval_batches(self):
+            return iter(())
+
+    watchdog = Watchdog(factor=2, min_seconds=0.2, warmup_steps=2)
+    hooks = default_hooks(progress="off", plot=False, hooks=[Fail(), watchdog])
+    trainer = Trainer(20, run_dir=tmp_path, loggers=[], hooks=hooks)
+    with pytest.raises(RuntimeError, match="a failing hook"):
+        trainer.fit(toy.Block(), Data(), optax.adam(1e-2), loss_fn=toy.loss_fn)
+    watchdog._thread.join(timeout=5)  # it notices that fit is gone within a poll
+    assert not watchdog._thread.is_alive()

@@ -65,6 +65,18 @@ def thread_stacks() -> str:
     return "\n".join(parts)
 
 
+def _outermost_trainer_frame() -> Any:
+    """The outermost frame of `paxtrain/train/trainer.py` on this thread's stack (the trainer's
+    `fit`), or None when the hooks run outside a trainer."""
+    trainer = sys.modules.get("paxtrain.train.trainer")
+    found, frame = None, sys._getframe()
+    while trainer is not None and frame is not None:
+        if frame.f_code.co_filename == trainer.__file__:
+            found = frame
+        frame = frame.f_back
+    return found
+
+
 def _main_thread_location() -> str:
     frame = sys._current_frames().get(threading.main_thread().ident)
     if frame is None:
@@ -102,6 +114,9 @@ class Watchdog(Hook):
         self._step = view.step
         self._in_flight: Any = None
         self._stop = threading.Event()
+        # The loop's thread and its `Trainer.fit` frame: once that frame has left the stack (fit
+        # returned, or raised past `on_train_end`), the watchdog has nothing left to watch.
+        self._loop_thread, self._fit_frame = threading.get_ident(), _outermost_trainer_frame()
         self._thread = threading.Thread(target=self._watch, name="paxtrain-watchdog", daemon=True)
         self._thread.start()
 
@@ -135,12 +150,25 @@ class Watchdog(Hook):
 
     def _watch(self) -> None:
         while not self._stop.wait(min(1.0, self.min_seconds / 4)):
+            if not self._training():
+                return
             limit = self.limit()
             if limit is None or pauses.paused():
                 continue
             waited = time.monotonic() - max(self._last, pauses.last_end())
             if waited > limit:
                 self._fire(waited, limit)
+
+    def _training(self) -> bool:
+        """Whether the `fit` that started the watchdog is still on its thread's stack."""
+        if self._fit_frame is None:
+            return True
+        frame = sys._current_frames().get(self._loop_thread)
+        while frame is not None:
+            if frame is self._fit_frame:
+                return True
+            frame = frame.f_back
+        return False
 
     def _fire(self, waited: float, limit: float) -> None:
         message = FIRED_MSG.format(

@@ -18,12 +18,13 @@ from paxtrain.config.composition import compose
 from paxtrain.config.packaged import find_config
 from paxtrain.errors import PaxtrainError
 
+# Each with a leaf of at least `parallel.DEFAULT_FSDP_MIN_SIZE` elements, which FSDP splits.
 RECIPES = {
     "char_rnn": ["data.seq_len=16", "data.batch_size=8", "data.max_chars=20000",
                  "model.embed_dim=8", "model.hidden_dim=64"],
-    "image_classifier": ["data.batch_size=8", "model.channels=[8,16]"],
+    "image_classifier": ["data.batch_size=8", "model.channels=[8,32]"],
     "llama_lm": ["data.max_chars=20000", "data.seq_len=16", "data.batch_size=8",
-                 "model.model_dim=64", "model.num_heads=4", "model.num_kv_heads=4"],
+                 "model.model_dim=128", "model.num_heads=4", "model.num_kv_heads=4"],
     "transformer_lm": ["data.max_chars=20000", "data.seq_len=16", "data.batch_size=8",
                        "model.model_dim=64", "model.num_heads=4"],
 }  # fmt: skip
