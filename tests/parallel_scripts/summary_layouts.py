@@ -22,7 +22,7 @@ from paxtrain.errors import PaxtrainError
 RECIPES = {
     "char_rnn": ["data.seq_len=16", "data.batch_size=8", "data.max_chars=20000",
                  "model.embed_dim=8", "model.hidden_dim=64"],
-    "image_classifier": ["data.batch_size=8", "model.channels=[8,32]"],
+    "image_classifier": ["data.batch_size=8", "model.channels=[32,64]"],
     "llama_lm": ["data.max_chars=20000", "data.seq_len=16", "data.batch_size=8",
                  "model.model_dim=128", "model.num_heads=4", "model.num_kv_heads=4"],
     "transformer_lm": ["data.max_chars=20000", "data.seq_len=16", "data.batch_size=8",
