@@ -28,6 +28,7 @@ NO_PEAK_MSG = (
     "paxtrain: no peak FLOP/s known for {kind} ({dtype}), so no perf/mfu: set "
     "`trainer.peak_tflops` (TFLOP/s per device) to log it."
 )
+PEAK_MSG = "peak_tflops is {value}; it must be positive, e.g. peak_tflops=989.0."
 PARAMETERS_MSG = "paxtrain: {count:,} parameters; {flops:.4g} model FLOPs per step ({source})"
 FIRST_MFU_MSG = "paxtrain: step {step}: MFU {mfu:.1%} ({flops:.3g} model FLOP/s per device)"
 
@@ -50,10 +51,7 @@ class Utilization(Hook):
     def __init__(self, every: int, peak_tflops: float | None = None):
         check_at_least_one("log_every", every, 50)
         if peak_tflops is not None and peak_tflops <= 0:
-            raise ArgumentError(
-                "peak_tflops",
-                f"peak_tflops is {peak_tflops}; it must be positive, e.g. peak_tflops=989.0.",
-            )
+            raise ArgumentError("peak_tflops", PEAK_MSG.format(value=peak_tflops))
         self.every, self.peak_tflops = every, peak_tflops
         self._printed_mfu = False
 
