@@ -18,7 +18,9 @@ def test_memory_estimate_quick_prints_the_estimate_and_the_measured_peak():
         env={**os.environ, "JAX_PLATFORMS": "cpu", "MALLOC_MMAP_THRESHOLD_": "65536"},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    row = re.search(r"^\| ([\d.]+) \| ([\d.]+) \| ([+-][\d.]+)% \| live arrays", result.stdout, re.M)
+    row = re.search(
+        r"^\| ([\d.]+) \| ([\d.]+) \| ([+-][\d.]+)% \| live arrays", result.stdout, re.M
+    )
     assert row is not None, result.stdout
     estimate, peak, error = (float(g) for g in row.groups())
     assert estimate > 0 and peak > 0

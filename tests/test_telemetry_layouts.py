@@ -12,7 +12,7 @@ import pytest
 
 from tests.test_parallel import SCRIPTS, cpu_env, last_json_line
 
-TENSOR_UNUSED = "LayoutError: The mesh's \"tensor\" axis has size"
+TENSOR_UNUSED = 'LayoutError: The mesh\'s "tensor" axis has size'
 
 
 def summaries(recipe: str) -> dict:
@@ -34,8 +34,10 @@ def test_summary_in_every_layout_matches_the_allocated_state(recipe):
     ran = {name: r for name, r in results.items() if "error" not in r}
     for name, result in results.items():
         if "error" in result:  # a model no tensor-parallel rule splits: refused, with the fix
-            assert name in ("tensor", "data_fsdp_tensor") and recipe in ("char_rnn",
-                                                                         "image_classifier")
+            assert name in ("tensor", "data_fsdp_tensor") and recipe in (
+                "char_rnn",
+                "image_classifier",
+            )
             assert result["error"].startswith(TENSOR_UNUSED)
     assert {"data", "fsdp", "pmap"} <= ran.keys()
     assert len({r["parameters"] for r in ran.values()}) == 1

@@ -67,6 +67,7 @@ def test_scanned_and_unscanned_transformers_count_the_same_flops():
     tokens = 8 * 32
     formula = _abstract().flops_per_token(32) * tokens
     assert unscanned == pytest.approx(formula, rel=0.03)
+
     # The trap the count avoids: XLA's cost analysis counts the scanned body once.
     def grads(model, batch):
         def loss(params):
