@@ -167,3 +167,25 @@ def test_the_memory_estimate_is_what_a_cpu_process_allocates():
     measured = numbers["live"] + numbers["step"]
     assert measured > 0.5e9
     assert numbers["estimate"] == pytest.approx(measured, rel=0.2)
+
+
+def test_the_fsdp_hint_is_the_smallest_split_that_fits():
+    import types
+
+    from paxtrain.telemetry.summary import _fsdp_hint
+
+    gib = 1 << 30
+    state = {"parameters": 4 * gib, "optimizer state": 8 * gib, "gradients": 4 * gib}
+    mesh = types.SimpleNamespace(shape={"fsdp": 1}, size=8)
+    # 18 GiB needed, 16 of them split by FSDP: fsdp=2 leaves 10, fsdp=4 leaves 6.
+    assert _fsdp_hint(mesh, state, 18 * gib, 10 * gib) == 2
+    assert _fsdp_hint(mesh, state, 18 * gib, 7 * gib) == 4
+    assert _fsdp_hint(mesh, state, 18 * gib, 1 * gib) == 8  # none fits: every device
+
+
+def test_memory_in_use_on_a_cpu_is_the_process_resident_memory():
+    from paxtrain.telemetry.memory import GIB, host_rss_bytes, memory_in_use
+
+    used = memory_in_use()
+    assert used["memory_in_use_gib"] == pytest.approx(host_rss_bytes() / GIB, rel=0.1)
+    assert used["memory_peak_gib"] >= used["memory_in_use_gib"] * 0.99
