@@ -164,3 +164,18 @@ def palm_flops_per_token(
         9072.0
     """
     return 6.0 * non_embedding_params + 12.0 * num_layers * attention_dim * seq_len
+
+
+def abstract_batch(batch: Any) -> Any:
+    """`batch` as `jax.ShapeDtypeStruct`s (what the FLOPs need of it); Python numbers too.
+
+    Example:
+        >>> abstract_batch({"x": np.zeros((2, 3), np.float32), "n": 1})["x"]
+        ShapeDtypeStruct(shape=(2, 3), dtype=float32)
+    """
+
+    def leaf(x: Any) -> jax.ShapeDtypeStruct:
+        dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+        return jax.ShapeDtypeStruct(np.shape(x), dtype)
+
+    return jax.tree_util.tree_map(leaf, batch)

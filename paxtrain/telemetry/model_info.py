@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import jax
 import numpy as np
 
-from paxtrain.telemetry.flops import model_flops
+from paxtrain.telemetry.flops import abstract_batch, model_flops
 from paxtrain.telemetry.parameters import count_parameters
 
 
@@ -34,7 +33,7 @@ def model_info(
         >>> model_info(nn.Linear(3, 2), loss_fn, np.ones((4, 3), np.float32), 0, None)
         ModelInfo(parameters=8, flops_per_step=96.0, flops_source='jaxpr', compute_dtype='float32')
     """
-    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), batch)
+    abstract = abstract_batch(batch)
     flops, source = model_flops(loss_fn, model, abstract, tokens_per_batch)
     dtype = "float32" if policy is None else np.dtype(policy.compute_dtype).name
     return ModelInfo(count_parameters(model), flops, source, dtype)

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from paxtrain import parallel
-from paxtrain.telemetry.flops import model_flops
+from paxtrain.telemetry.flops import abstract_batch, model_flops
 from paxtrain.telemetry.memory import GIB, bytes_per_device, compiled_memory, device_memory_limit
 from paxtrain.telemetry.parameters import count_parameters, parameter_tree
 
@@ -175,7 +175,7 @@ def summarize(
     step_bytes = compiled_memory(compiled)
 
     tokens = int(data.info.get("tokens_per_batch", 0))
-    shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), batch)
+    shapes = abstract_batch(batch)
     flops, source = model_flops(loss_fn, state.model, shapes, tokens)
     available, where = device_memory_limit(mesh.devices.flat[0])
     needed = sum(step_bytes.values())
