@@ -115,7 +115,7 @@ def test_summary_of_a_small_transformer():
 
 def test_the_verdict_names_the_fix_when_it_does_not_fit():
     summary = Summary(
-        model="M", parameters=1, tree=(), layout="jit", flops_per_batch=1.0,
+        model="M", parameters=1, trainable=1, tree=(), layout="jit", flops_per_batch=1.0,
         flops_source="jaxpr", examples_per_batch=1, tokens_per_batch=0,
         state_bytes={"parameters": 4 << 30, "optimizer state": 8 << 30, "gradients": 4 << 30,
                      "other state": 0},

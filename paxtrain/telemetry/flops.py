@@ -117,12 +117,19 @@ def step_flops(loss_fn: Callable[[Any, Any], Any], model: Any, batch: Any) -> fl
 
 def formula_flops(model: Any, batch: Any, tokens_per_batch: int) -> float | None:
     """The FLOPs of one batch from the model's own formula (`flops_per_token` with the
-    batch's sequence length, or `flops_per_example`), or None when it has neither.
+    batch's sequence length, or `flops_per_example`), or None when it has neither or some of
+    its parameters are frozen.
 
     Example:
         >>> formula_flops(object(), None, 0) is None
         True
     """
+    from paxtrain.telemetry.parameters import count_parameters
+
+    if count_parameters(model, trainable_only=True) != count_parameters(model):
+        # Formulas such as PaLM's count every weight's gradient; a frozen weight (fine-tuning,
+        # LoRA) gets none, so the jaxpr's count is the one that matches what runs.
+        return None
     examples = int(np.shape(jax.tree_util.tree_leaves(batch)[0])[0]) if batch is not None else 0
     if hasattr(model, "flops_per_token") and tokens_per_batch:
         return float(model.flops_per_token(tokens_per_batch // examples)) * tokens_per_batch

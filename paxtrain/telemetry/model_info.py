@@ -16,6 +16,7 @@ class ModelInfo(NamedTuple):
     """A model's numbers (see `model_info`)."""
 
     parameters: int
+    trainable: int  # fewer than `parameters` when some are frozen (fine-tuning, LoRA)
     flops_per_step: float
     flops_source: str  # "formula": the model's own; "jaxpr": its matmuls counted
     compute_dtype: str
@@ -31,9 +32,10 @@ def model_info(
         >>> def loss_fn(model, x):
         ...     return (model(x) ** 2).sum(), None
         >>> model_info(nn.Linear(3, 2), loss_fn, np.ones((4, 3), np.float32), 0, None)
-        ModelInfo(parameters=8, flops_per_step=96.0, flops_source='jaxpr', compute_dtype='float32')
+        ModelInfo(parameters=8, trainable=8, flops_per_step=96.0, flops_source='jaxpr', compute_dtype='float32')
     """
     abstract = abstract_batch(batch)
     flops, source = model_flops(loss_fn, model, abstract, tokens_per_batch)
     dtype = "float32" if policy is None else np.dtype(policy.compute_dtype).name
-    return ModelInfo(count_parameters(model), flops, source, dtype)
+    trainable = count_parameters(model, trainable_only=True)
+    return ModelInfo(count_parameters(model), trainable, flops, source, dtype)

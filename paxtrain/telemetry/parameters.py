@@ -15,14 +15,18 @@ import paxtrain as pax
 from paxtrain.core.module import MODULE, child_fields
 
 
-def count_parameters(module: Any) -> int:
-    """The number of trainable parameters of `module` (its `parameters()`' elements).
+def count_parameters(module: Any, trainable_only: bool = False) -> int:
+    """The number of parameters of `module`: all of them, or only the trainable ones (those
+    of modules that are not frozen, as `parameters()` selects them).
 
     Example:
         >>> from paxtrain.parallel import seeded
-        >>> count_parameters(jax.eval_shape(seeded(lambda: nn.Linear(3, 2), 0)))  # 3 x 2 + 2
-        8
+        >>> layer = jax.eval_shape(seeded(lambda: nn.Linear(3, 2), 0))
+        >>> count_parameters(layer), count_parameters(pax.freeze_parameters(layer), True)
+        (8, 0)
     """
+    if not trainable_only:
+        module = pax.unfreeze_parameters(module)
     return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(module.parameters()))
 
 
@@ -38,7 +42,7 @@ def _submodules(module: pax.Module) -> Iterator[tuple[str, pax.Module]]:
 
 def parameter_tree(module: pax.Module, max_depth: int = 3) -> list[str]:
     """Lines drawing `module`'s submodules down to `max_depth`, each with its parameter count
-    (its own and its submodules'); submodules without parameters are left out.
+    (its own and its submodules', frozen ones too); submodules without parameters are left out.
 
     Example:
         >>> from paxtrain.parallel import seeded

@@ -35,7 +35,8 @@ class Summary:
 
     Attributes:
       model: the model's class name.
-      parameters: trainable parameters in total.
+      parameters: parameters in total, and `trainable` of them (fewer when some are frozen:
+        fine-tuning, LoRA).
       tree: the module tree with parameter counts (`parameter_tree`).
       layout: the strategy and mesh, in words.
       state_bytes: bytes per device of the state's parts: "parameters", "optimizer state",
@@ -50,6 +51,7 @@ class Summary:
 
     model: str
     parameters: int
+    trainable: int
     tree: tuple[str, ...]
     layout: str
     state_bytes: dict[str, int]
@@ -100,7 +102,8 @@ class Summary:
             f"{self.flops_per_token:.4g} per token, " if self.flops_per_token is not None else ""
         )
         lines = [
-            f"{self.model}: {self.parameters:,} parameters",
+            f"{self.model}: {self.parameters:,} parameters"
+            + (f", {self.trainable:,} trainable" if self.trainable != self.parameters else ""),
             *self.tree,
             f"layout: {self.layout}",
             "state per device: "
@@ -184,6 +187,7 @@ def summarize(
     return Summary(
         model=type(state.model).__name__,
         parameters=count_parameters(state.model),
+        trainable=count_parameters(state.model, trainable_only=True),
         tree=tuple(parameter_tree(state.model)),
         layout=f"{plan.name}, mesh {sizes} ({devices} device{'s' if devices > 1 else ''})",
         state_bytes=state_bytes,

@@ -29,7 +29,9 @@ NO_PEAK_MSG = (
     "`trainer.peak_tflops` (TFLOP/s per device) to log it."
 )
 PEAK_MSG = "peak_tflops is {value}; it must be positive, e.g. peak_tflops=989.0."
-PARAMETERS_MSG = "paxtrain: {count:,} parameters; {flops:.4g} model FLOPs per step ({source})"
+PARAMETERS_MSG = (
+    "paxtrain: {count:,} parameters{trainable}; {flops:.4g} model FLOPs per step ({source})"
+)
 FIRST_MFU_MSG = "paxtrain: step {step}: MFU {mfu:.1%} ({flops:.3g} model FLOP/s per device)"
 
 
@@ -64,9 +66,12 @@ class Utilization(Hook):
         self._start: float | None = None
         self._steps = 0
         if view.is_main_process:
+            frozen = info.trainable != info.parameters  # fine-tuning, LoRA
+            trainable = f" ({info.trainable:,} trainable)" if frozen else ""
+            count, source = info.parameters, info.flops_source
             print(
                 PARAMETERS_MSG.format(
-                    count=info.parameters, flops=self._flops, source=info.flops_source
+                    count=count, trainable=trainable, flops=self._flops, source=source
                 ),
                 flush=True,
             )
