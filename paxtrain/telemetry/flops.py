@@ -121,11 +121,13 @@ def formula_flops(model: Any, batch: Any, tokens_per_batch: int) -> float | None
     its parameters are frozen.
 
     Example:
-        >>> formula_flops(object(), None, 0) is None
+        >>> formula_flops(nn.Linear(3, 2), None, 0) is None  # it has no formula
         True
     """
     from paxtrain.telemetry.parameters import count_parameters
 
+    if not (hasattr(model, "flops_per_token") or hasattr(model, "flops_per_example")):
+        return None
     if count_parameters(model, trainable_only=True) != count_parameters(model):
         # Formulas such as PaLM's count every weight's gradient; a frozen weight (fine-tuning,
         # LoRA) gets none, so the jaxpr's count is the one that matches what runs.
