@@ -238,6 +238,18 @@ ROWS = [
     ("token file read with another tokenizer", tokens("bpe.bin", "data.tokenizer={files}/tok_b.json"), ["bpe.bin was written with the tokenizer", "tok_a.json", "tok_b.json", "tokenize the text again"]),
     ("bytes token file read with a tokenizer", tokens("big.bin", "data.tokenizer={files}/tok_a.json"), ["big.bin holds bytes ids", "records no tokenizer", "--tokenizer"]),
     ("MNIST negative labels", ["fit", IMAGES, "data.source=mnist", "data.path={files}/mnist_negative", "data.batch_size=8"], ["train split of the MNIST files", "label -1 at example 3"]),
+    # --- hydra ---
+    ("unknown sweeper plugin", fit("-m", "hydra/sweeper=optima", "seed=1,2"), ["`hydra/sweeper=optima`", "no sweeper 'optima'", "Installed: basic, optuna"]),
+    ("unknown launcher plugin", fit("-m", "hydra/launcher=jobllib", "seed=1,2"), ["no launcher 'jobllib'", "joblib"]),
+    ("sweeper plugin not installed", fit("-m", "hydra/sweeper=nevergrad", "seed=1,2"), ["hydra-nevergrad-sweeper", "not installed", "pip install hydra-nevergrad-sweeper"]),
+    ("sweeper maximizing a metric the config minimizes", fit("-m", "hydra/sweeper=optuna", "hydra.sweeper.direction=maximize", "optimizer.learning_rate.peak_value=interval(1e-4,1e-2)"), ["direction is maximize", "`eval/loss`", "hydra.sweeper.direction=minimize"]),
+    ("two monitored metrics as one objective", fit("-m", "hydra/sweeper=optuna", "trainer.checkpoint.monitor=eval/loss", "trainer.early_stopping.monitor=eval/bits_per_char", "seed=range(0,9)"), ["one objective", "trainer.checkpoint.monitor=eval/loss", "trainer.early_stopping.monitor=eval/bits_per_char"]),
+    ("a misspelt sweeper setting", fit("-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trial=6", "seed=range(0,9)"), ["hydra.sweeper.n_trial", "n_trials"]),
+    ("a swept key given twice", fit("-m", "seed=1,2,3", "seed=5"), ["`seed` is given twice", "seed=1,2,3,5"]),
+    ("an interval without a sweeper", fit("-m", "optimizer.learning_rate.peak_value=interval(1e-4,1e-2)"), ["interval sweep", "hydra/sweeper=optuna"]),
+    ("two launchers", fit("-m", "hydra/launcher=joblib", "seed=1,2", "--launcher", "local"), ["--launcher local", "hydra/launcher=joblib", "not both"]),
+    ("a Hydra setting paxtrain makes", fit("-m", "hydra.sweep.dir=elsewhere", "seed=1,2"), ["`hydra.sweep.dir=elsewhere`", "paxtrain sets", "run_dir=DIR"]),
+    ("a swept value of the wrong type", fit("-m", "hydra/launcher=basic", "trainer.log_every=3,abc"), ["`trainer.log_every`", "'abc'", "Integer"]),
     # --- lora ---
     ("LoRA paths matching no Linear", lora("finetune.lora.paths=[q_proj$]"), ["`finetune.lora.paths` pattern 'q_proj$' matches no `Linear`", "'cell.input_to_gates', 'cell.hidden_to_gates', 'head'"]),
     ("LoRA with empty paths", lora("finetune.lora.paths=[]"), ["`finetune.lora.paths` is empty", "'input_to_gates$'"]),

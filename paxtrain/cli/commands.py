@@ -20,7 +20,6 @@ from paxtrain.cli.fit import exit_code, fit_from_config
 from paxtrain.cli.runs import load_run_config
 from paxtrain.config.packaged import find_config
 from paxtrain.errors import ConfigError
-from paxtrain.train.preemption import PREEMPTED_EXIT_CODE
 
 
 def environment_report() -> str:
@@ -169,7 +168,8 @@ def sample_run(run_dir: str | pathlib.Path, prompt: str, options: dict[str, Any]
 
 def _fit(args: argparse.Namespace) -> int:
 
-    from paxtrain.cli.sweep import sweep_overrides
+    from paxtrain.cli.multirun import check_hydra_flags, run_hydra_sweep, uses_hydra
+    from paxtrain.cli.sweep import run_grid, sweep_overrides
     from paxtrain.config.composition import compose
 
     config = find_config(args.config)
@@ -180,6 +180,9 @@ def _fit(args: argparse.Namespace) -> int:
     if config == args.config:
         roots.append(str(pathlib.Path(os.path.abspath(config)).parent.parent))
     sys.path[:0] = roots
+    if args.multirun and uses_hydra(args.overrides):  # Hydra's sweeper and launcher plugins
+        check_hydra_flags(args.overrides, args.launcher)
+        return run_hydra_sweep(config, args.overrides, roots, print_config=args.cfg == "job")
     jobs = sweep_overrides(args.overrides) if args.multirun else [list(args.overrides)]
     configs = [compose(config, overrides) for overrides in jobs]
     if args.cfg == "job":
@@ -195,19 +198,15 @@ def _fit(args: argparse.Namespace) -> int:
 
         configs = assign_sweep_dirs(configs, jobs, config)
     if args.launcher:
-        from paxtrain.cli.launch import launcher_options, submit_sweep
+        from paxtrain.cli.launch import launcher_options, submit_sweep, wait_for_sweep
 
         options = launcher_options(args.launcher, args.launcher_config)
         # The jobs import `_target_`s from the same project paths put in front above.
-        jobs = submit_sweep(configs, config, args.launcher, options, sys_path=roots)
-        preempted = args.launcher == "local" and any(job.result()["preempted"] for job in jobs)
-        return PREEMPTED_EXIT_CODE if preempted else 0
-    codes = []
-    for cfg in configs:
-        codes.append(exit_code(fit_from_config(cfg, config_path=config)))
-        if codes[-1] == PREEMPTED_EXIT_CODE:  # the job is being stopped: the rest waits too
-            return PREEMPTED_EXIT_CODE
-    return max(codes, default=0)  # a diverged job of a sweep does not stop the others
+        jobs = submit_sweep(configs, config, args.launcher, options, jobs, sys_path=roots)
+        return wait_for_sweep(jobs, configs) if args.launcher == "local" else 0
+    if args.multirun:
+        return run_grid(configs, jobs, config)
+    return exit_code(fit_from_config(configs[0], config_path=config))
 
 
 def _options(args: argparse.Namespace) -> int:
