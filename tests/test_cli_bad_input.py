@@ -289,6 +289,19 @@ ROWS = [
     ("resume of a run whose checkpoints are all unreadable", ["resume", "{files}/all_unreadable"], ["No readable checkpoint", "Nothing was changed on disk", "--restart"]),
     ("fit on a run with only a checkpoint moved aside", fit(*RUN, "run_dir={files}/set_aside"), ["holds no checkpoint, only damaged ones moved aside earlier (4.corrupt)", "--restart"]),
     ("resume of a run with only a checkpoint moved aside", ["resume", "{files}/set_aside"], ["4.corrupt", "--restart"]),
+    # --- telemetry ---
+    ("summary without a config", ["summary"], ["config", "required", "paxtrain summary --help"]),
+    ("summary of an unknown config", ["summary", "char_rn"], ["'char_rn'", "packaged config: char_rnn"]),
+    ("summary with a misspelled key", ["summary", "char_rnn", "trainer.max_stesp=5"], ["`trainer.max_stesp`", "`trainer.max_steps`"]),
+    ("summary with a bad value", ["summary", "char_rnn", "data.batch_size=0"], ["`data.batch_size` is 0", "at least 1"]),
+    ("summary on more devices than there are", ["summary", "char_rnn", "mesh.data=3"], ["data=3", "needs 3 devices", "mesh.data=-1"]),
+    ("summary with a zero mesh axis", ["summary", "char_rnn", "mesh.fsdp=0"], ["fsdp=0", "positive integers"]),
+    ("summary of pmap with an fsdp axis", ["summary", "char_rnn", "parallel.strategy=pmap", "mesh.fsdp=2"], ["fsdp=2", "mesh.data=-1"]),
+    ("summary with a flag", ["summary", "char_rnn", "--step", "3"], ["unrecognized arguments: --step"]),
+    ("negative peak TFLOP/s", fit("trainer.peak_tflops=-1"), ["`trainer.peak_tflops` is -1.0", "must be positive"]),
+    ("watchdog not above 1", fit("trainer.watchdog=1"), ["`trainer.watchdog` is 1.0", "above 1"]),
+    ("watchdog without a minimum", fit("trainer.watchdog=5", "trainer.watchdog_min_seconds=0"), ["`trainer.watchdog_min_seconds` is 0.0", "positive"]),
+    ("memory profile without a step", fit("trainer.profile.memory=true"), ["`trainer.profile.memory=true`", "trainer.profile.start_step=10"]),
 ]  # fmt: skip
 
 
