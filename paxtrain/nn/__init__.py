@@ -34,7 +34,7 @@ from paxtrain.nn.recurrent import (
     VanillaRNNState,
     unroll,
 )
-from paxtrain.nn.rotary import apply_rope, rope_angles
+from paxtrain.nn.rotary import Llama3RopeScaling, apply_rope, rope_angles, rope_scaling
 from paxtrain.nn.scan_layers import ScanLayers, call_block
 from paxtrain.nn.sequential import Chainable, Identity, Lambda, Sequential
 from paxtrain.nn.swiglu import SwiGLU
@@ -71,6 +71,7 @@ __all__ = [
     "VanillaRNN",
     "VanillaRNNState",
     "apply_rope",
+    "Llama3RopeScaling",
     "avg_pool",
     "call_block",
     "causal_mask",
@@ -78,5 +79,6 @@ __all__ = [
     "max_pool",
     "normalize",
     "rope_angles",
+    "rope_scaling",
     "unroll",
 ]
