@@ -18,13 +18,12 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import jax
-import numpy as np
 
 import paxtrain as pax
 from paxtrain.checkpoint.store import flatten_state
 from paxtrain.core.tree import path_search
 from paxtrain.errors import CheckpointError
-from paxtrain.hf.config import Architecture, architecture_of, read_config
+from paxtrain.hf.config import Architecture, read_config
 from paxtrain.hf.safetensors import TensorEntry, checkpoint_tensors, open_tensor
 from paxtrain.hf.tensors import HfTensor, NameMap, Stacked, read_block
 
@@ -101,7 +100,9 @@ def hf_specs(
     _check_settings(architecture, settings, model, directory)
     tensors = checkpoint_tensors(directory)
     params = flatten_state(pax.select_parameters(pax.unfreeze_parameters(model)))
-    params = {p: x for p, x in params.items() if not include or any(path_search(r, p) for r in include)}
+    params = {
+        p: x for p, x in params.items() if not include or any(path_search(r, p) for r in include)
+    }
     specs, entries, used = {}, {}, set()
     for path, param in params.items():
         spec = architecture.names.spec(path, param.shape)
@@ -180,14 +181,3 @@ def load_hf_parameters(model: M, directory: str | pathlib.Path, include: Sequenc
 
         loaded[path] = jax.make_array_from_callback(param.shape, _sharding(param), read)
     return replace_parameters(model, loaded)
-
-
-def as_numpy(model: Any) -> dict[str, np.ndarray]:
-    """The model's parameters as host arrays by path (what an export writes).
-
-    Example:
-        >>> as_numpy(nn.Linear(2, 3))["weight"].shape
-        (2, 3)
-    """
-    params = flatten_state(pax.select_parameters(pax.unfreeze_parameters(model)))
-    return {path: np.asarray(jax.device_get(x)) for path, x in params.items()}

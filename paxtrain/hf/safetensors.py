@@ -130,7 +130,9 @@ def read_header(path: pathlib.Path) -> dict[str, TensorEntry]:
         except (KeyError, TypeError, ValueError):
             raise bad(f"the header entry of `{name}` is {info!r}") from None
         if dtype is None:
-            raise bad(UNKNOWN_DTYPE_MSG.format(tensor=name, dtype=info["dtype"], known=list(DTYPES)))
+            raise bad(
+                UNKNOWN_DTYPE_MSG.format(tensor=name, dtype=info["dtype"], known=list(DTYPES))
+            )
         entry = TensorEntry(path, dtype, shape, data_start + begin)
         if end - begin != entry.nbytes or data_start + end > size:
             raise bad(f"`{name}` {list(shape)} {info['dtype']} at bytes {begin}..{end}")

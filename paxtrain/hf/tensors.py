@@ -58,7 +58,10 @@ class HfTensor:
         if self.parts > 1:
             width = tensor.shape[-1] // self.parts
             last = slice(*index[-1].indices(width)[:2])
-            index = (*index[:-1], slice(last.start + self.part * width, last.stop + self.part * width))
+            index = (
+                *index[:-1],
+                slice(last.start + self.part * width, last.stop + self.part * width),
+            )
         if self.transposed:
             return np.array(tensor[index[::-1]].T)
         return np.array(tensor[index])
