@@ -81,14 +81,10 @@ def export_hf(
         >>> export_hf(model, pathlib.Path("hf_out"), max_shard_bytes=2**30)  # doctest: +SKIP
         ['config.json', 'model.safetensors']
     """
-    architecture = architecture_of(model)
+    config = {**architecture_of(model).config(model), **(extra_config or {})}
     tensors = hf_tensors(model)
     dtypes = {str(array.dtype) for array in tensors.values()}
-    config = {
-        **architecture.config(model),
-        **(extra_config or {}),
-        "torch_dtype": dtypes.pop() if len(dtypes) == 1 else "float32",
-    }
+    config["torch_dtype"] = dtypes.pop() if len(dtypes) == 1 else "float32"
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     written = [CONFIG_FILE, *write_checkpoint(out, tensors, max_shard_bytes)]
