@@ -89,17 +89,19 @@ def add_export_command(commands: Any) -> None:
     )  # fmt: skip
 
 
-def _prepare_out(out: pathlib.Path, force: bool) -> None:
-    """Refuses a non-empty `out` without `force`; with it, removes the files a previous export
-    wrote there (a stale shard would otherwise sit beside the new index)."""
+def _check_out(out: pathlib.Path, force: bool) -> None:
+    """Refuses a file, or a non-empty directory without `force`."""
     from paxtrain.errors import ConfigError
 
     if out.exists() and not out.is_dir():
         raise ConfigError(OUT_IS_FILE_MSG.format(out=out))
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if not force:
+    if out.is_dir() and any(out.iterdir()) and not force:
         raise ConfigError(OUT_NOT_EMPTY_MSG.format(out=out))
+
+
+def _remove_previous_export(out: pathlib.Path) -> None:
+    """The files an export writes, gone from `out`: a stale shard of an earlier export would
+    otherwise sit beside the new index (other files stay)."""
     for stale in [*out.glob("model*.safetensors*"), out / "tokenizer.json"]:
         stale.unlink(missing_ok=True)
 
@@ -167,9 +169,9 @@ def export_run(
     from paxtrain.train.checkpointing import CHECKPOINT_DIR
 
     run_dir, out = pathlib.Path(run_dir), pathlib.Path(out)
+    _check_out(out, force)
     cfg = load_run_config(run_dir, [], allow_targets)
     step = _checkpoint_step(run_dir, step)
-    _prepare_out(out, force)
     _, factory, data, _ = build_trainer(cfg, run_dir)
     abstract = parallel.laid_out(jax.eval_shape(parallel.seeded(factory, cfg.seed)), None)
     model = load_parameters(abstract, run_dir / CHECKPOINT_DIR / str(step))
@@ -185,6 +187,7 @@ def export_run(
         model = merge_lora(model)
     vocab = getattr(data, "vocab", None)
     tokenizer = vocab.path if isinstance(vocab, BpeVocab) else None
+    _remove_previous_export(out)
     return export_hf(model, out, _extra_config(cfg, data), max_shard_bytes, tokenizer)
 
 
