@@ -131,7 +131,8 @@ def write_hf_checkpoints(root):
     for name, (arrays, values) in variants.items():
         (root / name).mkdir()
         (root / name / "config.json").write_text(json.dumps(values))
-        write_checkpoint(root / name, arrays, max_shard_bytes=60_000 if name == "hf_sharded" else None)
+        shard = 60_000 if name == "hf_sharded" else None  # 2 files: the index names both
+        write_checkpoint(root / name, arrays, max_shard_bytes=shard)
     (root / "hf_sharded" / "model-00002-of-00002.safetensors").unlink()
     (root / "hf_bert").mkdir()
     (root / "hf_bert" / "config.json").write_text('{"architectures": ["BertModel"]}')

@@ -146,7 +146,9 @@ def apply_rope(
         >>> bool(jnp.allclose(jnp.linalg.norm(y, axis=-1), jnp.linalg.norm(x, axis=-1)))
         True
     """
-    angles = rope_angles(positions, x.shape[-1], theta, scaling)[..., None, :]  # [(batch,) time, 1, d/2]
+    angles = rope_angles(positions, x.shape[-1], theta, scaling)[
+        ..., None, :
+    ]  # [(batch,) time, 1, d/2]
     cos, sin = jnp.cos(angles), jnp.sin(angles)
     first, second = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     rotated = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
