@@ -279,7 +279,7 @@ ROWS = [
     ("init_from=hf: a mismatched shape", hf_fit("hf_transposed"), ["`model.layers.1.self_attn.k_proj.weight` has shape (32, 16)", "`blocks.layers.1.attention.key_proj.weight` (32, 16) needs (16, 32)"]),
     ("init_from=hf: a missing tensor", hf_fit("hf_no_norm"), ["has no tensor `model.norm.weight`", "`final_norm.scale`"]),
     ("init_from=hf: an index naming a missing file", hf_fit("hf_sharded"), ["model.safetensors.index.json puts", "model-00002-of-00002.safetensors, which is not in", "Fetch"]),
-    ("init_from=hf: an unknown rope scaling", hf_fit("hf_yarn"), ["`model`", "rope_type 'yarn'", "\"llama3\""]),
+    ("init_from=hf: an unknown rope scaling", hf_fit("hf_yarn"), ["hf_yarn/config.json", "rope_type 'yarn'", "\"llama3\""]),
     ("export over a non-empty directory", export("--out", "{files}"), ["is not empty", "--force"]),
     ("export with a shard size of abc", export("--out", "out", "--max-shard-size", "abc"), ["--max-shard-size 'abc' is not a size", "2GB"]),
     ("export to another format", export("--out", "out", "--format", "onnx"), ["--format", "'onnx'", "paxtrain export --help"]),

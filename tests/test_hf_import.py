@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -20,6 +21,7 @@ from paxtrain.checkpoint.finetune import load_parameters, replace_parameters
 from paxtrain.checkpoint.store import flatten_state
 from paxtrain.errors import CheckpointError
 from paxtrain.hf.config import read_config
+from paxtrain.hf.export import hf_tensors
 from paxtrain.hf.load import load_hf_parameters
 from paxtrain.hf.safetensors import checkpoint_tensors, open_tensor, write_checkpoint
 
@@ -162,6 +164,18 @@ def test_a_sharded_checkpoint_reads_like_one_file(tmp_path):
     assert len(files) > 3 and files[-1] == "model.safetensors.index.json"
     model = load_hf_parameters(build(sharded), sharded)
     np.testing.assert_array_equal(logits(model), logits(load_hf_parameters(build(source), source)))
+
+
+def test_a_bfloat16_checkpoint_reads_into_float32_parameters(tmp_path):
+    def to_bfloat16(tensors):
+        tensors.update({name: t.astype(ml_dtypes.bfloat16) for name, t in tensors.items()})
+
+    halved = rewritten(FIXTURES / "gpt2", tmp_path, to_bfloat16)
+    model = load_hf_parameters(build(halved), halved)
+    got = hf_tensors(model)
+    for name, entry in checkpoint_tensors(halved).items():
+        assert entry.dtype == ml_dtypes.bfloat16 and got[name].dtype == np.float32
+        np.testing.assert_array_equal(got[name], np.asarray(open_tensor(entry), np.float32))
 
 
 def test_fsdp_over_8_devices_holds_only_each_share(tmp_path):

@@ -24,6 +24,7 @@ from paxtrain.errors import CheckpointError
 from paxtrain.hf.gpt2 import GPT2
 from paxtrain.hf.llama import LLAMA
 from paxtrain.hf.tensors import NameMap
+from paxtrain.nn.rotary import rope_scaling
 
 CONFIG_FILE = "config.json"
 
@@ -122,7 +123,10 @@ def llama_settings(config: dict[str, Any]) -> dict[str, Any]:
     c.expect("head_dim", (None, dim // heads), None)
     rope = dict(c.get("rope_parameters") or c.get("rope_scaling") or {})
     theta = rope.pop("rope_theta", c.get("rope_theta", 10000.0))
-    scaled = rope.get("rope_type", rope.get("type", "default")) != "default"
+    try:  # the rule's own check: an unknown rope_type is refused, never read as plain RoPE
+        scaling = rope_scaling(rope)
+    except ValueError as error:
+        raise CheckpointError(f"{c.path}: {error}") from None
     return {
         "vocab_size": c.need("vocab_size"),
         "num_layers": c.need("num_hidden_layers"),
@@ -131,7 +135,7 @@ def llama_settings(config: dict[str, Any]) -> dict[str, Any]:
         "model_dim": dim,
         "mlp_dim": c.need("intermediate_size"),
         "rope_theta": float(theta),
-        "rope_scaling": rope if scaled else None,
+        "rope_scaling": None if scaling is None else scaling.as_config(),
         "norm_eps": float(c.get("rms_norm_eps", 1e-6)),
         "tie_embeddings": bool(c.get("tie_word_embeddings", False)),
     }
