@@ -135,3 +135,26 @@ def test_export_never_writes_over_files_without_force(run, tmp_path, capsys):
     assert "model.safetensors.index.json" in names and "notes.txt" in names
     saved = parameters(load_parameters(build(FIXTURES / "llama"), run))  # the newest: step 4
     assert_bitwise_equal(parameters(load_hf_parameters(build(out), out)), saved)
+
+
+def test_a_bpe_runs_export_carries_its_tokenizer(tmp_path):
+    text, tokenizer = tmp_path / "text.txt", tmp_path / "tokenizer.json"
+    text.write_text((ROOT / "README.md").read_text(encoding="utf-8")[:20000])
+    assert main(["data", "tokenizer", "train", str(text), "--vocab-size", "300",
+                 "--out", str(tokenizer)]) == 0  # fmt: skip
+    assert main(["data", "tokenize", str(text), str(tmp_path / "t.bin"),
+                 "--tokenizer", str(tokenizer)]) == 0  # fmt: skip
+    run_dir, out = tmp_path / "run", tmp_path / "hf"
+    fit = [
+        "fit", "llama_lm", "data._target_=paxtrain.data.TokenFile", f"data.path={tmp_path}/t.bin",
+        f"data.tokenizer={tokenizer}", "data.seq_len=16", "data.batch_size=4",
+        "data.eval_batches=1", "model.model_dim=16", "trainer.max_steps=2", "trainer.eval_every=2",
+        "trainer.progress=off", "trainer.plot=false", "optimizer.learning_rate.warmup_steps=1",
+        "callbacks=[]", f"run_dir={run_dir}",
+    ]  # fmt: skip
+    assert main(fit) == 0
+    assert main(["export", str(run_dir), "--format", "hf", "--out", str(out)]) == 0
+    assert (out / "tokenizer.json").read_bytes() == tokenizer.read_bytes()
+    config = json.loads((out / "config.json").read_text())
+    assert (config["vocab_size"], config["bos_token_id"], config["eos_token_id"]) == (300, 0, 1)
+    assert config["max_position_embeddings"] == 16  # the run's data.seq_len
