@@ -3,10 +3,13 @@
 Each parameter is made with `jax.make_array_from_callback` in the sharding the model gives it
 (with `mesh.fsdp=8`, each device's slice): the callback copies only that slice out of a memory
 map of the safetensors file, transposing or splitting on the way (`paxtrain.hf.tensors`), so no
-device and no host buffer ever holds more than the shards being made. Orbax's safetensors
-loader (`orbax.checkpoint.experimental.v1`, checkpoint layout "safetensors") also reads into
-target shardings, but in the file's layout: a transposed copy of every projection would then
-be made on the devices, twice the memory of each matrix at its peak.
+device and no host buffer ever holds more than the shards being made.
+
+Orbax 0.12.8's safetensors layout (`orbax.checkpoint.experimental.v1.load_pytree` under a
+`Context` with `checkpoint_layout="safetensors"`, experimental) also reads into target
+shardings, but in the file's layout: PyTorch's [out, in] projections would then be transposed
+on the devices, each device holding a second copy of a matrix's shards meanwhile, and GPT-2's
+fused q/k/v split there too. Reading the slices ourselves makes each shard once, as it is kept.
 
     >>> model = load_hf_parameters(model, "tests/fixtures/hf/llama")  # doctest: +SKIP
 """
