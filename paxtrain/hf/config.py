@@ -48,8 +48,8 @@ it."""
 
 NOT_TIED_MSG = """\
 This transformer_lm model has its own head with a bias, which GPT-2 (`GPT2LMHeadModel`, whose \
-head is the token embedding) cannot hold: train it with `model.tie_embeddings=true` to export it \
-as GPT-2."""
+head is the token embedding) cannot hold: build it with `model.tie_embeddings=true` (in Python \
+`tie_embeddings=True`) to import GPT-2 weights into it or to export it as GPT-2."""
 
 
 NO_ARCHITECTURE_MSG = """\
