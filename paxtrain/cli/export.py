@@ -14,6 +14,8 @@ still there, else the run's `data.seq_len`. A run whose data was tokenized with 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import os
 import pathlib
@@ -180,11 +182,9 @@ def export_run(
     if missing:
         raise ConfigError(NOT_LOADED_MSG.format(run_dir=run_dir, path=missing[0]))
     if merge:
-        try:
-            from paxtrain.nn.lora import merge_lora
-        except ImportError:
-            raise ConfigError(NO_LORA_MSG) from None
-        model = merge_lora(model)
+        if importlib.util.find_spec("paxtrain.nn.lora") is None:
+            raise ConfigError(NO_LORA_MSG)
+        model = importlib.import_module("paxtrain.nn.lora").merge_lora(model)
     vocab = getattr(data, "vocab", None)
     tokenizer = vocab.path if isinstance(vocab, BpeVocab) else None
     _remove_previous_export(out)
