@@ -14,7 +14,6 @@ still there, else the run's `data.seq_len`. A run whose data was tokenized with 
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.util
 import json
 import os
@@ -184,7 +183,9 @@ def export_run(
     if merge:
         if importlib.util.find_spec("paxtrain.nn.lora") is None:
             raise ConfigError(NO_LORA_MSG)
-        model = importlib.import_module("paxtrain.nn.lora").merge_lora(model)
+        from paxtrain.nn.lora import merge_lora
+
+        model = merge_lora(model)
     vocab = getattr(data, "vocab", None)
     tokenizer = vocab.path if isinstance(vocab, BpeVocab) else None
     _remove_previous_export(out)
