@@ -21,9 +21,10 @@ from paxtrain.checkpoint.finetune import load_parameters, replace_parameters
 from paxtrain.checkpoint.store import flatten_state
 from paxtrain.errors import CheckpointError
 from paxtrain.hf.config import read_config
-from paxtrain.hf.export import hf_tensors
+from paxtrain.hf.export import export_hf, hf_tensors
 from paxtrain.hf.load import load_hf_parameters
 from paxtrain.hf.safetensors import checkpoint_tensors, open_tensor, write_checkpoint
+from paxtrain.recipes.llama_lm import LlamaLM
 
 ROOT = pathlib.Path(__file__).parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "hf"
@@ -201,3 +202,39 @@ def test_fsdp_over_8_devices_holds_only_each_share(tmp_path):
     assert report["made_bytes"] <= 1.2 * sum(shares)
     assert report["largest_made"] * 8 <= report["largest_param"]  # no whole tensor made
     assert report["max_logit_difference"] <= 1e-5
+
+
+def fit_losses(run_dir, devices, *overrides):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
+    env.update(
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(ROOT),
+    )  # fmt: skip
+    tiny = [
+        "trainer.max_steps=3", "trainer.log_every=1", "trainer.eval_every=null",
+        "trainer.progress=off", "trainer.plot=false", "trainer.checkpoint.enabled=false",
+        "data.seq_len=16", "data.batch_size=8", "data.max_chars=20000",
+        "optimizer.learning_rate.warmup_steps=1", "callbacks=[]",
+    ]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "paxtrain", "fit", "llama_lm", *tiny, f"run_dir={run_dir}",
+         *overrides],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["train/loss"] for line in lines if "train/loss" in line]
+
+
+@pytest.mark.slow
+def test_a_fine_tune_from_hf_under_fsdp_8_trains_like_one_device(tmp_path):
+    """The road through `paxtrain fit`: a checkpoint with projections large enough for the FSDP
+    rule to split (65536 elements), fine-tuned on 1 device and on 8 with `mesh.fsdp=8`."""
+    pax.seed_rng_key(0)
+    model = LlamaLM(vocab_size=128, model_dim=256, num_heads=4, num_kv_heads=2, num_layers=2)
+    export_hf(model, tmp_path / "hf", {"max_position_embeddings": 64})
+    source = f"init_from=hf:{tmp_path / 'hf'}"
+    one = fit_losses(tmp_path / "one", 1, source)
+    eight = fit_losses(tmp_path / "eight", 8, source, "mesh.data=1", "mesh.fsdp=8")
+    assert len(one) == 3
+    np.testing.assert_allclose(eight, one, rtol=2e-5)
