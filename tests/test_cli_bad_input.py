@@ -280,6 +280,8 @@ ROWS = [
     ("init_from=hf: a missing tensor", hf_fit("hf_no_norm"), ["has no tensor `model.norm.weight`", "`final_norm.scale`"]),
     ("init_from=hf: an index naming a missing file", hf_fit("hf_sharded"), ["model.safetensors.index.json puts", "model-00002-of-00002.safetensors, which is not in", "Fetch"]),
     ("init_from=hf: an unknown rope scaling", hf_fit("hf_yarn"), ["hf_yarn/config.json", "rope_type 'yarn'", "\"llama3\""]),
+    ("init_from=hf: data with more ids than the vocabulary", tokens("big.bin", f"init_from=hf:{FIXTURES}/gpt2", "data.seq_len=16"), ["has a vocabulary of 128, but the data's is 256", "tokenizer"]),
+    ("init_from=hf: a longer context than the positions", ["fit", "transformer_lm", f"init_from=hf:{FIXTURES}/gpt2", "data.seq_len=128"], ["has a context (position embeddings) of 64, but the data's is 128", "data.seq_len"]),
     ("export over a non-empty directory", export("--out", "{files}"), ["is not empty", "--force"]),
     ("export with a shard size of abc", export("--out", "out", "--max-shard-size", "abc"), ["--max-shard-size 'abc' is not a size", "2GB"]),
     ("export to another format", export("--out", "out", "--format", "onnx"), ["--format", "'onnx'", "paxtrain export --help"]),

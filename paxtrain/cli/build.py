@@ -221,7 +221,7 @@ def check_hf_data(cfg: DictConfig, info: dict[str, Any]) -> None:
         if data_size is not None and hf_size is not None and data_size > hf_size:
             raise ConfigError(
                 HF_DATA_MSG.format(
-                    directory=cfg.init_from[3:], what=what, hf_size=hf_size,
+                    directory=cfg.init_from.partition(":")[2], what=what, hf_size=hf_size,
                     data_size=data_size, why=why, fix=fix,
                 )
             )  # fmt: skip
