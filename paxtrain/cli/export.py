@@ -174,8 +174,11 @@ def export_run(
     cfg = load_run_config(run_dir, [], allow_targets)
     step = _checkpoint_step(run_dir, step)
     _, factory, data, _ = build_trainer(cfg, run_dir)
-    abstract = parallel.laid_out(jax.eval_shape(parallel.seeded(factory, cfg.seed)), None)
-    model = load_parameters(abstract, run_dir / CHECKPOINT_DIR / str(step))
+    abstract = jax.eval_shape(parallel.seeded(factory, cfg.seed))
+    # Read into host memory: the arrays go to files, and may not fit one accelerator.
+    host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    host_layout = parallel.laid_out(abstract, [host] * len(jax.tree_util.tree_leaves(abstract)))
+    model = load_parameters(host_layout, run_dir / CHECKPOINT_DIR / str(step))
     params = flatten_state(pax.select_parameters(pax.unfreeze_parameters(model)))
     missing = [path for path, x in params.items() if isinstance(x, jax.ShapeDtypeStruct)]
     if missing:
