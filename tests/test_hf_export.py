@@ -158,3 +158,11 @@ def test_a_bpe_runs_export_carries_its_tokenizer(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert (config["vocab_size"], config["bos_token_id"], config["eos_token_id"]) == (300, 0, 1)
     assert config["max_position_embeddings"] == 16  # the run's data.seq_len
+
+
+def test_export_of_a_step_the_run_has_not_is_refused(run, tmp_path, capsys):
+    argv = ["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf"), "--step", "3"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no checkpoint of step 3; it has [2, 4]" in err
+    assert not (tmp_path / "hf").exists()
