@@ -166,3 +166,20 @@ def test_export_of_a_step_the_run_has_not_is_refused(run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has no checkpoint of step 3; it has [2, 4]" in err
     assert not (tmp_path / "hf").exists()
+
+
+def test_a_lora_run_exports_merged(tmp_path, capsys):
+    """A LoRA fine-tune of the Llama fixture: its adapters have no place in the checkpoint
+    without --merge; with it, the export is the merged model's parameters, bit for bit."""
+    from paxtrain.cli.commands import restore_run
+    from paxtrain.nn.lora import merge_lora
+
+    run_dir, out = tmp_path / "lora", tmp_path / "hf"
+    lora = ["finetune.lora.rank=4", "finetune.lora.paths=[query_proj$,value_proj$]"]
+    assert main([*FIT, *lora, f"run_dir={run_dir}"]) == 0
+    argv = ["export", str(run_dir), "--format", "hf", "--out", str(out)]
+    assert main(argv) == 2
+    assert "`blocks.layers.0.attention.query_proj.adapter" in capsys.readouterr().err
+    assert main([*argv, "--merge"]) == 0
+    merged = merge_lora(restore_run(run_dir).state.model)
+    assert_bitwise_equal(parameters(load_hf_parameters(build(out), out)), parameters(merged))

@@ -4,17 +4,18 @@
     paxtrain export runs/llama --format hf --out llama_hf --step 500 --max-shard-size 2GB
     paxtrain export runs/llama_lora --format hf --out merged --merge     # LoRA folded in
 
-The parameters are read from the checkpoint through the store (integrity-checked, as for
-`init_from`); `config.json` gets what the model does not know from the Hugging Face checkpoint
-the run started from (`init_from=hf:DIR`: its token ids, `max_position_embeddings`) when it is
-still there, else the run's `data.seq_len`. A run whose data was tokenized with a BPE
-`tokenizer.json` gets that file beside the weights.
+The model is restored as `paxtrain eval` restores it (through the store, integrity-checked; a
+LoRA run's frozen base read from its `init_from` again); `--merge` folds a LoRA run's adapters
+into plain weights (`nn.merge_lora`), as a Hugging Face checkpoint needs them. `config.json`
+gets what the model does not know from the Hugging Face checkpoint the run started from
+(`init_from=hf:DIR`: its token ids, `max_position_embeddings`) when it is still there, else the
+run's `data.seq_len`. A run whose data was tokenized with a BPE `tokenizer.json` gets that file
+beside the weights.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -39,14 +40,6 @@ NO_STEP_MSG = "{run_dir} has no checkpoint of step {step}; it has {steps}: pass 
 SHARD_SIZE_MSG = """\
 --max-shard-size {value!r} is not a size: give bytes or a number with KB, MB or GB, e.g. \
 `--max-shard-size 2GB`."""
-
-NOT_LOADED_MSG = """\
-The checkpoint of {run_dir} holds no `{path}`, which the run's model has: it cannot be exported \
-alone (a LoRA run that saved only its adapters? then add --merge)."""
-
-NO_LORA_MSG = """\
---merge folds LoRA adapters into their base weights with `paxtrain.nn.lora.merge_lora`, which \
-this paxtrain does not have: export without --merge."""
 
 UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9}
 # The base checkpoint's config.json entries a run's model does not hold.
@@ -156,38 +149,20 @@ def export_run(
         >>> export_run("runs/llama", "llama_hf")  # doctest: +SKIP
         ['config.json', 'model.safetensors']
     """
-    import jax
-
-    import paxtrain as pax
-    from paxtrain import parallel
-    from paxtrain.checkpoint.finetune import load_parameters
-    from paxtrain.checkpoint.store import flatten_state
-    from paxtrain.cli.build import build_trainer
+    from paxtrain.cli.commands import restore_run
     from paxtrain.cli.runs import load_run_config
     from paxtrain.data.bpe import BpeVocab
-    from paxtrain.errors import ConfigError
     from paxtrain.hf.export import export_hf
-    from paxtrain.train.checkpointing import CHECKPOINT_DIR
+    from paxtrain.nn.lora import merge_lora
 
     run_dir, out = pathlib.Path(run_dir), pathlib.Path(out)
     _check_out(out, force)
     cfg = load_run_config(run_dir, [], allow_targets)
     step = _checkpoint_step(run_dir, step)
-    _, factory, data, _ = build_trainer(cfg, run_dir)
-    abstract = jax.eval_shape(parallel.seeded(factory, cfg.seed))
-    # Read into host memory: the arrays go to files, and may not fit one accelerator.
-    host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    host_layout = parallel.laid_out(abstract, [host] * len(jax.tree_util.tree_leaves(abstract)))
-    model = load_parameters(host_layout, run_dir / CHECKPOINT_DIR / str(step))
-    params = flatten_state(pax.select_parameters(pax.unfreeze_parameters(model)))
-    missing = [path for path, x in params.items() if isinstance(x, jax.ShapeDtypeStruct)]
-    if missing:
-        raise ConfigError(NOT_LOADED_MSG.format(run_dir=run_dir, path=missing[0]))
+    # The road of `paxtrain eval`: the whole state restored, a LoRA run's base from its init_from.
+    trainer = restore_run(run_dir, step, allow_targets=allow_targets)
+    model, data = trainer.state.model, trainer.data
     if merge:
-        if importlib.util.find_spec("paxtrain.nn.lora") is None:
-            raise ConfigError(NO_LORA_MSG)
-        from paxtrain.nn.lora import merge_lora
-
         model = merge_lora(model)
     vocab = getattr(data, "vocab", None)
     tokenizer = vocab.path if isinstance(vocab, BpeVocab) else None

@@ -41,11 +41,6 @@ hf:{directory}: the model has {key}={model_value} but the checkpoint's config.js
 {checkpoint_value}: build the model from that config.json (`paxtrain fit` with \
 `init_from=hf:DIR` does), or with {key}={checkpoint_value}."""
 
-UNMAPPED_MSG = """\
-hf:{directory}: the model's parameter `{path}` has no {architecture} tensor: the model holds a \
-layer the architecture has not. Leave it out with `init_from_include` patterns that do not \
-match it."""
-
 MISSING_TENSOR_MSG = """\
 hf:{directory} has no tensor `{tensor}`, which the model's `{path}` {shape} needs (the file's \
 tensors look like `{example}`): the checkpoint is incomplete or of another model."""
@@ -83,9 +78,10 @@ def _check_settings(architecture: Architecture, settings: dict, model: Any, dire
 def hf_specs(
     model: Any, directory: str | pathlib.Path, include: Sequence[str] = ()
 ) -> tuple[dict[str, Any], dict[str, HfTensor | Stacked], dict[str, list[TensorEntry]]]:
-    """The model's parameters to load (by path), the spec of each and its tensors' entries,
-    after checking every name and shape against the checkpoint (a CheckpointError names the
-    first mismatch: the tensor and both shapes).
+    """The model's parameters (by path), the spec and tensor entries of each one the
+    architecture has a tensor for, after checking every name and shape against the checkpoint
+    (a CheckpointError names the first mismatch: the tensor and both shapes). Parameters of
+    layers the architecture has not (LoRA adapters) get no spec: they keep their values.
 
     Example:
         >>> params, specs, entries = hf_specs(model, "tests/fixtures/hf/gpt2")  # doctest: +SKIP
@@ -109,10 +105,8 @@ def hf_specs(
     specs, entries, used = {}, {}, set()
     for path, param in params.items():
         spec = architecture.names.spec(path, param.shape)
-        if spec is None:
-            raise CheckpointError(
-                UNMAPPED_MSG.format(directory=directory, path=path, architecture=architecture.name)
-            )
+        if spec is None:  # a layer the architecture has not (a LoRA adapter): kept as it is
+            continue
         specs[path], entries[path] = spec, []
         expected = spec.hf_shape(param.shape)
         for tensor in spec.layers if isinstance(spec, Stacked) else (spec,):
@@ -161,6 +155,9 @@ def load_hf_parameters(model: M, directory: str | pathlib.Path, include: Sequenc
     `model` may hold `jax.ShapeDtypeStruct` leaves with shardings (what `Trainer.prepare` passes
     to `init_from` for a sharded build). Its settings must be the checkpoint's (`read_config`
     gives them); any mismatch of a setting, a name or a shape is a CheckpointError naming it.
+    Parameters of layers the architecture has not, such as LoRA adapters (`nn.apply_lora` keeps
+    the base weights at their paths), keep their values; every tensor of the checkpoint must
+    find its parameter.
 
     Args:
       model: a `LlamaLM` or `TransformerLM` (tied) with the checkpoint's settings.
@@ -176,10 +173,11 @@ def load_hf_parameters(model: M, directory: str | pathlib.Path, include: Sequenc
 
     params, specs, entries = hf_specs(model, directory, include)
     loaded = {}
-    for path, param in params.items():
+    for path, spec in specs.items():
+        param = params[path]
         tensors = [open_tensor(entry) for entry in entries[path]]
 
-        def read(index: tuple[slice, ...], spec=specs[path], tensors=tensors, dtype=param.dtype):
+        def read(index: tuple[slice, ...], spec=spec, tensors=tensors, dtype=param.dtype):
             return read_block(spec, tensors, index).astype(dtype, copy=False)
 
         loaded[path] = jax.make_array_from_callback(param.shape, _sharding(param), read)
