@@ -5,6 +5,7 @@
     paxtrain fit configs/char_rnn.yaml -m optimizer.learning_rate.peak_value=1e-3,3e-4 --launcher slurm  # a job each
     paxtrain fit configs/char_rnn.yaml -m optimizer.learning_rate.peak_value=1e-3,3e-4 --launcher slurm \
         --launcher-config configs/launcher/slurm.yaml                # nodes, GPUs, partition...
+    paxtrain fit configs/char_rnn.yaml -m hydra/sweeper=optuna 'optimizer.learning_rate.peak_value=tag(log, interval(1e-4, 1e-2))'
     paxtrain fit configs/char_rnn.yaml --cfg job                     # print the resolved config
     paxtrain options configs/char_rnn.yaml                           # every key: type, value, help
     paxtrain fit char_rnn trainer.max_steps=500                       # a config shipped with paxtrain
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -109,6 +111,14 @@ def _allow_target(command: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _restart(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--restart", action="store_true",
+        help="train from step 0 where the run directory has no readable checkpoint (moving "
+        "unreadable ones aside as STEP.corrupt); a readable checkpoint is always resumed",
+    )  # fmt: skip
+
+
 def _add_config_commands(commands: Any) -> None:
     """`fit` and `options`: what a config trains, and which keys it has."""
     fit = commands.add_parser(
@@ -127,6 +137,7 @@ def _add_config_commands(commands: Any) -> None:
     fit.add_argument("--cfg", choices=["job"], help="print the resolved config and exit")
     fit.add_argument("--launcher", choices=["local", "slurm"], help="with -m: submit via submitit")
     fit.add_argument("--launcher-config", help="YAML of launcher options (configs/launcher/)")
+    _restart(fit)
 
     options = commands.add_parser(
         "options", help="list every key a config can set: type, value, help (then exit)"
@@ -143,6 +154,7 @@ def _add_run_commands(commands: Any) -> None:
     resume.add_argument("overrides", nargs="*", help="overrides, e.g. trainer.max_steps=3000")
     resume.set_defaults(accepts_overrides=True)
     _allow_target(resume)
+    _restart(resume)
 
     evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint on its eval data")
     evaluate.add_argument("run_dir")
@@ -236,7 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         # A preemption signal while data and model are built: nothing to save, exit 75.
-        with before_training():
+        with before_training(), warnings.catch_warnings():
+            warnings.showwarning = _warning_line
             return _env() if args.command == "env" else commands[args.command](args)
     except PreemptedBeforeTraining as stopped:
         print(stopped, file=sys.stderr)
@@ -248,6 +261,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report(str(error), EXIT_CONFIG_ERROR)
     except LaunchError as error:
         return _report(str(error), 1)
+
+
+def _warning_line(message: Warning | str, category: type, *args: Any, **kwargs: Any) -> None:
+    """A warning as one `paxtrain:` line (a recovery: a checkpoint fallen back from, a save
+    lost), without Python's file, line and source line, which are paxtrain's, not the user's."""
+    print(f"paxtrain: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
 
 
 def _quiet_failing_writers_at_exit() -> None:
