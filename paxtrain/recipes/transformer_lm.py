@@ -192,6 +192,8 @@ class TransformerLM(pax.Module):
 
         tables = count_parameters(self.token_embed) + count_parameters(self.position_embed)
         non_embedding = count_parameters(self) - tables
+        if self.head is None:  # tied: the embedding's transpose, a d x vocab matmul all the same
+            non_embedding += self.model_dim * self.vocab_size
         return palm_flops_per_token(non_embedding, self.num_layers, self.model_dim, seq_len)
 
     def loss(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
