@@ -11,7 +11,7 @@ from typing import Any
 import jax
 from omegaconf import DictConfig, OmegaConf
 
-from paxtrain.cli.build import build_trainer, join_processes, schedule_horizon
+from paxtrain.cli.build import build_trainer, join_processes, schedule_horizon, with_hf_model
 from paxtrain.cli.runs import (
     CONFIG_FILE,
     RunFiles,
@@ -41,7 +41,7 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None, restart: bo
     """
     run_dir = pathlib.Path(cfg.run_dir or f"runs/{cfg.name}-{_timestamp()}")
     check_run_dir(run_dir)
-    cfg = cfg.copy()
+    cfg = with_hf_model(cfg.copy(), run_dir)  # before the config is hashed and saved
     cfg.run_dir = str(run_dir)
     if cfg.parallel.distributed:
         join_processes()  # before anything starts JAX's backends (reading checkpoints does)
