@@ -115,21 +115,21 @@ def _type_name(hint: Any) -> str:
 
 
 def _parameter_hints(target: Any) -> dict[str, Any]:
-    """Each parameter's annotation, evaluated on its own: one naming what its module imports only
-    for type checkers (optax's `ArrayTree`) leaves only that parameter unchecked, where
-    `typing.get_type_hints` would give up on all of them."""
+    """Each parameter's annotation, resolved on its own by `typing.get_type_hints` in the
+    target's module: one naming what its module imports only for type checkers (optax's
+    `ArrayTree`) leaves only that parameter unchecked, where one `get_type_hints` call on the
+    whole target would give up on all of them."""
     function = target.__init__ if inspect.isclass(target) else target
     namespace = getattr(inspect.unwrap(function), "__globals__", {})
     hints = {}
     for name, parameter in inspect.signature(function).parameters.items():
-        annotation = parameter.annotation
-        if isinstance(annotation, str):
-            try:
-                annotation = eval(annotation, namespace)  # what get_type_hints does, one by one
-            except Exception:
-                continue
-        if annotation is not parameter.empty:
-            hints[name] = annotation
+        if parameter.annotation is parameter.empty:
+            continue
+        one = types.SimpleNamespace(__annotations__={name: parameter.annotation})
+        try:
+            hints.update(typing.get_type_hints(one, globalns=namespace))
+        except Exception:  # a name only type checkers import: this parameter stays unchecked
+            continue
     return hints
 
 
