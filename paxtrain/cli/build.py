@@ -220,7 +220,7 @@ def build_hooks(cfg: DictConfig, meta: dict[str, Any] | None = None) -> list[Any
     from paxtrain.train.profile import Profile
 
     t, es, ck = cfg.trainer, cfg.trainer.early_stopping, cfg.trainer.checkpoint
-    callbacks = [instantiate(c, f"callbacks[{i}]") for i, c in enumerate(cfg.callbacks)]
+    callbacks = [_callback(c, f"callbacks[{i}]") for i, c in enumerate(cfg.callbacks)]
     if t.profile.start_step is not None:  # a jax.profiler trace of some steps
         callbacks.append(Profile(**arguments_for(Profile, t.profile)))
     return default_hooks(
@@ -231,6 +231,25 @@ def build_hooks(cfg: DictConfig, meta: dict[str, Any] | None = None) -> list[Any
         else None,
         hooks=callbacks,
     )
+
+
+NOT_A_HOOK_MSG = (
+    "`{key}` ({target}) built {built}, not a hook: a callback's `_target_` is a subclass of "
+    "`paxtrain.train.hooks.Hook` (or a function returning one instance), e.g. "
+    "`callbacks=[{{_target_: paxtrain.recipes.char_rnn.PrintSample}}]`, or `callbacks=[]`."
+)
+
+
+def _callback(section: DictConfig, key: str) -> Any:
+    """The hook a `callbacks` entry builds; anything else (`builtins.print` returns None) is
+    a `ConfigError` naming the entry, not a traceback when the trainer adds it."""
+    from paxtrain.train.hooks import Hook
+
+    built = instantiate(section, key)
+    if not isinstance(built, Hook):
+        shown = "None" if built is None else f"a {type(built).__name__}"
+        raise ConfigError(NOT_A_HOOK_MSG.format(key=key, target=section["_target_"], built=shown))
+    return built
 
 
 def _loggers(entries: list[Any]) -> list[Any]:

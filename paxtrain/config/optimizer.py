@@ -31,6 +31,7 @@ resumed run keeps its schedule instead of jumping to another learning rate.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 import warnings
@@ -179,8 +180,33 @@ def _check_warmup(section: dict, key: str) -> None:
         )
 
 
-def _target_path(name: str) -> str:
-    return ALIASES.get(name, name)
+UNKNOWN_ALIAS_MSG = (
+    "`{key}._target_` is {name!r}, neither a short name nor a module path.{hint} Short names: "
+    "{aliases}; or any optax factory by its path, e.g. `{key}._target_=optax.adamw`."
+)
+
+
+def _target_path(name: str, key: str = "optimizer") -> str:
+    """The import path of a `_target_`: an alias's (`adamw`: `optax.adamw`), a path as given.
+    A bare name that is no alias is a `ConfigError` listing the aliases and the close matches
+    among them and optax's factories.
+
+    Example:
+        >>> _target_path("lion")
+        'optax.lion'
+        >>> _target_path("adamx")
+        Traceback (most recent call last):
+        paxtrain.errors.ConfigError: `optimizer._target_` is 'adamx', ... Did you mean `adam`, `adamw`, `optax.adamax`...
+    """
+    if name in ALIASES or "." in name:
+        return ALIASES.get(name, name)
+    names = [*ALIASES, *(f"optax.{n}" for n in dir(optax) if not n.startswith("_"))]
+    close = difflib.get_close_matches(name, names, n=4, cutoff=0.6)
+    close += [n for n in difflib.get_close_matches(f"optax.{name}", names, n=2) if n not in close]
+    hint = f" Did you mean {', '.join(f'`{c}`' for c in close)}?" if close else ""
+    raise ConfigError(
+        UNKNOWN_ALIAS_MSG.format(key=key, name=name, hint=hint, aliases=", ".join(ALIASES))
+    )
 
 
 def _resolved(node: Any, key: str) -> Any:
@@ -193,7 +219,7 @@ def _resolved(node: Any, key: str) -> Any:
     out = {k: _resolved(v, f"{key}.{k}") for k, v in node.items()}
     if "_target_" not in out:
         return out
-    out["_target_"] = _target_path(str(out["_target_"]))
+    out["_target_"] = _target_path(str(out["_target_"]), key)
     check_target(out, key)
     target = locate(out["_target_"], key)
     if callable(target) and "learning_rate" in _parameters(target):

@@ -50,8 +50,26 @@ ARG_SIZE_MSG = (
 _SIZE_PARAMETER = re.compile(r"(^|_)(size|len|dim|ratio|batches)$|^num_")
 
 
+# Common short spellings of parameter names, which string similarity misses (`lr` is closer to
+# `b1` than to `learning_rate`).
+SYNONYMS = {
+    "lr": "learning_rate", "learningrate": "learning_rate", "wd": "weight_decay",
+    "beta1": "b1", "beta2": "b2", "epsilon": "eps", "steps": "max_steps", "bs": "batch_size",
+}  # fmt: skip
+
+
 def _hint(key: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
+    """` Did you mean ...?` with the known synonym of the key (`lr`: `learning_rate`) or the
+    closest candidates, or the list of valid keys when none is close.
+
+    Example:
+        >>> _hint("optimizer.lr", ["optimizer.b1", "optimizer.learning_rate"])
+        ' Did you mean `optimizer.learning_rate`?'
+    """
+    prefix, _, leaf = key.rpartition(".")
+    synonym = SYNONYMS.get(leaf.lower())
+    meant = f"{prefix}.{synonym}" if prefix and synonym else synonym
+    close = [meant] if meant in candidates else difflib.get_close_matches(key, candidates, 3, 0.6)
     return (
         f" Did you mean {', '.join(f'`{c}`' for c in close)}?"
         if close
@@ -171,9 +189,16 @@ def locate(target: str, key: str) -> Any:
     module_name, _, attr = target.rpartition(".")
     try:
         module = importlib.import_module(module_name)
-        return getattr(module, attr)
-    except (ImportError, AttributeError, ValueError) as error:
+    except (ImportError, ValueError) as error:
         raise ConfigError(BAD_TARGET_MSG.format(key=key, target=target, reason=error)) from None
+    try:
+        return getattr(module, attr)
+    except AttributeError as error:
+        names = [f"{module_name}.{n}" for n in dir(module) if not n.startswith("_")]
+        close = difflib.get_close_matches(target, names, n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(f'`{c}`' for c in close)}?" if close else ""
+        message = BAD_TARGET_MSG.format(key=key, target=target, reason=error)
+        raise ConfigError(message + hint) from None
 
 
 def check_target(node: Any, key: str, provided: tuple[str, ...] | None = ()) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import difflib
 import errno
 import pathlib
+import signal
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -70,6 +71,35 @@ RESUME_STEPS_PER_CALL_MSG = (
     "(past trainer.max_steps={max_steps}). Resume with a trainer.steps_per_call that divides "
     "{step} (1 always does)."
 )
+
+SIGNAL_NAME_MSG = (
+    "preemption_signals: {name!r} is not a signal this process can catch; use signal names "
+    "such as {example} (SIGKILL and SIGSTOP cannot be caught), e.g. `preemption_signals=[SIGTERM]`."
+)
+
+# Signals that no handler can catch: the kernel stops or kills the process itself.
+_UNCATCHABLE = ("SIGKILL", "SIGSTOP")
+
+
+def check_signal_names(names: Iterable[str]) -> tuple[str, ...]:
+    """`names` as a tuple, each the name of a signal this process can catch (`SIGTERM`).
+
+    Example:
+        >>> check_signal_names(["SIGTERM", "SIGUSR1"])
+        ('SIGTERM', 'SIGUSR1')
+        >>> check_signal_names(["SIGFOO"])
+        Traceback (most recent call last):
+        paxtrain.errors.ArgumentError: preemption_signals: 'SIGFOO' is not a signal ...
+    """
+    names = tuple(names)
+    for name in names:
+        if name not in signal.Signals.__members__ or name in _UNCATCHABLE:
+            example = ", ".join(DEFAULT_PREEMPTION_SIGNALS)
+            raise ArgumentError(
+                "preemption_signals", SIGNAL_NAME_MSG.format(name=name, example=example)
+            )
+    return names
+
 
 TWO_STORES_MSG = (
     "two hooks save checkpoints ({first} and {second}): a run has one checkpoint store; "
@@ -185,7 +215,7 @@ class Trainer:
         self.loggers = list(loggers)
         self.hyperparams = dict(hyperparams or {})
         self.compile_cache = compile_cache
-        self.preemption_signals = tuple(preemption_signals)
+        self.preemption_signals = check_signal_names(preemption_signals)
         self.hooks = HookList(default_hooks() if hooks is None else hooks)
         self.view = TrainerViewOf(self)
         self.is_main_process = parallel.is_main_process()
