@@ -128,6 +128,23 @@ def test_stopping_on_nonfinite_steps_has_its_own_exit_code(tmp_path):
     assert exit_code(clean) == 0
 
 
+@pytest.mark.parametrize("bad_steps, failed", [({5, 9}, False), ({5, 9, 13}, True)])
+def test_a_run_that_skipped_over_a_tenth_of_its_steps_fails_with_exit_code_3(
+    tmp_path, bad_steps, failed
+):
+    from paxtrain.train.nonfinite import MAX_SKIPPED_FRACTION, skipped_steps, skipped_too_many
+
+    trainer = trainer_for(tmp_path, 20)  # 2 of 20 skipped: 10%, not more
+    trainer.fit(Regression(), PoisonedData(bad_steps), optax.adam(0.1))
+    assert int(skipped_steps(trainer.state)) == len(bad_steps) and MAX_SKIPPED_FRACTION == 0.1
+    assert not trainer.stopped_on_nonfinite and final_eval_is_finite(trainer)
+    assert exit_code(trainer) == (3 if failed else 0)
+    message = skipped_too_many(trainer.state, trainer.step)
+    assert (message is not None) is failed
+    if failed:
+        assert message.startswith("3 of the run's 20 steps were skipped") and "exit code 3" in message
+
+
 def test_a_run_whose_final_evaluation_is_not_finite_fails_with_exit_code_3(tmp_path):
     class NaNEval(RegressionData):
         def eval_batches(self):

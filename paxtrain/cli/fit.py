@@ -71,12 +71,45 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
         say(f"paxtrain: {trainer.stop_reason}; {saved}. Continue with: paxtrain resume {run_dir}")
         return trainer
     if not trainer.nothing_to_train:
-        say(f"paxtrain: finished at step {trainer.step} in {elapsed:.0f}s; {shown}")
+        outcome = "failed" if exit_code(trainer) else "finished"
+        say(
+            FINISHED_MSG.format(
+                outcome=outcome, step=trainer.step, elapsed=elapsed, shown=shown,
+                skipped=skipped_note(trainer),
+            )
+        )  # fmt: skip
     if trainer.stop_reason:
         say(f"paxtrain: {trainer.stop_reason}")
     if not final_eval_is_finite(trainer):
         say(NONFINITE_EVAL_MSG)
+    elif not trainer.stopped_on_nonfinite and _skipped_too_many(trainer):
+        say(f"paxtrain: {_skipped_too_many(trainer)}")
     return trainer
+
+
+FINISHED_MSG = "paxtrain: {outcome} at step {step} in {elapsed:.0f}s; {shown}{skipped}"
+
+
+def skipped_note(trainer: Any) -> str:
+    """What the final line says of the steps the non-finite guard skipped: `; 3 of 500 steps
+    skipped (non-finite loss or gradients)`, or nothing when none was (or no guard ran).
+
+    Example:
+        >>> skipped_note(fit_from_config(cfg))  # doctest: +SKIP
+        ''
+    """
+    from paxtrain.train.nonfinite import skipped_steps
+
+    skipped = int(skipped_steps(trainer.state))
+    if not skipped:
+        return ""
+    return f"; {skipped} of {trainer.step} steps skipped (non-finite loss or gradients)"
+
+
+def _skipped_too_many(trainer: Any) -> str | None:
+    from paxtrain.train.nonfinite import skipped_too_many
+
+    return skipped_too_many(trainer.state, trainer.step)
 
 
 NONFINITE_EVAL_MSG = (
@@ -100,7 +133,8 @@ def final_eval_is_finite(trainer: Any) -> bool:
 def exit_code(trainer: Any) -> int:
     """The exit code of a finished `paxtrain fit`/`resume`: 0, 75 after a preemption (run
     the command again), 3 after stopping on non-finite steps (`on_nonfinite=stop`, or a run
-    stuck skipping them) or when the final evaluation is not finite.
+    stuck skipping them), after skipping more than `MAX_SKIPPED_FRACTION` of its steps, or when
+    the final evaluation is not finite.
 
     Example:
         >>> exit_code(fit_from_config(cfg))  # doctest: +SKIP
@@ -112,4 +146,4 @@ def exit_code(trainer: Any) -> int:
     if trainer.preempted:
         return PREEMPTED_EXIT_CODE
     failed = trainer.stopped_on_nonfinite or not final_eval_is_finite(trainer)
-    return NONFINITE_EXIT_CODE if failed else 0
+    return NONFINITE_EXIT_CODE if failed or _skipped_too_many(trainer) else 0

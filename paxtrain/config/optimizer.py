@@ -35,7 +35,8 @@ import difflib
 import inspect
 import math
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import optax
@@ -97,6 +98,52 @@ NEGATIVE_LR_MSG = (
     "`{key}` is {value}: a negative learning rate climbs the loss instead of descending it. "
     "Is the sign a typo (`{key}={positive}`)?"
 )
+
+
+# Above this a learning rate is almost surely a typo (`3e3` for `3e-3`): an adaptive optimizer
+# (Adam and its kin) moves every weight by about the learning rate each step. No hard bound:
+# plain SGD on some problems (and LARS at large batch sizes) uses rates of 1 to 10.
+LARGE_LR = 1.0
+
+
+LARGE_LR_MSG = (
+    "`{key}` is {value:g}: above {limit:g}, an adaptive optimizer such as Adam moves each weight "
+    "by about that much every step, and the loss diverges (its steps are then skipped). Is the "
+    "exponent a typo (`{key}={example:g}`)?"
+)
+
+
+OUT_OF_DOMAIN_MSG = "`{key}` is {value}: {reason}; it must be {domain}, e.g. `{key}={example}`."
+
+
+class _Domain(NamedTuple):
+    """Where a value of an optimizer key makes sense, why, and a typical value."""
+
+    contains: Callable[[float], bool]
+    domain: str
+    reason: str
+    example: float
+
+
+_NORM = _Domain(lambda v: v > 0, "above 0", "a clipping norm of 0 zeroes every gradient and a "
+                "negative one reverses it (gradient ascent)", 1.0)  # fmt: skip
+_DECAY = _Domain(lambda v: 0 <= v < 1, "in [0, 1)", "the decay rate of a moving average (at 1 or "
+                 "above it never forgets, or grows without bound)", 0.9)  # fmt: skip
+_WEIGHT_DECAY = _Domain(lambda v: v >= 0, "0 or more", "a negative weight decay pushes the "
+                        "weights away from 0 instead of toward it", 0.01)  # fmt: skip
+_EPS = _Domain(lambda v: v >= 0, "0 or more", "it keeps a division away from 0, which a "
+               "negative one can hit", 1e-8)  # fmt: skip
+_STEPS = _Domain(lambda v: v >= 0, "0 or more", "it counts steps", 100)
+
+
+# The domain of optimizer and schedule keys, by their name in optax's factories (or ours).
+DOMAINS = {
+    CLIP_KEY: _NORM, "max_norm": _NORM,
+    "b1": _DECAY, "b2": _DECAY._replace(example=0.999), "momentum": _DECAY, "decay": _DECAY,
+    "weight_decay": _WEIGHT_DECAY, "eps": _EPS, "eps_root": _EPS._replace(example=0.0),
+    "warmup_steps": _STEPS, "decay_steps": _STEPS, "transition_steps": _STEPS,
+    "transition_begin": _STEPS,
+}  # fmt: skip
 
 
 def validate_optimizer(cfg: DictConfig) -> None:
@@ -164,8 +211,30 @@ def _check_numbers(node: Any, key: str) -> None:
             _check_numbers(v, f"{key}[{i}]")
     elif isinstance(node, float) and not math.isfinite(node):
         raise ConfigError(NOT_FINITE_MSG.format(key=key, value=node, example=1e-3))
-    elif isinstance(node, (int, float)) and node < 0 and key.rpartition(".")[2] in _RATE_KEYS:
-        warnings.warn(NEGATIVE_LR_MSG.format(key=key, value=node, positive=-node), stacklevel=4)
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        _check_domain(node, key)
+
+
+def _check_domain(value: float, key: str) -> None:
+    """A number against the domain of its key's name (`DOMAINS`); a learning rate that is
+    negative or above `LARGE_LR` warns (either can be meant, rarely is)."""
+    name = key.rpartition(".")[2]
+    domain = DOMAINS.get(name)
+    if domain is not None and not domain.contains(value):
+        raise ConfigError(
+            OUT_OF_DOMAIN_MSG.format(
+                key=key, value=value, reason=domain.reason, domain=domain.domain,
+                example=domain.example,
+            )
+        )  # fmt: skip
+    if name not in _RATE_KEYS:
+        return
+    if value < 0:
+        warnings.warn(NEGATIVE_LR_MSG.format(key=key, value=value, positive=-value), stacklevel=2)
+    elif value > LARGE_LR:
+        warnings.warn(
+            LARGE_LR_MSG.format(key=key, value=value, limit=LARGE_LR, example=3e-3), stacklevel=2
+        )
 
 
 def _check_warmup(section: dict, key: str) -> None:
