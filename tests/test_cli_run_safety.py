@@ -142,7 +142,8 @@ def test_a_run_that_skipped_over_a_tenth_of_its_steps_fails_with_exit_code_3(
     message = skipped_too_many(trainer.state, trainer.step)
     assert (message is not None) is failed
     if failed:
-        assert message.startswith("3 of the run's 20 steps were skipped") and "exit code 3" in message
+        assert message.startswith("3 of the run's 20 steps were skipped")
+        assert "exit code 3" in message
 
 
 def test_a_run_whose_final_evaluation_is_not_finite_fails_with_exit_code_3(tmp_path):

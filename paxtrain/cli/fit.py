@@ -20,6 +20,7 @@ from paxtrain.cli.runs import (
     check_run_dir,
     config_changes,
 )
+from paxtrain.config.arguments import naming_keys
 from paxtrain.config.optimizer import with_horizon
 
 CONFIG_CHANGED_MSG = (
@@ -62,7 +63,8 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
     abstract = jax.eval_shape(parallel.seeded(model, cfg.seed))  # `model` builds it, sharded
     say(abstract.summary() if hasattr(abstract, "summary") else abstract)
     started = time.perf_counter()
-    trainer.fit(model, data, optimizer=optimizer)
+    with naming_keys():  # a rule checked once the model is known (`trainer.precision`)
+        trainer.fit(model, data, optimizer=optimizer)
     elapsed = time.perf_counter() - started
     final = trainer.eval_history[-1][1] if trainer.eval_history else {}
     shown = ", ".join(f"eval/{k}={v:.4f}" for k, v in final.items())

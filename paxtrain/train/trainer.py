@@ -26,6 +26,7 @@ from paxtrain.train.gradients import check_micro_batches
 from paxtrain.train.hooks import Hook, as_hook, check_at_least_one
 from paxtrain.train.logger import DEFAULT_LOGGERS, Logger, LoggerGroup
 from paxtrain.train.nonfinite import data_position, rolled_back
+from paxtrain.train.precision import check_backend
 from paxtrain.train.preemption import DEFAULT_PREEMPTION_SIGNALS, stop_on_signals
 from paxtrain.train.run_lock import RunLock
 from paxtrain.train.settings import DEFAULT_LAYOUT, DEFAULT_STEP, Layout, StepSettings
@@ -467,6 +468,8 @@ class Trainer:
             raise TypeError(NO_LOSS_MSG.format(cls=type(model).__name__))
         self.data = data
         loss_fn = loss_fn or model_loss
+        # Before anything compiles: a float16 policy the backend cannot run is a config error.
+        check_backend(self.step_settings.policy, model, data.train_batch(0), loss_fn)
         options = self.step_settings.step_options()
         state = self._build_state(model, factory, optimizer, make_train_step(loss_fn, **options))
         self._train_step = make_train_step(loss_fn, **options, **self.plan.step_kwargs)
