@@ -149,6 +149,59 @@ def schedule_horizon(cfg: DictConfig, run_dir: pathlib.Path) -> int:
     return horizon
 
 
+PAST_SCHEDULE_END_MSG = (
+    "`trainer.max_steps={max_steps}` runs past the end of the run's learning-rate schedule "
+    "({schedule} over {saved} steps, as its checkpoints record): steps {first} to {max_steps} "
+    "would train at its final rate, {final:g}. Choose: stretch the schedule over the new length "
+    "with `optimizer.horizon={max_steps}` (the rate at step {start} becomes {stretched:g}), or "
+    "keep it and train on at {final:g} with `optimizer.horizon={saved}`."
+)
+
+
+RESUME_RATES_MSG = (
+    "paxtrain: resuming at step {step}: learning rate {first:g}, then {last:g} at step "
+    "{max_steps} (the schedule spans {horizon} steps)"
+)
+
+
+def check_schedule_end(cfg: DictConfig, run_dir: pathlib.Path) -> str | None:
+    """On a resume whose `trainer.max_steps` runs past the schedule's recorded horizon, a
+    `ConfigError` asking the user to choose with `optimizer.horizon` (stretch the schedule, or
+    keep it and train on at its final rate), with the rates of each choice: a schedule that
+    ends at 0 would otherwise train the new steps at 0, silently. Else, on a resume, the line
+    that says the rates it trains at (None for a fresh run or a constant rate).
+
+    Example:
+        >>> check_schedule_end(cfg, pathlib.Path("runs/new")) is None  # doctest: +SKIP
+        True
+    """
+    from paxtrain.config.optimizer import learning_rates
+    from paxtrain.train.checkpointing import CHECKPOINT_DIR
+
+    steps = _checkpoint_steps(run_dir) if cfg.trainer.checkpoint.enabled else []
+    saved = _saved_meta(run_dir / CHECKPOINT_DIR).get("schedule_horizon") if steps else None
+    follows_horizon = "${optimizer.horizon}" in OmegaConf.to_yaml(cfg.optimizer)
+    max_steps, step = cfg.trainer.max_steps, steps[-1] if steps else 0
+    if saved is None or not follows_horizon or step >= max_steps:
+        return None
+    if cfg.optimizer.horizon is None and max_steps > saved:
+        final, stretched = learning_rates(cfg, saved, [max_steps]) + learning_rates(
+            cfg, max_steps, [step]
+        )
+        raise ConfigError(
+            PAST_SCHEDULE_END_MSG.format(
+                max_steps=max_steps, saved=saved, first=max(saved, step) + 1, start=step + 1,
+                schedule=OmegaConf.select(cfg, "optimizer.learning_rate._target_"),
+                final=final, stretched=stretched,
+            )
+        )  # fmt: skip
+    horizon = int(cfg.optimizer.horizon or saved)
+    first, last = learning_rates(cfg, horizon, [step, max_steps - 1])
+    return RESUME_RATES_MSG.format(
+        step=step, first=first, last=last, max_steps=max_steps, horizon=horizon
+    )
+
+
 @naming_keys()  # a rule an object's constructor refuses, reported as the key that set it
 def build_trainer(
     cfg: DictConfig,

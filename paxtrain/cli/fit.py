@@ -11,7 +11,12 @@ from typing import Any
 import jax
 from omegaconf import DictConfig, OmegaConf
 
-from paxtrain.cli.build import build_trainer, join_processes, schedule_horizon
+from paxtrain.cli.build import (
+    build_trainer,
+    check_schedule_end,
+    join_processes,
+    schedule_horizon,
+)
 from paxtrain.cli.runs import (
     CONFIG_FILE,
     RunFiles,
@@ -44,6 +49,7 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
     if cfg.parallel.distributed:
         join_processes()  # before anything starts JAX's backends (reading checkpoints does)
     info = _run_info(cfg, config_path)
+    rates = check_schedule_end(cfg, run_dir)
     horizon = schedule_horizon(cfg, run_dir)
     from paxtrain import parallel
 
@@ -57,6 +63,8 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
     # One process speaks for a multi-process run.
     say = print if trainer.is_main_process else lambda *_: None
     say(f"paxtrain: run directory {run_dir}")
+    if rates:
+        say(rates)
     changes = config_changes(run_dir, cfg)
     if changes:
         say(CONFIG_CHANGED_MSG.format(file=CONFIG_FILE, changes="; ".join(changes)))

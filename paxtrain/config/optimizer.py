@@ -348,6 +348,26 @@ def build_optimizer(
     return transformation
 
 
+def learning_rates(cfg: DictConfig, horizon: int, steps: list[int]) -> list[float]:
+    """The learning rate of `cfg`'s optimizer at each of `steps` (the schedule's value after
+    that many updates), its schedule spanning `horizon` steps; a constant rate at each.
+
+    Example:
+        >>> cfg = OmegaConf.create({"trainer": {"max_steps": 10}, "optimizer": {
+        ...     "_target_": "sgd", "learning_rate": {"_target_": "optax.linear_schedule",
+        ...     "init_value": 1.0, "end_value": 0.0, "transition_steps": "${optimizer.horizon}"}}})
+        >>> learning_rates(cfg, 10, [0, 5, 20]), learning_rates(cfg, 20, [5])
+        ([1.0, 0.5, 0.0], [0.75])
+    """
+    from hydra.utils import instantiate
+
+    rate = _spec(with_horizon(cfg, horizon).optimizer).get("learning_rate")
+    if not isinstance(rate, dict):
+        return [float(rate)] * len(steps)
+    schedule = instantiate(_resolved(rate, "optimizer.learning_rate"), _convert_="all")
+    return [float(schedule(step)) for step in steps]
+
+
 def inject_learning_rate(factory: str, **kwargs: Any) -> optax.GradientTransformation:
     """`factory(**kwargs)` with its learning rate in the optimizer state (loggable, restorable).
 

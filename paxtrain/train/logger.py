@@ -134,6 +134,17 @@ def check_logger_name(name: str) -> None:
         raise ValueError(MISSING_EXTRA_MSG.format(name=name, package=package))
 
 
+def writes_jsonl(loggers: Iterable[Any]) -> bool:
+    """Whether `loggers` (names or `Logger` objects) write `metrics.jsonl`, which `curves.png`
+    (`train.plot`) and `paxtrain plot` read.
+
+    Example:
+        >>> writes_jsonl(["tensorboard"]), writes_jsonl(["tensorboard", "jsonl"])
+        (False, True)
+    """
+    return any(entry == "jsonl" or isinstance(entry, JsonlLogger) for entry in loggers)
+
+
 def make_logger(logger: str | Logger) -> Logger:
     """A logger from its name in `LOGGERS`, or the logger object itself.
 

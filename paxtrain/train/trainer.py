@@ -23,8 +23,8 @@ from paxtrain.train.compile_cache import AUTO as AUTO_CACHE
 from paxtrain.train.compile_cache import enable_compile_cache
 from paxtrain.train.dispatch import HookList
 from paxtrain.train.gradients import check_micro_batches
-from paxtrain.train.hooks import Hook, as_hook, check_at_least_one
-from paxtrain.train.logger import DEFAULT_LOGGERS, Logger, LoggerGroup
+from paxtrain.train.hooks import Hook, PlotCurves, as_hook, check_at_least_one
+from paxtrain.train.logger import DEFAULT_LOGGERS, Logger, LoggerGroup, writes_jsonl
 from paxtrain.train.nonfinite import data_position, rolled_back
 from paxtrain.train.precision import check_backend
 from paxtrain.train.preemption import DEFAULT_PREEMPTION_SIGNALS, stop_on_signals
@@ -72,6 +72,12 @@ RESUME_STEPS_PER_CALL_MSG = (
     "(past trainer.max_steps={max_steps}). Resume with a trainer.steps_per_call that divides "
     "{step} (1 always does)."
 )
+
+PLOT_WITHOUT_JSONL_MSG = (
+    "the plot hook draws curves.png from metrics.jsonl, which only the jsonl logger writes, and "
+    "`loggers` is {loggers}: add jsonl to `loggers`, or turn the plot off (plot=false)."
+)
+
 
 SIGNAL_NAME_MSG = (
     "preemption_signals: {name!r} is not a signal this process can catch; use signal names "
@@ -218,6 +224,9 @@ class Trainer:
         self.compile_cache = compile_cache
         self.preemption_signals = check_signal_names(preemption_signals)
         self.hooks = HookList(default_hooks() if hooks is None else hooks)
+        if any(isinstance(h, PlotCurves) for h in self.hooks) and not writes_jsonl(self.loggers):
+            # Refused now, not after the whole run, when the plot finds no metrics.jsonl.
+            raise ArgumentError("plot", PLOT_WITHOUT_JSONL_MSG.format(loggers=self.loggers))
         self.view = TrainerViewOf(self)
         self.is_main_process = parallel.is_main_process()
         # The store the checkpointing hook opens at `fit`; resume and rollback read from it.
@@ -459,6 +468,10 @@ class Trainer:
         """
         from paxtrain.train.step import make_eval_step, make_train_step
 
+        if self.step_settings.on_nonfinite == "rollback" and not any(
+            type(hook).open_checkpoints is not Hook.open_checkpoints for hook in self.hooks
+        ):  # refused at the start, not at the first non-finite step hours later
+            raise CheckpointError(NO_ROLLBACK_CHECKPOINTS_MSG)
         enable_compile_cache(self.compile_cache)  # before the first compilation
         # A function that builds the model: the state is built sharded (`parallel.build_sharded`).
         factory = model if callable(model) and not isinstance(model, pax.Module) else None
