@@ -40,6 +40,7 @@ def files(tmp_path_factory):
     write_text_inputs(root)
     write_token_files(root)
     write_image_files(root)
+    write_finished_run(root)
     return root
 
 
@@ -109,6 +110,29 @@ def write_image_files(root):
         for split in ("train", "t10k"):
             write_idx(root / name / f"{split}-images-idx3-ubyte", idx_images)
             write_idx(root / name / f"{split}-labels-idx1-ubyte", idx_labels)
+
+
+def write_finished_run(root):
+    """A run directory as a 4-step fit over a 4-step schedule leaves it: its config, and a
+    checkpoint at step 4 recording the schedule's horizon (the rows refuse before any read)."""
+    from omegaconf import OmegaConf
+
+    from paxtrain.checkpoint.store import CheckpointManager
+
+    run = root / "finished_run"
+    run.mkdir()
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(compose(CHAR_RNN, TINY)))
+    manager = CheckpointManager(run / "checkpoints", async_save=False)
+    state = OtherState(model={"embed": {"weight": np.zeros((5, 8))}}, step=4)
+    manager.save(state, meta={"schedule_horizon": 4})
+    manager.close()
+
+
+def transformer(*overrides):
+    """A one-layer transformer_lm, small enough to trace at once."""
+    return ["fit", "transformer_lm", "model.num_layers=1", "model.model_dim=16", "data.seq_len=16",
+            "data.max_chars=20000", "optimizer.learning_rate.warmup_steps=1",
+            "trainer.max_steps=4", "callbacks=[]", *overrides]  # fmt: skip
 
 
 def write_idx(path, array):
@@ -232,6 +256,34 @@ ROWS = [
     ("token file read with another tokenizer", tokens("bpe.bin", "data.tokenizer={files}/tok_b.json"), ["bpe.bin was written with the tokenizer", "tok_a.json", "tok_b.json", "tokenize the text again"]),
     ("bytes token file read with a tokenizer", tokens("big.bin", "data.tokenizer={files}/tok_a.json"), ["big.bin holds bytes ids", "records no tokenizer", "--tokenizer"]),
     ("MNIST negative labels", ["fit", IMAGES, "data.source=mnist", "data.path={files}/mnist_negative", "data.batch_size=8"], ["train split of the MNIST files", "label -1 at example 3"]),
+    # --- safety_run ---
+    ("unknown preemption signal", fit("trainer.preemption_signals=[SIGFOO]"), ["`trainer.preemption_signals`", "names 'SIGFOO', not a signal", "SIGTERM"]),
+    ("uncatchable preemption signal", fit("trainer.preemption_signals=[SIGTERM,SIGKILL]"), ["'SIGKILL'", "cannot be caught"]),
+    ("a callback that builds no hook", fit("callbacks=[{{_target_: builtins.print}}]"), ["`callbacks[0]` (builtins.print) built None, not a hook", "paxtrain.train.hooks.Hook"]),
+    ("a callback that builds another object", fit("callbacks=[{{_target_: collections.OrderedDict}}]"), ["built a OrderedDict, not a hook"]),
+    ("run_dir name over the file system's limit", fit("run_dir={files}/" + "r" * 300), ["is 300 bytes long", "255 bytes per name", "shorter `run_dir=`"]),
+    ("float16 attention on a CPU", transformer("trainer.precision=float16"), ["`trainer.precision`", "does not run in float16 on the cpu backend", "F16", "`trainer.precision=bfloat16`"]),
+    ("float16 policy string on a CPU", transformer('trainer.precision="params=float32,compute=float16"'), ["does not run in float16 on the cpu backend"]),
+    ("float16 parameters", fit('trainer.precision="params=float16,compute=float16"'), ["`trainer.precision`", "params=float16 keeps no float32 master copy", "float32 parameters"]),
+    ("int8 compute", fit('trainer.precision="params=float32,compute=int8"'), ["`trainer.precision`", "compute=int8 is not a floating-point dtype"]),
+    ("int output", fit('trainer.precision="output=int32"'), ["output=int32 is not a floating-point dtype"]),
+    ("unquoted precision policy", fit("trainer.precision=params=float32,compute=bfloat16"), ["`trainer.precision=params=float32,compute=bfloat16` cannot be parsed", "'trainer.precision=\"params=float32,compute=bfloat16\"'"]),
+    ("unquoted non-ASCII run_dir", fit("run_dir={files}/été"), ["cannot be parsed", "token recognition error", "'run_dir=\""]),
+    ("misspelled optimizer alias", fit("optimizer._target_=adamx"), ["`optimizer._target_` is 'adamx'", "`adamw`", "`optax.adamax`", "Short names: adam, adamw, sgd"]),
+    ("misspelled optax factory", fit("optimizer._target_=optax.adamx"), ["cannot import 'optax.adamx'", "Did you mean `optax.adamax`"]),
+    ("lr for learning_rate", fit("optimizer.lr=0.1"), ["`optimizer.lr`", "Did you mean `optimizer.learning_rate`?"]),
+    ("negative clip norm", fit("optimizer.clip_grad_norm=-1"), ["`optimizer.clip_grad_norm` is -1", "gradient ascent", "above 0", "`optimizer.clip_grad_norm=1.0`"]),
+    ("zero clip norm", fit("optimizer.clip_grad_norm=0"), ["`optimizer.clip_grad_norm` is 0", "zeroes every gradient"]),
+    ("negative warmup", fit("optimizer.learning_rate.warmup_steps=-5"), ["`optimizer.learning_rate.warmup_steps` is -5", "0 or more"]),
+    ("b1 above 1", fit("optimizer.b1=1.5"), ["`optimizer.b1` is 1.5", "in [0, 1)", "`optimizer.b1=0.9`"]),
+    ("b2 equal to 1", fit("optimizer.b2=1.0"), ["`optimizer.b2` is 1.0", "`optimizer.b2=0.999`"]),
+    ("negative weight decay", fit("optimizer.weight_decay=-0.1"), ["`optimizer.weight_decay` is -0.1", "away from 0"]),
+    ("negative eps", fit("optimizer.eps=-1e-8"), ["`optimizer.eps` is -1e-08", "0 or more"]),
+    ("sgd momentum of 1", fit("optimizer._target_=sgd", "~optimizer.weight_decay", "optimizer.momentum=1"), ["`optimizer.momentum` is 1", "in [0, 1)"]),
+    ("no loggers with the plot on", fit("trainer.loggers=[]"), ["`trainer.loggers` is []", "curves.png", "metrics.jsonl", "`trainer.plot=false`"]),
+    ("tensorboard only with the plot on", fit("trainer.loggers=[tensorboard]"), ["`trainer.loggers` is ['tensorboard']", "add jsonl"]),
+    ("rollback without checkpoints", fit("trainer.on_nonfinite=rollback", "trainer.checkpoint.enabled=false"), ["needs checkpoints to roll back to", "trainer.checkpoint.enabled=true"]),
+    ("resume past the schedule's end", ["resume", "{files}/finished_run", "trainer.max_steps=8"], ["`trainer.max_steps=8` runs past the end", "over 4 steps", "steps 5 to 8 would train at its final rate, 0", "`optimizer.horizon=8`", "`optimizer.horizon=4`"]),
 ]  # fmt: skip
 
 

@@ -56,7 +56,10 @@ def instantiate(node: DictConfig, key: str, **provided: Any) -> Any:
     from hydra.utils import instantiate as hydra_instantiate
 
     target = locate(str(node["_target_"]), key)
-    params = inspect.signature(target).parameters
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # a builtin without one: nothing it asks for is known
+        params = {}
     extra = {k: v for k, v in provided.items() if k in params and k not in node}
     check_target(node, key, provided=tuple(extra))
     later = bool(extra) and not node.get("_partial_", False)  # called below with `extra`

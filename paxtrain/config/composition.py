@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from paxtrain.config.optimizer import _target_path
 from paxtrain.config.schema import FitConfig, _schema_error, validate
 from paxtrain.config.targets import _is_target, locate
 from paxtrain.errors import ConfigError
@@ -86,7 +87,10 @@ def _add_target_parameter(override: str, base: DictConfig) -> str:
         return override
     # A bad target is reported by validation, with the right message.
     with contextlib.suppress(ConfigError, TypeError, ValueError):
-        parameters = inspect.signature(locate(str(section._target_), parent)).parameters
+        target = str(section._target_)
+        if parent.split(".")[0] == "optimizer":  # its short names: `sgd` is `optax.sgd`
+            target = _target_path(target, parent)
+        parameters = inspect.signature(locate(target, parent)).parameters
         # A target with **kwargs (a subclass passing them on) takes any key; it checks them.
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
         if leaf in parameters or takes_any:

@@ -220,8 +220,10 @@ def check_target(node: Any, key: str, provided: tuple[str, ...] | None = ()) -> 
     if not isinstance(node, (DictConfig, dict)) or "_target_" not in node:
         raise ConfigError(NO_TARGET_MSG.format(key=key))
     target = locate(str(node["_target_"]), key)
-    signature = inspect.signature(target)
-    params = signature.parameters
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # a builtin without one (`collections.OrderedDict`): the
+        return  # call itself checks its arguments
     takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
     names = [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     given = [k for k in node if not str(k).startswith("_")]

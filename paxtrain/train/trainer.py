@@ -80,7 +80,7 @@ PLOT_WITHOUT_JSONL_MSG = (
 
 
 SIGNAL_NAME_MSG = (
-    "preemption_signals: {name!r} is not a signal this process can catch; use signal names "
+    "`preemption_signals` names {name!r}, not a signal this process can catch: use signal names "
     "such as {example} (SIGKILL and SIGSTOP cannot be caught), e.g. `preemption_signals=[SIGTERM]`."
 )
 
@@ -96,7 +96,7 @@ def check_signal_names(names: Iterable[str]) -> tuple[str, ...]:
         ('SIGTERM', 'SIGUSR1')
         >>> check_signal_names(["SIGFOO"])
         Traceback (most recent call last):
-        paxtrain.errors.ArgumentError: preemption_signals: 'SIGFOO' is not a signal ...
+        paxtrain.errors.ArgumentError: `preemption_signals` names 'SIGFOO', not a signal ...
     """
     names = tuple(names)
     for name in names:
