@@ -24,11 +24,15 @@ a checkpoint, or before training started): run the same command again.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import pathlib
 import sys
 import threading
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from paxtrain import __version__
 from paxtrain.cli.commands import _data, _env, _eval, _fit, _options, _plot, _resume, _sample
 from paxtrain.config.packaged import packaged_config_names
 from paxtrain.data.tokenize import MAX_UNKNOWN_FRACTION
@@ -46,6 +50,14 @@ FLAG_AS_KEY_MSG = (
 )
 
 
+# What a missing positional argument is, and an example of it, by its name in the usage line.
+MISSING_ARGUMENT_MSG = {
+    "config": "a config is required: a YAML file or a packaged config's name ({names}), e.g. "
+    "`paxtrain {command} char_rnn trainer.max_steps=500`",
+    "run_dir": "a run directory is required, e.g. `paxtrain {command} runs/char_rnn-20260101-120000`",
+}
+
+
 BAD_STEP_MSG = "--step is {value!r}: use latest, best or a step number, e.g. `--step 500`"
 
 
@@ -54,6 +66,10 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         command = self.prog.removeprefix("paxtrain").strip()
+        missing = message.partition("the following arguments are required: ")[2].split(", ")
+        if missing[0] in MISSING_ARGUMENT_MSG:  # argparse lists the optional `overrides` too
+            names = ", ".join(packaged_config_names())
+            message = MISSING_ARGUMENT_MSG[missing[0]].format(command=command, names=names)
         print(
             USAGE_MSG.format(message=message, command=command).replace("  ", " "), file=sys.stderr
         )
@@ -88,6 +104,7 @@ def _flag_as_key(flag: str, value: str) -> str | None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="paxtrain", description="Train JAX models with paxtrain.")
+    parser.add_argument("--version", action="version", version=f"paxtrain {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_config_commands(commands)
     _add_run_commands(commands)
@@ -200,12 +217,46 @@ def _add_data_commands(commands: Any) -> None:
     train.add_argument("--force", action="store_true", help="replace --out if it exists")
 
 
+_PACKAGE = pathlib.Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Python warnings shown as one `paxtrain: warning: ...` line each while inside, without
+    the source line Python prints under them (which, for paxtrain's own, is the `warnings.warn`
+    call, not the user's input); another library's warning names its category and file.
+
+    Example:
+        >>> with one_line_warnings():
+        ...     warnings.warn("`data.workers=64` is more than the 2 CPU cores")  # doctest: +SKIP
+        paxtrain: warning: `data.workers=64` is more than the 2 CPU cores
+    """
+
+    def show(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+             line: Any = None) -> None:  # fmt: skip
+        ours = pathlib.Path(filename).resolve().is_relative_to(_PACKAGE)
+        where = "" if ours else f" ({category.__name__} at {filename}:{lineno})"
+        text = " ".join(str(message).split())
+        print(f"paxtrain: warning{where}: {text}", file=file or sys.stderr)
+
+    previous, warnings.showwarning = warnings.showwarning, show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `paxtrain` console script.
 
     Example:
         >>> main(["env"])  # doctest: +SKIP
     """
+    with one_line_warnings():  # the command line's only: a library leaves them as Python's
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     # Overrides may come before or after the flags (`fit cfg.yaml -m a=1,2 b=3`): argparse
     # leaves those after a flag unparsed, so they are collected here.
