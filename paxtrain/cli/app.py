@@ -8,7 +8,7 @@
     paxtrain fit configs/char_rnn.yaml --cfg job                     # print the resolved config
     paxtrain options configs/char_rnn.yaml                           # every key: type, value, help
     paxtrain fit char_rnn trainer.max_steps=500                       # a config shipped with paxtrain
-    paxtrain resume runs/char_rnn-20260101-120000 trainer.max_steps=3000
+    paxtrain resume runs/char_rnn-20260101-120000 trainer.max_steps=3000 optimizer.horizon=3000
     paxtrain eval runs/char_rnn-20260101-120000 --step best
     paxtrain eval runs/char_rnn-20260101-120000 mesh.data=-1 mesh.fsdp=1   # on other devices
     paxtrain env
