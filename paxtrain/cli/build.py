@@ -246,7 +246,7 @@ def build_trainer(
     restores = cfg.trainer.checkpoint.enabled and bool(_checkpoint_steps(run_dir))
     t, rules = cfg.trainer, cfg.parallel.tensor_rules  # rules None: the default rules
     trainer = Trainer(
-        **arguments_for(Trainer, t),
+        **{**arguments_for(Trainer, t), "loggers": _loggers(t.loggers)},  # built: a Logger section counts
         run_dir=run_dir,
         hooks=build_hooks(cfg, meta),
         step=StepSettings(**arguments_for(StepSettings, t)),
@@ -258,7 +258,6 @@ def build_trainer(
         seed=cfg.seed,
         init_from=init_from if cfg.init_from and not restores else None,
     )
-    trainer.loggers = _loggers(t.loggers)
     return trainer, model, data, build_optimizer(with_horizon(cfg, horizon).optimizer)
 
 
