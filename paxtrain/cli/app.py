@@ -54,7 +54,8 @@ FLAG_AS_KEY_MSG = (
 MISSING_ARGUMENT_MSG = {
     "config": "a config is required: a YAML file or a packaged config's name ({names}), e.g. "
     "`paxtrain {command} char_rnn trainer.max_steps=500`",
-    "run_dir": "a run directory is required, e.g. `paxtrain {command} runs/char_rnn-20260101-120000`",
+    "run_dir": "a run directory is required, e.g. "
+    "`paxtrain {command} runs/char_rnn-20260101-120000`",
 }
 
 

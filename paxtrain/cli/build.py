@@ -245,8 +245,9 @@ def build_trainer(
     # fine-tuned run then works after the run it started from is gone.
     restores = cfg.trainer.checkpoint.enabled and bool(_checkpoint_steps(run_dir))
     t, rules = cfg.trainer, cfg.parallel.tensor_rules  # rules None: the default rules
+    # The loggers built first: the Trainer checks a `_target_` section's Logger as it is.
     trainer = Trainer(
-        **{**arguments_for(Trainer, t), "loggers": _loggers(t.loggers)},  # built: a Logger section counts
+        **{**arguments_for(Trainer, t), "loggers": _loggers(t.loggers)},
         run_dir=run_dir,
         hooks=build_hooks(cfg, meta),
         step=StepSettings(**arguments_for(StepSettings, t)),

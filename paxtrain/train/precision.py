@@ -103,8 +103,8 @@ def needs_loss_scale(policy: MpPolicy | None) -> bool:
 
 UNSUPPORTED_ON_BACKEND_MSG = (
     "precision is '{policy}', but this model's computation does not run in {dtype} on the "
-    "{backend} backend ({error}). Compute in bfloat16 (precision='bfloat16') or float32 here, or train "
-    "with float16 on a GPU."
+    "{backend} backend ({error}). Compute in bfloat16 (precision='bfloat16') or float32 here, or "
+    "train with float16 on a GPU."
 )
 
 
