@@ -284,6 +284,7 @@ ROWS = [
     ("tensorboard only with the plot on", fit("trainer.loggers=[tensorboard]"), ["`trainer.loggers` is ['tensorboard']", "add jsonl"]),
     ("a logger section that is no jsonl, the plot on", fit("trainer.loggers=[{{_target_: paxtrain.train.logger.TensorBoardLogger}}]"), ["`trainer.loggers` is [", "TensorBoardLogger", "add jsonl"]),
     ("a mesh larger than the devices", fit("mesh.data=1", "mesh.fsdp=7"), ["fsdp=7", "needs 7 devices", "(in a config: `mesh.data=-1 mesh.fsdp=1`)"]),
+    ("a logger named twice", fit("trainer.loggers=[jsonl,tensorboard,jsonl]"), ["`trainer.loggers` names jsonl twice", "name it once"]),
     ("rollback without checkpoints", fit("trainer.on_nonfinite=rollback", "trainer.checkpoint.enabled=false"), ["needs checkpoints to roll back to", "trainer.checkpoint.enabled=true"]),
     ("resume past the schedule's end", ["resume", "{files}/finished_run", "trainer.max_steps=8"], ["`trainer.max_steps=8` runs past the end", "over 4 steps", "steps 5 to 8 would train at its final rate, 0", "`optimizer.horizon=8`", "`optimizer.horizon=4`"]),
 ]  # fmt: skip

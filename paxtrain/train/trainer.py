@@ -24,7 +24,7 @@ from paxtrain.train.compile_cache import enable_compile_cache
 from paxtrain.train.dispatch import HookList
 from paxtrain.train.gradients import check_micro_batches
 from paxtrain.train.hooks import Hook, PlotCurves, as_hook, check_at_least_one
-from paxtrain.train.logger import DEFAULT_LOGGERS, Logger, LoggerGroup, writes_jsonl
+from paxtrain.train.logger import DEFAULT_LOGGERS, Logger, LoggerGroup, check_loggers
 from paxtrain.train.nonfinite import data_position, rolled_back
 from paxtrain.train.precision import check_backend
 from paxtrain.train.preemption import DEFAULT_PREEMPTION_SIGNALS, stop_on_signals
@@ -72,12 +72,6 @@ RESUME_STEPS_PER_CALL_MSG = (
     "(past trainer.max_steps={max_steps}). Resume with a trainer.steps_per_call that divides "
     "{step} (1 always does)."
 )
-
-PLOT_WITHOUT_JSONL_MSG = (
-    "the plot hook draws curves.png from metrics.jsonl, which only the jsonl logger writes, and "
-    "`loggers` is {loggers}: add jsonl to `loggers`, or turn the plot off (plot=false)."
-)
-
 
 SIGNAL_NAME_MSG = (
     "`preemption_signals` names {name!r}, not a signal this process can catch: use signal names "
@@ -224,9 +218,7 @@ class Trainer:
         self.compile_cache = compile_cache
         self.preemption_signals = check_signal_names(preemption_signals)
         self.hooks = HookList(default_hooks() if hooks is None else hooks)
-        if any(isinstance(h, PlotCurves) for h in self.hooks) and not writes_jsonl(self.loggers):
-            # Refused now, not after the whole run, when the plot finds no metrics.jsonl.
-            raise ArgumentError("plot", PLOT_WITHOUT_JSONL_MSG.format(loggers=self.loggers))
+        check_loggers(self.loggers, plots=any(isinstance(h, PlotCurves) for h in self.hooks))
         self.view = TrainerViewOf(self)
         self.is_main_process = parallel.is_main_process()
         # The store the checkpointing hook opens at `fit`; resume and rollback read from it.
