@@ -4,6 +4,7 @@ codes, and a run directory that is data, never code."""
 import dataclasses
 import inspect
 import json
+import re
 
 import numpy as np
 import optax
@@ -16,7 +17,7 @@ from test_checkpoint_store import make_state
 import paxtrain as pax
 from paxtrain.checkpoint.store import CheckpointManager
 from paxtrain.cli.app import main
-from paxtrain.cli.build import schedule_horizon
+from paxtrain.cli.build import check_schedule_end, schedule_horizon
 from paxtrain.cli.fit import exit_code, final_eval_is_finite
 from paxtrain.cli.runs import check_run_targets
 from paxtrain.config.composition import compose
@@ -168,6 +169,34 @@ def test_resume_keeps_the_schedule_horizon_of_the_checkpoint(tmp_path, capsys):
     stretched = compose(CHAR_RNN, ["trainer.max_steps=300", "optimizer.horizon=300"])
     assert schedule_horizon(stretched, tmp_path) == 300
     assert schedule_horizon(longer, tmp_path / "new_run") == 300
+
+
+def test_a_resume_past_the_schedule_end_must_choose_and_is_told_each_choice_s_rate(tmp_path):
+    manager = CheckpointManager(tmp_path / "checkpoints", async_save=False)
+    manager.save(make_state(step=4), meta={"schedule_horizon": 10})
+    manager.close()
+
+    def rate(step, horizon, peak=3e-3, warmup=2):  # optax's warmup cosine, from its definition
+        done = min(step - warmup, horizon - warmup) / (horizon - warmup)
+        return peak * 0.5 * (1 + np.cos(np.pi * done))
+
+    schedule = ["optimizer.learning_rate.warmup_steps=2", "trainer.max_steps=300"]
+    with pytest.raises(ConfigError) as refused:
+        check_schedule_end(compose(CHAR_RNN, schedule), tmp_path)
+    message = str(refused.value)
+    assert "(optax.warmup_cosine_decay_schedule over 10 steps" in message
+    assert "steps 11 to 300 would train at its final rate, 0." in message
+    assert f"`optimizer.horizon=300` (the rate at step 5 becomes {rate(4, 300):g})" in message
+    assert "train on at 0 with `optimizer.horizon=10`" in message
+    kept = check_schedule_end(compose(CHAR_RNN, [*schedule, "optimizer.horizon=10"]), tmp_path)
+    assert kept == (
+        f"paxtrain: resuming at step 4: learning rate {rate(4, 10):g}, then 0 at step 300 "
+        "(the schedule spans 10 steps)"
+    )
+    stretched = check_schedule_end(compose(CHAR_RNN, [*schedule, "optimizer.horizon=300"]), tmp_path)
+    first, last = re.search(r"learning rate (\S+), then (\S+) at step 300", stretched).groups()
+    np.testing.assert_allclose([float(first), float(last)], [rate(4, 300), rate(299, 300)], 1e-3)
+    assert check_schedule_end(compose(CHAR_RNN, schedule), tmp_path / "new_run") is None
 
 
 def test_eval_best_on_a_run_without_monitor_says_how_to_enable_it(tmp_path, capsys):
