@@ -159,6 +159,12 @@ def fit(*overrides):
     return ["fit", CHAR_RNN, *TINY, *overrides]
 
 
+def lora(*overrides):
+    """A LoRA fine-tune of char_rnn (its `Linear`s: the cell's two and the head)."""
+    return fit("init_from={files}/other_model", "finetune.lora.rank=4",
+               "finetune.lora.paths=[head]", *overrides)  # fmt: skip
+
+
 def tokenize(*arguments):
     return ["data", "tokenize", *arguments]
 
@@ -256,6 +262,15 @@ ROWS = [
     ("token file read with another tokenizer", tokens("bpe.bin", "data.tokenizer={files}/tok_b.json"), ["bpe.bin was written with the tokenizer", "tok_a.json", "tok_b.json", "tokenize the text again"]),
     ("bytes token file read with a tokenizer", tokens("big.bin", "data.tokenizer={files}/tok_a.json"), ["big.bin holds bytes ids", "records no tokenizer", "--tokenizer"]),
     ("MNIST negative labels", ["fit", IMAGES, "data.source=mnist", "data.path={files}/mnist_negative", "data.batch_size=8"], ["train split of the MNIST files", "label -1 at example 3"]),
+    # --- lora ---
+    ("LoRA paths matching no Linear", lora("finetune.lora.paths=[q_proj$]"), ["`finetune.lora.paths` pattern 'q_proj$' matches no `Linear`", "'cell.input_to_gates', 'cell.hidden_to_gates', 'head'"]),
+    ("LoRA with empty paths", lora("finetune.lora.paths=[]"), ["`finetune.lora.paths` is empty", "'input_to_gates$'"]),
+    ("LoRA rank 0", lora("finetune.lora.rank=0"), ["`finetune.lora.rank=0` must be at least 1", "`finetune.lora.rank=8`"]),
+    ("LoRA rank above min(in, out)", lora("finetune.lora.rank=400"), ["`finetune.lora.rank=400` must be at most min(in, out)", "`head` is [16, 98]", "at most 16"]),
+    ("LoRA alpha 0", lora("finetune.lora.alpha=0"), ["`finetune.lora.alpha=0.0` must be positive", "`finetune.lora.alpha=16`"]),
+    ("LoRA dropout 1", lora("finetune.lora.dropout=1.0"), ["`finetune.lora.dropout=1.0` must satisfy 0 <= dropout < 1"]),
+    ("LoRA without init_from", fit("finetune.lora.rank=4", "finetune.lora.paths=[head]"), ["`finetune.lora.rank=4`", "`init_from` is null", "init_from=runs/NAME"]),
+    ("LoRA paths without a rank", fit("init_from={files}/other_model", "finetune.lora.paths=[head]"), ["`finetune.lora.rank` is null", "`finetune.lora.rank=8`"]),
     # --- safety_run ---
     ("unknown preemption signal", fit("trainer.preemption_signals=[SIGFOO]"), ["`trainer.preemption_signals`", "names 'SIGFOO', not a signal", "SIGTERM"]),
     ("uncatchable preemption signal", fit("trainer.preemption_signals=[SIGTERM,SIGKILL]"), ["'SIGKILL'", "cannot be caught"]),

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import jax
 
 import paxtrain as pax
+from paxtrain.checkpoint.frozen_base import META_KEY
 from paxtrain.checkpoint.store import CheckpointManager, flatten_state
 from paxtrain.core.module import MODULE, child_fields, rebuild
 from paxtrain.core.tree import path_search, path_str
@@ -37,6 +38,12 @@ the checkpoint. Model paths look like {example}; the checkpoint's look like {sav
 SHAPE_MSG = """\
 init_from={source!r}: `{path}` has shape {saved} in the checkpoint and {current} in the model. \
 Leave it out with `init_from_include` patterns that do not match it."""
+
+
+ADAPTERS_ONLY_MSG = """\
+init_from={source!r} is a LoRA run: its checkpoints hold the adapters but not the frozen base \
+weights they were trained on (those came from {base!r}). Fine-tune from the merged model \
+instead: `paxtrain export RUN --format hf --merge --out DIR`, then `init_from=hf:DIR`."""
 
 
 NO_MATCH_MSG = "freeze pattern {pattern!r} matches no submodule path; paths are {paths}."
@@ -80,6 +87,11 @@ def load_parameters(model: M, source: str | pathlib.Path, include: Sequence[str]
         if step is None or step not in manager.steps():
             raise CheckpointError(NO_SOURCE_MSG.format(source=str(source)))
         saved = manager.saved_arrays(step)
+        adapters_only = manager.meta(step).get(META_KEY)
+        if adapters_only is not None:
+            raise CheckpointError(
+                ADAPTERS_ONLY_MSG.format(source=str(source), base=adapters_only["source"])
+            )
         # Freezing changes no leaf, so the unfrozen model's parameters are the model's, in order.
         thawed = pax.unfreeze_parameters(model)
         params = flatten_state(pax.select_parameters(thawed))

@@ -34,6 +34,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
+from paxtrain.checkpoint import frozen_base as base
 from paxtrain.checkpoint.integrity import (
     CHECKSUM_MSG,
     _ChecksumMismatch,
@@ -192,6 +193,10 @@ class CheckpointManager:
       async_save: write in the background; `wait()`, the next save and `close()` wait for it.
       read_only: a reader (`paxtrain eval`, a resume's first look): never creates, deletes or
         cleans up anything, so it cannot hurt a run saving into the directory at the same time.
+      frozen_base: where the state's frozen parameters come from (a LoRA run's `init_from`);
+        given, checkpoints leave them out and record this source with their fingerprints, and
+        restoring one takes them from the state restored into, checked against those
+        (`checkpoint.frozen_base`).
 
     Example:
         >>> manager = CheckpointManager(run_dir / "checkpoints", keep_last=3)  # doctest: +SKIP
@@ -207,11 +212,12 @@ class CheckpointManager:
         mode: str = "min",
         async_save: bool = True,
         read_only: bool = False,
+        frozen_base: str | None = None,
     ):
         if keep_best and not monitor:
             raise ValueError("keep_best needs `monitor`, the metric that ranks checkpoints.")
         self.directory = pathlib.Path(directory).absolute()
-        self.monitor = monitor
+        self.monitor, self.frozen_base = monitor, frozen_base
         policies: list[Any] = [preservation.LatestN(n=keep_last)]
         if keep_best:
             policies.append(
@@ -310,10 +316,11 @@ class CheckpointManager:
         """
         step = int(state.step)
         flat = flatten_state(state)
-        record = {
-            "step": step, "data_position": step, **(meta or {}),
-            "fingerprints": array_fingerprints(flat),
-        }  # fmt: skip
+        record = {"step": step, "data_position": step, **(meta or {})}
+        if self.frozen_base is not None:
+            frozen = {path: flat.pop(path) for path in base.frozen_paths(state)}
+            record[base.META_KEY] = base.base_record(self.frozen_base, frozen)
+        record["fingerprints"] = array_fingerprints(flat)
         args = ocp.args.Composite(state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(record))
         self.wait()  # a background save that failed is reported as that save, not this one
         try:
@@ -352,7 +359,8 @@ class CheckpointManager:
     def check_compatible(self, step: int, template: Any) -> None:
         """Raises CheckpointError naming the first path whose shape or dtype differs."""
         saved = self.saved_arrays(step)
-        current = flatten_state(template)
+        left_out = self.meta(step).get(base.META_KEY, {}).get("fingerprints", {})
+        current = {k: v for k, v in flatten_state(template).items() if k not in left_out}
 
         def only_in(path: str, where: str) -> CheckpointError:
             return CheckpointError(
@@ -389,17 +397,21 @@ class CheckpointManager:
         return dict(getattr(saved, "tree", saved))
 
     def _restore_step(self, step: int, template: Any) -> tuple[Any, dict[str, Any]]:
-        self.check_compatible(step, template)
         flat = flatten_state(template)
+        frozen = self.meta(step).get(base.META_KEY)
+        if frozen is not None:  # the template's own frozen arrays, if they are the saved run's
+            base.check_base(frozen, flat, step, self.directory)
+        self.check_compatible(step, template)
+        saved = {k: v for k, v in flat.items() if frozen is None or k not in frozen["fingerprints"]}
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(_abstract(flat)), meta=ocp.args.JsonRestore()
+                state=ocp.args.StandardRestore(_abstract(saved)), meta=ocp.args.JsonRestore()
             ),
         )
         meta = dict(restored.meta)
         _verify(meta, dict(restored.state))
-        leaves = [restored.state[path] for path in flat]
+        leaves = [restored.state[path] if path in saved else x for path, x in flat.items()]
         state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)
         return state, meta
 

@@ -224,26 +224,36 @@ def build_trainer(
     """
     import paxtrain as pax
     from paxtrain.checkpoint.finetune import freeze_by_path, load_parameters
+    from paxtrain.nn.lora import apply_lora
     from paxtrain.train import Layout, StepSettings, Trainer
 
     if cfg.parallel.distributed:
         join_processes()
     data = instantiate(cfg.data, "data")
 
+    lora = cfg.finetune.lora
+
     def model() -> pax.Module:
         # Called by the trainer under `jax.jit` with the layout's shardings: built sharded.
         built = instantiate(cfg.model, "model", **data.info)
         try:
-            return freeze_by_path(built, list(cfg.freeze)) if cfg.freeze else built
+            built = freeze_by_path(built, list(cfg.freeze)) if cfg.freeze else built
         except ValueError as error:
             raise ConfigError(f"`freeze`: {error}") from None
+        if lora.rank is None:
+            return built
+        # The base weights keep their paths, so `init_from` loads them into the adapted model.
+        with naming_keys():
+            return apply_lora(built, **arguments_for(apply_lora, lora))
 
     include = list(cfg.init_from_include)
     init_from = functools.partial(load_parameters, source=cfg.init_from, include=include)
     # A run directory with checkpoints restores every parameter from them (or fails naming the
     # damaged ones), so `init_from` is read only for a fresh start: a resume or an eval of a
-    # fine-tuned run then works after the run it started from is gone.
+    # fine-tuned run then works after the run it started from is gone. A LoRA run's checkpoints
+    # hold only the adapters: its base is read from `init_from` every time (and checked).
     restores = cfg.trainer.checkpoint.enabled and bool(_checkpoint_steps(run_dir))
+    restores = restores and lora.rank is None
     t, rules = cfg.trainer, cfg.parallel.tensor_rules  # rules None: the default rules
     # The loggers built first: the Trainer checks a `_target_` section's Logger as it is.
     trainer = Trainer(
@@ -277,12 +287,14 @@ def build_hooks(cfg: DictConfig, meta: dict[str, Any] | None = None) -> list[Any
 
     t, es, ck = cfg.trainer, cfg.trainer.early_stopping, cfg.trainer.checkpoint
     callbacks = [_callback(c, f"callbacks[{i}]") for i, c in enumerate(cfg.callbacks)]
+    # A LoRA run saves its adapters, not the frozen base `init_from` loads (`frozen_base`).
+    base = cfg.init_from if cfg.finetune.lora.rank is not None else None
     if t.profile.start_step is not None:  # a jax.profiler trace of some steps
         callbacks.append(Profile(**arguments_for(Profile, t.profile)))
     return default_hooks(
         **arguments_for(default_hooks, t),
         early_stopping=EarlyStopping(**arguments_for(EarlyStopping, es)) if es.monitor else None,
-        checkpointing=Checkpointing(**arguments_for(Checkpointing, ck), meta=meta)
+        checkpointing=Checkpointing(**arguments_for(Checkpointing, ck), meta=meta, frozen_base=base)
         if ck.enabled
         else None,
         hooks=callbacks,

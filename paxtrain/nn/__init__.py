@@ -23,6 +23,7 @@ from paxtrain.nn.grouped_query_attention import GroupedQueryAttention
 from paxtrain.nn.kv_cache import KVCache
 from paxtrain.nn.layer_norm import LayerNorm, RMSNorm
 from paxtrain.nn.linear import Linear
+from paxtrain.nn.lora import LoRAAdapter, LoRALinear, apply_lora, lora_linear, merge_lora
 from paxtrain.nn.normalization import normalize
 from paxtrain.nn.pool import avg_pool, max_pool
 from paxtrain.nn.recurrent import (
@@ -62,6 +63,8 @@ __all__ = [
     "Lambda",
     "LayerNorm",
     "Linear",
+    "LoRAAdapter",
+    "LoRALinear",
     "MultiHeadAttention",
     "RMSNorm",
     "RngSeq",
@@ -70,12 +73,15 @@ __all__ = [
     "SwiGLU",
     "VanillaRNN",
     "VanillaRNNState",
+    "apply_lora",
     "apply_rope",
     "avg_pool",
     "call_block",
     "causal_mask",
     "initializers",
+    "lora_linear",
     "max_pool",
+    "merge_lora",
     "normalize",
     "rope_angles",
     "unroll",

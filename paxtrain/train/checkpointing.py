@@ -49,6 +49,9 @@ class Checkpointing(Hook):
       resume: restore the newest checkpoint found at the start of `fit`.
       directory: defaults to `RUN_DIR/checkpoints`.
       meta: JSON-serializable facts saved with each checkpoint (config hash, versions).
+      frozen_base: the source of the model's frozen parameters (a LoRA run's `init_from`):
+        checkpoints then hold everything but those, and record the source with their
+        fingerprints, checked on restore (`CheckpointManager`'s `frozen_base`).
 
     Example:
         >>> hooks = default_hooks(checkpointing=Checkpointing(every_steps=100))  # doctest: +SKIP
@@ -70,6 +73,7 @@ class Checkpointing(Hook):
         resume: bool = True,
         directory: str | pathlib.Path | None = None,
         meta: dict[str, Any] | None = None,
+        frozen_base: str | None = None,
     ):
         check_at_least_one("every_steps", every_steps, 500)
         check_at_least_one("keep_last", keep_last, 3)
@@ -79,6 +83,7 @@ class Checkpointing(Hook):
         self.monitor = Monitor(monitor, mode) if monitor else None
         self.keep_last, self.keep_best, self.async_save = keep_last, keep_best, async_save
         self.resume, self.directory, self.meta = resume, directory, meta or {}
+        self.frozen_base = frozen_base
         self._manager: CheckpointManager | None = None
         self._steps_unchecked = 0
 
@@ -92,6 +97,7 @@ class Checkpointing(Hook):
             monitor=self.monitor.key if self.monitor else None,  # checkpoints record `eval/*`
             mode=self.monitor.mode if self.monitor else "min",
             async_save=self.async_save,
+            frozen_base=self.frozen_base,
         )
         return CheckpointStore(self._manager, self.resume)
 
