@@ -193,7 +193,9 @@ def test_a_resume_past_the_schedule_end_must_choose_and_is_told_each_choice_s_ra
         f"paxtrain: resuming at step 4: learning rate {rate(4, 10):g}, then 0 at step 300 "
         "(the schedule spans 10 steps)"
     )
-    stretched = check_schedule_end(compose(CHAR_RNN, [*schedule, "optimizer.horizon=300"]), tmp_path)
+    stretched = check_schedule_end(
+        compose(CHAR_RNN, [*schedule, "optimizer.horizon=300"]), tmp_path
+    )
     first, last = re.search(r"learning rate (\S+), then (\S+) at step 300", stretched).groups()
     np.testing.assert_allclose([float(first), float(last)], [rate(4, 300), rate(299, 300)], 1e-3)
     assert check_schedule_end(compose(CHAR_RNN, schedule), tmp_path / "new_run") is None

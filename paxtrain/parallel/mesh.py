@@ -34,6 +34,7 @@ def _fitting_sizes(sizes: dict[str, int], count: int) -> dict[str, int]:
     fsdp = math.gcd(max(sizes[FSDP], 1), count)
     return {DATA: -1, FSDP: fsdp, TENSOR: math.gcd(max(sizes[TENSOR], 1), count // fsdp)}
 
+
 MESH_AXIS_MSG = """\
 Mesh axis sizes must be positive integers, with at most one -1 (all remaining devices); \
 got data={data}, fsdp={fsdp}, tensor={tensor}."""
