@@ -40,6 +40,7 @@ def files(tmp_path_factory):
     write_text_inputs(root)
     write_token_files(root)
     write_image_files(root)
+    write_run_dirs(root)
     write_finished_run(root)
     return root
 
@@ -85,6 +86,26 @@ def write_token_files(root):
         text.write_text((ROOT / "README.md").read_text(encoding="utf-8")[: 20000 if name == "tok_a" else 9000])
         train_bpe([text], 300, root / f"{name}.json")
     tokenize_files([root / "tok_a.txt"], root / "bpe.bin", tokenizer=root / "tok_a.json")
+
+
+RUN = ["trainer.checkpoint.every_steps=2"]  # the run directories' checkpoints: steps 2 and 4
+
+
+def write_run_dirs(root):
+    """A run directory of `fit(*RUN)` without checkpoints, one whose newest checkpoint is
+    unreadable, one whose checkpoints all are, one with only a checkpoint moved aside."""
+    import shutil
+
+    assert main([*fit(*RUN), f"run_dir={root / 'run'}"]) == 0
+    (root / "no_checkpoint").mkdir()
+    shutil.copy(root / "run" / "config.yaml", root / "no_checkpoint" / "config.yaml")
+    for name, damaged in (("newest_unreadable", [4]), ("all_unreadable", [2, 4])):
+        shutil.copytree(root / "run", root / name)
+        for step in damaged:
+            (root / name / "checkpoints" / str(step) / "meta" / "metadata").write_text("{not json")
+    shutil.copytree(root / "run", root / "set_aside")
+    shutil.rmtree(root / "set_aside" / "checkpoints" / "2")
+    (root / "set_aside" / "checkpoints" / "4").rename(root / "set_aside" / "checkpoints" / "4.corrupt")
 
 
 def write_image_files(root):
@@ -262,6 +283,18 @@ ROWS = [
     ("token file read with another tokenizer", tokens("bpe.bin", "data.tokenizer={files}/tok_b.json"), ["bpe.bin was written with the tokenizer", "tok_a.json", "tok_b.json", "tokenize the text again"]),
     ("bytes token file read with a tokenizer", tokens("big.bin", "data.tokenizer={files}/tok_a.json"), ["big.bin holds bytes ids", "records no tokenizer", "--tokenizer"]),
     ("MNIST negative labels", ["fit", IMAGES, "data.source=mnist", "data.path={files}/mnist_negative", "data.batch_size=8"], ["train split of the MNIST files", "label -1 at example 3"]),
+    # --- hydra ---
+    ("unknown sweeper plugin", fit("-m", "hydra/sweeper=optima", "seed=1,2"), ["`hydra/sweeper=optima`", "no sweeper 'optima'", "Installed: basic, optuna"]),
+    ("unknown launcher plugin", fit("-m", "hydra/launcher=jobllib", "seed=1,2"), ["no launcher 'jobllib'", "joblib"]),
+    ("sweeper plugin not installed", fit("-m", "hydra/sweeper=nevergrad", "seed=1,2"), ["hydra-nevergrad-sweeper", "not installed", "pip install hydra-nevergrad-sweeper"]),
+    ("sweeper maximizing a metric the config minimizes", fit("-m", "hydra/sweeper=optuna", "hydra.sweeper.direction=maximize", "optimizer.learning_rate.peak_value=interval(1e-4,1e-2)"), ["direction is maximize", "`eval/loss`", "hydra.sweeper.direction=minimize"]),
+    ("two monitored metrics as one objective", fit("-m", "hydra/sweeper=optuna", "trainer.checkpoint.monitor=eval/loss", "trainer.early_stopping.monitor=eval/bits_per_char", "seed=range(0,9)"), ["one objective", "trainer.checkpoint.monitor=eval/loss", "trainer.early_stopping.monitor=eval/bits_per_char"]),
+    ("a misspelt sweeper setting", fit("-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trial=6", "seed=range(0,9)"), ["hydra.sweeper.n_trial", "n_trials"]),
+    ("a swept key given twice", fit("-m", "seed=1,2,3", "seed=5"), ["`seed` is given twice", "seed=1,2,3,5"]),
+    ("an interval without a sweeper", fit("-m", "optimizer.learning_rate.peak_value=interval(1e-4,1e-2)"), ["interval sweep", "hydra/sweeper=optuna"]),
+    ("two launchers", fit("-m", "hydra/launcher=joblib", "seed=1,2", "--launcher", "local"), ["--launcher local", "hydra/launcher=joblib", "not both"]),
+    ("a Hydra setting paxtrain makes", fit("-m", "hydra.sweep.dir=elsewhere", "seed=1,2"), ["`hydra.sweep.dir=elsewhere`", "paxtrain sets", "run_dir=DIR"]),
+    ("a swept value of the wrong type", fit("-m", "hydra/launcher=basic", "trainer.log_every=3,abc"), ["`trainer.log_every`", "'abc'", "Integer"]),
     # --- lora ---
     ("LoRA paths matching no Linear", lora("finetune.lora.paths=[q_proj$]"), ["`finetune.lora.paths` pattern 'q_proj$' matches no `Linear`", "'cell.input_to_gates', 'cell.hidden_to_gates', 'head'"]),
     ("LoRA with empty paths", lora("finetune.lora.paths=[]"), ["`finetune.lora.paths` is empty", "'input_to_gates$'"]),
@@ -271,6 +304,15 @@ ROWS = [
     ("LoRA dropout 1", lora("finetune.lora.dropout=1.0"), ["`finetune.lora.dropout=1.0` must satisfy 0 <= dropout < 1"]),
     ("LoRA without init_from", fit("finetune.lora.rank=4", "finetune.lora.paths=[head]"), ["`finetune.lora.rank=4`", "`init_from` is null", "init_from=runs/NAME"]),
     ("LoRA paths without a rank", fit("init_from={files}/other_model", "finetune.lora.paths=[head]"), ["`finetune.lora.rank` is null", "`finetune.lora.rank=8`"]),
+    # --- safety_ckpt ---
+    ("resume a run without a checkpoint", ["resume", "{files}/no_checkpoint"], ["no_checkpoint has no checkpoint to resume from", "paxtrain fit CONFIG run_dir=", "--restart"]),
+    ("eval --step latest of an unreadable newest checkpoint", ["eval", "{files}/newest_unreadable"], ["is unreadable: step 4 (", "Nothing was changed", "newest readable checkpoint is step 2", "`--step 2`"]),
+    ("eval of a run whose checkpoints are all unreadable", ["eval", "{files}/all_unreadable"], ["No readable checkpoint", "tried step 4 (", "; step 2 (", "Put a good copy"]),
+    ("eval of a named step that is unreadable", ["eval", "{files}/newest_unreadable", "--step", "4"], ["Checkpoint step 4 in", "is unreadable (", "no other step is used instead", "steps 2, 4"]),
+    ("fit on a run whose checkpoints are all unreadable", fit(*RUN, "run_dir={files}/all_unreadable"), ["No readable checkpoint", "tried step 4 (", "; step 2 (", "Nothing was changed on disk", "--restart"]),
+    ("resume of a run whose checkpoints are all unreadable", ["resume", "{files}/all_unreadable"], ["No readable checkpoint", "Nothing was changed on disk", "--restart"]),
+    ("fit on a run with only a checkpoint moved aside", fit(*RUN, "run_dir={files}/set_aside"), ["holds no checkpoint, only damaged ones moved aside earlier (4.corrupt)", "--restart"]),
+    ("resume of a run with only a checkpoint moved aside", ["resume", "{files}/set_aside"], ["4.corrupt", "--restart"]),
     # --- safety_run ---
     ("unknown preemption signal", fit("trainer.preemption_signals=[SIGFOO]"), ["`trainer.preemption_signals`", "names 'SIGFOO', not a signal", "SIGTERM"]),
     ("uncatchable preemption signal", fit("trainer.preemption_signals=[SIGTERM,SIGKILL]"), ["'SIGKILL'", "cannot be caught"]),

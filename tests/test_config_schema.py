@@ -48,6 +48,8 @@ NOT_FIELDS = {
         "resume": "`paxtrain fit` always resumes a run directory that has checkpoints",
         "directory": "always RUN_DIR/checkpoints, where `paxtrain resume/eval` look",
         "meta": "the run's record (versions, config hash), written by `paxtrain fit`",
+        "restart": "the command line's `--restart`: a start over is one command's choice, not "
+        "a setting a run's config.yaml would repeat",
         "frozen_base": "the top-level `init_from` of a run with `finetune.lora`",
     },
     EarlyStoppingConfig: {},

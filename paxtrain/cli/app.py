@@ -5,6 +5,7 @@
     paxtrain fit configs/char_rnn.yaml -m optimizer.learning_rate.peak_value=1e-3,3e-4 --launcher slurm  # a job each
     paxtrain fit configs/char_rnn.yaml -m optimizer.learning_rate.peak_value=1e-3,3e-4 --launcher slurm \
         --launcher-config configs/launcher/slurm.yaml                # nodes, GPUs, partition...
+    paxtrain fit configs/char_rnn.yaml -m hydra/sweeper=optuna 'optimizer.learning_rate.peak_value=tag(log, interval(1e-4, 1e-2))'
     paxtrain fit configs/char_rnn.yaml --cfg job                     # print the resolved config
     paxtrain options configs/char_rnn.yaml                           # every key: type, value, help
     paxtrain fit char_rnn trainer.max_steps=500                       # a config shipped with paxtrain
@@ -24,12 +25,10 @@ a checkpoint, or before training started): run the same command again.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import pathlib
 import sys
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from paxtrain import __version__
@@ -124,6 +123,14 @@ def _allow_target(command: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _restart(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--restart", action="store_true",
+        help="train from step 0 where the run directory has no readable checkpoint (moving "
+        "unreadable ones aside as STEP.corrupt); a readable checkpoint is always resumed",
+    )  # fmt: skip
+
+
 def _add_config_commands(commands: Any) -> None:
     """`fit` and `options`: what a config trains, and which keys it has."""
     fit = commands.add_parser(
@@ -142,6 +149,7 @@ def _add_config_commands(commands: Any) -> None:
     fit.add_argument("--cfg", choices=["job"], help="print the resolved config and exit")
     fit.add_argument("--launcher", choices=["local", "slurm"], help="with -m: submit via submitit")
     fit.add_argument("--launcher-config", help="YAML of launcher options (configs/launcher/)")
+    _restart(fit)
 
     options = commands.add_parser(
         "options", help="list every key a config can set: type, value, help (then exit)"
@@ -158,6 +166,7 @@ def _add_run_commands(commands: Any) -> None:
     resume.add_argument("overrides", nargs="*", help="overrides, e.g. trainer.max_steps=3000")
     resume.set_defaults(accepts_overrides=True)
     _allow_target(resume)
+    _restart(resume)
 
     evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint on its eval data")
     evaluate.add_argument("run_dir")
@@ -218,46 +227,12 @@ def _add_data_commands(commands: Any) -> None:
     train.add_argument("--force", action="store_true", help="replace --out if it exists")
 
 
-_PACKAGE = pathlib.Path(__file__).resolve().parents[1]
-
-
-@contextlib.contextmanager
-def one_line_warnings() -> Iterator[None]:
-    """Python warnings shown as one `paxtrain: warning: ...` line each while inside, without
-    the source line Python prints under them (which, for paxtrain's own, is the `warnings.warn`
-    call, not the user's input); another library's warning names its category and file.
-
-    Example:
-        >>> with one_line_warnings():
-        ...     warnings.warn("`data.workers=64` is more than the 2 CPU cores")  # doctest: +SKIP
-        paxtrain: warning: `data.workers=64` is more than the 2 CPU cores
-    """
-
-    def show(message: Any, category: type, filename: str, lineno: int, file: Any = None,
-             line: Any = None) -> None:  # fmt: skip
-        ours = pathlib.Path(filename).resolve().is_relative_to(_PACKAGE)
-        where = "" if ours else f" ({category.__name__} at {filename}:{lineno})"
-        text = " ".join(str(message).split())
-        print(f"paxtrain: warning{where}: {text}", file=file or sys.stderr)
-
-    previous, warnings.showwarning = warnings.showwarning, show
-    try:
-        yield
-    finally:
-        warnings.showwarning = previous
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `paxtrain` console script.
 
     Example:
         >>> main(["env"])  # doctest: +SKIP
     """
-    with one_line_warnings():  # the command line's only: a library leaves them as Python's
-        return _main(argv)
-
-
-def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     # Overrides may come before or after the flags (`fit cfg.yaml -m a=1,2 b=3`): argparse
     # leaves those after a flag unparsed, so they are collected here.
@@ -284,7 +259,8 @@ def _main(argv: Sequence[str] | None) -> int:
     }
     try:
         # A preemption signal while data and model are built: nothing to save, exit 75.
-        with before_training():
+        with before_training(), warnings.catch_warnings():
+            warnings.showwarning = _warning_line
             return _env() if args.command == "env" else commands[args.command](args)
     except PreemptedBeforeTraining as stopped:
         print(stopped, file=sys.stderr)
@@ -296,6 +272,12 @@ def _main(argv: Sequence[str] | None) -> int:
         return _report(str(error), EXIT_CONFIG_ERROR)
     except LaunchError as error:
         return _report(str(error), 1)
+
+
+def _warning_line(message: Warning | str, category: type, *args: Any, **kwargs: Any) -> None:
+    """A warning as one `paxtrain:` line (a recovery: a checkpoint fallen back from, a save
+    lost), without Python's file, line and source line, which are paxtrain's, not the user's."""
+    print(f"paxtrain: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
 
 
 def _quiet_failing_writers_at_exit() -> None:

@@ -211,9 +211,11 @@ def build_trainer(
     run_dir: pathlib.Path,
     meta: dict[str, Any] | None = None,
     horizon: int | None = None,
+    restart: bool = False,
 ):
     """The data, model, optimizer and `Trainer` a validated config describes; the optimizer's
-    schedule spans `horizon` steps (default `trainer.max_steps`).
+    schedule spans `horizon` steps (default `trainer.max_steps`); `restart`: the checkpointing
+    hook may start from step 0 where no checkpoint is readable (`--restart`).
 
     The model comes as the function that builds it (frozen by `freeze`), so that the trainer
     builds the state sharded; `init_from`'s parameters are read into that layout (see
@@ -259,7 +261,7 @@ def build_trainer(
     trainer = Trainer(
         **{**arguments_for(Trainer, t), "loggers": _loggers(t.loggers)},
         run_dir=run_dir,
-        hooks=build_hooks(cfg, meta),
+        hooks=build_hooks(cfg, meta, restart),
         step=StepSettings(**arguments_for(StepSettings, t)),
         layout=Layout(
             mesh=dict(cfg.mesh),
@@ -272,10 +274,13 @@ def build_trainer(
     return trainer, model, data, build_optimizer(with_horizon(cfg, horizon).optimizer)
 
 
-def build_hooks(cfg: DictConfig, meta: dict[str, Any] | None = None) -> list[Any]:
+def build_hooks(
+    cfg: DictConfig, meta: dict[str, Any] | None = None, restart: bool = False
+) -> list[Any]:
     """The hooks a validated config describes: `default_hooks` from the `trainer` section
     (its `early_stopping`, `checkpoint` and `profile` sub-sections build those hooks), with
-    the `callbacks` besides; `meta` is saved with each checkpoint.
+    the `callbacks` besides; `meta` is saved with each checkpoint, `restart` as for
+    `Checkpointing`.
 
     Example:
         >>> [type(h).__name__ for h in build_hooks(cfg)][:3]  # doctest: +SKIP
@@ -294,7 +299,9 @@ def build_hooks(cfg: DictConfig, meta: dict[str, Any] | None = None) -> list[Any
     return default_hooks(
         **arguments_for(default_hooks, t),
         early_stopping=EarlyStopping(**arguments_for(EarlyStopping, es)) if es.monitor else None,
-        checkpointing=Checkpointing(**arguments_for(Checkpointing, ck), meta=meta, frozen_base=base)
+        checkpointing=Checkpointing(
+            **arguments_for(Checkpointing, ck), meta=meta, restart=restart, frozen_base=base
+        )
         if ck.enabled
         else None,
         hooks=callbacks,

@@ -17,10 +17,10 @@ from omegaconf import OmegaConf
 
 from paxtrain.cli.build import build_trainer
 from paxtrain.cli.fit import exit_code, fit_from_config
-from paxtrain.cli.runs import load_run_config
+from paxtrain.cli.runs import check_resumable, load_run_config
 from paxtrain.config.packaged import find_config
 from paxtrain.errors import ConfigError
-from paxtrain.train.preemption import PREEMPTED_EXIT_CODE
+from paxtrain.train.preemption import raise_if_signalled
 
 
 def environment_report() -> str:
@@ -76,7 +76,9 @@ def restore_run(
     allow_targets: tuple[str, ...] = (),
 ) -> Any:
     """A trainer prepared for a run's config, holding the state of one of its checkpoints
-    ("latest", "best" or a step number), read through the store (integrity-checked).
+    ("latest", "best" or a step number), read through the store (integrity-checked). "latest"
+    is the newest checkpoint: when it is unreadable, a CheckpointError names it and the newest
+    readable step, never a silent restore of an older one.
 
     `overrides` change the saved config, e.g. the `mesh` on other devices than the run's.
 
@@ -102,10 +104,11 @@ def restore_run(
         read_only=True,
     )
     try:
-        trainer.state, _ = manager.restore(trainer.checkpoint_state, step=step)
+        trainer.state, _ = manager.restore(trainer.checkpoint_state, step=step, fall_back=False)
     finally:
         manager.close()
     trainer.step = int(trainer.state.step)
+    raise_if_signalled()  # before the evaluation or sampling, which may take long
     return trainer
 
 
@@ -114,14 +117,16 @@ def evaluate_run(
     step: str = "latest",
     overrides: list[str] | None = None,
     allow_targets: tuple[str, ...] = (),
-) -> dict[str, float]:
-    """Evaluates a run's checkpoint ("latest", "best" or a step number) on its eval data.
+) -> tuple[int, dict[str, float]]:
+    """Evaluates a run's checkpoint ("latest", "best" or a step number) on its eval data;
+    returns the step of the checkpoint evaluated and the metrics.
 
     Example:
         >>> evaluate_run("runs/char_rnn-20260101-120000", step="best")  # doctest: +SKIP
-        {'loss': 1.43, 'bits_per_char': 2.07}
+        (1500, {'loss': 1.43, 'bits_per_char': 2.07})
     """
-    return restore_run(run_dir, step, overrides, allow_targets).eval_metrics()
+    trainer = restore_run(run_dir, step, overrides, allow_targets)
+    return trainer.step, trainer.eval_metrics()
 
 
 def sample_run(run_dir: str | pathlib.Path, prompt: str, options: dict[str, Any]) -> str:
@@ -169,7 +174,8 @@ def sample_run(run_dir: str | pathlib.Path, prompt: str, options: dict[str, Any]
 
 def _fit(args: argparse.Namespace) -> int:
 
-    from paxtrain.cli.sweep import sweep_overrides
+    from paxtrain.cli.multirun import check_hydra_flags, run_hydra_sweep, uses_hydra
+    from paxtrain.cli.sweep import run_grid, sweep_overrides
     from paxtrain.config.composition import compose
 
     config = find_config(args.config)
@@ -180,6 +186,9 @@ def _fit(args: argparse.Namespace) -> int:
     if config == args.config:
         roots.append(str(pathlib.Path(os.path.abspath(config)).parent.parent))
     sys.path[:0] = roots
+    if args.multirun and uses_hydra(args.overrides):  # Hydra's sweeper and launcher plugins
+        check_hydra_flags(args.overrides, args.launcher)
+        return run_hydra_sweep(config, args.overrides, roots, print_config=args.cfg == "job")
     jobs = sweep_overrides(args.overrides) if args.multirun else [list(args.overrides)]
     configs = [compose(config, overrides) for overrides in jobs]
     if args.cfg == "job":
@@ -195,19 +204,15 @@ def _fit(args: argparse.Namespace) -> int:
 
         configs = assign_sweep_dirs(configs, jobs, config)
     if args.launcher:
-        from paxtrain.cli.launch import launcher_options, submit_sweep
+        from paxtrain.cli.launch import launcher_options, submit_sweep, wait_for_sweep
 
         options = launcher_options(args.launcher, args.launcher_config)
         # The jobs import `_target_`s from the same project paths put in front above.
-        jobs = submit_sweep(configs, config, args.launcher, options, sys_path=roots)
-        preempted = args.launcher == "local" and any(job.result()["preempted"] for job in jobs)
-        return PREEMPTED_EXIT_CODE if preempted else 0
-    codes = []
-    for cfg in configs:
-        codes.append(exit_code(fit_from_config(cfg, config_path=config)))
-        if codes[-1] == PREEMPTED_EXIT_CODE:  # the job is being stopped: the rest waits too
-            return PREEMPTED_EXIT_CODE
-    return max(codes, default=0)  # a diverged job of a sweep does not stop the others
+        jobs = submit_sweep(configs, config, args.launcher, options, jobs, sys_path=roots)
+        return wait_for_sweep(jobs, configs) if args.launcher == "local" else 0
+    if args.multirun:
+        return run_grid(configs, jobs, config)
+    return exit_code(fit_from_config(configs[0], config_path=config, restart=args.restart))
 
 
 def _options(args: argparse.Namespace) -> int:
@@ -224,13 +229,19 @@ def _options(args: argparse.Namespace) -> int:
 def _resume(args: argparse.Namespace) -> int:
     sys.path[:0] = [os.getcwd()]
     cfg = load_run_config(args.run_dir, list(args.overrides), tuple(args.allow_target))
-    return exit_code(fit_from_config(cfg))
+    check_resumable(pathlib.Path(args.run_dir), cfg, restart=args.restart)
+    return exit_code(fit_from_config(cfg, restart=args.restart))
 
 
 def _eval(args: argparse.Namespace) -> int:
     sys.path[:0] = [os.getcwd()]
-    metrics = evaluate_run(args.run_dir, args.step, list(args.overrides), tuple(args.allow_target))
-    print(" ".join(f"eval/{k}={v:.6g}" for k, v in metrics.items()))
+    step, metrics = evaluate_run(
+        args.run_dir, args.step, list(args.overrides), tuple(args.allow_target)
+    )
+    raise_if_signalled()  # a signal during the evaluation: exit 75, no metrics line
+    # Which checkpoint was evaluated, on the line of its metrics: "latest" names no step.
+    shown = " ".join(f"eval/{k}={v:.6g}" for k, v in metrics.items())
+    print(f"step={step} run_dir={args.run_dir} {shown}")
     return 0
 
 
@@ -241,7 +252,9 @@ def _sample(args: argparse.Namespace) -> int:
         "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed, "step": args.step,
         "overrides": list(args.overrides), "allow_targets": tuple(args.allow_target),
     }  # fmt: skip
-    print(args.prompt + sample_run(args.run_dir, args.prompt, options))
+    text = sample_run(args.run_dir, args.prompt, options)
+    raise_if_signalled()
+    print(args.prompt + text)
     return 0
 
 

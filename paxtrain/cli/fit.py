@@ -27,6 +27,7 @@ from paxtrain.cli.runs import (
 )
 from paxtrain.config.arguments import naming_keys
 from paxtrain.config.optimizer import with_horizon
+from paxtrain.train.preemption import before_training
 
 CONFIG_CHANGED_MSG = (
     "paxtrain: resuming with another config than the run's {file} (which this run now "
@@ -34,10 +35,12 @@ CONFIG_CHANGED_MSG = (
 )
 
 
-def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
+def fit_from_config(cfg: DictConfig, config_path: str | None = None, restart: bool = False) -> Any:
     """Runs `paxtrain fit` for one validated config; returns the trainer after training.
 
-    A run directory that already holds checkpoints is resumed from the newest complete one.
+    A run directory that already holds checkpoints is resumed from the newest complete one;
+    one whose checkpoints are all unreadable (or moved aside) is refused unless `restart`
+    (`--restart`: start from step 0, moving the unreadable ones aside).
 
     Example:
         >>> trainer = fit_from_config(compose("configs/char_rnn.yaml", []))  # doctest: +SKIP
@@ -56,7 +59,9 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
     # The run directory is made by `trainer.fit` once data, model and config proved good. The
     # horizon is recorded once, with each checkpoint, where a resume looks for it.
     meta = {**info, "schedule_horizon": horizon}
-    trainer, model, data, optimizer = build_trainer(cfg, run_dir, meta=meta, horizon=horizon)
+    trainer, model, data, optimizer = build_trainer(
+        cfg, run_dir, meta=meta, horizon=horizon, restart=restart
+    )
     trainer.add_hook(RunFiles(cfg, info))
     resolved = with_horizon(cfg, horizon)  # what the run trains with
     trainer.hyperparams = OmegaConf.to_container(resolved, resolve=True, enum_to_str=True)
@@ -71,7 +76,9 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
     abstract = jax.eval_shape(parallel.seeded(model, cfg.seed))  # `model` builds it, sharded
     say(abstract.summary() if hasattr(abstract, "summary") else abstract)
     started = time.perf_counter()
-    with naming_keys():  # a rule checked once the model is known (`trainer.precision`)
+    # The config's own preemption signals too; a rule checked once the model is known
+    # (`trainer.precision`) named as its key.
+    with naming_keys(), before_training(cfg.trainer.preemption_signals):
         trainer.fit(model, data, optimizer=optimizer)
     elapsed = time.perf_counter() - started
     final = trainer.eval_history[-1][1] if trainer.eval_history else {}

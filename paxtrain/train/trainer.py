@@ -27,7 +27,11 @@ from paxtrain.train.hooks import Hook, PlotCurves, as_hook, check_at_least_one
 from paxtrain.train.logger import DEFAULT_LOGGERS, Logger, LoggerGroup, check_loggers
 from paxtrain.train.nonfinite import data_position, rolled_back
 from paxtrain.train.precision import check_backend
-from paxtrain.train.preemption import DEFAULT_PREEMPTION_SIGNALS, stop_on_signals
+from paxtrain.train.preemption import (
+    DEFAULT_PREEMPTION_SIGNALS,
+    raise_if_signalled,
+    stop_on_signals,
+)
 from paxtrain.train.run_lock import RunLock
 from paxtrain.train.settings import DEFAULT_LAYOUT, DEFAULT_STEP, Layout, StepSettings
 from paxtrain.train.view import TrainerViewOf
@@ -416,13 +420,21 @@ class Trainer:
             names = [type(h).__name__ for h, _ in stores]
             raise ArgumentError("hooks", TWO_STORES_MSG.format(first=names[0], second=names[1]))
         self.checkpoints = stores[0][1].manager if stores else None
+        self._restart_allowed = bool(stores) and stores[0][1].restart
         return bool(stores) and stores[0][1].resume
 
     def _resume(self) -> None:
-        """Restores the newest checkpoint and the hooks' states, if there is one."""
-        if self.checkpoints.latest_step() is None:
+        """Restores the newest readable checkpoint and the hooks' states, if there is one
+        (`CheckpointManager.resume`: refuses to start over a run whose checkpoints are all
+        unreadable or moved aside, unless the store says `restart`)."""
+        try:
+            restored = self.checkpoints.resume(self.checkpoint_state, restart=self._restart_allowed)
+        except BaseException:
+            self.checkpoints.close()
+            raise
+        if restored is None:
             return
-        state, meta = self._restore_newest()
+        state, meta = restored
         self.state, self.step = state, int(state.step)
         if self.step % self.steps_per_call:  # saved by a run with other steps_per_call
             self.checkpoints.close()
@@ -477,6 +489,7 @@ class Trainer:
         check_backend(self.step_settings.policy, model, data.train_batch(0), loss_fn)
         options = self.step_settings.step_options()
         state = self._build_state(model, factory, optimizer, make_train_step(loss_fn, **options))
+        raise_if_signalled()  # the state's build may take minutes: a signal ends it here
         self._train_step = make_train_step(loss_fn, **options, **self.plan.step_kwargs)
         # With an EMA, its metrics too (`eval/ema_loss`...): what it is kept for.
         ema = self.step_settings.ema_decay is not None
@@ -596,21 +609,20 @@ class Trainer:
           eval_fn: `eval_fn(model, batch) -> metrics`; default `model_eval`.
         """
         self.prepare(model, data, optimizer, loss_fn, eval_fn)
+        raise_if_signalled()  # a signal during start-up: nothing to save, nothing written
         # One writer per run directory; taken once the config, data and model proved good.
         lock = RunLock(self.run_dir)
         if self.is_main_process:
             lock.acquire()
-        # Only the main process writes; the others run the same loop and the collective saves.
-        self.logger = LoggerGroup(
-            self.loggers if self.is_main_process else [], self.run_dir, self.hyperparams
-        )
+        self.logger: LoggerGroup | None = None
         try:
             with stop_on_signals(self.view, self.preemption_signals):
                 self._resume_and_train()
         except BaseException as error:
             # A full disk fails the logs' last flush too: the error on its way names the cause.
             with contextlib.suppress(OSError):
-                self.logger.close()
+                if self.logger is not None:
+                    self.logger.close()
             if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
                 last = self.checkpoints.latest_step() if self.checkpoints else None
                 raise CheckpointError(
@@ -627,7 +639,11 @@ class Trainer:
 
     def _resume_and_train(self) -> None:
         if self._open_checkpoints():
-            self._resume()
+            self._resume()  # before any log is opened: a refused restore writes nothing
+        # Only the main process writes; the others run the same loop and the collective saves.
+        self.logger = LoggerGroup(
+            self.loggers if self.is_main_process else [], self.run_dir, self.hyperparams
+        )
         reason = self._why_nothing_to_train()
         if reason:
             self.nothing_to_train = True
