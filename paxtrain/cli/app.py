@@ -12,6 +12,7 @@
     paxtrain resume runs/char_rnn-20260101-120000 trainer.max_steps=3000 optimizer.horizon=3000
     paxtrain eval runs/char_rnn-20260101-120000 --step best
     paxtrain eval runs/char_rnn-20260101-120000 mesh.data=-1 mesh.fsdp=1   # on other devices
+    paxtrain summary transformer_lm mesh.fsdp=2                       # parameters, memory, FLOPs
     paxtrain env
     paxtrain plot runs/char_rnn-20260101-120000
     paxtrain data tokenize book.txt book.bin --vocab bytes            # a token file for TokenFile
@@ -19,7 +20,8 @@
 Exit codes: 0 done; 1 a job run with `--launcher local` failed (the message names its log); 2 a
 config, file, device layout or checkpoint problem (one message, no traceback); 3 stopped on
 non-finite steps (`trainer.on_nonfinite=stop`); 75 stopped by a preemption signal (after saving
-a checkpoint, or before training started): run the same command again.
+a checkpoint, or before training started): run the same command again; 86 the step watchdog
+(`trainer.watchdog`) found no step finishing, and dumped every thread's stack: restart the job.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 
 from paxtrain import __version__
 from paxtrain.cli.commands import _data, _env, _eval, _fit, _options, _plot, _resume, _sample
+from paxtrain.cli.summary import add_summary_command, run_summary
 from paxtrain.config.packaged import packaged_config_names
 from paxtrain.data.tokenize import MAX_UNKNOWN_FRACTION
 from paxtrain.errors import CheckpointError, ConfigError, DataError, LaunchError, LayoutError
@@ -108,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_config_commands(commands)
     _add_run_commands(commands)
+    add_summary_command(commands)
     commands.add_parser("env", help="print versions and the devices JAX sees")
     _add_data_commands(commands)
     plot = commands.add_parser("plot", help="write curves.png for a run directory")
@@ -256,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plot": _plot,
         "data": _data,
         "sample": _sample,
+        "summary": run_summary,
     }
     try:
         # A preemption signal while data and model are built: nothing to save, exit 75.

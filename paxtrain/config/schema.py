@@ -89,10 +89,12 @@ class ProfileConfig:
 
     Attributes:
       start_step: trace `num_steps` steps from this one into RUN_DIR/profile/; null: no trace.
+      memory: also write a device memory profile after step `start_step` (needs start_step).
     """
 
     start_step: int | None = None
     num_steps: int = 3
+    memory: bool = False
 
 
 @dataclasses.dataclass
@@ -121,6 +123,9 @@ class TrainerConfig:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     profile: ProfileConfig = dataclasses.field(default_factory=ProfileConfig)
     compile_cache: str | None = "auto"
+    peak_tflops: float | None = None
+    watchdog: float | None = None
+    watchdog_min_seconds: float = 60.0
     preemption_signals: list[str] = dataclasses.field(
         default_factory=lambda: ["SIGTERM", "SIGINT", "SIGUSR1"]
     )
@@ -266,6 +271,12 @@ PROFILE_START_MSG = (
 )
 
 
+PROFILE_MEMORY_MSG = (
+    "`trainer.profile.memory=true` writes a memory profile after step `trainer.profile.start_step`, "
+    "which is null: choose the step, e.g. `trainer.profile.start_step=10`."
+)
+
+
 def _sibling_keys(full_key: str, *configs: Any) -> list[str]:
     """Full keys beside `full_key` in the schema and in `configs`, with the parameters of the
     target of a `_target_` section there."""
@@ -320,6 +331,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     start, max_steps = merged.trainer.profile.start_step, merged.trainer.max_steps
     if start is not None and max_steps >= 1 and start >= max_steps:  # the Profile can't know
         raise ConfigError(PROFILE_START_MSG.format(start=start, last=max_steps - 1))
+    if merged.trainer.profile.memory and start is None:
+        raise ConfigError(PROFILE_MEMORY_MSG)
     check_target(merged.data, "data")
     check_target(merged.model, "model", provided=None)  # some arguments come from the data
     for i, callback in enumerate(merged.callbacks):

@@ -153,6 +153,23 @@ class LlamaLM(pax.Module):
         x = self.final_norm(x)
         return x @ self.token_embed.weight.T if self.head is None else self.head(x)
 
+    def flops_per_token(self, seq_len: int) -> float:
+        """Model FLOPs per token of a training step on sequences of `seq_len` (PaLM's formula,
+        `telemetry.flops.palm_flops_per_token`); a tied head is a matmul all the same.
+
+        Example:
+            >>> model = LlamaLM(vocab_size=98, num_heads=4, num_kv_heads=2, model_dim=16)
+            >>> model.flops_per_token(8)
+            59040.0
+        """
+        from paxtrain.telemetry.flops import palm_flops_per_token
+        from paxtrain.telemetry.parameters import count_parameters
+
+        non_embedding = count_parameters(self) - count_parameters(self.token_embed)
+        if self.head is None:  # the embedding's transpose: a d x vocab matmul
+            non_embedding += self.model_dim * self.vocab_size
+        return palm_flops_per_token(non_embedding, self.num_layers, self.model_dim, seq_len)
+
     def decoder(self, batch_size: int, max_len: int) -> LlamaLM:
         """A copy for decoding (`paxtrain.recipes.sampling`): every attention keeps a KV cache
         of `max_len` positions, so each call continues the sequence of the calls before it.

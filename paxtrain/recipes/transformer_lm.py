@@ -170,6 +170,22 @@ class TransformerLM(pax.Module):
             self.blocks = self.blocks.replace(layers=tuple(blocks))
         return self.head(self.final_norm(x))
 
+    def flops_per_token(self, seq_len: int) -> float:
+        """Model FLOPs per token of a training step on sequences of `seq_len` (PaLM's formula,
+        `telemetry.flops.palm_flops_per_token`): `paxtrain summary` and `perf/mfu` use it.
+
+        Example:
+            >>> model = TransformerLM(vocab_size=98, seq_len=16, num_heads=2, model_dim=16)
+            >>> model.flops_per_token(16)
+            55692.0
+        """
+        from paxtrain.telemetry.flops import palm_flops_per_token
+        from paxtrain.telemetry.parameters import count_parameters
+
+        tables = count_parameters(self.token_embed) + count_parameters(self.position_embed)
+        non_embedding = count_parameters(self) - tables
+        return palm_flops_per_token(non_embedding, self.num_layers, self.model_dim, seq_len)
+
     def loss(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Mean cross-entropy of the next character; also reported in bits per character."""
         logits = self(batch["inputs"])

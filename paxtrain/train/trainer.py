@@ -26,6 +26,7 @@ from paxtrain.train.gradients import check_micro_batches
 from paxtrain.train.hooks import Hook, PlotCurves, as_hook, check_at_least_one
 from paxtrain.train.logger import DEFAULT_LOGGERS, Logger, LoggerGroup, check_loggers
 from paxtrain.train.nonfinite import data_position, rolled_back
+from paxtrain.train.pauses import pause
 from paxtrain.train.precision import check_backend
 from paxtrain.train.preemption import (
     DEFAULT_PREEMPTION_SIGNALS,
@@ -339,7 +340,8 @@ class Trainer:
         Example:
             >>> trainer.evaluate()["loss"]  # doctest: +SKIP
         """
-        metrics = self.eval_metrics()
+        with pause():  # not step time: the watchdog's clock stops, MFU leaves it out
+            metrics = self.eval_metrics()
         if not metrics:
             return metrics
         self.eval_history.append((self.step, metrics))
@@ -365,7 +367,8 @@ class Trainer:
         # The batch the run goes on from: a rollback skips batches.
         position = data_position(self.state, self.step)
         record = {**meta, "data_position": position, "hooks": self.hooks.state_dicts()}
-        self.checkpoints.save(self.checkpoint_state, metrics=metrics, meta=record, wait=wait)
+        with pause():
+            self.checkpoints.save(self.checkpoint_state, metrics=metrics, meta=record, wait=wait)
 
     def restore_latest(self) -> Any:
         """The `TrainState` of the newest checkpoint (after the saves in flight), laid out as
@@ -378,7 +381,8 @@ class Trainer:
             >>> state = trainer.restore_latest()  # doctest: +SKIP
             >>> trainer.continue_from(state)  # doctest: +SKIP
         """
-        return self._restore_newest()[0]
+        with pause():
+            return self._restore_newest()[0]
 
     def continue_from(self, state: Any) -> None:
         """Trains on from `state` at its step: the scalars logged so far are written at the
@@ -485,6 +489,7 @@ class Trainer:
             raise TypeError(NO_LOSS_MSG.format(cls=type(model).__name__))
         self.data = data
         loss_fn = loss_fn or model_loss
+        self._loss_fn, self._model_info = loss_fn, None
         # Before anything compiles: a float16 policy the backend cannot run is a config error.
         check_backend(self.step_settings.policy, model, data.train_batch(0), loss_fn)
         options = self.step_settings.step_options()
@@ -510,25 +515,11 @@ class Trainer:
         structure that checkpoints record: the layout depends on that structure and the
         compiled step on the layout.
         """
-        from paxtrain.train.state import TrainState
-
-        policy = self.step_settings.policy
-
-        def build(model: pax.Module) -> Any:
-            if policy is not None:
-                model = pax.apply_mp_policy(model, policy)
-            return uncompiled.init(TrainState.create(model, optimizer, seed=self.seed))
-
+        build = self._state_builder(optimizer, uncompiled)
         mesh = self.layout.make_mesh()
 
         def plan_for(state: Any) -> parallel.ParallelStrategy:
-            return parallel.setup(
-                state,
-                self.layout.strategy,
-                mesh,
-                batch_axis=int(self.steps_per_call > 1),
-                tensor_rules=tuple(self.layout.tensor_rules),
-            )
+            return self._plan_for(state, mesh)
 
         if factory is None:
             state = build(model if self.init_from is None else self.init_from(model))
@@ -547,6 +538,75 @@ class Trainer:
             build_with, self.seed, plan_for, load=None if self.init_from is None else load
         )
         return state
+
+    def _state_builder(self, optimizer: Any, uncompiled: Any) -> Callable[[Any], Any]:
+        """`build(model) -> TrainState`: the model under the precision policy, its optimizer
+        state and the step options' states."""
+        from paxtrain.train.state import TrainState
+
+        policy = self.step_settings.policy
+
+        def build(model: pax.Module) -> Any:
+            if policy is not None:
+                model = pax.apply_mp_policy(model, policy)
+            return uncompiled.init(TrainState.create(model, optimizer, seed=self.seed))
+
+        return build
+
+    def _plan_for(self, state: Any, mesh: Any) -> parallel.ParallelStrategy:
+        """The layout's strategy for `state` (abstract or not) on `mesh`."""
+        return parallel.setup(
+            state,
+            self.layout.strategy,
+            mesh,
+            batch_axis=int(self.steps_per_call > 1),
+            tensor_rules=tuple(self.layout.tensor_rules),
+        )
+
+    def summary(
+        self,
+        model: pax.Module | Callable[[], pax.Module],
+        data: DataSource,
+        optimizer: Any,
+        loss_fn: Callable | None = None,
+    ) -> Any:
+        """What `fit` would train and what it needs, without allocating the state or running a
+        step: parameter counts by module, bytes per device of the laid-out state, the compiled
+        step's memory, the model FLOPs and whether it fits (`telemetry.summary.Summary`).
+
+        Example:
+            >>> print(Trainer(10).summary(make_model, data, optax.adam(1e-3)))  # doctest: +SKIP
+        """
+        from paxtrain.telemetry.summary import summarize
+        from paxtrain.train.step import make_train_step
+
+        loss_fn = loss_fn or model_loss
+        if callable(model) and not isinstance(model, pax.Module):  # built abstractly
+            model = jax.eval_shape(parallel.seeded(model, self.seed))
+        options = self.step_settings.step_options()
+        build = self._state_builder(optimizer, make_train_step(loss_fn, **options))
+        abstract = jax.eval_shape(parallel.seeded(lambda: build(model), self.seed))
+        plan = self._plan_for(abstract, self.layout.make_mesh())
+        train_step = make_train_step(loss_fn, **options, **plan.step_kwargs)
+        return summarize(abstract, plan, train_step, data, loss_fn, self.steps_per_call)
+
+    @property
+    def model_info(self) -> Any:
+        """The model's parameter count, model FLOPs per step and compute dtype
+        (`telemetry.model_info.ModelInfo`), worked out once, after `prepare`.
+
+        Example:
+            >>> trainer.model_info.flops_per_step  # doctest: +SKIP
+            2.7e+10
+        """
+        if self._model_info is None:
+            from paxtrain.telemetry.model_info import model_info
+
+            self._model_info = model_info(
+                self.state.model, self._loss_fn, self.data.train_batch(0),
+                self.tokens_per_step, self.step_settings.policy,
+            )  # fmt: skip
+        return self._model_info
 
     def _check_data(self, data: DataSource) -> None:
         """Checks the first training and evaluation batches against the layout now, not as a
