@@ -5,6 +5,7 @@ The rows call the command line's `main` in this process: each fails before anyth
 compiled, so the whole table takes seconds."""
 
 import collections
+import json
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from paxtrain.cli.app import main
 from paxtrain.config.composition import compose
 
 IMAGES = str(ROOT / "configs" / "image_classifier.yaml")
+FIXTURES = ROOT / "tests" / "fixtures" / "hf"
 TINY = [*TINY_CHAR_RNN, "callbacks=[]", "trainer.max_steps=4", "trainer.eval_every=2"]
 
 
@@ -41,6 +43,7 @@ def files(tmp_path_factory):
     write_token_files(root)
     write_image_files(root)
     write_run_dirs(root)
+    write_hf_checkpoints(root)
     write_finished_run(root)
     return root
 
@@ -133,6 +136,28 @@ def write_image_files(root):
             write_idx(root / name / f"{split}-labels-idx1-ubyte", idx_labels)
 
 
+def write_hf_checkpoints(root):
+    """Broken copies of the Llama Hugging Face fixture, and a config of another architecture."""
+    from paxtrain.hf.safetensors import checkpoint_tensors, open_tensor, write_checkpoint
+
+    source = ROOT / "tests" / "fixtures" / "hf" / "llama"
+    config = json.loads((source / "config.json").read_text())
+    tensors = {n: np.array(open_tensor(e)) for n, e in checkpoint_tensors(source).items()}
+    k_proj = "model.layers.1.self_attn.k_proj.weight"
+    variants = {
+        "hf_no_norm": ({k: v for k, v in tensors.items() if k != "model.norm.weight"}, config),
+        "hf_transposed": ({**tensors, k_proj: np.ascontiguousarray(tensors[k_proj].T)}, config),
+        "hf_yarn": (tensors, {**config, "rope_parameters": {"rope_type": "yarn", "factor": 4.0}}),
+        "hf_sharded": (tensors, config),
+    }
+    for name, (arrays, values) in variants.items():
+        (root / name).mkdir()
+        (root / name / "config.json").write_text(json.dumps(values))
+        shard = 60_000 if name == "hf_sharded" else None  # 2 files: the index names both
+        write_checkpoint(root / name, arrays, max_shard_bytes=shard)
+    (root / "hf_sharded" / "model-00002-of-00002.safetensors").unlink()
+    (root / "hf_bert").mkdir()
+    (root / "hf_bert" / "config.json").write_text('{"architectures": ["BertModel"]}')
 def write_finished_run(root):
     """A run directory as a 4-step fit over a 4-step schedule leaves it: its config, and a
     checkpoint at step 4 recording the schedule's horizon (the rows refuse before any read)."""
@@ -202,6 +227,19 @@ def npy(*overrides, x="x", y="y"):
         "data.eval.labels={files}/y.npy", "data.info.num_classes=10",
         "data.info.image_shape=[8,8,1]", "data.batch_size=8", "model.channels=[4]", *overrides,
     ]  # fmt: skip
+
+
+def hf_fit(directory, recipe="llama_lm"):
+    """A fine-tune of a recipe from a Hugging Face checkpoint directory under {files}."""
+    return [
+        "fit", recipe, f"init_from=hf:{{files}}/{directory}", "trainer.max_steps=4",
+        "optimizer.learning_rate.warmup_steps=1", "callbacks=[]", "data.seq_len=16",
+        "data.batch_size=4", "data.max_chars=20000",
+    ]  # fmt: skip
+
+
+def export(*arguments):
+    return ["export", "{files}/other_model", "--format", "hf", *arguments]
 
 
 # (row id, argv with {files} and {run} placeholders, words the message must contain)
@@ -326,6 +364,19 @@ ROWS = [
     ("watchdog not above 1", fit("trainer.watchdog=1"), ["`trainer.watchdog` is 1.0", "above 1"]),
     ("watchdog without a minimum", fit("trainer.watchdog=5", "trainer.watchdog_min_seconds=0"), ["`trainer.watchdog_min_seconds` is 0.0", "positive"]),
     ("memory profile without a step", fit("trainer.profile.memory=true"), ["`trainer.profile.memory=true`", "trainer.profile.start_step=10"]),
+    # --- hf ---
+    ("init_from=hf: a directory that is no checkpoint", hf_fit("a_directory"), ["a_directory is not a Hugging Face checkpoint directory", "no config.json", "init_from=hf:"]),
+    ("init_from=hf: an unsupported architecture", hf_fit("hf_bert"), ["describes a BertModel", "LlamaForCausalLM and GPT2LMHeadModel"]),
+    ("init_from=hf: a checkpoint of another recipe", ["fit", "transformer_lm", f"init_from=hf:{FIXTURES}/llama"], ["holds a LlamaForCausalLM", "paxtrain fit llama_lm"]),
+    ("init_from=hf: a mismatched shape", hf_fit("hf_transposed"), ["`model.layers.1.self_attn.k_proj.weight` has shape (32, 16)", "`blocks.layers.1.attention.key_proj.weight` (32, 16) needs (16, 32)"]),
+    ("init_from=hf: a missing tensor", hf_fit("hf_no_norm"), ["has no tensor `model.norm.weight`", "`final_norm.scale`"]),
+    ("init_from=hf: an index naming a missing file", hf_fit("hf_sharded"), ["model.safetensors.index.json puts", "model-00002-of-00002.safetensors, which is not in", "Fetch"]),
+    ("init_from=hf: an unknown rope scaling", hf_fit("hf_yarn"), ["hf_yarn/config.json", "rope_type 'yarn'", "\"llama3\""]),
+    ("init_from=hf: data with more ids than the vocabulary", tokens("big.bin", f"init_from=hf:{FIXTURES}/gpt2", "data.seq_len=16"), ["has a vocabulary of 128, but the data's is 256", "tokenizer"]),
+    ("init_from=hf: a longer context than the positions", ["fit", "transformer_lm", f"init_from=hf:{FIXTURES}/gpt2", "data.seq_len=128"], ["has a context (position embeddings) of 64, but the data's is 128", "data.seq_len"]),
+    ("export over a non-empty directory", export("--out", "{files}"), ["is not empty", "--force"]),
+    ("export with a shard size of abc", export("--out", "out", "--max-shard-size", "abc"), ["--max-shard-size 'abc' is not a size", "2GB"]),
+    ("export to another format", export("--out", "out", "--format", "onnx"), ["--format", "'onnx'", "paxtrain export --help"]),
     # --- safety_run ---
     ("unknown preemption signal", fit("trainer.preemption_signals=[SIGFOO]"), ["`trainer.preemption_signals`", "names 'SIGFOO', not a signal", "SIGTERM"]),
     ("uncatchable preemption signal", fit("trainer.preemption_signals=[SIGTERM,SIGKILL]"), ["'SIGKILL'", "cannot be caught"]),

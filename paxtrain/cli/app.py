@@ -16,6 +16,7 @@
     paxtrain env
     paxtrain plot runs/char_rnn-20260101-120000
     paxtrain data tokenize book.txt book.bin --vocab bytes            # a token file for TokenFile
+    paxtrain export runs/llama-20260101-120000 --format hf --out llama_hf   # Hugging Face files
 
 Exit codes: 0 done; 1 a job run with `--launcher local` failed (the message names its log); 2 a
 config, file, device layout or checkpoint problem (one message, no traceback); 3 stopped on
@@ -35,6 +36,7 @@ from typing import Any
 
 from paxtrain import __version__
 from paxtrain.cli.commands import _data, _env, _eval, _fit, _options, _plot, _resume, _sample
+from paxtrain.cli.export import add_export_command, run_export
 from paxtrain.cli.summary import add_summary_command, run_summary
 from paxtrain.config.packaged import packaged_config_names
 from paxtrain.data.tokenize import MAX_UNKNOWN_FRACTION
@@ -114,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     add_summary_command(commands)
     commands.add_parser("env", help="print versions and the devices JAX sees")
     _add_data_commands(commands)
+    add_export_command(commands)
     plot = commands.add_parser("plot", help="write curves.png for a run directory")
     plot.add_argument("run_dir")
     plot.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
@@ -260,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plot": _plot,
         "data": _data,
         "sample": _sample,
+        "export": run_export,
         "summary": run_summary,
     }
     try:

@@ -16,6 +16,7 @@ from paxtrain.cli.build import (
     check_schedule_end,
     join_processes,
     schedule_horizon,
+    with_hf_model,
 )
 from paxtrain.cli.runs import (
     CONFIG_FILE,
@@ -47,7 +48,7 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None, restart: bo
     """
     run_dir = pathlib.Path(cfg.run_dir or f"runs/{cfg.name}-{_timestamp()}")
     check_run_dir(run_dir)
-    cfg = cfg.copy()
+    cfg = with_hf_model(cfg.copy(), run_dir)  # before the config is hashed and saved
     cfg.run_dir = str(run_dir)
     if cfg.parallel.distributed:
         join_processes()  # before anything starts JAX's backends (reading checkpoints does)

@@ -35,7 +35,7 @@ from paxtrain.nn.recurrent import (
     VanillaRNNState,
     unroll,
 )
-from paxtrain.nn.rotary import apply_rope, rope_angles
+from paxtrain.nn.rotary import Llama3RopeScaling, apply_rope, rope_angles, rope_scaling
 from paxtrain.nn.scan_layers import ScanLayers, call_block
 from paxtrain.nn.sequential import Chainable, Identity, Lambda, Sequential
 from paxtrain.nn.swiglu import SwiGLU
@@ -75,6 +75,7 @@ __all__ = [
     "VanillaRNNState",
     "apply_lora",
     "apply_rope",
+    "Llama3RopeScaling",
     "avg_pool",
     "call_block",
     "causal_mask",
@@ -84,5 +85,6 @@ __all__ = [
     "merge_lora",
     "normalize",
     "rope_angles",
+    "rope_scaling",
     "unroll",
 ]

@@ -12,6 +12,7 @@ bias-free projections), so converted weights need no permutation.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import optax
@@ -53,6 +54,7 @@ class LlamaBlock(nn.Chainable, pax.Module):
         rope_theta: float = 10000.0,
         norm_eps: float = 1e-5,
         *,
+        rope_scaling: nn.Llama3RopeScaling | None = None,
         attention: str | None = None,
     ):
         super().__init__()
@@ -63,6 +65,7 @@ class LlamaBlock(nn.Chainable, pax.Module):
             num_heads,
             num_kv_heads,
             rope_theta=rope_theta,
+            rope_scaling=rope_scaling,
             w_init=init,
             implementation=attention,
         )
@@ -86,6 +89,9 @@ class LlamaLM(pax.Module):
       model_dim: width of the residual stream.
       mlp_dim: hidden width of the SwiGLU; None: `default_mlp_dim(model_dim)`.
       rope_theta: base of the rotary angles.
+      rope_scaling: Hugging Face's `rope_scaling` mapping, e.g. Llama 3.1's `{rope_type: llama3,
+        factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192}` (see `nn.rope_scaling`); None: plain RoPE.
       norm_eps: epsilon of the RMSNorms.
       tie_embeddings: the head is the embedding's transpose (one matrix fewer).
       bytes_per_token: bytes of text per token of the data, for `bits_per_byte` (1 for the
@@ -112,6 +118,7 @@ class LlamaLM(pax.Module):
         norm_eps: float = 1e-5,
         tie_embeddings: bool = False,
         bytes_per_token: float = 1.0,
+        rope_scaling: dict[str, Any] | None = None,
         *,
         scan_layers: bool = False,
         remat: str = "none",
@@ -121,6 +128,7 @@ class LlamaLM(pax.Module):
         self.vocab_size, self.model_dim, self.num_layers = vocab_size, model_dim, num_layers
         self.bytes_per_token, self.remat = bytes_per_token, remat
         init = nn.initializers.normal(INIT_STDDEV)
+        scaling = nn.rope_scaling(rope_scaling)  # an unknown rope_type: refused here
         self.token_embed = nn.Embed(vocab_size, model_dim, w_init=init)
         blocks = [
             LlamaBlock(
@@ -130,6 +138,7 @@ class LlamaLM(pax.Module):
                 mlp_dim or default_mlp_dim(model_dim),
                 rope_theta,
                 norm_eps,
+                rope_scaling=scaling,
                 attention=attention,
             )
             for _ in range(num_layers)

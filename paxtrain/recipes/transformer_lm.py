@@ -41,6 +41,7 @@ class TransformerBlock(nn.Chainable, pax.Module):
       mlp_ratio: hidden width of the MLP as a multiple of `model_dim`.
       dropout: dropout rate on the output of the attention and of the MLP.
       num_layers: depth of the whole model; scales the initial residual projections.
+      norm_eps: epsilon of the two LayerNorms (GPT-2's `layer_norm_epsilon`).
       attention: `jax.nn.dot_product_attention`'s implementation: None or "xla" (XLA's fused
         attention, anywhere), "cudnn" (cuDNN flash attention: NVIDIA GPUs, 16-bit compute).
 
@@ -57,6 +58,7 @@ class TransformerBlock(nn.Chainable, pax.Module):
         mlp_ratio: int = 4,
         dropout: float = 0.0,
         num_layers: int = 1,
+        norm_eps: float = 1e-5,
         *,
         attention: str | None = None,
     ):
@@ -67,7 +69,7 @@ class TransformerBlock(nn.Chainable, pax.Module):
         init = nn.initializers.truncated_normal(INIT_STDDEV)
         residual_init = nn.initializers.truncated_normal(INIT_STDDEV / math.sqrt(2 * num_layers))
         hidden = mlp_ratio * model_dim
-        self.attention_norm = nn.LayerNorm(model_dim)
+        self.attention_norm = nn.LayerNorm(model_dim, eps=norm_eps)
         attention = nn.MultiHeadAttention(
             num_heads,
             model_dim // num_heads,
@@ -81,7 +83,7 @@ class TransformerBlock(nn.Chainable, pax.Module):
             output_proj=nn.Linear(model_dim, model_dim, w_init=residual_init)
         )
         self.attention_dropout = nn.Dropout(dropout)
-        self.mlp_norm = nn.LayerNorm(model_dim)
+        self.mlp_norm = nn.LayerNorm(model_dim, eps=norm_eps)
         self.mlp = nn.Sequential(
             nn.Linear(model_dim, hidden, w_init=init),
             jax.nn.gelu,
@@ -96,7 +98,8 @@ class TransformerBlock(nn.Chainable, pax.Module):
 
 class TransformerLM(pax.Module):
     """Token and learned position embeddings, `num_layers` pre-LayerNorm `TransformerBlock`s,
-    a final LayerNorm and a linear head to next-token logits.
+    a final LayerNorm and a linear head to next-token logits (or, with `tie_embeddings`, the
+    token embedding's transpose, without bias: GPT-2's head).
 
     Args:
       vocab_size: number of token ids (given by the data's `info`).
@@ -106,6 +109,8 @@ class TransformerLM(pax.Module):
       model_dim: width of the residual stream.
       mlp_ratio: MLP width as a multiple of `model_dim`.
       dropout: dropout rate on the embeddings and inside each block.
+      norm_eps: epsilon of every LayerNorm.
+      tie_embeddings: the head is the token embedding's transpose (one matrix fewer, no bias).
       scan_layers: stack the blocks' parameters and run them under `lax.scan` over depth
         (`nn.ScanLayers`): compile time stays flat in depth; same outputs as the loop.
       remat: what `jax.checkpoint` keeps of each block for the backward pass: "none", "dots"
@@ -129,6 +134,8 @@ class TransformerLM(pax.Module):
         model_dim: int = 128,
         mlp_ratio: int = 4,
         dropout: float = 0.0,
+        norm_eps: float = 1e-5,
+        tie_embeddings: bool = False,
         *,
         scan_layers: bool = False,
         remat: str = "none",
@@ -143,14 +150,14 @@ class TransformerLM(pax.Module):
         self.embed_dropout = nn.Dropout(dropout)
         blocks = [
             TransformerBlock(
-                model_dim, num_heads, mlp_ratio, dropout, num_layers, attention=attention
+                model_dim, num_heads, mlp_ratio, dropout, num_layers, norm_eps, attention=attention
             )
             for _ in range(num_layers)
         ]
         self.remat = remat
         self.blocks = nn.ScanLayers(blocks, remat=remat) if scan_layers else nn.Sequential(*blocks)
-        self.final_norm = nn.LayerNorm(model_dim)
-        self.head = nn.Linear(model_dim, vocab_size, w_init=init)
+        self.final_norm = nn.LayerNorm(model_dim, eps=norm_eps)
+        self.head = None if tie_embeddings else nn.Linear(model_dim, vocab_size, w_init=init)
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         """Logits [batch, time, vocab_size] of ids [batch, time], time <= seq_len; the logits
@@ -168,7 +175,8 @@ class TransformerLM(pax.Module):
                 block, x = nn.call_block(block, x, self.remat)
                 blocks.append(block)
             self.blocks = self.blocks.replace(layers=tuple(blocks))
-        return self.head(self.final_norm(x))
+        x = self.final_norm(x)
+        return x @ self.token_embed.weight.T if self.head is None else self.head(x)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Model FLOPs per token of a training step on sequences of `seq_len` (PaLM's formula,
@@ -184,6 +192,8 @@ class TransformerLM(pax.Module):
 
         tables = count_parameters(self.token_embed) + count_parameters(self.position_embed)
         non_embedding = count_parameters(self) - tables
+        if self.head is None:  # tied: the embedding's transpose, a d x vocab matmul all the same
+            non_embedding += self.model_dim * self.vocab_size
         return palm_flops_per_token(non_embedding, self.num_layers, self.model_dim, seq_len)
 
     def loss(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
