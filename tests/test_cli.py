@@ -106,3 +106,33 @@ def test_env_lists_versions_and_devices():
     result = paxtrain("env")
     assert result.returncode == 0
     assert "jax " in result.stdout and "device 0" in result.stdout
+
+
+def test_version_and_a_command_without_its_argument(capsys):
+    from paxtrain.cli.app import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out == "paxtrain 0.1.0\n"
+    with pytest.raises(SystemExit) as exited:
+        main(["resume"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and err.count("\n") == 1
+    assert "a run directory is required" in err and "overrides" not in err
+
+
+def test_a_warning_is_one_line_without_its_source_line(capsys):
+    import warnings
+
+    from paxtrain.cli.app import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        before = warnings.showwarning
+        code = main(["fit", CHAR_RNN, "optimizer.learning_rate.peak_value=5", "--cfg", "job"])
+        assert warnings.showwarning is before  # the command line's format only while it runs
+    err = capsys.readouterr().err
+    assert code == 0 and err.count("\n") == 1, err
+    assert err.startswith("paxtrain: warning: `optimizer.learning_rate.peak_value` is 5: above 1")
+    assert "typo (`optimizer.learning_rate.peak_value=0.003`)?" in err
+    assert "warnings.warn" not in err

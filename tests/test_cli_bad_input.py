@@ -45,6 +45,7 @@ def files(tmp_path_factory):
     write_run_dirs(root)
     write_hf_checkpoints(root)
     write_table_inputs(root)
+    write_finished_run(root)
     return root
 
 
@@ -165,6 +166,27 @@ def write_hf_checkpoints(root):
     (root / "hf_sharded" / "model-00002-of-00002.safetensors").unlink()
     (root / "hf_bert").mkdir()
     (root / "hf_bert" / "config.json").write_text('{"architectures": ["BertModel"]}')
+def write_finished_run(root):
+    """A run directory as a 4-step fit over a 4-step schedule leaves it: its config, and a
+    checkpoint at step 4 recording the schedule's horizon (the rows refuse before any read)."""
+    from omegaconf import OmegaConf
+
+    from paxtrain.checkpoint.store import CheckpointManager
+
+    run = root / "finished_run"
+    run.mkdir()
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(compose(CHAR_RNN, TINY)))
+    manager = CheckpointManager(run / "checkpoints", async_save=False)
+    state = OtherState(model={"embed": {"weight": np.zeros((5, 8))}}, step=4)
+    manager.save(state, meta={"schedule_horizon": 4})
+    manager.close()
+
+
+def transformer(*overrides):
+    """A one-layer transformer_lm, small enough to trace at once."""
+    return ["fit", "transformer_lm", "model.num_layers=1", "model.model_dim=16", "data.seq_len=16",
+            "data.max_chars=20000", "optimizer.learning_rate.warmup_steps=1",
+            "trainer.max_steps=4", "callbacks=[]", *overrides]  # fmt: skip
 
 
 def write_idx(path, array):
@@ -344,7 +366,7 @@ ROWS = [
     ("summary with a bad value", ["summary", "char_rnn", "data.batch_size=0"], ["`data.batch_size` is 0", "at least 1"]),
     ("summary on more devices than there are", ["summary", "char_rnn", "mesh.data=3"], ["data=3", "needs 3 devices", "mesh.data=-1"]),
     ("summary with a zero mesh axis", ["summary", "char_rnn", "mesh.fsdp=0"], ["fsdp=0", "positive integers"]),
-    ("summary of pmap with an fsdp axis", ["summary", "char_rnn", "parallel.strategy=pmap", "mesh.fsdp=2"], ["fsdp=2", "mesh.data=-1"]),
+    ("summary of pmap with an fsdp axis", ["summary", "char_rnn", "parallel.strategy=pmap", "mesh.fsdp=2"], ["fsdp=2", "mesh.fsdp=1"]),
     ("summary with a flag", ["summary", "char_rnn", "--step", "3"], ["unrecognized arguments: --step"]),
     ("negative peak TFLOP/s", fit("trainer.peak_tflops=-1"), ["`trainer.peak_tflops` is -1.0", "must be positive"]),
     ("watchdog not above 1", fit("trainer.watchdog=1"), ["`trainer.watchdog` is 1.0", "above 1"]),
@@ -368,6 +390,37 @@ ROWS = [
     ("tokenize a JSONL column holding a number", tokenize("{files}/numbers.jsonl", "out.bin"), ["numbers.jsonl:2: column 'text' holds 7 (int), not text", "--column NAME"]),
     ("tokenize a malformed JSONL line", tokenize("{files}/broken.jsonl", "out.bin"), ["broken.jsonl:2 is not a JSON object (Expecting value at column 10)", "one JSON object per line"]),
     ("tokenize text files with --column", tokenize("{files}/short.txt", "out.bin", "--column", "body"), ["--column 'body'", "short.txt", "drop `--column`"]),
+    # --- safety_run ---
+    ("unknown preemption signal", fit("trainer.preemption_signals=[SIGFOO]"), ["`trainer.preemption_signals`", "names 'SIGFOO', not a signal", "SIGTERM"]),
+    ("uncatchable preemption signal", fit("trainer.preemption_signals=[SIGTERM,SIGKILL]"), ["'SIGKILL'", "cannot be caught"]),
+    ("a callback that builds no hook", fit("callbacks=[{{_target_: builtins.print}}]"), ["`callbacks[0]` (builtins.print) built None, not a hook", "paxtrain.train.hooks.Hook"]),
+    ("a callback that builds another object", fit("callbacks=[{{_target_: collections.OrderedDict}}]"), ["built a OrderedDict, not a hook"]),
+    ("run_dir name over the file system's limit", fit("run_dir={files}/" + "r" * 300), ["is 300 bytes long", "255 bytes per name", "shorter `run_dir=`"]),
+    ("float16 attention on a CPU", transformer("trainer.precision=float16"), ["`trainer.precision`", "does not run in float16 on the cpu backend", "F16", "`trainer.precision=bfloat16`"]),
+    ("float16 policy string on a CPU", transformer('trainer.precision="params=float32,compute=float16"'), ["does not run in float16 on the cpu backend"]),
+    ("float16 parameters", fit('trainer.precision="params=float16,compute=float16"'), ["`trainer.precision`", "params=float16 keeps no float32 master copy", "float32 parameters"]),
+    ("int8 compute", fit('trainer.precision="params=float32,compute=int8"'), ["`trainer.precision`", "compute=int8 is not a floating-point dtype"]),
+    ("int output", fit('trainer.precision="output=int32"'), ["output=int32 is not a floating-point dtype"]),
+    ("unquoted precision policy", fit("trainer.precision=params=float32,compute=bfloat16"), ["`trainer.precision=params=float32,compute=bfloat16` cannot be parsed", "'trainer.precision=\"params=float32,compute=bfloat16\"'"]),
+    ("unquoted non-ASCII run_dir", fit("run_dir={files}/été"), ["cannot be parsed", "token recognition error", "'run_dir=\""]),
+    ("misspelled optimizer alias", fit("optimizer._target_=adamx"), ["`optimizer._target_` is 'adamx'", "`adamw`", "`optax.adamax`", "Short names: adam, adamw, sgd"]),
+    ("misspelled optax factory", fit("optimizer._target_=optax.adamx"), ["cannot import 'optax.adamx'", "Did you mean `optax.adamax`"]),
+    ("lr for learning_rate", fit("optimizer.lr=0.1"), ["`optimizer.lr`", "Did you mean `optimizer.learning_rate`?"]),
+    ("negative clip norm", fit("optimizer.clip_grad_norm=-1"), ["`optimizer.clip_grad_norm` is -1", "gradient ascent", "above 0", "`optimizer.clip_grad_norm=1.0`"]),
+    ("zero clip norm", fit("optimizer.clip_grad_norm=0"), ["`optimizer.clip_grad_norm` is 0", "zeroes every gradient"]),
+    ("negative warmup", fit("optimizer.learning_rate.warmup_steps=-5"), ["`optimizer.learning_rate.warmup_steps` is -5", "0 or more"]),
+    ("b1 above 1", fit("optimizer.b1=1.5"), ["`optimizer.b1` is 1.5", "in [0, 1)", "`optimizer.b1=0.9`"]),
+    ("b2 equal to 1", fit("optimizer.b2=1.0"), ["`optimizer.b2` is 1.0", "`optimizer.b2=0.999`"]),
+    ("negative weight decay", fit("optimizer.weight_decay=-0.1"), ["`optimizer.weight_decay` is -0.1", "away from 0"]),
+    ("negative eps", fit("optimizer.eps=-1e-8"), ["`optimizer.eps` is -1e-08", "0 or more"]),
+    ("sgd momentum of 1", fit("optimizer._target_=sgd", "~optimizer.weight_decay", "optimizer.momentum=1"), ["`optimizer.momentum` is 1", "in [0, 1)"]),
+    ("no loggers with the plot on", fit("trainer.loggers=[]"), ["`trainer.loggers` is []", "curves.png", "metrics.jsonl", "`trainer.plot=false`"]),
+    ("tensorboard only with the plot on", fit("trainer.loggers=[tensorboard]"), ["`trainer.loggers` is ['tensorboard']", "add jsonl"]),
+    ("a logger section that is no jsonl, the plot on", fit("trainer.loggers=[{{_target_: paxtrain.train.logger.TensorBoardLogger}}]"), ["`trainer.loggers` is [", "TensorBoardLogger", "add jsonl"]),
+    ("a mesh larger than the devices", fit("mesh.data=1", "mesh.fsdp=7"), ["fsdp=7", "needs 7 devices", "(in a config: `mesh.data=-1 mesh.fsdp=1`)"]),
+    ("a logger named twice", fit("trainer.loggers=[jsonl,tensorboard,jsonl]"), ["`trainer.loggers` names jsonl twice", "name it once"]),
+    ("rollback without checkpoints", fit("trainer.on_nonfinite=rollback", "trainer.checkpoint.enabled=false"), ["needs checkpoints to roll back to", "trainer.checkpoint.enabled=true"]),
+    ("resume past the schedule's end", ["resume", "{files}/finished_run", "trainer.max_steps=8"], ["`trainer.max_steps=8` runs past the end", "over 4 steps", "steps 5 to 8 would train at its final rate, 0", "`optimizer.horizon=8`", "`optimizer.horizon=4`"]),
 ]  # fmt: skip
 
 

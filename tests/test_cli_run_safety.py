@@ -6,6 +6,7 @@ import errno
 import inspect
 import json
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,7 @@ import paxtrain as pax
 import paxtrain.nn as nn
 from paxtrain.checkpoint.store import CheckpointManager
 from paxtrain.cli.app import main
-from paxtrain.cli.build import schedule_horizon
+from paxtrain.cli.build import check_schedule_end, schedule_horizon
 from paxtrain.cli.fit import exit_code, final_eval_is_finite
 from paxtrain.cli.runs import check_run_targets
 from paxtrain.config.composition import compose
@@ -134,6 +135,24 @@ def test_stopping_on_nonfinite_steps_has_its_own_exit_code(tmp_path):
     assert exit_code(clean) == 0
 
 
+@pytest.mark.parametrize("bad_steps, failed", [({5, 9}, False), ({5, 9, 13}, True)])
+def test_a_run_that_skipped_over_a_tenth_of_its_steps_fails_with_exit_code_3(
+    tmp_path, bad_steps, failed
+):
+    from paxtrain.train.nonfinite import MAX_SKIPPED_FRACTION, skipped_steps, skipped_too_many
+
+    trainer = trainer_for(tmp_path, 20)  # 2 of 20 skipped: 10%, not more
+    trainer.fit(Regression(), PoisonedData(bad_steps), optax.adam(0.1))
+    assert int(skipped_steps(trainer.state)) == len(bad_steps) and MAX_SKIPPED_FRACTION == 0.1
+    assert not trainer.stopped_on_nonfinite and final_eval_is_finite(trainer)
+    assert exit_code(trainer) == (3 if failed else 0)
+    message = skipped_too_many(trainer.state, trainer.step)
+    assert (message is not None) is failed
+    if failed:
+        assert message.startswith("3 of the run's 20 steps were skipped")
+        assert "exit code 3" in message
+
+
 def test_a_run_whose_final_evaluation_is_not_finite_fails_with_exit_code_3(tmp_path):
     class NaNEval(RegressionData):
         def eval_batches(self):
@@ -156,6 +175,36 @@ def test_resume_keeps_the_schedule_horizon_of_the_checkpoint(tmp_path, capsys):
     stretched = compose(CHAR_RNN, ["trainer.max_steps=300", "optimizer.horizon=300"])
     assert schedule_horizon(stretched, tmp_path) == 300
     assert schedule_horizon(longer, tmp_path / "new_run") == 300
+
+
+def test_a_resume_past_the_schedule_end_must_choose_and_is_told_each_choice_s_rate(tmp_path):
+    manager = CheckpointManager(tmp_path / "checkpoints", async_save=False)
+    manager.save(make_state(step=4), meta={"schedule_horizon": 10})
+    manager.close()
+
+    def rate(step, horizon, peak=3e-3, warmup=2):  # optax's warmup cosine, from its definition
+        done = min(step - warmup, horizon - warmup) / (horizon - warmup)
+        return peak * 0.5 * (1 + np.cos(np.pi * done))
+
+    schedule = ["optimizer.learning_rate.warmup_steps=2", "trainer.max_steps=300"]
+    with pytest.raises(ConfigError) as refused:
+        check_schedule_end(compose(CHAR_RNN, schedule), tmp_path)
+    message = str(refused.value)
+    assert "(optax.warmup_cosine_decay_schedule over 10 steps" in message
+    assert "steps 11 to 300 would train at its final rate, 0." in message
+    assert f"`optimizer.horizon=300` (the rate at step 5 becomes {rate(4, 300):g})" in message
+    assert "train on at 0 with `optimizer.horizon=10`" in message
+    kept = check_schedule_end(compose(CHAR_RNN, [*schedule, "optimizer.horizon=10"]), tmp_path)
+    assert kept == (
+        f"paxtrain: resuming at step 4: learning rate {rate(4, 10):g}, then 0 at step 300 "
+        "(the schedule spans 10 steps)"
+    )
+    stretched = check_schedule_end(
+        compose(CHAR_RNN, [*schedule, "optimizer.horizon=300"]), tmp_path
+    )
+    first, last = re.search(r"learning rate (\S+), then (\S+) at step 300", stretched).groups()
+    np.testing.assert_allclose([float(first), float(last)], [rate(4, 300), rate(299, 300)], 1e-3)
+    assert check_schedule_end(compose(CHAR_RNN, schedule), tmp_path / "new_run") is None
 
 
 def test_eval_best_on_a_run_without_monitor_says_how_to_enable_it(tmp_path, capsys):

@@ -5,6 +5,7 @@ parameter must be a field unless it is listed below, with where it is set instea
 A parameter added to `Trainer` (or the others) without its config key fails here.
 """
 
+import ast
 import collections.abc
 import dataclasses
 import enum
@@ -14,6 +15,7 @@ import types
 import typing
 
 import pytest
+from cli_support import ROOT
 from omegaconf import OmegaConf
 
 from paxtrain.config import schema
@@ -194,3 +196,23 @@ def test_fit_sets_keys_the_file_leaves_out(capsys):
     printed = OmegaConf.create(capsys.readouterr().out)
     assert printed.trainer.ema_decay == 0.99 and printed.data.max_chars == 5000
     assert printed.trainer.progress == "auto"  # an Enum field prints as its value
+
+
+def test_no_eval_or_exec_in_the_package():
+    """Annotations are resolved with `typing.get_type_hints`, not by evaluating their text."""
+    calls = []
+    for path in sorted((ROOT / "paxtrain").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("eval", "exec"):
+                calls.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert calls == []
+
+
+def test_parameter_hints_resolve_each_annotation_on_its_own():
+    import optax
+
+    from paxtrain.config.targets import _parameter_hints
+
+    hints = _parameter_hints(optax.adamw)
+    assert hints["nesterov"] is bool and hints["b1"] is not None
+    assert "mask" not in hints  # `ArrayTree`, imported by optax for type checkers only

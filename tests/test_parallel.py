@@ -234,8 +234,9 @@ def test_multi_device_errors_name_the_problem_and_the_fix(eight_devices):
         path="['weight']", shape=(), axis=0
     )
     assert errors["mesh_size"] == mesh.MESH_SIZE_MSG.format(
-        data=3, fsdp=1, tensor=1, needed=3, available=8, platform="cpu"
-    )
+        data=3, fsdp=1, tensor=1, needed=3, available=8, platform="cpu",
+        example="data=-1, fsdp=1, tensor=1", overrides="mesh.data=-1",
+    )  # fmt: skip
     assert "needs a multiple of 3 devices, but 8 are available" in errors["mesh_remaining"]
 
 
@@ -325,11 +326,24 @@ def test_make_mesh_on_one_device_and_its_errors():
     with pytest.raises(ValueError) as error:
         parallel.make_mesh(data=2)
     assert str(error.value) == mesh.MESH_SIZE_MSG.format(
-        data=2, fsdp=1, tensor=1, needed=2, available=1, platform="cpu"
-    )
+        data=2, fsdp=1, tensor=1, needed=2, available=1, platform="cpu",
+        example="data=-1, fsdp=1, tensor=1", overrides="mesh.data=-1",
+    )  # fmt: skip
     for sizes in ({"data": -1, "fsdp": -1}, {"tensor": 0}, {"data": 1.5}):
         with pytest.raises(ValueError, match="positive integers, with at most one -1"):
             parallel.make_mesh(**sizes)
+
+
+def test_a_mesh_error_suggests_a_layout_that_fits_never_the_one_that_failed():
+    for sizes, overrides in (
+        ({"fsdp": 2}, "`mesh.fsdp=1`"),
+        ({"data": -1, "tensor": 3}, "`mesh.tensor=1`"),
+        ({"data": 4, "fsdp": -1}, "`mesh.data=-1 mesh.fsdp=1`"),
+    ):
+        with pytest.raises(ValueError) as error:
+            parallel.make_mesh(**sizes)
+        assert "`make_mesh(data=-1, fsdp=1, tensor=1)`" in str(error.value)
+        assert f"(in a config: {overrides})" in str(error.value)
 
 
 def test_batch_divisibility_check_runs_on_the_host():

@@ -90,3 +90,9 @@ def test_flatten_gives_tracker_param_names():
     assert flatten({"a": {"b": 1, "c": [2, {"d": 3}]}, "e": []}) == {
         "a.b": 1, "a.c.0": 2, "a.c.1.d": 3, "e": [],
     }  # fmt: skip
+
+
+def test_a_jsonl_logger_section_feeds_the_plot(tmp_path):
+    cfg = compose(CHAR_RNN, ["trainer.loggers=[{_target_: paxtrain.train.logger.JsonlLogger}]"])
+    trainer, *_ = build_trainer(cfg, tmp_path)  # the plot hook finds metrics.jsonl's writer
+    assert [type(logger).__name__ for logger in trainer.loggers] == ["JsonlLogger"]

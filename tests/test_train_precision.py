@@ -1,6 +1,7 @@
 """`trainer.precision`: short names, policy strings, and float16's dynamic loss scale."""
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -13,9 +14,9 @@ import paxtrain as pax
 import paxtrain.nn as nn
 from paxtrain.cli.build import build_trainer
 from paxtrain.config.composition import compose
-from paxtrain.errors import ConfigError
+from paxtrain.errors import ArgumentError, ConfigError
 from paxtrain.train import StepSettings, Trainer, default_hooks
-from paxtrain.train.precision import loss_scale
+from paxtrain.train.precision import loss_scale, parse_precision
 
 CHAR_RNN = "configs/char_rnn.yaml"
 
@@ -103,3 +104,34 @@ def test_config_accepts_a_quoted_policy_and_rejects_a_bad_one(tmp_path):
         build_trainer(
             compose(CHAR_RNN, ["trainer.precision='params=float32,comp=float16'"]), tmp_path
         )
+
+
+@pytest.mark.parametrize(
+    "policy, words",
+    [
+        ("params=float32,compute=int8", "compute=int8 is not a floating-point dtype"),
+        ("output=int32", "output=int32 is not a floating-point dtype"),
+        ("params=float16,compute=float16", "params=float16 keeps no float32 master copy"),
+    ],
+)
+def test_policies_that_cannot_train_are_refused(policy, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        parse_precision(policy)
+
+
+def test_a_float16_policy_the_backend_cannot_lower_is_refused_before_compiling():
+    from paxtrain.train.precision import check_backend
+
+    class Attention(pax.Module):  # XLA:CPU has no float16 dot with a float32 result
+        def __call__(self, x):
+            return jax.nn.dot_product_attention(x, x, x)
+
+    def loss(model, x):
+        return model(x).sum(), None
+
+    x = jnp.ones((2, 4, 2, 8))
+    check_backend(parse_precision("float16"), pax.nn.Linear(8, 8), x, loss)
+    check_backend(parse_precision("bfloat16"), Attention(), x, loss)  # runs everywhere
+    if jax.default_backend() == "cpu":
+        with pytest.raises(ArgumentError, match="does not run in float16 on the cpu backend"):
+            check_backend(parse_precision("float16"), Attention(), x, loss)

@@ -207,7 +207,10 @@ def test_resume_with_a_different_model_names_the_path_and_shapes(workdir):
     run = workdir / "A"  # finished by the exact-resume test, or made here
     if not (run / "checkpoints").exists():
         assert fit(workdir, run, "trainer.max_steps=8").returncode == 0
-    result = paxtrain(workdir, "resume", str(run), "model.hidden_dim=32", "trainer.max_steps=12")
+    result = paxtrain(
+        workdir, "resume", str(run), "model.hidden_dim=32", "trainer.max_steps=12",
+        "optimizer.horizon=12",  # past the schedule's end: stretched, as a resume must choose
+    )  # fmt: skip
     assert result.returncode == 2
     assert "at `model.cell.input_to_gates.weight`" in result.stderr
     assert "checkpoint has shape" in result.stderr and "Traceback" not in result.stderr
@@ -244,7 +247,7 @@ def test_fine_tune_from_a_run_with_a_frozen_embedding(workdir):
     # Resumed and evaluated from its own checkpoints once the run it started from is gone.
     source.rename(workdir / "A_gone")
     try:
-        resumed = paxtrain(workdir, "resume", str(run), "trainer.max_steps=6")
+        resumed = paxtrain(workdir, "resume", str(run), "trainer.max_steps=6", "optimizer.horizon=6")
         assert resumed.returncode == 0, resumed.stderr[-2000:]
         evaluated = paxtrain(workdir, "eval", str(run))
         assert evaluated.returncode == 0, evaluated.stderr[-2000:]
@@ -301,7 +304,8 @@ def test_resume_keeps_the_schedule_and_a_lower_max_steps_has_nothing_to_train(wo
         "optimizer.learning_rate.warmup_steps=1", "optimizer.learning_rate.peak_value=0.01"
     ]  # fmt: skip
     assert fit(workdir, run, "trainer.max_steps=4", *schedule).returncode == 0
-    longer = paxtrain(workdir, "resume", str(run), "trainer.max_steps=8")
+    # Past the schedule's end a resume must choose: `optimizer.horizon=4` keeps it (rate 0).
+    longer = paxtrain(workdir, "resume", str(run), "trainer.max_steps=8", "optimizer.horizon=4")
     assert longer.returncode == 0, longer.stderr[-2000:]
     assert (
         "keeps its horizon of 4 steps" in longer.stdout and "optimizer.horizon=8" in longer.stdout

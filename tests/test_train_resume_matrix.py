@@ -349,7 +349,8 @@ def test_paxtrain_resume_with_other_steps_per_call_exits_2(tmp_path, capsys):
     tiny = [*TINY_CHAR_RNN, "callbacks=[]", "trainer.plot=false", "trainer.progress=off"]
     assert main(["fit", CHAR_RNN, *tiny, "trainer.max_steps=3", f"run_dir={run_dir}"]) == 0
     capsys.readouterr()
-    resume = ["resume", str(run_dir), "trainer.max_steps=6", "trainer.steps_per_call=2"]
+    resume = ["resume", str(run_dir), "trainer.max_steps=6", "trainer.steps_per_call=2",
+              "optimizer.horizon=6"]  # fmt: skip
     assert main(resume) == 2
     err = capsys.readouterr().err
     assert err.startswith("paxtrain: config error: the checkpoint in ") and err.count("\n") == 1

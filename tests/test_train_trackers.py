@@ -99,7 +99,7 @@ def test_mlflow_run_holds_params_metrics_and_config_and_a_resume_continues_it(
     config = artifact_text(client, run_id, "config.yaml", tmp_path / "a")
     assert "max_steps: 4" in config and "hidden_dim: 16" in config
 
-    paxtrain("resume", str(run_dir), "trainer.max_steps=6", env=env)
+    paxtrain("resume", str(run_dir), "trainer.max_steps=6", "optimizer.horizon=6", env=env)
     assert json.loads((run_dir / "trackers.json").read_text())["mlflow"] == run_id
     history = [(m.step, m.value) for m in client.get_metric_history(run_id, "train/loss")]
     assert [step for step, _ in history] == [2, 4, 6]
@@ -162,7 +162,7 @@ def test_wandb_offline_run_holds_config_and_metrics_and_a_resume_continues_it(tm
     assert config["trainer"]["max_steps"] == 4 and config["name"] == "char_rnn"
     assert dict(losses) == pytest.approx(dict(jsonl_losses(run_dir)))
 
-    paxtrain("resume", str(run_dir), "trainer.max_steps=6", env=env)
+    paxtrain("resume", str(run_dir), "trainer.max_steps=6", "optimizer.horizon=6", env=env)
     ids, config, losses = wandb_run(run_dir)
     assert ids == {run_id}  # the same W&B run, continued
     assert [step for step, _ in losses] == [2, 4, 6]

@@ -9,7 +9,7 @@
     paxtrain fit configs/char_rnn.yaml --cfg job                     # print the resolved config
     paxtrain options configs/char_rnn.yaml                           # every key: type, value, help
     paxtrain fit char_rnn trainer.max_steps=500                       # a config shipped with paxtrain
-    paxtrain resume runs/char_rnn-20260101-120000 trainer.max_steps=3000
+    paxtrain resume runs/char_rnn-20260101-120000 trainer.max_steps=3000 optimizer.horizon=3000
     paxtrain eval runs/char_rnn-20260101-120000 --step best
     paxtrain eval runs/char_rnn-20260101-120000 mesh.data=-1 mesh.fsdp=1   # on other devices
     paxtrain summary transformer_lm mesh.fsdp=2                       # parameters, memory, FLOPs
@@ -34,6 +34,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from paxtrain import __version__
 from paxtrain.cli.commands import _data, _env, _eval, _fit, _options, _plot, _resume, _sample
 from paxtrain.cli.export import add_export_command, run_export
 from paxtrain.cli.summary import add_summary_command, run_summary
@@ -53,6 +54,15 @@ FLAG_AS_KEY_MSG = (
 )
 
 
+# What a missing positional argument is, and an example of it, by its name in the usage line.
+MISSING_ARGUMENT_MSG = {
+    "config": "a config is required: a YAML file or a packaged config's name ({names}), e.g. "
+    "`paxtrain {command} char_rnn trainer.max_steps=500`",
+    "run_dir": "a run directory is required, e.g. "
+    "`paxtrain {command} runs/char_rnn-20260101-120000`",
+}
+
+
 BAD_STEP_MSG = "--step is {value!r}: use latest, best or a step number, e.g. `--step 500`"
 
 
@@ -61,6 +71,10 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         command = self.prog.removeprefix("paxtrain").strip()
+        missing = message.partition("the following arguments are required: ")[2].split(", ")
+        if missing[0] in MISSING_ARGUMENT_MSG:  # argparse lists the optional `overrides` too
+            names = ", ".join(packaged_config_names())
+            message = MISSING_ARGUMENT_MSG[missing[0]].format(command=command, names=names)
         print(
             USAGE_MSG.format(message=message, command=command).replace("  ", " "), file=sys.stderr
         )
@@ -95,6 +109,7 @@ def _flag_as_key(flag: str, value: str) -> str | None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="paxtrain", description="Train JAX models with paxtrain.")
+    parser.add_argument("--version", action="version", version=f"paxtrain {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_config_commands(commands)
     _add_run_commands(commands)

@@ -56,7 +56,10 @@ def instantiate(node: DictConfig, key: str, **provided: Any) -> Any:
     from hydra.utils import instantiate as hydra_instantiate
 
     target = locate(str(node["_target_"]), key)
-    params = inspect.signature(target).parameters
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # a builtin without one: nothing it asks for is known
+        params = {}
     extra = {k: v for k, v in provided.items() if k in params and k not in node}
     check_target(node, key, provided=tuple(extra))
     later = bool(extra) and not node.get("_partial_", False)  # called below with `extra`
@@ -147,6 +150,59 @@ def schedule_horizon(cfg: DictConfig, run_dir: pathlib.Path) -> int:
             flush=True,
         )
     return horizon
+
+
+PAST_SCHEDULE_END_MSG = (
+    "`trainer.max_steps={max_steps}` runs past the end of the run's learning-rate schedule "
+    "({schedule} over {saved} steps, as its checkpoints record): steps {first} to {max_steps} "
+    "would train at its final rate, {final:g}. Choose: stretch the schedule over the new length "
+    "with `optimizer.horizon={max_steps}` (the rate at step {start} becomes {stretched:g}), or "
+    "keep it and train on at {final:g} with `optimizer.horizon={saved}`."
+)
+
+
+RESUME_RATES_MSG = (
+    "paxtrain: resuming at step {step}: learning rate {first:g}, then {last:g} at step "
+    "{max_steps} (the schedule spans {horizon} steps)"
+)
+
+
+def check_schedule_end(cfg: DictConfig, run_dir: pathlib.Path) -> str | None:
+    """On a resume whose `trainer.max_steps` runs past the schedule's recorded horizon, a
+    `ConfigError` asking the user to choose with `optimizer.horizon` (stretch the schedule, or
+    keep it and train on at its final rate), with the rates of each choice: a schedule that
+    ends at 0 would otherwise train the new steps at 0, silently. Else, on a resume, the line
+    that says the rates it trains at (None for a fresh run or a constant rate).
+
+    Example:
+        >>> check_schedule_end(cfg, pathlib.Path("runs/new")) is None  # doctest: +SKIP
+        True
+    """
+    from paxtrain.config.optimizer import learning_rates
+    from paxtrain.train.checkpointing import CHECKPOINT_DIR
+
+    steps = _checkpoint_steps(run_dir) if cfg.trainer.checkpoint.enabled else []
+    saved = _saved_meta(run_dir / CHECKPOINT_DIR).get("schedule_horizon") if steps else None
+    follows_horizon = "${optimizer.horizon}" in OmegaConf.to_yaml(cfg.optimizer)
+    max_steps, step = cfg.trainer.max_steps, steps[-1] if steps else 0
+    if saved is None or not follows_horizon or step >= max_steps:
+        return None
+    if cfg.optimizer.horizon is None and max_steps > saved:
+        final, stretched = learning_rates(cfg, saved, [max_steps]) + learning_rates(
+            cfg, max_steps, [step]
+        )
+        raise ConfigError(
+            PAST_SCHEDULE_END_MSG.format(
+                max_steps=max_steps, saved=saved, first=max(saved, step) + 1, start=step + 1,
+                schedule=OmegaConf.select(cfg, "optimizer.learning_rate._target_"),
+                final=final, stretched=stretched,
+            )
+        )  # fmt: skip
+    horizon = int(cfg.optimizer.horizon or saved)
+    first, last = learning_rates(cfg, horizon, [step, max_steps - 1])
+    return RESUME_RATES_MSG.format(
+        step=step, first=first, last=last, max_steps=max_steps, horizon=horizon
+    )
 
 
 HF_RECIPE_MSG = """\
@@ -281,8 +337,9 @@ def build_trainer(
     restores = cfg.trainer.checkpoint.enabled and bool(_checkpoint_steps(run_dir))
     restores = restores and lora.rank is None
     t, rules = cfg.trainer, cfg.parallel.tensor_rules  # rules None: the default rules
+    # The loggers built first: the Trainer checks a `_target_` section's Logger as it is.
     trainer = Trainer(
-        **arguments_for(Trainer, t),
+        **{**arguments_for(Trainer, t), "loggers": _loggers(t.loggers)},
         run_dir=run_dir,
         hooks=build_hooks(cfg, meta, restart),
         step=StepSettings(**arguments_for(StepSettings, t)),
@@ -294,7 +351,6 @@ def build_trainer(
         seed=cfg.seed,
         init_from=init_from if cfg.init_from and not restores else None,
     )
-    trainer.loggers = _loggers(t.loggers)
     return trainer, model, data, build_optimizer(with_horizon(cfg, horizon).optimizer)
 
 
@@ -315,7 +371,7 @@ def build_hooks(
     from paxtrain.train.profile import Profile
 
     t, es, ck = cfg.trainer, cfg.trainer.early_stopping, cfg.trainer.checkpoint
-    callbacks = [instantiate(c, f"callbacks[{i}]") for i, c in enumerate(cfg.callbacks)]
+    callbacks = [_callback(c, f"callbacks[{i}]") for i, c in enumerate(cfg.callbacks)]
     # A LoRA run saves its adapters, not the frozen base `init_from` loads (`frozen_base`).
     base = cfg.init_from if cfg.finetune.lora.rank is not None else None
     if t.profile.start_step is not None:  # a jax.profiler trace of some steps
@@ -330,6 +386,25 @@ def build_hooks(
         else None,
         hooks=callbacks,
     )
+
+
+NOT_A_HOOK_MSG = (
+    "`{key}` ({target}) built {built}, not a hook: a callback's `_target_` is a subclass of "
+    "`paxtrain.train.hooks.Hook` (or a function returning one instance), e.g. "
+    "`callbacks=[{{_target_: paxtrain.recipes.char_rnn.PrintSample}}]`, or `callbacks=[]`."
+)
+
+
+def _callback(section: DictConfig, key: str) -> Any:
+    """The hook a `callbacks` entry builds; anything else (`builtins.print` returns None) is
+    a `ConfigError` naming the entry, not a traceback when the trainer adds it."""
+    from paxtrain.train.hooks import Hook
+
+    built = instantiate(section, key)
+    if not isinstance(built, Hook):
+        shown = "None" if built is None else f"a {type(built).__name__}"
+        raise ConfigError(NOT_A_HOOK_MSG.format(key=key, target=section["_target_"], built=shown))
+    return built
 
 
 def _loggers(entries: list[Any]) -> list[Any]:

@@ -11,7 +11,13 @@ from typing import Any
 import jax
 from omegaconf import DictConfig, OmegaConf
 
-from paxtrain.cli.build import build_trainer, join_processes, schedule_horizon, with_hf_model
+from paxtrain.cli.build import (
+    build_trainer,
+    check_schedule_end,
+    join_processes,
+    schedule_horizon,
+    with_hf_model,
+)
 from paxtrain.cli.runs import (
     CONFIG_FILE,
     RunFiles,
@@ -20,6 +26,7 @@ from paxtrain.cli.runs import (
     check_run_dir,
     config_changes,
 )
+from paxtrain.config.arguments import naming_keys
 from paxtrain.config.optimizer import with_horizon
 from paxtrain.train.preemption import before_training
 
@@ -46,6 +53,7 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None, restart: bo
     if cfg.parallel.distributed:
         join_processes()  # before anything starts JAX's backends (reading checkpoints does)
     info = _run_info(cfg, config_path)
+    rates = check_schedule_end(cfg, run_dir)
     horizon = schedule_horizon(cfg, run_dir)
     from paxtrain import parallel
 
@@ -61,13 +69,17 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None, restart: bo
     # One process speaks for a multi-process run.
     say = print if trainer.is_main_process else lambda *_: None
     say(f"paxtrain: run directory {run_dir}")
+    if rates:
+        say(rates)
     changes = config_changes(run_dir, cfg)
     if changes:
         say(CONFIG_CHANGED_MSG.format(file=CONFIG_FILE, changes="; ".join(changes)))
     abstract = jax.eval_shape(parallel.seeded(model, cfg.seed))  # `model` builds it, sharded
     say(abstract.summary() if hasattr(abstract, "summary") else abstract)
     started = time.perf_counter()
-    with before_training(cfg.trainer.preemption_signals):  # those the config adds, too
+    # The config's own preemption signals too; a rule checked once the model is known
+    # (`trainer.precision`) named as its key.
+    with naming_keys(), before_training(cfg.trainer.preemption_signals):
         trainer.fit(model, data, optimizer=optimizer)
     elapsed = time.perf_counter() - started
     final = trainer.eval_history[-1][1] if trainer.eval_history else {}
@@ -77,12 +89,45 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None, restart: bo
         say(f"paxtrain: {trainer.stop_reason}; {saved}. Continue with: paxtrain resume {run_dir}")
         return trainer
     if not trainer.nothing_to_train:
-        say(f"paxtrain: finished at step {trainer.step} in {elapsed:.0f}s; {shown}")
+        outcome = "failed" if exit_code(trainer) else "finished"
+        say(
+            FINISHED_MSG.format(
+                outcome=outcome, step=trainer.step, elapsed=elapsed, shown=shown,
+                skipped=skipped_note(trainer),
+            )
+        )  # fmt: skip
     if trainer.stop_reason:
         say(f"paxtrain: {trainer.stop_reason}")
     if not final_eval_is_finite(trainer):
         say(NONFINITE_EVAL_MSG)
+    elif not trainer.stopped_on_nonfinite and _skipped_too_many(trainer):
+        say(f"paxtrain: {_skipped_too_many(trainer)}")
     return trainer
+
+
+FINISHED_MSG = "paxtrain: {outcome} at step {step} in {elapsed:.0f}s; {shown}{skipped}"
+
+
+def skipped_note(trainer: Any) -> str:
+    """What the final line says of the steps the non-finite guard skipped: `; 3 of 500 steps
+    skipped (non-finite loss or gradients)`, or nothing when none was (or no guard ran).
+
+    Example:
+        >>> skipped_note(fit_from_config(cfg))  # doctest: +SKIP
+        ''
+    """
+    from paxtrain.train.nonfinite import skipped_steps
+
+    skipped = int(skipped_steps(trainer.state))
+    if not skipped:
+        return ""
+    return f"; {skipped} of {trainer.step} steps skipped (non-finite loss or gradients)"
+
+
+def _skipped_too_many(trainer: Any) -> str | None:
+    from paxtrain.train.nonfinite import skipped_too_many
+
+    return skipped_too_many(trainer.state, trainer.step)
 
 
 NONFINITE_EVAL_MSG = (
@@ -106,7 +151,8 @@ def final_eval_is_finite(trainer: Any) -> bool:
 def exit_code(trainer: Any) -> int:
     """The exit code of a finished `paxtrain fit`/`resume`: 0, 75 after a preemption (run
     the command again), 3 after stopping on non-finite steps (`on_nonfinite=stop`, or a run
-    stuck skipping them) or when the final evaluation is not finite.
+    stuck skipping them), after skipping more than `MAX_SKIPPED_FRACTION` of its steps, or when
+    the final evaluation is not finite.
 
     Example:
         >>> exit_code(fit_from_config(cfg))  # doctest: +SKIP
@@ -118,4 +164,4 @@ def exit_code(trainer: Any) -> int:
     if trainer.preempted:
         return PREEMPTED_EXIT_CODE
     failed = trainer.stopped_on_nonfinite or not final_eval_is_finite(trainer)
-    return NONFINITE_EXIT_CODE if failed else 0
+    return NONFINITE_EXIT_CODE if failed or _skipped_too_many(trainer) else 0

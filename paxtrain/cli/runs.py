@@ -161,6 +161,7 @@ def check_run_dir(run_dir: pathlib.Path) -> None:
     Example:
         >>> check_run_dir(pathlib.Path("runs/new"))
     """
+    _check_name_lengths(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(RUN_DIR_IS_FILE_MSG.format(run_dir=run_dir))
     existing = next(p for p in (run_dir, *run_dir.absolute().parents) if p.exists())
@@ -168,6 +169,33 @@ def check_run_dir(run_dir: pathlib.Path) -> None:
         raise ConfigError(RUN_DIR_IS_FILE_MSG.format(run_dir=existing))
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(RUN_DIR_UNWRITABLE_MSG.format(run_dir=run_dir, where=existing))
+
+
+NAME_TOO_LONG_MSG = (
+    "`run_dir`: the name {name!r} is {length} bytes long, but this file system allows {limit} "
+    "bytes per name: choose a shorter `run_dir=` (or `name=`)."
+)
+
+
+def _check_name_lengths(run_dir: pathlib.Path) -> None:
+    """Each name in `run_dir` against the file system's limit (NAME_MAX, 255 bytes on most),
+    which the OS would otherwise report as an `OSError` deep in the first check or write."""
+    # The nearest existing parent, found from the root down: a path with a name over the
+    # limit cannot even be tested for existence.
+    existing = pathlib.Path(run_dir.absolute().anchor)
+    for part in run_dir.absolute().parts[1:]:
+        if not os.path.isdir(existing / part):  # False, not an error, for a name too long
+            break
+        existing = existing / part
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):  # no such query here: the common limit
+        limit = 255
+    for name in run_dir.absolute().parts:
+        length = len(os.fsencode(name))
+        if length > limit:
+            shown = name if len(name) <= 40 else f"{name[:20]}...{name[-10:]}"
+            raise ConfigError(NAME_TOO_LONG_MSG.format(name=shown, length=length, limit=limit))
 
 
 NO_RUN_DIR_MSG = (

@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from paxtrain.config.optimizer import _target_path
 from paxtrain.config.schema import FitConfig, _schema_error, validate
 from paxtrain.config.targets import _is_target, locate
 from paxtrain.errors import ConfigError
@@ -30,6 +31,38 @@ BAD_YAML_MSG = "{path} is not valid YAML: {problem} (line {line}, column {column
 
 
 GROUP_OPTION_MSG = "{message} Available options in '{group}': {options}."
+
+
+UNPARSABLE_OVERRIDE_MSG = (
+    "The override `{override}` cannot be parsed ({reason}): a value with characters outside "
+    "Hydra's override grammar (non-ASCII letters, `=`, `,`, spaces, brackets) is quoted, and "
+    "the quotes kept from the shell: {quoted}."
+)
+
+
+def _unparsable(overrides: list[str]) -> ConfigError | None:
+    """The first override Hydra's lexer or parser refuses, as a message showing it quoted
+    (`'run_dir="runs/été"'`); None when each parses alone.
+
+    Example:
+        >>> print(_unparsable(["trainer.precision=params=float32,compute=bfloat16"]))
+        The override `trainer.precision=params=float32,compute=bfloat16` cannot be parsed (mismatched input '=' expecting <EOF>): ... 'trainer.precision="params=float32,compute=bfloat16"'.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_override(override)
+        except HydraException as error:
+            key, _, value = override.partition("=")
+            quoted = f"'{key}=\"{value}\"'" if '"' not in value else f"`{override}`"
+            reason = str(error).splitlines()[0]
+            return ConfigError(
+                UNPARSABLE_OVERRIDE_MSG.format(override=override, reason=reason, quoted=quoted)
+            )
+    return None
 
 
 def _add_target_parameter(override: str, base: DictConfig) -> str:
@@ -54,7 +87,10 @@ def _add_target_parameter(override: str, base: DictConfig) -> str:
         return override
     # A bad target is reported by validation, with the right message.
     with contextlib.suppress(ConfigError, TypeError, ValueError):
-        parameters = inspect.signature(locate(str(section._target_), parent)).parameters
+        target = str(section._target_)
+        if parent.split(".")[0] == "optimizer":  # its short names: `sgd` is `optax.sgd`
+            target = _target_path(target, parent)
+        parameters = inspect.signature(locate(target, parent)).parameters
         # A target with **kwargs (a subclass passing them on) takes any key; it checks them.
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
         if leaf in parameters or takes_any:
@@ -188,7 +224,7 @@ def compose(
     import yaml
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, OverrideParseException
 
     path = pathlib.Path(config_path).expanduser().resolve()
     if path.is_dir():
@@ -213,6 +249,7 @@ def compose(
             )
         ) from None  # fmt: skip
     except HydraException as error:
-        raise _hydra_error(error, OmegaConf.load(path)) from None
+        unparsable = _unparsable(overrides) if isinstance(error, OverrideParseException) else None
+        raise (unparsable or _hydra_error(error, OmegaConf.load(path))) from None
     OmegaConf.set_struct(cfg, False)
     return validate(cfg) if check else cfg

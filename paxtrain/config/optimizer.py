@@ -31,10 +31,12 @@ resumed run keeps its schedule instead of jumping to another learning rate.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import optax
@@ -96,6 +98,52 @@ NEGATIVE_LR_MSG = (
     "`{key}` is {value}: a negative learning rate climbs the loss instead of descending it. "
     "Is the sign a typo (`{key}={positive}`)?"
 )
+
+
+# Above this a learning rate is almost surely a typo (`3e3` for `3e-3`): an adaptive optimizer
+# (Adam and its kin) moves every weight by about the learning rate each step. No hard bound:
+# plain SGD on some problems (and LARS at large batch sizes) uses rates of 1 to 10.
+LARGE_LR = 1.0
+
+
+LARGE_LR_MSG = (
+    "`{key}` is {value:g}: above {limit:g}, an adaptive optimizer such as Adam moves each weight "
+    "by about that much every step, and the loss diverges (its steps are then skipped). Is the "
+    "exponent a typo (`{key}={example:g}`)?"
+)
+
+
+OUT_OF_DOMAIN_MSG = "`{key}` is {value}: {reason}; it must be {domain}, e.g. `{key}={example}`."
+
+
+class _Domain(NamedTuple):
+    """Where a value of an optimizer key makes sense, why, and a typical value."""
+
+    contains: Callable[[float], bool]
+    domain: str
+    reason: str
+    example: float
+
+
+_NORM = _Domain(lambda v: v > 0, "above 0", "a clipping norm of 0 zeroes every gradient and a "
+                "negative one reverses it (gradient ascent)", 1.0)  # fmt: skip
+_DECAY = _Domain(lambda v: 0 <= v < 1, "in [0, 1)", "the decay rate of a moving average (at 1 or "
+                 "above it never forgets, or grows without bound)", 0.9)  # fmt: skip
+_WEIGHT_DECAY = _Domain(lambda v: v >= 0, "0 or more", "a negative weight decay pushes the "
+                        "weights away from 0 instead of toward it", 0.01)  # fmt: skip
+_EPS = _Domain(lambda v: v >= 0, "0 or more", "it keeps a division away from 0, which a "
+               "negative one can hit", 1e-8)  # fmt: skip
+_STEPS = _Domain(lambda v: v >= 0, "0 or more", "it counts steps", 100)
+
+
+# The domain of optimizer and schedule keys, by their name in optax's factories (or ours).
+DOMAINS = {
+    CLIP_KEY: _NORM, "max_norm": _NORM,
+    "b1": _DECAY, "b2": _DECAY._replace(example=0.999), "momentum": _DECAY, "decay": _DECAY,
+    "weight_decay": _WEIGHT_DECAY, "eps": _EPS, "eps_root": _EPS._replace(example=0.0),
+    "warmup_steps": _STEPS, "decay_steps": _STEPS, "transition_steps": _STEPS,
+    "transition_begin": _STEPS,
+}  # fmt: skip
 
 
 def validate_optimizer(cfg: DictConfig) -> None:
@@ -163,8 +211,30 @@ def _check_numbers(node: Any, key: str) -> None:
             _check_numbers(v, f"{key}[{i}]")
     elif isinstance(node, float) and not math.isfinite(node):
         raise ConfigError(NOT_FINITE_MSG.format(key=key, value=node, example=1e-3))
-    elif isinstance(node, (int, float)) and node < 0 and key.rpartition(".")[2] in _RATE_KEYS:
-        warnings.warn(NEGATIVE_LR_MSG.format(key=key, value=node, positive=-node), stacklevel=4)
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        _check_domain(node, key)
+
+
+def _check_domain(value: float, key: str) -> None:
+    """A number against the domain of its key's name (`DOMAINS`); a learning rate that is
+    negative or above `LARGE_LR` warns (either can be meant, rarely is)."""
+    name = key.rpartition(".")[2]
+    domain = DOMAINS.get(name)
+    if domain is not None and not domain.contains(value):
+        raise ConfigError(
+            OUT_OF_DOMAIN_MSG.format(
+                key=key, value=value, reason=domain.reason, domain=domain.domain,
+                example=domain.example,
+            )
+        )  # fmt: skip
+    if name not in _RATE_KEYS:
+        return
+    if value < 0:
+        warnings.warn(NEGATIVE_LR_MSG.format(key=key, value=value, positive=-value), stacklevel=2)
+    elif value > LARGE_LR:
+        warnings.warn(
+            LARGE_LR_MSG.format(key=key, value=value, limit=LARGE_LR, example=3e-3), stacklevel=2
+        )
 
 
 def _check_warmup(section: dict, key: str) -> None:
@@ -179,8 +249,33 @@ def _check_warmup(section: dict, key: str) -> None:
         )
 
 
-def _target_path(name: str) -> str:
-    return ALIASES.get(name, name)
+UNKNOWN_ALIAS_MSG = (
+    "`{key}._target_` is {name!r}, neither a short name nor a module path.{hint} Short names: "
+    "{aliases}; or any optax factory by its path, e.g. `{key}._target_=optax.adamw`."
+)
+
+
+def _target_path(name: str, key: str = "optimizer") -> str:
+    """The import path of a `_target_`: an alias's (`adamw`: `optax.adamw`), a path as given.
+    A bare name that is no alias is a `ConfigError` listing the aliases and the close matches
+    among them and optax's factories.
+
+    Example:
+        >>> _target_path("lion")
+        'optax.lion'
+        >>> _target_path("adamx")
+        Traceback (most recent call last):
+        paxtrain.errors.ConfigError: `optimizer._target_` is 'adamx', ... Did you mean `adam`, `adamw`, `optax.adamax`...
+    """
+    if name in ALIASES or "." in name:
+        return ALIASES.get(name, name)
+    names = [*ALIASES, *(f"optax.{n}" for n in dir(optax) if not n.startswith("_"))]
+    close = difflib.get_close_matches(name, names, n=4, cutoff=0.6)
+    close += [n for n in difflib.get_close_matches(f"optax.{name}", names, n=2) if n not in close]
+    hint = f" Did you mean {', '.join(f'`{c}`' for c in close)}?" if close else ""
+    raise ConfigError(
+        UNKNOWN_ALIAS_MSG.format(key=key, name=name, hint=hint, aliases=", ".join(ALIASES))
+    )
 
 
 def _resolved(node: Any, key: str) -> Any:
@@ -193,7 +288,7 @@ def _resolved(node: Any, key: str) -> Any:
     out = {k: _resolved(v, f"{key}.{k}") for k, v in node.items()}
     if "_target_" not in out:
         return out
-    out["_target_"] = _target_path(str(out["_target_"]))
+    out["_target_"] = _target_path(str(out["_target_"]), key)
     check_target(out, key)
     target = locate(out["_target_"], key)
     if callable(target) and "learning_rate" in _parameters(target):
@@ -251,6 +346,26 @@ def build_optimizer(
     if clip is not None:
         transformation = optax.chain(optax.clip_by_global_norm(clip), transformation)
     return transformation
+
+
+def learning_rates(cfg: DictConfig, horizon: int, steps: list[int]) -> list[float]:
+    """The learning rate of `cfg`'s optimizer at each of `steps` (the schedule's value after
+    that many updates), its schedule spanning `horizon` steps; a constant rate at each.
+
+    Example:
+        >>> cfg = OmegaConf.create({"trainer": {"max_steps": 10}, "optimizer": {
+        ...     "_target_": "sgd", "learning_rate": {"_target_": "optax.linear_schedule",
+        ...     "init_value": 1.0, "end_value": 0.0, "transition_steps": "${optimizer.horizon}"}}})
+        >>> learning_rates(cfg, 10, [0, 5, 20]), learning_rates(cfg, 20, [5])
+        ([1.0, 0.5, 0.0], [0.75])
+    """
+    from hydra.utils import instantiate
+
+    rate = _spec(with_horizon(cfg, horizon).optimizer).get("learning_rate")
+    if not isinstance(rate, dict):
+        return [float(rate)] * len(steps)
+    schedule = instantiate(_resolved(rate, "optimizer.learning_rate"), _convert_="all")
+    return [float(schedule(step)) for step in steps]
 
 
 def inject_learning_rate(factory: str, **kwargs: Any) -> optax.GradientTransformation:

@@ -50,8 +50,26 @@ ARG_SIZE_MSG = (
 _SIZE_PARAMETER = re.compile(r"(^|_)(size|len|dim|ratio|batches)$|^num_")
 
 
+# Common short spellings of parameter names, which string similarity misses (`lr` is closer to
+# `b1` than to `learning_rate`).
+SYNONYMS = {
+    "lr": "learning_rate", "learningrate": "learning_rate", "wd": "weight_decay",
+    "beta1": "b1", "beta2": "b2", "epsilon": "eps", "steps": "max_steps", "bs": "batch_size",
+}  # fmt: skip
+
+
 def _hint(key: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
+    """` Did you mean ...?` with the known synonym of the key (`lr`: `learning_rate`) or the
+    closest candidates, or the list of valid keys when none is close.
+
+    Example:
+        >>> _hint("optimizer.lr", ["optimizer.b1", "optimizer.learning_rate"])
+        ' Did you mean `optimizer.learning_rate`?'
+    """
+    prefix, _, leaf = key.rpartition(".")
+    synonym = SYNONYMS.get(leaf.lower())
+    meant = f"{prefix}.{synonym}" if prefix and synonym else synonym
+    close = [meant] if meant in candidates else difflib.get_close_matches(key, candidates, 3, 0.6)
     return (
         f" Did you mean {', '.join(f'`{c}`' for c in close)}?"
         if close
@@ -115,21 +133,21 @@ def _type_name(hint: Any) -> str:
 
 
 def _parameter_hints(target: Any) -> dict[str, Any]:
-    """Each parameter's annotation, evaluated on its own: one naming what its module imports only
-    for type checkers (optax's `ArrayTree`) leaves only that parameter unchecked, where
-    `typing.get_type_hints` would give up on all of them."""
+    """Each parameter's annotation, resolved on its own by `typing.get_type_hints` in the
+    target's module: one naming what its module imports only for type checkers (optax's
+    `ArrayTree`) leaves only that parameter unchecked, where one `get_type_hints` call on the
+    whole target would give up on all of them."""
     function = target.__init__ if inspect.isclass(target) else target
     namespace = getattr(inspect.unwrap(function), "__globals__", {})
     hints = {}
     for name, parameter in inspect.signature(function).parameters.items():
-        annotation = parameter.annotation
-        if isinstance(annotation, str):
-            try:
-                annotation = eval(annotation, namespace)  # what get_type_hints does, one by one
-            except Exception:
-                continue
-        if annotation is not parameter.empty:
-            hints[name] = annotation
+        if parameter.annotation is parameter.empty:
+            continue
+        one = types.SimpleNamespace(__annotations__={name: parameter.annotation})
+        try:
+            hints.update(typing.get_type_hints(one, globalns=namespace))
+        except Exception:  # a name only type checkers import: this parameter stays unchecked
+            continue
     return hints
 
 
@@ -171,9 +189,16 @@ def locate(target: str, key: str) -> Any:
     module_name, _, attr = target.rpartition(".")
     try:
         module = importlib.import_module(module_name)
-        return getattr(module, attr)
-    except (ImportError, AttributeError, ValueError) as error:
+    except (ImportError, ValueError) as error:
         raise ConfigError(BAD_TARGET_MSG.format(key=key, target=target, reason=error)) from None
+    try:
+        return getattr(module, attr)
+    except AttributeError as error:
+        names = [f"{module_name}.{n}" for n in dir(module) if not n.startswith("_")]
+        close = difflib.get_close_matches(target, names, n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(f'`{c}`' for c in close)}?" if close else ""
+        message = BAD_TARGET_MSG.format(key=key, target=target, reason=error)
+        raise ConfigError(message + hint) from None
 
 
 def check_target(node: Any, key: str, provided: tuple[str, ...] | None = ()) -> None:
@@ -195,8 +220,10 @@ def check_target(node: Any, key: str, provided: tuple[str, ...] | None = ()) -> 
     if not isinstance(node, (DictConfig, dict)) or "_target_" not in node:
         raise ConfigError(NO_TARGET_MSG.format(key=key))
     target = locate(str(node["_target_"]), key)
-    signature = inspect.signature(target)
-    params = signature.parameters
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # a builtin without one (`collections.OrderedDict`): the
+        return  # call itself checks its arguments
     takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
     names = [n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     given = [k for k in node if not str(k).startswith("_")]

@@ -19,7 +19,21 @@ BATCH_AXES = (DATA, FSDP)
 MESH_SIZE_MSG = """\
 The mesh data={data} x fsdp={fsdp} x tensor={tensor} needs {needed} devices, but {available} are \
 available ({platform}). Make the product equal {available}, or set one axis to -1 to take the \
-remaining devices, e.g. `make_mesh(data=-1, fsdp={fsdp}, tensor={tensor})` (in a config: `mesh.data=-1`)."""
+remaining devices, e.g. `make_mesh({example})` (in a config: `{overrides}`)."""
+
+
+def _fitting_sizes(sizes: dict[str, int], count: int) -> dict[str, int]:
+    """A layout over `count` devices close to `sizes`: data takes what is left (-1), fsdp and
+    tensor keep the part of their size that divides the devices, so the example a message gives
+    is never the layout that just failed.
+
+    Example:
+        >>> _fitting_sizes({"data": -1, "fsdp": 2, "tensor": 1}, 1)
+        {'data': -1, 'fsdp': 1, 'tensor': 1}
+    """
+    fsdp = math.gcd(max(sizes[FSDP], 1), count)
+    return {DATA: -1, FSDP: fsdp, TENSOR: math.gcd(max(sizes[TENSOR], 1), count // fsdp)}
+
 
 MESH_AXIS_MSG = """\
 Mesh axis sizes must be positive integers, with at most one -1 (all remaining devices); \
@@ -72,8 +86,13 @@ def make_mesh(
     known = math.prod(size for size in sizes.values() if size != -1)
     fits = len(devices) % known == 0 if unknown else known == len(devices)
     if not fits:
+        example = _fitting_sizes(sizes, len(devices))
         raise LayoutError(
             MESH_SIZE_MSG.format(
+                example=", ".join(f"{axis}={size}" for axis, size in example.items()),
+                overrides=" ".join(
+                    f"mesh.{axis}={size}" for axis, size in example.items() if size != sizes[axis]
+                ),
                 data=data,
                 fsdp=fsdp,
                 tensor=tensor,

@@ -23,6 +23,7 @@ import pathlib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from paxtrain.errors import ArgumentError
 from paxtrain.train.sink import Logger
 from paxtrain.train.trackers import MLflowLogger, WandbLogger
 
@@ -132,6 +133,40 @@ def check_logger_name(name: str) -> None:
     package = _EXTRAS.get(name)
     if package and importlib.util.find_spec(package) is None:
         raise ValueError(MISSING_EXTRA_MSG.format(name=name, package=package))
+
+
+PLOT_WITHOUT_JSONL_MSG = (
+    "the plot hook draws curves.png from metrics.jsonl, which only the jsonl logger writes, and "
+    "`loggers` is {loggers}: add jsonl to `loggers`, or turn the plot off (plot=false)."
+)
+
+
+DUPLICATE_LOGGER_MSG = (
+    "`loggers` names {name} twice: each logger would write every record again (metrics.jsonl "
+    "with each step twice); name it once."
+)
+
+
+def check_loggers(loggers: Iterable[Any], plots: bool) -> None:
+    """Raises `ArgumentError("loggers" or "plot", ...)` for loggers that cannot work together:
+    a name given twice, or a plot (`plots`: `PlotCurves` among the hooks) without the jsonl
+    logger whose `metrics.jsonl` it reads. Checked when the trainer is made, not when the plot
+    finds no file after the whole run.
+
+    Example:
+        >>> check_loggers(["tensorboard", "jsonl"], plots=True)
+        >>> check_loggers(["tensorboard"], plots=True)
+        Traceback (most recent call last):
+        paxtrain.errors.ArgumentError: the plot hook draws curves.png from metrics.jsonl, ...
+    """
+    loggers = list(loggers)
+    names = [entry for entry in loggers if isinstance(entry, str)]
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:
+        raise ArgumentError("loggers", DUPLICATE_LOGGER_MSG.format(name=twice))
+    jsonl = any(entry == "jsonl" or isinstance(entry, JsonlLogger) for entry in loggers)
+    if plots and not jsonl:
+        raise ArgumentError("plot", PLOT_WITHOUT_JSONL_MSG.format(loggers=loggers))
 
 
 def make_logger(logger: str | Logger) -> Logger:

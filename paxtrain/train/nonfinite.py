@@ -273,6 +273,32 @@ STUCK_MSG = (
 )
 
 
+# The share of its steps a finished run may have skipped and still succeed: a float16 loss scale
+# coming down from 2**15 skips a handful at the start. A run that skipped more learned from much
+# less of its data than asked, or from none (labels outside the classes, NaN inputs), though no
+# STUCK_STEPS of them came in a row: `paxtrain fit` then ends with NONFINITE_EXIT_CODE.
+MAX_SKIPPED_FRACTION = 0.1
+SKIPPED_TOO_MANY_MSG = (
+    "{skipped} of the run's {steps} steps were skipped (non-finite loss or gradients), more than "
+    "{limit:.0%}, so the run failed (exit code 3): lower the learning rate, look for NaN/Inf or "
+    "out-of-range values in the data, or train with `trainer.on_nonfinite=rollback`."
+)
+
+
+def skipped_too_many(state: TrainState, step: int) -> str | None:
+    """Why a run at `step` with `state` failed for the steps its guard skipped (more than
+    `MAX_SKIPPED_FRACTION` of them), or None.
+
+    Example:
+        >>> skipped_too_many(TrainState.create(pax.nn.Linear(2, 1), optax.sgd(0.1)), 10) is None
+        True
+    """
+    skipped = int(skipped_steps(state))
+    if step < 1 or skipped <= MAX_SKIPPED_FRACTION * step:
+        return None
+    return SKIPPED_TOO_MANY_MSG.format(skipped=skipped, steps=step, limit=MAX_SKIPPED_FRACTION)
+
+
 # Rollbacks to one checkpoint, with no newer one saved in between, before the "rollback"
 # policy gives up: each halves the learning rate (by default) and skips more batches, and
 # non-finite steps that persist through that would make the run roll back forever.

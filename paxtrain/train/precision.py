@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 import paxtrain as pax
 from paxtrain.core.mixed_precision import MpPolicy
+from paxtrain.errors import ArgumentError
 from paxtrain.train.gradients import Batch, Differentiate, Metrics
 from paxtrain.train.nonfinite import is_finite
 from paxtrain.train.options import StepFn, StepOption
@@ -42,40 +43,111 @@ BAD_PRECISION_MSG = (
 )
 
 
+NOT_FLOAT_MSG = "{field}={dtype} is not a floating-point dtype (float32, bfloat16, float16)"
+
+
+FLOAT16_PARAMS_MSG = (
+    "params=float16 keeps no float32 master copy of the weights: an update smaller than "
+    "float16's resolution (a thousandth of the weight) is lost, and the loss scale's skipped "
+    "steps cannot recover it. Keep float32 parameters and compute in float16 (`float16`, the "
+    "policy 'params=float32,compute=float16'), or use bfloat16"
+)
+
+
 def parse_precision(precision: str) -> MpPolicy | None:
     """The mixed-precision policy of a short name or a policy string; None for "float32".
 
+    Every dtype of a policy is floating (`compute=int8` would train a model that cannot
+    learn); parameters are not float16 (no master weights: `FLOAT16_PARAMS_MSG`).
     Raises ValueError naming the valid spellings.
+
+    Example:
+        >>> parse_precision("params=float32,compute=int8")
+        Traceback (most recent call last):
+        ValueError: precision 'params=float32,compute=int8' is not a precision: compute=int8 is not a floating-point dtype ...
     """
     spec = SHORT_NAMES.get(precision, precision)
     if spec is None:
         return None
-    if "=" not in spec:
-        reason = "not a short name, and a policy has `field=dtype` parts"
-        raise ValueError(
+
+    def refused(reason: str) -> ValueError:
+        return ValueError(
             BAD_PRECISION_MSG.format(value=precision, reason=reason, names=list(SHORT_NAMES))
         )
+
+    if "=" not in spec:
+        raise refused("not a short name, and a policy has `field=dtype` parts")
     try:
-        return MpPolicy.from_string(spec)
+        policy = MpPolicy.from_string(spec)
     except (TypeError, ValueError) as error:
-        raise ValueError(
-            BAD_PRECISION_MSG.format(
-                value=precision, reason=str(error).rstrip("."), names=list(SHORT_NAMES)
-            )
-        ) from None
+        raise refused(str(error).rstrip(".")) from None
+    fields = {"params": policy.param_dtype, "compute": policy.compute_dtype,
+              "output": policy.output_dtype}  # fmt: skip
+    for field, dtype in fields.items():
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise refused(NOT_FLOAT_MSG.format(field=field, dtype=dtype.name))
+    if policy.param_dtype == jnp.float16:
+        raise refused(FLOAT16_PARAMS_MSG)
+    return policy
 
 
 def needs_loss_scale(policy: MpPolicy | None) -> bool:
-    """Whether a policy computes (or keeps parameters) in float16, which needs a loss scale.
+    """Whether a policy computes in float16, which needs a loss scale.
 
     Example:
         >>> needs_loss_scale(parse_precision("float16")), needs_loss_scale(parse_precision("bfloat16"))
         (True, False)
     """
-    return policy is not None and jnp.dtype(jnp.float16) in (
-        policy.compute_dtype,
-        policy.param_dtype,
-    )
+    return policy is not None and policy.compute_dtype == jnp.float16
+
+
+UNSUPPORTED_ON_BACKEND_MSG = (
+    "precision is '{policy}', but this model's computation does not run in {dtype} on the "
+    "{backend} backend ({error}). Compute in bfloat16 (precision='bfloat16') or float32 here, or "
+    "train with float16 on a GPU."
+)
+
+
+def check_backend(policy: MpPolicy | None, model: Any, batch: Batch, loss_fn: Callable) -> None:
+    """Raises `ArgumentError("precision", ...)` when `loss_fn(model, batch)` under a float16
+    policy cannot be lowered for the default backend, though it can in float32: on a CPU, XLA
+    has no float16 dot with a float32 result, which attention uses. Checked at start-up, by
+    lowering the forward pass (nothing is compiled), so the run fails before its first step
+    and leaves no run directory. Other policies are not checked: bfloat16 runs everywhere.
+
+    Args:
+      policy: the run's policy (`parse_precision`), None for float32.
+      model: the model, its arrays concrete or abstract (`jax.ShapeDtypeStruct`).
+      batch: a training batch.
+      loss_fn: `loss_fn(model, batch) -> (loss, aux)`, as `Trainer.fit` takes it.
+
+    Example:
+        >>> check_backend(parse_precision("float16"), pax.nn.Linear(2, 1),
+        ...               jnp.ones((4, 2)), lambda m, x: (m(x).sum(), None))
+    """
+    if policy is None or policy.compute_dtype != jnp.float16:
+        return
+
+    def lower(with_policy: bool) -> None:
+        def forward(model: Any, batch: Batch) -> jax.Array:
+            return loss_fn(pax.apply_mp_policy(model, policy) if with_policy else model, batch)[0]
+
+        jax.jit(forward).lower(model, batch)
+
+    try:
+        lower(with_policy=True)
+    except Exception as error:  # any: the float32 lowering tells the policy's from the model's
+        try:
+            lower(with_policy=False)
+        except Exception:  # fails in float32 too: the model's own error, which the first step
+            return  # reports as it is
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ArgumentError(
+            "precision",
+            UNSUPPORTED_ON_BACKEND_MSG.format(
+                policy=str(policy), dtype="float16", backend=jax.default_backend(), error=reason
+            ),
+        ) from None
 
 
 def loss_scale_kwargs(policy: MpPolicy | None) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import contextlib
 import difflib
 import errno
 import pathlib
+import signal
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -22,10 +23,11 @@ from paxtrain.train.compile_cache import AUTO as AUTO_CACHE
 from paxtrain.train.compile_cache import enable_compile_cache
 from paxtrain.train.dispatch import HookList
 from paxtrain.train.gradients import check_micro_batches
-from paxtrain.train.hooks import Hook, as_hook, check_at_least_one
-from paxtrain.train.logger import DEFAULT_LOGGERS, Logger, LoggerGroup
+from paxtrain.train.hooks import Hook, PlotCurves, as_hook, check_at_least_one
+from paxtrain.train.logger import DEFAULT_LOGGERS, Logger, LoggerGroup, check_loggers
 from paxtrain.train.nonfinite import data_position, rolled_back
 from paxtrain.train.pauses import pause
+from paxtrain.train.precision import check_backend
 from paxtrain.train.preemption import (
     DEFAULT_PREEMPTION_SIGNALS,
     raise_if_signalled,
@@ -75,6 +77,35 @@ RESUME_STEPS_PER_CALL_MSG = (
     "(past trainer.max_steps={max_steps}). Resume with a trainer.steps_per_call that divides "
     "{step} (1 always does)."
 )
+
+SIGNAL_NAME_MSG = (
+    "`preemption_signals` names {name!r}, not a signal this process can catch: use signal names "
+    "such as {example} (SIGKILL and SIGSTOP cannot be caught), e.g. `preemption_signals=[SIGTERM]`."
+)
+
+# Signals that no handler can catch: the kernel stops or kills the process itself.
+_UNCATCHABLE = ("SIGKILL", "SIGSTOP")
+
+
+def check_signal_names(names: Iterable[str]) -> tuple[str, ...]:
+    """`names` as a tuple, each the name of a signal this process can catch (`SIGTERM`).
+
+    Example:
+        >>> check_signal_names(["SIGTERM", "SIGUSR1"])
+        ('SIGTERM', 'SIGUSR1')
+        >>> check_signal_names(["SIGFOO"])
+        Traceback (most recent call last):
+        paxtrain.errors.ArgumentError: `preemption_signals` names 'SIGFOO', not a signal ...
+    """
+    names = tuple(names)
+    for name in names:
+        if name not in signal.Signals.__members__ or name in _UNCATCHABLE:
+            example = ", ".join(DEFAULT_PREEMPTION_SIGNALS)
+            raise ArgumentError(
+                "preemption_signals", SIGNAL_NAME_MSG.format(name=name, example=example)
+            )
+    return names
+
 
 TWO_STORES_MSG = (
     "two hooks save checkpoints ({first} and {second}): a run has one checkpoint store; "
@@ -190,8 +221,9 @@ class Trainer:
         self.loggers = list(loggers)
         self.hyperparams = dict(hyperparams or {})
         self.compile_cache = compile_cache
-        self.preemption_signals = tuple(preemption_signals)
+        self.preemption_signals = check_signal_names(preemption_signals)
         self.hooks = HookList(default_hooks() if hooks is None else hooks)
+        check_loggers(self.loggers, plots=any(isinstance(h, PlotCurves) for h in self.hooks))
         self.view = TrainerViewOf(self)
         self.is_main_process = parallel.is_main_process()
         # The store the checkpointing hook opens at `fit`; resume and rollback read from it.
@@ -444,6 +476,10 @@ class Trainer:
         """
         from paxtrain.train.step import make_eval_step, make_train_step
 
+        if self.step_settings.on_nonfinite == "rollback" and not any(
+            type(hook).open_checkpoints is not Hook.open_checkpoints for hook in self.hooks
+        ):  # refused at the start, not at the first non-finite step hours later
+            raise CheckpointError(NO_ROLLBACK_CHECKPOINTS_MSG)
         enable_compile_cache(self.compile_cache)  # before the first compilation
         # A function that builds the model: the state is built sharded (`parallel.build_sharded`).
         factory = model if callable(model) and not isinstance(model, pax.Module) else None
@@ -454,6 +490,8 @@ class Trainer:
         self.data = data
         loss_fn = loss_fn or model_loss
         self._loss_fn, self._model_info = loss_fn, None
+        # Before anything compiles: a float16 policy the backend cannot run is a config error.
+        check_backend(self.step_settings.policy, model, data.train_batch(0), loss_fn)
         options = self.step_settings.step_options()
         state = self._build_state(model, factory, optimizer, make_train_step(loss_fn, **options))
         raise_if_signalled()  # the state's build may take minutes: a signal ends it here
