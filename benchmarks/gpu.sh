@@ -13,6 +13,8 @@
 # 2. The MLP train step: the Trainer's default step and the lean one against raw JAX (goal:
 #    <= 1.10x; Equinox and Flax NNX rows when installed).
 # 3. Host overhead per call, including a train step that returns the state.
+# 4. `paxtrain summary`'s memory estimate against the measured peak of GPT-2 small's step
+#    (goal: within 10%); perf/mfu of the Trainer's logs uses the same FLOPs and peak as 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=()
@@ -25,3 +27,6 @@ python benchmarks/transformer_mfu.py --precision bfloat16 --attention "$attentio
 python benchmarks/transformer_mfu.py --precision bfloat16 --scan-layers --attention xla "${quick[@]}"
 python benchmarks/train_step.py "${quick[@]}"
 python benchmarks/overhead.py "${quick[@]}"
+# Freed CPU temporaries go back to the system, so that --quick's RSS measurement sees them.
+MALLOC_MMAP_THRESHOLD_=65536 python benchmarks/memory_estimate.py --precision bfloat16 \
+  --scan-layers "${quick[@]}"

@@ -17,14 +17,15 @@ logits for one sequence from the same parameters (the recipe's initial ones, cop
 dicts), then the same losses over two training steps. A difference in the dtypes of their
 forward matmuls is reported under the table as a warning.
 
-FLOPs per token are PaLM's (Chowdhery et al., 2022, appendix B): `6 * N + 12 * L * H * Q * T`,
-with N the parameters *excluding the token and position embedding tables* (lookups, no matmul)
-but including the untied output head (a d_model x vocab matmul), L layers, H heads of size Q
-and T positions. The attention term counts the whole T x T score matrix, as the model computes
-it (the causal mask hides half of it but does not skip it). MFU = tokens/s * FLOPs per token /
-peak FLOP/s of the device, from `PEAK_TFLOPS` by `device_kind` (bfloat16: dense tensor-core
-peak; float32: dense TF32 peak, which is what XLA uses for float32 matmuls on these GPUs), or
-`--peak-tflops`; "n/a" on CPU and on devices not in the table.
+FLOPs per token are PaLM's (Chowdhery et al., 2022, appendix B), as paxtrain's `perf/mfu` counts
+them (`telemetry.flops.palm_flops_per_token`): `6 * N + 12 * L * H * Q * T`, with N the
+parameters *excluding the token and position embedding tables* (lookups, no matmul) but
+including the untied output head (a d_model x vocab matmul), L layers, H heads of size Q and T
+positions. The attention term counts the whole T x T score matrix, as the model computes it
+(the causal mask hides half of it but does not skip it). MFU = tokens/s * FLOPs per token /
+peak FLOP/s of the device, from paxtrain's table by `device_kind` (`telemetry.peak_flops`;
+bfloat16: dense tensor-core peak; float32: dense TF32 peak, which is what XLA uses for float32
+matmuls on these GPUs), or `--peak-tflops`; "n/a" on CPU and on devices not in the table.
 Writes a section of `benchmarks/RESULTS.md`.
 """
 
@@ -46,6 +47,8 @@ from timing import interleaved
 
 import paxtrain as pax
 from paxtrain.recipes.transformer_lm import TransformerLM
+from paxtrain.telemetry.flops import palm_flops_per_token
+from paxtrain.telemetry.peak_flops import peak_flops
 from paxtrain.train import TrainState, make_train_step
 from paxtrain.train.trainer import model_loss
 
@@ -57,16 +60,6 @@ LEARNING_RATE = 3e-4
 # the causal mask, the logits' relative error is 0.14 (tiny model) to 0.36 (GPT-2 small).
 LOGITS_RTOL = {"float32": 1e-2, "bfloat16": 5e-2}
 LOSS_RTOL = {"float32": 1e-4, "bfloat16": 5e-3}
-
-# Dense peak TFLOP/s (bfloat16, TF32) by substrings of `jax.devices()[0].device_kind`
-# (lower case), from NVIDIA's datasheets; the first entry whose substrings all match is used.
-PEAK_TFLOPS: tuple[tuple[tuple[str, ...], float, float], ...] = (
-    (("h100", "pcie"), 756.0, 378.0),
-    (("h100", "hbm3"), 989.0, 494.5),  # the SXM part: "NVIDIA H100 80GB HBM3"
-    (("h100", "sxm"), 989.0, 494.5),
-    (("h200",), 989.0, 494.5),
-    (("a100",), 312.0, 156.0),
-)
 
 LOSS_MISMATCH_MSG = """\
 The training steps of paxtrain and raw JAX disagree: from the same parameters and batch, the
@@ -344,36 +337,6 @@ def non_embedding_params(params: dict[str, Any]) -> int:
     return total - params["token_embed"].size - params["position_embed"].size
 
 
-def flops_per_token(size: ModelSize, non_embedding: int) -> float:
-    """`6 * N + 12 * L * H * Q * T` (PaLM, appendix B), N the non-embedding parameters.
-
-    Example:
-        >>> f"{flops_per_token(GPT2_SMALL, 123_739_776):.4g}"
-        '8.557e+08'
-    """
-    # H * Q = model_dim.
-    return 6 * non_embedding + 12 * size.num_layers * size.model_dim * size.seq_len
-
-
-def peak_flops(precision: str, override_tflops: float | None) -> float | None:
-    """Peak FLOP/s of the first device for `precision`; None when unknown (and on CPU).
-
-    Example:
-        >>> peak_flops("bfloat16", 989.0)
-        989000000000000.0
-    """
-    if override_tflops is not None:
-        return override_tflops * 1e12
-    device = jax.devices()[0]
-    if device.platform == "cpu":
-        return None
-    kind = device.device_kind.lower()
-    for substrings, bf16, tf32 in PEAK_TFLOPS:
-        if all(s in kind for s in substrings):
-            return (bf16 if precision == "bfloat16" else tf32) * 1e12
-    return None
-
-
 def matmul_dtypes(fn: Callable, *args: Any) -> Counter[str]:
     """Counts the output dtypes of the matrix multiplications (`dot_general`) in `fn(*args)`;
     those inside a `scan` body count once per iteration.
@@ -489,8 +452,8 @@ def main() -> None:
     times = interleaved(runners, rounds, steps)
 
     tokens = batch_size * size.seq_len
-    per_token = flops_per_token(size, non_embedding)
-    peak = peak_flops(args.precision, args.peak_tflops)
+    per_token = palm_flops_per_token(non_embedding, size.num_layers, size.model_dim, size.seq_len)
+    peak = peak_flops(dtype=args.precision, override_tflops=args.peak_tflops)
     rows = []
     for name, seconds in times.items():
         mfu = "n/a" if peak is None else f"{tokens / seconds * per_token / peak:.1%}"

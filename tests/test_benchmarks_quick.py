@@ -52,6 +52,13 @@ def test_scan_layers_quick_compiles_both_variants_with_equal_losses():
     assert all(r[3] == r[4] for r in rows), out
 
 
+def test_lora_memory_quick_counts_the_adapters_and_their_moments():
+    out = run_quick("lora_memory.py")  # the script checks the counts against the formulas
+    ratios = re.findall(r"^\| tiny \(2 x 32\) \| (.+?) \| .* \| ([\d.]+) \|$", out, re.M)
+    assert [name for name, _ in ratios][:2] == ["full fine-tune", "LoRA r=8, q, v"], out
+    assert 0 < float(ratios[1][1]) < 0.1, out
+
+
 @pytest.mark.slow
 def test_gpu_script_runs_every_measurement_in_quick_mode():
     env = {**os.environ, "PATH": f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}"}

@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import shutil
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -246,20 +247,60 @@ def test_a_corrupt_checkpoint_is_moved_aside_and_its_step_saved_again(tmp_path, 
     manager.close()
 
 
-def test_all_checkpoints_corrupt_is_one_message_listing_them(tmp_path):
+def test_all_checkpoints_corrupt_is_one_message_listing_them_and_nothing_changes(tmp_path):
+    # Issue 23: they were all moved aside, and the same command then trained from step 0.
     manager = CheckpointManager(tmp_path, async_save=False)
     for step in (4, 8):
         manager.save(make_state(512, step=step))
     manager.close()
     for step in (4, 8):
         CORRUPTIONS["one flipped byte"](tmp_path / str(step))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     manager = CheckpointManager(tmp_path, async_save=False)
-    with pytest.warns(UserWarning), pytest.raises(CheckpointError) as info:
-        manager.restore(make_state(512))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning besides the one message
+        with pytest.raises(CheckpointError) as info:
+            manager.resume(make_state(512))
     message = str(info.value)
     assert "tried step 8 (" in message and "; step 4 (" in message and "fingerprint" in message
-    assert "moved aside as STEP.corrupt" in message
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["4.corrupt", "8.corrupt"]
+    assert "Nothing was changed on disk" in message and "`--restart`" in message
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    # --restart: moved aside (files kept), one warning, and the run starts from step 0.
+    with pytest.warns(UserWarning, match=r"--restart: moved them aside \(8.corrupt, 4.corrupt"):
+        assert manager.resume(make_state(512), restart=True) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["4.corrupt", "8.corrupt"]
+    manager.close()
+
+
+def test_a_start_that_finds_only_moved_aside_checkpoints_refuses_without_restart(tmp_path):
+    manager = CheckpointManager(tmp_path, async_save=False)
+    manager.save(make_state(step=4))
+    manager.close()
+    (tmp_path / "4").rename(tmp_path / "4.corrupt")
+    manager = CheckpointManager(tmp_path, async_save=False)
+    with pytest.raises(CheckpointError, match=r"only damaged ones moved aside earlier \(4.corrupt\)"):
+        manager.resume(make_state())
+    assert manager.resume(make_state(), restart=True) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["4.corrupt"]
+    manager.close()
+
+
+def test_eval_of_latest_names_an_unreadable_newest_and_the_newest_readable_step(tmp_path):
+    manager = CheckpointManager(tmp_path, async_save=False)
+    for step in (4, 8):
+        manager.save(make_state(512, step=step))
+    manager.close()
+    CORRUPTIONS["deleted file"](tmp_path / "8")
+    reader = CheckpointManager(tmp_path, read_only=True)
+    with pytest.raises(CheckpointError) as info:
+        reader.restore(make_state(512), fall_back=False)
+    message = str(info.value)
+    assert "is unreadable: step 8 (" in message and "newest readable checkpoint is step 4" in message
+    assert "`--step 4`" in message and "Nothing was changed" in message
+    assert "TensorStore details" not in message  # the cause, not Orbax's dump of the spec
+    assert int(reader.restore(make_state(512), step=4)[0].step) == 4
+    reader.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["4", "8"]
 
 
 def test_a_named_step_that_is_corrupt_is_a_checkpoint_error(tmp_path):

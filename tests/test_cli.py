@@ -92,7 +92,7 @@ def test_multirun_makes_one_directory_per_value(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "runs").iterdir()
-    runs = sorted(p.name for p in sweep.iterdir())
+    runs = sorted(p.name for p in sweep.iterdir() if p.is_dir())  # not the summary files
     assert runs == [
         "0_optimizer.learning_rate.peak_value=0.01",
         "1_optimizer.learning_rate.peak_value=0.02",

@@ -5,6 +5,7 @@ The rows call the command line's `main` in this process: each fails before anyth
 compiled, so the whole table takes seconds."""
 
 import collections
+import json
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from paxtrain.cli.app import main
 from paxtrain.config.composition import compose
 
 IMAGES = str(ROOT / "configs" / "image_classifier.yaml")
+FIXTURES = ROOT / "tests" / "fixtures" / "hf"
 TINY = [*TINY_CHAR_RNN, "callbacks=[]", "trainer.max_steps=4", "trainer.eval_every=2"]
 
 
@@ -40,6 +42,9 @@ def files(tmp_path_factory):
     write_text_inputs(root)
     write_token_files(root)
     write_image_files(root)
+    write_run_dirs(root)
+    write_hf_checkpoints(root)
+    write_table_inputs(root)
     return root
 
 
@@ -48,6 +53,13 @@ def write_text_inputs(root):
     (root / "unicode.txt").write_text("Grüße aus Köln, naïve café\n" * 40, encoding="utf-8")
     (root / "latin1.txt").write_bytes(b"x = 1\n" * 500 + "café\n".encode("latin-1"))
     np.arange(10, dtype=np.uint16).tofile(root / "existing.bin")
+
+
+def write_table_inputs(root):
+    """JSONL tables for `paxtrain data tokenize`: a good one, a number as text, a broken line."""
+    (root / "docs.jsonl").write_text('{"text": "def f(): pass", "id": 1}\n')
+    (root / "numbers.jsonl").write_text('{"text": "x = 1"}\n{"text": 7}\n')
+    (root / "broken.jsonl").write_text('{"text": "x = 1"}\n{"text": y}\n')
 
 
 def write_token_files(root):
@@ -86,6 +98,26 @@ def write_token_files(root):
     tokenize_files([root / "tok_a.txt"], root / "bpe.bin", tokenizer=root / "tok_a.json")
 
 
+RUN = ["trainer.checkpoint.every_steps=2"]  # the run directories' checkpoints: steps 2 and 4
+
+
+def write_run_dirs(root):
+    """A run directory of `fit(*RUN)` without checkpoints, one whose newest checkpoint is
+    unreadable, one whose checkpoints all are, one with only a checkpoint moved aside."""
+    import shutil
+
+    assert main([*fit(*RUN), f"run_dir={root / 'run'}"]) == 0
+    (root / "no_checkpoint").mkdir()
+    shutil.copy(root / "run" / "config.yaml", root / "no_checkpoint" / "config.yaml")
+    for name, damaged in (("newest_unreadable", [4]), ("all_unreadable", [2, 4])):
+        shutil.copytree(root / "run", root / name)
+        for step in damaged:
+            (root / name / "checkpoints" / str(step) / "meta" / "metadata").write_text("{not json")
+    shutil.copytree(root / "run", root / "set_aside")
+    shutil.rmtree(root / "set_aside" / "checkpoints" / "2")
+    (root / "set_aside" / "checkpoints" / "4").rename(root / "set_aside" / "checkpoints" / "4.corrupt")
+
+
 def write_image_files(root):
     """8x8 images and labels as configs/data/npy.yaml reads them, good and bad; MNIST-format
     directories with NaN images and negative labels."""
@@ -109,6 +141,30 @@ def write_image_files(root):
         for split in ("train", "t10k"):
             write_idx(root / name / f"{split}-images-idx3-ubyte", idx_images)
             write_idx(root / name / f"{split}-labels-idx1-ubyte", idx_labels)
+
+
+def write_hf_checkpoints(root):
+    """Broken copies of the Llama Hugging Face fixture, and a config of another architecture."""
+    from paxtrain.hf.safetensors import checkpoint_tensors, open_tensor, write_checkpoint
+
+    source = ROOT / "tests" / "fixtures" / "hf" / "llama"
+    config = json.loads((source / "config.json").read_text())
+    tensors = {n: np.array(open_tensor(e)) for n, e in checkpoint_tensors(source).items()}
+    k_proj = "model.layers.1.self_attn.k_proj.weight"
+    variants = {
+        "hf_no_norm": ({k: v for k, v in tensors.items() if k != "model.norm.weight"}, config),
+        "hf_transposed": ({**tensors, k_proj: np.ascontiguousarray(tensors[k_proj].T)}, config),
+        "hf_yarn": (tensors, {**config, "rope_parameters": {"rope_type": "yarn", "factor": 4.0}}),
+        "hf_sharded": (tensors, config),
+    }
+    for name, (arrays, values) in variants.items():
+        (root / name).mkdir()
+        (root / name / "config.json").write_text(json.dumps(values))
+        shard = 60_000 if name == "hf_sharded" else None  # 2 files: the index names both
+        write_checkpoint(root / name, arrays, max_shard_bytes=shard)
+    (root / "hf_sharded" / "model-00002-of-00002.safetensors").unlink()
+    (root / "hf_bert").mkdir()
+    (root / "hf_bert" / "config.json").write_text('{"architectures": ["BertModel"]}')
 
 
 def write_idx(path, array):
@@ -135,6 +191,12 @@ def fit(*overrides):
     return ["fit", CHAR_RNN, *TINY, *overrides]
 
 
+def lora(*overrides):
+    """A LoRA fine-tune of char_rnn (its `Linear`s: the cell's two and the head)."""
+    return fit("init_from={files}/other_model", "finetune.lora.rank=4",
+               "finetune.lora.paths=[head]", *overrides)  # fmt: skip
+
+
 def tokenize(*arguments):
     return ["data", "tokenize", *arguments]
 
@@ -151,6 +213,19 @@ def npy(*overrides, x="x", y="y"):
         "data.eval.labels={files}/y.npy", "data.info.num_classes=10",
         "data.info.image_shape=[8,8,1]", "data.batch_size=8", "model.channels=[4]", *overrides,
     ]  # fmt: skip
+
+
+def hf_fit(directory, recipe="llama_lm"):
+    """A fine-tune of a recipe from a Hugging Face checkpoint directory under {files}."""
+    return [
+        "fit", recipe, f"init_from=hf:{{files}}/{directory}", "trainer.max_steps=4",
+        "optimizer.learning_rate.warmup_steps=1", "callbacks=[]", "data.seq_len=16",
+        "data.batch_size=4", "data.max_chars=20000",
+    ]  # fmt: skip
+
+
+def export(*arguments):
+    return ["export", "{files}/other_model", "--format", "hf", *arguments]
 
 
 # (row id, argv with {files} and {run} placeholders, words the message must contain)
@@ -232,6 +307,67 @@ ROWS = [
     ("token file read with another tokenizer", tokens("bpe.bin", "data.tokenizer={files}/tok_b.json"), ["bpe.bin was written with the tokenizer", "tok_a.json", "tok_b.json", "tokenize the text again"]),
     ("bytes token file read with a tokenizer", tokens("big.bin", "data.tokenizer={files}/tok_a.json"), ["big.bin holds bytes ids", "records no tokenizer", "--tokenizer"]),
     ("MNIST negative labels", ["fit", IMAGES, "data.source=mnist", "data.path={files}/mnist_negative", "data.batch_size=8"], ["train split of the MNIST files", "label -1 at example 3"]),
+    # --- hydra ---
+    ("unknown sweeper plugin", fit("-m", "hydra/sweeper=optima", "seed=1,2"), ["`hydra/sweeper=optima`", "no sweeper 'optima'", "Installed: basic, optuna"]),
+    ("unknown launcher plugin", fit("-m", "hydra/launcher=jobllib", "seed=1,2"), ["no launcher 'jobllib'", "joblib"]),
+    ("sweeper plugin not installed", fit("-m", "hydra/sweeper=nevergrad", "seed=1,2"), ["hydra-nevergrad-sweeper", "not installed", "pip install hydra-nevergrad-sweeper"]),
+    ("sweeper maximizing a metric the config minimizes", fit("-m", "hydra/sweeper=optuna", "hydra.sweeper.direction=maximize", "optimizer.learning_rate.peak_value=interval(1e-4,1e-2)"), ["direction is maximize", "`eval/loss`", "hydra.sweeper.direction=minimize"]),
+    ("two monitored metrics as one objective", fit("-m", "hydra/sweeper=optuna", "trainer.checkpoint.monitor=eval/loss", "trainer.early_stopping.monitor=eval/bits_per_char", "seed=range(0,9)"), ["one objective", "trainer.checkpoint.monitor=eval/loss", "trainer.early_stopping.monitor=eval/bits_per_char"]),
+    ("a misspelt sweeper setting", fit("-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trial=6", "seed=range(0,9)"), ["hydra.sweeper.n_trial", "n_trials"]),
+    ("a swept key given twice", fit("-m", "seed=1,2,3", "seed=5"), ["`seed` is given twice", "seed=1,2,3,5"]),
+    ("an interval without a sweeper", fit("-m", "optimizer.learning_rate.peak_value=interval(1e-4,1e-2)"), ["interval sweep", "hydra/sweeper=optuna"]),
+    ("two launchers", fit("-m", "hydra/launcher=joblib", "seed=1,2", "--launcher", "local"), ["--launcher local", "hydra/launcher=joblib", "not both"]),
+    ("a Hydra setting paxtrain makes", fit("-m", "hydra.sweep.dir=elsewhere", "seed=1,2"), ["`hydra.sweep.dir=elsewhere`", "paxtrain sets", "run_dir=DIR"]),
+    ("a swept value of the wrong type", fit("-m", "hydra/launcher=basic", "trainer.log_every=3,abc"), ["`trainer.log_every`", "'abc'", "Integer"]),
+    # --- lora ---
+    ("LoRA paths matching no Linear", lora("finetune.lora.paths=[q_proj$]"), ["`finetune.lora.paths` pattern 'q_proj$' matches no `Linear`", "'cell.input_to_gates', 'cell.hidden_to_gates', 'head'"]),
+    ("LoRA with empty paths", lora("finetune.lora.paths=[]"), ["`finetune.lora.paths` is empty", "'input_to_gates$'"]),
+    ("LoRA rank 0", lora("finetune.lora.rank=0"), ["`finetune.lora.rank=0` must be at least 1", "`finetune.lora.rank=8`"]),
+    ("LoRA rank above min(in, out)", lora("finetune.lora.rank=400"), ["`finetune.lora.rank=400` must be at most min(in, out)", "`head` is [16, 98]", "at most 16"]),
+    ("LoRA alpha 0", lora("finetune.lora.alpha=0"), ["`finetune.lora.alpha=0.0` must be positive", "`finetune.lora.alpha=16`"]),
+    ("LoRA dropout 1", lora("finetune.lora.dropout=1.0"), ["`finetune.lora.dropout=1.0` must satisfy 0 <= dropout < 1"]),
+    ("LoRA without init_from", fit("finetune.lora.rank=4", "finetune.lora.paths=[head]"), ["`finetune.lora.rank=4`", "`init_from` is null", "init_from=runs/NAME"]),
+    ("LoRA paths without a rank", fit("init_from={files}/other_model", "finetune.lora.paths=[head]"), ["`finetune.lora.rank` is null", "`finetune.lora.rank=8`"]),
+    # --- safety_ckpt ---
+    ("resume a run without a checkpoint", ["resume", "{files}/no_checkpoint"], ["no_checkpoint has no checkpoint to resume from", "paxtrain fit CONFIG run_dir=", "--restart"]),
+    ("eval --step latest of an unreadable newest checkpoint", ["eval", "{files}/newest_unreadable"], ["is unreadable: step 4 (", "Nothing was changed", "newest readable checkpoint is step 2", "`--step 2`"]),
+    ("eval of a run whose checkpoints are all unreadable", ["eval", "{files}/all_unreadable"], ["No readable checkpoint", "tried step 4 (", "; step 2 (", "Put a good copy"]),
+    ("eval of a named step that is unreadable", ["eval", "{files}/newest_unreadable", "--step", "4"], ["Checkpoint step 4 in", "is unreadable (", "no other step is used instead", "steps 2, 4"]),
+    ("fit on a run whose checkpoints are all unreadable", fit(*RUN, "run_dir={files}/all_unreadable"), ["No readable checkpoint", "tried step 4 (", "; step 2 (", "Nothing was changed on disk", "--restart"]),
+    ("resume of a run whose checkpoints are all unreadable", ["resume", "{files}/all_unreadable"], ["No readable checkpoint", "Nothing was changed on disk", "--restart"]),
+    ("fit on a run with only a checkpoint moved aside", fit(*RUN, "run_dir={files}/set_aside"), ["holds no checkpoint, only damaged ones moved aside earlier (4.corrupt)", "--restart"]),
+    ("resume of a run with only a checkpoint moved aside", ["resume", "{files}/set_aside"], ["4.corrupt", "--restart"]),
+    # --- telemetry ---
+    ("summary without a config", ["summary"], ["config", "required", "paxtrain summary --help"]),
+    ("summary of an unknown config", ["summary", "char_rn"], ["'char_rn'", "packaged config: char_rnn"]),
+    ("summary with a misspelled key", ["summary", "char_rnn", "trainer.max_stesp=5"], ["`trainer.max_stesp`", "`trainer.max_steps`"]),
+    ("summary with a bad value", ["summary", "char_rnn", "data.batch_size=0"], ["`data.batch_size` is 0", "at least 1"]),
+    ("summary on more devices than there are", ["summary", "char_rnn", "mesh.data=3"], ["data=3", "needs 3 devices", "mesh.data=-1"]),
+    ("summary with a zero mesh axis", ["summary", "char_rnn", "mesh.fsdp=0"], ["fsdp=0", "positive integers"]),
+    ("summary of pmap with an fsdp axis", ["summary", "char_rnn", "parallel.strategy=pmap", "mesh.fsdp=2"], ["fsdp=2", "mesh.data=-1"]),
+    ("summary with a flag", ["summary", "char_rnn", "--step", "3"], ["unrecognized arguments: --step"]),
+    ("negative peak TFLOP/s", fit("trainer.peak_tflops=-1"), ["`trainer.peak_tflops` is -1.0", "must be positive"]),
+    ("watchdog not above 1", fit("trainer.watchdog=1"), ["`trainer.watchdog` is 1.0", "above 1"]),
+    ("watchdog without a minimum", fit("trainer.watchdog=5", "trainer.watchdog_min_seconds=0"), ["`trainer.watchdog_min_seconds` is 0.0", "positive"]),
+    ("memory profile without a step", fit("trainer.profile.memory=true"), ["`trainer.profile.memory=true`", "trainer.profile.start_step=10"]),
+    # --- hf ---
+    ("init_from=hf: a directory that is no checkpoint", hf_fit("a_directory"), ["a_directory is not a Hugging Face checkpoint directory", "no config.json", "init_from=hf:"]),
+    ("init_from=hf: an unsupported architecture", hf_fit("hf_bert"), ["describes a BertModel", "LlamaForCausalLM and GPT2LMHeadModel"]),
+    ("init_from=hf: a checkpoint of another recipe", ["fit", "transformer_lm", f"init_from=hf:{FIXTURES}/llama"], ["holds a LlamaForCausalLM", "paxtrain fit llama_lm"]),
+    ("init_from=hf: a mismatched shape", hf_fit("hf_transposed"), ["`model.layers.1.self_attn.k_proj.weight` has shape (32, 16)", "`blocks.layers.1.attention.key_proj.weight` (32, 16) needs (16, 32)"]),
+    ("init_from=hf: a missing tensor", hf_fit("hf_no_norm"), ["has no tensor `model.norm.weight`", "`final_norm.scale`"]),
+    ("init_from=hf: an index naming a missing file", hf_fit("hf_sharded"), ["model.safetensors.index.json puts", "model-00002-of-00002.safetensors, which is not in", "Fetch"]),
+    ("init_from=hf: an unknown rope scaling", hf_fit("hf_yarn"), ["hf_yarn/config.json", "rope_type 'yarn'", "\"llama3\""]),
+    ("init_from=hf: data with more ids than the vocabulary", tokens("big.bin", f"init_from=hf:{FIXTURES}/gpt2", "data.seq_len=16"), ["has a vocabulary of 128, but the data's is 256", "tokenizer"]),
+    ("init_from=hf: a longer context than the positions", ["fit", "transformer_lm", f"init_from=hf:{FIXTURES}/gpt2", "data.seq_len=128"], ["has a context (position embeddings) of 64, but the data's is 128", "data.seq_len"]),
+    ("export over a non-empty directory", export("--out", "{files}"), ["is not empty", "--force"]),
+    ("export with a shard size of abc", export("--out", "out", "--max-shard-size", "abc"), ["--max-shard-size 'abc' is not a size", "2GB"]),
+    ("export to another format", export("--out", "out", "--format", "onnx"), ["--format", "'onnx'", "paxtrain export --help"]),
+    # --- lm ---
+    ("tokenize a JSONL column that is not there", tokenize("{files}/docs.jsonl", "out.bin", "--column", "body"), ["docs.jsonl:1 has no column 'body'", "['id', 'text']", "--column NAME"]),
+    ("tokenize a JSONL column holding a number", tokenize("{files}/numbers.jsonl", "out.bin"), ["numbers.jsonl:2: column 'text' holds 7 (int), not text", "--column NAME"]),
+    ("tokenize a malformed JSONL line", tokenize("{files}/broken.jsonl", "out.bin"), ["broken.jsonl:2 is not a JSON object (Expecting value at column 10)", "one JSON object per line"]),
+    ("tokenize text files with --column", tokenize("{files}/short.txt", "out.bin", "--column", "body"), ["--column 'body'", "short.txt", "drop `--column`"]),
 ]  # fmt: skip
 
 

@@ -28,7 +28,7 @@ def test_local_launcher_runs_one_job_per_sweep_point(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("paxtrain: submitted sweep job") == 2
     (sweep,) = (tmp_path / "runs").iterdir()
-    runs = sorted(p for p in sweep.iterdir() if p.name != "submitit")
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name != "submitit")
     assert [p.name for p in runs] == [
         "0_optimizer.learning_rate.peak_value=0.001",
         "1_optimizer.learning_rate.peak_value=0.003",

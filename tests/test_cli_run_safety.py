@@ -2,24 +2,30 @@
 codes, and a run directory that is data, never code."""
 
 import dataclasses
+import errno
 import inspect
 import json
+import pathlib
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 import yaml
-from cli_support import CHAR_RNN
+from cli_support import CHAR_RNN, TINY_CHAR_RNN
 from conftest import PoisonedData, Regression, RegressionData, read_jsonl
 from test_checkpoint_store import make_state
 
 import paxtrain as pax
+import paxtrain.nn as nn
 from paxtrain.checkpoint.store import CheckpointManager
 from paxtrain.cli.app import main
 from paxtrain.cli.build import schedule_horizon
 from paxtrain.cli.fit import exit_code, final_eval_is_finite
 from paxtrain.cli.runs import check_run_targets
 from paxtrain.config.composition import compose
+from paxtrain.data import CharCorpus
 from paxtrain.errors import ConfigError
 from paxtrain.train import EarlyStopping, Hook, StepSettings, Trainer, default_hooks
 from paxtrain.train.checkpointing import Checkpointing
@@ -263,3 +269,287 @@ def test_metrics_jsonl_is_strict_json_with_null_for_nonfinite_and_marks_repeats(
     assert read_metrics(tmp_path) == records
     assert latest_by_step(records, "train/loss") == [(1, 2.0), (2, 1.5), (3, 1.0)]
     assert plot_run(tmp_path).stat().st_size > 1000
+
+
+class Wide(pax.Module):
+    """Regression through a wide layer: megabytes of state, whose save is still being
+    written when the next hook runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Linear(3, 1024) >> nn.Linear(1024, 1024) >> nn.Linear(1024, 1)
+
+    def loss(self, batch):
+        loss = jnp.mean((self.net(batch["x"]) - batch["y"]) ** 2)
+        return loss, {}
+
+
+class SecondOrbaxWriter(Hook):
+    """What a user types in a notebook beside a live run: an Orbax `CheckpointManager` on its
+    checkpoints, as a writer that cleans up temporary directories (the save in flight's)."""
+
+    order = 2  # after the checkpointing hook's save of the step
+
+    def __init__(self, steps):
+        self.steps, self.in_flight = set(steps), []
+
+    def on_step(self, view, metrics):
+        import orbax.checkpoint as ocp
+
+        if view.step not in self.steps:
+            return
+        directory = view.checkpoints.directory
+        self.in_flight += [p.name for p in directory.glob("*.orbax-checkpoint-tmp*")]
+        options = ocp.CheckpointManagerOptions(cleanup_tmp_directories=True)
+        ocp.CheckpointManager(directory, options=options).close()
+
+
+def test_a_second_orbax_writer_deleting_a_save_in_flight_does_not_kill_the_run(tmp_path):
+    # Issue 23: the run exited 2 with FileNotFoundError on its save (4 of 4 tries).
+    writer = SecondOrbaxWriter(steps=[4])
+    ck = Checkpointing(every_steps=2, keep_last=10, async_save=True)
+    trainer = trainer_for(tmp_path, 8, checkpointing=ck, hooks=[writer], eval_every=100)
+    with pytest.warns(UserWarning) as caught:
+        trainer.fit(Wide(), RegressionData(), optax.adam(0.1))
+    assert writer.in_flight == ["4.orbax-checkpoint-tmp"]  # the save it deleted
+    (warning,) = [str(w.message) for w in caught if "temporary directory" in str(w.message)]
+    assert "Checkpoint step 4 lost its temporary directory" in warning
+    assert "another Orbax CheckpointManager" in warning and "open_checkpoints" in warning
+    assert trainer.step == 8
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["2", "6", "8"]  # step 4 lost, the next saves written, nothing left over
+    manager = CheckpointManager(tmp_path / "checkpoints", read_only=True)
+    restored, _ = manager.restore(trainer.checkpoint_state)
+    manager.close()
+    assert int(restored.step) == 8
+    for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(trainer.state)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_full_disk_at_a_save_is_one_line_and_leaves_no_partial_directory(
+    tmp_path, monkeypatch, capfd
+):
+    # Issue 23: 6-19 "Event loop is closed" tracebacks and absl ERROR lines, noticed one save
+    # late, and the partial `*.orbax-checkpoint-tmp` left on the full disk.
+    import orbax.checkpoint as ocp
+
+    written, original = [], ocp.JsonCheckpointHandler.async_save
+
+    async def disk_full_at_the_second_save(self, directory, *args, **kwargs):
+        written.append(pathlib.Path(str(directory)))
+        if len(written) == 2:  # after Orbax made the step's temporary directory
+            assert any(p.name.startswith("4.orbax-checkpoint-tmp") for p in written[1].parents)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await original(self, directory, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.JsonCheckpointHandler, "async_save", disk_full_at_the_second_save)
+    run = tmp_path / "run"
+    code = main([
+        "fit", CHAR_RNN, *TINY_CHAR_RNN, "callbacks=[]", "trainer.max_steps=8",
+        "trainer.checkpoint.every_steps=2", "trainer.eval_every=100", f"run_dir={run}",
+    ])  # fmt: skip
+    err = capfd.readouterr().err
+    assert code == 2, err
+    assert err.startswith("paxtrain: Saving checkpoint step 4 ") and err.count("\n") == 1, err
+    assert "No space left on device" in err and "last complete checkpoint (step 2)" in err
+    assert err.rstrip().endswith("Free disk space there, then resume.")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["2"]  # no partial left
+    assert {"config.yaml", "metrics.jsonl"} <= {p.name for p in run.iterdir()}
+
+
+TINY_RUN = [
+    *TINY_CHAR_RNN, "callbacks=[]", "trainer.max_steps=8", "trainer.eval_every=4",
+    "trainer.checkpoint.every_steps=4", "trainer.plot=false",
+]  # fmt: skip
+
+
+def run_files(run):
+    """Every file of a run directory with its bytes, but the lock (it records the pid)."""
+    return {
+        str(p.relative_to(run)): p.read_bytes()
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and p.name != ".paxtrain.lock"
+    }
+
+
+def damage(step_dir, how):
+    if how == "deleted file":
+        for path in (step_dir / "state").rglob("*"):
+            if path.is_file() and path.parent.name == "d":
+                path.unlink()
+    else:  # random bytes
+        for path in (step_dir / "state").rglob("*"):
+            if path.is_file() and path.parent.name == "d":
+                path.write_bytes(np.random.default_rng(0).bytes(path.stat().st_size))
+
+
+@pytest.mark.parametrize("how", ["deleted file", "random bytes"])
+def test_a_corrupt_newest_checkpoint_is_one_line_and_the_resume_is_exact(tmp_path, capfd, how):
+    # Issue 23: a right and bitwise exact fallback, but 47 (deleted file) or 8 tracebacks.
+    import shutil
+
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    assert main(["fit", CHAR_RNN, *TINY_RUN, f"run_dir={whole}"]) == 0  # steps 4 and 8
+    shutil.copytree(whole, run)
+    damage(run / "checkpoints" / "8", how)
+    capfd.readouterr()
+    assert main(["resume", str(run)]) == 0
+    out, err = capfd.readouterr()
+    (line,) = err.splitlines()
+    assert line.startswith("paxtrain: warning: Checkpoint step 8 in ") and "unreadable (" in line
+    assert "moved it aside to" in line and "8.corrupt (its files kept); trying step 4" in line
+    assert "TensorStore details" not in line
+    assert "resumed from" in out and "at step 4" in out and "finished at step 8" in out
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["4", "8", "8.corrupt"]
+    for path in ("model.cell.input_to_gates.weight", "model.head.weight"):
+        np.testing.assert_array_equal(
+            checkpoint_array(run, 8, path), checkpoint_array(whole, 8, path), err_msg=path
+        )
+
+
+def checkpoint_array(run, step, path):
+    import orbax.checkpoint as ocp
+
+    return ocp.StandardCheckpointer().restore(run / "checkpoints" / str(step) / "state")[path]
+
+
+def test_all_unreadable_checkpoints_change_nothing_until_restart(tmp_path, capfd):
+    # Issue 23: all moved aside, then the same command trained from step 0 without a word.
+    run = tmp_path / "run"
+    assert main(["fit", CHAR_RNN, *TINY_RUN, f"run_dir={run}"]) == 0
+    for step in (4, 8):
+        damage(run / "checkpoints" / str(step), "random bytes")
+    before = run_files(run)
+    capfd.readouterr()
+    for _ in range(2):  # the same command again: the same answer, still nothing changed
+        assert main(["fit", CHAR_RNN, *TINY_RUN, f"run_dir={run}"]) == 2
+        err = capfd.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert "No readable checkpoint" in err and "tried step 8 (" in err and "; step 4 (" in err
+        assert "Nothing was changed on disk" in err and "--restart" in err
+        assert run_files(run) == before
+    assert main(["resume", str(run), "--restart"]) == 0
+    out, err = capfd.readouterr()
+    (line,) = err.splitlines()
+    assert "--restart: moved them aside (8.corrupt, 4.corrupt, their files kept)" in line
+    assert "finished at step 8" in out and "resumed from" not in out
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["4", "4.corrupt", "8", "8.corrupt"]
+    for name in ("4.corrupt", "8.corrupt"):  # the damaged files, byte for byte
+        kept = {k.replace(name, name.split(".")[0], 1): v for k, v in run_files(run).items()
+                if k.startswith(f"checkpoints/{name}/")}  # fmt: skip
+        assert kept == {
+            k: v for k, v in before.items() if k.startswith(f"checkpoints/{name.split('.')[0]}/")
+        }
+
+
+def test_resume_without_a_checkpoint_refuses_and_restart_trains_from_step_0(tmp_path, capfd):
+    # Issue 23: `paxtrain resume` of a run with no checkpoint silently started from step 0.
+    run = tmp_path / "run"
+    assert (
+        main(["fit", CHAR_RNN, *TINY_RUN, "trainer.checkpoint.enabled=false", f"run_dir={run}"])
+        == 0
+    )
+    capfd.readouterr()
+    assert main(["resume", str(run)]) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "has no checkpoint to resume from" in err
+    assert "trainer.checkpoint.enabled=false" in err and f"paxtrain resume {run} --restart" in err
+    assert main(["resume", str(run), "trainer.checkpoint.enabled=true", "--restart"]) == 0
+    out = capfd.readouterr().out
+    assert "finished at step 8" in out and "resumed from" not in out
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["4", "8"]
+
+
+def test_eval_says_which_step_of_which_run_it_evaluated(tmp_path, capfd):
+    # Issue 23: `paxtrain eval` never printed which step it evaluated.
+    run = tmp_path / "run"
+    assert main(["fit", CHAR_RNN, *TINY_RUN, f"run_dir={run}"]) == 0
+    logged = {r["step"]: r["eval/loss"] for r in read_jsonl(run) if "eval/loss" in r}
+    capfd.readouterr()
+    for step, expected in (("latest", 8), ("4", 4)):
+        assert main(["eval", str(run), "--step", step]) == 0
+        out = capfd.readouterr().out
+        printed = dict(item.split("=") for item in out.split())
+        assert printed["step"] == str(expected) and printed["run_dir"] == str(run)
+        assert float(printed["eval/loss"]) == pytest.approx(logged[expected], rel=1e-5)
+
+
+class SignalDuringCollection(RegressionData):
+    """Sends SIGTERM from inside a garbage collection, as JAX's `_xla_gc_callback` runs one,
+    while the trainer checks the first batch (the start-up)."""
+
+    def train_batch(self, step):
+        import gc
+        import os
+        import signal
+
+        def callback(phase, info):
+            if phase == "start":
+                gc.callbacks.remove(callback)
+                os.kill(os.getpid(), signal.SIGTERM)
+                self.handled_inside = sum(range(100))  # the handler runs here, in the callback
+
+        gc.callbacks.append(callback)
+        gc.collect()
+        return super().train_batch(step)
+
+
+def test_a_signal_during_garbage_collection_at_start_up_is_not_lost(tmp_path):
+    # Issue 23: raised from the handler inside `_xla_gc_callback`, it was printed as
+    # "Exception ignored" and dropped; the run trained to its end and exited 0.
+    from paxtrain.train.preemption import PreemptedBeforeTraining, before_training
+
+    trainer = trainer_for(tmp_path / "run", 4)
+    data = SignalDuringCollection()
+    with before_training(), pytest.raises(PreemptedBeforeTraining) as stopped:
+        trainer.fit(Regression(), data, optax.adam(0.1))
+    assert data.handled_inside == 4950  # the signal came during the collection
+    assert str(stopped.value).startswith("paxtrain: SIGTERM before training started")
+    assert not (tmp_path / "run").exists() and trainer.step == 0
+
+
+def test_a_signal_during_a_command_that_does_not_train_ends_in_exit_75(monkeypatch, capsys):
+    # Recorded, not raised, by the handler: acted on once the command's work is done.
+    import os
+    import signal
+
+    import paxtrain.cli.app as app
+
+    def env_then_signalled():
+        os.kill(os.getpid(), signal.SIGTERM)
+        return 0
+
+    monkeypatch.setattr(app, "_env", env_then_signalled)
+    assert main(["env"]) == 75
+    assert capsys.readouterr().err == (
+        "paxtrain: SIGTERM before training started: nothing to save. Run the same command again.\n"
+    )
+
+
+class Usr2WhileChecked(CharCorpus):
+    """Sends SIGUSR2 while the trainer checks the first batch (the start-up)."""
+
+    def train_batch(self, step):
+        import os
+        import signal
+
+        if not getattr(self, "sent", False):
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGUSR2)
+        return super().train_batch(step)
+
+
+def test_a_configured_signal_during_start_up_exits_75(tmp_path, capsys):
+    # Not one of the defaults (SIGTERM, SIGINT, SIGUSR1): its default action would end the
+    # process at once, as if killed.
+    run = tmp_path / "run"
+    code = main([
+        "fit", CHAR_RNN, *TINY_RUN, f"run_dir={run}", "trainer.preemption_signals=[SIGTERM,SIGUSR2]",
+        f"data._target_={__name__}.Usr2WhileChecked",
+    ])  # fmt: skip
+    assert code == 75
+    assert capsys.readouterr().err == (
+        "paxtrain: SIGUSR2 before training started: nothing to save. Run the same command again.\n"
+    )
+    assert not run.exists()

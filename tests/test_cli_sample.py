@@ -67,11 +67,31 @@ def test_bad_sampling_input_is_one_message_and_exit_code_2(llama_run, capsys, ar
         assert word in err, err
 
 
-def test_a_model_without_a_cache_is_named(tmp_path, capsys):
-    run_dir = tmp_path / "gpt"
+@pytest.fixture(scope="module")
+def gpt_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "gpt"
     argv = ["fit", "transformer_lm", *TINY_LLAMA[:9], "model.model_dim=16", "model.num_heads=2",
             "model.num_layers=1", "optimizer.learning_rate.warmup_steps=1", "callbacks=[]",
             f"run_dir={run_dir}"]  # fmt: skip
     assert main(argv) == 0
-    code, _, err = sample(capsys, run_dir, "--prompt", "def ")
+    return run_dir
+
+
+def test_a_transformer_lm_run_samples_with_its_cache_within_its_positions(gpt_run, capsys):
+    code, text, _ = sample(capsys, gpt_run, "--prompt", "def f", "--max-new-tokens", 11)
+    assert code == 0 and text.startswith("def f") and len(text.rstrip("\n")) == 16  # seq_len
+    code, _, err = sample(capsys, gpt_run, "--prompt", "def f", "--max-new-tokens", 12)
+    assert code == 2 and "Traceback" not in err, err
+    assert "A decoder of 17 positions" in err and "seq_len=16" in err and "--max-new-tokens" in err
+    # Without --max-new-tokens: as many as the 16 learned positions hold after the prompt.
+    assert sample(capsys, gpt_run, "--prompt", "def f")[1] == text
+    code, full, _ = sample(capsys, gpt_run, "--prompt", "x" * 16)
+    assert code == 0 and full == "x" * 16 + "\n"
+
+
+def test_a_model_without_a_cache_is_named(gpt_run, capsys, monkeypatch):
+    from paxtrain.recipes.transformer_lm import TransformerLM
+
+    monkeypatch.delattr(TransformerLM, "decoder")  # a model as TransformerLM was before its cache
+    code, _, err = sample(capsys, gpt_run, "--prompt", "def ")
     assert code == 2 and "TransformerLM cannot be sampled with a cache" in err

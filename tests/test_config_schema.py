@@ -22,6 +22,7 @@ from paxtrain.config.schema import (
     CheckpointConfig,
     EarlyStoppingConfig,
     FitConfig,
+    LoRAConfig,
     ProfileConfig,
     ProgressMode,
     TrainerConfig,
@@ -45,9 +46,16 @@ NOT_FIELDS = {
         "resume": "`paxtrain fit` always resumes a run directory that has checkpoints",
         "directory": "always RUN_DIR/checkpoints, where `paxtrain resume/eval` look",
         "meta": "the run's record (versions, config hash), written by `paxtrain fit`",
+        "restart": "the command line's `--restart`: a start over is one command's choice, not "
+        "a setting a run's config.yaml would repeat",
+        "frozen_base": "the top-level `init_from` of a run with `finetune.lora`",
     },
     EarlyStoppingConfig: {},
     ProfileConfig: {},
+    LoRAConfig: {
+        "model": "the model the `model` section builds",
+        "key": "drawn from the top-level `seed`, as the model's initialization",
+    },
 }
 
 # Field -> its default, where it differs from the parameter's, and why.
@@ -59,6 +67,10 @@ DIFFERENT_DEFAULTS = {
     (ProfileConfig, "start_step"): None,
     # A section that builds the `EarlyStopping` object (none while its monitor is None).
     (TrainerConfig, "early_stopping"): EarlyStoppingConfig(),
+    # Required by `apply_lora`; a rank of None means no LoRA, and the others have defaults.
+    (LoRAConfig, "rank"): None,
+    (LoRAConfig, "alpha"): 16.0,
+    (LoRAConfig, "paths"): [],
 }
 
 # Fields of the schema that are no parameter: each switches a hook or is a sub-section.
@@ -67,6 +79,7 @@ EXTRA_FIELDS = {
     CheckpointConfig: {"enabled"},
     EarlyStoppingConfig: set(),
     ProfileConfig: set(),
+    LoRAConfig: set(),
 }
 
 # Each schema with the objects it configures (`schema.MIRRORS`): the trainer section sets the

@@ -114,7 +114,8 @@ def test_readme_fit_commands_compose(args, monkeypatch, capsys):
 
 def test_readme_resume_and_eval_follow_a_fit_of_that_run_directory():
     """Within a README shell block, `paxtrain resume/eval RUN` and `init_from=RUN` name a run
-    directory a `paxtrain fit ... run_dir=RUN` line before them writes (with checkpoints)."""
+    directory a `paxtrain fit ... run_dir=RUN` line before them writes (with checkpoints);
+    `init_from=hf:DIR` names a Hugging Face checkpoint directory instead."""
     checked, resumed = 0, set()
     for block in _blocks("bash"):
         written: set[str] = set()
@@ -126,7 +127,7 @@ def test_readme_resume_and_eval_follow_a_fit_of_that_run_directory():
             if words[1] in ("resume", "eval"):
                 assert words[2] in written, f"README: `{line.strip()}` follows no fit of {words[2]}"
                 checked, resumed = checked + 1, resumed | {words[2]}
-            if "init_from" in settings:
+            if "init_from" in settings and not settings["init_from"].startswith("hf:"):
                 assert settings["init_from"] in written, f"README: `{line.strip()}`"
             if words[1] == "fit" and "run_dir" in settings:
                 written.add(settings["run_dir"])

@@ -146,3 +146,34 @@ def test_an_attention_implementation_the_backend_lacks_is_refused_at_constructio
     with pytest.raises(ValueError, match=r"implementation='flash': choose None"):
         nn.MultiHeadAttention(2, 4, implementation="flash")
     nn.MultiHeadAttention(2, 4, implementation="xla")
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_decoding_with_a_cache_matches_numpy_over_the_positions_so_far(causal):
+    mha, x = _mha(causal=causal), _randn(2, 7, 4)  # key size 3, value size 5: padded heads
+    decoder, outputs = mha.with_cache(batch_size=2, max_len=7), []
+    for chunk in (x[:, :3], x[:, 3:4], x[:, 4:6], x[:, 6:]):  # a prompt, then 1 or 2 positions
+        decoder, y = jax.jit(pax.purecall)(decoder, chunk)
+        outputs.append(y)
+        seen = decoder.cache.length
+        # Each new position attends to every earlier one (and, non-causal, to its chunk).
+        mask = np.tril(np.ones((seen, seen), bool)) if causal else np.ones((seen, seen), bool)
+        expected = _numpy_attention(mha, x[:, :seen], x[:, :seen], mask)[:, -chunk.shape[1] :]
+        np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+    if causal:  # the whole sequence at once, without a cache
+        np.testing.assert_allclose(np.concatenate(outputs, 1), mha(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_cache_is_self_attention_only_and_shows_only_when_present():
+    mha = nn.MultiHeadAttention(2, 4, causal=True)
+    decoder = mha.with_cache(batch_size=1, max_len=4)
+    assert repr(mha) == (
+        "MultiHeadAttention(num_heads=2, key_size=4, value_size=4, model_dim=8, causal=True, "
+        "implementation=None)"
+    )
+    assert len(jax.tree_util.tree_leaves(mha)) == 8  # weights and biases: no cache arrays
+    assert decoder.cache.keys.shape == (1, 4, 2, 4) and "KVCache" in decoder.summary()
+    x = jnp.ones((1, 2, 8))
+    for kwargs in ({"key": x}, {"value": x}, {"mask": jnp.ones((2, 2), bool)}):
+        with pytest.raises(ValueError, match="with a KV cache .* call it with the query only"):
+            pax.purecall(decoder, x, **kwargs)

@@ -140,16 +140,6 @@ def test_transformer_eval_is_deterministic_and_dropout_trains(text_batch):
     np.testing.assert_array_equal(model.eval()(ids), model.eval()(ids))
 
 
-def test_transformer_generate_samples_from_the_last_seq_len_ids(lm):
-    prompt = jnp.arange(14)  # 4 more ids: the last one is predicted from ids 1..16
-    greedy = lm.generate(prompt, 4, jax.random.PRNGKey(0), temperature=1e-6)
-    ids = jnp.concatenate([prompt, greedy])
-    assert greedy.shape == (4,) and ids.dtype == jnp.int32
-    expected = jnp.argmax(lm(ids[None, :16])[0, 13:], axis=-1)  # ids 14, 15, 16
-    assert greedy[:3].tolist() == expected.tolist()
-    assert int(greedy[3]) == int(jnp.argmax(lm(ids[None, 1:17])[0, -1]))
-
-
 def test_transformer_errors_name_the_fix(lm):
     with pytest.raises(ValueError, match=r"model_dim \(30\) must be divisible by num_heads \(4\)"):
         TransformerLM(vocab_size=10, seq_len=8, model_dim=30, num_heads=4)

@@ -3,21 +3,28 @@ whole sequence each step, token for token; sampling is reproducible from its key
 top-p keep the tokens NumPy says; bad settings are refused with a message naming them."""
 
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from paxtrain.recipes.char_rnn import CharRNN
+from paxtrain.data.text import CharVocab
+from paxtrain.recipes.char_rnn import CharRNN, PrintSample
 from paxtrain.recipes.llama_lm import LlamaLM
 from paxtrain.recipes.sampling import filter_logits, sample
+from paxtrain.recipes.transformer_lm import TransformerLM
 
 LLAMA = {"vocab_size": 23, "num_heads": 4, "num_kv_heads": 2, "model_dim": 16}
+# Learned positions: the prompts and new tokens of the tests fit in seq_len.
+GPT = {"vocab_size": 23, "seq_len": 24, "num_heads": 2, "model_dim": 16}
 MODELS = {
     "llama": lambda: LlamaLM(**LLAMA),
     "llama_scanned_mqa": lambda: LlamaLM(**{**LLAMA, "num_kv_heads": 1}, scan_layers=True),
     "char_rnn": lambda: CharRNN(vocab_size=23, embed_dim=8, hidden_dim=16),
+    "transformer": lambda: TransformerLM(**GPT),
+    "transformer_scanned_remat": lambda: TransformerLM(**GPT, scan_layers=True, remat="dots"),
 }
 
 
@@ -43,8 +50,9 @@ def test_greedy_decoding_with_the_cache_equals_recomputing_everything(name):
     assert cached.tolist() == greedy_without_cache(model, jnp.array(prompt), 12).tolist()
 
 
-def test_sampling_is_reproducible_from_its_key():
-    model = MODELS["llama"]()
+@pytest.mark.parametrize("name", ["llama", "transformer"])
+def test_sampling_is_reproducible_from_its_key(name):
+    model = MODELS[name]()
     a, b, c = (sample(model, jnp.array([1, 2]), 20, jax.random.PRNGKey(s), temperature=1.5)
                for s in (7, 7, 8))  # fmt: skip
     assert a.tolist() == b.tolist() and a.tolist() != c.tolist()
@@ -90,9 +98,38 @@ def test_bad_sampling_settings_are_refused_before_any_compile(kwargs, message):
         sample(MODELS["llama"](), **args)
 
 
-def test_a_model_without_a_decoder_is_named():
-    from paxtrain.recipes.transformer_lm import TransformerLM
-
+def test_a_model_without_a_decoder_is_named(monkeypatch):
+    monkeypatch.delattr(TransformerLM, "decoder")  # a model as TransformerLM was before its cache
     model = TransformerLM(vocab_size=10, seq_len=8, num_heads=2, model_dim=8)
     with pytest.raises(TypeError, match="TransformerLM cannot decode incrementally"):
         sample(model, jnp.array([1]), 3, jax.random.PRNGKey(0))
+
+
+def test_a_transformer_decodes_no_further_than_its_learned_positions():
+    model = MODELS["transformer"]()  # seq_len 24
+    assert sample(model, jnp.array([1, 2]), 22, jax.random.PRNGKey(0)).shape == (22,)
+    with pytest.raises(ValueError, match=r"A decoder of 25 positions .* seq_len=24 position"):
+        sample(model, jnp.array([1, 2]), 23, jax.random.PRNGKey(0))
+
+
+def _end_of_training(model, tmp_path, **options):
+    """PrintSample's end-of-training sample of `model` (on a stand-in trainer): its text."""
+    trainer = types.SimpleNamespace(
+        preempted=False, is_main_process=True, run_dir=tmp_path,
+        data=types.SimpleNamespace(vocab=CharVocab()), state=types.SimpleNamespace(model=model),
+    )  # fmt: skip
+    PrintSample(**options).on_train_end(trainer)
+    return (tmp_path / "sample.txt").read_text()
+
+
+@pytest.mark.parametrize("num_chars, expected_chars", [(10, 10), (40, 28)])
+def test_the_end_of_training_sample_of_a_transformer_is_the_samplers(
+    tmp_path, capsys, num_chars, expected_chars
+):
+    vocab = CharVocab()
+    model = TransformerLM(vocab_size=len(vocab), seq_len=32, num_heads=2, model_dim=16)
+    text = _end_of_training(model, tmp_path, prompt="def ", num_chars=num_chars, seed=3)
+    ids = sample(model, vocab.encode("def "), expected_chars, jax.random.PRNGKey(3), 0.8)
+    assert text == "def " + vocab.decode(ids)
+    cut = "the sample stops after 28 of 40 characters" in capsys.readouterr().out
+    assert cut == (num_chars != expected_chars)

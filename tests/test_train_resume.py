@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -80,6 +81,24 @@ class WaitForFile(Hook):
         deadline = time.monotonic() + self.timeout
         while not pathlib.Path(self.path).exists() and time.monotonic() < deadline:
             time.sleep(0.1)
+
+
+class SignalDuringCollection(CharCorpus):
+    """Sends SIGTERM from inside a forced garbage collection (a gc callback, where JAX's
+    `_xla_gc_callback` runs) while the data is being built."""
+
+    def __init__(self, **kwargs):
+        import gc
+
+        def callback(phase, info):
+            if phase == "start":
+                gc.callbacks.remove(callback)
+                os.kill(os.getpid(), signal.SIGTERM)
+                sum(range(100))  # the handler runs here, inside the collection
+
+        gc.callbacks.append(callback)
+        gc.collect()
+        super().__init__(**kwargs)
 
 
 class SignalDuringEval(CharCorpus):
@@ -379,3 +398,64 @@ def test_a_second_fit_on_a_run_directory_in_use_is_refused_and_the_first_finishe
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     logged = [(r["step"], k) for r in records for k in r if k != "step"]
     assert len(logged) == len(set(logged)) and not any("repeated" in r for r in records)
+
+
+STARTUP_DELAYS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # seconds after the first line
+
+
+def fit_signalled_after_its_first_line(workdir, run, delay, *args):
+    """`paxtrain ARGS`, sent SIGTERM `delay` seconds after it printed its run directory (the
+    data is built; the state, the compilation and the restore come next)."""
+    env = {**os.environ, "PYTHONPATH": f"{workdir}:{ROOT}", "JAX_PLATFORMS": "cpu",
+           "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "paxtrain", *args], cwd=workdir, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    first = ""
+    while not first.startswith("paxtrain: run directory") and process.poll() is None:
+        first = process.stdout.readline()
+    time.sleep(delay)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=300)
+    return process.returncode, first + out, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resume", [False, True], ids=["fit", "resume"])
+def test_sigterm_at_every_moment_of_start_up_exits_75_with_its_line(workdir, resume):
+    # Issue 23: a SIGTERM 0.25 s after the first line was raised inside JAX's gc callback and
+    # lost: the run trained to its end and exited 0.
+    for delay in STARTUP_DELAYS:
+        run = workdir / f"sweep_{resume}_{delay}"
+        if resume:
+            assert fit(workdir, run, "trainer.max_steps=4").returncode == 0
+        args = ["resume", str(run), "optimizer.horizon=400"] if resume else [
+            "fit", CHAR_RNN, *TINY, f"run_dir={run}"
+        ]  # fmt: skip
+        code, out, err = fit_signalled_after_its_first_line(
+            workdir, run, delay, *args, "trainer.max_steps=400"
+        )
+        assert code == PREEMPTED, (delay, out[-2000:], err[-2000:])
+        assert "Traceback" not in err and "Exception ignored" not in err, (delay, err[-2000:])
+        before = (
+            err
+            == "paxtrain: SIGTERM before training started: nothing to save. Run the same command again.\n"
+        )
+        stopped = "paxtrain: preempted by SIGTERM at step" in out
+        assert before != stopped, (delay, out[-2000:], err[-2000:])  # one of the two lines
+        if resume:  # the run's checkpoint is never lost
+            steps = [int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit()]
+            assert max(steps) >= 4, steps
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_garbage_collection_at_start_up_exits_75(workdir):
+    run = workdir / "startup_gc"
+    result = fit(workdir, run, "data._target_=faults.SignalDuringCollection")
+    assert result.returncode == PREEMPTED, result.stderr[-2000:]
+    assert (
+        result.stderr
+        == "paxtrain: SIGTERM before training started: nothing to save. Run the same command again.\n"
+    )
+    assert not run.exists()

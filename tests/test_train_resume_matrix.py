@@ -29,8 +29,10 @@ import paxtrain.nn as nn
 from paxtrain.checkpoint.store import flatten_state
 from paxtrain.cli.app import main
 from paxtrain.cli.commands import exit_code
+from paxtrain.data.text import CharCorpus
 from paxtrain.errors import ConfigError
 from paxtrain.optim import make_transformation
+from paxtrain.recipes.llama_lm import LlamaLM
 from paxtrain.train import EarlyStopping, Hook, TrainState, make_train_step
 from paxtrain.train.checkpointing import Checkpointing
 from paxtrain.train.nonfinite import (
@@ -129,6 +131,15 @@ class SignalAt(Hook):
 
 
 SCHEDULE = optax.warmup_cosine_decay_schedule(0.0, 0.1, warmup_steps=2, decay_steps=N)
+# The rows with `"model": "llama"`: the llama_lm recipe's model, small, on text windows.
+LLAMA = {"vocab_size": 98, "num_heads": 4, "num_kv_heads": 2, "model_dim": 16}
+MODELS = {
+    "net": (Net, lambda settings: Blobs(settings.get("bad_steps", ()))),
+    "llama": (
+        functools.partial(LlamaLM, **LLAMA),
+        lambda settings: CharCorpus(seq_len=16, batch_size=4, eval_batches=1, max_chars=20_000),
+    ),
+}
 
 # id: (Trainer options, model options, other settings)
 ROWS = {
@@ -210,6 +221,17 @@ ROWS = {
     "pmap": ({"strategy": "pmap", "ema_decay": 0.9}, {"batch_norm": True}, {}),
     # As `paxtrain fit` builds it: a function that builds the model, the state built under jit.
     "model_factory": ({}, {"dropout": True}, {"factory": True}),
+    "llama_lm": ({"eval_every": 2}, {}, {"model": "llama"}),
+    "llama_lm_scanned_remat_tied": (
+        {},
+        {"scan_layers": True, "remat": "dots", "tie_embeddings": True},
+        {"model": "llama"},
+    ),
+    "llama_lm_everything": (
+        {"ema_decay": 0.9, "grad_accum_steps": 2, "steps_per_call": 2, "precision": "bfloat16"},
+        {"scan_layers": True},
+        {"model": "llama", "lr": SCHEDULE, "k": 2, "async_save": True, "factory": True},
+    ),
 }
 
 
@@ -220,11 +242,12 @@ def build_and_fit(row, run_dir, *interrupts):
     options = dict(options)
     n, every = settings.get("n", N), settings.get("every", settings.get("k", K))
     pax.seed_rng_key(0)
-    model = Net(**model_options)
+    build_model, build_data = MODELS[settings.get("model", "net")]
+    model = build_model(**model_options)
     if settings.get("freeze"):
         model = model.replace(fc1=pax.freeze_parameters(model.fc1))
     if settings.get("factory"):
-        model = functools.partial(Net, **model_options)
+        model = functools.partial(build_model, **model_options)
     keep_best = settings.get("keep_best", False)
     checkpointing = Checkpointing(
         every_steps=every, async_save=settings.get("async_save", False), keep_last=1 if keep_best else 3,
@@ -238,8 +261,7 @@ def build_and_fit(row, run_dir, *interrupts):
     )  # fmt: skip
     trainer.hooks.extend(interrupts)  # after the checkpoint's save
     optimizer = make_transformation("adam", settings.get("lr", 0.05))
-    data = Blobs(settings.get("bad_steps", ()))
-    state = trainer.fit(model, data, optimizer, loss_fn=settings.get("loss_fn"))
+    state = trainer.fit(model, build_data(settings), optimizer, loss_fn=settings.get("loss_fn"))
     return trainer, state
 
 
@@ -259,7 +281,7 @@ def logged_after(run_dir, step, skip=0):
 # (each alone, to name the option that breaks) and the longer variants.
 FAST_ROWS = (
     "defaults", "float16", "loss_with_key", "rollback", "skipped_step_pending",
-    "eval_early_stopping_keep_best", "preempted", "frozen_fc1", "everything",
+    "eval_early_stopping_keep_best", "preempted", "frozen_fc1", "everything", "llama_lm_everything",
 )  # fmt: skip
 
 

@@ -7,7 +7,7 @@ records that detect damage, and loading parameters for fine-tuning.
 """
 
 from paxtrain.checkpoint.finetune import freeze_by_path, load_parameters
-from paxtrain.checkpoint.store import CheckpointManager, flatten_state
+from paxtrain.checkpoint.store import CheckpointManager, flatten_state, open_checkpoints
 from paxtrain.errors import CheckpointError
 
 __all__ = [
@@ -16,4 +16,5 @@ __all__ = [
     "flatten_state",
     "freeze_by_path",
     "load_parameters",
+    "open_checkpoints",
 ]

@@ -1,4 +1,5 @@
-"""Fine-tuning: load parameters from another run's checkpoint, freeze parts by path.
+"""Fine-tuning: load parameters from another run's checkpoint (or a Hugging Face checkpoint
+directory, `hf:DIR`), freeze parts by path.
 
     >>> model = load_parameters(model, "runs/pretrain", include=[r"encoder\\."])  # doctest: +SKIP
     >>> model = freeze_by_path(model, [r"^encoder"])                            # doctest: +SKIP
@@ -10,12 +11,13 @@ Paths are written in `paxtrain.core.tree`'s dotted dialect, as checkpoints key t
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import jax
 
 import paxtrain as pax
+from paxtrain.checkpoint.frozen_base import META_KEY
 from paxtrain.checkpoint.store import CheckpointManager, flatten_state
 from paxtrain.core.module import MODULE, child_fields, rebuild
 from paxtrain.core.tree import path_search, path_str
@@ -24,9 +26,13 @@ from paxtrain.errors import CheckpointError
 M = TypeVar("M", bound=pax.Module)
 
 
+# `init_from=hf:DIR`: a Hugging Face checkpoint directory (`paxtrain.hf`).
+HF_PREFIX = "hf:"
+
 NO_SOURCE_MSG = """\
 init_from={source!r} is not a run directory, a checkpoints directory or a step checkpoint.
-Point it at `runs/NAME`, `runs/NAME/checkpoints` or `runs/NAME/checkpoints/STEP`."""
+Point it at `runs/NAME`, `runs/NAME/checkpoints` or `runs/NAME/checkpoints/STEP`, or at a Hugging
+Face checkpoint directory with `hf:DIR`."""
 
 
 NOTHING_LOADED_MSG = """\
@@ -37,6 +43,12 @@ the checkpoint. Model paths look like {example}; the checkpoint's look like {sav
 SHAPE_MSG = """\
 init_from={source!r}: `{path}` has shape {saved} in the checkpoint and {current} in the model. \
 Leave it out with `init_from_include` patterns that do not match it."""
+
+
+ADAPTERS_ONLY_MSG = """\
+init_from={source!r} is a LoRA run: its checkpoints hold the adapters but not the frozen base \
+weights they were trained on (those came from {base!r}). Fine-tune from the merged model \
+instead: `paxtrain export RUN --format hf --merge --out DIR`, then `init_from=hf:DIR`."""
 
 
 NO_MATCH_MSG = "freeze pattern {pattern!r} matches no submodule path; paths are {paths}."
@@ -63,9 +75,12 @@ def load_parameters(model: M, source: str | pathlib.Path, include: Sequence[str]
     checkpoint store (`CheckpointManager.read_arrays`), so a damaged checkpoint is refused with
     the same integrity message as a resume's.
 
+    `source` may also be `hf:DIR`, a Hugging Face checkpoint directory: then
+    `paxtrain.hf.load_hf_parameters` reads it, with the same contract.
+
     Args:
       model: the model to initialize; its structure decides what is looked up.
-      source: a run directory, its `checkpoints` directory, or one step checkpoint.
+      source: a run directory, its `checkpoints` directory, one step checkpoint, or `hf:DIR`.
       include: regular expressions on the parameters' paths (`encoder.layers.0.weight`, see
         `paxtrain.core.tree`); only those matching one are loaded (all if empty). Parameters
         not loaded keep their fresh initialization.
@@ -73,6 +88,10 @@ def load_parameters(model: M, source: str | pathlib.Path, include: Sequence[str]
     Example:
         >>> model = load_parameters(model, "runs/pretrain")  # doctest: +SKIP
     """
+    if str(source).startswith(HF_PREFIX):
+        from paxtrain.hf.load import load_hf_parameters
+
+        return load_hf_parameters(model, str(source)[len(HF_PREFIX) :], include)
     directory, step = _checkpoint(pathlib.Path(source))
     manager = CheckpointManager(directory, read_only=True)
     try:
@@ -80,6 +99,11 @@ def load_parameters(model: M, source: str | pathlib.Path, include: Sequence[str]
         if step is None or step not in manager.steps():
             raise CheckpointError(NO_SOURCE_MSG.format(source=str(source)))
         saved = manager.saved_arrays(step)
+        adapters_only = manager.meta(step).get(META_KEY)
+        if adapters_only is not None:
+            raise CheckpointError(
+                ADAPTERS_ONLY_MSG.format(source=str(source), base=adapters_only["source"])
+            )
         # Freezing changes no leaf, so the unfrozen model's parameters are the model's, in order.
         thawed = pax.unfreeze_parameters(model)
         params = flatten_state(pax.select_parameters(thawed))
@@ -96,6 +120,21 @@ def load_parameters(model: M, source: str | pathlib.Path, include: Sequence[str]
     finally:
         manager.close()
     loaded = {path: restored[f"model.{path}"].astype(params[path].dtype) for path in found}
+    return replace_parameters(model, loaded)
+
+
+def replace_parameters(model: M, loaded: Mapping[str, jax.Array]) -> M:
+    """`model` with the parameters at the paths of `loaded` (frozen ones too) replaced; the
+    others, and what is frozen, kept.
+
+    Example:
+        >>> layer = replace_parameters(nn.Linear(2, 3), {"bias": jnp.ones(3)})
+        >>> layer.bias.tolist()
+        [1.0, 1.0, 1.0]
+    """
+    # Freezing changes no leaf, so the unfrozen model's parameters are the model's, in order.
+    thawed = pax.unfreeze_parameters(model)
+    params = flatten_state(pax.select_parameters(thawed))
     leaves, treedef = jax.tree_util.tree_flatten(pax.select_parameters(thawed))
     new_leaves = [loaded.get(path, leaf) for path, leaf in zip(params, leaves)]
     thawed = pax.update_parameters(thawed, jax.tree_util.tree_unflatten(treedef, new_leaves))

@@ -8,9 +8,10 @@ the previous checkpoints intact. Restoring checks every path, shape and dtype ag
 it restores into before reading anything, and falls back to an older checkpoint when the newest
 one cannot be read. Each checkpoint records a fingerprint of every array (Orbax keeps no checksum
 of array data), computed on the devices and verified on restore, so a flipped byte is caught
-instead of resumed from, on one process or several. A writer
-moves a corrupt or unfinished step directory aside (`STEP.corrupt`, never deleted) so the run can
-save that step again; a reader (`read_only`) changes nothing.
+instead of resumed from, on one process or several. A writer moves a corrupt or unfinished step
+directory aside (`STEP.corrupt`, never deleted) only when an older checkpoint is readable to fall
+back to, so the run can save that step again; when none is readable it changes nothing on disk.
+A reader (`read_only`) never changes anything.
 
 Example:
     >>> manager = CheckpointManager("runs/demo/checkpoints", keep_last=2)  # doctest: +SKIP
@@ -25,6 +26,9 @@ import logging
 import os
 import pathlib
 import re
+import shutil
+import sys
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
+from paxtrain.checkpoint import frozen_base as base
 from paxtrain.checkpoint.integrity import (
     CHECKSUM_MSG,
     _ChecksumMismatch,
@@ -46,18 +51,27 @@ from paxtrain.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 
+CHECKPOINT_DIR = "checkpoints"  # a run directory's checkpoints: RUN_DIR/checkpoints
+
+
 # Orbax warnings about what this module does on purpose: saving at a step without evaluation
 # (kept by `keep_last` only) and opening a directory read-only (a reader).
-_EXPECTED_ORBAX_WARNINGS = ("did not provide metrics", "read_only=True", "directory is read only")
+_EXPECTED_ORBAX_WARNINGS = (
+    "did not provide metrics", "read_only=True", "directory is read only",
+    # a record this module reads by its item handler alone (`meta`), and the finalization of
+    # a save whose directory vanished (warned about, in one line)
+    "Metadata file does not exist",
+)  # fmt: skip
 
 
 class _QuietExpectedWarnings(logging.Filter):
-    """Drops those warnings, and the tracebacks of Orbax's errors: a failed save is raised
-    again as one CheckpointError naming the save and the last good checkpoint."""
+    """Drops those warnings, and Orbax's errors: a failed save is raised again as one
+    CheckpointError naming the save and the last good checkpoint (or warned about once, when
+    its directory vanished), an unreadable checkpoint is named by the restore."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "orbax" in record.pathname:
-            record.exc_info, record.exc_text = None, None
+        if "orbax" in record.pathname and record.levelno >= logging.ERROR:
+            return False
         return not any(text in record.getMessage() for text in _EXPECTED_ORBAX_WARNINGS)
 
 
@@ -75,6 +89,27 @@ logging.getLogger("absl").addFilter(_QuietExpectedWarnings())
 logging.getLogger("asyncio").addFilter(_QuietOrbaxTasks())
 
 
+def _quiet_closed_event_loops() -> None:
+    """After a failed save, the writer threads of tensorstore still finishing it call into
+    event loops Orbax has closed: "Exception ignored ... Event loop is closed", once per write,
+    about the failure already reported. Those alone are dropped; other unraisable errors pass."""
+    previous = sys.unraisablehook
+    if getattr(previous, "paxtrain_quiet", False):
+        return
+
+    def hook(info: Any) -> None:
+        if not (
+            isinstance(info.exc_value, RuntimeError)
+            and "Event loop is closed" in str(info.exc_value)
+        ):
+            previous(info)
+
+    hook.paxtrain_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+_quiet_closed_event_loops()
+
 MISMATCH_MSG = """\
 Checkpoint step {step} in {directory} does not fit the state being restored: at `{path}` the \
 checkpoint has {saved} and the state has {current}.
@@ -90,11 +125,23 @@ The model or optimizer was built from a different config. Restore with the run's
 
 
 UNREADABLE_MSG = (
-    "Checkpoint step {step} in {directory} is unreadable ({reason}){moved}; trying step {fallback}."
+    "Checkpoint step {step} in {directory} is unreadable ({reason}){moved}; trying step {fallback}, "
+    "which is readable: the run goes on from it."
 )
 
 
-MOVED_ASIDE_MSG = "; moved it aside to {path}"
+MOVED_ASIDE_MSG = "; moved it aside to {path} (its files kept)"
+
+
+NAMED_UNREADABLE_MSG = (
+    "Checkpoint step {step} in {directory} is unreadable ({reason}); it was asked for, so no "
+    "other step is used instead. Ask for another one (the run has steps {steps}), or put a good "
+    "copy of step {step} back."
+)
+
+
+# A step directory Orbax does not list as a checkpoint (no commit marker): a damaged save.
+UNFINISHED_REASON = "no complete checkpoint: an interrupted or damaged save"
 
 
 UNFINISHED_MSG = (
@@ -106,9 +153,59 @@ UNFINISHED_MSG = (
 NO_CHECKPOINT_MSG = "No readable checkpoint in {directory}{detail}."
 
 
-ALL_UNREADABLE_MSG = (
-    ": tried {tried}. The damaged ones are kept, moved aside as STEP.corrupt; restore a good "
-    "copy into the directory, or run again to start from step 0"
+ALL_UNREADABLE_MSG = ": tried {tried}. Nothing was changed on disk. {advice}"
+
+
+# What to do when no checkpoint is readable: a writer can start over, a reader cannot.
+ALL_UNREADABLE_WRITER_ADVICE = (
+    "If the cause is passing (a network filesystem), run the same command again; else put a "
+    "good copy back, or train from step 0 with `--restart` (`Checkpointing(restart=True)`), "
+    "which moves them aside as STEP.corrupt, keeping their files"
+)
+
+
+ALL_UNREADABLE_READER_ADVICE = "Put a good copy of one of them back"
+
+
+NEWEST_UNREADABLE_MSG = (
+    "The newest checkpoint of {directory} is unreadable: {unreadable}. Nothing was changed on "
+    "disk. The newest readable checkpoint is step {readable}: ask for it by its number "
+    "(`--step {readable}`), or put a good copy of step {newest} back."
+)
+
+
+ONLY_SET_ASIDE_MSG = (
+    "{directory} holds no checkpoint, only damaged ones moved aside earlier ({names}): training "
+    "from step 0 would start this run over. Put a good copy back as checkpoints/STEP, or start "
+    "from step 0 on purpose with `--restart` (`Checkpointing(restart=True)`); the moved-aside "
+    "directories stay as they are."
+)
+
+
+RESTARTED_MSG = (
+    "No checkpoint in {directory} is readable ({tried}); --restart: moved them aside "
+    "({moved}, their files kept) and training starts from step 0."
+)
+
+
+VANISHED_MSG = (
+    "Checkpoint step {step} lost its temporary directory {path} while it was being written: most "
+    "likely another Orbax CheckpointManager opened on {directory} as a writer, which deletes a "
+    "live run's temporary directories (open a live run's checkpoints read-only: "
+    "`paxtrain.checkpoint.open_checkpoints(RUN_DIR)`). {retry}"
+)
+
+
+VANISHED_RETRY = "Saving step {step} again."
+
+
+VANISHED_NEXT = "Training goes on; its next save writes the state again."
+
+
+VANISHED_AGAIN_MSG = (
+    "the temporary directory {path} vanished again while it was being written: another writer "
+    "keeps deleting it (an Orbax CheckpointManager opened on this directory without "
+    "`read_only=True`)"
 )
 
 
@@ -128,6 +225,10 @@ SAVE_ADVICE = {
 
 
 SAVE_ADVICE_OTHER = "Fix what the reason above names, then resume."
+
+
+# How long the writes of a failed save may go on landing in its temporary directory.
+PARTIAL_REMOVAL_SECONDS = 5.0
 
 
 def _save_advice(error: BaseException) -> str:
@@ -176,8 +277,42 @@ def _describe(shape: tuple, dtype: Any) -> str:
     return f"shape {tuple(shape)} {np.dtype(dtype).name}"
 
 
-def _reason(error: Exception) -> str:
-    return f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+# How Orbax and tensorstore report files of a save that are missing: deleted under the writer.
+_MISSING_FILE_SIGNS = (
+    "NOT_FOUND", "No such file or directory", "os_error_code='2'", "Directory not empty",
+    "are missing", "No ArrayMetadata found",
+)  # fmt: skip
+
+
+def _held_open(paths: list[pathlib.Path]) -> list[int]:
+    """Descriptors of the directories among `paths` (those still there)."""
+    held = []
+    for path in paths:
+        try:
+            if path.is_dir():
+                held.append(os.open(path, os.O_RDONLY))
+        except OSError:  # renamed (the save finished) or deleted meanwhile
+            continue
+    return held
+
+
+def _listing(unreadable: list[tuple[int, str]]) -> str:
+    return "; ".join(f"step {step} ({reason})" for step, reason in unreadable)
+
+
+class _NoneReadable(CheckpointError):
+    """No checkpoint of the directory could be read (a restart may move them aside)."""
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of the innermost error behind `error`: Orbax wraps tensorstore's reason
+    (the file and what is wrong with it) in a message that dumps the whole array spec."""
+    while (error.__cause__ or error.__context__) is not None and str(
+        error.__cause__ or error.__context__
+    ):
+        error = error.__cause__ or error.__context__
+    line = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {line[:240]}"
 
 
 class CheckpointManager:
@@ -192,6 +327,10 @@ class CheckpointManager:
       async_save: write in the background; `wait()`, the next save and `close()` wait for it.
       read_only: a reader (`paxtrain eval`, a resume's first look): never creates, deletes or
         cleans up anything, so it cannot hurt a run saving into the directory at the same time.
+      frozen_base: where the state's frozen parameters come from (a LoRA run's `init_from`);
+        given, checkpoints leave them out and record this source with their fingerprints, and
+        restoring one takes them from the state restored into, checked against those
+        (`checkpoint.frozen_base`).
 
     Example:
         >>> manager = CheckpointManager(run_dir / "checkpoints", keep_last=3)  # doctest: +SKIP
@@ -207,11 +346,12 @@ class CheckpointManager:
         mode: str = "min",
         async_save: bool = True,
         read_only: bool = False,
+        frozen_base: str | None = None,
     ):
         if keep_best and not monitor:
             raise ValueError("keep_best needs `monitor`, the metric that ranks checkpoints.")
         self.directory = pathlib.Path(directory).absolute()
-        self.monitor = monitor
+        self.monitor, self.frozen_base = monitor, frozen_base
         policies: list[Any] = [preservation.LatestN(n=keep_last)]
         if keep_best:
             policies.append(
@@ -245,8 +385,12 @@ class CheckpointManager:
         # Readers change nothing; in a multi-process job, process 0 alone renames directories.
         self._moves_bad_steps = not read_only and jax.process_index() == 0
         self._pending_step: int | None = None  # the step of a background save in flight
-        if self._moves_bad_steps:
-            self._move_aside_unfinished()
+        # Its temporary directory and those in it, held open: a deleted one has a link count of
+        # 0 (a directory made again at its path by a writer thread is another one; one a
+        # writer thread kept from being removed still has its deleted subdirectories).
+        self._pending_tmp: tuple[pathlib.Path, list[int]] | None = None  # path, descriptors
+        self._vanished_before = False  # the last save lost its directory: no second retry
+        self._tmp_gone_at_start = False
 
     def _move_aside(self, step_dir: pathlib.Path) -> pathlib.Path:
         """Renames a bad step directory to `STEP.corrupt` (`STEP.corrupt-2`...): kept, but no
@@ -259,14 +403,28 @@ class CheckpointManager:
         self._manager.reload()
         return target
 
-    def _move_aside_unfinished(self) -> None:
-        """Moves aside step directories Orbax does not list as checkpoints (emptied, or left
-        without their commit marker): saving their step again would fail."""
+    def _unfinished_steps(self) -> list[int]:
+        """Step directories Orbax does not list as checkpoints (emptied, or left without their
+        commit marker). Only a writer counts them as damaged: on an object store a reader may
+        see a step directory that a live run is still writing."""
+        if not (self._moves_bad_steps and self.directory.is_dir()):
+            return []
         listed = set(self._manager.all_steps())
-        for path in sorted(self.directory.iterdir()) if self.directory.is_dir() else []:
-            if path.is_dir() and path.name.isdigit() and int(path.name) not in listed:
-                moved = self._move_aside(path)
-                warnings.warn(UNFINISHED_MSG.format(path=path, moved=moved.name), stacklevel=3)
+        return sorted(
+            int(path.name) for path in self.directory.iterdir()
+            if path.is_dir() and path.name.isdigit() and int(path.name) not in listed
+        )  # fmt: skip
+
+    def set_aside(self) -> list[str]:
+        """The names of the step directories moved aside as damaged (`STEP.corrupt`...).
+
+        Example:
+            >>> manager.set_aside()  # doctest: +SKIP
+            ['8.corrupt']
+        """
+        if not self.directory.is_dir():
+            return []
+        return sorted(p.name for p in self.directory.iterdir() if ".corrupt" in p.name)
 
     def steps(self) -> list[int]:
         """Steps of the complete checkpoints, oldest first."""
@@ -306,31 +464,115 @@ class CheckpointManager:
     ) -> None:
         """Saves `state` at its step (`state.step`); `wait` makes it synchronous.
 
-        Raises CheckpointError (naming the last good checkpoint) if the write fails.
+        A save whose temporary directory vanished while being written (another Orbax writer
+        opened on the directory deletes it) is retried once, with a warning naming the cause.
+        Raises CheckpointError (naming the last good checkpoint) if the write fails; the partial
+        temporary directory is removed.
         """
         step = int(state.step)
         flat = flatten_state(state)
-        record = {
-            "step": step, "data_position": step, **(meta or {}),
-            "fingerprints": array_fingerprints(flat),
-        }  # fmt: skip
+        record = {"step": step, "data_position": step, **(meta or {})}
+        if self.frozen_base is not None:
+            frozen = {path: flat.pop(path) for path in base.frozen_paths(state)}
+            record[base.META_KEY] = base.base_record(self.frozen_base, frozen)
+        record["fingerprints"] = array_fingerprints(flat)
         args = ocp.args.Composite(state=ocp.args.StandardSave(flat), meta=ocp.args.JsonSave(record))
         self.wait()  # a background save that failed is reported as that save, not this one
+        if self._moves_bad_steps and step in self._unfinished_steps():
+            path = self.directory / str(step)
+            moved = self._move_aside(path)
+            warnings.warn(UNFINISHED_MSG.format(path=path, moved=moved.name), stacklevel=2)
         try:
-            self._pending_step = step
-            self._manager.save(step, args=args, metrics=metrics, force=True)
-            if wait:
-                self.wait()
-        except CheckpointError:
-            raise
+            self._write(step, args, metrics, wait)
         except Exception as error:  # Orbax raises OSError, ValueError...: report them all alike
-            raise self._save_failed(step, error) from None
+            if not self._vanished(step, error):
+                raise self._save_failed(step, error) from None
+            self._lost(step, VANISHED_RETRY.format(step=step))
+            try:
+                self._write(step, args, metrics, wait)
+            except Exception as again:
+                raise self._save_failed(step, again) from None
+
+    def _write(self, step: int, args: Any, metrics: dict[str, float] | None, wait: bool) -> None:
+        self._pending_step, self._tmp_gone_at_start = step, False
+        self._manager.save(step, args=args, metrics=metrics, force=True)
+        tmp = self._temporary(step)  # none once a synchronous save has finished
+        self._pending_tmp = (tmp[0], _held_open([tmp[0], *tmp[0].rglob("*")])) if tmp else None
+        # Orbax makes the directory before `save` returns: missing in a background save, it
+        # was deleted before it could be held.
+        self._tmp_gone_at_start = not tmp and self._manager.is_saving_in_progress()
         if wait:
-            self._pending_step = None
+            self._manager.wait_until_finished()
+            self._finished()
+
+    def _temporary(self, step: int) -> list[pathlib.Path]:
+        """Orbax's temporary directory of a save in flight (`STEP.orbax-checkpoint-tmp...`)."""
+        return sorted(self.directory.glob(f"{step}.orbax-checkpoint-tmp*"))
+
+    def _vanished(self, step: int, error: BaseException) -> bool:
+        """Whether a failed save lost (part of) its directory, the first time in a row: a
+        second time is reported as a failure."""
+        if self._vanished_before or (self.directory / str(step)).exists():
+            return False
+        if self._tmp_gone_at_start:
+            return True
+        held = self._pending_tmp[1] if self._pending_tmp else []
+        if any(os.fstat(fd).st_nlink == 0 for fd in held):
+            return True
+        # The directory a writer thread kept from being removed (by making a file in it
+        # meanwhile), emptied: the errors name files that are missing.
+        while error is not None:
+            if isinstance(error, FileNotFoundError) or any(
+                sign in str(error) for sign in _MISSING_FILE_SIGNS
+            ):
+                return True
+            error = error.__cause__ or error.__context__
+        return False
+
+    def _lost(self, step: int, retry: str) -> None:
+        """Warns that save `step` lost its directory and clears what is left of it."""
+        _quiet_closed_event_loops()
+        path = self._pending_tmp[0] if self._pending_tmp else self.directory / f"{step}.*-tmp"
+        self._remove_partial(step)
+        self._release_tmp()
+        self._pending_step, self._vanished_before = None, True
+        warnings.warn(
+            VANISHED_MSG.format(step=step, path=path, directory=self.directory, retry=retry),
+            stacklevel=3,
+        )
+
+    def _finished(self) -> None:
+        self._release_tmp()
+        self._pending_step, self._vanished_before = None, False
+
+    def _release_tmp(self) -> None:
+        if self._pending_tmp is not None:
+            for fd in self._pending_tmp[1]:
+                os.close(fd)
+            self._pending_tmp = None
+
+    def _remove_partial(self, step: int) -> None:
+        """Deletes what a failed save left of its temporary directory (on a full disk, the
+        space the next try needs); process 0 alone, like every change to the directory."""
+        if not self._moves_bad_steps:
+            return
+        # Tensorstore's writes of the failed save may still be landing (and making their
+        # directories again) for a moment after Orbax reported the failure.
+        deadline = time.monotonic() + PARTIAL_REMOVAL_SECONDS
+        while self._temporary(step) and time.monotonic() < deadline:
+            for path in self._temporary(step):
+                shutil.rmtree(path, ignore_errors=True)
+            time.sleep(0.05)
 
     def _save_failed(self, step: int, error: Exception) -> CheckpointError:
-        self._pending_step = None
+        _quiet_closed_event_loops()
+        self._remove_partial(step)
+        vanished_again = self._vanished_before and self._pending_tmp is not None
         reason = str(error).splitlines()[0] if str(error) else ""
+        if vanished_again:
+            reason = VANISHED_AGAIN_MSG.format(path=self._pending_tmp[0])
+        self._release_tmp()
+        self._pending_step = None
         # Tensorstore reports an OSError as text: "... [os_error_code='28']".
         code = re.search(r"os_error_code='(\d+)'", reason)
         if len(reason) > 300:  # tensorstore's chain of contexts: the end names the cause
@@ -352,7 +594,8 @@ class CheckpointManager:
     def check_compatible(self, step: int, template: Any) -> None:
         """Raises CheckpointError naming the first path whose shape or dtype differs."""
         saved = self.saved_arrays(step)
-        current = flatten_state(template)
+        left_out = self.meta(step).get(base.META_KEY, {}).get("fingerprints", {})
+        current = {k: v for k, v in flatten_state(template).items() if k not in left_out}
 
         def only_in(path: str, where: str) -> CheckpointError:
             return CheckpointError(
@@ -389,17 +632,21 @@ class CheckpointManager:
         return dict(getattr(saved, "tree", saved))
 
     def _restore_step(self, step: int, template: Any) -> tuple[Any, dict[str, Any]]:
-        self.check_compatible(step, template)
         flat = flatten_state(template)
+        frozen = self.meta(step).get(base.META_KEY)
+        if frozen is not None:  # the template's own frozen arrays, if they are the saved run's
+            base.check_base(frozen, flat, step, self.directory)
+        self.check_compatible(step, template)
+        saved = {k: v for k, v in flat.items() if frozen is None or k not in frozen["fingerprints"]}
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(_abstract(flat)), meta=ocp.args.JsonRestore()
+                state=ocp.args.StandardRestore(_abstract(saved)), meta=ocp.args.JsonRestore()
             ),
         )
         meta = dict(restored.meta)
         _verify(meta, dict(restored.state))
-        leaves = [restored.state[path] for path in flat]
+        leaves = [restored.state[path] if path in saved else x for path, x in flat.items()]
         state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)
         return state, meta
 
@@ -418,14 +665,15 @@ class CheckpointManager:
         return arrays
 
     def read_arrays(
-        self, wanted: dict[str, Any], step: int | str = "latest"
+        self, wanted: dict[str, Any] | None = None, step: int | str = "latest"
     ) -> dict[str, jax.Array]:
         """Reads only the `wanted` arrays of one checkpoint (fine-tuning's road in), each into
         the shape, dtype and sharding of its `wanted` value (an array or a
         `jax.ShapeDtypeStruct`), verified against the checkpoint's fingerprints like a restore.
 
         Args:
-          wanted: arrays keyed by their checkpoint paths (see `saved_arrays`).
+          wanted: arrays keyed by their checkpoint paths (see `saved_arrays`); None: all of
+            them, as saved (no model or config needed: a notebook's look at a run).
           step: "latest" or a step number; a damaged step is a CheckpointError, never a
             silent fallback to another one.
 
@@ -436,6 +684,9 @@ class CheckpointManager:
         if step is None or step not in self.steps():
             detail = "" if step is None else f" for step {step} (have {self.steps()})"
             raise CheckpointError(NO_CHECKPOINT_MSG.format(directory=self.directory, detail=detail))
+        if wanted is None:
+            saved = self._named(step, lambda: self.saved_arrays(step))
+            wanted = {path: jax.ShapeDtypeStruct(a.shape, a.dtype) for path, a in saved.items()}
         return self._named(step, lambda: self._read_step(step, wanted))
 
     def _named(self, step: int, read: Callable[[], Any]) -> Any:
@@ -446,20 +697,26 @@ class CheckpointManager:
             raise
         except Exception as error:
             raise CheckpointError(
-                UNREADABLE_MSG.format(
-                    step=step, directory=self.directory, reason=_reason(error), moved="",
-                    fallback="none (this step was asked for)",
+                NAMED_UNREADABLE_MSG.format(
+                    step=step, directory=self.directory, reason=_reason(error),
+                    steps=", ".join(map(str, self.steps())),
                 )
             ) from None  # fmt: skip
 
-    def restore(self, template: Any, step: int | str = "latest") -> tuple[Any, dict[str, Any]]:
+    def restore(
+        self, template: Any, step: int | str = "latest", *, fall_back: bool = True
+    ) -> tuple[Any, dict[str, Any]]:
         """Restores into the structure of `template`; returns `(state, meta)`.
 
         Args:
           template: a state of the same structure (e.g. freshly built from the config); its
             arrays' shardings are used for the restored arrays.
-          step: "latest" (falling back to older checkpoints when the newest is unreadable),
-            "best", or a step number.
+          step: "latest", "best", or a step number.
+          fall_back: for "latest": when the newest checkpoint is unreadable, restore the newest
+            readable one (a writer moves the unreadable newer ones aside, one warning each).
+            False: raise a CheckpointError naming them and the newest readable step instead
+            (an evaluation must not silently be of another step). None readable: a
+            CheckpointError listing them, and nothing changed on disk.
 
         Example:
             >>> state, meta = manager.restore(state, step="best")  # doctest: +SKIP
@@ -477,39 +734,146 @@ class CheckpointManager:
                     directory=self.directory, detail=f" for step {step} (have {self.steps()})"
                 ))  # fmt: skip
             return self._named(int(step), lambda: self._restore_step(int(step), template))
-        candidates = self.steps()[::-1]
-        tried = []
-        for i, candidate in enumerate(candidates):
+        unreadable: list[tuple[int, str]] = []
+        for candidate in self._candidates():
+            if candidate not in self.steps():
+                unreadable.append((candidate, UNFINISHED_REASON))
+                continue
             try:
-                return self._restore_step(candidate, template)
+                restored = self._restore_step(candidate, template)
             except CheckpointError:
                 raise
             except Exception as error:  # a corrupt or truncated checkpoint: try an older one
-                moved = ""
-                if self._moves_bad_steps:
-                    path = self._move_aside(self.directory / str(candidate))
-                    moved = MOVED_ASIDE_MSG.format(path=path)
-                tried.append(f"step {candidate} ({_reason(error)})")
-                fallback = candidates[i + 1] if i + 1 < len(candidates) else "none"
-                warnings.warn(
-                    UNREADABLE_MSG.format(
-                        step=candidate, directory=self.directory, reason=_reason(error),
-                        moved=moved, fallback=fallback,
-                    ),
-                    stacklevel=2,
-                )  # fmt: skip
-        detail = ALL_UNREADABLE_MSG.format(tried="; ".join(tried)) if tried else ""
-        raise CheckpointError(NO_CHECKPOINT_MSG.format(directory=self.directory, detail=detail))
+                unreadable.append((candidate, _reason(error)))
+                continue
+            if unreadable and not fall_back:
+                raise CheckpointError(NEWEST_UNREADABLE_MSG.format(
+                    directory=self.directory, unreadable=_listing(unreadable),
+                    readable=candidate, newest=unreadable[0][0],
+                ))  # fmt: skip
+            for bad, reason in unreadable:
+                self._fell_back(bad, reason, candidate)
+            return restored
+        raise self._none_readable(unreadable)
+
+    def _candidates(self) -> list[int]:
+        """The steps "latest" tries, newest first: the checkpoints and a writer's unfinished
+        step directories (damaged saves, which it can only fall back from)."""
+        return sorted({*self.steps(), *self._unfinished_steps()}, reverse=True)
+
+    def _fell_back(self, step: int, reason: str, used: int) -> None:
+        """One warning for an unreadable checkpoint passed over for step `used`; a writer moves
+        it aside so that the run can save its step again."""
+        moved = ""
+        if self._moves_bad_steps:
+            moved = MOVED_ASIDE_MSG.format(path=self._move_aside(self.directory / str(step)))
+        warnings.warn(
+            UNREADABLE_MSG.format(
+                step=step, directory=self.directory, reason=reason, moved=moved, fallback=used
+            ),
+            stacklevel=3,
+        )
+
+    def _none_readable(self, unreadable: list[tuple[int, str]]) -> _NoneReadable:
+        advice = (
+            ALL_UNREADABLE_WRITER_ADVICE if self._moves_bad_steps else ALL_UNREADABLE_READER_ADVICE
+        )
+        detail = (
+            ALL_UNREADABLE_MSG.format(tried=_listing(unreadable), advice=advice)
+            if unreadable else ""
+        )  # fmt: skip
+        return _NoneReadable(NO_CHECKPOINT_MSG.format(directory=self.directory, detail=detail))
+
+    def resume(self, template: Any, restart: bool = False) -> tuple[Any, dict[str, Any]] | None:
+        """What a run restores at its start: the newest readable checkpoint (falling back as
+        `restore` does), or None to start from step 0.
+
+        Without `restart`, starting from step 0 is refused (CheckpointError, nothing changed on
+        disk) when no checkpoint is readable or when only damaged ones moved aside
+        (`STEP.corrupt`) are left: the run trained before, and a silent start over would hide
+        it. `restart` starts from step 0 then, moving the unreadable ones aside (files kept).
+
+        Example:
+            >>> restored = manager.resume(state)  # doctest: +SKIP
+        """
+        if not self._candidates():
+            if self.set_aside() and not restart:
+                names = ", ".join(self.set_aside())
+                raise CheckpointError(
+                    ONLY_SET_ASIDE_MSG.format(directory=self.directory, names=names)
+                )
+            return None
+        try:
+            return self.restore(template)
+        except _NoneReadable:
+            if not restart:
+                raise
+        tried = self._candidates()
+        moved = []
+        if self._moves_bad_steps:  # process 0 alone renames; the others start over with it
+            moved = [self._move_aside(self.directory / str(step)).name for step in tried]
+        warnings.warn(
+            RESTARTED_MSG.format(
+                directory=self.directory, tried=", ".join(f"step {s}" for s in tried),
+                moved=", ".join(moved),
+            ),
+            stacklevel=2,
+        )  # fmt: skip
+        return None
 
     def wait(self) -> None:
         """Blocks until a background save has finished; raises CheckpointError naming that
-        save if it failed."""
+        save if it failed. A save that lost its directory is warned about instead, once in a
+        row: the run's next save writes its state again.
+
+        Example:
+            >>> manager.wait()  # doctest: +SKIP
+        """
         try:
             self._manager.wait_until_finished()
         except Exception as error:
-            raise self._save_failed(self._pending_step or -1, error) from None
-        self._pending_step = None
+            step = -1 if self._pending_step is None else self._pending_step
+            if not self._vanished(step, error):
+                raise self._save_failed(step, error) from None
+            self._lost(step, VANISHED_NEXT)
+            return
+        self._finished()
+
+    def poll(self) -> None:
+        """Reports a background save that failed as soon as it has finished (`wait`), rather
+        than at the next save, a whole interval of training later; returns at once while it
+        is still writing.
+
+        Example:
+            >>> manager.poll()  # doctest: +SKIP
+        """
+        if self._pending_step is not None and not self._manager.is_saving_in_progress():
+            self.wait()
 
     def close(self) -> None:
-        """Waits for pending saves and releases Orbax's resources."""
-        self._manager.close()
+        """Waits for pending saves (reporting a failed one, see `wait`) and releases Orbax's
+        resources."""
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
+
+
+def open_checkpoints(run_dir: str | pathlib.Path) -> CheckpointManager:
+    """The checkpoints of a run directory (`RUN_DIR/checkpoints`) opened read-only: safe
+    beside the run while it trains, unlike an Orbax `CheckpointManager` opened as a writer,
+    which deletes the temporary directory of the save in flight. Close it when done.
+
+    Example:
+        >>> from paxtrain.train import TrainState
+        >>> writer = CheckpointManager("runs/demo/checkpoints", async_save=False)
+        >>> writer.save(TrainState.create(nn.Linear(2, 1), optax.sgd(0.1)))
+        >>> writer.close()
+        >>> checkpoints = open_checkpoints("runs/demo")
+        >>> checkpoints.steps()
+        [0]
+        >>> checkpoints.read_arrays()["model.weight"].shape  # every array, by its path
+        (2, 1)
+        >>> checkpoints.close()
+    """
+    return CheckpointManager(pathlib.Path(run_dir) / CHECKPOINT_DIR, read_only=True)

@@ -5,20 +5,24 @@
     paxtrain fit configs/char_rnn.yaml -m optimizer.learning_rate.peak_value=1e-3,3e-4 --launcher slurm  # a job each
     paxtrain fit configs/char_rnn.yaml -m optimizer.learning_rate.peak_value=1e-3,3e-4 --launcher slurm \
         --launcher-config configs/launcher/slurm.yaml                # nodes, GPUs, partition...
+    paxtrain fit configs/char_rnn.yaml -m hydra/sweeper=optuna 'optimizer.learning_rate.peak_value=tag(log, interval(1e-4, 1e-2))'
     paxtrain fit configs/char_rnn.yaml --cfg job                     # print the resolved config
     paxtrain options configs/char_rnn.yaml                           # every key: type, value, help
     paxtrain fit char_rnn trainer.max_steps=500                       # a config shipped with paxtrain
     paxtrain resume runs/char_rnn-20260101-120000 trainer.max_steps=3000
     paxtrain eval runs/char_rnn-20260101-120000 --step best
     paxtrain eval runs/char_rnn-20260101-120000 mesh.data=-1 mesh.fsdp=1   # on other devices
+    paxtrain summary transformer_lm mesh.fsdp=2                       # parameters, memory, FLOPs
     paxtrain env
     paxtrain plot runs/char_rnn-20260101-120000
     paxtrain data tokenize book.txt book.bin --vocab bytes            # a token file for TokenFile
+    paxtrain export runs/llama-20260101-120000 --format hf --out llama_hf   # Hugging Face files
 
 Exit codes: 0 done; 1 a job run with `--launcher local` failed (the message names its log); 2 a
 config, file, device layout or checkpoint problem (one message, no traceback); 3 stopped on
 non-finite steps (`trainer.on_nonfinite=stop`); 75 stopped by a preemption signal (after saving
-a checkpoint, or before training started): run the same command again.
+a checkpoint, or before training started): run the same command again; 86 the step watchdog
+(`trainer.watchdog`) found no step finishing, and dumped every thread's stack: restart the job.
 """
 
 from __future__ import annotations
@@ -26,10 +30,13 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from paxtrain.cli.commands import _data, _env, _eval, _fit, _options, _plot, _resume, _sample
+from paxtrain.cli.export import add_export_command, run_export
+from paxtrain.cli.summary import add_summary_command, run_summary
 from paxtrain.config.packaged import packaged_config_names
 from paxtrain.data.tokenize import MAX_UNKNOWN_FRACTION
 from paxtrain.errors import CheckpointError, ConfigError, DataError, LaunchError, LayoutError
@@ -91,8 +98,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_config_commands(commands)
     _add_run_commands(commands)
+    add_summary_command(commands)
     commands.add_parser("env", help="print versions and the devices JAX sees")
     _add_data_commands(commands)
+    add_export_command(commands)
     plot = commands.add_parser("plot", help="write curves.png for a run directory")
     plot.add_argument("run_dir")
     plot.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
@@ -103,6 +112,14 @@ def _allow_target(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--allow-target", action="append", default=[], metavar="MODULE",
         help="trust `_target_`s of this module in the run's config.yaml (repeatable)",
+    )  # fmt: skip
+
+
+def _restart(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--restart", action="store_true",
+        help="train from step 0 where the run directory has no readable checkpoint (moving "
+        "unreadable ones aside as STEP.corrupt); a readable checkpoint is always resumed",
     )  # fmt: skip
 
 
@@ -124,6 +141,7 @@ def _add_config_commands(commands: Any) -> None:
     fit.add_argument("--cfg", choices=["job"], help="print the resolved config and exit")
     fit.add_argument("--launcher", choices=["local", "slurm"], help="with -m: submit via submitit")
     fit.add_argument("--launcher-config", help="YAML of launcher options (configs/launcher/)")
+    _restart(fit)
 
     options = commands.add_parser(
         "options", help="list every key a config can set: type, value, help (then exit)"
@@ -140,6 +158,7 @@ def _add_run_commands(commands: Any) -> None:
     resume.add_argument("overrides", nargs="*", help="overrides, e.g. trainer.max_steps=3000")
     resume.set_defaults(accepts_overrides=True)
     _allow_target(resume)
+    _restart(resume)
 
     evaluate = commands.add_parser("eval", help="evaluate a run's checkpoint on its eval data")
     evaluate.add_argument("run_dir")
@@ -155,7 +174,9 @@ def _add_run_commands(commands: Any) -> None:
     sample.add_argument("overrides", nargs="*", help="overrides, e.g. mesh.data=1")
     sample.set_defaults(accepts_overrides=True)
     sample.add_argument("--prompt", required=True, help="the text to continue")
-    sample.add_argument("--max-new-tokens", type=int, default=200, help="tokens to add")
+    sample.add_argument(
+        "--max-new-tokens", type=int, help="tokens to add (200, or what learned positions hold)"
+    )
     sample.add_argument("--temperature", type=float, default=0.8, help="0: the likeliest")
     sample.add_argument("--top-k", type=int, help="sample among the k likeliest tokens")
     sample.add_argument("--top-p", type=float, default=1.0, help="nucleus: probability mass")
@@ -169,13 +190,18 @@ def _add_data_commands(commands: Any) -> None:
     data = commands.add_parser("data", help="prepare data files")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     tokenize = data_commands.add_parser("tokenize", help="text files -> a token file (TokenFile)")
-    tokenize.add_argument("inputs", nargs="+", metavar="INPUT", help="UTF-8 text files")
+    tokenize.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="UTF-8 text files, .jsonl or .parquet tables"
+    )
     tokenize.add_argument("out", metavar="OUT", help="the token file to write, e.g. train.bin")
     tokenize.add_argument("--vocab", choices=["bytes", "chars"], default="bytes")
     tokenize.add_argument(
         "--tokenizer",
         metavar="TOKENIZER_JSON",
         help="encode with this tokenizer.json instead of --vocab; an <|eos|> ends each input",
+    )
+    tokenize.add_argument(
+        "--column", help="the text column of .jsonl/.parquet inputs, one document a row (text)"
     )
     tokenize.add_argument(
         "--force", action="store_true", help="replace OUT if it exists (an input: never)"
@@ -229,10 +255,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plot": _plot,
         "data": _data,
         "sample": _sample,
+        "export": run_export,
+        "summary": run_summary,
     }
     try:
         # A preemption signal while data and model are built: nothing to save, exit 75.
-        with before_training():
+        with before_training(), warnings.catch_warnings():
+            warnings.showwarning = _warning_line
             return _env() if args.command == "env" else commands[args.command](args)
     except PreemptedBeforeTraining as stopped:
         print(stopped, file=sys.stderr)
@@ -244,6 +273,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report(str(error), EXIT_CONFIG_ERROR)
     except LaunchError as error:
         return _report(str(error), 1)
+
+
+def _warning_line(message: Warning | str, category: type, *args: Any, **kwargs: Any) -> None:
+    """A warning as one `paxtrain:` line (a recovery: a checkpoint fallen back from, a save
+    lost), without Python's file, line and source line, which are paxtrain's, not the user's."""
+    print(f"paxtrain: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
 
 
 def _quiet_failing_writers_at_exit() -> None:

@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from paxtrain.cli.runs import _checkpoint_steps, _saved_meta
 from paxtrain.config.arguments import naming_keys
@@ -149,15 +149,95 @@ def schedule_horizon(cfg: DictConfig, run_dir: pathlib.Path) -> int:
     return horizon
 
 
+HF_RECIPE_MSG = """\
+init_from=hf:{directory} holds a {architecture}, which the {recipe} recipe builds, but \
+`model._target_` is {target}: fine-tune it with that recipe (`paxtrain fit {recipe} \
+init_from=hf:{directory}`)."""
+
+HF_DATA_MSG = """\
+init_from=hf:{directory} has {what} of {hf_size}, but the data's is {data_size}: {why}. \
+{fix}"""
+
+# What the data may not exceed of an imported model: (its info key, what, why, the fix).
+HF_DATA_LIMITS = (
+    (
+        "vocab_size", "a vocabulary", "the embedding has no row for the larger ids",
+        "Tokenize the data with the checkpoint's tokenizer, or with a vocabulary as small.",
+    ),
+    (
+        "seq_len", "a context (position embeddings)", "later positions have no embedding",
+        "Set `data.seq_len` to at most the checkpoint's.",
+    ),
+)  # fmt: skip
+
+HF_MODEL_MSG = "paxtrain: the model's settings from {config}: {settings}"
+
+
+def with_hf_model(cfg: DictConfig, run_dir: pathlib.Path) -> DictConfig:
+    """`cfg` with the model's architecture taken from the Hugging Face checkpoint it starts
+    from (`init_from=hf:DIR`): the keys `DIR/config.json` decides (sizes, head counts, RoPE,
+    norm epsilon, tied head) replace the recipe's, and are printed; the others (`scan_layers`,
+    `remat`, `attention`, `dropout`) stay the recipe's. The run saves the result, so a resume
+    needs no DIR. Unchanged without `hf:`, or for a run directory that already has checkpoints
+    (its saved config has the settings).
+
+    Example:
+        >>> cfg = with_hf_model(compose("llama_lm", ["init_from=hf:DIR"]), run_dir)  # doctest: +SKIP
+        paxtrain: the model's settings from DIR/config.json: vocab_size=128, num_layers=2, ...
+    """
+    from paxtrain.checkpoint.finetune import HF_PREFIX
+    from paxtrain.hf.config import CONFIG_FILE, read_config
+
+    source = cfg.init_from or ""
+    if not source.startswith(HF_PREFIX) or _checkpoint_steps(run_dir):
+        return cfg
+    directory = source[len(HF_PREFIX) :]
+    architecture, settings = read_config(directory)
+    if cfg.model.get("_target_") != architecture.recipe:
+        raise ConfigError(
+            HF_RECIPE_MSG.format(
+                directory=directory, architecture=architecture.name,
+                recipe=architecture.recipe.split(".")[2], target=cfg.model.get("_target_"),
+            )
+        )  # fmt: skip
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        for key, value in settings.items():
+            cfg.model[key] = value
+    shown = ", ".join(f"{k}={v}" for k, v in settings.items())
+    print(HF_MODEL_MSG.format(config=f"{directory}/{CONFIG_FILE}", settings=shown), flush=True)
+    return cfg
+
+
+def check_hf_data(cfg: DictConfig, info: dict[str, Any]) -> None:
+    """A ConfigError when the data needs more token ids or positions than the imported
+    model has (`with_hf_model` set its `vocab_size` and, for GPT-2, `seq_len`).
+
+    Example:
+        >>> check_hf_data(cfg, {"vocab_size": 98, "seq_len": 128})  # doctest: +SKIP
+    """
+    for key, what, why, fix in HF_DATA_LIMITS:
+        data_size, hf_size = info.get(key), cfg.model.get(key)
+        if data_size is not None and hf_size is not None and data_size > hf_size:
+            raise ConfigError(
+                HF_DATA_MSG.format(
+                    directory=cfg.init_from.partition(":")[2], what=what, hf_size=hf_size,
+                    data_size=data_size, why=why, fix=fix,
+                )
+            )  # fmt: skip
+
+
 @naming_keys()  # a rule an object's constructor refuses, reported as the key that set it
 def build_trainer(
     cfg: DictConfig,
     run_dir: pathlib.Path,
     meta: dict[str, Any] | None = None,
     horizon: int | None = None,
+    restart: bool = False,
 ):
     """The data, model, optimizer and `Trainer` a validated config describes; the optimizer's
-    schedule spans `horizon` steps (default `trainer.max_steps`).
+    schedule spans `horizon` steps (default `trainer.max_steps`); `restart`: the checkpointing
+    hook may start from step 0 where no checkpoint is readable (`--restart`).
 
     The model comes as the function that builds it (frozen by `freeze`), so that the trainer
     builds the state sharded; `init_from`'s parameters are read into that layout (see
@@ -167,32 +247,44 @@ def build_trainer(
         >>> trainer, model, data, optimizer = build_trainer(cfg, pathlib.Path("runs/x"))  # doctest: +SKIP
     """
     import paxtrain as pax
-    from paxtrain.checkpoint.finetune import freeze_by_path, load_parameters
+    from paxtrain.checkpoint.finetune import HF_PREFIX, freeze_by_path, load_parameters
+    from paxtrain.nn.lora import apply_lora
     from paxtrain.train import Layout, StepSettings, Trainer
 
     if cfg.parallel.distributed:
         join_processes()
     data = instantiate(cfg.data, "data")
+    if (cfg.init_from or "").startswith(HF_PREFIX):
+        check_hf_data(cfg, data.info)
+
+    lora = cfg.finetune.lora
 
     def model() -> pax.Module:
         # Called by the trainer under `jax.jit` with the layout's shardings: built sharded.
         built = instantiate(cfg.model, "model", **data.info)
         try:
-            return freeze_by_path(built, list(cfg.freeze)) if cfg.freeze else built
+            built = freeze_by_path(built, list(cfg.freeze)) if cfg.freeze else built
         except ValueError as error:
             raise ConfigError(f"`freeze`: {error}") from None
+        if lora.rank is None:
+            return built
+        # The base weights keep their paths, so `init_from` loads them into the adapted model.
+        with naming_keys():
+            return apply_lora(built, **arguments_for(apply_lora, lora))
 
     include = list(cfg.init_from_include)
     init_from = functools.partial(load_parameters, source=cfg.init_from, include=include)
     # A run directory with checkpoints restores every parameter from them (or fails naming the
     # damaged ones), so `init_from` is read only for a fresh start: a resume or an eval of a
-    # fine-tuned run then works after the run it started from is gone.
+    # fine-tuned run then works after the run it started from is gone. A LoRA run's checkpoints
+    # hold only the adapters: its base is read from `init_from` every time (and checked).
     restores = cfg.trainer.checkpoint.enabled and bool(_checkpoint_steps(run_dir))
+    restores = restores and lora.rank is None
     t, rules = cfg.trainer, cfg.parallel.tensor_rules  # rules None: the default rules
     trainer = Trainer(
         **arguments_for(Trainer, t),
         run_dir=run_dir,
-        hooks=build_hooks(cfg, meta),
+        hooks=build_hooks(cfg, meta, restart),
         step=StepSettings(**arguments_for(StepSettings, t)),
         layout=Layout(
             mesh=dict(cfg.mesh),
@@ -206,10 +298,13 @@ def build_trainer(
     return trainer, model, data, build_optimizer(with_horizon(cfg, horizon).optimizer)
 
 
-def build_hooks(cfg: DictConfig, meta: dict[str, Any] | None = None) -> list[Any]:
+def build_hooks(
+    cfg: DictConfig, meta: dict[str, Any] | None = None, restart: bool = False
+) -> list[Any]:
     """The hooks a validated config describes: `default_hooks` from the `trainer` section
     (its `early_stopping`, `checkpoint` and `profile` sub-sections build those hooks), with
-    the `callbacks` besides; `meta` is saved with each checkpoint.
+    the `callbacks` besides; `meta` is saved with each checkpoint, `restart` as for
+    `Checkpointing`.
 
     Example:
         >>> [type(h).__name__ for h in build_hooks(cfg)][:3]  # doctest: +SKIP
@@ -221,12 +316,16 @@ def build_hooks(cfg: DictConfig, meta: dict[str, Any] | None = None) -> list[Any
 
     t, es, ck = cfg.trainer, cfg.trainer.early_stopping, cfg.trainer.checkpoint
     callbacks = [instantiate(c, f"callbacks[{i}]") for i, c in enumerate(cfg.callbacks)]
+    # A LoRA run saves its adapters, not the frozen base `init_from` loads (`frozen_base`).
+    base = cfg.init_from if cfg.finetune.lora.rank is not None else None
     if t.profile.start_step is not None:  # a jax.profiler trace of some steps
         callbacks.append(Profile(**arguments_for(Profile, t.profile)))
     return default_hooks(
         **arguments_for(default_hooks, t),
         early_stopping=EarlyStopping(**arguments_for(EarlyStopping, es)) if es.monitor else None,
-        checkpointing=Checkpointing(**arguments_for(Checkpointing, ck), meta=meta)
+        checkpointing=Checkpointing(
+            **arguments_for(Checkpointing, ck), meta=meta, restart=restart, frozen_base=base
+        )
         if ck.enabled
         else None,
         hooks=callbacks,

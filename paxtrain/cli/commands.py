@@ -17,10 +17,10 @@ from omegaconf import OmegaConf
 
 from paxtrain.cli.build import build_trainer
 from paxtrain.cli.fit import exit_code, fit_from_config
-from paxtrain.cli.runs import load_run_config
+from paxtrain.cli.runs import check_resumable, load_run_config
 from paxtrain.config.packaged import find_config
 from paxtrain.errors import ConfigError
-from paxtrain.train.preemption import PREEMPTED_EXIT_CODE
+from paxtrain.train.preemption import raise_if_signalled
 
 
 def environment_report() -> str:
@@ -55,13 +55,14 @@ NO_MONITOR_MSG = (
 )
 
 
+DEFAULT_NEW_TOKENS = 200  # `paxtrain sample` without --max-new-tokens
 NO_VOCABULARY_MSG = (
     "{run_dir}'s data has no vocabulary to encode the prompt with (a token file of ids from "
     "elsewhere): train on text, or on a token file written with `--tokenizer`."
 )
 NO_DECODER_MSG = (
     "{model} cannot be sampled with a cache: `paxtrain sample` needs a model with "
-    "`decoder(batch_size, max_len)` (the recipes llama_lm and char_rnn have one)."
+    "`decoder(batch_size, max_len)` (the recipes llama_lm, transformer_lm and char_rnn have one)."
 )
 PROMPT_TOO_LONG_MSG = (
     "The prompt is {length} tokens, longer than the {seq_len} the model was trained on "
@@ -76,7 +77,9 @@ def restore_run(
     allow_targets: tuple[str, ...] = (),
 ) -> Any:
     """A trainer prepared for a run's config, holding the state of one of its checkpoints
-    ("latest", "best" or a step number), read through the store (integrity-checked).
+    ("latest", "best" or a step number), read through the store (integrity-checked). "latest"
+    is the newest checkpoint: when it is unreadable, a CheckpointError names it and the newest
+    readable step, never a silent restore of an older one.
 
     `overrides` change the saved config, e.g. the `mesh` on other devices than the run's.
 
@@ -102,10 +105,11 @@ def restore_run(
         read_only=True,
     )
     try:
-        trainer.state, _ = manager.restore(trainer.checkpoint_state, step=step)
+        trainer.state, _ = manager.restore(trainer.checkpoint_state, step=step, fall_back=False)
     finally:
         manager.close()
     trainer.step = int(trainer.state.step)
+    raise_if_signalled()  # before the evaluation or sampling, which may take long
     return trainer
 
 
@@ -114,14 +118,16 @@ def evaluate_run(
     step: str = "latest",
     overrides: list[str] | None = None,
     allow_targets: tuple[str, ...] = (),
-) -> dict[str, float]:
-    """Evaluates a run's checkpoint ("latest", "best" or a step number) on its eval data.
+) -> tuple[int, dict[str, float]]:
+    """Evaluates a run's checkpoint ("latest", "best" or a step number) on its eval data;
+    returns the step of the checkpoint evaluated and the metrics.
 
     Example:
         >>> evaluate_run("runs/char_rnn-20260101-120000", step="best")  # doctest: +SKIP
-        {'loss': 1.43, 'bits_per_char': 2.07}
+        (1500, {'loss': 1.43, 'bits_per_char': 2.07})
     """
-    return restore_run(run_dir, step, overrides, allow_targets).eval_metrics()
+    trainer = restore_run(run_dir, step, overrides, allow_targets)
+    return trainer.step, trainer.eval_metrics()
 
 
 def sample_run(run_dir: str | pathlib.Path, prompt: str, options: dict[str, Any]) -> str:
@@ -131,14 +137,15 @@ def sample_run(run_dir: str | pathlib.Path, prompt: str, options: dict[str, Any]
     Args:
       run_dir: a run directory.
       prompt: the text to continue, encoded with the run's vocabulary.
-      options: `max_new_tokens`, `temperature`, `top_k`, `top_p`, `seed`, and `step`,
+      options: `max_new_tokens` (None or absent: `DEFAULT_NEW_TOKENS`, fewer if the model's
+        learned positions hold fewer), `temperature`, `top_k`, `top_p`, `seed`, and `step`,
         `overrides`, `allow_targets` as for `restore_run`.
 
     Example:
         >>> sample_run("runs/llama", "def ", {"max_new_tokens": 50})  # doctest: +SKIP
         'self, x):\n        return ...'
     """
-    from paxtrain.recipes.sampling import check_sampling, sample
+    from paxtrain.recipes.sampling import check_sampling, room_for, sample
 
     temperature, top_k = options.get("temperature", 0.8), options.get("top_k")
     top_p = options.get("top_p", 1.0)
@@ -160,16 +167,20 @@ def sample_run(run_dir: str | pathlib.Path, prompt: str, options: dict[str, Any]
     if seq_len and len(ids) > seq_len:
         raise ConfigError(PROMPT_TOO_LONG_MSG.format(length=len(ids), seq_len=seq_len))
     key = jax.random.PRNGKey(options.get("seed", 0))
+    new_tokens = options.get("max_new_tokens")
+    if new_tokens is None:  # as many as asked for by default, or as a model's positions hold
+        new_tokens = room_for(model, len(ids), DEFAULT_NEW_TOKENS)
     try:
-        new = sample(model, ids, options.get("max_new_tokens", 200), key, temperature, top_k, top_p)
-    except ValueError as error:  # an empty prompt
+        new = sample(model, ids, new_tokens, key, temperature, top_k, top_p)
+    except ValueError as error:  # an empty prompt; more positions than learned ones
         raise ConfigError(str(error)) from None
     return vocab.decode(new)
 
 
 def _fit(args: argparse.Namespace) -> int:
 
-    from paxtrain.cli.sweep import sweep_overrides
+    from paxtrain.cli.multirun import check_hydra_flags, run_hydra_sweep, uses_hydra
+    from paxtrain.cli.sweep import run_grid, sweep_overrides
     from paxtrain.config.composition import compose
 
     config = find_config(args.config)
@@ -180,6 +191,9 @@ def _fit(args: argparse.Namespace) -> int:
     if config == args.config:
         roots.append(str(pathlib.Path(os.path.abspath(config)).parent.parent))
     sys.path[:0] = roots
+    if args.multirun and uses_hydra(args.overrides):  # Hydra's sweeper and launcher plugins
+        check_hydra_flags(args.overrides, args.launcher)
+        return run_hydra_sweep(config, args.overrides, roots, print_config=args.cfg == "job")
     jobs = sweep_overrides(args.overrides) if args.multirun else [list(args.overrides)]
     configs = [compose(config, overrides) for overrides in jobs]
     if args.cfg == "job":
@@ -195,19 +209,15 @@ def _fit(args: argparse.Namespace) -> int:
 
         configs = assign_sweep_dirs(configs, jobs, config)
     if args.launcher:
-        from paxtrain.cli.launch import launcher_options, submit_sweep
+        from paxtrain.cli.launch import launcher_options, submit_sweep, wait_for_sweep
 
         options = launcher_options(args.launcher, args.launcher_config)
         # The jobs import `_target_`s from the same project paths put in front above.
-        jobs = submit_sweep(configs, config, args.launcher, options, sys_path=roots)
-        preempted = args.launcher == "local" and any(job.result()["preempted"] for job in jobs)
-        return PREEMPTED_EXIT_CODE if preempted else 0
-    codes = []
-    for cfg in configs:
-        codes.append(exit_code(fit_from_config(cfg, config_path=config)))
-        if codes[-1] == PREEMPTED_EXIT_CODE:  # the job is being stopped: the rest waits too
-            return PREEMPTED_EXIT_CODE
-    return max(codes, default=0)  # a diverged job of a sweep does not stop the others
+        jobs = submit_sweep(configs, config, args.launcher, options, jobs, sys_path=roots)
+        return wait_for_sweep(jobs, configs) if args.launcher == "local" else 0
+    if args.multirun:
+        return run_grid(configs, jobs, config)
+    return exit_code(fit_from_config(configs[0], config_path=config, restart=args.restart))
 
 
 def _options(args: argparse.Namespace) -> int:
@@ -224,13 +234,19 @@ def _options(args: argparse.Namespace) -> int:
 def _resume(args: argparse.Namespace) -> int:
     sys.path[:0] = [os.getcwd()]
     cfg = load_run_config(args.run_dir, list(args.overrides), tuple(args.allow_target))
-    return exit_code(fit_from_config(cfg))
+    check_resumable(pathlib.Path(args.run_dir), cfg, restart=args.restart)
+    return exit_code(fit_from_config(cfg, restart=args.restart))
 
 
 def _eval(args: argparse.Namespace) -> int:
     sys.path[:0] = [os.getcwd()]
-    metrics = evaluate_run(args.run_dir, args.step, list(args.overrides), tuple(args.allow_target))
-    print(" ".join(f"eval/{k}={v:.6g}" for k, v in metrics.items()))
+    step, metrics = evaluate_run(
+        args.run_dir, args.step, list(args.overrides), tuple(args.allow_target)
+    )
+    raise_if_signalled()  # a signal during the evaluation: exit 75, no metrics line
+    # Which checkpoint was evaluated, on the line of its metrics: "latest" names no step.
+    shown = " ".join(f"eval/{k}={v:.6g}" for k, v in metrics.items())
+    print(f"step={step} run_dir={args.run_dir} {shown}")
     return 0
 
 
@@ -241,7 +257,9 @@ def _sample(args: argparse.Namespace) -> int:
         "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed, "step": args.step,
         "overrides": list(args.overrides), "allow_targets": tuple(args.allow_target),
     }  # fmt: skip
-    print(args.prompt + sample_run(args.run_dir, args.prompt, options))
+    text = sample_run(args.run_dir, args.prompt, options)
+    raise_if_signalled()
+    print(args.prompt + text)
     return 0
 
 
@@ -256,8 +274,9 @@ def _data(args: argparse.Namespace) -> int:
     from paxtrain.data.tokenize import describe_unknown, tokenize_files
 
     meta = tokenize_files(
-        args.inputs, args.out, args.vocab, args.force, args.max_unknown, args.tokenizer
-    )
+        args.inputs, args.out, args.vocab, args.force, args.max_unknown, args.tokenizer,
+        args.column,
+    )  # fmt: skip
     print(f"paxtrain: wrote {meta['num_tokens']} tokens ({meta['vocab']}) to {args.out}")
     if unknown := describe_unknown(meta):
         print(f"paxtrain: {unknown}")

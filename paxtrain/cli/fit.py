@@ -11,7 +11,7 @@ from typing import Any
 import jax
 from omegaconf import DictConfig, OmegaConf
 
-from paxtrain.cli.build import build_trainer, join_processes, schedule_horizon
+from paxtrain.cli.build import build_trainer, join_processes, schedule_horizon, with_hf_model
 from paxtrain.cli.runs import (
     CONFIG_FILE,
     RunFiles,
@@ -21,6 +21,7 @@ from paxtrain.cli.runs import (
     config_changes,
 )
 from paxtrain.config.optimizer import with_horizon
+from paxtrain.train.preemption import before_training
 
 CONFIG_CHANGED_MSG = (
     "paxtrain: resuming with another config than the run's {file} (which this run now "
@@ -28,17 +29,19 @@ CONFIG_CHANGED_MSG = (
 )
 
 
-def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
+def fit_from_config(cfg: DictConfig, config_path: str | None = None, restart: bool = False) -> Any:
     """Runs `paxtrain fit` for one validated config; returns the trainer after training.
 
-    A run directory that already holds checkpoints is resumed from the newest complete one.
+    A run directory that already holds checkpoints is resumed from the newest complete one;
+    one whose checkpoints are all unreadable (or moved aside) is refused unless `restart`
+    (`--restart`: start from step 0, moving the unreadable ones aside).
 
     Example:
         >>> trainer = fit_from_config(compose("configs/char_rnn.yaml", []))  # doctest: +SKIP
     """
     run_dir = pathlib.Path(cfg.run_dir or f"runs/{cfg.name}-{_timestamp()}")
     check_run_dir(run_dir)
-    cfg = cfg.copy()
+    cfg = with_hf_model(cfg.copy(), run_dir)  # before the config is hashed and saved
     cfg.run_dir = str(run_dir)
     if cfg.parallel.distributed:
         join_processes()  # before anything starts JAX's backends (reading checkpoints does)
@@ -49,7 +52,9 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
     # The run directory is made by `trainer.fit` once data, model and config proved good. The
     # horizon is recorded once, with each checkpoint, where a resume looks for it.
     meta = {**info, "schedule_horizon": horizon}
-    trainer, model, data, optimizer = build_trainer(cfg, run_dir, meta=meta, horizon=horizon)
+    trainer, model, data, optimizer = build_trainer(
+        cfg, run_dir, meta=meta, horizon=horizon, restart=restart
+    )
     trainer.add_hook(RunFiles(cfg, info))
     resolved = with_horizon(cfg, horizon)  # what the run trains with
     trainer.hyperparams = OmegaConf.to_container(resolved, resolve=True, enum_to_str=True)
@@ -62,7 +67,8 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None) -> Any:
     abstract = jax.eval_shape(parallel.seeded(model, cfg.seed))  # `model` builds it, sharded
     say(abstract.summary() if hasattr(abstract, "summary") else abstract)
     started = time.perf_counter()
-    trainer.fit(model, data, optimizer=optimizer)
+    with before_training(cfg.trainer.preemption_signals):  # those the config adds, too
+        trainer.fit(model, data, optimizer=optimizer)
     elapsed = time.perf_counter() - started
     final = trainer.eval_history[-1][1] if trainer.eval_history else {}
     shown = ", ".join(f"eval/{k}={v:.4f}" for k, v in final.items())

@@ -12,6 +12,7 @@ submitit is optional: `pip install -e ".[launch]"`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import sys
@@ -153,6 +154,8 @@ def check_options(options: Mapping[str, Any], source: str = "the launcher option
 class FitJob:
     """One sweep point as a picklable callable: the config travels as YAML, rebuilt in the job.
 
+    The job runs through `cli.sweep_results.run_sweep_job` (its outcome in its run directory),
+    then rewrites the sweep's table: the last job of a Slurm array to end leaves it whole.
     submitit calls `checkpoint` when Slurm is about to stop the job (the timeout's signal or a
     preemption); it requeues the same job, and `fit_from_config` resumes from the newest
     checkpoint in the run directory (paxtrain saves one on the SIGTERM that comes with requeue).
@@ -163,14 +166,29 @@ class FitJob:
         'runs/char_rnn-multirun-20260101-120000/0_optimizer.learning_rate.peak_value=1e-3'
     """
 
-    def __init__(self, config_yaml: str, config_path: str, workdir: str, sys_path: list[str]):
+    def __init__(
+        self,
+        config_yaml: str,
+        config_path: str,
+        workdir: str,
+        sys_path: list[str],
+        job: int = 0,
+        overrides: Sequence[str] = (),
+        sweep: str = "",
+    ):
         self.config_yaml = config_yaml
         self.config_path = config_path
         self.workdir = workdir
         self.sys_path = sys_path
+        self.job, self.overrides, self.sweep = job, list(overrides), sweep
 
     def __call__(self) -> dict[str, Any]:
-        from paxtrain.cli.fit import fit_from_config
+        from paxtrain.cli.sweep_results import (
+            objective,
+            records_here,
+            run_sweep_job,
+            write_summary,
+        )
         from paxtrain.config.schema import validate
 
         # As in the submitting process: relative paths in the config and `_target_` imports
@@ -178,8 +196,12 @@ class FitJob:
         os.chdir(self.workdir)
         sys.path[:0] = [p for p in self.sys_path if p not in sys.path]
         cfg = validate(OmegaConf.create(self.config_yaml))
-        trainer = fit_from_config(cfg, config_path=self.config_path)
-        return {"run_dir": cfg.run_dir, "step": trainer.step, "preempted": trainer.preempted}
+        outcome = run_sweep_job(
+            self.job, self.overrides, cfg.run_dir, self.config_path, cfg, self.sweep
+        )
+        if records_here():
+            write_summary(pathlib.Path(cfg.run_dir).parent, objective(cfg).mode)
+        return dataclasses.asdict(outcome)
 
     def checkpoint(self) -> Any:
         return _submitit().helpers.DelayedSubmission(self)
@@ -190,10 +212,11 @@ def submit_sweep(
     config_path: str,
     launcher: str,
     options: Mapping[str, Any] | None = None,
+    overrides: Sequence[Sequence[str]] | None = None,
     sys_path: Sequence[str] = (),
 ) -> list[Any]:
     """Submits one job per config through submitit, all in one batch (on Slurm, one job
-    array); for `local`, waits for them all.
+    array); `wait_for_sweep` waits for local ones.
 
     Each config must have its `run_dir` set (`paxtrain.cli.sweep.assign_sweep_dirs`); submitit's
     files and logs go to `submitit/<job id>/` in the sweep directory, the parent of the run
@@ -204,11 +227,11 @@ def submit_sweep(
       config_path: the YAML file they were composed from, recorded in each run's run.json.
       launcher: "local" (subprocesses on this machine) or "slurm".
       options: launcher options (`launcher_options`); None for the launcher's defaults.
+      overrides: each job's overrides, for the sweep's table.
       sys_path: entries each job puts in front of `sys.path`, for the config's `_target_`s.
 
     Returns:
-      The submitit jobs, in the order of `configs`. With `local`, all have finished; failures
-      raise LaunchError naming each failed job and its log file.
+      The submitit jobs, in the order of `configs`.
 
     Example:
         >>> jobs = submit_sweep(configs, "configs/char_rnn.yaml", "slurm")  # doctest: +SKIP
@@ -218,6 +241,8 @@ def submit_sweep(
         raise ConfigError(
             UNKNOWN_LAUNCHER_MSG.format(launcher=launcher, valid=", ".join(LAUNCHERS))
         )
+    from paxtrain.cli.sweep_results import new_sweep_id
+
     submitit = _submitit()
     options = check_options(LAUNCHER_DEFAULTS[launcher] if options is None else options)
     workdir = os.getcwd()
@@ -240,32 +265,51 @@ def submit_sweep(
 
     executor.update_parameters(name=f"paxtrain-{configs[0].name}" if configs else "paxtrain")
     path = str(pathlib.Path(config_path).resolve())
+    sweep = new_sweep_id()
     with executor.batch():  # one submission: a Slurm job array, its tasks in `configs`' order
         jobs = [
-            executor.submit(FitJob(OmegaConf.to_yaml(cfg), path, workdir, list(sys_path)))
-            for cfg in configs
+            executor.submit(
+                FitJob(OmegaConf.to_yaml(cfg), path, workdir, list(sys_path), index, job, sweep)
+            )
+            for index, (cfg, job) in enumerate(zip(configs, overrides or [[]] * len(configs)))
         ]
     for index, (job, cfg) in enumerate(zip(jobs, configs)):
         print(
             f"paxtrain: submitted sweep job {index} as submitit job {job.job_id} ({launcher}): {cfg.run_dir}"
         )
-    if launcher == "local":
-        # The jobs run at once, so one failing leaves the others running: all are waited for,
-        # then every failure is reported with its log.
-        failures = []
-        for index, (job, cfg) in enumerate(zip(jobs, configs)):
-            try:
-                job.result()
-            except Exception as error:
-                log, cause = job.paths.stderr, _cause(str(error))
-                failures.append(
-                    JOB_FAILED_MSG.format(
-                        index=index, job_id=job.job_id, run_dir=cfg.run_dir, log=log, error=cause
-                    )
-                )
-        if failures:
-            raise LaunchError("\n".join(failures))
     return jobs
+
+
+def wait_for_sweep(jobs: Sequence[Any], configs: Sequence[DictConfig]) -> int:
+    """Waits for a sweep's local jobs, prints its result table, and returns its exit code;
+    a job that failed (or crashed) raises LaunchError naming it and its log, after the table.
+
+    Example:
+        >>> wait_for_sweep(submit_sweep(configs, "configs/char_rnn.yaml", "local"), configs)  # doctest: +SKIP
+        0
+    """
+    from paxtrain.cli.sweep_results import FAILED, objective, report_sweep
+
+    # The jobs run at once, so one failing leaves the others running: all are waited for,
+    # then every failure is reported with its log.
+    failures = []
+    for index, (job, cfg) in enumerate(zip(jobs, configs)):
+        try:
+            outcome = job.result()
+            cause = outcome["message"] if outcome["outcome"] == FAILED else None
+        except Exception as error:
+            cause = _cause(str(error))
+        if cause is not None:
+            failures.append(
+                JOB_FAILED_MSG.format(
+                    index=index, job_id=job.job_id, run_dir=cfg.run_dir, log=job.paths.stderr,
+                    error=cause,
+                )
+            )  # fmt: skip
+    code = report_sweep(pathlib.Path(configs[0].run_dir).parent, objective(configs[0]).mode)
+    if failures:
+        raise LaunchError("\n".join(failures))
+    return code
 
 
 def _cause(text: str, count: int = 3) -> str:

@@ -17,7 +17,7 @@ import jax
 from omegaconf import DictConfig, OmegaConf
 
 from paxtrain.config.optimizer import ALIASES
-from paxtrain.errors import ConfigError
+from paxtrain.errors import CheckpointError, ConfigError
 from paxtrain.train.hooks import Hook
 
 
@@ -176,6 +176,35 @@ NO_RUN_DIR_MSG = (
 
 
 NOT_A_RUN_MSG = "{run_dir} has no {file}: is it a paxtrain run directory?"
+
+
+NOTHING_TO_RESUME_MSG = (
+    "{run_dir} has no checkpoint to resume from{why}. Start the run with `paxtrain fit CONFIG "
+    "run_dir={run_dir}`, or train it from step 0 with its saved config: `paxtrain resume "
+    "{run_dir} --restart`."
+)
+
+
+def check_resumable(run_dir: pathlib.Path, cfg: DictConfig, restart: bool = False) -> None:
+    """Refuses `paxtrain resume` of a run directory without any checkpoint (a resume that
+    silently trains from step 0 is no resume), unless `restart`. Step directories that are
+    not readable, and ones moved aside, are the trainer's to report (`CheckpointManager.resume`).
+
+    Example:
+        >>> check_resumable(pathlib.Path("runs/char_rnn"), cfg)  # doctest: +SKIP
+    """
+    from paxtrain.train.checkpointing import CHECKPOINT_DIR
+
+    directory = run_dir / CHECKPOINT_DIR
+    saved = list(directory.iterdir()) if directory.is_dir() else []
+    if restart or any(p.name.isdigit() or ".corrupt" in p.name for p in saved):
+        return
+    why = (
+        ""
+        if cfg.trainer.checkpoint.enabled
+        else " (it trained with trainer.checkpoint.enabled=false)"
+    )
+    raise CheckpointError(NOTHING_TO_RESUME_MSG.format(run_dir=run_dir, why=why))
 
 
 # Modules whose `_target_`s a run directory's config may name; a run directory is data, and

@@ -133,6 +133,41 @@ def _hydra_error(error: Exception, config: Any) -> ConfigError:
     return ConfigError(_one_line(message))
 
 
+def _with_target_parameters(overrides: list[str], chosen_from: list[str]) -> list[str]:
+    """`_add_target_parameter` of each override, against the targets as the overrides in
+    `chosen_from` set them (`data._target_=...`, `model=gru`): a target switched on the command
+    line is asked about its own parameters. Inside Hydra's initialized config directory."""
+    from hydra import compose as hydra_compose
+
+    if not overrides:
+        return overrides
+    chosen = [o for o in chosen_from if _chooses_target(o)]
+    base = hydra_compose(config_name=PRIMARY_NAME, overrides=chosen)
+    return [_add_target_parameter(o, base) for o in overrides]
+
+
+def explicit_overrides(config_path: str | pathlib.Path, overrides: list[str]) -> list[str]:
+    """The overrides as Hydra's own multirun must be given them to compose what `compose`
+    composes: a parameter of a `_target_` section's target that the file leaves out written
+    `++section.arg=value`. Sweeps stay sweeps (`++data.max_chars=1000,2000`); the targets are
+    taken from the overrides that are not sweeps.
+
+    Example:
+        >>> from paxtrain.config.packaged import find_config
+        >>> explicit_overrides(find_config("char_rnn"), ["data.max_chars=1000,2000", "seed=1,2"])
+        ['++data.max_chars=1000,2000', 'seed=1,2']
+    """
+    from hydra import initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    path = pathlib.Path(config_path).expanduser().resolve()
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    single = [o for o, p in zip(overrides, parsed) if not p.is_sweep_override()]
+    store_schema(path.stem)
+    with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
+        return _with_target_parameters(overrides, single)
+
+
 def compose(
     config_path: str | pathlib.Path, overrides: list[str], check: bool = True
 ) -> DictConfig:
@@ -167,12 +202,7 @@ def compose(
     try:
         store_schema(path.stem)
         with initialize_config_dir(config_dir=str(path.parent), version_base="1.3"):
-            if overrides:
-                # The targets as the overrides set them (`data._target_=...`, `model=gru`): a
-                # target switched on the command line is asked about its own parameters.
-                chosen = [o for o in overrides if _chooses_target(o)]
-                base = hydra_compose(config_name=PRIMARY_NAME, overrides=chosen)
-                overrides = [_add_target_parameter(o, base) for o in overrides]
+            overrides = _with_target_parameters(overrides, overrides)
             cfg = hydra_compose(config_name=PRIMARY_NAME, overrides=overrides)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark

@@ -89,10 +89,12 @@ class ProfileConfig:
 
     Attributes:
       start_step: trace `num_steps` steps from this one into RUN_DIR/profile/; null: no trace.
+      memory: also write a device memory profile after step `start_step` (needs start_step).
     """
 
     start_step: int | None = None
     num_steps: int = 3
+    memory: bool = False
 
 
 @dataclasses.dataclass
@@ -121,6 +123,9 @@ class TrainerConfig:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     profile: ProfileConfig = dataclasses.field(default_factory=ProfileConfig)
     compile_cache: str | None = "auto"
+    peak_tflops: float | None = None
+    watchdog: float | None = None
+    watchdog_min_seconds: float = 60.0
     preemption_signals: list[str] = dataclasses.field(
         default_factory=lambda: ["SIGTERM", "SIGINT", "SIGUSR1"]
     )
@@ -157,6 +162,32 @@ class ParallelConfig:
 
 
 @dataclasses.dataclass
+class LoRAConfig:
+    """`finetune.lora`: low-rank adapters on the `Linear`s that `paths` selects
+    (`paxtrain.nn.apply_lora`), trained on the frozen parameters `init_from` loads.
+
+    Attributes:
+      rank: the adapters' rank; null: no LoRA (setting it turns LoRA on).
+    """
+
+    rank: int | None = None
+    alpha: float = 16.0
+    dropout: float = 0.0
+    paths: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    """`finetune`: how a run fine-tunes the parameters `init_from` loads.
+
+    Attributes:
+      lora: low-rank adapters instead of training the selected weights in full.
+    """
+
+    lora: LoRAConfig = dataclasses.field(default_factory=LoRAConfig)
+
+
+@dataclasses.dataclass
 class FitConfig:
     """A `paxtrain fit` run (`paxtrain options CONFIG` lists every key with its help).
 
@@ -171,6 +202,7 @@ class FitConfig:
       init_from: fine-tuning: a run directory or checkpoint to load parameters from.
       init_from_include: regexes on parameter paths: load only those that match.
       freeze: regexes on submodule paths: those are not trained.
+      finetune: fine-tuning methods: `finetune.lora` trains low-rank adapters only.
     """
 
     name: str = "run"
@@ -184,6 +216,7 @@ class FitConfig:
     init_from: str | None = None
     init_from_include: list[str] = dataclasses.field(default_factory=list)
     freeze: list[str] = dataclasses.field(default_factory=list)
+    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
 
@@ -200,6 +233,7 @@ MIRRORS = {
     CheckpointConfig: ("paxtrain.train.checkpointing.Checkpointing",),
     EarlyStoppingConfig: ("paxtrain.train.hooks.EarlyStopping",),
     ProfileConfig: ("paxtrain.train.profile.Profile",),
+    LoRAConfig: ("paxtrain.nn.lora.apply_lora",),
 }
 
 
@@ -218,9 +252,28 @@ BAD_CHOICE_MSG = "Config key `{key}` is {value!r}; choose one of {choices}."
 AT_LEAST_ONE_MSG = "Config key `{key}` is {value}; it must be at least 1, e.g. `{key}={example}`."
 
 
+LORA_WITHOUT_RANK_MSG = (
+    "`finetune.lora.paths` is set but `finetune.lora.rank` is null, so no adapter would be "
+    "trained: set the rank, e.g. `finetune.lora.rank=8`, or remove `finetune.lora.paths`."
+)
+
+
+LORA_WITHOUT_INIT_MSG = (
+    "`finetune.lora.rank={rank}` trains adapters on frozen base weights, but `init_from` is "
+    "null: the base would stay at its random initialization. Set `init_from=runs/NAME` (the "
+    "run to fine-tune), or train the whole model without `finetune.lora`."
+)
+
+
 PROFILE_START_MSG = (
     "`trainer.profile.start_step` is {start}, outside the run's steps 0 to {last}: no trace "
     "would be written; choose a step in that range, e.g. `trainer.profile.start_step=10`."
+)
+
+
+PROFILE_MEMORY_MSG = (
+    "`trainer.profile.memory=true` writes a memory profile after step `trainer.profile.start_step`, "
+    "which is null: choose the step, e.g. `trainer.profile.start_step=10`."
 )
 
 
@@ -273,10 +326,13 @@ def validate(cfg: DictConfig) -> DictConfig:
     # when `paxtrain.cli.build` builds them (`config.arguments` names the key); these are the
     # config's own: keys that no single object takes.
     _check_horizon(merged)
+    _check_lora(merged)
     validate_optimizer(merged)
     start, max_steps = merged.trainer.profile.start_step, merged.trainer.max_steps
     if start is not None and max_steps >= 1 and start >= max_steps:  # the Profile can't know
         raise ConfigError(PROFILE_START_MSG.format(start=start, last=max_steps - 1))
+    if merged.trainer.profile.memory and start is None:
+        raise ConfigError(PROFILE_MEMORY_MSG)
     check_target(merged.data, "data")
     check_target(merged.model, "model", provided=None)  # some arguments come from the data
     for i, callback in enumerate(merged.callbacks):
@@ -291,6 +347,16 @@ def _check_horizon(cfg: DictConfig) -> None:
     if value is not None and value < 1:
         key = "optimizer.horizon"
         raise ConfigError(AT_LEAST_ONE_MSG.format(key=key, value=value, example=1000))
+
+
+def _check_lora(cfg: DictConfig) -> None:
+    """`finetune.lora` against the keys beside it: on only with a rank, and only on weights
+    that `init_from` loads (frozen random weights are no base to adapt)."""
+    lora = cfg.finetune.lora
+    if lora.rank is None and lora.paths:
+        raise ConfigError(LORA_WITHOUT_RANK_MSG)
+    if lora.rank is not None and not cfg.init_from:
+        raise ConfigError(LORA_WITHOUT_INIT_MSG.format(rank=lora.rank))
 
 
 _INVALID_VALUE = re.compile(r"Invalid value '(.*)', expected one of")

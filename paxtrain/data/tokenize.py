@@ -1,4 +1,5 @@
-"""`paxtrain data tokenize`: text files -> a flat token file that `TokenFile` reads.
+"""`paxtrain data tokenize`: text files (or the text column of `.jsonl`/`.parquet` files) -> a
+flat token file that `TokenFile` reads.
 
 The text is read and written a chunk at a time, so memory stays flat whatever its size. Nothing
 the user owns is written over: an input never, an existing file only with `force=True`; the new
@@ -13,12 +14,13 @@ import json
 import os
 import pathlib
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from paxtrain.data.bpe import BpeVocab
+from paxtrain.data.documents import DEFAULT_COLUMN, is_table, read_documents
 from paxtrain.data.text import VOCABS, CharVocab
 from paxtrain.data.tokens import sidecar_path
 from paxtrain.errors import DataError
@@ -60,6 +62,10 @@ token file to write (was it forgotten? `paxtrain data tokenize {example} {sugges
 
 OUT_IS_DIRECTORY_MSG = """\
 OUT {out} is a directory: give the token file to write, e.g. `{suggestion}`."""
+
+COLUMN_WITHOUT_TABLE_MSG = """\
+--column {column!r} names a column of .jsonl/.parquet inputs, and none is given ({paths} are \
+read as text): drop `--column`, or give the table files."""
 
 TOO_MANY_UNKNOWN_MSG = """\
 {unknown} of the {total} characters ({share:.1%}) are outside `--vocab chars` (printable ASCII, \
@@ -110,11 +116,14 @@ def _same_file(a: pathlib.Path, b: pathlib.Path) -> bool:
 
 
 def _check_text(path: pathlib.Path) -> None:
-    """Refuses a missing input, a directory, or a file whose first KiB is not UTF-8 text."""
+    """Refuses a missing input, a directory, or a file whose first KiB is not UTF-8 text (a
+    Parquet file's bytes are not text: pyarrow checks it when it is read)."""
     if path.is_dir():
         raise DataError(TEXT_IS_DIRECTORY_MSG.format(path=path))
     if not path.is_file():
         raise FileNotFoundError(MISSING_TEXT_MSG.format(path=path))
+    if path.suffix.lower() == ".parquet":
+        return
     with path.open("rb") as source:
         head = source.read(SNIFF_BYTES)
     if b"\x00" in head:
@@ -158,16 +167,19 @@ def tokenize_files(
     force: bool = False,
     max_unknown: float = MAX_UNKNOWN_FRACTION,
     tokenizer: str | pathlib.Path | None = None,
+    column: str | None = None,
 ) -> dict[str, object]:
     """Encodes text files, one after the other, into the token file `out` (uint16, or uint32
-    for a tokenizer of more than 65536 ids).
+    for a tokenizer of more than 65536 ids). A `.jsonl` or `.parquet` input is a table: each
+    row's `column` is a document of its own.
 
     Also writes the sidecar `out + ".json"` (dtype, vocabulary, size, largest id and, for
     "chars", the count of unknown characters) that `TokenFile` reads. `out` appears only once
     complete, so an interrupted run leaves no half file behind.
 
     Args:
-      inputs: UTF-8 text files; a file that is not UTF-8 (binary, another encoding) is refused.
+      inputs: UTF-8 text files (a file that is not UTF-8, binary or another encoding, is
+        refused), and `.jsonl`/`.parquet` tables (`paxtrain.data.documents`).
       out: the token file to write; never an input, and an existing file only with `force`.
       vocab: "bytes" (UTF-8 bytes) or "chars" (`CharVocab`).
       force: replace an existing `out` (and its sidecar).
@@ -176,6 +188,8 @@ def tokenize_files(
       tokenizer: a `tokenizer.json` (`paxtrain data tokenizer train`) to encode with instead of
         `vocab`; each input is a document, followed by the tokenizer's `<|eos|>` id, and the
         sidecar records the tokenizer's identity, so the file is read with that one only.
+        Each row of a table is a document too.
+      column: the text column of the tables (default "text"); only with table inputs.
 
     Returns:
       The sidecar's contents, plus "unknown_examples" (the most frequent unknown characters
@@ -197,6 +211,9 @@ def tokenize_files(
     paths = [pathlib.Path(p).expanduser() for p in inputs]
     for path in paths:
         _check_text(path)
+    if column is not None and not any(map(is_table, paths)):
+        names = ", ".join(map(str, paths))
+        raise DataError(COLUMN_WITHOUT_TABLE_MSG.format(column=column, paths=names))
     out = pathlib.Path(out).expanduser()
     targets = check_targets(paths, out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -205,7 +222,8 @@ def tokenize_files(
     partial = pathlib.Path(partial_name)
     try:
         with os.fdopen(handle, "wb") as sink:
-            count, max_id, num_bytes, dtype, unknown = _write_ids(paths, encoder, sink)
+            documents = _documents(paths, column or DEFAULT_COLUMN)
+            count, max_id, num_bytes, dtype, unknown = _write_ids(documents, encoder, sink)
         if count == 0:
             raise DataError(EMPTY_TEXT_MSG.format(paths=", ".join(map(str, paths))))
         total_unknown = sum(unknown.values())
@@ -239,21 +257,31 @@ def tokenize_files(
     return {**meta, "unknown_examples": unknown.most_common(SHOWN_UNKNOWN)} if unknown else meta
 
 
+def _documents(paths: Sequence[pathlib.Path], column: str) -> Iterator[Iterable[str]]:
+    """Each document of the inputs, as chunks of its text: a text file is one document, read
+    a chunk at a time; a table's rows are one document each."""
+    for path in paths:
+        if is_table(path):
+            yield from ((text,) for text in read_documents(path, column))
+        else:
+            yield _read_text(path)
+
+
 def _write_ids(
-    paths: Sequence[pathlib.Path], encoder: Any, sink: Any
+    documents: Iterable[Iterable[str]], encoder: Any, sink: Any
 ) -> tuple[int, int, int, np.dtype, collections.Counter[str]]:
-    """Encodes each file into `sink`, each followed by the encoder's EOS id if it has one;
-    returns the count of ids, the largest, the bytes of text, the dtype and the characters
-    `CharVocab` did not know."""
+    """Encodes each document into `sink`, each followed by the encoder's EOS id if it has one;
+    returns the count of ids, the largest, the bytes of text (UTF-8), the dtype and the
+    characters `CharVocab` did not know."""
     dtype = np.dtype(np.uint16 if len(encoder) <= 1 << 16 else np.uint32)
     unknown_id = len(encoder) - 1 if isinstance(encoder, CharVocab) else None
     # A document ends with `<|eos|>`, so a model sees where one text stops and another starts.
     end = [] if getattr(encoder, "eos_id", None) is None else [encoder.eos_id]
     unknown: collections.Counter[str] = collections.Counter()
     count, max_id, num_bytes = 0, 0, 0
-    for path in paths:
-        num_bytes += path.stat().st_size
-        for text in _read_text(path):
+    for document in documents:
+        for text in document:
+            num_bytes += len(text.encode("utf-8"))  # a table's file size is not its text's
             ids = encoder.encode(text)
             if unknown_id is not None:
                 codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)

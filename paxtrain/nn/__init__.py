@@ -23,6 +23,7 @@ from paxtrain.nn.grouped_query_attention import GroupedQueryAttention
 from paxtrain.nn.kv_cache import KVCache
 from paxtrain.nn.layer_norm import LayerNorm, RMSNorm
 from paxtrain.nn.linear import Linear
+from paxtrain.nn.lora import LoRAAdapter, LoRALinear, apply_lora, lora_linear, merge_lora
 from paxtrain.nn.normalization import normalize
 from paxtrain.nn.pool import avg_pool, max_pool
 from paxtrain.nn.recurrent import (
@@ -34,7 +35,7 @@ from paxtrain.nn.recurrent import (
     VanillaRNNState,
     unroll,
 )
-from paxtrain.nn.rotary import apply_rope, rope_angles
+from paxtrain.nn.rotary import Llama3RopeScaling, apply_rope, rope_angles, rope_scaling
 from paxtrain.nn.scan_layers import ScanLayers, call_block
 from paxtrain.nn.sequential import Chainable, Identity, Lambda, Sequential
 from paxtrain.nn.swiglu import SwiGLU
@@ -62,6 +63,8 @@ __all__ = [
     "Lambda",
     "LayerNorm",
     "Linear",
+    "LoRAAdapter",
+    "LoRALinear",
     "MultiHeadAttention",
     "RMSNorm",
     "RngSeq",
@@ -70,13 +73,18 @@ __all__ = [
     "SwiGLU",
     "VanillaRNN",
     "VanillaRNNState",
+    "apply_lora",
     "apply_rope",
+    "Llama3RopeScaling",
     "avg_pool",
     "call_block",
     "causal_mask",
     "initializers",
+    "lora_linear",
     "max_pool",
+    "merge_lora",
     "normalize",
     "rope_angles",
+    "rope_scaling",
     "unroll",
 ]

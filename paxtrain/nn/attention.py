@@ -1,4 +1,5 @@
-"""`MultiHeadAttention`: scaled dot-product attention with learned projections (no KV cache).
+"""`MultiHeadAttention`: scaled dot-product attention with learned projections, and a KV cache
+for decoding (`with_cache`).
 
 The attention itself is `jax.nn.dot_product_attention`, so the fused kernels JAX offers (cuDNN
 flash attention with `implementation="cudnn"`) are one argument away; the default lets JAX pick.
@@ -14,6 +15,7 @@ import numpy as np
 
 import paxtrain as pax
 from paxtrain.nn.initializers import Initializer, split_rng_key
+from paxtrain.nn.kv_cache import KVCache
 from paxtrain.nn.linear import Linear
 from paxtrain.nn.sequential import Chainable
 
@@ -26,6 +28,9 @@ CUDNN_MSG = (
 BOTH_INITS_MSG = """\
 MultiHeadAttention: pass w_init_scale (PAX's variance-scaling factor) or w_init (an \
 initializer), not both."""
+CACHE_SELF_ONLY_MSG = """\
+MultiHeadAttention with a KV cache attends from the new positions to the ones seen so far \
+(self-attention): call it with the query only, no key, value or mask."""
 
 
 def causal_mask(query_length: int, key_length: int) -> jax.Array:
@@ -54,7 +59,8 @@ class MultiHeadAttention(Chainable, pax.Module):
     ...) read the same submodules as `query_proj`, ....
 
     `mask` (boolean, True = may attend) broadcasts against the logits [..., heads, query, key];
-    `causal=True` additionally hides key positions after each query position.
+    `causal=True` additionally hides key positions after each query position. `with_cache`
+    gives a copy for decoding, whose calls continue one another.
 
     Args:
       num_heads: number of heads.
@@ -117,6 +123,26 @@ implementation=None)
     output_projection = property(lambda self: self.output_proj)
     model_size = property(lambda self: self.model_dim)
 
+    # A class attribute, not an instance one: a layer without a cache shows none in its repr.
+    cache: KVCache | None = None
+
+    def with_cache(self, batch_size: int, max_len: int) -> MultiHeadAttention:
+        """A copy for self-attention decoding that keeps the keys and values of what it has
+        seen (a `KVCache` of `max_len` positions): each call then attends to the positions of
+        the calls before it too. Call it through `pax.purecall`, which returns the copy with its
+        cache extended.
+
+        Example:
+            >>> mha = nn.MultiHeadAttention(2, 4, causal=True)
+            >>> decoder = mha.with_cache(batch_size=1, max_len=4)
+            >>> decoder, y = pax.purecall(decoder, jnp.ones((1, 3, 8)))  # the prompt
+            >>> decoder, y = pax.purecall(decoder, jnp.ones((1, 1, 8)))  # one more position
+            >>> int(decoder.cache.length), y.shape
+            (4, (1, 1, 8))
+        """
+        size = max(self.key_size, self.value_size)  # the padded heads of `__call__`
+        return self.replace(cache=KVCache(batch_size, max_len, self.num_heads, size))
+
     def __call__(
         self,
         query: jax.Array,
@@ -124,7 +150,10 @@ implementation=None)
         value: jax.Array | None = None,
         mask: jax.Array | None = None,
     ) -> jax.Array:
-        """Attends from `query` to `key` / `value` (both default to `query`: self-attention)."""
+        """Attends from `query` to `key` / `value` (both default to `query`: self-attention);
+        with a cache, to the positions of the calls before as well."""
+        if self.cache is not None and any(x is not None for x in (key, value, mask)):
+            raise ValueError(CACHE_SELF_ONLY_MSG)
         key = query if key is None else key
         value = key if value is None else value
         heads, lead = self.num_heads, query.shape[:-2]
@@ -139,7 +168,11 @@ implementation=None)
         q = heads_of(self.query_proj, query, self.key_size)
         k = heads_of(self.key_proj, key, self.key_size)
         v = heads_of(self.value_proj, value, self.value_size)
-        if mask is not None:
+        if self.cache is not None:
+            start = self.cache.length
+            k, v, _ = self.cache.extend(k, v)
+            mask = self.cache.visible(start, query.shape[-2], self.causal)
+        elif mask is not None:
             mask = jnp.asarray(mask, bool)
             if mask.ndim > 3:
                 tail = mask.shape[-3:]
@@ -150,7 +183,7 @@ implementation=None)
             v,
             mask=mask,
             scale=1.0 / math.sqrt(self.key_size),
-            is_causal=self.causal,
+            is_causal=self.causal and self.cache is None,
             implementation=self.implementation,
         )
         out = out[..., : self.value_size].reshape(*lead, query.shape[-2], heads * self.value_size)

@@ -19,7 +19,7 @@ from paxtrain.nn.attention import IMPLEMENTATION_MSG, IMPLEMENTATIONS
 from paxtrain.nn.initializers import Initializer, split_rng_key
 from paxtrain.nn.kv_cache import KVCache
 from paxtrain.nn.linear import Linear
-from paxtrain.nn.rotary import apply_rope
+from paxtrain.nn.rotary import Llama3RopeScaling, apply_rope
 from paxtrain.nn.sequential import Chainable
 
 GROUPS_MSG = (
@@ -40,6 +40,7 @@ class GroupedQueryAttention(Chainable, pax.Module):
       num_kv_heads: key/value heads; divides `num_heads` (1: multi-query attention).
       head_dim: size of each head; defaults to `model_dim // num_heads`.
       rope_theta: base of the rotary angles; None: no rotary positions.
+      rope_scaling: a rule rescaling the rotary frequencies (`nn.rope_scaling`), or None.
       causal: hide later positions from each query.
       w_init: initializer of the four projections (default: `Linear`'s).
       implementation: `jax.nn.dot_product_attention`'s ("xla", "cudnn" or None).
@@ -60,6 +61,7 @@ class GroupedQueryAttention(Chainable, pax.Module):
         head_dim: int | None = None,
         *,
         rope_theta: float | None = 10000.0,
+        rope_scaling: Llama3RopeScaling | None = None,
         causal: bool = True,
         w_init: Initializer | None = None,
         implementation: str | None = None,
@@ -74,6 +76,7 @@ class GroupedQueryAttention(Chainable, pax.Module):
         head_dim = head_dim or model_dim // num_heads
         self.model_dim, self.num_heads, self.num_kv_heads = model_dim, num_heads, num_kv_heads
         self.head_dim, self.rope_theta, self.causal = head_dim, rope_theta, causal
+        self.rope_scaling = rope_scaling
         self.implementation = implementation
         q_key, k_key, v_key, o_key = split_rng_key(rng_key, 4)
 
@@ -85,7 +88,9 @@ class GroupedQueryAttention(Chainable, pax.Module):
         self.value_proj = projection(model_dim, num_kv_heads * head_dim, v_key)
         self.output_proj = projection(num_heads * head_dim, model_dim, o_key)
 
-        self.cache: KVCache | None = None  # `with_cache`: decoding, one call after another
+    # `with_cache`: decoding, one call after another. A class attribute, not an instance one: a
+    # layer without a cache shows none in its repr.
+    cache: KVCache | None = None
 
     def with_cache(self, batch_size: int, max_len: int) -> GroupedQueryAttention:
         """A copy that keeps the keys and values of what it has seen (a `KVCache` of `max_len`
@@ -113,15 +118,12 @@ class GroupedQueryAttention(Chainable, pax.Module):
         start = 0 if self.cache is None else self.cache.length
         if self.rope_theta is not None:
             positions = start + jnp.arange(time)
-            q = apply_rope(q, positions, self.rope_theta)
-            k = apply_rope(k, positions, self.rope_theta)
+            q = apply_rope(q, positions, self.rope_theta, self.rope_scaling)
+            k = apply_rope(k, positions, self.rope_theta, self.rope_scaling)
         mask = None
         if self.cache is not None:
             k, v, _ = self.cache.extend(k, v)
-            # Query i sits at position start + i: it sees the filled positions up to its own.
-            keys = jnp.arange(self.cache.max_len)[None, :]
-            last = (start + jnp.arange(time))[:, None] if self.causal else start + time - 1
-            mask = jnp.broadcast_to(keys <= last, (time, self.cache.max_len))
+            mask = self.cache.visible(start, time, self.causal)
         out = jax.nn.dot_product_attention(
             q,
             k,

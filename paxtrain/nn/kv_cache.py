@@ -64,3 +64,16 @@ class KVCache(pax.Module):
         )
         self.length = start + new
         return self.keys, self.values, start
+
+    def visible(self, start: jax.Array, time: int, causal: bool) -> jax.Array:
+        """[time, max_len] booleans: which positions of the buffers each of the `time` queries
+        written from `start` on may see (filled ones; with `causal`, none after its own).
+
+        Example:
+            >>> cache = nn.KVCache(batch_size=1, max_len=4, num_kv_heads=1, head_dim=2)
+            >>> cache.visible(1, 2, causal=True).tolist()
+            [[True, True, False, False], [True, True, True, False]]
+        """
+        keys = jnp.arange(self.max_len)[None, :]
+        last = (start + jnp.arange(time))[:, None] if causal else start + time - 1
+        return jnp.broadcast_to(keys <= last, (time, self.max_len))

@@ -80,8 +80,10 @@ from paxtrain.parallel.sharding import (
     as_rules,
     check_tensor_axis_used,
     column_parallel,
+    column_parallel_adapter,
     partition_spec,
     row_parallel,
+    row_parallel_adapter,
     state_shardings,
 )
 from paxtrain.parallel.strategy import ParallelStrategy
@@ -112,6 +114,7 @@ __all__ = [
     "check_batch_divisible",
     "check_tensor_axis_used",
     "column_parallel",
+    "column_parallel_adapter",
     "data_parallel_size",
     "detect_distributed",
     "initialize_distributed",
@@ -127,6 +130,7 @@ __all__ = [
     "read_rows",
     "replicate",
     "row_parallel",
+    "row_parallel_adapter",
     "seeded",
     "setup",
     "shard_batch",

@@ -103,18 +103,61 @@ def row_parallel(module: str) -> tuple[Rule, Rule]:
     return weight, bias
 
 
+def column_parallel_adapter(module: str) -> tuple[Rule, Rule]:
+    """Rules for the LoRA adapter (`nn.LoRALinear`) of a `column_parallel` layer: `lora_b`
+    [out, rank] split over "tensor" by its outputs, as the layer's weight, `lora_a` replicated.
+
+    Each device then adds its slice of the adapter's update to its slice of the outputs, from
+    the whole input: no more communication than the layer's own.
+
+    Example:
+        >>> a_rule, b_rule = column_parallel_adapter("query_proj")
+        >>> a_rule[1], b_rule[1]
+        (P(), P('tensor', None))
+    """
+    a = (rf"{module}\.adapter\.lora_a$", PartitionSpec())
+    b = (rf"{module}\.adapter\.lora_b$", PartitionSpec(TENSOR, None))
+    return a, b
+
+
+def row_parallel_adapter(module: str) -> tuple[Rule, Rule]:
+    """Rules for the LoRA adapter of a `row_parallel` layer: `lora_a` [rank, in] split over
+    "tensor" by its inputs, as the layer's weight, `lora_b` replicated.
+
+    Each device projects its slice of the features to a partial [rank] vector; those are summed
+    (an all-reduce of `rank` numbers a position), then `lora_b` maps them to the outputs.
+
+    Example:
+        >>> a_rule, b_rule = row_parallel_adapter("output_proj")
+        >>> a_rule[1], b_rule[1]
+        (P(None, 'tensor'), P())
+    """
+    a = (rf"{module}\.adapter\.lora_a$", PartitionSpec(None, TENSOR))
+    b = (rf"{module}\.adapter\.lora_b$", PartitionSpec())
+    return a, b
+
+
+def _column(module: str) -> tuple[Rule, ...]:
+    return (*column_parallel(module), *column_parallel_adapter(module))
+
+
+def _row(module: str) -> tuple[Rule, ...]:
+    return (*row_parallel(module), *row_parallel_adapter(module))
+
+
 # Megatron-LM's layout: attention heads split over "tensor" (the query, key and value projections
 # column parallel, the output projection row parallel), and likewise the first and the later
 # layers of a transformer block's `mlp` Sequential (as in paxtrain/recipes/transformer_lm.py). Each
-# attention or MLP block then needs one all-reduce forward and one backward.
+# attention or MLP block then needs one all-reduce forward and one backward. A layer's LoRA
+# adapter (paxtrain/nn/lora.py) is split along with it.
 DEFAULT_TENSOR_RULES: tuple[Rule, ...] = (
-    *column_parallel(r"(query_proj|key_proj|value_proj)"),
-    *row_parallel(r"output_proj"),
-    *column_parallel(r"mlp\.layers\.0"),
-    *row_parallel(r"mlp\.layers\.\d+"),
+    *_column(r"(query_proj|key_proj|value_proj)"),
+    *_row(r"output_proj"),
+    *_column(r"mlp\.layers\.0"),
+    *_row(r"mlp\.layers\.\d+"),
     # A SwiGLU's (paxtrain/nn/swiglu.py) gate and up projections, then its down projection.
-    *column_parallel(r"(gate_proj|up_proj)"),
-    *row_parallel(r"down_proj"),
+    *_column(r"(gate_proj|up_proj)"),
+    *_row(r"down_proj"),
 )
 
 

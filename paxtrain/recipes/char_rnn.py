@@ -20,8 +20,16 @@ import optax
 
 import paxtrain as pax
 import paxtrain.nn as nn
-from paxtrain.recipes.sampling import sample
+from paxtrain.recipes.sampling import room_for, sample
 from paxtrain.train.hooks import Hook
+
+NO_DECODER_NOTE = (
+    "paxtrain: no sample: {model} has no `decoder(batch_size, max_len)` to sample with"
+)
+SAMPLE_CUT_NOTE = (
+    "paxtrain: the sample stops after {num_chars} of {asked} characters: the prompt and the "
+    "sample share the model's seq_len={seq_len} positions (`callbacks.0.num_chars`)"
+)
 
 # A forget-gate bias of 1 keeps the LSTM's memory open early in training (Jozefowicz et al., 2015).
 CELLS = {
@@ -128,12 +136,18 @@ class PrintSample(Hook):
             print("paxtrain: no sample: the data has no vocabulary to decode it (`callbacks=[]`)")
             return
         model = trainer.state.model.eval()
+        if not hasattr(model, "decoder"):
+            print(NO_DECODER_NOTE.format(model=type(model).__name__))
+            return
         prompt, key = jnp.asarray(vocab.encode(self.prompt)), jax.random.PRNGKey(self.seed)
-        if hasattr(model, "decoder"):  # decoded with its cache, as `paxtrain sample` does
-            ids = sample(model, prompt, self.num_chars, key, self.temperature)
-        else:
-            generate = jax.jit(type(model).generate, static_argnums=(2, 4))
-            ids = generate(model, prompt, self.num_chars, key, self.temperature)
+        num_chars = room_for(model, len(prompt), self.num_chars)
+        if num_chars < self.num_chars:  # learned positions (transformer_lm) end at seq_len
+            cut = {"num_chars": num_chars, "seq_len": model.seq_len, "asked": self.num_chars}
+            print(SAMPLE_CUT_NOTE.format(**cut))
+            if num_chars == 0:
+                return
+        # Decoded with its cache, as `paxtrain sample` does.
+        ids = sample(model, prompt, num_chars, key, self.temperature)
         text = self.prompt + vocab.decode(ids)
         if not trainer.is_main_process:  # every process generates: the model may span them all
             return

@@ -12,12 +12,14 @@ bias-free projections), so converted weights need no permutation.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import optax
 
 import paxtrain as pax
 import paxtrain.nn as nn
+from paxtrain.recipes.sampling import with_attention_caches
 
 # Hugging Face Llama's `initializer_range`: every projection and the embedding N(0, 0.02).
 INIT_STDDEV = 0.02
@@ -53,6 +55,7 @@ class LlamaBlock(nn.Chainable, pax.Module):
         rope_theta: float = 10000.0,
         norm_eps: float = 1e-5,
         *,
+        rope_scaling: nn.Llama3RopeScaling | None = None,
         attention: str | None = None,
     ):
         super().__init__()
@@ -63,6 +66,7 @@ class LlamaBlock(nn.Chainable, pax.Module):
             num_heads,
             num_kv_heads,
             rope_theta=rope_theta,
+            rope_scaling=rope_scaling,
             w_init=init,
             implementation=attention,
         )
@@ -86,6 +90,9 @@ class LlamaLM(pax.Module):
       model_dim: width of the residual stream.
       mlp_dim: hidden width of the SwiGLU; None: `default_mlp_dim(model_dim)`.
       rope_theta: base of the rotary angles.
+      rope_scaling: Hugging Face's `rope_scaling` mapping, e.g. Llama 3.1's `{rope_type: llama3,
+        factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192}` (see `nn.rope_scaling`); None: plain RoPE.
       norm_eps: epsilon of the RMSNorms.
       tie_embeddings: the head is the embedding's transpose (one matrix fewer).
       bytes_per_token: bytes of text per token of the data, for `bits_per_byte` (1 for the
@@ -112,6 +119,7 @@ class LlamaLM(pax.Module):
         norm_eps: float = 1e-5,
         tie_embeddings: bool = False,
         bytes_per_token: float = 1.0,
+        rope_scaling: dict[str, Any] | None = None,
         *,
         scan_layers: bool = False,
         remat: str = "none",
@@ -121,6 +129,7 @@ class LlamaLM(pax.Module):
         self.vocab_size, self.model_dim, self.num_layers = vocab_size, model_dim, num_layers
         self.bytes_per_token, self.remat = bytes_per_token, remat
         init = nn.initializers.normal(INIT_STDDEV)
+        scaling = nn.rope_scaling(rope_scaling)  # an unknown rope_type: refused here
         self.token_embed = nn.Embed(vocab_size, model_dim, w_init=init)
         blocks = [
             LlamaBlock(
@@ -130,6 +139,7 @@ class LlamaLM(pax.Module):
                 mlp_dim or default_mlp_dim(model_dim),
                 rope_theta,
                 norm_eps,
+                rope_scaling=scaling,
                 attention=attention,
             )
             for _ in range(num_layers)
@@ -153,6 +163,23 @@ class LlamaLM(pax.Module):
         x = self.final_norm(x)
         return x @ self.token_embed.weight.T if self.head is None else self.head(x)
 
+    def flops_per_token(self, seq_len: int) -> float:
+        """Model FLOPs per token of a training step on sequences of `seq_len` (PaLM's formula,
+        `telemetry.flops.palm_flops_per_token`); a tied head is a matmul all the same.
+
+        Example:
+            >>> model = LlamaLM(vocab_size=98, num_heads=4, num_kv_heads=2, model_dim=16)
+            >>> model.flops_per_token(8)
+            59040.0
+        """
+        from paxtrain.telemetry.flops import palm_flops_per_token
+        from paxtrain.telemetry.parameters import count_parameters
+
+        non_embedding = count_parameters(self) - count_parameters(self.token_embed)
+        if self.head is None:  # the embedding's transpose: a d x vocab matmul
+            non_embedding += self.model_dim * self.vocab_size
+        return palm_flops_per_token(non_embedding, self.num_layers, self.model_dim, seq_len)
+
     def decoder(self, batch_size: int, max_len: int) -> LlamaLM:
         """A copy for decoding (`paxtrain.recipes.sampling`): every attention keeps a KV cache
         of `max_len` positions, so each call continues the sequence of the calls before it.
@@ -165,14 +192,7 @@ class LlamaLM(pax.Module):
             >>> logits.shape
             (1, 1, 98)
         """
-
-        def cached(block: LlamaBlock) -> LlamaBlock:
-            return block.replace(attention=block.attention.with_cache(batch_size, max_len))
-
-        if isinstance(self.blocks, nn.ScanLayers):
-            blocks = nn.ScanLayers([cached(b) for b in self.blocks.unstack()])
-        else:
-            blocks = self.blocks.replace(layers=tuple(cached(b) for b in self.blocks.layers))
+        blocks = with_attention_caches(self.blocks, batch_size, max_len)
         return self.replace(blocks=blocks, remat="none")  # nothing to keep for a backward pass
 
     def loss(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -1,9 +1,10 @@
 """Sampling text from a language model with a cache: a prompt, then one token per step.
 
 A model that can decode incrementally has `decoder(batch_size, max_len)`, a copy whose calls
-continue one another (`LlamaLM`: a KV cache per attention; `CharRNN`: the recurrent carry). The
-whole loop is one jitted `lax.scan` that threads the decoder through `pax.purecall`: the prompt
-is read once, then each new token costs one position, not the whole sequence so far.
+continue one another (`LlamaLM`, `TransformerLM`: a KV cache per attention; `CharRNN`: the
+recurrent carry). The whole loop is one jitted `lax.scan` that threads the decoder through
+`pax.purecall`: the prompt is read once, then each new token costs one position, not the whole
+sequence so far.
 
     >>> import jax, jax.numpy as jnp
     >>> from paxtrain.recipes.llama_lm import LlamaLM
@@ -22,10 +23,11 @@ import jax
 import jax.numpy as jnp
 
 import paxtrain as pax
+import paxtrain.nn as nn
 
 NO_DECODER_MSG = (
     "{cls} cannot decode incrementally: it has no `decoder(batch_size, max_len)` method "
-    "(the recipes' LlamaLM and CharRNN have one)."
+    "(the recipes' LlamaLM, TransformerLM and CharRNN have one)."
 )
 EMPTY_PROMPT_MSG = "The prompt is empty: give at least one token to continue."
 TOO_LONG_MSG = (
@@ -36,6 +38,41 @@ TOO_LONG_MSG = (
 TOP_K_MSG = "top_k is {top_k}; it must be at least 1 (or None: every token)."
 TOP_P_MSG = "top_p is {top_p}; it must be in (0, 1] (1: every token)."
 TEMPERATURE_MSG = "temperature is {temperature}; it must be at least 0 (0: always the likeliest)."
+
+
+def with_attention_caches(
+    blocks: nn.Sequential | nn.ScanLayers, batch_size: int, max_len: int
+) -> nn.Sequential | nn.ScanLayers:
+    """`blocks` whose every `attention` keeps a KV cache of `max_len` positions (its
+    `with_cache`): the layers of a model's `decoder`, stacked or not as they were.
+
+    Example:
+        >>> from paxtrain.recipes.llama_lm import LlamaBlock
+        >>> blocks = nn.ScanLayers([LlamaBlock(8, 2, 1, 16) for _ in range(3)])
+        >>> with_attention_caches(blocks, 1, 4).block.attention.cache.keys.shape
+        (3, 1, 4, 1, 4)
+    """
+
+    def cached(block: pax.Module) -> pax.Module:
+        return block.replace(attention=block.attention.with_cache(batch_size, max_len))
+
+    if isinstance(blocks, nn.ScanLayers):
+        return nn.ScanLayers([cached(b) for b in blocks.unstack()])
+    return blocks.replace(layers=tuple(cached(b) for b in blocks.layers))
+
+
+def room_for(model: pax.Module, prompt_length: int, wanted: int) -> int:
+    """How many of `wanted` new tokens fit after a prompt of `prompt_length`: all of them, or,
+    for a model with learned positions (a `seq_len` attribute, as `TransformerLM`), as many as
+    its positions leave.
+
+    Example:
+        >>> from paxtrain.recipes.transformer_lm import TransformerLM
+        >>> room_for(TransformerLM(vocab_size=8, seq_len=16, num_heads=2, model_dim=8), 4, 100)
+        12
+    """
+    seq_len = getattr(model, "seq_len", None)
+    return wanted if seq_len is None else max(min(wanted, seq_len - prompt_length), 0)
 
 
 def filter_logits(logits: jax.Array, top_k: int | None = None, top_p: float = 1.0) -> jax.Array:

@@ -4,7 +4,7 @@
 
 Trains on the Python standard library's source by default (or `data.path=any.txt`), reports
 bits per character on held-out text, and prints a sample at the end (`PrintSample` of the
-char_rnn recipe works for any model with the same `generate`).
+char_rnn recipe, decoding with the KV cache of `decoder`, as `paxtrain sample` does).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import optax
 
 import paxtrain as pax
 import paxtrain.nn as nn
+from paxtrain.recipes.sampling import with_attention_caches
 
 # GPT-2's initialization: embeddings and weights N(0, 0.02), and the projections that write into
 # the residual stream scaled down by sqrt(2 * num_layers) so that its variance stays constant
@@ -31,6 +32,11 @@ TOO_LONG_MSG = """\
 The input has {length} positions but the model has position embeddings for seq_len={seq_len}. \
 Feed at most seq_len tokens, or build the model with a larger `seq_len`."""
 
+DECODER_TOO_LONG_MSG = """\
+A decoder of {max_len} positions (prompt plus new tokens) is longer than the seq_len={seq_len} \
+position embeddings of the model: decode at most {seq_len} positions, e.g. fewer new tokens \
+(`--max-new-tokens`)."""
+
 
 class TransformerBlock(nn.Chainable, pax.Module):
     """`x + attention(norm(x))`, then `x + mlp(norm(x))`: causal self-attention and a GELU MLP.
@@ -41,6 +47,7 @@ class TransformerBlock(nn.Chainable, pax.Module):
       mlp_ratio: hidden width of the MLP as a multiple of `model_dim`.
       dropout: dropout rate on the output of the attention and of the MLP.
       num_layers: depth of the whole model; scales the initial residual projections.
+      norm_eps: epsilon of the two LayerNorms (GPT-2's `layer_norm_epsilon`).
       attention: `jax.nn.dot_product_attention`'s implementation: None or "xla" (XLA's fused
         attention, anywhere), "cudnn" (cuDNN flash attention: NVIDIA GPUs, 16-bit compute).
 
@@ -57,6 +64,7 @@ class TransformerBlock(nn.Chainable, pax.Module):
         mlp_ratio: int = 4,
         dropout: float = 0.0,
         num_layers: int = 1,
+        norm_eps: float = 1e-5,
         *,
         attention: str | None = None,
     ):
@@ -67,7 +75,7 @@ class TransformerBlock(nn.Chainable, pax.Module):
         init = nn.initializers.truncated_normal(INIT_STDDEV)
         residual_init = nn.initializers.truncated_normal(INIT_STDDEV / math.sqrt(2 * num_layers))
         hidden = mlp_ratio * model_dim
-        self.attention_norm = nn.LayerNorm(model_dim)
+        self.attention_norm = nn.LayerNorm(model_dim, eps=norm_eps)
         attention = nn.MultiHeadAttention(
             num_heads,
             model_dim // num_heads,
@@ -81,7 +89,7 @@ class TransformerBlock(nn.Chainable, pax.Module):
             output_proj=nn.Linear(model_dim, model_dim, w_init=residual_init)
         )
         self.attention_dropout = nn.Dropout(dropout)
-        self.mlp_norm = nn.LayerNorm(model_dim)
+        self.mlp_norm = nn.LayerNorm(model_dim, eps=norm_eps)
         self.mlp = nn.Sequential(
             nn.Linear(model_dim, hidden, w_init=init),
             jax.nn.gelu,
@@ -96,7 +104,8 @@ class TransformerBlock(nn.Chainable, pax.Module):
 
 class TransformerLM(pax.Module):
     """Token and learned position embeddings, `num_layers` pre-LayerNorm `TransformerBlock`s,
-    a final LayerNorm and a linear head to next-token logits.
+    a final LayerNorm and a linear head to next-token logits (or, with `tie_embeddings`, the
+    token embedding's transpose, without bias: GPT-2's head).
 
     Args:
       vocab_size: number of token ids (given by the data's `info`).
@@ -106,6 +115,8 @@ class TransformerLM(pax.Module):
       model_dim: width of the residual stream.
       mlp_ratio: MLP width as a multiple of `model_dim`.
       dropout: dropout rate on the embeddings and inside each block.
+      norm_eps: epsilon of every LayerNorm.
+      tie_embeddings: the head is the token embedding's transpose (one matrix fewer, no bias).
       scan_layers: stack the blocks' parameters and run them under `lax.scan` over depth
         (`nn.ScanLayers`): compile time stays flat in depth; same outputs as the loop.
       remat: what `jax.checkpoint` keeps of each block for the backward pass: "none", "dots"
@@ -129,6 +140,8 @@ class TransformerLM(pax.Module):
         model_dim: int = 128,
         mlp_ratio: int = 4,
         dropout: float = 0.0,
+        norm_eps: float = 1e-5,
+        tie_embeddings: bool = False,
         *,
         scan_layers: bool = False,
         remat: str = "none",
@@ -143,14 +156,14 @@ class TransformerLM(pax.Module):
         self.embed_dropout = nn.Dropout(dropout)
         blocks = [
             TransformerBlock(
-                model_dim, num_heads, mlp_ratio, dropout, num_layers, attention=attention
+                model_dim, num_heads, mlp_ratio, dropout, num_layers, norm_eps, attention=attention
             )
             for _ in range(num_layers)
         ]
         self.remat = remat
         self.blocks = nn.ScanLayers(blocks, remat=remat) if scan_layers else nn.Sequential(*blocks)
-        self.final_norm = nn.LayerNorm(model_dim)
-        self.head = nn.Linear(model_dim, vocab_size, w_init=init)
+        self.final_norm = nn.LayerNorm(model_dim, eps=norm_eps)
+        self.head = None if tie_embeddings else nn.Linear(model_dim, vocab_size, w_init=init)
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         """Logits [batch, time, vocab_size] of ids [batch, time], time <= seq_len; the logits
@@ -158,7 +171,8 @@ class TransformerLM(pax.Module):
         length = ids.shape[-1]
         if length > self.seq_len:
             raise ValueError(TOO_LONG_MSG.format(length=length, seq_len=self.seq_len))
-        x = self.token_embed(ids) + self.position_embed(jnp.arange(length))
+        positions = self._decoded_length() + jnp.arange(length)
+        x = self.token_embed(ids) + self.position_embed(positions)
         x = self.embed_dropout(x)
         if isinstance(self.blocks, nn.ScanLayers) or self.remat == "none":
             x = self.blocks(x)
@@ -168,7 +182,26 @@ class TransformerLM(pax.Module):
                 block, x = nn.call_block(block, x, self.remat)
                 blocks.append(block)
             self.blocks = self.blocks.replace(layers=tuple(blocks))
-        return self.head(self.final_norm(x))
+        x = self.final_norm(x)
+        return x @ self.token_embed.weight.T if self.head is None else self.head(x)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Model FLOPs per token of a training step on sequences of `seq_len` (PaLM's formula,
+        `telemetry.flops.palm_flops_per_token`): `paxtrain summary` and `perf/mfu` use it.
+
+        Example:
+            >>> model = TransformerLM(vocab_size=98, seq_len=16, num_heads=2, model_dim=16)
+            >>> model.flops_per_token(16)
+            55692.0
+        """
+        from paxtrain.telemetry.flops import palm_flops_per_token
+        from paxtrain.telemetry.parameters import count_parameters
+
+        tables = count_parameters(self.token_embed) + count_parameters(self.position_embed)
+        non_embedding = count_parameters(self) - tables
+        if self.head is None:  # tied: the embedding's transpose, a d x vocab matmul all the same
+            non_embedding += self.model_dim * self.vocab_size
+        return palm_flops_per_token(non_embedding, self.num_layers, self.model_dim, seq_len)
 
     def loss(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Mean cross-entropy of the next character; also reported in bits per character."""
@@ -176,31 +209,29 @@ class TransformerLM(pax.Module):
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
         return loss, {"bits_per_char": loss / math.log(2)}
 
-    def generate(
-        self, prompt: jax.Array, num_chars: int, key: jax.Array, temperature: float = 0.8
-    ) -> jax.Array:
-        """Samples `num_chars` ids after the 1-d `prompt` ids (at least one).
-
-        Each new id is drawn from the logits of a `seq_len` window ending at the last id. The
-        window is a static slice of a buffer whose unfilled tail holds zeros; causality makes
-        those later positions invisible to the logits that are read.
+    def decoder(self, batch_size: int, max_len: int) -> TransformerLM:
+        """A copy for decoding (`paxtrain.recipes.sampling`): every attention keeps a KV cache
+        of `max_len` positions (at most `seq_len`: the positions are learned), so each call
+        continues the sequence of the calls before it.
 
         Example:
             >>> model = TransformerLM(vocab_size=98, seq_len=16, num_heads=2, model_dim=16)
-            >>> model.generate(jnp.array([1, 2]), 6, jax.random.PRNGKey(0)).shape
-            (6,)
+            >>> decoder = model.decoder(batch_size=1, max_len=8)
+            >>> decoder, logits = pax.purecall(decoder, jnp.array([[5, 6, 7]]))
+            >>> decoder, logits = pax.purecall(decoder, jnp.array([[8]]))  # position 3
+            >>> logits.shape
+            (1, 1, 98)
         """
-        start, total = prompt.shape[0], prompt.shape[0] + num_chars
-        buffer = jnp.zeros(max(total, self.seq_len), jnp.int32).at[:start].set(prompt)
+        # Past seq_len the position lookup would clamp its index: wrong logits, no error.
+        if max_len > self.seq_len:
+            raise ValueError(DECODER_TOO_LONG_MSG.format(max_len=max_len, seq_len=self.seq_len))
+        blocks = with_attention_caches(self.blocks, batch_size, max_len)
+        return self.replace(blocks=blocks, remat="none")  # nothing to keep for a backward pass
 
-        def sample(buffer, inputs):
-            position, key = inputs  # the position to fill
-            first = jnp.maximum(position - self.seq_len, 0)
-            window = jax.lax.dynamic_slice(buffer, (first,), (self.seq_len,))
-            logits = self(window[None])[0, position - 1 - first]
-            token = jax.random.categorical(key, logits / temperature)
-            return buffer.at[position].set(token), None
-
-        positions = jnp.arange(start, total)
-        buffer, _ = jax.lax.scan(sample, buffer, (positions, jax.random.split(key, num_chars)))
-        return buffer[start:total]
+    def _decoded_length(self) -> jax.Array | int:
+        """The position of the next id: 0, or in a decoder the positions its caches hold."""
+        if isinstance(self.blocks, nn.ScanLayers):  # arrays stacked over depth, equal
+            cache = self.blocks.block.attention.cache
+            return 0 if cache is None else cache.length[0]
+        cache = self.blocks.layers[0].attention.cache if self.blocks.layers else None
+        return 0 if cache is None else cache.length

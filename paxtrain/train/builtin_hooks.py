@@ -16,6 +16,8 @@ from paxtrain.train.hooks import (
 )
 from paxtrain.train.nonfinite import NonFinitePolicy
 from paxtrain.train.progress import Progress
+from paxtrain.train.utilization import Utilization
+from paxtrain.train.watchdog import Watchdog
 
 
 def default_hooks(
@@ -28,11 +30,14 @@ def default_hooks(
     plot: bool = True,
     early_stopping: EarlyStopping | None = None,
     checkpointing: Checkpointing | None = None,
+    peak_tflops: float | None = None,
+    watchdog: float | None = None,
+    watchdog_min_seconds: float = 60.0,
     hooks: Iterable[Hook] = (),
 ) -> list[Hook]:
-    """The hooks of a training run: training metrics and throughput every `log_every` steps,
-    evaluation, early stopping, the non-finite policy, progress, checkpoints, the plot, and
-    `hooks` besides. Pass the result as `Trainer(hooks=...)`.
+    """The hooks of a training run: training metrics, throughput and utilisation (MFU, memory)
+    every `log_every` steps, evaluation, early stopping, the non-finite policy, progress,
+    checkpoints, the plot, and `hooks` besides. Pass the result as `Trainer(hooks=...)`.
 
     Args:
       log_every: steps between logged training metrics.
@@ -47,15 +52,21 @@ def default_hooks(
       plot: write `curves.png` at the end.
       early_stopping: an `EarlyStopping` hook, or None.
       checkpointing: a `Checkpointing` hook (saves; the trainer resumes from its store), or None.
+      peak_tflops: peak TFLOP/s of one device for `perf/mfu`; None: the table's
+        (`telemetry.peak_flops`), no MFU for a device kind not in it.
+      watchdog: exit with code 86 and every thread's stack when no step finishes within this
+        multiple of the median step time (`train.watchdog.Watchdog`); None: no watchdog.
+      watchdog_min_seconds: the watchdog's shortest limit.
       hooks: more hooks.
 
     Example:
         >>> [type(h).__name__ for h in default_hooks(progress="off", plot=False)]
-        ['TrainMetrics', 'Throughput', 'Evaluation', 'NonFinitePolicy', 'Progress']
+        ['TrainMetrics', 'Throughput', 'Utilization', 'Evaluation', 'NonFinitePolicy', 'Progress']
     """
     return [
         TrainMetrics(log_every),
         Throughput(log_every),
+        Utilization(log_every, peak_tflops),
         Evaluation(eval_every),
         *([early_stopping] if early_stopping else []),
         *(
@@ -64,6 +75,7 @@ def default_hooks(
             else []
         ),
         Progress(progress),
+        *([Watchdog(watchdog, watchdog_min_seconds)] if watchdog is not None else []),
         *hooks,
         *([checkpointing] if checkpointing else []),  # `order` runs it after the hooks added
         *([PlotCurves()] if plot else []),  # and this after it

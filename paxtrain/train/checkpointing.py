@@ -12,13 +12,12 @@ from typing import Any
 
 import jax
 
-from paxtrain.checkpoint.store import CheckpointManager
+from paxtrain.checkpoint.store import CHECKPOINT_DIR, CheckpointManager
 from paxtrain.errors import ArgumentError
 from paxtrain.parallel.distributed import main_process_decides
 from paxtrain.train.hooks import CheckpointStore, Hook, TrainerView, check_at_least_one
 from paxtrain.train.monitor import Monitor
 
-CHECKPOINT_DIR = "checkpoints"
 # On several processes, `every_seconds` is checked once per this many steps (see
 # `on_step_taken`).
 CLOCK_SYNC_STEPS = 10
@@ -47,8 +46,14 @@ class Checkpointing(Hook):
       mode: "min" or "max".
       async_save: write in the background while training goes on.
       resume: restore the newest checkpoint found at the start of `fit`.
+      restart: start from step 0 when the directory has checkpoints but none is readable
+        (moving them aside as `STEP.corrupt`), or only ones moved aside before; without it,
+        such a start is refused (`CheckpointManager.resume`): `paxtrain fit/resume --restart`.
       directory: defaults to `RUN_DIR/checkpoints`.
       meta: JSON-serializable facts saved with each checkpoint (config hash, versions).
+      frozen_base: the source of the model's frozen parameters (a LoRA run's `init_from`):
+        checkpoints then hold everything but those, and record the source with their
+        fingerprints, checked on restore (`CheckpointManager`'s `frozen_base`).
 
     Example:
         >>> hooks = default_hooks(checkpointing=Checkpointing(every_steps=100))  # doctest: +SKIP
@@ -68,8 +73,10 @@ class Checkpointing(Hook):
         mode: str = "min",
         async_save: bool = True,
         resume: bool = True,
+        restart: bool = False,
         directory: str | pathlib.Path | None = None,
         meta: dict[str, Any] | None = None,
+        frozen_base: str | None = None,
     ):
         check_at_least_one("every_steps", every_steps, 500)
         check_at_least_one("keep_last", keep_last, 3)
@@ -78,7 +85,9 @@ class Checkpointing(Hook):
         self.every, self.every_seconds = every_steps, every_seconds
         self.monitor = Monitor(monitor, mode) if monitor else None
         self.keep_last, self.keep_best, self.async_save = keep_last, keep_best, async_save
-        self.resume, self.directory, self.meta = resume, directory, meta or {}
+        self.resume, self.restart = resume, restart
+        self.directory, self.meta = directory, meta or {}
+        self.frozen_base = frozen_base
         self._manager: CheckpointManager | None = None
         self._steps_unchecked = 0
 
@@ -92,13 +101,16 @@ class Checkpointing(Hook):
             monitor=self.monitor.key if self.monitor else None,  # checkpoints record `eval/*`
             mode=self.monitor.mode if self.monitor else "min",
             async_save=self.async_save,
+            frozen_base=self.frozen_base,
         )
-        return CheckpointStore(self._manager, self.resume)
+        return CheckpointStore(self._manager, self.resume, self.restart)
 
     def on_train_start(self, view: TrainerView) -> None:
-        self._last_save_time, self._last_saved_step = time.monotonic(), view.step
+        self._last_save_time, self._started_at = time.monotonic(), view.step
 
     def on_step_taken(self, view: TrainerView, metrics: dict[str, jax.Array]) -> None:
+        if jax.process_count() == 1:  # on several, the next save's collective wait reports it
+            self._manager.poll()  # a failed background save (a full disk) stops the run now
         if self.every_seconds is None:
             return
         by_clock = time.monotonic() - self._last_save_time >= self.every_seconds
@@ -117,14 +129,16 @@ class Checkpointing(Hook):
         self._save_unless_saved(view)
 
     def on_train_end(self, view: TrainerView) -> None:
-        if view.step != self._last_saved_step:
-            self._save(view, wait=True)
+        # The save in flight lands first: one that lost its directory is saved again here.
+        self._manager.wait()
+        if view.step != self._started_at:  # else nothing was trained since the start
+            self._save_unless_saved(view, wait=True)
 
-    def _save_unless_saved(self, view: TrainerView) -> None:
+    def _save_unless_saved(self, view: TrainerView, wait: bool = False) -> None:
         # After a rollback the step may already have its checkpoint: the state it came from.
         if view.step not in self._manager.steps():
-            self._save(view)
+            self._save(view, wait=wait)
 
     def _save(self, view: TrainerView, wait: bool = False) -> None:
         view.save_checkpoint(self.meta, wait=wait)
-        self._last_save_time, self._last_saved_step = time.monotonic(), view.step
+        self._last_save_time = time.monotonic()

@@ -57,6 +57,7 @@ class CheckpointStore(NamedTuple):
 
     manager: CheckpointManager
     resume: bool  # restore the newest checkpoint at the start of `fit`
+    restart: bool = False  # start from step 0 where no checkpoint is readable (`resume`)
 
 
 class Hook:

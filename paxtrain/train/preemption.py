@@ -41,25 +41,85 @@ class PreemptedBeforeTraining(BaseException):
         self.signal_name = name
 
 
+class _Received:
+    """The first preemption signal `before_training` recorded and nobody has acted on yet,
+    whether training started (`stop_on_signals`) since it began, and how many are active."""
+
+    name: str | None = None
+    trained = False
+    depth = 0
+
+
 @contextlib.contextmanager
 def before_training(names: Iterable[str] = DEFAULT_PREEMPTION_SIGNALS) -> Iterator[None]:
-    """While active, the named signals raise `PreemptedBeforeTraining` (exit code 75 on the
-    command line): a signal while data and model are built has nothing to save. The trainer's
-    `stop_on_signals` takes over once training starts.
+    """While active, the named signals are recorded, and `raise_if_signalled` raises
+    `PreemptedBeforeTraining` (exit code 75 on the command line) at the next safe point of the
+    start-up (the data and the state built, the checkpoint restored, training about to start):
+    a signal while data and model are built has nothing to save. The trainer's
+    `stop_on_signals` takes over once training starts, and acts on a signal recorded before.
+
+    The handler only records: an exception raised in a signal handler surfaces wherever the
+    main thread happens to be, which may be a garbage-collection callback (JAX's) or a
+    `__del__`, where Python prints "Exception ignored" and drops it. A second signal (Ctrl-C
+    pressed again) raises at once, for start-up work that reaches no safe point soon.
+
+    Nested, the inner one adds its signals (a run's configured `preemption_signals`, known
+    once its config is read) to the outer one's record. Names that are no signal are left to
+    the trainer, which refuses them.
 
     Example:
-        >>> with before_training():  # doctest: +SKIP
-        ...     fit_from_config(cfg)
+        >>> with before_training():
+        ...     raise_if_signalled()  # no signal yet: goes on
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    outermost = _Received.depth == 0
+    if outermost:
+        _Received.name, _Received.trained = None, False
 
     def handle(number: int, frame: Any) -> None:
-        raise PreemptedBeforeTraining(signal.Signals(number).name)
+        name = signal.Signals(number).name
+        if _Received.name is not None:
+            raise PreemptedBeforeTraining(_Received.name)
+        _Received.name = name
 
-    with _handling(names, handle):
-        yield
+    _Received.depth += 1
+    try:
+        with _handling(
+            [n for n in names if isinstance(getattr(signal, n, None), signal.Signals)], handle
+        ):
+            yield
+            # A command without training (eval, data...) ends here: the signal it ran through
+            # still ends in exit 75. After a training, the run's own exit code stands.
+            if outermost and not _Received.trained:
+                raise_if_signalled()
+    finally:
+        _Received.depth -= 1
+        if outermost:
+            _Received.name = None
+
+
+def raise_if_signalled() -> None:
+    """Raises `PreemptedBeforeTraining` if a preemption signal arrived during the start-up
+    (`before_training`); a safe point, called between the steps of the start-up.
+
+    Example:
+        >>> raise_if_signalled()  # no signal: returns
+    """
+    name, _Received.name = _Received.name, None
+    if name is not None:
+        raise PreemptedBeforeTraining(name)
+
+
+def _say(text: str) -> None:
+    """Prints from a signal handler: never raises (a handler that raises ends up somewhere in
+    the main thread), e.g. when the signal came while the main thread itself was printing."""
+    try:
+        print(text, flush=True)
+    except (RuntimeError, OSError, ValueError):  # a reentrant call into stdout's buffer
+        with contextlib.suppress(OSError):
+            os.write(1, f"{text}\n".encode())
 
 
 @contextlib.contextmanager
@@ -83,14 +143,17 @@ def stop_on_signals(trainer: TrainerView, names: Iterable[str]) -> Iterator[None
         ...     trainer._loop()
     """
     names = tuple(names)
+    _Received.trained = True
     if threading.current_thread() is not threading.main_thread():
         warnings.warn("Not in the main thread: preemption signals are not handled.", stacklevel=3)
         yield
     elif preemption_service_active():
         with _stop_all_processes(trainer, names):
+            raise_if_signalled()  # recorded during the start-up: nothing trained to save
             yield
     else:
         with _stop_this_process(trainer, names):
+            raise_if_signalled()
             yield
 
 
@@ -145,7 +208,7 @@ def _stop_all_processes(trainer: TrainerView, names: tuple[str, ...]) -> Iterato
         name = signal.Signals(number).name
         trainer.preempt(name)
         if trainer.is_main_process:
-            print(STOPPING_ALL_MSG.format(name=name), flush=True)
+            _say(STOPPING_ALL_MSG.format(name=name))
         os.kill(os.getpid(), signal.SIGTERM)
 
     sync = PreemptionSync()
@@ -192,7 +255,7 @@ def _stop_this_process(trainer: TrainerView, names: Iterable[str]) -> Iterator[N
             trainer.preempt(name)
             trainer.stop(f"preempted by {name}")  # the loop names the step it ended at
         if trainer.is_main_process:
-            print((HURRY_MSG if again else STOPPING_MSG).format(name=name), flush=True)
+            _say((HURRY_MSG if again else STOPPING_MSG).format(name=name))
 
     with _handling(names, handle):
         yield

@@ -6,6 +6,11 @@
 Steps `start_step` to `start_step + num_steps - 1` (counted from 0) are traced, each wrapped in
 `jax.profiler.StepTraceAnnotation("train", step_num=...)`, so the profiler shows them as steps.
 Skip the first steps: they compile.
+
+With `memory=True` (`trainer.profile.memory=true`) the hook also writes
+`jax.profiler.save_device_memory_profile` after step `start_step` as
+`RUN_DIR/profile/memory-step<N>.prof`: every live device buffer and where it was allocated, in
+pprof's format (`pprof -http=: memory-step10.prof`).
 """
 
 from __future__ import annotations
@@ -27,12 +32,13 @@ class Profile(Hook):
     Args:
       start_step: the first traced step.
       num_steps: the number of traced steps.
+      memory: also write a device memory profile after step `start_step`.
 
     Example:
         >>> trainer.add_hook(Profile(start_step=10, num_steps=3))  # doctest: +SKIP
     """
 
-    def __init__(self, start_step: int, num_steps: int = 3):
+    def __init__(self, start_step: int, num_steps: int = 3, memory: bool = False):
         if start_step < 0 or num_steps < 1:
             raise ArgumentError(
                 "start_step" if start_step < 0 else "num_steps",
@@ -40,6 +46,7 @@ class Profile(Hook):
             )
         self.start_step, self.stop_step = start_step, start_step + num_steps
         self.tracing = False
+        self.memory_step = start_step if memory else None
 
     def on_train_start(self, view: TrainerView) -> None:
         self._maybe_start(view)
@@ -48,7 +55,16 @@ class Profile(Hook):
         if self.tracing and view.step >= self.stop_step:
             jax.block_until_ready(metrics)  # the traced steps' device work belongs in the trace
             self._stop(view)
+        if self.memory_step is not None and view.step > self.memory_step:
+            jax.block_until_ready(metrics)  # the step's buffers, not those of a step in flight
+            self._save_memory_profile(view)
         self._maybe_start(view)
+
+    def _save_memory_profile(self, view: TrainerView) -> None:
+        directory = view.run_dir / PROFILE_DIR
+        directory.mkdir(parents=True, exist_ok=True)
+        jax.profiler.save_device_memory_profile(str(directory / f"memory-step{view.step}.prof"))
+        self.memory_step = None  # once per run
 
     def on_train_end(self, view: TrainerView) -> None:
         if self.tracing:

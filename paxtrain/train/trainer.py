@@ -25,7 +25,12 @@ from paxtrain.train.gradients import check_micro_batches
 from paxtrain.train.hooks import Hook, as_hook, check_at_least_one
 from paxtrain.train.logger import DEFAULT_LOGGERS, Logger, LoggerGroup
 from paxtrain.train.nonfinite import data_position, rolled_back
-from paxtrain.train.preemption import DEFAULT_PREEMPTION_SIGNALS, stop_on_signals
+from paxtrain.train.pauses import pause
+from paxtrain.train.preemption import (
+    DEFAULT_PREEMPTION_SIGNALS,
+    raise_if_signalled,
+    stop_on_signals,
+)
 from paxtrain.train.run_lock import RunLock
 from paxtrain.train.settings import DEFAULT_LAYOUT, DEFAULT_STEP, Layout, StepSettings
 from paxtrain.train.view import TrainerViewOf
@@ -303,7 +308,8 @@ class Trainer:
         Example:
             >>> trainer.evaluate()["loss"]  # doctest: +SKIP
         """
-        metrics = self.eval_metrics()
+        with pause():  # not step time: the watchdog's clock stops, MFU leaves it out
+            metrics = self.eval_metrics()
         if not metrics:
             return metrics
         self.eval_history.append((self.step, metrics))
@@ -329,7 +335,8 @@ class Trainer:
         # The batch the run goes on from: a rollback skips batches.
         position = data_position(self.state, self.step)
         record = {**meta, "data_position": position, "hooks": self.hooks.state_dicts()}
-        self.checkpoints.save(self.checkpoint_state, metrics=metrics, meta=record, wait=wait)
+        with pause():
+            self.checkpoints.save(self.checkpoint_state, metrics=metrics, meta=record, wait=wait)
 
     def restore_latest(self) -> Any:
         """The `TrainState` of the newest checkpoint (after the saves in flight), laid out as
@@ -342,7 +349,8 @@ class Trainer:
             >>> state = trainer.restore_latest()  # doctest: +SKIP
             >>> trainer.continue_from(state)  # doctest: +SKIP
         """
-        return self._restore_newest()[0]
+        with pause():
+            return self._restore_newest()[0]
 
     def continue_from(self, state: Any) -> None:
         """Trains on from `state` at its step: the scalars logged so far are written at the
@@ -384,13 +392,21 @@ class Trainer:
             names = [type(h).__name__ for h, _ in stores]
             raise ArgumentError("hooks", TWO_STORES_MSG.format(first=names[0], second=names[1]))
         self.checkpoints = stores[0][1].manager if stores else None
+        self._restart_allowed = bool(stores) and stores[0][1].restart
         return bool(stores) and stores[0][1].resume
 
     def _resume(self) -> None:
-        """Restores the newest checkpoint and the hooks' states, if there is one."""
-        if self.checkpoints.latest_step() is None:
+        """Restores the newest readable checkpoint and the hooks' states, if there is one
+        (`CheckpointManager.resume`: refuses to start over a run whose checkpoints are all
+        unreadable or moved aside, unless the store says `restart`)."""
+        try:
+            restored = self.checkpoints.resume(self.checkpoint_state, restart=self._restart_allowed)
+        except BaseException:
+            self.checkpoints.close()
+            raise
+        if restored is None:
             return
-        state, meta = self._restore_newest()
+        state, meta = restored
         self.state, self.step = state, int(state.step)
         if self.step % self.steps_per_call:  # saved by a run with other steps_per_call
             self.checkpoints.close()
@@ -437,8 +453,10 @@ class Trainer:
             raise TypeError(NO_LOSS_MSG.format(cls=type(model).__name__))
         self.data = data
         loss_fn = loss_fn or model_loss
+        self._loss_fn, self._model_info = loss_fn, None
         options = self.step_settings.step_options()
         state = self._build_state(model, factory, optimizer, make_train_step(loss_fn, **options))
+        raise_if_signalled()  # the state's build may take minutes: a signal ends it here
         self._train_step = make_train_step(loss_fn, **options, **self.plan.step_kwargs)
         # With an EMA, its metrics too (`eval/ema_loss`...): what it is kept for.
         ema = self.step_settings.ema_decay is not None
@@ -459,25 +477,11 @@ class Trainer:
         structure that checkpoints record: the layout depends on that structure and the
         compiled step on the layout.
         """
-        from paxtrain.train.state import TrainState
-
-        policy = self.step_settings.policy
-
-        def build(model: pax.Module) -> Any:
-            if policy is not None:
-                model = pax.apply_mp_policy(model, policy)
-            return uncompiled.init(TrainState.create(model, optimizer, seed=self.seed))
-
+        build = self._state_builder(optimizer, uncompiled)
         mesh = self.layout.make_mesh()
 
         def plan_for(state: Any) -> parallel.ParallelStrategy:
-            return parallel.setup(
-                state,
-                self.layout.strategy,
-                mesh,
-                batch_axis=int(self.steps_per_call > 1),
-                tensor_rules=tuple(self.layout.tensor_rules),
-            )
+            return self._plan_for(state, mesh)
 
         if factory is None:
             state = build(model if self.init_from is None else self.init_from(model))
@@ -496,6 +500,75 @@ class Trainer:
             build_with, self.seed, plan_for, load=None if self.init_from is None else load
         )
         return state
+
+    def _state_builder(self, optimizer: Any, uncompiled: Any) -> Callable[[Any], Any]:
+        """`build(model) -> TrainState`: the model under the precision policy, its optimizer
+        state and the step options' states."""
+        from paxtrain.train.state import TrainState
+
+        policy = self.step_settings.policy
+
+        def build(model: pax.Module) -> Any:
+            if policy is not None:
+                model = pax.apply_mp_policy(model, policy)
+            return uncompiled.init(TrainState.create(model, optimizer, seed=self.seed))
+
+        return build
+
+    def _plan_for(self, state: Any, mesh: Any) -> parallel.ParallelStrategy:
+        """The layout's strategy for `state` (abstract or not) on `mesh`."""
+        return parallel.setup(
+            state,
+            self.layout.strategy,
+            mesh,
+            batch_axis=int(self.steps_per_call > 1),
+            tensor_rules=tuple(self.layout.tensor_rules),
+        )
+
+    def summary(
+        self,
+        model: pax.Module | Callable[[], pax.Module],
+        data: DataSource,
+        optimizer: Any,
+        loss_fn: Callable | None = None,
+    ) -> Any:
+        """What `fit` would train and what it needs, without allocating the state or running a
+        step: parameter counts by module, bytes per device of the laid-out state, the compiled
+        step's memory, the model FLOPs and whether it fits (`telemetry.summary.Summary`).
+
+        Example:
+            >>> print(Trainer(10).summary(make_model, data, optax.adam(1e-3)))  # doctest: +SKIP
+        """
+        from paxtrain.telemetry.summary import summarize
+        from paxtrain.train.step import make_train_step
+
+        loss_fn = loss_fn or model_loss
+        if callable(model) and not isinstance(model, pax.Module):  # built abstractly
+            model = jax.eval_shape(parallel.seeded(model, self.seed))
+        options = self.step_settings.step_options()
+        build = self._state_builder(optimizer, make_train_step(loss_fn, **options))
+        abstract = jax.eval_shape(parallel.seeded(lambda: build(model), self.seed))
+        plan = self._plan_for(abstract, self.layout.make_mesh())
+        train_step = make_train_step(loss_fn, **options, **plan.step_kwargs)
+        return summarize(abstract, plan, train_step, data, loss_fn, self.steps_per_call)
+
+    @property
+    def model_info(self) -> Any:
+        """The model's parameter count, model FLOPs per step and compute dtype
+        (`telemetry.model_info.ModelInfo`), worked out once, after `prepare`.
+
+        Example:
+            >>> trainer.model_info.flops_per_step  # doctest: +SKIP
+            2.7e+10
+        """
+        if self._model_info is None:
+            from paxtrain.telemetry.model_info import model_info
+
+            self._model_info = model_info(
+                self.state.model, self._loss_fn, self.data.train_batch(0),
+                self.tokens_per_step, self.step_settings.policy,
+            )  # fmt: skip
+        return self._model_info
 
     def _check_data(self, data: DataSource) -> None:
         """Checks the first training and evaluation batches against the layout now, not as a
@@ -558,21 +631,20 @@ class Trainer:
           eval_fn: `eval_fn(model, batch) -> metrics`; default `model_eval`.
         """
         self.prepare(model, data, optimizer, loss_fn, eval_fn)
+        raise_if_signalled()  # a signal during start-up: nothing to save, nothing written
         # One writer per run directory; taken once the config, data and model proved good.
         lock = RunLock(self.run_dir)
         if self.is_main_process:
             lock.acquire()
-        # Only the main process writes; the others run the same loop and the collective saves.
-        self.logger = LoggerGroup(
-            self.loggers if self.is_main_process else [], self.run_dir, self.hyperparams
-        )
+        self.logger: LoggerGroup | None = None
         try:
             with stop_on_signals(self.view, self.preemption_signals):
                 self._resume_and_train()
         except BaseException as error:
             # A full disk fails the logs' last flush too: the error on its way names the cause.
             with contextlib.suppress(OSError):
-                self.logger.close()
+                if self.logger is not None:
+                    self.logger.close()
             if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
                 last = self.checkpoints.latest_step() if self.checkpoints else None
                 raise CheckpointError(
@@ -589,7 +661,11 @@ class Trainer:
 
     def _resume_and_train(self) -> None:
         if self._open_checkpoints():
-            self._resume()
+            self._resume()  # before any log is opened: a refused restore writes nothing
+        # Only the main process writes; the others run the same loop and the collective saves.
+        self.logger = LoggerGroup(
+            self.loggers if self.is_main_process else [], self.run_dir, self.hyperparams
+        )
         reason = self._why_nothing_to_train()
         if reason:
             self.nothing_to_train = True

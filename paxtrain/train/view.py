@@ -56,6 +56,10 @@ class TrainerView(Protocol):
         """Seconds the last step call waited for its batch."""
 
     @property
+    def model_info(self) -> Any:
+        """The model's parameters, model FLOPs per step, compute dtype (`Trainer.model_info`)."""
+
+    @property
     def preempted(self) -> str | None:
         """The signal that asked the run to stop, if any."""
 
@@ -135,6 +139,7 @@ class TrainerViewOf:
     examples_per_step = property(lambda self: self._trainer.examples_per_step)
     tokens_per_step = property(lambda self: self._trainer.tokens_per_step)
     last_data_wait = property(lambda self: self._trainer.last_data_wait)
+    model_info = property(lambda self: self._trainer.model_info, doc="Parameters, FLOPs...")
     preempted = property(lambda self: self._trainer.preempted, doc="The stopping signal.")
     hurry = property(lambda self: self._trainer.hurry, doc="A repeated stop signal came.")
     checkpoints = property(lambda self: self._trainer.checkpoints, doc="The checkpoint store.")
