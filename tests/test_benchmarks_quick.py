@@ -25,7 +25,7 @@ def run_quick(script: str) -> str:
     return result.stdout
 
 
-@pytest.mark.slow  # the default step runs `overhead.py --quick`, the shortest of the three
+@pytest.mark.slow
 def test_transformer_mfu_quick():
     out = run_quick("transformer_mfu.py")
     for name in ("raw JAX", "paxtrain"):
@@ -36,6 +36,7 @@ def test_transformer_mfu_quick():
         assert math.isfinite(tokens_per_second) and tokens_per_second > 0, out
 
 
+@pytest.mark.slow  # benchmark smoke runs, all in the slow step with the other subprocess runs
 def test_overhead_quick_measures_the_trainer_step_returning_the_state():
     out = run_quick("overhead.py")
     for name in ("raw JAX", "paxtrain TrainStep(state)", "paxtrain Trainer (defaults, flat)"):
