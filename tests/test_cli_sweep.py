@@ -2,6 +2,7 @@
 result table."""
 
 import csv
+import types
 
 import pytest
 from cli_support import CHAR_RNN, TINY_CHAR_RNN, run_paxtrain
@@ -127,6 +128,7 @@ class StubTrainer:
 
     def __init__(self, loss, stop_reason=None, preempted=None, nonfinite=False):
         self.eval_history = [(10, {"loss": loss, "bits_per_char": loss * 1.44})]
+        self.step, self.state = 10, types.SimpleNamespace(extras={})  # no step skipped
         self.stop_reason, self.preempted, self.stopped_on_nonfinite = (
             stop_reason,
             preempted,
