@@ -491,7 +491,9 @@ class Trainer:
         loss_fn = loss_fn or model_loss
         self._loss_fn, self._model_info = loss_fn, None
         # Before anything compiles: a float16 policy the backend cannot run is a config error.
-        check_backend(self.step_settings.policy, model, data.train_batch(0), loss_fn)
+        # Read once: past this first whole batch, each process reads only its own rows.
+        first_batch = data.train_batch(0)
+        check_backend(self.step_settings.policy, model, first_batch, loss_fn)
         options = self.step_settings.step_options()
         state = self._build_state(model, factory, optimizer, make_train_step(loss_fn, **options))
         raise_if_signalled()  # the state's build may take minutes: a signal ends it here
@@ -503,7 +505,7 @@ class Trainer:
         )
         self.state = state
         self.step = int(state.step)
-        self._check_data(data)
+        self._check_data(data, first_batch)
         self._check_monitors(state)
 
     def _build_state(
@@ -603,15 +605,17 @@ class Trainer:
             from paxtrain.telemetry.model_info import model_info
 
             self._model_info = model_info(
-                self.state.model, self._loss_fn, self.data.train_batch(0),
+                self.state.model, self._loss_fn, self._batch_shapes,
                 self.tokens_per_step, self.step_settings.policy,
             )  # fmt: skip
         return self._model_info
 
-    def _check_data(self, data: DataSource) -> None:
+    def _check_data(self, data: DataSource, first_batch: Any) -> None:
         """Checks the first training and evaluation batches against the layout now, not as a
         traceback from the first compile (or the first evaluation hours later)."""
-        first_batch = data.train_batch(0)
+        from paxtrain.telemetry.flops import abstract_batch
+
+        self._batch_shapes = abstract_batch(first_batch)  # for `model_info`, without a re-read
         self.plan.check_batch(first_batch)
         accumulate = self.step_settings.grad_accum_steps
         if accumulate > 1:
