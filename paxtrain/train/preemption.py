@@ -48,6 +48,10 @@ class _Received:
     name: str | None = None
     trained = False
     depth = 0
+    # The signals an outer `before_training` handles: an inner one leaves them alone, since
+    # installing a handler again would also displace one native code put in since (the SIGTERM
+    # handler of JAX's preemption service, installed when the processes joined).
+    handled: frozenset[str] = frozenset()
 
 
 @contextlib.contextmanager
@@ -84,11 +88,11 @@ def before_training(names: Iterable[str] = DEFAULT_PREEMPTION_SIGNALS) -> Iterat
             raise PreemptedBeforeTraining(_Received.name)
         _Received.name = name
 
+    added = [n for n in names if _python_may_handle(n) and n not in _Received.handled]
+    outer_handled, _Received.handled = _Received.handled, _Received.handled | set(added)
     _Received.depth += 1
     try:
-        with _handling(
-            [n for n in names if isinstance(getattr(signal, n, None), signal.Signals)], handle
-        ):
+        with _handling(added, handle):
             yield
             # A command without training (eval, data...) ends here: the signal it ran through
             # still ends in exit 75. After a training, the run's own exit code stands.
@@ -96,8 +100,21 @@ def before_training(names: Iterable[str] = DEFAULT_PREEMPTION_SIGNALS) -> Iterat
                 raise_if_signalled()
     finally:
         _Received.depth -= 1
+        _Received.handled = outer_handled
         if outermost:
             _Received.name = None
+
+
+def _python_may_handle(name: str) -> bool:
+    """Whether `name` is a signal whose handler Python may take over: not one that native code
+    installed before Python looked (`signal.getsignal` is None), which must keep seeing it.
+
+    Example:
+        >>> _python_may_handle("SIGTERM"), _python_may_handle("SIGFOO")
+        (True, False)
+    """
+    number = getattr(signal, name, None)
+    return isinstance(number, signal.Signals) and signal.getsignal(number) is not None
 
 
 def raise_if_signalled() -> None:
