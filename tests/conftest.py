@@ -7,12 +7,42 @@ test file can be renamed or split without breaking the others.
 """
 
 import json
+import os
 
-import jax.numpy as jnp
-import numpy as np
+# XLA's backend optimizations off (LLVM -O0): the tests compile many small programs and run each
+# a few times, so compiling dominates, and -O0 cuts the suite's CPU time by about a third. Every
+# check holds at -O0 except a few bitwise equalities that depend on how XLA's optimizer fuses
+# two different programs; those are marked `optimized_xla` and compile with XLA's defaults
+# (`optimized_xla` below). Child processes inherit the setting; set the variable to 0 to test
+# everything as users compile it.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
-import paxtrain as pax
-import paxtrain.nn as nn
+import jax  # noqa: E402  (after the setting above, which JAX reads at import)
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import paxtrain as pax  # noqa: E402
+import paxtrain.nn as nn  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def optimized_xla(request):
+    """A test marked `optimized_xla` compiles with XLA's default optimizations: bitwise
+    equalities between two differently written programs (traced vs eager builds, the train step
+    vs raw JAX) are properties of XLA's optimized code, which users get. The in-memory caches are
+    cleared on both sides, so no program compiled one way runs the other way."""
+    if request.node.get_closest_marker("optimized_xla") is None:
+        yield
+        return
+    previous = jax.config.values["jax_disable_most_optimizations"]
+    jax.clear_caches()
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", previous)
+        jax.clear_caches()
 
 
 class Regression(pax.Module):

@@ -44,6 +44,7 @@ JIT_CASES = ["data_parallel", "fsdp", "tensor", "data_fsdp_tensor", "fsdp_scan_a
 def cpu_env(devices: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
     env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = os.environ.get("JAX_DISABLE_MOST_OPTIMIZATIONS", "0")
     return {**env, **extra}
 
 
@@ -542,6 +543,7 @@ SMALL_RECIPES = {
 }
 
 
+@pytest.mark.optimized_xla
 @pytest.mark.parametrize("name", packaged_config_names())
 def test_every_recipe_builds_traced_as_it_builds_eagerly(name, tmp_path):
     """The model function `paxtrain fit` hands the trainer runs under `jax.jit` (no host-side
