@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -184,6 +183,7 @@ class FitJob:
 
     def __call__(self) -> dict[str, Any]:
         from paxtrain.cli.sweep_results import (
+            enter_sweep_start,
             objective,
             records_here,
             run_sweep_job,
@@ -191,10 +191,7 @@ class FitJob:
         )
         from paxtrain.config.schema import validate
 
-        # As in the submitting process: relative paths in the config and `_target_` imports
-        # resolve against the directory and the paths `paxtrain fit` was started with.
-        os.chdir(self.workdir)
-        sys.path[:0] = [p for p in self.sys_path if p not in sys.path]
+        enter_sweep_start(self.workdir, self.sys_path)
         cfg = validate(OmegaConf.create(self.config_yaml))
         outcome = run_sweep_job(
             self.job, self.overrides, cfg.run_dir, self.config_path, cfg, self.sweep

@@ -182,6 +182,7 @@ class HydraSweepTask:
         from paxtrain.cli.sweep_results import (
             FAILED,
             PREEMPTED,
+            enter_sweep_start,
             records_here,
             run_sweep_job,
             write_summary,
@@ -189,9 +190,7 @@ class HydraSweepTask:
         from paxtrain.config.schema import validate
         from paxtrain.train.preemption import PREEMPTED_EXIT_CODE
 
-        # As in the process that started the sweep: a launcher may run this elsewhere.
-        os.chdir(self.workdir)
-        sys.path[:0] = [p for p in self.sys_path if p not in sys.path]
+        enter_sweep_start(self.workdir, self.sys_path)
         hydra = HydraConfig.get()
         # Shown as the grid shows its runs: relative to where the sweep started, if inside.
         relative = os.path.relpath(hydra.runtime.output_dir)

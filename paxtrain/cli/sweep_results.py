@@ -172,6 +172,19 @@ def run_sweep_job(
     return outcome
 
 
+def enter_sweep_start(workdir: str, sys_path: Sequence[str]) -> None:
+    """Makes the process of a job that a launcher started (submitit, a Hydra launcher plugin,
+    maybe on another machine) work as the process that started the sweep: in its directory,
+    where the config's relative paths resolve, with its import paths in front of `sys.path`,
+    where the config's `_target_`s are imported from.
+
+    Example:
+        >>> enter_sweep_start(os.getcwd(), [])
+    """
+    os.chdir(workdir)
+    sys.path[:0] = [p for p in sys_path if p not in sys.path]
+
+
 def records_here() -> bool:
     """Whether this process writes a job's records: the first of a multi-process run (each
     Slurm task of a job runs the same job), or the only one.
