@@ -6,8 +6,21 @@ can save that step again, with one warning each. When none is readable, nothing 
 changes and the error lists them all; a run's start (`resume`) then refuses to start over from
 step 0 unless asked to (`restart`), and so it does when only moved-aside steps are left.
 
-    >>> state, meta = restore_latest(steps, template, fall_back=True)  # doctest: +SKIP
-    >>> restored = resume(steps, template, restart=False)  # doctest: +SKIP
+    >>> import warnings
+    >>> from paxtrain.train import TrainState
+    >>> state = TrainState.create(nn.Linear(2, 1), optax.sgd(0.1))
+    >>> manager = CheckpointManager("demo/checkpoints", async_save=False)
+    >>> for step in (1, 2):
+    ...     manager.save(state.replace(step=jnp.asarray(step)))
+    >>> _ = (manager.directory / "2" / "state").rename(manager.directory / "2" / "damaged")
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     restored, meta = manager.restore(state)  # "latest": step 2 is unreadable
+    >>> int(restored.step), manager.steps(), manager.set_aside()
+    (1, [1], ['2.corrupt'])
+    >>> "unreadable" in str(caught[0].message) and "trying step 1" in str(caught[0].message)
+    True
+    >>> manager.close()
 """
 
 from __future__ import annotations
