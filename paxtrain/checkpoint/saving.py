@@ -120,7 +120,7 @@ class Saver:
 
     def __init__(self, steps: StepDirectory, frozen_base: str | None):
         self.steps, self.frozen_base = steps, frozen_base
-        self.pending_step: int | None = None  # the step of a background save in flight
+        self._pending_step: int | None = None  # the step of a background save in flight
         # Its temporary directory and those in it, held open: a deleted one has a link count of
         # 0 (a directory made again at its path by a writer thread is another one; one a
         # writer thread kept from being removed still has its deleted subdirectories).
@@ -161,7 +161,7 @@ class Saver:
         try:
             self.steps.orbax.wait_until_finished()
         except Exception as error:
-            step = -1 if self.pending_step is None else self.pending_step
+            step = -1 if self._pending_step is None else self._pending_step
             if not self._vanished(step, error):
                 raise self._save_failed(step, error) from None
             self._lost(step, VANISHED_NEXT)
@@ -170,11 +170,11 @@ class Saver:
 
     def poll(self) -> None:
         """`CheckpointManager.poll`: `wait` once a background save has finished."""
-        if self.pending_step is not None and not self.steps.orbax.is_saving_in_progress():
+        if self._pending_step is not None and not self.steps.orbax.is_saving_in_progress():
             self.wait()
 
     def _write(self, step: int, args: Any, metrics: dict[str, float] | None, wait: bool) -> None:
-        self.pending_step, self._tmp_gone_at_start = step, False
+        self._pending_step, self._tmp_gone_at_start = step, False
         self.steps.orbax.save(step, args=args, metrics=metrics, force=True)
         tmp = self.steps.temporary(step)  # none once a synchronous save has finished
         self._pending_tmp = (tmp[0], _held_open([tmp[0], *tmp[0].rglob("*")])) if tmp else None
@@ -212,7 +212,7 @@ class Saver:
         path = self._pending_tmp[0] if self._pending_tmp else directory / f"{step}.*-tmp"
         self._remove_partial(step)
         self._release_tmp()
-        self.pending_step, self._vanished_before = None, True
+        self._pending_step, self._vanished_before = None, True
         warnings.warn(
             VANISHED_MSG.format(step=step, path=path, directory=directory, retry=retry),
             stacklevel=4,
@@ -220,7 +220,7 @@ class Saver:
 
     def _finished(self) -> None:
         self._release_tmp()
-        self.pending_step, self._vanished_before = None, False
+        self._pending_step, self._vanished_before = None, False
 
     def _release_tmp(self) -> None:
         if self._pending_tmp is not None:
@@ -249,7 +249,7 @@ class Saver:
         if vanished_again:
             reason = VANISHED_AGAIN_MSG.format(path=self._pending_tmp[0])
         self._release_tmp()
-        self.pending_step = None
+        self._pending_step = None
         # Tensorstore reports an OSError as text: "... [os_error_code='28']".
         code = re.search(r"os_error_code='(\d+)'", reason)
         if len(reason) > 300:  # tensorstore's chain of contexts: the end names the cause
