@@ -1,5 +1,6 @@
 """Running `paxtrain` in a subprocess with a tiny char_rnn, for the end-to-end tests."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -34,3 +35,22 @@ def run_paxtrain(
         text=True,
         timeout=300,
     )
+
+
+def fit_losses(run_dir: pathlib.Path, devices: int, *fit_args: str) -> list[float]:
+    """`paxtrain fit FIT_ARGS run_dir=RUN_DIR` on `devices` virtual CPU devices (a subprocess:
+    the device count is fixed when JAX starts); returns the logged training losses, step by
+    step. Pass `trainer.log_every=1` to get every step's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
+    env.update(
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(ROOT),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "paxtrain", "fit", *fit_args, f"run_dir={run_dir}"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [line["train/loss"] for line in lines if "train/loss" in line]

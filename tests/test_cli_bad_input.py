@@ -421,6 +421,8 @@ ROWS = [
     ("a logger named twice", fit("trainer.loggers=[jsonl,tensorboard,jsonl]"), ["`trainer.loggers` names jsonl twice", "name it once"]),
     ("rollback without checkpoints", fit("trainer.on_nonfinite=rollback", "trainer.checkpoint.enabled=false"), ["needs checkpoints to roll back to", "trainer.checkpoint.enabled=true"]),
     ("resume past the schedule's end", ["resume", "{files}/finished_run", "trainer.max_steps=8"], ["`trainer.max_steps=8` runs past the end", "over 4 steps", "steps 5 to 8 would train at its final rate, 0", "`optimizer.horizon=8`", "`optimizer.horizon=4`"]),
+    # --- tidy ---
+    ("keep_best with checkpoints off", fit("trainer.checkpoint.enabled=false", "trainer.checkpoint.keep_best=2", "trainer.checkpoint.monitor=eval/loss"), ["`trainer.checkpoint.keep_best=2`", "`trainer.checkpoint.enabled=false`", "`trainer.checkpoint.enabled=true`", "`trainer.checkpoint.keep_best=0`"]),
 ]  # fmt: skip
 
 

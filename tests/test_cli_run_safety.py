@@ -153,6 +153,29 @@ def test_a_run_that_skipped_over_a_tenth_of_its_steps_fails_with_exit_code_3(
         assert "exit code 3" in message
 
 
+def test_the_end_of_a_run_that_skipped_too_many_steps_says_why_once(monkeypatch, capsys):
+    # Why the run failed is worked out once (it reads the skipped count off the devices).
+    from types import SimpleNamespace
+
+    from paxtrain.cli import fit
+    from paxtrain.train import nonfinite
+
+    calls = []
+
+    def skipped_too_many(state, step):
+        calls.append(step)
+        return "3 of the run's 20 steps were skipped"
+
+    monkeypatch.setattr(nonfinite, "skipped_too_many", skipped_too_many)
+    trainer = SimpleNamespace(
+        eval_history=[], preempted=False, nothing_to_train=True, stop_reason=None,
+        stopped_on_nonfinite=False, state=None, step=20,
+    )  # fmt: skip
+    fit.report_end(trainer, pathlib.Path("runs/demo"), 1.0)
+    assert capsys.readouterr().out == "paxtrain: 3 of the run's 20 steps were skipped\n"
+    assert calls == [20]
+
+
 def test_a_run_whose_final_evaluation_is_not_finite_fails_with_exit_code_3(tmp_path):
     class NaNEval(RegressionData):
         def eval_batches(self):

@@ -151,7 +151,7 @@ def test_a_job_outcome_says_how_the_fit_ended(trainer, outcome, value, code, tmp
     from paxtrain.cli import fit
     from paxtrain.cli.sweep_results import run_sweep_job
 
-    monkeypatch.setattr(fit, "fit_from_config", lambda cfg, config_path: trainer)
+    monkeypatch.setattr(fit, "fit_from_config", lambda cfg, config_path, restart=False: trainer)
     monitor = {"monitor": None, "mode": "min"}
     cfg = OmegaConf.create(
         {
@@ -196,3 +196,25 @@ def test_a_sweep_directory_used_again_tables_the_newest_sweep_only(tmp_path):
         _record(job(index, first))
     _record(job(0, second))  # the second sweep has one job: its dir is the first's job 0
     assert read_outcomes(tmp_path) == [job(0, second)]
+
+
+def test_a_grid_sweep_passes_restart_to_every_job(tmp_path, monkeypatch, capsys):
+    # `paxtrain fit ... -m a=1,2 --restart`: each job may start over where its run directory
+    # has no readable checkpoint, as `paxtrain fit ... --restart` does.
+    from paxtrain.cli import fit
+    from paxtrain.cli.app import main
+
+    started = []
+
+    def fit_from_config(cfg, config_path, restart=False):
+        started.append((cfg.seed, restart))
+        return StubTrainer(1.5)
+
+    monkeypatch.setattr(fit, "fit_from_config", fit_from_config)
+    sweep = tmp_path / "sweep"
+    argv = ["fit", CHAR_RNN, *TINY_CHAR_RNN, f"run_dir={sweep}", "-m", "seed=1,2"]
+    assert main([*argv, "--restart"]) == 0
+    assert started == [(1, True), (2, True)]
+    started.clear()
+    assert main(argv) == 0
+    assert started == [(1, False), (2, False)]

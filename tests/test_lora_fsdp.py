@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from cli_support import fit_losses
 from jax.sharding import AbstractMesh, PartitionSpec
 
 from paxtrain.cli.app import main
@@ -102,29 +103,13 @@ def test_adapters_are_split_with_their_layers_tensor_parallel_split(path, shape,
     assert sharding.partition_spec(f"model.blocks.layers.0.{path}", shape, mesh) == spec
 
 
-def fit_losses(run_dir, devices, *overrides):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
-    env.update(
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=str(ROOT),
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "paxtrain", "fit", LLAMA, *TINY, "trainer.max_steps=4",
-         "trainer.log_every=1", f"run_dir={run_dir}", *overrides],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [line["train/loss"] for line in lines if "train/loss" in line]
-
-
 @pytest.mark.slow
 def test_a_lora_run_trains_tensor_parallel_and_fsdp_as_on_one_device(tmp_path):
     base = tmp_path / "base"
     assert main(["fit", LLAMA, *TINY, f"run_dir={base}"]) == 0
     lora = [f"init_from={base}", "finetune.lora.rank=8", "finetune.lora.paths=[proj$]"]
-    one = fit_losses(tmp_path / "one", 1, *lora)
-    eight = fit_losses(tmp_path / "eight", 8, *lora, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
+    fit = [LLAMA, *TINY, "trainer.max_steps=4", "trainer.log_every=1", *lora]
+    one = fit_losses(tmp_path / "one", 1, *fit)
+    eight = fit_losses(tmp_path / "eight", 8, *fit, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
     assert len(one) == 4
     np.testing.assert_allclose(eight, one, rtol=2e-5)

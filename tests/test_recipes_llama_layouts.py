@@ -1,14 +1,11 @@
 """`paxtrain fit llama_lm` on 8 virtual devices, FSDP and tensor parallel together, logs the
 losses of one device, and the tensor rules split its attention and SwiGLU projections."""
 
-import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from cli_support import fit_losses
 from jax.sharding import AbstractMesh, PartitionSpec
 
 from paxtrain.parallel import sharding
@@ -33,27 +30,12 @@ TINY = [
 ]
 
 
-def fit_losses(run_dir: pathlib.Path, devices: int, *overrides: str) -> list[float]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
-    env.update(
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=str(ROOT),
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "paxtrain", "fit", "llama_lm", *TINY, f"run_dir={run_dir}",
-         *overrides],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [line["train/loss"] for line in lines if "train/loss" in line]
-
-
 @pytest.mark.slow
 def test_fsdp_and_tensor_parallel_train_like_one_device(tmp_path):
-    one = fit_losses(tmp_path / "one", 1)
-    eight = fit_losses(tmp_path / "eight", 8, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2")
+    one = fit_losses(tmp_path / "one", 1, "llama_lm", *TINY)
+    eight = fit_losses(
+        tmp_path / "eight", 8, "llama_lm", *TINY, "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"
+    )
     assert len(one) == 6
     np.testing.assert_allclose(eight, one, rtol=2e-5)
 

@@ -193,7 +193,9 @@ def _fit(args: argparse.Namespace) -> int:
     sys.path[:0] = roots
     if args.multirun and uses_hydra(args.overrides):  # Hydra's sweeper and launcher plugins
         check_hydra_flags(args.overrides, args.launcher)
-        return run_hydra_sweep(config, args.overrides, roots, print_config=args.cfg == "job")
+        return run_hydra_sweep(
+            config, args.overrides, roots, print_config=args.cfg == "job", restart=args.restart
+        )
     jobs = sweep_overrides(args.overrides) if args.multirun else [list(args.overrides)]
     configs = [compose(config, overrides) for overrides in jobs]
     if args.cfg == "job":
@@ -213,10 +215,12 @@ def _fit(args: argparse.Namespace) -> int:
 
         options = launcher_options(args.launcher, args.launcher_config)
         # The jobs import `_target_`s from the same project paths put in front above.
-        jobs = submit_sweep(configs, config, args.launcher, options, jobs, sys_path=roots)
+        jobs = submit_sweep(
+            configs, config, args.launcher, options, jobs, sys_path=roots, restart=args.restart
+        )
         return wait_for_sweep(jobs, configs) if args.launcher == "local" else 0
     if args.multirun:
-        return run_grid(configs, jobs, config)
+        return run_grid(configs, jobs, config, restart=args.restart)
     return exit_code(fit_from_config(configs[0], config_path=config, restart=args.restart))
 
 

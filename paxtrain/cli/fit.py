@@ -81,13 +81,27 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None, restart: bo
     # (`trainer.precision`) named as its key.
     with naming_keys(), before_training(cfg.trainer.preemption_signals):
         trainer.fit(model, data, optimizer=optimizer)
-    elapsed = time.perf_counter() - started
+    report_end(trainer, run_dir, time.perf_counter() - started, say)
+    return trainer
+
+
+FINISHED_MSG = "paxtrain: {outcome} at step {step} in {elapsed:.0f}s; {shown}{skipped}"
+
+
+def report_end(trainer: Any, run_dir: pathlib.Path, elapsed: float, say: Any = print) -> None:
+    """The lines that end a `paxtrain fit`: how it ended (finished, failed, preempted: how to
+    go on), its final evaluation, and why it failed when it did.
+
+    Example:
+        >>> report_end(fit_from_config(cfg), pathlib.Path("runs/demo"), 12.0)  # doctest: +SKIP
+        paxtrain: finished at step 500 in 12s; eval/loss=1.2345
+    """
     final = trainer.eval_history[-1][1] if trainer.eval_history else {}
     shown = ", ".join(f"eval/{k}={v:.4f}" for k, v in final.items())
     if trainer.preempted:
         saved = "checkpoint saved" if trainer.checkpoints else "no checkpointing, nothing saved"
         say(f"paxtrain: {trainer.stop_reason}; {saved}. Continue with: paxtrain resume {run_dir}")
-        return trainer
+        return
     if not trainer.nothing_to_train:
         outcome = "failed" if exit_code(trainer) else "finished"
         say(
@@ -100,12 +114,10 @@ def fit_from_config(cfg: DictConfig, config_path: str | None = None, restart: bo
         say(f"paxtrain: {trainer.stop_reason}")
     if not final_eval_is_finite(trainer):
         say(NONFINITE_EVAL_MSG)
-    elif not trainer.stopped_on_nonfinite and _skipped_too_many(trainer):
-        say(f"paxtrain: {_skipped_too_many(trainer)}")
-    return trainer
-
-
-FINISHED_MSG = "paxtrain: {outcome} at step {step} in {elapsed:.0f}s; {shown}{skipped}"
+    elif not trainer.stopped_on_nonfinite:
+        too_many = _skipped_too_many(trainer)
+        if too_many:
+            say(f"paxtrain: {too_many}")
 
 
 def skipped_note(trainer: Any) -> str:

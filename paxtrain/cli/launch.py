@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -175,15 +174,18 @@ class FitJob:
         job: int = 0,
         overrides: Sequence[str] = (),
         sweep: str = "",
+        restart: bool = False,
     ):
         self.config_yaml = config_yaml
         self.config_path = config_path
         self.workdir = workdir
         self.sys_path = sys_path
         self.job, self.overrides, self.sweep = job, list(overrides), sweep
+        self.restart = restart  # `--restart`: what `fit_from_config` does where none is readable
 
     def __call__(self) -> dict[str, Any]:
         from paxtrain.cli.sweep_results import (
+            enter_sweep_start,
             objective,
             records_here,
             run_sweep_job,
@@ -191,13 +193,10 @@ class FitJob:
         )
         from paxtrain.config.schema import validate
 
-        # As in the submitting process: relative paths in the config and `_target_` imports
-        # resolve against the directory and the paths `paxtrain fit` was started with.
-        os.chdir(self.workdir)
-        sys.path[:0] = [p for p in self.sys_path if p not in sys.path]
+        enter_sweep_start(self.workdir, self.sys_path)
         cfg = validate(OmegaConf.create(self.config_yaml))
         outcome = run_sweep_job(
-            self.job, self.overrides, cfg.run_dir, self.config_path, cfg, self.sweep
+            self.job, self.overrides, cfg.run_dir, self.config_path, cfg, self.sweep, self.restart
         )
         if records_here():
             write_summary(pathlib.Path(cfg.run_dir).parent, objective(cfg).mode)
@@ -214,6 +213,7 @@ def submit_sweep(
     options: Mapping[str, Any] | None = None,
     overrides: Sequence[Sequence[str]] | None = None,
     sys_path: Sequence[str] = (),
+    restart: bool = False,
 ) -> list[Any]:
     """Submits one job per config through submitit, all in one batch (on Slurm, one job
     array); `wait_for_sweep` waits for local ones.
@@ -229,6 +229,7 @@ def submit_sweep(
       options: launcher options (`launcher_options`); None for the launcher's defaults.
       overrides: each job's overrides, for the sweep's table.
       sys_path: entries each job puts in front of `sys.path`, for the config's `_target_`s.
+      restart: `--restart`, passed on to every job (`run_sweep_job`).
 
     Returns:
       The submitit jobs, in the order of `configs`.
@@ -266,11 +267,10 @@ def submit_sweep(
     executor.update_parameters(name=f"paxtrain-{configs[0].name}" if configs else "paxtrain")
     path = str(pathlib.Path(config_path).resolve())
     sweep = new_sweep_id()
+    start = (path, workdir, list(sys_path))  # the config, and where each job starts
     with executor.batch():  # one submission: a Slurm job array, its tasks in `configs`' order
         jobs = [
-            executor.submit(
-                FitJob(OmegaConf.to_yaml(cfg), path, workdir, list(sys_path), index, job, sweep)
-            )
+            executor.submit(FitJob(OmegaConf.to_yaml(cfg), *start, index, job, sweep, restart))
             for index, (cfg, job) in enumerate(zip(configs, overrides or [[]] * len(configs)))
         ]
     for index, (job, cfg) in enumerate(zip(jobs, configs)):

@@ -171,10 +171,16 @@ class HydraSweepTask:
     """
 
     def __init__(
-        self, config_path: str, mode: str, workdir: str, sys_path: list[str], sweep: str = ""
+        self,
+        config_path: str,
+        mode: str,
+        workdir: str,
+        sys_path: list[str],
+        sweep: str = "",
+        restart: bool = False,
     ):
         self.config_path, self.mode, self.sweep = config_path, mode, sweep
-        self.workdir, self.sys_path = workdir, sys_path
+        self.workdir, self.sys_path, self.restart = workdir, sys_path, restart
 
     def __call__(self, cfg: DictConfig) -> float | str:
         from hydra.core.hydra_config import HydraConfig
@@ -182,6 +188,7 @@ class HydraSweepTask:
         from paxtrain.cli.sweep_results import (
             FAILED,
             PREEMPTED,
+            enter_sweep_start,
             records_here,
             run_sweep_job,
             write_summary,
@@ -189,9 +196,7 @@ class HydraSweepTask:
         from paxtrain.config.schema import validate
         from paxtrain.train.preemption import PREEMPTED_EXIT_CODE
 
-        # As in the process that started the sweep: a launcher may run this elsewhere.
-        os.chdir(self.workdir)
-        sys.path[:0] = [p for p in self.sys_path if p not in sys.path]
+        enter_sweep_start(self.workdir, self.sys_path)
         hydra = HydraConfig.get()
         # Shown as the grid shows its runs: relative to where the sweep started, if inside.
         relative = os.path.relpath(hydra.runtime.output_dir)
@@ -205,7 +210,7 @@ class HydraSweepTask:
 
         overrides = [o.removeprefix("++") for o in hydra.overrides.task]
         outcome = run_sweep_job(
-            hydra.job.num, overrides, run_dir, self.config_path, config, self.sweep
+            hydra.job.num, overrides, run_dir, self.config_path, config, self.sweep, self.restart
         )
         if records_here():
             write_summary(hydra.sweep.dir, self.mode)  # current for launchers that do not wait
@@ -248,6 +253,7 @@ def run_hydra_sweep(
     overrides: Sequence[str],
     sys_path: Sequence[str] = (),
     print_config: bool = False,
+    restart: bool = False,
 ) -> int:
     """Runs `paxtrain fit CONFIG -m OVERRIDES` through Hydra's multirun; returns the sweep's
     exit code (`cli.sweep_results.report_sweep`), after printing its result table.
@@ -256,6 +262,7 @@ def run_hydra_sweep(
     settings, the config's keys and types at the sweep's first point: each swept key at its
     first value or the start of its interval), so a typo ends the sweep before any job.
     `print_config`: print that first point's config (`--cfg job`) instead of running.
+    `restart`: `--restart`, passed on to every job (`run_sweep_job`).
 
     Example:
         >>> run_hydra_sweep("configs/char_rnn.yaml", ["hydra/launcher=joblib", "seed=1,2"])  # doctest: +SKIP
@@ -292,7 +299,9 @@ def run_hydra_sweep(
         "paxtrain", "-m", *explicit_overrides(config_path, [o for o, _ in task]),
         *hydra_settings(where, fixed_keys), *hydra_side,
     ]  # fmt: skip
-    app = HydraSweepTask(config_path, monitor.mode, os.getcwd(), list(sys_path), new_sweep_id())
+    app = HydraSweepTask(
+        config_path, monitor.mode, os.getcwd(), list(sys_path), new_sweep_id(), restart
+    )
     with _argv(argv):
         code = _run_hydra_app(app, config_path)
     if code and not read_outcomes(where):  # Hydra stopped before any job, and said why

@@ -144,7 +144,9 @@ def assign_sweep_dirs(
     return out
 
 
-def run_grid(configs: list[DictConfig], jobs: list[list[str]], config_path: str) -> int:
+def run_grid(
+    configs: list[DictConfig], jobs: list[list[str]], config_path: str, restart: bool = False
+) -> int:
     """Runs a grid sweep's jobs one after another in this process, each to its outcome (a job
     that fails does not stop the others), prints the result table and returns the sweep's
     exit code (`cli.sweep_results.report_sweep`). A preemption signal stops the sweep: the
@@ -154,6 +156,7 @@ def run_grid(configs: list[DictConfig], jobs: list[list[str]], config_path: str)
       configs: the jobs' validated configs, each with its run directory (`assign_sweep_dirs`).
       jobs: each job's overrides.
       config_path: the YAML file they were composed from.
+      restart: `--restart`, passed on to every job (`run_sweep_job`).
 
     Example:
         >>> run_grid(configs, [["seed=1"], ["seed=2"]], "configs/char_rnn.yaml")  # doctest: +SKIP
@@ -169,7 +172,7 @@ def run_grid(configs: list[DictConfig], jobs: list[list[str]], config_path: str)
 
     sweep = new_sweep_id()
     for index, (cfg, overrides) in enumerate(zip(configs, jobs)):
-        outcome = run_sweep_job(index, overrides, cfg.run_dir, config_path, cfg, sweep)
+        outcome = run_sweep_job(index, overrides, cfg.run_dir, config_path, cfg, sweep, restart)
         if outcome.outcome == PREEMPTED:
             break
     where = pathlib.Path(configs[0].run_dir).parent if configs else pathlib.Path(".")

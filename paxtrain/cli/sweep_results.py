@@ -130,6 +130,7 @@ def run_sweep_job(
     config_path: str,
     config: Any,
     sweep: str = "",
+    restart: bool = False,
 ) -> JobOutcome:
     """Runs one job of a sweep as `paxtrain fit` runs it (`cli.fit.fit_from_config`), and
     records its outcome; a problem that `paxtrain fit` reports in one line fails this job only.
@@ -142,6 +143,8 @@ def run_sweep_job(
       config: the job's config with its `run_dir` set, or a function returning it (where
         building it may fail: a trial's config validated in the job).
       sweep: the sweep's id (`new_sweep_id`).
+      restart: `--restart`: the job may start from step 0 where its run directory has no
+        readable checkpoint (`fit_from_config`).
 
     Returns:
       The job's `JobOutcome`, also written to `outcome.json` in its run directory.
@@ -156,7 +159,7 @@ def run_sweep_job(
     try:
         cfg = config() if callable(config) else config
         monitor = objective(cfg)
-        trainer = fit_from_config(cfg, config_path=config_path)
+        trainer = fit_from_config(cfg, config_path=config_path, restart=restart)
     except PaxtrainError as error:
         message = " ".join(str(error).split())
         outcome = JobOutcome(job, list(overrides), FAILED, "", None, message, run_dir, 2, sweep)
@@ -170,6 +173,19 @@ def run_sweep_job(
     if records_here():
         _record(outcome)
     return outcome
+
+
+def enter_sweep_start(workdir: str, sys_path: Sequence[str]) -> None:
+    """Makes the process of a job that a launcher started (submitit, a Hydra launcher plugin,
+    maybe on another machine) work as the process that started the sweep: in its directory,
+    where the config's relative paths resolve, with its import paths in front of `sys.path`,
+    where the config's `_target_`s are imported from.
+
+    Example:
+        >>> enter_sweep_start(os.getcwd(), [])
+    """
+    os.chdir(workdir)
+    sys.path[:0] = [p for p in sys_path if p not in sys.path]
 
 
 def records_here() -> bool:

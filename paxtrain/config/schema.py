@@ -277,6 +277,14 @@ PROFILE_MEMORY_MSG = (
 )
 
 
+KEEP_BEST_WITHOUT_CHECKPOINTS_MSG = (
+    "`trainer.checkpoint.keep_best={keep_best}` keeps the best checkpoints, but "
+    "`trainer.checkpoint.enabled=false` saves none, so it would do nothing: turn checkpoints "
+    "on (`trainer.checkpoint.enabled=true`), or leave keep_best out "
+    "(`trainer.checkpoint.keep_best=0`)."
+)
+
+
 def _sibling_keys(full_key: str, *configs: Any) -> list[str]:
     """Full keys beside `full_key` in the schema and in `configs`, with the parameters of the
     target of a `_target_` section there."""
@@ -327,6 +335,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     # config's own: keys that no single object takes.
     _check_horizon(merged)
     _check_lora(merged)
+    _check_checkpoint(merged)
     validate_optimizer(merged)
     start, max_steps = merged.trainer.profile.start_step, merged.trainer.max_steps
     if start is not None and max_steps >= 1 and start >= max_steps:  # the Profile can't know
@@ -357,6 +366,14 @@ def _check_lora(cfg: DictConfig) -> None:
         raise ConfigError(LORA_WITHOUT_RANK_MSG)
     if lora.rank is not None and not cfg.init_from:
         raise ConfigError(LORA_WITHOUT_INIT_MSG.format(rank=lora.rank))
+
+
+def _check_checkpoint(cfg: DictConfig) -> None:
+    """`trainer.checkpoint.enabled`, a key of the config alone (false: no `Checkpointing` is
+    built at all), against the settings that only a `Checkpointing` would use."""
+    ck = cfg.trainer.checkpoint
+    if not ck.enabled and ck.keep_best:
+        raise ConfigError(KEEP_BEST_WITHOUT_CHECKPOINTS_MSG.format(keep_best=ck.keep_best))
 
 
 _INVALID_VALUE = re.compile(r"Invalid value '(.*)', expected one of")
