@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+from conftest import cpu_env
+
 ROOT = pathlib.Path(__file__).parents[1]
 CHAR_RNN = str(ROOT / "configs" / "char_rnn.yaml")
 
@@ -41,15 +43,9 @@ def fit_losses(run_dir: pathlib.Path, devices: int, *fit_args: str) -> list[floa
     """`paxtrain fit FIT_ARGS run_dir=RUN_DIR` on `devices` virtual CPU devices (a subprocess:
     the device count is fixed when JAX starts); returns the logged training losses, step by
     step. Pass `trainer.log_every=1` to get every step's."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
-    env.update(
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=str(ROOT),
-    )
     done = subprocess.run(
         [sys.executable, "-m", "paxtrain", "fit", *fit_args, f"run_dir={run_dir}"],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=cpu_env(devices, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

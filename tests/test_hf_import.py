@@ -5,7 +5,6 @@ transposed matrix, a head count) are caught."""
 
 import importlib
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -15,6 +14,8 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from cli_support import fit_losses
+from conftest import cpu_env
 
 import paxtrain as pax
 from paxtrain.checkpoint.finetune import load_parameters, replace_parameters
@@ -184,11 +185,7 @@ def test_fsdp_over_8_devices_holds_only_each_share(tmp_path):
     the bytes it makes are the devices' final shares (peak / share = 1.0 <= 1.2), no array it
     makes is larger than one shard, and the sharded model gives transformers' logits. Counted
     bytes: CPU devices have no `memory_stats()`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-    env.update(
-        XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
-        PYTHONPATH=str(ROOT),
-    )  # fmt: skip
+    env = cpu_env(8, PYTHONPATH=str(ROOT))
     script = ROOT / "tests" / "parallel_scripts" / "hf_fsdp_import.py"
     done = subprocess.run(
         [sys.executable, str(script), str(FIXTURES / "llama")],
@@ -204,26 +201,13 @@ def test_fsdp_over_8_devices_holds_only_each_share(tmp_path):
     assert report["max_logit_difference"] <= 1e-5
 
 
-def fit_losses(run_dir, devices, *overrides):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
-    env.update(
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-        PYTHONPATH=str(ROOT),
-    )  # fmt: skip
-    tiny = [
-        "trainer.max_steps=3", "trainer.log_every=1", "trainer.eval_every=null",
-        "trainer.progress=off", "trainer.plot=false", "trainer.checkpoint.enabled=false",
-        "data.seq_len=16", "data.batch_size=8", "data.max_chars=20000",
-        "optimizer.learning_rate.warmup_steps=1", "callbacks=[]",
-    ]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "-m", "paxtrain", "fit", "llama_lm", *tiny, f"run_dir={run_dir}",
-         *overrides],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line)["train/loss"] for line in lines if "train/loss" in line]
+# llama_lm for 3 steps, each step's loss logged, nothing else written.
+TINY_LLAMA = [
+    "llama_lm", "trainer.max_steps=3", "trainer.log_every=1", "trainer.eval_every=null",
+    "trainer.progress=off", "trainer.plot=false", "trainer.checkpoint.enabled=false",
+    "data.seq_len=16", "data.batch_size=8", "data.max_chars=20000",
+    "optimizer.learning_rate.warmup_steps=1", "callbacks=[]",
+]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -234,7 +218,7 @@ def test_a_fine_tune_from_hf_under_fsdp_8_trains_like_one_device(tmp_path):
     model = LlamaLM(vocab_size=128, model_dim=256, num_heads=4, num_kv_heads=2, num_layers=2)
     export_hf(model, tmp_path / "hf", {"max_position_embeddings": 64})
     source = f"init_from=hf:{tmp_path / 'hf'}"
-    one = fit_losses(tmp_path / "one", 1, source)
-    eight = fit_losses(tmp_path / "eight", 8, source, "mesh.data=1", "mesh.fsdp=8")
+    one = fit_losses(tmp_path / "one", 1, *TINY_LLAMA, source)
+    eight = fit_losses(tmp_path / "eight", 8, *TINY_LLAMA, source, "mesh.data=1", "mesh.fsdp=8")
     assert len(one) == 3
     np.testing.assert_allclose(eight, one, rtol=2e-5)

@@ -3,7 +3,6 @@ weights are split over "fsdp" as a full fine-tune's are, and hold the base run's
 tensor parallelism the adapters are split with their layers and train as on one device."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 from cli_support import fit_losses
+from conftest import cpu_env
 from jax.sharding import AbstractMesh, PartitionSpec
 
 from paxtrain.cli.app import main
@@ -59,12 +59,7 @@ print(json.dumps({
 def test_fsdp_splits_the_frozen_base_like_a_full_fine_tunes(tmp_path):
     base = tmp_path / "base"
     assert main(["fit", LLAMA, *TINY, f"run_dir={base}"]) == 0
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
-    env.update(
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=str(ROOT),
-    )
+    env = cpu_env(8, PYTHONPATH=str(ROOT))
     overrides = [*TINY, "mesh.fsdp=8", f"init_from={base}", "finetune.lora.rank=8",
                  "finetune.lora.paths=[query_proj$,value_proj$]"]  # fmt: skip
     done = subprocess.run(

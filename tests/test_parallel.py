@@ -16,6 +16,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import cpu_env
 from jax.sharding import AbstractMesh, PartitionSpec
 from parallel_scripts import toy
 
@@ -39,13 +40,6 @@ from paxtrain.train import make_train_step
 SCRIPTS = os.path.join(os.path.dirname(__file__), "parallel_scripts")
 SCAN_ACCUM = {"steps_per_call": 2, "grad_accum_steps": 2}
 JIT_CASES = ["data_parallel", "fsdp", "tensor", "data_fsdp_tensor", "fsdp_scan_accum"]
-
-
-def cpu_env(devices: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = os.environ.get("JAX_DISABLE_MOST_OPTIMIZATIONS", "0")
-    return {**env, **extra}
 
 
 def last_json_line(stdout: str) -> dict:

@@ -17,8 +17,9 @@ import time
 import numpy as np
 import pytest
 from cli_support import CHAR_RNN, ROOT, TINY_CHAR_RNN
+from conftest import cpu_env
 from jax.sharding import AbstractMesh, PartitionSpec
-from test_parallel import SCRIPTS, cpu_env, last_json_line, run_two_processes, start_two_processes
+from test_parallel import SCRIPTS, last_json_line, run_two_processes, start_two_processes
 
 from paxtrain import parallel
 from paxtrain.cli.app import main

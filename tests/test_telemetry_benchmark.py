@@ -8,9 +8,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.test_benchmarks_quick import ROOT
 
 
+@pytest.mark.slow  # a benchmark's smoke run: with the others in the slow step
 def test_memory_estimate_quick_prints_the_estimate_and_the_measured_peak():
     result = subprocess.run(
         [sys.executable, "benchmarks/memory_estimate.py", "--quick"],

@@ -9,11 +9,12 @@ import sys
 import time
 
 import pytest
+from conftest import cpu_env
 
 from paxtrain.errors import ArgumentError
 from paxtrain.train.pauses import pause
 from paxtrain.train.watchdog import WATCHDOG_EXIT_CODE, Watchdog
-from tests.test_parallel import SCRIPTS, cpu_env, start_two_processes
+from tests.test_parallel import SCRIPTS, start_two_processes
 
 SCRIPT = os.path.join(SCRIPTS, "watchdog_sleep.py")
 

@@ -281,7 +281,7 @@ def logged_after(run_dir, step, skip=0):
 # (each alone, to name the option that breaks) and the longer variants.
 FAST_ROWS = (
     "defaults", "float16", "loss_with_key", "rollback", "skipped_step_pending",
-    "eval_early_stopping_keep_best", "preempted", "frozen_fc1", "everything", "llama_lm_everything",
+    "eval_early_stopping_keep_best", "preempted", "frozen_fc1", "everything",
 )  # fmt: skip
 
 
