@@ -423,6 +423,7 @@ ROWS = [
     ("resume past the schedule's end", ["resume", "{files}/finished_run", "trainer.max_steps=8"], ["`trainer.max_steps=8` runs past the end", "over 4 steps", "steps 5 to 8 would train at its final rate, 0", "`optimizer.horizon=8`", "`optimizer.horizon=4`"]),
     # --- tidy ---
     ("keep_best with checkpoints off", fit("trainer.checkpoint.enabled=false", "trainer.checkpoint.keep_best=2", "trainer.checkpoint.monitor=eval/loss"), ["`trainer.checkpoint.keep_best=2`", "`trainer.checkpoint.enabled=false`", "`trainer.checkpoint.enabled=true`", "`trainer.checkpoint.keep_best=0`"]),
+    ("monitor with checkpoints off", fit("trainer.checkpoint.enabled=false", "trainer.checkpoint.monitor=eval/loss"), ["`trainer.checkpoint.monitor=eval/loss`", "`trainer.checkpoint.enabled=false`", "`trainer.checkpoint.monitor=null`"]),
 ]  # fmt: skip
 
 

@@ -277,11 +277,11 @@ PROFILE_MEMORY_MSG = (
 )
 
 
-KEEP_BEST_WITHOUT_CHECKPOINTS_MSG = (
-    "`trainer.checkpoint.keep_best={keep_best}` keeps the best checkpoints, but "
+BEST_WITHOUT_CHECKPOINTS_MSG = (
+    "`trainer.checkpoint.{key}={value}` chooses the best checkpoints, but "
     "`trainer.checkpoint.enabled=false` saves none, so it would do nothing: turn checkpoints "
-    "on (`trainer.checkpoint.enabled=true`), or leave keep_best out "
-    "(`trainer.checkpoint.keep_best=0`)."
+    "on (`trainer.checkpoint.enabled=true`), or leave {key} out "
+    "(`trainer.checkpoint.{key}={unset}`)."
 )
 
 
@@ -372,8 +372,13 @@ def _check_checkpoint(cfg: DictConfig) -> None:
     """`trainer.checkpoint.enabled`, a key of the config alone (false: no `Checkpointing` is
     built at all), against the settings that only a `Checkpointing` would use."""
     ck = cfg.trainer.checkpoint
-    if not ck.enabled and ck.keep_best:
-        raise ConfigError(KEEP_BEST_WITHOUT_CHECKPOINTS_MSG.format(keep_best=ck.keep_best))
+    if ck.enabled:
+        return
+    for key, unset in (("keep_best", 0), ("monitor", "null")):
+        if ck[key]:
+            raise ConfigError(
+                BEST_WITHOUT_CHECKPOINTS_MSG.format(key=key, value=ck[key], unset=unset)
+            )
 
 
 _INVALID_VALUE = re.compile(r"Invalid value '(.*)', expected one of")
