@@ -28,6 +28,14 @@ def make_state(width=4, step=0):
     return state.replace(step=jnp.asarray(step, jnp.int32))
 
 
+def save_steps(directory, *steps):
+    """Checkpoints of `make_state(512)` at `steps` in `directory`, written and closed."""
+    manager = CheckpointManager(directory, async_save=False)
+    for step in steps:
+        manager.save(make_state(512, step=step))
+    manager.close()
+
+
 def perturbed(state, amount):
     return jax.tree_util.tree_map(lambda x: x + amount if x.dtype == jnp.float32 else x, state)
 
@@ -249,10 +257,7 @@ def test_a_corrupt_checkpoint_is_moved_aside_and_its_step_saved_again(tmp_path, 
 
 def test_all_checkpoints_corrupt_is_one_message_listing_them_and_nothing_changes(tmp_path):
     # Issue 23: they were all moved aside, and the same command then trained from step 0.
-    manager = CheckpointManager(tmp_path, async_save=False)
-    for step in (4, 8):
-        manager.save(make_state(512, step=step))
-    manager.close()
+    save_steps(tmp_path, 4, 8)
     for step in (4, 8):
         CORRUPTIONS["one flipped byte"](tmp_path / str(step))
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
@@ -286,10 +291,7 @@ def test_a_start_that_finds_only_moved_aside_checkpoints_refuses_without_restart
 
 
 def test_eval_of_latest_names_an_unreadable_newest_and_the_newest_readable_step(tmp_path):
-    manager = CheckpointManager(tmp_path, async_save=False)
-    for step in (4, 8):
-        manager.save(make_state(512, step=step))
-    manager.close()
+    save_steps(tmp_path, 4, 8)
     CORRUPTIONS["deleted file"](tmp_path / "8")
     reader = CheckpointManager(tmp_path, read_only=True)
     with pytest.raises(CheckpointError) as info:
