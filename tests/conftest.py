@@ -16,8 +16,9 @@ import os
 # optimizer fuses two differently written programs: those are marked `optimized_xla` and run
 # where everything compiles as users compile it, with `PAXTRAIN_TEST_XLA=default` (the slow step
 # of `.ci/run`). Child processes inherit the settings (`cpu_env` passes them on).
+FAST_COMPILE = os.environ.get("PAXTRAIN_TEST_XLA", "fast") == "fast"
 FAST_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
-if os.environ.get("PAXTRAIN_TEST_XLA", "fast") == "fast":
+if FAST_COMPILE and FAST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
     os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_XLA_FLAGS}".strip()
 
@@ -35,7 +36,7 @@ def cpu_env(devices: int, **extra: str) -> dict[str, str]:
     tests' compile settings (above) and `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
     flags = [f"--xla_force_host_platform_device_count={devices}"]
-    if os.environ.get("PAXTRAIN_TEST_XLA", "fast") == "fast":
+    if FAST_COMPILE:
         flags.append(FAST_XLA_FLAGS)
         env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"]
     env.update(XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu")
@@ -45,7 +46,7 @@ def cpu_env(devices: int, **extra: str) -> dict[str, str]:
 def pytest_collection_modifyitems(config, items):
     """Under the fast compile settings, the `optimized_xla` tests are skipped: they run in the
     step that compiles as users compile (`PAXTRAIN_TEST_XLA=default`, `.ci/run`'s second)."""
-    if os.environ.get("PAXTRAIN_TEST_XLA", "fast") != "fast":
+    if not FAST_COMPILE:
         return
     skip = pytest.mark.skip(reason="bitwise under XLA's optimizations: PAXTRAIN_TEST_XLA=default")
     for item in items:
